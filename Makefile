@@ -1,0 +1,118 @@
+# sandbox-worker: plain Makefile, dependencies from pkg-config.
+#   make                 build the binaries into $(BUILD)/
+#   make test            build and run the whole suite (real redis-server, dockerd, s3rver)
+#   make check           test + static analysis + format check
+#   make bench           benchmarks (print numbers)
+#   make SANITIZE=address,undefined test
+#   make install PREFIX=/usr/local DESTDIR=
+
+PREFIX ?= /usr/local
+BINDIR = $(DESTDIR)$(PREFIX)/bin
+INSTALL ?= install
+PKG_CONFIG ?= pkg-config
+CC ?= cc
+BUILD ?= build
+OPTIMIZATION ?= -O2
+WERROR ?= 1
+
+PKGS := hiredis libevent libevent_openssl libcurl libcjson libarchive openssl
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS))
+PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS))
+
+WARNINGS := -Wall -Wextra -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
+	-Wold-style-definition -Wwrite-strings -Wpointer-arith -Wvla -Wshadow \
+	-Wcast-qual -Wundef -Wno-missing-field-initializers -fno-common
+ifeq ($(WERROR),1)
+WARNINGS += -Werror
+endif
+
+override CFLAGS += -std=c11 -D_GNU_SOURCE -g $(OPTIMIZATION) $(WARNINGS) -I. $(PKG_CFLAGS) -MMD -MP
+override LDLIBS += $(PKG_LIBS) -lm
+
+ifneq ($(SANITIZE),)
+override CFLAGS += -fsanitize=$(SANITIZE) -fno-sanitize-recover=$(SANITIZE) -fno-omit-frame-pointer
+override LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+# Every .c in a module folder is part of the core library, except the mains.
+CORE_SRC := $(wildcard lib/*.c queue/*.c providers/*.c worker/*.c)
+MAIN_SRC := worker/main.c worker/sandboxctl.c
+CORE_SRC := $(filter-out $(MAIN_SRC),$(CORE_SRC))
+AGENT_SRC := $(filter-out agent/fuzz_%.c,$(wildcard agent/*.c))
+TEST_SUPPORT_SRC := $(wildcard tests/support/*.c)
+TEST_SRC := $(wildcard tests/unit/test_*.c tests/integration/test_*.c)
+BENCH_SRC := $(wildcard tests/bench/bench_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+CORE_OBJ := $(call obj,$(CORE_SRC))
+AGENT_OBJ := $(call obj,$(AGENT_SRC))
+SUPPORT_OBJ := $(call obj,$(TEST_SUPPORT_SRC))
+TEST_BIN := $(patsubst %.c,$(BUILD)/%,$(TEST_SRC))
+BENCH_BIN := $(patsubst %.c,$(BUILD)/%,$(BENCH_SRC))
+CORE_LIB := $(BUILD)/libsandbox.a
+
+BINS := $(BUILD)/sandbox-worker $(BUILD)/sandboxctl
+ifneq ($(AGENT_SRC),)
+BINS += $(BUILD)/sandbox-agent
+endif
+
+.PHONY: all test check bench install clean format format-check lint hdr-check demo
+all: $(BINS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(CORE_LIB): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && $(AR) rcs $@ $^
+
+$(BUILD)/sandbox-worker: $(BUILD)/worker/main.o $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/sandboxctl: $(BUILD)/worker/sandboxctl.o $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/sandbox-agent: $(AGENT_OBJ) $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(SUPPORT_OBJ) $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# tests/run.sh runs every test binary and script, prints skips, and fails on any failure.
+test: $(BINS) $(TEST_BIN)
+	BUILD=$(BUILD) ./tests/run.sh
+
+bench: $(BINS) $(BENCH_BIN)
+	BUILD=$(BUILD) ./tests/bench/run.sh
+
+check: test lint format-check hdr-check
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,style,performance,portability \
+		--inline-suppr --suppress=missingIncludeSystem -I. $(PKG_CFLAGS) \
+		lib queue providers worker agent
+	clang-tidy --quiet $(CORE_SRC) $(MAIN_SRC) $(AGENT_SRC) -- $(filter-out -MMD -MP,$(CFLAGS))
+
+FORMAT_FILES = $(shell git ls-files '*.c' '*.h')
+format:
+	clang-format -i $(FORMAT_FILES)
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_FILES)
+
+hdr-check:
+	@for h in $$(git ls-files 'lib/*.h' 'queue/*.h' 'providers/*.h' 'worker/*.h' 'agent/*.h'); do \
+		echo "#include \"$$h\"" | $(CC) $(filter-out -MMD -MP,$(CFLAGS)) -x c -fsyntax-only - || exit 1; \
+	done; echo "headers are self-contained"
+
+demo:
+	./scripts/demo.sh
+
+install: $(BINS)
+	$(INSTALL) -d $(BINDIR)
+	$(INSTALL) -m 0755 $(BINS) $(BINDIR)/
+
+clean:
+	rm -rf $(BUILD) build-*
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,138 @@
+/* Sandbox providers: one asynchronous ops table per backend, and the registry.
+ *
+ * Every call starts work on the worker's event loop and returns at once; completion is
+ * reported through the callback, exactly once, never re-entrantly from inside the starting
+ * call (providers defer through the loop). Errors come back as rc == -1 plus a one-line
+ * message; messages never contain secrets.
+ *
+ * Ownership: the core owns `struct provider` (priv_size bytes of backend state in ->priv)
+ * and each `struct sandbox` is created by the backend's create/resume and released by
+ * provider_sandbox_release() after suspend or destroy completed (or on a failed acquire).
+ */
+#ifndef SW_PROVIDERS_PROVIDER_H
+#define SW_PROVIDERS_PROVIDER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+
+struct config;
+
+enum provider_cap {
+    PROVIDER_CAP_NATIVE_SUSPEND = 1u << 0, /* suspend keeps memory/disk without a tar snapshot */
+    PROVIDER_CAP_REATTACH = 1u << 1,       /* a running command survives a worker crash */
+    PROVIDER_CAP_ARCHIVE = 1u << 2,        /* archive_out / archive_in implemented */
+};
+
+enum sandbox_feature { SANDBOX_DATA_APP = 0, SANDBOX_AI_WRITEBACK };
+
+struct provider {
+    const struct provider_ops *ops;
+    struct event_base *base;
+    const struct config *cfg;
+    void *priv; /* ops->priv_size bytes, zeroed */
+};
+
+struct sandbox {
+    struct provider *prov;
+    char id[128]; /* provider's sandbox id, printable */
+    void *priv;   /* backend's handle */
+};
+
+/* What to acquire. Strings are borrowed for the duration of the call. */
+struct sandbox_spec {
+    const char *thread;
+    const char *job;
+    const char *worker;
+    const char *organization;
+    const char *project;
+    enum sandbox_feature feature;
+    const char *const *workspace_include; /* NULL-terminated; NULL: provider default */
+    const char *const *workspace_exclude;
+};
+
+struct exec_req {
+    const char *cmd;              /* run by /bin/sh -c */
+    const char *cwd;              /* NULL: sandbox default */
+    const char *const *env;       /* "KEY=VALUE", NULL-terminated; may be NULL */
+    int64_t timeout_ms;           /* 0: none */
+};
+
+enum exec_stream { EXEC_STDOUT = 1, EXEC_STDERR = 2 };
+
+enum exec_status {
+    EXEC_EXITED = 0, /* exit_code valid (128+signal for a signal death) */
+    EXEC_TIMEOUT,    /* killed after timeout_ms */
+    EXEC_KILLED,     /* killed by provider_exec_kill */
+    EXEC_ERROR,      /* the provider failed; err says why */
+};
+
+struct exec_cbs {
+    /* Output as it arrives; data is valid only during the call. */
+    void (*on_output)(void *arg, enum exec_stream stream, const char *data, size_t len);
+    /* Exactly once, last. */
+    void (*on_exit)(void *arg, enum exec_status status, int exit_code, const char *err);
+    void *arg;
+};
+
+typedef void (*provider_sandbox_fn)(void *arg, struct sandbox *sb, const char *err);
+typedef void (*provider_done_fn)(void *arg, int rc, const char *err);
+/* data is valid only during the call; len bytes, binary-safe. */
+typedef void (*provider_data_fn)(void *arg, int rc, const char *data, size_t len, const char *err);
+/* ref is owned by the callee (the callback must duplicate what it keeps). */
+typedef void (*provider_ref_fn)(void *arg, int rc, const cJSON *ref, const char *err);
+
+/* Opaque handle of a running exec, valid until its on_exit has run. */
+typedef struct provider_exec provider_exec;
+
+struct provider_ops {
+    const char *name;
+    unsigned caps;
+    size_t priv_size;
+
+    /* Validates configuration (from cfg and the environment) and prepares clients.
+     * check_only: validate and return without contacting anything. 0 / -1 with err. */
+    int (*init)(struct provider *p, int check_only, char *err, size_t errlen);
+    void (*cleanup)(struct provider *p);
+
+    void (*create)(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,
+                   void *arg);
+    /* ref: the snapshot reference previously returned by suspend. */
+    void (*resume)(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                   provider_sandbox_fn done, void *arg);
+    /* Returns NULL (after reporting nothing) only if the exec could not be started at all;
+     * err then holds why. */
+    provider_exec *(*exec)(struct sandbox *sb, const struct exec_req *req,
+                           const struct exec_cbs *cbs, char *err, size_t errlen);
+    /* Kills the command's whole process tree; its on_exit reports EXEC_KILLED. */
+    void (*exec_kill)(provider_exec *ex);
+    void (*write_file)(struct sandbox *sb, const char *path, const char *data, size_t len,
+                       int mode, provider_done_fn done, void *arg);
+    /* Reads at most max bytes (the callback is told the file's first max bytes). */
+    void (*read_file)(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
+                      void *arg);
+    /* Snapshot: stop the sandbox keeping its state; reports the ref to resume from. */
+    void (*suspend)(struct sandbox *sb, provider_ref_fn done, void *arg);
+    void (*destroy)(struct sandbox *sb, provider_done_fn done, void *arg);
+    /* Deletes a snapshot the thread no longer needs. May be NULL. */
+    void (*delete_snapshot)(struct provider *p, const cJSON *ref, provider_done_fn done,
+                            void *arg);
+    /* Frees the sandbox handle (no remote calls). */
+    void (*release)(struct sandbox *sb);
+};
+
+/* Registry: the product's backends. Tests may add their own (e.g. a scripted provider). */
+const struct provider_ops *provider_find(const char *name);
+void provider_register(const struct provider_ops *ops);
+/* Comma-separated names, for error messages. Static storage. */
+const char *provider_names(void);
+
+/* Instance lifecycle. provider_new returns NULL with err on init failure. */
+struct provider *provider_new(const struct provider_ops *ops, struct event_base *base,
+                              const struct config *cfg, int check_only, char *err, size_t errlen);
+void provider_free(struct provider *p);
+void provider_sandbox_release(struct sandbox *sb);
+
+#endif
