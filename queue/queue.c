@@ -1,0 +1,883 @@
+#include "queue/queue.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "lib/buf.h"
+#include "lib/log.h"
+#include "queue/keys.h"
+#include "queue/scripts.h"
+
+#define RENEW_BATCH 256
+#define RETRY_MIN_MS 200
+#define RETRY_MAX_MS 2000
+
+/* An argument vector being built; strings are copied. */
+struct cmd {
+    int argc, cap;
+    char **argv;
+    const char **cargv; /* the same pointers, as redis_commandv takes them */
+    size_t *lens;
+};
+
+struct tracked {
+    char *entry;
+    char *cancel_key;
+};
+
+struct queue {
+    struct event_base *base;
+    struct queue_opts o;
+    struct queue_cbs cbs;
+    redis *rd; /* blocking reads (and the reclaim before them) */
+    redis *wr; /* everything else */
+    char *k_jobs, *k_results, *k_delayed, *k_dead;
+    int group_ready;
+    int group_pending;
+    int reading;       /* a reclaim/read chain is in flight on rd */
+    int stopped;       /* drain: no more reads */
+    int capacity;
+    int tick_ms;
+    int64_t last_reclaim_ms;
+    char reclaim_cursor[48];
+    struct event *tick;
+    struct event *kick;
+    int renew_in_flight;
+    int promote_in_flight;
+    struct tracked *tr;
+    size_t ntr, captr;
+    struct queue_stats stats;
+    int was_ready;
+    int closing;
+    char *prefix, *consumer; /* owned; o.prefix/o.consumer point here */
+    struct script_call *waiting; /* script calls waiting on a retry timer */
+};
+
+static int64_t now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static void cmd_addn(struct cmd *c, const char *p, size_t n)
+{
+    if (c->argc == c->cap) {
+        c->cap = c->cap ? c->cap * 2 : 16;
+        c->argv = xrealloc(c->argv, (size_t)c->cap * sizeof(*c->argv));
+        c->cargv = xrealloc(c->cargv, (size_t)c->cap * sizeof(*c->cargv));
+        c->lens = xrealloc(c->lens, (size_t)c->cap * sizeof(*c->lens));
+    }
+    c->argv[c->argc] = xstrndup(p ? p : "", p ? n : 0);
+    c->cargv[c->argc] = c->argv[c->argc];
+    c->lens[c->argc] = p ? n : 0;
+    c->argc++;
+}
+
+static void cmd_add(struct cmd *c, const char *s)
+{
+    cmd_addn(c, s, s ? strlen(s) : 0);
+}
+
+static void cmd_addll(struct cmd *c, long long v)
+{
+    char n[32];
+    snprintf(n, sizeof(n), "%lld", v);
+    cmd_add(c, n);
+}
+
+static void cmd_release(struct cmd *c)
+{
+    for (int i = 0; i < c->argc; i++)
+        free(c->argv[i]);
+    free(c->argv);
+    free(c->cargv);
+    free(c->lens);
+    memset(c, 0, sizeof(*c));
+}
+
+static int cmd_send(redis *r, struct cmd *c, redis_reply_fn cb, void *arg, int extra_ms)
+{
+    return redis_commandv(r, cb, arg, extra_ms, c->argc, c->cargv, c->lens);
+}
+
+/* ---- script calls: EVALSHA, EVAL on NOSCRIPT, optional retry while Redis is down ---- */
+
+typedef void (*script_fn)(queue *q, const redisReply *reply, void *arg);
+
+struct script_call {
+    queue *q;
+    redis *conn;
+    enum queue_script script;
+    struct cmd c; /* EVALSHA sha nkeys keys… args… */
+    int retry;    /* retry on a NULL reply until answered */
+    int delay_ms;
+    struct event *timer;
+    script_fn cb;
+    void *arg;
+    struct script_call *next; /* in q->waiting while a retry timer is armed */
+};
+
+static void script_send(struct script_call *sc);
+
+static void script_done(struct script_call *sc, const redisReply *reply)
+{
+    sc->cb(sc->q, reply, sc->arg);
+    if (sc->timer)
+        event_free(sc->timer);
+    cmd_release(&sc->c);
+    free(sc);
+}
+
+static void unlink_waiting(struct script_call *sc)
+{
+    for (struct script_call **p = &sc->q->waiting; *p; p = &(*p)->next) {
+        if (*p == sc) {
+            *p = sc->next;
+            return;
+        }
+    }
+}
+
+static void script_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct script_call *sc = arg;
+    unlink_waiting(sc);
+    script_send(sc);
+}
+
+static void script_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct script_call *sc = arg;
+    if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        free(sc->c.argv[0]);
+        free(sc->c.argv[1]);
+        sc->c.argv[0] = xstrdup("EVAL");
+        sc->c.lens[0] = 4;
+        sc->c.argv[1] = xstrdup(scripts_source(sc->script));
+        sc->c.lens[1] = strlen(sc->c.argv[1]);
+        sc->c.cargv[0] = sc->c.argv[0];
+        sc->c.cargv[1] = sc->c.argv[1];
+        script_send(sc);
+        return;
+    }
+    if (!reply && sc->retry && !sc->q->closing) {
+        sc->next = sc->q->waiting;
+        sc->q->waiting = sc;
+        if (!sc->timer)
+            sc->timer = evtimer_new(sc->q->base, script_retry_cb, sc);
+        sc->delay_ms = sc->delay_ms ? sc->delay_ms * 2 : RETRY_MIN_MS;
+        if (sc->delay_ms > RETRY_MAX_MS)
+            sc->delay_ms = RETRY_MAX_MS;
+        struct timeval tv = {sc->delay_ms / 1000, (sc->delay_ms % 1000) * 1000};
+        evtimer_add(sc->timer, &tv);
+        return;
+    }
+    script_done(sc, reply);
+}
+
+static void script_send(struct script_call *sc)
+{
+    cmd_send(sc->conn, &sc->c, script_reply, sc, 0);
+}
+
+static struct script_call *script_new(queue *q, redis *conn, enum queue_script s, int nkeys)
+{
+    struct script_call *sc = xcalloc(1, sizeof(*sc));
+    sc->q = q;
+    sc->conn = conn;
+    sc->script = s;
+    cmd_add(&sc->c, "EVALSHA");
+    cmd_add(&sc->c, scripts_sha(s));
+    cmd_addll(&sc->c, nkeys);
+    return sc;
+}
+
+/* ---- readiness ---- */
+
+static void report_ready(queue *q)
+{
+    int ready = q->group_ready && redis_get_state(q->rd) == REDIS_READY &&
+                redis_get_state(q->wr) == REDIS_READY;
+    if (ready != q->was_ready) {
+        q->was_ready = ready;
+        if (q->cbs.on_ready)
+            q->cbs.on_ready(q->cbs.arg, ready);
+    }
+}
+
+int queue_ready(const queue *q, char *why, size_t whylen)
+{
+    if (redis_get_state(q->wr) != REDIS_READY) {
+        snprintf(why, whylen, "redis: %s",
+                 redis_last_error(q->wr)[0] ? redis_last_error(q->wr) : "connecting");
+        return 0;
+    }
+    if (redis_get_state(q->rd) != REDIS_READY) {
+        snprintf(why, whylen, "redis (reader): %s",
+                 redis_last_error(q->rd)[0] ? redis_last_error(q->rd) : "connecting");
+        return 0;
+    }
+    if (!q->group_ready) {
+        snprintf(why, whylen, "consumer group not created yet");
+        return 0;
+    }
+    snprintf(why, whylen, "ready");
+    return 1;
+}
+
+static void kick_reader(queue *q)
+{
+    struct timeval zero = {0, 0};
+    evtimer_add(q->kick, &zero);
+}
+
+static void group_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    queue *q = arg;
+    q->group_pending = 0;
+    if (!reply)
+        return; /* the READY after reconnect tries again */
+    if (reply->type == REDIS_REPLY_ERROR && !strstr(reply->str, "BUSYGROUP")) {
+        log_error(NULL, "cannot create consumer group on %s: %s", q->k_jobs, reply->str);
+        return;
+    }
+    q->group_ready = 1;
+    report_ready(q);
+    kick_reader(q);
+}
+
+static void ensure_group(queue *q)
+{
+    if (q->group_ready || q->group_pending || redis_get_state(q->wr) != REDIS_READY)
+        return;
+    q->group_pending = 1;
+    struct cmd c = {0};
+    cmd_add(&c, "XGROUP");
+    cmd_add(&c, "CREATE");
+    cmd_add(&c, q->k_jobs);
+    cmd_add(&c, QUEUE_GROUP);
+    cmd_add(&c, "0");
+    cmd_add(&c, "MKSTREAM");
+    cmd_send(q->wr, &c, group_reply, q, 0);
+    cmd_release(&c);
+}
+
+static void state_cb(redis *r, enum redis_state st, void *arg)
+{
+    queue *q = arg;
+    if (st == REDIS_DOWN) {
+        log_warn(NULL, "redis connection lost: %s", redis_last_error(r));
+        if (r == q->wr)
+            q->group_ready = 0; /* re-checked after reconnect (the server may be new) */
+    } else if (st == REDIS_READY) {
+        log_info(NULL, "redis connected%s", r == q->rd ? " (reader)" : "");
+        ensure_group(q);
+        kick_reader(q);
+    }
+    report_ready(q);
+}
+
+/* ---- deliveries ---- */
+
+static int64_t entry_ms(const char *id)
+{
+    return strtoll(id, NULL, 10);
+}
+
+static struct queue_delivery *delivery_from(const redisReply *id, long long token,
+                                            const redisReply *fields)
+{
+    if (!id || id->type != REDIS_REPLY_STRING || id->len >= sizeof(((struct queue_delivery *)0)->entry))
+        return NULL;
+    struct queue_delivery *d = xcalloc(1, sizeof(*d));
+    memcpy(d->entry, id->str, id->len);
+    d->token = token;
+    d->attempt = 1;
+    d->enqueued_ms = entry_ms(d->entry);
+    if (fields && fields->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+            const redisReply *f = fields->element[i], *v = fields->element[i + 1];
+            if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+                continue;
+            if (f->len == 3 && memcmp(f->str, "job", 3) == 0 && !d->payload) {
+                d->payload = xstrndup(v->str, v->len);
+                d->len = v->len;
+            } else if (f->len == 7 && memcmp(f->str, "attempt", 7) == 0) {
+                int a = atoi(v->str);
+                d->attempt = a > 0 ? a : 1;
+            }
+        }
+    }
+    return d;
+}
+
+void queue_delivery_free(struct queue_delivery *d)
+{
+    if (!d)
+        return;
+    free(d->payload);
+    free(d);
+}
+
+static void deliver(queue *q, struct queue_delivery *d)
+{
+    q->stats.deliveries++;
+    if (q->capacity > 0)
+        q->capacity--;
+    q->cbs.on_delivery(q->cbs.arg, d);
+}
+
+static void start_read(queue *q);
+
+static void read_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    queue *q = arg;
+    q->reading = 0;
+    if (!reply)
+        return; /* READY kicks the reader again */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_error(NULL, "XREADGROUP failed: %s", reply->str);
+        if (strncmp(reply->str, "NOGROUP", 7) == 0) {
+            q->group_ready = 0;
+            ensure_group(q);
+        }
+        return;
+    }
+    /* [[stream, [[id, [f, v…]]…]]] or nil on timeout */
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
+        const redisReply *s = reply->element[0];
+        if (s->type == REDIS_REPLY_ARRAY && s->elements == 2 &&
+            s->element[1]->type == REDIS_REPLY_ARRAY) {
+            const redisReply *entries = s->element[1];
+            for (size_t i = 0; i < entries->elements; i++) {
+                const redisReply *e = entries->element[i];
+                if (e->type != REDIS_REPLY_ARRAY || e->elements < 2)
+                    continue;
+                struct queue_delivery *d = delivery_from(e->element[0], 1, e->element[1]);
+                if (d)
+                    deliver(q, d);
+            }
+        }
+    }
+    start_read(q);
+}
+
+static void send_read(queue *q)
+{
+    if (q->stopped || q->capacity <= 0 || !q->group_ready ||
+        redis_get_state(q->rd) != REDIS_READY) {
+        q->reading = 0;
+        return;
+    }
+    struct cmd c = {0};
+    cmd_add(&c, "XREADGROUP");
+    cmd_add(&c, "GROUP");
+    cmd_add(&c, QUEUE_GROUP);
+    cmd_add(&c, q->o.consumer);
+    cmd_add(&c, "COUNT");
+    cmd_addll(&c, q->capacity);
+    cmd_add(&c, "BLOCK");
+    cmd_addll(&c, q->o.block_ms);
+    cmd_add(&c, "STREAMS");
+    cmd_add(&c, q->k_jobs);
+    cmd_add(&c, ">");
+    q->reading = 1;
+    cmd_send(q->rd, &c, read_reply, q, q->o.block_ms);
+    cmd_release(&c);
+}
+
+static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
+{
+    (void)arg;
+    if (!reply) {
+        q->reading = 0;
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_error(NULL, "reclaim failed: %s", reply->str);
+    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        const redisReply *cur = reply->element[0], *list = reply->element[1];
+        if (cur->type == REDIS_REPLY_STRING && cur->len < sizeof(q->reclaim_cursor)) {
+            memcpy(q->reclaim_cursor, cur->str, cur->len);
+            q->reclaim_cursor[cur->len] = '\0';
+        }
+        for (size_t i = 0; list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
+            const redisReply *e = list->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 3)
+                continue;
+            struct queue_delivery *d = delivery_from(e->element[0], e->element[1]->integer,
+                                                     e->element[2]);
+            if (!d)
+                continue;
+            d->reclaimed = 1;
+            q->stats.reclaims++;
+            log_warn(NULL, "reclaimed entry %s (delivery %lld) from a consumer that stopped renewing",
+                     d->entry, d->token);
+            deliver(q, d);
+        }
+    }
+    send_read(q);
+}
+
+static void start_read(queue *q)
+{
+    if (q->reading || q->stopped || q->capacity <= 0 || !q->group_ready ||
+        redis_get_state(q->rd) != REDIS_READY)
+        return;
+    q->reading = 1;
+    int64_t now = now_ms();
+    if (now - q->last_reclaim_ms < q->tick_ms) {
+        send_read(q);
+        return;
+    }
+    q->last_reclaim_ms = now;
+    struct script_call *sc = script_new(q, q->rd, SCRIPT_RECLAIM, 1);
+    cmd_add(&sc->c, q->k_jobs);
+    cmd_add(&sc->c, QUEUE_GROUP);
+    cmd_add(&sc->c, q->o.consumer);
+    cmd_addll(&sc->c, q->o.lease_ms);
+    cmd_add(&sc->c, q->reclaim_cursor);
+    cmd_addll(&sc->c, q->capacity);
+    sc->cb = reclaim_reply;
+    script_send(sc);
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    start_read(arg);
+}
+
+void queue_set_capacity(queue *q, int free_slots)
+{
+    q->capacity = free_slots;
+    if (free_slots > 0 && !q->reading)
+        kick_reader(q);
+}
+
+void queue_stop_reading(queue *q)
+{
+    q->stopped = 1;
+}
+
+/* ---- renewal, cancellation, delayed promotion ---- */
+
+void queue_track(queue *q, const char *entry, const char *job_id)
+{
+    if (q->ntr == q->captr) {
+        q->captr = q->captr ? q->captr * 2 : 16;
+        q->tr = xrealloc(q->tr, q->captr * sizeof(*q->tr));
+    }
+    struct tracked *t = &q->tr[q->ntr++];
+    t->entry = xstrdup(entry);
+    t->cancel_key = keys_cancel(q->o.prefix, job_id && *job_id ? job_id : "-");
+}
+
+void queue_untrack(queue *q, const char *entry)
+{
+    for (size_t i = 0; i < q->ntr; i++) {
+        if (strcmp(q->tr[i].entry, entry) == 0) {
+            free(q->tr[i].entry);
+            free(q->tr[i].cancel_key);
+            q->tr[i] = q->tr[--q->ntr];
+            return;
+        }
+    }
+}
+
+static int is_tracked(const queue *q, const char *entry)
+{
+    for (size_t i = 0; i < q->ntr; i++)
+        if (strcmp(q->tr[i].entry, entry) == 0)
+            return 1;
+    return 0;
+}
+
+static void renew_reply(queue *q, const redisReply *reply, void *arg)
+{
+    (void)arg;
+    q->renew_in_flight--;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+        if (reply && reply->type == REDIS_REPLY_ERROR)
+            log_error(NULL, "lease renewal failed: %s", reply->str);
+        return;
+    }
+    const redisReply *lost = reply->element[0], *cancelled = reply->element[1];
+    q->stats.renewals++;
+    /* Copy ids first: callbacks may untrack. */
+    for (size_t i = 0; i < lost->elements; i++) {
+        char *e = xstrndup(lost->element[i]->str, lost->element[i]->len);
+        if (is_tracked(q, e)) {
+            q->stats.lease_losses++;
+            log_warn(NULL, "lease lost on entry %s: another worker owns it now", e);
+            q->cbs.on_lease_lost(q->cbs.arg, e);
+        }
+        free(e);
+    }
+    for (size_t i = 0; i < cancelled->elements; i++) {
+        char *e = xstrndup(cancelled->element[i]->str, cancelled->element[i]->len);
+        if (is_tracked(q, e) && q->cbs.on_cancel)
+            q->cbs.on_cancel(q->cbs.arg, e);
+        free(e);
+    }
+}
+
+static void renew(queue *q)
+{
+    if (q->renew_in_flight || redis_get_state(q->wr) != REDIS_READY)
+        return;
+    for (size_t at = 0; at < q->ntr; at += RENEW_BATCH) {
+        size_t n = q->ntr - at < RENEW_BATCH ? q->ntr - at : RENEW_BATCH;
+        struct script_call *sc = script_new(q, q->wr, SCRIPT_RENEW, (int)n + 1);
+        cmd_add(&sc->c, q->k_jobs);
+        for (size_t i = 0; i < n; i++)
+            cmd_add(&sc->c, q->tr[at + i].cancel_key);
+        cmd_add(&sc->c, QUEUE_GROUP);
+        cmd_add(&sc->c, q->o.consumer);
+        for (size_t i = 0; i < n; i++)
+            cmd_add(&sc->c, q->tr[at + i].entry);
+        sc->cb = renew_reply;
+        q->renew_in_flight++;
+        script_send(sc);
+    }
+}
+
+static void promote_reply(queue *q, const redisReply *reply, void *arg)
+{
+    (void)arg;
+    q->promote_in_flight = 0;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_error(NULL, "promoting delayed jobs failed: %s", reply->str);
+}
+
+static void promote(queue *q)
+{
+    if (q->promote_in_flight || q->stopped || redis_get_state(q->wr) != REDIS_READY)
+        return;
+    struct script_call *sc = script_new(q, q->wr, SCRIPT_PROMOTE, 3);
+    cmd_add(&sc->c, q->k_delayed);
+    cmd_add(&sc->c, q->k_jobs);
+    cmd_add(&sc->c, q->k_dead);
+    cmd_addll(&sc->c, now_ms());
+    cmd_add(&sc->c, "100");
+    sc->cb = promote_reply;
+    q->promote_in_flight = 1;
+    script_send(sc);
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    queue *q = arg;
+    ensure_group(q);
+    renew(q);
+    promote(q);
+    start_read(q);
+}
+
+/* ---- begin / complete / events ---- */
+
+struct begin_ctx {
+    queue_begin_fn cb;
+    void *arg;
+};
+
+static char *dup_reply_str(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING ? xstrndup(r->str, r->len) : NULL;
+}
+
+void queue_thread_release(struct queue_thread *t)
+{
+    free(t->state);
+    free(t->sandbox_id);
+    free(t->snapshot);
+    free(t->provider);
+    memset(t, 0, sizeof(*t));
+}
+
+static void begin_reply(queue *q, const redisReply *reply, void *arg)
+{
+    (void)q;
+    struct begin_ctx *bc = arg;
+    enum queue_begin_status st = QB_ERROR;
+    struct queue_thread th = {0};
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+        reply->element[0]->type == REDIS_REPLY_STRING) {
+        const char *s = reply->element[0]->str;
+        if (strcmp(s, "ok") == 0) {
+            st = QB_OK;
+            for (size_t i = 1; i + 1 < reply->elements; i += 2) {
+                const char *f = reply->element[i]->str;
+                const redisReply *v = reply->element[i + 1];
+                if (!f)
+                    continue;
+                if (strcmp(f, "state") == 0)
+                    th.state = dup_reply_str(v);
+                else if (strcmp(f, "sandbox_id") == 0)
+                    th.sandbox_id = dup_reply_str(v);
+                else if (strcmp(f, "snapshot") == 0)
+                    th.snapshot = dup_reply_str(v);
+                else if (strcmp(f, "provider") == 0)
+                    th.provider = dup_reply_str(v);
+            }
+        } else if (strcmp(s, "fenced") == 0) {
+            st = QB_FENCED;
+        } else if (strcmp(s, "duplicate") == 0) {
+            st = QB_DUPLICATE;
+        } else if (strcmp(s, "cancelled") == 0) {
+            st = QB_CANCELLED;
+        } else if (strcmp(s, "started") == 0) {
+            st = QB_STARTED;
+        } else if (strcmp(s, "tenant") == 0) {
+            st = QB_TENANT;
+        } else if (strcmp(s, "busy") == 0) {
+            st = QB_BUSY;
+        }
+    } else if (reply && reply->type == REDIS_REPLY_ERROR) {
+        log_error(NULL, "begin script failed: %s", reply->str);
+    }
+    bc->cb(bc->arg, st, st == QB_OK ? &th : NULL);
+    queue_thread_release(&th);
+    free(bc);
+}
+
+void queue_begin(queue *q, const struct queue_begin_req *req, queue_begin_fn cb, void *arg)
+{
+    struct begin_ctx *bc = xcalloc(1, sizeof(*bc));
+    bc->cb = cb;
+    bc->arg = arg;
+    struct script_call *sc = script_new(q, q->wr, SCRIPT_BEGIN, 5);
+    char *k_job = keys_job(q->o.prefix, req->job_id);
+    char *k_thread = keys_thread(q->o.prefix, req->thread_id);
+    char *k_cancel = keys_cancel(q->o.prefix, req->job_id);
+    cmd_add(&sc->c, q->k_jobs);
+    cmd_add(&sc->c, k_job);
+    cmd_add(&sc->c, k_thread);
+    cmd_add(&sc->c, q->k_delayed);
+    cmd_add(&sc->c, k_cancel);
+    free(k_job);
+    free(k_thread);
+    free(k_cancel);
+    cmd_add(&sc->c, QUEUE_GROUP);
+    cmd_add(&sc->c, q->o.consumer);
+    cmd_add(&sc->c, req->entry);
+    cmd_addll(&sc->c, req->token);
+    cmd_add(&sc->c, req->job_id);
+    cmd_add(&sc->c, req->thread_id);
+    cmd_add(&sc->c, req->organization);
+    cmd_add(&sc->c, req->project);
+    cmd_addll(&sc->c, now_ms());
+    struct buf member;
+    buf_init(&member);
+    buf_printf(&member, "%d\n", req->attempt);
+    buf_append(&member, req->payload, req->payload_len);
+    cmd_addn(&sc->c, member.data, member.len);
+    buf_release(&member);
+    cmd_addll(&sc->c, req->busy_delay_ms);
+    cmd_addll(&sc->c, req->attempt);
+    sc->retry = 1;
+    sc->cb = begin_reply;
+    sc->arg = bc;
+    script_send(sc);
+}
+
+struct complete_ctx {
+    queue_complete_fn cb;
+    void *arg;
+};
+
+static void complete_reply(queue *q, const redisReply *reply, void *arg)
+{
+    struct complete_ctx *cc = arg;
+    int rc = 0;
+    if (reply && reply->type == REDIS_REPLY_STATUS && strcmp(reply->str, "fenced") == 0)
+        rc = 1;
+    else if (reply && reply->type == REDIS_REPLY_STRING && strcmp(reply->str, "fenced") == 0)
+        rc = 1;
+    else if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_error(NULL, "completion script failed: %s", reply->str);
+    if (rc == 1)
+        q->stats.fenced++;
+    cc->cb(cc->arg, rc);
+    free(cc);
+}
+
+void queue_complete(queue *q, const struct queue_completion *c, queue_complete_fn cb, void *arg)
+{
+    struct complete_ctx *cc = xcalloc(1, sizeof(*cc));
+    cc->cb = cb;
+    cc->arg = arg;
+    const char *job = c->job_id ? c->job_id : "";
+    const char *thread = c->thread_id ? c->thread_id : "";
+    struct script_call *sc = script_new(q, q->wr, SCRIPT_COMPLETE, 7);
+    char *k_job = keys_job(q->o.prefix, job);
+    char *k_thread = keys_thread(q->o.prefix, thread);
+    char *k_events = keys_events(q->o.prefix, job);
+    cmd_add(&sc->c, q->k_jobs);
+    cmd_add(&sc->c, q->k_results);
+    cmd_add(&sc->c, k_job);
+    cmd_add(&sc->c, k_thread);
+    cmd_add(&sc->c, k_events);
+    cmd_add(&sc->c, q->k_delayed);
+    cmd_add(&sc->c, q->k_dead);
+    free(k_job);
+    free(k_thread);
+    free(k_events);
+    cmd_add(&sc->c, QUEUE_GROUP);
+    cmd_add(&sc->c, q->o.consumer);
+    cmd_add(&sc->c, c->entry);
+    cmd_addll(&sc->c, c->token);
+    cmd_add(&sc->c, job);
+    cmd_add(&sc->c, thread);
+    cmd_add(&sc->c, c->status);
+    cmd_add(&sc->c, c->result_json);
+    cmd_addll(&sc->c, now_ms());
+    cmd_add(&sc->c, c->mode == QUEUE_RETRY ? "retry" : c->mode == QUEUE_DEAD ? "dead" : "final");
+    struct buf member;
+    buf_init(&member);
+    if (c->mode == QUEUE_RETRY) {
+        buf_printf(&member, "%d\n", c->next_attempt);
+        buf_append(&member, c->payload, c->payload_len);
+    }
+    cmd_addn(&sc->c, member.data ? member.data : "", member.len);
+    buf_release(&member);
+    cmd_addll(&sc->c, c->retry_at_ms);
+    cmd_add(&sc->c, c->dead_reason ? c->dead_reason : "");
+    cmd_addll(&sc->c, q->o.results_maxlen);
+    cmd_addll(&sc->c, q->o.events_maxlen);
+    cmd_addll(&sc->c, q->o.events_ttl_s);
+    cmd_addll(&sc->c, q->o.job_ttl_s);
+    cmd_add(&sc->c, c->update_thread ? "1" : "0");
+    cmd_add(&sc->c, c->thread_state ? c->thread_state : "");
+    cmd_add(&sc->c, c->sandbox_id ? c->sandbox_id : "");
+    cmd_add(&sc->c, c->snapshot_json ? c->snapshot_json : "");
+    cmd_add(&sc->c, c->provider ? c->provider : "");
+    cmd_addn(&sc->c, c->payload ? c->payload : "", c->payload ? c->payload_len : 0);
+    cmd_add(&sc->c, c->error_code ? c->error_code : "");
+    sc->retry = 1;
+    sc->cb = complete_reply;
+    sc->arg = cc;
+    script_send(sc);
+}
+
+void queue_event(queue *q, const char *job_id, const char *const *fields, const size_t *lens)
+{
+    if (!job_id || !*job_id)
+        return;
+    struct cmd c = {0};
+    char *k = keys_events(q->o.prefix, job_id);
+    cmd_add(&c, "XADD");
+    cmd_add(&c, k);
+    free(k);
+    cmd_add(&c, "MAXLEN");
+    cmd_add(&c, "~");
+    cmd_addll(&c, q->o.events_maxlen);
+    cmd_add(&c, "*");
+    for (size_t i = 0; fields[i]; i++)
+        cmd_addn(&c, fields[i], lens ? lens[i] : strlen(fields[i]));
+    cmd_send(q->wr, &c, NULL, NULL, 0);
+    cmd_release(&c);
+}
+
+void queue_get_stats(const queue *q, struct queue_stats *out)
+{
+    *out = q->stats;
+    out->reconnects = redis_reconnects(q->rd) + redis_reconnects(q->wr);
+}
+
+/* ---- lifecycle ---- */
+
+queue *queue_new(struct event_base *base, const struct queue_opts *opts,
+                 const struct queue_cbs *cbs, char *err, size_t errlen)
+{
+    queue *q = xcalloc(1, sizeof(*q));
+    q->base = base;
+    q->o = *opts;
+    q->prefix = xstrdup(opts->prefix);
+    q->consumer = xstrdup(opts->consumer);
+    q->o.prefix = q->prefix;
+    q->o.consumer = q->consumer;
+    if (q->o.block_ms <= 0)
+        q->o.block_ms = opts->lease_ms / 2 < 2000 ? opts->lease_ms / 2 : 2000;
+    if (q->o.results_maxlen <= 0)
+        q->o.results_maxlen = 100000;
+    if (q->o.events_maxlen <= 0)
+        q->o.events_maxlen = 1000;
+    if (q->o.events_ttl_s <= 0)
+        q->o.events_ttl_s = 86400;
+    if (q->o.job_ttl_s <= 0)
+        q->o.job_ttl_s = 604800;
+    q->cbs = *cbs;
+    q->tick_ms = opts->lease_ms / 3 < 1000 ? opts->lease_ms / 3 : 1000;
+    if (q->tick_ms < 50)
+        q->tick_ms = 50;
+    strcpy(q->reclaim_cursor, "0-0");
+    q->k_jobs = keys_jobs(opts->prefix);
+    q->k_results = keys_results(opts->prefix);
+    q->k_delayed = keys_delayed(opts->prefix);
+    q->k_dead = keys_dead(opts->prefix);
+    q->kick = evtimer_new(base, kick_cb, q);
+    q->tick = event_new(base, -1, EV_PERSIST, tick_cb, q);
+
+    struct redis_opts ro = {
+        .url = opts->url,
+        .connect_timeout_ms = opts->connect_timeout_ms,
+        .command_timeout_ms = opts->command_timeout_ms,
+        .tls_ca_file = opts->tls_ca_file,
+        .tls_insecure = opts->tls_insecure,
+        .name = q->o.consumer,
+    };
+    q->wr = redis_new(base, &ro, state_cb, q, err, errlen);
+    if (q->wr)
+        q->rd = redis_new(base, &ro, state_cb, q, err, errlen);
+    if (!q->wr || !q->rd) {
+        queue_free(q);
+        return NULL;
+    }
+    struct timeval tv = {q->tick_ms / 1000, (q->tick_ms % 1000) * 1000};
+    event_add(q->tick, &tv);
+    return q;
+}
+
+void queue_free(queue *q)
+{
+    if (!q)
+        return;
+    q->closing = 1;
+    while (q->waiting) {
+        struct script_call *sc = q->waiting;
+        q->waiting = sc->next;
+        script_done(sc, NULL);
+    }
+    if (q->tick)
+        event_free(q->tick);
+    if (q->kick)
+        event_free(q->kick);
+    if (q->rd)
+        redis_free(q->rd);
+    if (q->wr)
+        redis_free(q->wr);
+    for (size_t i = 0; i < q->ntr; i++) {
+        free(q->tr[i].entry);
+        free(q->tr[i].cancel_key);
+    }
+    free(q->tr);
+    free(q->k_jobs);
+    free(q->k_results);
+    free(q->k_delayed);
+    free(q->k_dead);
+    free(q->prefix);
+    free(q->consumer);
+    free(q);
+}

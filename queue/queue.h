@@ -1,0 +1,150 @@
+/* The job queue on Redis Streams (DESIGN §4, §5): consumer group reads, lease renewal,
+ * reclaim, fenced completion, delayed retries, dead-lettering, cancellation and events.
+ *
+ * Two connections: one only for the blocking XREADGROUP, one for everything else, so a
+ * renewal never waits behind a blocked read. Everything runs on the caller's event loop.
+ *
+ * Ownership: deliveries are handed to on_delivery and owned by the callee
+ * (queue_delivery_free). Strings in request structs are borrowed for the call only. */
+#ifndef SW_QUEUE_QUEUE_H
+#define SW_QUEUE_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+#include "queue/redis.h"
+
+typedef struct queue queue;
+
+struct queue_delivery {
+    char entry[48];      /* stream entry id */
+    long long token;     /* delivery count when we got it: the fencing token */
+    int attempt;         /* 1 for a first run; retries carry attempt+1 */
+    int64_t enqueued_ms; /* from the entry id */
+    char *payload;       /* the "job" field (may be NULL when the entry lacks it) */
+    size_t len;
+    int reclaimed;       /* came from XAUTOCLAIM (a previous owner stopped renewing) */
+};
+void queue_delivery_free(struct queue_delivery *d);
+
+struct queue_cbs {
+    /* A new entry is ours (lease starts now; it is renewed until queue_untrack). */
+    void (*on_delivery)(void *arg, struct queue_delivery *d);
+    /* An entry being renewed is no longer ours (someone reclaimed it). */
+    void (*on_lease_lost)(void *arg, const char *entry);
+    /* The producer set {p}:cancel:<job> for a tracked entry. */
+    void (*on_cancel)(void *arg, const char *entry);
+    /* Readiness changed (both connections up and the group exists). */
+    void (*on_ready)(void *arg, int ready);
+    void *arg;
+};
+
+struct queue_opts {
+    const struct redis_url *url;
+    const char *tls_ca_file;
+    int tls_insecure;
+    int connect_timeout_ms;
+    int command_timeout_ms;
+    const char *prefix;
+    const char *consumer;  /* this worker's consumer name */
+    int lease_ms;          /* entries idle longer are reclaimed by any worker */
+    int block_ms;          /* XREADGROUP BLOCK, default 2000 */
+    int results_maxlen;
+    int events_maxlen;
+    int events_ttl_s;
+    int job_ttl_s;
+};
+
+queue *queue_new(struct event_base *base, const struct queue_opts *opts,
+                 const struct queue_cbs *cbs, char *err, size_t errlen);
+void queue_free(queue *q);
+
+int queue_ready(const queue *q, char *why, size_t whylen);
+/* How many more entries the worker can take; reads ask for at most this many. */
+void queue_set_capacity(queue *q, int free_slots);
+/* Stops reading and reclaiming (drain). Renewal and completion go on. */
+void queue_stop_reading(queue *q);
+
+/* Renewal set: entries renewed every tick until untracked. job_id may be "" (unknown). */
+void queue_track(queue *q, const char *entry, const char *job_id);
+void queue_untrack(queue *q, const char *entry);
+
+/* Outcome of queue_begin. */
+enum queue_begin_status {
+    QB_OK = 0,      /* thread locked, job marked running; thread fields given */
+    QB_FENCED,      /* the entry is not ours any more */
+    QB_DUPLICATE,   /* the job already finished or runs elsewhere; acked */
+    QB_CANCELLED,   /* cancel key set before start */
+    QB_STARTED,     /* a previous delivery had started this turn */
+    QB_TENANT,      /* the thread belongs to another tenant */
+    QB_BUSY,        /* thread busy: job requeued through the delayed set; acked */
+    QB_ERROR,       /* Redis unavailable; the caller may retry */
+};
+
+struct queue_thread {
+    char *state;      /* "suspended", "destroyed", … or NULL when the thread is new */
+    char *sandbox_id;
+    char *snapshot;   /* JSON text or NULL */
+    char *provider;
+};
+void queue_thread_release(struct queue_thread *t);
+
+struct queue_begin_req {
+    const char *entry;
+    long long token;
+    const char *job_id;
+    const char *thread_id;
+    const char *organization;
+    const char *project;
+    const char *payload; /* for the busy requeue */
+    size_t payload_len;
+    int attempt;
+    int busy_delay_ms;
+};
+
+/* thread is valid only during the callback (QB_OK only). */
+typedef void (*queue_begin_fn)(void *arg, enum queue_begin_status st,
+                               const struct queue_thread *thread);
+void queue_begin(queue *q, const struct queue_begin_req *req, queue_begin_fn cb, void *arg);
+
+enum queue_mode { QUEUE_FINAL = 0, QUEUE_RETRY, QUEUE_DEAD };
+
+struct queue_completion {
+    const char *entry;
+    long long token;
+    const char *job_id;    /* "" when unknown */
+    const char *thread_id; /* "" when unknown */
+    const char *status;
+    const char *result_json;
+    enum queue_mode mode;
+    int64_t retry_at_ms;   /* QUEUE_RETRY */
+    int next_attempt;      /* QUEUE_RETRY */
+    const char *dead_reason; /* QUEUE_DEAD */
+    const char *payload;   /* the original job text (retry, dead) */
+    size_t payload_len;
+    const char *error_code;
+    int update_thread;
+    const char *thread_state;
+    const char *sandbox_id;
+    const char *snapshot_json;
+    const char *provider;
+};
+
+/* rc: 0 published, 1 fenced (nothing written), never an error: Redis failures are retried
+ * with backoff until the server answers (the entry stays pending meanwhile). */
+typedef void (*queue_complete_fn)(void *arg, int rc);
+void queue_complete(queue *q, const struct queue_completion *c, queue_complete_fn cb, void *arg);
+
+/* Appends a progress event {field: value…} to {p}:events:<job>. Fire-and-forget, in order.
+ * fields: NULL-terminated alternating names and values (values already masked). */
+void queue_event(queue *q, const char *job_id, const char *const *fields, const size_t *lens);
+
+/* Stats for metrics. */
+struct queue_stats {
+    unsigned long renewals, lease_losses, reclaims, fenced, reconnects, deliveries;
+};
+void queue_get_stats(const queue *q, struct queue_stats *out);
+
+#endif

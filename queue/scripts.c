@@ -1,0 +1,180 @@
+#include "queue/scripts.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/sha.h>
+
+/* KEYS: jobs, job hash, thread hash, delayed, cancel key
+ * ARGV: group, consumer, entry, delivery count, job id, thread id, organization, project,
+ *       now ms, requeue member ("<attempt>\n<job json>"), requeue delay ms, attempt
+ * Returns {"fenced"} | {"duplicate", why} | {"cancelled"} | {"started"} | {"tenant"} |
+ *         {"busy"} | {"ok", <thread hash as field/value list>}. */
+static const char begin_lua[] =
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
+    "if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then\n"
+    "  return {'fenced'}\n"
+    "end\n"
+    "local st = redis.call('HGET', KEYS[2], 'status')\n"
+    "if st and st ~= '' then\n"
+    "  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
+    "  return {'duplicate', st}\n"
+    "end\n"
+    "local phase = redis.call('HGET', KEYS[2], 'phase')\n"
+    "if phase == 'running' then\n"
+    "  local e0 = redis.call('HGET', KEYS[2], 'entry')\n"
+    "  if e0 and e0 ~= ARGV[3] then\n"
+    "    local q = redis.call('XPENDING', KEYS[1], ARGV[1], e0, e0, 1)\n"
+    "    if #q > 0 then\n"
+    "      redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
+    "      return {'duplicate', 'running'}\n"
+    "    end\n"
+    "  end\n"
+    "  return {'started'}\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[5]) == 1 then return {'cancelled'} end\n"
+    "local t = redis.call('HMGET', KEYS[3], 'organization', 'project', 'lock_entry')\n"
+    "if t[1] and (t[1] ~= ARGV[7] or t[2] ~= ARGV[8]) then return {'tenant'} end\n"
+    "if t[3] and t[3] ~= ARGV[3] then\n"
+    "  local q = redis.call('XPENDING', KEYS[1], ARGV[1], t[3], t[3], 1)\n"
+    "  if #q > 0 then\n"
+    "    redis.call('ZADD', KEYS[4], tonumber(ARGV[9]) + tonumber(ARGV[11]), ARGV[10])\n"
+    "    redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
+    "    return {'busy'}\n"
+    "  end\n"
+    "end\n"
+    "redis.call('HSET', KEYS[3], 'organization', ARGV[7], 'project', ARGV[8],\n"
+    "           'lock_entry', ARGV[3], 'lock_job', ARGV[5])\n"
+    "redis.call('HSET', KEYS[2], 'phase', 'running', 'entry', ARGV[3], 'owner', ARGV[2],\n"
+    "           'attempt', ARGV[12], 'thread', ARGV[6], 'started_at', ARGV[9])\n"
+    "local r = redis.call('HGETALL', KEYS[3])\n"
+    "table.insert(r, 1, 'ok')\n"
+    "return r\n";
+
+/* KEYS: jobs, results, job hash, thread hash, events, delayed, dead
+ * ARGV: 1 group, 2 consumer, 3 entry, 4 delivery count, 5 job id ("" when unknown),
+ *       6 thread id, 7 status, 8 result json, 9 now ms, 10 mode final|retry|dead,
+ *       11 retry member, 12 retry at ms, 13 dead reason, 14 results maxlen,
+ *       15 events maxlen, 16 events ttl s, 17 job ttl s, 18 update thread 0|1,
+ *       19 thread state, 20 sandbox id, 21 snapshot json, 22 provider, 23 job payload,
+ *       24 error code
+ * Returns "ok" or "fenced" (nothing written). */
+static const char complete_lua[] =
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
+    "if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then\n"
+    "  return 'fenced'\n"
+    "end\n"
+    "local hasjob = ARGV[5] ~= ''\n"
+    "if ARGV[18] == '1' then\n"
+    "  redis.call('HSET', KEYS[4], 'state', ARGV[19], 'sandbox_id', ARGV[20],\n"
+    "             'snapshot', ARGV[21], 'provider', ARGV[22], 'updated_at', ARGV[9],\n"
+    "             'last_job', ARGV[5])\n"
+    "end\n"
+    "if ARGV[6] ~= '' and redis.call('HGET', KEYS[4], 'lock_entry') == ARGV[3] then\n"
+    "  redis.call('HDEL', KEYS[4], 'lock_entry', 'lock_job')\n"
+    "end\n"
+    "if ARGV[10] == 'retry' then\n"
+    "  redis.call('ZADD', KEYS[6], ARGV[12], ARGV[11])\n"
+    "  if hasjob then\n"
+    "    redis.call('HSET', KEYS[3], 'phase', 'retrying', 'entry', '', 'last_error', ARGV[24])\n"
+    "    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*', 'type', 'retry',\n"
+    "               'status', ARGV[7], 'result', ARGV[8])\n"
+    "  end\n"
+    "else\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[14], '*', 'id', ARGV[5],\n"
+    "             'thread', ARGV[6], 'status', ARGV[7], 'result', ARGV[8], 'entry', ARGV[3])\n"
+    "  if hasjob then\n"
+    "    redis.call('HSET', KEYS[3], 'phase', 'done', 'status', ARGV[7], 'result', ARGV[8],\n"
+    "               'finished_at', ARGV[9], 'owner', ARGV[2])\n"
+    "    redis.call('EXPIRE', KEYS[3], ARGV[17])\n"
+    "    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*', 'type', 'done',\n"
+    "               'status', ARGV[7], 'result', ARGV[8])\n"
+    "    redis.call('EXPIRE', KEYS[5], ARGV[16])\n"
+    "  end\n"
+    "  if ARGV[10] == 'dead' then\n"
+    "    redis.call('XADD', KEYS[7], '*', 'id', ARGV[5], 'thread', ARGV[6], 'entry', ARGV[3],\n"
+    "               'reason', ARGV[13], 'job', ARGV[23])\n"
+    "  end\n"
+    "end\n"
+    "redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
+    "return 'ok'\n";
+
+/* KEYS: jobs, then one cancel key per entry (same order as the entries)
+ * ARGV: group, consumer, entry ids…
+ * Renews the entries still ours (XCLAIM … 0 … JUSTID: idle reset, delivery count kept).
+ * Returns {lost entries, entries whose cancel key exists}. */
+static const char renew_lua[] =
+    "local lost, cancelled = {}, {}\n"
+    "for i = 3, #ARGV do\n"
+    "  local e = ARGV[i]\n"
+    "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], e, e, 1)\n"
+    "  if #p > 0 and p[1][2] == ARGV[2] then\n"
+    "    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e, 'JUSTID')\n"
+    "    if redis.call('EXISTS', KEYS[i - 1]) == 1 then cancelled[#cancelled + 1] = e end\n"
+    "  else\n"
+    "    lost[#lost + 1] = e\n"
+    "  end\n"
+    "end\n"
+    "return {lost, cancelled}\n";
+
+/* KEYS: jobs.  ARGV: group, consumer, min idle ms, cursor, count.
+ * Returns {next cursor, {{entry, delivery count, {field, value…}}…}}. Entries deleted from
+ * the stream are dropped from the PEL by XAUTOCLAIM itself (Redis 7.0+). */
+static const char reclaim_lua[] =
+    "local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],\n"
+    "                     'COUNT', ARGV[5])\n"
+    "local out = {}\n"
+    "for _, e in ipairs(r[2]) do\n"
+    "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)\n"
+    "  if #p > 0 and e[2] then out[#out + 1] = {e[1], p[1][4], e[2]} end\n"
+    "end\n"
+    "return {r[1], out}\n";
+
+/* KEYS: delayed, jobs, dead.  ARGV: now ms, limit.
+ * Members are "<attempt>\n<job json>"; a malformed member goes to the dead stream. */
+static const char promote_lua[] =
+    "local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])\n"
+    "for _, v in ipairs(m) do\n"
+    "  local nl = string.find(v, '\\n', 1, true)\n"
+    "  if nl then\n"
+    "    redis.call('XADD', KEYS[2], '*', 'job', string.sub(v, nl + 1),\n"
+    "               'attempt', string.sub(v, 1, nl - 1))\n"
+    "  else\n"
+    "    redis.call('XADD', KEYS[3], '*', 'reason', 'malformed delayed entry', 'job', v)\n"
+    "  end\n"
+    "  redis.call('ZREM', KEYS[1], v)\n"
+    "end\n"
+    "return #m\n";
+
+/* KEYS: jobs, job hash.  ARGV: job json, job ttl s.
+ * Producer-side idempotency: adds the job unless its id was already enqueued (the job hash
+ * exists). Returns {"added", entry} or {"exists", phase or status}. */
+static const char enqueue_lua[] =
+    "if redis.call('EXISTS', KEYS[2]) == 1 then\n"
+    "  local h = redis.call('HMGET', KEYS[2], 'status', 'phase')\n"
+    "  return {'exists', h[1] or h[2] or 'queued'}\n"
+    "end\n"
+    "local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])\n"
+    "redis.call('HSET', KEYS[2], 'phase', 'queued', 'entry', id)\n"
+    "redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
+    "return {'added', id}\n";
+
+static const char *const sources[SCRIPT__COUNT] = {begin_lua,   complete_lua, renew_lua,
+                                                   reclaim_lua, promote_lua,  enqueue_lua};
+
+const char *scripts_source(enum queue_script s)
+{
+    return sources[s];
+}
+
+const char *scripts_sha(enum queue_script s)
+{
+    static char shas[SCRIPT__COUNT][41];
+    if (!shas[s][0]) {
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)sources[s], strlen(sources[s]), md);
+        for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+            snprintf(shas[s] + 2 * i, 3, "%02x", md[i]);
+    }
+    return shas[s];
+}
