@@ -202,7 +202,7 @@ metric *metrics_gauge_fn(metrics *m, const char *name, const char *help, double 
 {
     if (!fn)
         die("%s: NULL gauge callback", name ? name : "(null)");
-    if (m && name && find_metric(m, name))
+    if (valid_name(name, 1) && find_metric(m, name))
         die("%s: registered twice", name);
     metric *mt = reg(m, MT_GAUGE, name, help, NULL, NULL, 0);
     mt->fn = fn;

@@ -1,8 +1,11 @@
 /* lib/metrics: exposition text byte for byte, escaping, histogram cumulation, the series cap,
  * and a line-format check of everything rendered. */
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "lib/buf.h"
 #include "lib/metrics.h"
@@ -339,6 +342,80 @@ TEST_CASE(format_checker_rejects_garbage)
     CHECK(format_errors("# TYPE x summary-ish\n") > 0);
 }
 
+/* Runs fn(arg) in a child with stderr silenced; 1 when the child died of SIGABRT. */
+static int aborts(void (*fn)(int), int arg)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr))
+            _exit(3);
+        fn(arg);
+        _exit(0);
+    }
+    int st = 0;
+    if (waitpid(pid, &st, 0) != pid)
+        return -1;
+    return WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+}
+
+static void misuse(int which)
+{
+    static const double unsorted[] = {1, 0.5};
+    metrics *m = metrics_new();
+    metric *c = metrics_counter(m, "ok_total", "x", "status");
+    metric *g = metrics_gauge(m, "ok_gauge", "x", NULL);
+    switch (which) {
+    case 0:
+        metrics_counter(m, "9starts_with_digit", "x", NULL);
+        break;
+    case 1:
+        metrics_counter(m, "has-dash", "x", NULL);
+        break;
+    case 2:
+        metrics_counter(m, "x_total", "x", "__reserved");
+        break;
+    case 3:
+        metrics_histogram(m, "h_seconds", "x", "le", NULL, 0);
+        break;
+    case 4:
+        metrics_histogram(m, "h_seconds", "x", NULL, unsorted, 2);
+        break;
+    case 5:
+        metrics_gauge(m, "ok_total", "x", "status"); /* same name, other type */
+        break;
+    case 6:
+        metric_inc(c, NULL, 1); /* labelled metric without a value */
+        break;
+    case 7:
+        metric_set(g, "v", 1); /* unlabelled metric with a value */
+        break;
+    case 8:
+        metric_set(c, "v", 1); /* set on a counter */
+        break;
+    case 9:
+        metric_observe(g, NULL, 1);
+        break;
+    default: /* control: valid use does not abort */
+        metric_inc(c, "v", 1);
+        break;
+    }
+    metrics_free(m);
+}
+
+TEST_CASE(programming_errors_abort)
+{
+    for (int i = 0; i < 10; i++) {
+        int r = aborts(misuse, i);
+        if (r != 1)
+            fprintf(stderr, "misuse case %d: %d\n", i, r);
+        CHECK_EQ_INT(r, 1);
+    }
+    CHECK_EQ_INT(aborts(misuse, 99), 0);
+}
+
 int main(void)
 {
     RUN(counter_with_label);
@@ -349,5 +426,6 @@ int main(void)
     RUN(values_and_reregistration);
     RUN(series_cap);
     RUN(format_checker_rejects_garbage);
+    RUN(programming_errors_abort);
     return test_report();
 }
