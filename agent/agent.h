@@ -1,0 +1,88 @@
+/* sandbox-agent internals shared by its modules. One agent per process, one event loop. */
+#ifndef SW_AGENT_AGENT_H
+#define SW_AGENT_AGENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+
+#include "agent/httpd.h"
+
+#define AGENT_VERSION "1.0.0"
+
+struct agent_config {
+    char *bind;                 /* LD_AGENT_BIND, default 0.0.0.0 */
+    int port;                   /* LD_AGENT_PORT, default 8080 */
+    int hook_port;              /* LD_AGENT_HOOK_PORT, default 9000; 0 or == port: none */
+    char *token;                /* SANDBOX_AGENT_TOKEN; NULL: no auth (upstream behaviour) */
+    size_t max_json_bytes;      /* JSON request bodies (SANDBOX_AGENT_MAX_JSON_BYTES, 1 MiB) */
+    uint64_t max_file_bytes;    /* POST /files body (SANDBOX_AGENT_MAX_FILE_BYTES, 4 GiB) */
+    size_t max_procs;           /* concurrent commands, runs and archive jobs (.._MAX_PROCS, 64) */
+    size_t max_conns;           /* open connections (SANDBOX_AGENT_MAX_CONNS, 512) */
+    uint64_t spool_max_bytes;   /* per run output kept for re-attach (.._SPOOL_MAX_BYTES, 64 MiB) */
+    char *spool_dir;            /* SANDBOX_AGENT_SPOOL_DIR, default $TMPDIR/sandbox-agent-<pid> */
+    uint64_t run_retain_ms;     /* finished runs kept (SANDBOX_AGENT_RUN_RETAIN_MS, 1 h) */
+    size_t max_runs_kept;       /* finished + running runs remembered (.._MAX_RUNS_KEPT, 256) */
+    uint64_t extract_max_bytes; /* archive in: file bytes (.._EXTRACT_MAX_BYTES, 16 GiB) */
+    uint64_t extract_max_entries; /* archive in: entries (.._EXTRACT_MAX_ENTRIES, 1000000) */
+};
+
+struct runs;
+
+struct agent {
+    struct event_base *base;
+    struct agent_config cfg;
+    struct httpd *http;
+    char **hook_env; /* NULL-terminated "K=V" from the run hook's {"envs":{}}; may be NULL */
+    size_t procs;    /* live commands + archive jobs, bounded by cfg.max_procs */
+    struct runs *runs;
+    int shutting_down;
+};
+
+/* Parses the environment into cfg; on a bad value returns -1 with one line in err naming the
+ * variable. Unsets SANDBOX_AGENT_TOKEN so commands never inherit it. */
+int agent_config_load(struct agent_config *cfg, char *err, size_t errlen);
+void agent_config_release(struct agent_config *cfg);
+
+/* The request handler given to httpd. */
+void agent_handle(struct httpd_req *req, void *arg);
+
+/* Builds a NULL-terminated envp: the agent's environment, then the run hook's envs, then
+ * `envs` (a JSON object of strings; NULL ok). Later entries override earlier ones. Returns
+ * NULL with err set when envs has a non-string value. Free with agent_env_free. */
+char **agent_env_build(const struct agent *a, const cJSON *envs, char *err, size_t errlen);
+void agent_env_free(char **envp);
+
+/* Reply helpers: JSON bodies {"error":"..."} and arbitrary cJSON (not consumed). */
+void agent_reply_error(struct httpd_req *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void agent_reply_json(struct httpd_req *req, int status, const cJSON *body);
+
+/* Command spec parsed from {cmd, cwd, envs, timeoutMs} (shared by /exec and /runs). */
+struct agent_cmd {
+    char *cmd;
+    char *cwd;
+    char **envp;
+    uint64_t timeout_ms;
+};
+/* 0, or -1 with the upstream-compatible 400 message in err. */
+int agent_cmd_parse(const struct agent *a, const char *body, size_t len, struct agent_cmd *out,
+                    char *err, size_t errlen);
+void agent_cmd_release(struct agent_cmd *c);
+
+/* Run registry (runs.c). */
+struct runs *runs_new(struct agent *a);
+void runs_free(struct runs *r);
+/* Handles /runs and /runs/...; returns 0 if it took the request, -1 if the path is not its. */
+int runs_route(struct runs *r, struct httpd_req *req);
+/* SIGTERMs every running run's group (shutdown). Returns how many were signalled. */
+size_t runs_signal_all(struct runs *r, int sig);
+
+/* Archive routes (archive_http.c): /archive/out, /archive/in. Same contract as runs_route. */
+int archive_route(struct agent *a, struct httpd_req *req);
+/* Live archive jobs are killed (shutdown). */
+void archive_kill_all(int sig);
+
+#endif

@@ -1,0 +1,1125 @@
+#include "agent/httpd.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
+
+#include "lib/buf.h"
+#include "lib/log.h"
+
+/* ---------------------------------------------------------------- parser */
+
+static int is_tchar(int ch)
+{
+    return isalnum(ch) || (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* Splits off one line ending in "\r\n" or "\n"; returns the next line or NULL at the end. */
+static char *next_line(char *p, char *end, char **line_end)
+{
+    char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (!nl)
+        return NULL;
+    char *e = nl;
+    if (e > p && e[-1] == '\r')
+        e--;
+    *e = '\0';
+    *line_end = e;
+    return nl + 1;
+}
+
+int httpd_parse_head(char *buf, size_t len, struct httpd_head *h)
+{
+    char *p = buf, *end = buf + len, *le;
+    memset(h, 0, sizeof(*h));
+    if (memchr(buf, '\0', len))
+        return -1;
+    char *next = next_line(p, end, &le);
+    if (!next)
+        return -1;
+    /* request line: METHOD SP target SP HTTP/1.x */
+    char *sp1 = strchr(p, ' ');
+    if (!sp1 || sp1 == p)
+        return -1;
+    *sp1 = '\0';
+    for (char *m = p; *m; m++)
+        if (!is_tchar((unsigned char)*m))
+            return -1;
+    h->method = p;
+    char *target = sp1 + 1;
+    char *sp2 = strchr(target, ' ');
+    if (!sp2 || sp2 == target)
+        return -1;
+    *sp2 = '\0';
+    for (char *t = target; *t; t++)
+        if ((unsigned char)*t <= 0x20 || (unsigned char)*t == 0x7f)
+            return -1;
+    h->target = target;
+    const char *ver = sp2 + 1;
+    if (strncmp(ver, "HTTP/1.", 7) != 0 || (ver[7] != '0' && ver[7] != '1') || ver[8] != '\0')
+        return -1;
+    h->minor_version = ver[7] - '0';
+    p = next;
+    while (p < end) {
+        next = next_line(p, end, &le);
+        if (!next)
+            return -1;
+        if (le == p) /* empty line: end of head */
+            return next == end ? 0 : -1;
+        if (*p == ' ' || *p == '\t') /* obsolete line folding */
+            return -1;
+        char *colon = strchr(p, ':');
+        if (!colon || colon == p)
+            return -1;
+        for (char *n = p; n < colon; n++)
+            if (!is_tchar((unsigned char)*n))
+                return -1;
+        *colon = '\0';
+        char *v = colon + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        char *ve = le;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        *ve = '\0';
+        for (char *q = v; *q; q++)
+            if (((unsigned char)*q < 0x20 && *q != '\t') || (unsigned char)*q == 0x7f)
+                return -1;
+        if (h->nheaders == HTTPD_MAX_HEADERS)
+            return -1;
+        h->headers[h->nheaders].name = p;
+        h->headers[h->nheaders].value = v;
+        h->nheaders++;
+        p = next;
+    }
+    return -1;
+}
+
+const char *httpd_head_get(const struct httpd_head *h, const char *name)
+{
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (strcasecmp(h->headers[i].name, name) == 0)
+            return h->headers[i].value;
+    return NULL;
+}
+
+enum { CH_SIZE, CH_EXT, CH_SIZE_LF, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER, CH_DONE };
+
+#define CHUNK_LINE_MAX 4096
+
+int httpd_chunked_feed(struct httpd_chunked *c, const char *in, size_t len, size_t *used,
+                       void (*emit)(void *arg, const char *data, size_t n), void *arg)
+{
+    size_t i = 0;
+    int rc = 0;
+    while (i < len && c->state != CH_DONE) {
+        char ch = in[i];
+        switch (c->state) {
+        case CH_SIZE:
+            if (isxdigit((unsigned char)ch)) {
+                if (c->remaining >> 59) { /* would overflow 64 bits */
+                    rc = -1;
+                    goto out;
+                }
+                int d = isdigit((unsigned char)ch) ? ch - '0' : (tolower(ch) - 'a' + 10);
+                c->remaining = c->remaining * 16 + (uint64_t)d;
+                c->line_len++;
+            } else if (c->line_len == 0) {
+                rc = -1;
+                goto out;
+            } else if (ch == ';' || ch == ' ' || ch == '\t') {
+                c->state = CH_EXT;
+            } else if (ch == '\r') {
+                c->state = CH_SIZE_LF;
+            } else if (ch == '\n') {
+                c->state = c->remaining ? CH_DATA : CH_TRAILER;
+                c->line_len = 0;
+            } else {
+                rc = -1;
+                goto out;
+            }
+            i++;
+            break;
+        case CH_EXT:
+            if (++c->line_len > CHUNK_LINE_MAX) {
+                rc = -1;
+                goto out;
+            }
+            if (ch == '\r')
+                c->state = CH_SIZE_LF;
+            else if (ch == '\n') {
+                c->state = c->remaining ? CH_DATA : CH_TRAILER;
+                c->line_len = 0;
+            }
+            i++;
+            break;
+        case CH_SIZE_LF:
+            if (ch != '\n') {
+                rc = -1;
+                goto out;
+            }
+            c->state = c->remaining ? CH_DATA : CH_TRAILER;
+            c->line_len = 0;
+            i++;
+            break;
+        case CH_DATA: {
+            size_t n = len - i;
+            if ((uint64_t)n > c->remaining)
+                n = (size_t)c->remaining;
+            emit(arg, in + i, n);
+            i += n;
+            c->remaining -= n;
+            if (c->remaining == 0)
+                c->state = CH_DATA_CR;
+            break;
+        }
+        case CH_DATA_CR:
+            if (ch == '\r')
+                c->state = CH_DATA_LF;
+            else if (ch == '\n')
+                c->state = CH_SIZE;
+            else {
+                rc = -1;
+                goto out;
+            }
+            i++;
+            break;
+        case CH_DATA_LF:
+            if (ch != '\n') {
+                rc = -1;
+                goto out;
+            }
+            c->state = CH_SIZE;
+            i++;
+            break;
+        case CH_TRAILER:
+            /* trailer lines are skipped; an empty line ends the body */
+            if (ch == '\n') {
+                if (c->line_len == 0)
+                    c->state = CH_DONE;
+                c->line_len = 0;
+            } else if (ch != '\r' || c->line_len > 0) {
+                if (++c->line_len > CHUNK_LINE_MAX) {
+                    rc = -1;
+                    goto out;
+                }
+            }
+            i++;
+            break;
+        default:
+            rc = -1;
+            goto out;
+        }
+    }
+    if (c->state == CH_DONE)
+        rc = 1;
+out:
+    *used = i;
+    return rc;
+}
+
+static int hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    ch = tolower(ch);
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    return -1;
+}
+
+int httpd_url_decode(char *s)
+{
+    char *w = s;
+    for (const char *r = s; *r; r++) {
+        if (*r == '%') {
+            int hi = hexval((unsigned char)r[1]), lo = hi < 0 ? -1 : hexval((unsigned char)r[2]);
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                return -1;
+            *w++ = (char)(hi * 16 + lo);
+            r += 2;
+        } else if (*r == '+') {
+            *w++ = ' ';
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+    return 0;
+}
+
+/* ---------------------------------------------------------------- server */
+
+enum body_mode { BODY_UNSET, BODY_BUFFER, BODY_STREAM };
+enum reply_state { REPLY_NONE, REPLY_STARTED, REPLY_ENDED };
+
+struct conn;
+
+struct httpd_req {
+    struct conn *c;
+    char *head_buf;
+    struct httpd_head head;
+    char *path;
+    char *qbuf; /* decoded query: names/values point in here */
+    size_t nparams;
+    struct {
+        const char *name, *value;
+    } params[32];
+    int params_parsed;
+    int64_t clen; /* -1 chunked */
+    uint64_t body_left;
+    struct httpd_chunked ch;
+    int expect_continue;
+    enum body_mode body_mode;
+    size_t body_max;
+    size_t body_total;
+    struct evbuffer *body;
+    int body_done;
+    int body_done_notified;
+    httpd_req_fn on_body;
+    httpd_req_fn on_drain, on_close;
+    void *cb_arg;
+    int keepalive;
+    int head_only;
+    enum reply_state reply;
+    int chunked_out;
+    int status;
+    uint64_t bytes_out;
+    struct timespec t0;
+    struct buf extra_headers;
+};
+
+struct conn {
+    struct httpd *srv;
+    struct bufferevent *bev;
+    struct conn *prev, *next;
+    char peer[64];
+    struct httpd_req *req;
+    int closing;     /* close once the output is flushed */
+    int in_dispatch; /* >0 while conn_process runs: frees are deferred */
+    int dead;
+};
+
+struct httpd {
+    struct event_base *base;
+    struct httpd_limits lim;
+    httpd_handler_fn handler;
+    void *arg;
+    struct evconnlistener *listeners[4];
+    size_t nlisteners;
+    struct conn *conns;
+    size_t nconns;
+};
+
+static void conn_process(struct conn *c);
+static void conn_free(struct conn *c);
+
+static double ms_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) * 1e3 + (double)(now.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static void req_log(const struct httpd_req *r, const char *outcome)
+{
+    /* one line per request: never bodies, never headers (they may carry the token) */
+    log_info(NULL, "agent request: %s %s %d %" PRIu64 "B %.2fms%s%s peer=%s", r->head.method,
+             r->head.target, r->status, r->bytes_out, ms_since(&r->t0), outcome ? " " : "",
+             outcome ? outcome : "", r->c ? r->c->peer : "-");
+}
+
+static void req_free(struct httpd_req *r)
+{
+    if (!r)
+        return;
+    free(r->head_buf);
+    free(r->path);
+    free(r->qbuf);
+    if (r->body)
+        evbuffer_free(r->body);
+    buf_release(&r->extra_headers);
+    free(r);
+}
+
+/* The client went away (or the server shuts down) before the exchange finished. */
+static void req_abandon(struct httpd_req *r, const char *why)
+{
+    struct conn *c = r->c;
+    if (r->reply != REPLY_ENDED) {
+        req_log(r, why);
+        httpd_req_fn cb = r->on_close;
+        r->on_close = NULL;
+        r->on_drain = NULL;
+        r->on_body = NULL;
+        if (cb)
+            cb(r, r->cb_arg);
+    }
+    if (c && c->req == r)
+        c->req = NULL;
+    req_free(r);
+}
+
+static void conn_kill(struct conn *c, const char *why)
+{
+    if (c->dead)
+        return;
+    c->dead = 1;
+    if (c->req)
+        req_abandon(c->req, why);
+    if (!c->in_dispatch)
+        conn_free(c);
+}
+
+static void conn_free(struct conn *c)
+{
+    struct httpd *s = c->srv;
+    if (c->req)
+        req_abandon(c->req, "server-closed");
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    bufferevent_free(c->bev);
+    free(c);
+}
+
+static void conn_update_read(struct conn *c)
+{
+    if (c->dead || c->closing)
+        return;
+    size_t in = evbuffer_get_length(bufferevent_get_input(c->bev));
+    if (in >= c->srv->lim.max_head_bytes + c->srv->lim.body_high)
+        bufferevent_disable(c->bev, EV_READ);
+    else
+        bufferevent_enable(c->bev, EV_READ);
+}
+
+static void conn_close_when_flushed(struct conn *c)
+{
+    c->closing = 1;
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        conn_kill(c, NULL);
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Entity";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
+    }
+}
+
+/* Finishes the exchange once both the reply ended and the body was read (or abandoned). */
+static void req_maybe_finish(struct httpd_req *r)
+{
+    struct conn *c = r->c;
+    if (r->reply != REPLY_ENDED)
+        return;
+    if (!r->body_done) {
+        /* the handler answered without reading the body: the connection cannot be reused */
+        r->keepalive = 0;
+    }
+    req_log(r, NULL);
+    c->req = NULL;
+    int keep = r->keepalive;
+    req_free(r);
+    if (!keep)
+        conn_close_when_flushed(c);
+    else if (!c->in_dispatch)
+        conn_process(c);
+}
+
+static void body_emit(void *arg, const char *data, size_t n)
+{
+    struct httpd_req *r = arg;
+    evbuffer_add(r->body, data, n);
+    r->body_total += n;
+}
+
+/* Moves body bytes from the socket input into r->body. Returns 1 if progress was made. */
+static int body_pump(struct conn *c, struct httpd_req *r)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    int progress = 0;
+    while (!r->body_done && evbuffer_get_length(in) > 0) {
+        size_t room = SIZE_MAX;
+        if (r->body_mode == BODY_STREAM) {
+            size_t have = evbuffer_get_length(r->body);
+            if (have >= c->srv->lim.body_high)
+                break;
+            room = c->srv->lim.body_high - have;
+        }
+        if (r->clen >= 0) {
+            size_t n = evbuffer_get_length(in);
+            if ((uint64_t)n > r->body_left)
+                n = (size_t)r->body_left;
+            if (n > room)
+                n = room;
+            evbuffer_remove_buffer(in, r->body, n);
+            r->body_total += n;
+            r->body_left -= n;
+            if (r->body_left == 0)
+                r->body_done = 1;
+            progress = 1;
+        } else {
+            struct evbuffer_iovec v;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+                break;
+            size_t n = v.iov_len < room ? v.iov_len : room, used = 0;
+            int rc = httpd_chunked_feed(&r->ch, v.iov_base, n, &used, body_emit, r);
+            evbuffer_drain(in, used);
+            progress = 1;
+            if (rc < 0)
+                return -1;
+            if (rc == 1)
+                r->body_done = 1;
+            if (used == 0)
+                break;
+        }
+        if (r->body_mode == BODY_BUFFER && r->body_total > r->body_max)
+            return -2;
+    }
+    return progress;
+}
+
+static void send_continue(struct httpd_req *r)
+{
+    if (r->expect_continue && r->reply == REPLY_NONE && !r->body_done &&
+        evbuffer_get_length(bufferevent_get_input(r->c->bev)) == 0) {
+        bufferevent_write(r->c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    r->expect_continue = 0;
+}
+
+/* Parses one request head from the input; 1 = a request was dispatched, 0 = need more, -1 =
+ * the connection is finished. */
+static int conn_read_head(struct conn *c)
+{
+    struct httpd *s = c->srv;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t inlen = evbuffer_get_length(in);
+    if (inlen == 0)
+        return 0;
+    /* skip empty lines between requests (RFC 9112 §2.2) */
+    for (;;) {
+        unsigned char first[2];
+        ev_ssize_t k = evbuffer_copyout(in, first, 2);
+        if (k >= 1 && first[0] == '\n')
+            evbuffer_drain(in, 1);
+        else if (k == 2 && first[0] == '\r' && first[1] == '\n')
+            evbuffer_drain(in, 2);
+        else
+            break;
+    }
+    inlen = evbuffer_get_length(in);
+    struct evbuffer_ptr p = evbuffer_search(in, "\n\r\n", 3, NULL);
+    struct evbuffer_ptr p2 = evbuffer_search(in, "\n\n", 2, NULL);
+    size_t head_len = 0;
+    if (p.pos >= 0)
+        head_len = (size_t)p.pos + 3;
+    if (p2.pos >= 0 && (head_len == 0 || (size_t)p2.pos + 2 < head_len))
+        head_len = (size_t)p2.pos + 2;
+    if (head_len == 0 || head_len > s->lim.max_head_bytes) {
+        if (inlen > s->lim.max_head_bytes || head_len > s->lim.max_head_bytes) {
+            static const char msg[] = "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                      "Content-Length: 0\r\nConnection: close\r\n\r\n";
+            bufferevent_write(c->bev, msg, sizeof(msg) - 1);
+            conn_close_when_flushed(c);
+            return -1;
+        }
+        return 0;
+    }
+    struct httpd_req *r = xcalloc(1, sizeof(*r));
+    clock_gettime(CLOCK_MONOTONIC, &r->t0);
+    r->c = c;
+    buf_init(&r->extra_headers);
+    r->head_buf = xmalloc(head_len + 1);
+    evbuffer_remove(in, r->head_buf, head_len);
+    r->head_buf[head_len] = '\0';
+    if (httpd_parse_head(r->head_buf, head_len, &r->head) != 0) {
+        static const char msg[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                                  "Content-Length: 16\r\nConnection: close\r\n\r\n"
+                                  "malformed request";
+        bufferevent_write(c->bev, msg, sizeof(msg) - 2);
+        req_free(r);
+        conn_close_when_flushed(c);
+        return -1;
+    }
+    const char *q = strchr(r->head.target, '?');
+    r->path = q ? xstrndup(r->head.target, (size_t)(q - r->head.target)) : xstrdup(r->head.target);
+    r->keepalive = r->head.minor_version >= 1;
+    const char *conn_hdr = httpd_head_get(&r->head, "Connection");
+    if (conn_hdr && strcasestr(conn_hdr, "close"))
+        r->keepalive = 0;
+    if (conn_hdr && strcasestr(conn_hdr, "keep-alive"))
+        r->keepalive = 1;
+    r->head_only = strcmp(r->head.method, "HEAD") == 0;
+    const char *te = httpd_head_get(&r->head, "Transfer-Encoding");
+    const char *cl = httpd_head_get(&r->head, "Content-Length");
+    int bad = 0;
+    if (te) {
+        if (strcasecmp(te, "chunked") != 0 || cl)
+            bad = 1; /* only plain chunked; both headers is request smuggling */
+        r->clen = -1;
+    } else if (cl) {
+        char *e;
+        errno = 0;
+        unsigned long long v = strtoull(cl, &e, 10);
+        if (!isdigit((unsigned char)*cl) || *e || errno || v > INT64_MAX)
+            bad = 1;
+        r->clen = (int64_t)v;
+        r->body_left = v;
+    }
+    if (r->clen == 0)
+        r->body_done = 1;
+    const char *exp = httpd_head_get(&r->head, "Expect");
+    r->expect_continue = exp && strcasecmp(exp, "100-continue") == 0;
+    r->body = evbuffer_new();
+    c->req = r;
+    if (bad) {
+        r->keepalive = 0;
+        httpd_reply_text(r, 400, "bad request framing");
+        return 1;
+    }
+    s->handler(r, s->arg);
+    return 1;
+}
+
+static void conn_process(struct conn *c)
+{
+    c->in_dispatch++;
+    while (!c->dead && !c->closing) {
+        if (!c->req) {
+            if (conn_read_head(c) <= 0)
+                break;
+            continue;
+        }
+        struct httpd_req *r = c->req;
+        if (r->body_mode != BODY_UNSET && !r->body_done) {
+            int rc = body_pump(c, r);
+            if (rc < 0) {
+                r->keepalive = 0;
+                r->body_done = 1; /* stop reading; the connection closes after the reply */
+                r->body_done_notified = 1;
+                if (r->reply == REPLY_NONE) {
+                    httpd_req_fn cb = r->on_close;
+                    r->on_close = NULL;
+                    r->on_body = NULL;
+                    if (cb)
+                        cb(r, r->cb_arg);
+                    httpd_reply_text(r, rc == -1 ? 400 : 413,
+                                     rc == -1 ? "bad chunked body" : "request body too large");
+                } else {
+                    httpd_reply_abort(r);
+                }
+                continue;
+            }
+            if (rc == 0)
+                break;
+            if (r->body_mode == BODY_STREAM && r->on_body) {
+                if (r->body_done)
+                    r->body_done_notified = 1;
+                r->on_body(r, r->cb_arg);
+            }
+            continue;
+        }
+        if (r->body_mode != BODY_UNSET && r->body_done && !r->body_done_notified) {
+            httpd_req_fn cb = r->on_body;
+            r->body_done_notified = 1;
+            if (cb)
+                cb(r, r->cb_arg);
+            continue;
+        }
+        if (r->reply == REPLY_ENDED) {
+            req_maybe_finish(r);
+            continue;
+        }
+        break;
+    }
+    c->in_dispatch--;
+    if (c->dead) {
+        if (!c->in_dispatch)
+            conn_free(c);
+        return;
+    }
+    conn_update_read(c);
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    conn_process(arg);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    size_t left = evbuffer_get_length(bufferevent_get_output(bev));
+    if (c->closing && left == 0) {
+        conn_kill(c, NULL);
+        return;
+    }
+    struct httpd_req *r = c->req;
+    if (r && r->reply == REPLY_STARTED && r->on_drain && left <= c->srv->lim.out_high / 2) {
+        c->in_dispatch++;
+        r->on_drain(r, r->cb_arg);
+        c->in_dispatch--;
+        if (c->dead) {
+            if (!c->in_dispatch)
+                conn_free(c);
+            return;
+        }
+        if (!c->in_dispatch)
+            conn_process(c);
+    }
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct conn *c = arg;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        conn_kill(c, (what & BEV_EVENT_EOF) ? "client-closed" : "connection-error");
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    (void)l;
+    (void)salen;
+    struct httpd *s = arg;
+    if (s->nconns >= s->lim.max_conns) {
+        log_warn(NULL, "agent: connection limit (%zu) reached, dropping a connection",
+                 s->lim.max_conns);
+        evutil_closesocket(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct conn *c = xcalloc(1, sizeof(*c));
+    c->srv = s;
+    c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        evutil_closesocket(fd);
+        free(c);
+        return;
+    }
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)(const void *)sa;
+        char a[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &in4->sin_addr, a, sizeof(a));
+        snprintf(c->peer, sizeof(c->peer), "%s:%d", a, ntohs(in4->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        char a[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &in6->sin6_addr, a, sizeof(a));
+        snprintf(c->peer, sizeof(c->peer), "[%s]:%d", a, ntohs(in6->sin6_port));
+    } else {
+        snprintf(c->peer, sizeof(c->peer), "local");
+    }
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    bufferevent_set_max_single_read(c->bev, 256 * 1024);
+    bufferevent_set_max_single_write(c->bev, 1024 * 1024);
+    bufferevent_setwatermark(c->bev, EV_WRITE, s->lim.out_high / 2, 0);
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
+                        httpd_handler_fn handler, void *arg)
+{
+    struct httpd *s = xcalloc(1, sizeof(*s));
+    s->base = base;
+    s->lim = *lim;
+    if (!s->lim.max_head_bytes)
+        s->lim.max_head_bytes = 16 * 1024;
+    if (!s->lim.max_conns)
+        s->lim.max_conns = 512;
+    if (!s->lim.out_high)
+        s->lim.out_high = 1024 * 1024;
+    if (!s->lim.body_high)
+        s->lim.body_high = 256 * 1024;
+    s->handler = handler;
+    s->arg = arg;
+    return s;
+}
+
+int httpd_listen(struct httpd *s, const char *addr, int port, int *bound_port, char *err,
+                 size_t errlen)
+{
+    if (s->nlisteners == sizeof(s->listeners) / sizeof(s->listeners[0])) {
+        snprintf(err, errlen, "too many listeners");
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    char spec[128];
+    snprintf(spec, sizeof(spec), strchr(addr, ':') ? "[%s]:%d" : "%s:%d", addr, port);
+    if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) != 0) {
+        snprintf(err, errlen, "bad listen address %s", spec);
+        return -1;
+    }
+    struct evconnlistener *l = evconnlistener_new_bind(
+        s->base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+        128, (struct sockaddr *)&ss, sslen);
+    if (!l) {
+        snprintf(err, errlen, "listen on %s: %s", spec, strerror(errno));
+        return -1;
+    }
+    if (bound_port) {
+        struct sockaddr_storage b;
+        socklen_t blen = sizeof(b);
+        getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&b, &blen);
+        *bound_port = b.ss_family == AF_INET6
+                          ? ntohs(((struct sockaddr_in6 *)(void *)&b)->sin6_port)
+                          : ntohs(((struct sockaddr_in *)(void *)&b)->sin_port);
+    }
+    s->listeners[s->nlisteners++] = l;
+    return 0;
+}
+
+void httpd_free(struct httpd *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nlisteners; i++)
+        evconnlistener_free(s->listeners[i]);
+    while (s->conns) {
+        struct conn *c = s->conns;
+        c->dead = 1;
+        c->in_dispatch = 0;
+        conn_free(c);
+    }
+    free(s);
+}
+
+size_t httpd_conn_count(const struct httpd *s)
+{
+    return s->nconns;
+}
+
+const char *httpd_req_method(const struct httpd_req *r)
+{
+    return r->head.method;
+}
+
+const char *httpd_req_path(const struct httpd_req *r)
+{
+    return r->path;
+}
+
+const char *httpd_req_header(const struct httpd_req *r, const char *name)
+{
+    return httpd_head_get(&r->head, name);
+}
+
+static void parse_query(struct httpd_req *r)
+{
+    r->params_parsed = 1;
+    const char *q = strchr(r->head.target, '?');
+    if (!q)
+        return;
+    r->qbuf = xstrdup(q + 1);
+    char *save = NULL;
+    for (char *tok = strtok_r(r->qbuf, "&", &save); tok; tok = strtok_r(NULL, "&", &save)) {
+        if (r->nparams == sizeof(r->params) / sizeof(r->params[0]))
+            break;
+        char *eq = strchr(tok, '=');
+        char *v = eq ? eq + 1 : tok + strlen(tok);
+        if (eq)
+            *eq = '\0';
+        if (httpd_url_decode(tok) != 0 || httpd_url_decode(v) != 0)
+            continue; /* an undecodable parameter is treated as absent */
+        r->params[r->nparams].name = tok;
+        r->params[r->nparams].value = v;
+        r->nparams++;
+    }
+}
+
+const char *httpd_req_query(struct httpd_req *r, const char *name)
+{
+    const char *v = NULL;
+    httpd_req_query_all(r, name, &v, 1);
+    return v;
+}
+
+size_t httpd_req_query_all(struct httpd_req *r, const char *name, const char **out, size_t n)
+{
+    if (!r->params_parsed)
+        parse_query(r);
+    size_t k = 0;
+    for (size_t i = 0; i < r->nparams && k < n; i++)
+        if (strcmp(r->params[i].name, name) == 0)
+            out[k++] = r->params[i].value;
+    return k;
+}
+
+int64_t httpd_req_content_length(const struct httpd_req *r)
+{
+    return r->clen;
+}
+
+const char *httpd_req_peer(const struct httpd_req *r)
+{
+    return r->c ? r->c->peer : "-";
+}
+
+struct event_base *httpd_req_base(const struct httpd_req *r)
+{
+    return r->c->srv->base;
+}
+
+void httpd_req_set_callbacks(struct httpd_req *r, httpd_req_fn on_drain, httpd_req_fn on_close,
+                             void *arg)
+{
+    r->on_drain = on_drain;
+    r->on_close = on_close;
+    r->cb_arg = arg;
+}
+
+static void schedule_process(struct httpd_req *r)
+{
+    if (!r->c->in_dispatch)
+        conn_process(r->c);
+}
+
+void httpd_req_read_body(struct httpd_req *r, size_t max, httpd_req_fn on_done)
+{
+    r->body_mode = BODY_BUFFER;
+    r->body_max = max;
+    r->on_body = on_done;
+    if (r->clen > 0 && (uint64_t)r->clen > max) {
+        r->keepalive = 0;
+        r->body_done = 1;
+        r->on_body = NULL;
+        httpd_reply_text(r, 413, "request body too large");
+        return;
+    }
+    send_continue(r);
+    schedule_process(r);
+}
+
+void httpd_req_stream_body(struct httpd_req *r, httpd_req_fn on_data)
+{
+    r->body_mode = BODY_STREAM;
+    r->on_body = on_data;
+    send_continue(r);
+    schedule_process(r);
+}
+
+struct evbuffer *httpd_req_body(struct httpd_req *r)
+{
+    return r->body;
+}
+
+int httpd_req_body_done(const struct httpd_req *r)
+{
+    return r->body_done;
+}
+
+void httpd_req_body_kick(struct httpd_req *r)
+{
+    schedule_process(r);
+}
+
+void httpd_req_add_header(struct httpd_req *r, const char *name, const char *value)
+{
+    buf_printf(&r->extra_headers, "%s: %s\r\n", name, value);
+}
+
+static void write_head(struct httpd_req *r, int status, const char *ctype, int64_t clen)
+{
+    struct buf h;
+    buf_init(&h);
+    r->status = status;
+    if (r->head.minor_version == 0 && clen < 0)
+        r->keepalive = 0; /* HTTP/1.0: no chunking, the end of the body is the close */
+    if (!r->body_done && r->body_mode == BODY_UNSET)
+        r->keepalive = 0;
+    buf_printf(&h, "HTTP/1.1 %d %s\r\n", status, reason(status));
+    if (ctype)
+        buf_printf(&h, "Content-Type: %s\r\n", ctype);
+    if (clen >= 0) {
+        if (status != 204 && status != 304)
+            buf_printf(&h, "Content-Length: %" PRId64 "\r\n", clen);
+    } else if (r->head.minor_version >= 1) {
+        buf_puts(&h, "Transfer-Encoding: chunked\r\n");
+        r->chunked_out = 1;
+    }
+    if (r->extra_headers.len)
+        buf_append(&h, r->extra_headers.data, r->extra_headers.len);
+    buf_puts(&h, r->keepalive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+    bufferevent_write(r->c->bev, h.data, h.len);
+    buf_release(&h);
+    r->reply = REPLY_STARTED;
+}
+
+void httpd_reply_start(struct httpd_req *r, int status, const char *ctype, int64_t content_length)
+{
+    if (r->reply != REPLY_NONE)
+        return;
+    write_head(r, status, ctype, content_length);
+    if (r->head_only)
+        r->chunked_out = 0;
+}
+
+void httpd_reply_add(struct httpd_req *r, const void *data, size_t len)
+{
+    if (r->reply != REPLY_STARTED || len == 0 || r->head_only)
+        return;
+    struct evbuffer *out = bufferevent_get_output(r->c->bev);
+    if (r->chunked_out)
+        evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_add(out, data, len);
+    if (r->chunked_out)
+        evbuffer_add(out, "\r\n", 2);
+    r->bytes_out += len;
+}
+
+void httpd_reply_add_buffer(struct httpd_req *r, struct evbuffer *data)
+{
+    size_t len = evbuffer_get_length(data);
+    if (r->reply != REPLY_STARTED || len == 0 || r->head_only) {
+        evbuffer_drain(data, len);
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(r->c->bev);
+    if (r->chunked_out)
+        evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_add_buffer(out, data);
+    if (r->chunked_out)
+        evbuffer_add(out, "\r\n", 2);
+    r->bytes_out += len;
+}
+
+size_t httpd_reply_pending(const struct httpd_req *r)
+{
+    return evbuffer_get_length(bufferevent_get_output(r->c->bev));
+}
+
+size_t httpd_out_high(const struct httpd_req *r)
+{
+    return r->c->srv->lim.out_high;
+}
+
+void httpd_reply_end(struct httpd_req *r)
+{
+    if (r->reply == REPLY_ENDED)
+        return;
+    if (r->reply == REPLY_NONE)
+        write_head(r, 200, NULL, 0);
+    if (r->chunked_out)
+        bufferevent_write(r->c->bev, "0\r\n\r\n", 5);
+    else if (r->head.minor_version == 0 && r->status != 204)
+        r->keepalive = 0;
+    r->reply = REPLY_ENDED;
+    r->on_drain = NULL;
+    r->on_close = NULL;
+    struct conn *c = r->c;
+    if (!r->body_done) {
+        /* the rest of the body is not wanted: drop it with the connection */
+        r->body_done = 1;
+        r->keepalive = 0;
+    }
+    r->on_body = NULL;
+    if (!c->in_dispatch)
+        req_maybe_finish(r);
+}
+
+void httpd_reply(struct httpd_req *r, int status, const char *ctype, const void *body, size_t len)
+{
+    if (r->reply != REPLY_NONE)
+        return;
+    write_head(r, status, ctype, (int64_t)len);
+    if (len && !r->head_only && status != 204) {
+        bufferevent_write(r->c->bev, body, len);
+        r->bytes_out += len;
+    }
+    httpd_reply_end(r);
+}
+
+void httpd_reply_text(struct httpd_req *r, int status, const char *text)
+{
+    httpd_reply(r, status, "text/plain; charset=utf-8", text, strlen(text));
+}
+
+void httpd_reply_abort(struct httpd_req *r)
+{
+    struct conn *c = r->c;
+    r->on_close = NULL;
+    r->on_drain = NULL;
+    r->on_body = NULL;
+    if (r->status == 0)
+        r->status = 500;
+    req_log(r, "aborted");
+    r->reply = REPLY_ENDED;
+    c->req = NULL;
+    req_free(r);
+    /* unsent output is dropped on purpose: the client must see a truncated transfer */
+    conn_kill(c, NULL);
+}

@@ -1,0 +1,124 @@
+/* sandbox-agent: the exec agent inside every sandbox image (see DESIGN §7).
+ * Environment: LD_AGENT_PORT (8080), LD_AGENT_HOOK_PORT (9000), LD_AGENT_BIND (0.0.0.0),
+ * SANDBOX_AGENT_TOKEN (optional bearer token), SANDBOX_AGENT_* limits (agent.h),
+ * LIGHTDASH_LOG_LEVEL, LIGHTDASH_LOG_FORMAT. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/agent.h"
+#include "agent/proc.h"
+#include "lib/log.h"
+
+/* Grace between SIGTERM to the children and SIGKILL at shutdown, in ms. */
+#define SHUTDOWN_GRACE_MS 1000
+
+static struct event *g_grace;
+
+static void shutdown_now(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct agent *a = arg;
+    event_base_loopexit(a->base, NULL);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct agent *a = arg;
+    if (a->shutting_down) {
+        event_base_loopexit(a->base, NULL);
+        return;
+    }
+    a->shutting_down = 1;
+    size_t n = runs_signal_all(a->runs, SIGTERM);
+    archive_kill_all(SIGTERM);
+    log_info(NULL, "agent: signal %d, shutting down (%zu run(s) signalled)", (int)sig, n);
+    g_grace = evtimer_new(a->base, shutdown_now, a);
+    struct timeval tv = {SHUTDOWN_GRACE_MS / 1000, (SHUTDOWN_GRACE_MS % 1000) * 1000};
+    evtimer_add(g_grace, &tv);
+}
+
+static void setup_logging(void)
+{
+    enum log_level lvl = LOG_INFO;
+    enum log_format fmt = LOG_FMT_PLAIN;
+    const char *s = getenv("LIGHTDASH_LOG_LEVEL");
+    if (s && *s && log_level_parse(s, &lvl) != 0)
+        fprintf(stderr, "LIGHTDASH_LOG_LEVEL: unknown level \"%s\", using info\n", s);
+    s = getenv("LIGHTDASH_LOG_FORMAT");
+    if (s && *s && log_format_parse(s, &fmt) != 0)
+        fprintf(stderr, "LIGHTDASH_LOG_FORMAT: unknown format \"%s\", using plain\n", s);
+    log_setup(lvl, fmt, stdout);
+    log_set_component("sandbox-agent");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
+        printf("sandbox-agent %s\n", AGENT_VERSION);
+        return 0;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "usage: sandbox-agent [--version]  (configured by environment)\n");
+        return 2;
+    }
+    setup_logging();
+    int rc = 1;
+    struct agent a;
+    memset(&a, 0, sizeof(a));
+    char err[256];
+    struct event *sigterm = NULL, *sigint = NULL;
+    if (agent_config_load(&a.cfg, err, sizeof(err)) != 0) {
+        log_error(NULL, "agent: %s", err);
+        goto out;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    a.base = event_base_new();
+    if (!a.base || proc_reaper_init(a.base) != 0) {
+        log_error(NULL, "agent: cannot set up the event loop");
+        goto out;
+    }
+    struct httpd_limits lim = {.max_conns = a.cfg.max_conns};
+    a.http = httpd_new(a.base, &lim, agent_handle, &a);
+    a.runs = runs_new(&a);
+    int bound = 0;
+    if (httpd_listen(a.http, a.cfg.bind, a.cfg.port, &bound, err, sizeof(err)) != 0) {
+        log_error(NULL, "agent: LD_AGENT_PORT: %s", err);
+        goto out;
+    }
+    int hook_bound = 0;
+    if (a.cfg.hook_port && a.cfg.hook_port != a.cfg.port &&
+        httpd_listen(a.http, a.cfg.bind, a.cfg.hook_port, &hook_bound, err, sizeof(err)) != 0) {
+        log_error(NULL, "agent: LD_AGENT_HOOK_PORT: %s", err);
+        goto out;
+    }
+    sigterm = evsignal_new(a.base, SIGTERM, on_signal, &a);
+    sigint = evsignal_new(a.base, SIGINT, on_signal, &a);
+    evsignal_add(sigterm, NULL);
+    evsignal_add(sigint, NULL);
+    log_info(NULL, "agent: sandbox-agent %s listening on %s:%d (hooks :%d), auth %s", AGENT_VERSION,
+             a.cfg.bind, bound, hook_bound ? hook_bound : bound, a.cfg.token ? "on" : "off");
+    event_base_dispatch(a.base);
+    rc = 0;
+out:
+    /* connections first: live /exec commands are killed with their clients */
+    httpd_free(a.http);
+    runs_free(a.runs);
+    archive_kill_all(SIGKILL);
+    if (g_grace)
+        event_free(g_grace);
+    if (sigterm)
+        event_free(sigterm);
+    if (sigint)
+        event_free(sigint);
+    proc_reaper_shutdown();
+    agent_env_free(a.hook_env);
+    agent_config_release(&a.cfg);
+    if (a.base)
+        event_base_free(a.base);
+    log_info(NULL, "agent: stopped");
+    return rc;
+}
