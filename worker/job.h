@@ -16,10 +16,10 @@ enum step_kind { STEP_WRITE = 0, STEP_RUN, STEP_READ, STEP_UPLOAD, STEP_RESTORE 
 enum step_when { STEP_WHEN_ALWAYS = 0, STEP_WHEN_FRESH, STEP_WHEN_RESUMED };
 
 struct job_file {
-    char *path;    /* absolute path in the sandbox */
-    char *data;    /* decoded content (base64 when "encoding":"base64"), binary-safe */
+    char *path; /* absolute path in the sandbox */
+    char *data; /* decoded content (base64 when "encoding":"base64"), binary-safe */
     size_t len;
-    int mode;      /* "mode": octal string like "0644" or integer; default 0644 */
+    int mode; /* "mode": octal string like "0644" or integer; default 0644 */
 };
 
 struct job_env {
@@ -35,48 +35,51 @@ struct job_step {
     size_t nfiles;
     /* run */
     char *cmd;
-    char *cwd;             /* may be NULL */
-    struct job_env *env;   /* "env": object of string values */
+    char *cwd;           /* may be NULL */
+    struct job_env *env; /* "env": object of string values */
     size_t nenv;
-    int64_t timeout_ms;    /* 0: worker's default */
-    int allow_failure;     /* a non-zero exit does not fail the turn */
+    int64_t timeout_ms; /* 0: worker's default */
+    int allow_failure;  /* a non-zero exit does not fail the turn */
     enum step_when when;
     /* read */
     char *path;
-    size_t max_bytes;      /* 0: worker's default */
+    size_t max_bytes; /* 0: worker's default */
     /* upload / restore */
-    char **paths;          /* upload: paths to tar; NULL-terminated */
-    char *key;             /* object key */
-    char *dest;            /* restore: directory to extract into */
+    char **paths; /* upload: paths to tar; NULL-terminated */
+    char *key;    /* object key */
+    char *dest;   /* restore: directory to extract into */
 };
 
 struct job {
-    char *id;       /* 1..128 of [A-Za-z0-9_.:-] */
-    char *thread;   /* same charset */
+    char *id;     /* 1..128 of [A-Za-z0-9_.:-] */
+    char *thread; /* same charset */
     enum job_feature feature;
-    char *organization;  /* tenant.organization, 1..128 printable */
-    char *project;       /* tenant.project */
+    char *organization; /* tenant.organization, 1..128 printable */
+    char *project;      /* tenant.project */
     enum job_op op;
     struct job_step *steps;
-    size_t nsteps;       /* 0..256; destroy jobs must have none */
-    char **ws_include;   /* workspace.include, NULL-terminated; NULL when absent */
+    size_t nsteps;     /* 0..256; destroy jobs must have none */
+    char **ws_include; /* workspace.include (absolute paths), NULL-terminated; NULL when absent */
     char **ws_exclude;
     enum job_after after;
     struct job_env *secrets; /* "secrets": object name → value (name [A-Z_][A-Z0-9_]*) */
     size_t nsecrets;
-    char **inherit_env;      /* names, NULL-terminated */
-    int64_t deadline_ms;     /* whole-turn budget from start; 0: worker default */
-    int max_attempts;        /* 0: worker default; else 1..100 */
+    char **inherit_env;  /* names, NULL-terminated; NULL when absent */
+    int64_t deadline_ms; /* whole-turn budget from start; 0: worker default */
+    int max_attempts;    /* 0: worker default; else 1..100 */
 };
 
+/* lim may be NULL: 8 MiB, no deadline cap beyond 2^53, nothing inheritable. */
 struct job_limits {
-    size_t max_job_bytes;
-    int64_t max_deadline_ms;
-    const char *const *inherit_allow; /* names an operator allows; NULL-terminated */
+    size_t max_job_bytes;             /* 0: 8 MiB */
+    int64_t max_deadline_ms;          /* cap for deadline_ms and timeout_ms; <= 0: none */
+    const char *const *inherit_allow; /* names an operator allows; NULL-terminated; may be NULL */
 };
 
+/* Shown to producers as "<field>: <message>" (just the message when field is ""). The
+ * message never repeats the field, and never quotes secrets, env values or file content. */
 struct job_error {
-    char field[128];   /* "" when the whole document is at fault */
+    char field[128]; /* "" when the whole document is at fault */
     char message[256];
 };
 
