@@ -51,7 +51,10 @@ TEST_BIN := $(patsubst %.c,$(BUILD)/%,$(TEST_SRC))
 BENCH_BIN := $(patsubst %.c,$(BUILD)/%,$(BENCH_SRC))
 CORE_LIB := $(BUILD)/libsandbox.a
 
-BINS := $(BUILD)/sandbox-worker $(BUILD)/sandboxctl
+BINS := $(BUILD)/sandbox-worker
+ifneq ($(wildcard worker/sandboxctl.c),)
+BINS += $(BUILD)/sandboxctl
+endif
 ifneq ($(AGENT_SRC),)
 BINS += $(BUILD)/sandbox-agent
 endif

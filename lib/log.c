@@ -13,7 +13,7 @@
 static enum log_level g_level = LOG_INFO;
 static enum log_format g_format = LOG_FMT_PLAIN;
 static FILE *g_out;
-static mask *g_mask;
+static struct mask *g_mask;
 static char *g_component;
 
 static const char *const level_names[] = {"error", "warn", "info", "http", "debug"};
@@ -53,7 +53,7 @@ int log_enabled(enum log_level level)
     return level <= g_level;
 }
 
-mask *log_mask(void)
+struct mask *log_mask(void)
 {
     if (!g_mask)
         g_mask = mask_new();

@@ -24,7 +24,7 @@ int log_level_parse(const char *s, enum log_level *out);
 int log_format_parse(const char *s, enum log_format *out);
 int log_enabled(enum log_level level);
 /* The process-wide mask applied to every line; never NULL. */
-mask *log_mask(void);
+struct mask *log_mask(void);
 /* Extra static field on every line (e.g. worker name); copied; NULL clears. */
 void log_set_component(const char *name);
 

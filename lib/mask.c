@@ -14,12 +14,12 @@ struct mask {
     size_t n, cap;
 };
 
-mask *mask_new(void)
+struct mask *mask_new(void)
 {
-    return xcalloc(1, sizeof(mask));
+    return xcalloc(1, sizeof(struct mask));
 }
 
-void mask_free(mask *m)
+void mask_free(struct mask *m)
 {
     if (!m)
         return;
@@ -29,7 +29,7 @@ void mask_free(mask *m)
     free(m);
 }
 
-void mask_add(mask *m, const char *secret)
+void mask_add(struct mask *m, const char *secret)
 {
     size_t len = strlen(secret);
     if (len < MASK_MIN_LEN)
@@ -53,7 +53,7 @@ void mask_add(mask *m, const char *secret)
     m->n++;
 }
 
-void mask_remove(mask *m, const char *secret)
+void mask_remove(struct mask *m, const char *secret)
 {
     size_t len = strlen(secret);
     for (size_t i = 0; i < m->n; i++) {
@@ -68,19 +68,21 @@ void mask_remove(mask *m, const char *secret)
     }
 }
 
-size_t mask_count(const mask *m)
+size_t mask_count(const struct mask *m)
 {
     return m ? m->n : 0;
 }
 
-void mask_apply(const mask *m, const char *in, size_t len, struct buf *out)
+size_t mask_apply_upto(const struct mask *m, const char *in, size_t len, size_t limit, struct buf *out)
 {
+    if (limit > len)
+        limit = len;
     if (!m || m->n == 0) {
-        buf_append(out, in, len);
-        return;
+        buf_append(out, in, limit);
+        return limit;
     }
     size_t i = 0, start = 0;
-    while (i < len) {
+    while (i < limit) {
         size_t hit = 0;
         for (size_t k = 0; k < m->n; k++) {
             const struct secret *s = &m->v[k];
@@ -98,10 +100,21 @@ void mask_apply(const mask *m, const char *in, size_t len, struct buf *out)
             i++;
         }
     }
-    buf_append(out, in + start, len - start);
+    buf_append(out, in + start, i - start);
+    return i;
 }
 
-char *mask_strdup(const mask *m, const char *s)
+void mask_apply(const struct mask *m, const char *in, size_t len, struct buf *out)
+{
+    mask_apply_upto(m, in, len, len, out);
+}
+
+size_t mask_max_len(const struct mask *m)
+{
+    return m && m->n ? m->v[0].len : 0;
+}
+
+char *mask_strdup(const struct mask *m, const char *s)
 {
     struct buf b;
     buf_init(&b);

@@ -341,8 +341,9 @@ static void read_reply(redis *r, const redisReply *reply, void *arg)
     (void)r;
     queue *q = arg;
     q->reading = 0;
-    if (!reply)
-        return; /* READY kicks the reader again */
+    if (!reply || q->stopped)
+        return; /* READY kicks the reader again; entries read while stopping stay pending
+                   and are reclaimed by another worker after the lease (never started) */
     if (reply->type == REDIS_REPLY_ERROR) {
         log_error(NULL, "XREADGROUP failed: %s", reply->str);
         if (strncmp(reply->str, "NOGROUP", 7) == 0) {
@@ -467,6 +468,9 @@ void queue_set_capacity(queue *q, int free_slots)
 void queue_stop_reading(queue *q)
 {
     q->stopped = 1;
+    /* Abort a blocked XREADGROUP so no new entry is delivered to a draining worker. */
+    if (q->reading && redis_get_state(q->rd) == REDIS_READY)
+        redis_drop(q->rd);
 }
 
 /* ---- renewal, cancellation, delayed promotion ---- */

@@ -1,0 +1,586 @@
+/* End-to-end tests of the worker against a real redis-server, with the scripted provider
+ * in forked worker processes. Each case uses its own queue prefix. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "tests/support/redis_server.h"
+#include "tests/support/test.h"
+#include "tests/support/worker_proc.h"
+
+static struct test_redis *srv;
+static redisContext *rc;
+static char logdir[256];
+static int case_no;
+
+static char pfx[64], k_jobs[96], k_results[96], k_dead[96];
+
+static void new_prefix(const char *name)
+{
+    snprintf(pfx, sizeof(pfx), "t%d%s", ++case_no, name);
+    snprintf(k_jobs, sizeof(k_jobs), "{%s}:jobs", pfx);
+    snprintf(k_results, sizeof(k_results), "{%s}:results", pfx);
+    snprintf(k_dead, sizeof(k_dead), "{%s}:dead", pfx);
+}
+
+static char *key(const char *kind, const char *id)
+{
+    static char k[4][160];
+    static int i;
+    i = (i + 1) % 4;
+    snprintf(k[i], sizeof(k[i]), "{%s}:%s:%s", pfx, kind, id);
+    return k[i];
+}
+
+static char *log_path(const char *name)
+{
+    static char p[512];
+    snprintf(p, sizeof(p), "%s/%s-%s.log", logdir, pfx, name);
+    return p;
+}
+
+static pid_t spawn(const char *name, const char *const *env, int fail_create)
+{
+    struct worker_spec ws = {
+        .url = test_redis_url(srv),
+        .prefix = pfx,
+        .name = name,
+        .env = env,
+        .fail_create = fail_create,
+        .log_path = log_path(name),
+    };
+    return worker_spawn(&ws);
+}
+
+static void xadd_job(const char *json)
+{
+    freeReplyObject(sync_cmd(rc, "XADD %s * job %s", k_jobs, json));
+}
+
+static char *job_json(const char *id, const char *thread, const char *steps, const char *extra)
+{
+    static char buf[8192];
+    snprintf(buf, sizeof(buf),
+             "{\"id\":\"%s\",\"thread\":\"%s\",\"feature\":\"data-app\","
+             "\"tenant\":{\"organization\":\"org1\",\"project\":\"proj1\"},"
+             "\"steps\":[%s]%s%s}",
+             id, thread, steps, extra ? "," : "", extra ? extra : "");
+    return buf;
+}
+
+/* Waits for the job's final status; returns the parsed result (caller frees) or NULL. */
+static cJSON *wait_result(const char *id, int timeout_ms)
+{
+    char *st = sync_wait_hget(rc, key("job", id), "status", timeout_ms);
+    if (!st)
+        return NULL;
+    free(st);
+    char *res = sync_hget(rc, key("job", id), "result");
+    cJSON *j = res ? cJSON_Parse(res) : NULL;
+    free(res);
+    return j;
+}
+
+static const char *jstr(const cJSON *o, const char *path)
+{
+    /* path: dotted, e.g. "error.code" */
+    char tmp[128];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    const cJSON *cur = o;
+    for (char *tok = strtok(tmp, "."); tok && cur; tok = strtok(NULL, "."))
+        cur = cJSON_GetObjectItemCaseSensitive(cur, tok);
+    return cJSON_IsString(cur) ? cur->valuestring : NULL;
+}
+
+static long long results_for(const char *id)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE %s - +", k_results);
+    long long n = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        for (size_t k = 0; k + 1 < f->elements; k += 2)
+            if (strcmp(f->element[k]->str, "id") == 0 && strcmp(f->element[k + 1]->str, id) == 0)
+                n++;
+    }
+    freeReplyObject(r);
+    return n;
+}
+
+static long long pending(void)
+{
+    redisReply *r = sync_cmd(rc, "XPENDING %s workers", k_jobs);
+    long long n = r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+/* Concatenates every event of a job: "type|type|…" and all the event text into *all. */
+static char *event_types(const char *id, char **all)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE %s - +", key("events", id));
+    size_t cap = 65536;
+    char *types = calloc(1, cap), *text = calloc(1, 1 << 20);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            if (strcmp(f->element[k]->str, "type") == 0) {
+                strncat(types, f->element[k + 1]->str, cap - strlen(types) - 2);
+                strcat(types, "|");
+            }
+            strncat(text, f->element[k + 1]->str, (1 << 20) - strlen(text) - 1);
+        }
+    }
+    freeReplyObject(r);
+    if (all)
+        *all = text;
+    else
+        free(text);
+    return types;
+}
+
+static int file_contains(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* ---- cases ---- */
+
+TEST_CASE(valid_job_two_turns)
+{
+    new_prefix("valid");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(job_json("j1", "th1",
+                      "{\"type\":\"write\",\"files\":[{\"path\":\"/ws/a.txt\",\"content\":\"hello\"}]},"
+                      "{\"type\":\"run\",\"cmd\":\"out line1;err oops;out line2\"},"
+                      "{\"type\":\"read\",\"path\":\"/ws/a.txt\"}",
+                      NULL));
+    cJSON *r = wait_result("j1", 20000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(jstr(r, "sandbox.state"), "suspended");
+    const cJSON *steps = cJSON_GetObjectItem(r, "steps");
+    CHECK_EQ_INT(cJSON_GetArraySize(steps), 3);
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 1), "stdout"), "line1\nline2\n");
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 1), "stderr"), "oops\n");
+    CHECK_STR(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "files"), 0), "content"), "hello");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("j1"), 1);
+    char *text = NULL;
+    char *types = event_types("j1", &text);
+    CHECK_STR(types, "started|step_started|step_finished|step_started|output|output|output|"
+                     "step_finished|step_started|step_finished|done|");
+    free(types);
+    free(text);
+    char *state = sync_hget(rc, key("thread", "th1"), "state");
+    CHECK_STR(state, "suspended");
+    free(state);
+    char *snap = sync_hget(rc, key("thread", "th1"), "snapshot");
+    CHECK(snap && strstr(snap, "\"kind\":\"scripted\""));
+    free(snap);
+
+    /* Turn 2 resumes the snapshot: the file written in turn 1 is there. */
+    xadd_job(job_json("j2", "th1",
+                      "{\"type\":\"run\",\"cmd\":\"out fresh-only\",\"when\":\"fresh\"},"
+                      "{\"type\":\"run\",\"cmd\":\"cat /ws/a.txt\",\"when\":\"resumed\"}",
+                      NULL));
+    r = wait_result("j2", 20000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "sandbox"), "resumed")));
+    steps = cJSON_GetObjectItem(r, "steps");
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 0), "status"), "skipped");
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 1), "stdout"), "hello");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(pending(), 0);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(invalid_jobs_rejected)
+{
+    new_prefix("invalid");
+    pid_t w = spawn("w1", NULL, 0);
+    static const char *const bad[][2] = {
+        {"not json", ""},
+        {"{\"id\":\"b2\",\"thread\":\"t\",\"feature\":\"data-app\",\"tenant\":{\"organization\":"
+         "\"o\",\"project\":\"p\"},\"bogus\":1}",
+         "bogus"},
+        {"{\"id\":\"b3\",\"thread\":\"t\",\"feature\":\"data-app\",\"tenant\":{\"organization\":"
+         "\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\",\"cmd\":\"x\",\"timeout_ms\":"
+         "\"soon\"}]}",
+         "steps[0].timeout_ms"},
+        {"{\"id\":\"b4\",\"thread\":\"t\",\"feature\":\"web\",\"tenant\":{\"organization\":"
+         "\"o\",\"project\":\"p\"}}",
+         "feature"},
+        {"{\"id\":\"b5\",\"thread\":\"t\",\"feature\":\"data-app\",\"tenant\":{\"organization\":"
+         "\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"teleport\"}]}",
+         "steps[0].type"},
+    };
+    size_t n = sizeof(bad) / sizeof(bad[0]);
+    for (size_t i = 0; i < n; i++)
+        xadd_job(bad[i][0]);
+    /* An entry without a job field, and an oversized job. */
+    freeReplyObject(sync_cmd(rc, "XADD %s * nojob 1", k_jobs));
+    size_t big = 9 * 1024 * 1024;
+    char *huge = malloc(big + 1);
+    memset(huge, ' ', big);
+    memcpy(huge, "{\"id\":\"b7\"", 10);
+    huge[big - 1] = '}';
+    huge[big] = '\0';
+    freeReplyObject(sync_cmd(rc, "XADD %s * job %b", k_jobs, huge, big));
+    free(huge);
+    size_t total = n + 2;
+    for (int waited = 0; waited < 20000 && sync_int(rc, "XLEN %s", k_dead) < (long long)total;
+         waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_dead), (long long)total);
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_results), (long long)total);
+    /* Every dead entry names the field at fault. */
+    redisReply *d = sync_cmd(rc, "XRANGE %s - +", k_dead);
+    for (size_t i = 0; i < n && i < d->elements; i++) {
+        redisReply *f = d->element[i]->element[1];
+        const char *reason = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2)
+            if (strcmp(f->element[k]->str, "reason") == 0)
+                reason = f->element[k + 1]->str;
+        CHECK(reason && strncmp(reason, bad[i][1], strlen(bad[i][1])) == 0);
+        if (reason && strncmp(reason, bad[i][1], strlen(bad[i][1])) != 0)
+            printf("  reason %zu: %s\n", i, reason);
+    }
+    freeReplyObject(d);
+    cJSON *r = wait_result("b2", 1000);
+    CHECK(r && strcmp(jstr(r, "status"), "rejected") == 0);
+    CHECK(r && strcmp(jstr(r, "error.code"), "invalid_job") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(pending(), 0);
+
+    /* Tenant mismatch: thread tt belongs to org1 after a first job; org2 is refused. */
+    xadd_job(job_json("ok1", "tt", "", NULL));
+    cJSON_Delete(wait_result("ok1", 20000));
+    xadd_job("{\"id\":\"evil\",\"thread\":\"tt\",\"feature\":\"data-app\",\"tenant\":"
+             "{\"organization\":\"org2\",\"project\":\"proj1\"},\"steps\":[]}");
+    r = wait_result("evil", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "rejected") == 0);
+    CHECK(r && strcmp(jstr(r, "error.code"), "tenant_mismatch") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_dead), (long long)total + 1);
+    char *org = sync_hget(rc, key("thread", "tt"), "organization");
+    CHECK_STR(org, "org1");
+    free(org);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(duplicate_delivery_one_result)
+{
+    new_prefix("dup");
+    const char *j = job_json("d1", "thd", "{\"type\":\"run\",\"cmd\":\"sleep 300;out x\"}", NULL);
+    xadd_job(j);
+    xadd_job(j);
+    pid_t w = spawn("w1", NULL, 0);
+    cJSON *r = wait_result("d1", 20000);
+    CHECK(r != NULL);
+    cJSON_Delete(r);
+    for (int waited = 0; waited < 10000 && pending() != 0; waited += 50)
+        sleep_ms(50);
+    sleep_ms(300);
+    CHECK_EQ_INT(results_for("d1"), 1);
+    CHECK_EQ_INT(pending(), 0);
+    /* A job re-sent after it finished is acknowledged without a second result. */
+    xadd_job(j);
+    for (int waited = 0; waited < 10000 && pending() != 0; waited += 50)
+        sleep_ms(50);
+    sleep_ms(500);
+    CHECK_EQ_INT(results_for("d1"), 1);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+static const char *const short_lease[] = {"WORKER_LEASE_MS=3000", NULL};
+
+TEST_CASE(killed_worker_reclaimed)
+{
+    new_prefix("kill");
+    /* A started turn: worker A dies mid-step; B reports it lost, never re-runs it. */
+    pid_t a = spawn("wa", short_lease, 0);
+    xadd_job(job_json("k1", "thk", "{\"type\":\"run\",\"cmd\":\"out began;sleep 60000\"}", NULL));
+    char *phase = NULL;
+    for (int waited = 0; waited < 20000; waited += 50) {
+        free(phase);
+        phase = sync_hget(rc, key("job", "k1"), "phase");
+        if (phase && strcmp(phase, "running") == 0)
+            break;
+        sleep_ms(50);
+    }
+    CHECK_STR(phase, "running");
+    free(phase);
+    sleep_ms(200);
+    worker_stop(a, SIGKILL, 5000);
+    /* A turn that had not started: read by a consumer that died before beginning it. */
+    new_prefix("kill");
+    snprintf(pfx, sizeof(pfx), "t%dkill", case_no - 1); /* same queue */
+    snprintf(k_jobs, sizeof(k_jobs), "{%s}:jobs", pfx);
+    snprintf(k_results, sizeof(k_results), "{%s}:results", pfx);
+    snprintf(k_dead, sizeof(k_dead), "{%s}:dead", pfx);
+    xadd_job(job_json("k2", "thk2", "{\"type\":\"run\",\"cmd\":\"out ran\"}", NULL));
+    freeReplyObject(sync_cmd(rc, "XREADGROUP GROUP workers ghost COUNT 1 STREAMS %s >", k_jobs));
+    pid_t b = spawn("wb", short_lease, 0);
+    cJSON *r = wait_result("k1", 30000);
+    CHECK(r && strcmp(jstr(r, "status"), "lost") == 0);
+    CHECK(r && strcmp(jstr(r, "error.code"), "worker_lost") == 0);
+    cJSON_Delete(r);
+    r = wait_result("k2", 30000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && strcmp(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0), "stdout"),
+                      "ran\n") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("k1"), 1);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(fenced_after_takeover)
+{
+    new_prefix("fence");
+    pid_t w = spawn("w1", short_lease, 0);
+    xadd_job(job_json("f1", "thf", "{\"type\":\"run\",\"cmd\":\"sleep 2500;out late\"}", NULL));
+    char *entry = sync_wait_hget(rc, key("job", "f1"), "entry", 20000);
+    CHECK(entry != NULL);
+    /* Another consumer takes the entry over (as XAUTOCLAIM would after a missed lease). */
+    freeReplyObject(sync_cmd(rc, "XCLAIM %s workers thief 0 %s", k_jobs, entry ? entry : "0-0"));
+    /* The thief never renews, so after the lease our worker reclaims the entry: the turn had
+     * started, so the only result is "lost" — never the stale turn's "succeeded". */
+    cJSON *r = wait_result("f1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "lost") == 0);
+    cJSON_Delete(r);
+    sleep_ms(1000);
+    CHECK_EQ_INT(results_for("f1"), 1);
+    char *text = NULL;
+    char *types = event_types("f1", &text);
+    CHECK(strstr(text, "late") == NULL);
+    free(types);
+    free(text);
+    CHECK(file_contains(log_path("w1"), "lease lost"));
+    CHECK(file_contains(log_path("w1"), "turn abandoned: lease lost, nothing published"));
+    free(entry);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(redis_restart_mid_turn)
+{
+    new_prefix("restart");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(job_json("r1", "thr", "{\"type\":\"run\",\"cmd\":\"sleep 1500;out survived\"}", NULL));
+    char *phase = sync_wait_hget(rc, key("job", "r1"), "phase", 20000);
+    free(phase);
+    redisFree(rc);
+    CHECK_EQ_INT(test_redis_restart(srv), 0);
+    rc = sync_connect(test_redis_port(srv));
+    cJSON *r = wait_result("r1", 30000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("r1"), 1);
+    CHECK(file_contains(log_path("w1"), "redis connection lost"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(retries_then_dead_letter)
+{
+    new_prefix("retry");
+    static const char *const env[] = {"WORKER_RETRY_BASE_MS=50", "WORKER_RETRY_MAX_MS=200", NULL};
+    /* Two failed creates, then success on the third attempt. */
+    pid_t w = spawn("w1", env, 2);
+    xadd_job(job_json("r1", "thr1", "{\"type\":\"run\",\"cmd\":\"out ok\"}", "\"max_attempts\":3"));
+    cJSON *r = wait_result("r1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && cJSON_GetObjectItem(r, "attempt")->valueint == 3);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+    /* Creates keep failing: three attempts, then the dead-letter stream. */
+    w = spawn("w2", env, 100);
+    xadd_job(job_json("r2", "thr2", "{\"type\":\"run\",\"cmd\":\"out ok\"}", "\"max_attempts\":3"));
+    r = wait_result("r2", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "failed") == 0);
+    CHECK(r && cJSON_GetObjectItem(r, "attempt")->valueint == 3);
+    CHECK(r && strcmp(jstr(r, "error.code"), "acquire_failed") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_dead), 1);
+    char *types = event_types("r2", NULL);
+    CHECK_STR(types, "retry|retry|done|");
+    free(types);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(cancel_queued_and_running)
+{
+    new_prefix("cancel");
+    freeReplyObject(sync_cmd(rc, "SET %s 1 EX 600", key("cancel", "c1")));
+    xadd_job(job_json("c1", "thc1", "{\"type\":\"run\",\"cmd\":\"out no\"}", NULL));
+    pid_t w = spawn("w1", NULL, 0);
+    cJSON *r = wait_result("c1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "cancelled") == 0);
+    cJSON_Delete(r);
+    xadd_job(job_json("c2", "thc2", "{\"type\":\"run\",\"cmd\":\"out started;hang\"}", NULL));
+    char *phase = sync_wait_hget(rc, key("job", "c2"), "phase", 20000);
+    free(phase);
+    sleep_ms(300);
+    freeReplyObject(sync_cmd(rc, "SET %s 1 EX 600", key("cancel", "c2")));
+    r = wait_result("c2", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "cancelled") == 0);
+    CHECK(r && strcmp(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0), "status"),
+                      "killed") == 0);
+    CHECK(r && strcmp(jstr(r, "sandbox.state"), "suspended") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(sigterm_drain)
+{
+    new_prefix("drain");
+    static const char *const env[] = {"WORKER_SHUTDOWN_GRACE_MS=20000", NULL};
+    pid_t w = spawn("w1", env, 0);
+    xadd_job(job_json("s1", "ths1", "{\"type\":\"run\",\"cmd\":\"sleep 1500;out finished\"}", NULL));
+    char *phase = sync_wait_hget(rc, key("job", "s1"), "phase", 20000);
+    free(phase);
+    kill(w, SIGTERM);
+    /* A job enqueued during the drain is not taken. */
+    xadd_job(job_json("s2", "ths2", "{\"type\":\"run\",\"cmd\":\"out no\"}", NULL));
+    CHECK_EQ_INT(worker_stop(w, 0, 20000), 0);
+    cJSON *r = wait_result("s1", 1000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    char *st = sync_hget(rc, key("job", "s2"), "status");
+    CHECK(st == NULL);
+    free(st);
+
+    /* Grace expiry: the hung turn is interrupted and reported, and the process exits. */
+    static const char *const env2[] = {"WORKER_SHUTDOWN_GRACE_MS=500", NULL};
+    w = spawn("w2", env2, 0);
+    r = wait_result("s2", 20000);
+    cJSON_Delete(r);
+    xadd_job(job_json("s3", "ths3", "{\"type\":\"run\",\"cmd\":\"hang\"}", NULL));
+    phase = sync_wait_hget(rc, key("job", "s3"), "phase", 20000);
+    free(phase);
+    sleep_ms(200);
+    kill(w, SIGTERM);
+    CHECK_EQ_INT(worker_stop(w, 0, 20000), 0);
+    r = wait_result("s3", 1000);
+    CHECK(r && strcmp(jstr(r, "status"), "lost") == 0);
+    CHECK(r && strcmp(jstr(r, "error.code"), "worker_shutdown") == 0);
+    cJSON_Delete(r);
+}
+
+TEST_CASE(secrets_never_leak)
+{
+    new_prefix("secret");
+    static const char secret[] = "s3cr3t-Value-9f8e7d";
+    static const char *const env[] = {"INHERITED_TOKEN=inh-Secret-1234567",
+                                      "SANDBOX_INHERIT_ENV_ALLOW=INHERITED_TOKEN", NULL};
+    pid_t w = spawn("w1", env, 0);
+    char steps[1024];
+    snprintf(steps, sizeof(steps),
+             "{\"type\":\"write\",\"files\":[{\"path\":\"/s.txt\",\"content\":\"k=%s\"}]},"
+             "{\"type\":\"run\",\"cmd\":\"env API_TOKEN;env INHERITED_TOKEN;err %s;out "
+             "split-%s-end\"},"
+             "{\"type\":\"read\",\"path\":\"/s.txt\"},"
+             "{\"type\":\"run\",\"cmd\":\"out %s;exit 3\"}",
+             secret, secret, secret, secret);
+    char extra[256];
+    snprintf(extra, sizeof(extra),
+             "\"secrets\":{\"API_TOKEN\":\"%s\"},\"inherit_env\":[\"INHERITED_TOKEN\"]", secret);
+    xadd_job(job_json("x1", "thx", steps, extra));
+    cJSON *r = wait_result("x1", 20000);
+    CHECK(r != NULL);
+    char *res = sync_hget(rc, key("job", "x1"), "result");
+    CHECK(res && !strstr(res, secret) && !strstr(res, "inh-Secret-1234567"));
+    CHECK(res && strstr(res, "***"));
+    free(res);
+    CHECK(r && strcmp(jstr(r, "status"), "failed") == 0);
+    cJSON_Delete(r);
+    char *text = NULL;
+    char *types = event_types("x1", &text);
+    CHECK(strstr(text, secret) == NULL);
+    CHECK(strstr(text, "inh-Secret-1234567") == NULL);
+    CHECK(strstr(text, "split-***-end") != NULL);
+    free(types);
+    free(text);
+    redisReply *rr = sync_cmd(rc, "XRANGE %s - +", k_results);
+    for (size_t i = 0; i < rr->elements; i++) {
+        redisReply *f = rr->element[i]->element[1];
+        for (size_t k = 0; k < f->elements; k++)
+            CHECK(strstr(f->element[k]->str, secret) == NULL);
+    }
+    freeReplyObject(rr);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+    CHECK(!file_contains(log_path("w1"), secret));
+    CHECK(!file_contains(log_path("w1"), "inh-Secret-1234567"));
+}
+
+static int check_config_output(const char *var, const char *value, char *out, size_t outlen)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "env SANDBOX_PROVIDER=scripted-missing REDIS_URL=redis://127.0.0.1:1 %s='%s' "
+             "./%s/sandbox-worker --check-config 2>&1",
+             var, value, getenv("BUILD") ? getenv("BUILD") : "build");
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, outlen - 1, p);
+    out[n] = '\0';
+    return pclose(p);
+}
+
+TEST_CASE(check_config_names_variable)
+{
+    static const char *const cases[][2] = {
+        {"WORKER_CONCURRENCY", "abc"},     {"WORKER_LEASE_MS", "5"},
+        {"REDIS_URL", "http://nope"},      {"WORKER_HTTP_ADDR", "nope"},
+        {"LIGHTDASH_LOG_LEVEL", "loud"},   {"SANDBOX_QUEUE_PREFIX", "a b"},
+        {"WORKER_SHUTDOWN_GRACE_MS", "-1"}, {"LIGHTDASH_LOG_FORMAT", "xml"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char out[1024];
+        int st = check_config_output(cases[i][0], cases[i][1], out, sizeof(out));
+        CHECK(st != 0);
+        CHECK(strncmp(out, cases[i][0], strlen(cases[i][0])) == 0);
+        if (strncmp(out, cases[i][0], strlen(cases[i][0])) != 0)
+            printf("  %s=%s gave: %s\n", cases[i][0], cases[i][1], out);
+    }
+    char out[1024];
+    int st = check_config_output("WORKER_CONCURRENCY", "4", out, sizeof(out));
+    CHECK(st != 0);
+    CHECK(strncmp(out, "SANDBOX_PROVIDER", 16) == 0);
+}
+
+int main(void)
+{
+    srv = test_redis_start(NULL);
+    if (!srv) {
+        printf("skipped: the worker integration tests need redis-server\n");
+        return 0;
+    }
+    snprintf(logdir, sizeof(logdir), "%s", test_redis_dir(srv));
+    rc = sync_connect(test_redis_port(srv));
+    RUN(valid_job_two_turns);
+    RUN(invalid_jobs_rejected);
+    RUN(duplicate_delivery_one_result);
+    RUN(killed_worker_reclaimed);
+    RUN(fenced_after_takeover);
+    RUN(redis_restart_mid_turn);
+    RUN(retries_then_dead_letter);
+    RUN(cancel_queued_and_running);
+    RUN(sigterm_drain);
+    RUN(secrets_never_leak);
+    RUN(check_config_names_variable);
+    redisFree(rc);
+    test_redis_free(srv);
+    return test_report();
+}

@@ -1,0 +1,450 @@
+#include "tests/support/scripted_provider.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lib/buf.h"
+
+struct sfile {
+    char *path;
+    struct buf data;
+};
+
+struct files {
+    struct sfile *v;
+    size_t n;
+};
+
+struct snap {
+    char name[32];
+    struct files f;
+    struct snap *next;
+};
+
+struct ssb {
+    struct files f;
+};
+
+struct provider_exec {
+    struct sandbox *sb;
+    struct exec_cbs cbs;
+    char *script;
+    char *pos;
+    char **env;
+    struct event *timer, *deadline;
+    int done;
+};
+
+static struct scripted_stats stats;
+static struct snap *snaps;
+static int snap_seq, sb_seq;
+
+struct scripted_stats *scripted_stats(void)
+{
+    return &stats;
+}
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void files_clear(struct files *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->v[i].path);
+        buf_release(&f->v[i].data);
+    }
+    free(f->v);
+    f->v = NULL;
+    f->n = 0;
+}
+
+static struct sfile *files_get(struct files *f, const char *path, int create)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (strcmp(f->v[i].path, path) == 0)
+            return &f->v[i];
+    if (!create)
+        return NULL;
+    f->v = xrealloc(f->v, (f->n + 1) * sizeof(*f->v));
+    struct sfile *s = &f->v[f->n++];
+    s->path = xstrdup(path);
+    buf_init(&s->data);
+    return s;
+}
+
+static void files_copy(struct files *dst, const struct files *src)
+{
+    for (size_t i = 0; i < src->n; i++) {
+        struct sfile *s = files_get(dst, src->v[i].path, 1);
+        buf_clear(&s->data);
+        buf_append(&s->data, src->v[i].data.data, src->v[i].data.len);
+    }
+}
+
+/* ---- deferred callbacks: every completion goes through the loop ---- */
+
+struct later {
+    void (*fn)(struct later *l);
+    struct event *ev;
+    void *arg;
+    struct sandbox *sb;
+    int rc;
+    char *err;
+    cJSON *ref;
+    char *data;
+    size_t len;
+    union {
+        provider_sandbox_fn sbf;
+        provider_done_fn done;
+        provider_data_fn dataf;
+        provider_ref_fn reff;
+    } cb;
+};
+
+static void later_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct later *l = arg;
+    l->fn(l);
+    event_free(l->ev);
+    free(l->err);
+    free(l->data);
+    cJSON_Delete(l->ref);
+    free(l);
+}
+
+static struct later *later_new(struct event_base *base, void (*fn)(struct later *), int delay_ms)
+{
+    struct later *l = xcalloc(1, sizeof(*l));
+    l->fn = fn;
+    l->ev = evtimer_new(base, later_cb, l);
+    struct timeval tv = {delay_ms / 1000, (delay_ms % 1000) * 1000};
+    evtimer_add(l->ev, &tv);
+    return l;
+}
+
+static void call_sb(struct later *l)
+{
+    l->cb.sbf(l->arg, l->sb, l->err);
+}
+
+static void call_done(struct later *l)
+{
+    l->cb.done(l->arg, l->rc, l->err);
+}
+
+static void call_data(struct later *l)
+{
+    l->cb.dataf(l->arg, l->rc, l->data, l->len, l->err);
+}
+
+static void call_ref(struct later *l)
+{
+    l->cb.reff(l->arg, l->rc, l->ref, l->err);
+}
+
+/* ---- ops ---- */
+
+static struct sandbox *sb_new(struct provider *p)
+{
+    struct sandbox *sb = xcalloc(1, sizeof(*sb));
+    sb->prov = p;
+    snprintf(sb->id, sizeof(sb->id), "scripted-%d", ++sb_seq);
+    sb->priv = xcalloc(1, sizeof(struct ssb));
+    return sb;
+}
+
+static void sc_create(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,
+                      void *arg)
+{
+    (void)spec;
+    stats.first_call_us = mono_us();
+    struct later *l = later_new(p->base, call_sb, stats.create_delay_ms);
+    l->cb.sbf = done;
+    l->arg = arg;
+    if (stats.fail_create > 0) {
+        stats.fail_create--;
+        l->err = xstrdup("scripted create failure");
+        return;
+    }
+    stats.created++;
+    l->sb = sb_new(p);
+}
+
+static void sc_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                      provider_sandbox_fn done, void *arg)
+{
+    (void)spec;
+    stats.first_call_us = mono_us();
+    struct later *l = later_new(p->base, call_sb, 0);
+    l->cb.sbf = done;
+    l->arg = arg;
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(ref, "snapshot");
+    struct snap *s = snaps;
+    while (s && !(cJSON_IsString(name) && strcmp(s->name, name->valuestring) == 0))
+        s = s->next;
+    if (!s) {
+        l->err = xstrdup("snapshot not found");
+        return;
+    }
+    stats.resumed++;
+    l->sb = sb_new(p);
+    files_copy(&((struct ssb *)l->sb->priv)->f, &s->f);
+}
+
+static void exec_step(struct provider_exec *ex);
+
+static void exec_finish(struct provider_exec *ex, enum exec_status st, int code, const char *err)
+{
+    if (ex->done)
+        return;
+    ex->done = 1;
+    struct exec_cbs cbs = ex->cbs;
+    event_free(ex->timer);
+    if (ex->deadline)
+        event_free(ex->deadline);
+    for (size_t i = 0; ex->env && ex->env[i]; i++)
+        free(ex->env[i]);
+    free(ex->env);
+    free(ex->script);
+    free(ex);
+    cbs.on_exit(cbs.arg, st, code, err);
+}
+
+static void exec_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    exec_step(arg);
+}
+
+static void exec_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    exec_finish(arg, EXEC_TIMEOUT, -1, NULL);
+}
+
+static void emit_line(struct provider_exec *ex, enum exec_stream s, const char *text, size_t n)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_append(&b, text, n);
+    buf_putc(&b, '\n');
+    ex->cbs.on_output(ex->cbs.arg, s, b.data, b.len);
+    buf_release(&b);
+}
+
+static void exec_step(struct provider_exec *ex)
+{
+    struct ssb *s = ex->sb->priv;
+    while (*ex->pos) {
+        char *end = strchr(ex->pos, ';');
+        size_t n = end ? (size_t)(end - ex->pos) : strlen(ex->pos);
+        char *d = xstrndup(ex->pos, n);
+        ex->pos += n + (end ? 1 : 0);
+        char *w = d;
+        while (*w == ' ')
+            w++;
+        char *sp = strchr(w, ' ');
+        const char *argp = sp ? sp + 1 : "";
+        if (sp)
+            *sp = '\0';
+        if (strcmp(w, "out") == 0 || strcmp(w, "err") == 0) {
+            emit_line(ex, w[0] == 'o' ? EXEC_STDOUT : EXEC_STDERR, argp, strlen(argp));
+        } else if (strcmp(w, "env") == 0) {
+            const char *val = "";
+            size_t k = strlen(argp);
+            for (size_t i = 0; ex->env && ex->env[i]; i++)
+                if (strncmp(ex->env[i], argp, k) == 0 && ex->env[i][k] == '=')
+                    val = ex->env[i] + k + 1;
+            emit_line(ex, EXEC_STDOUT, val, strlen(val));
+        } else if (strcmp(w, "cat") == 0) {
+            struct sfile *f = files_get(&s->f, argp, 0);
+            if (f)
+                ex->cbs.on_output(ex->cbs.arg, EXEC_STDOUT, f->data.data ? f->data.data : "",
+                                  f->data.len);
+            else
+                emit_line(ex, EXEC_STDERR, "no such file", 12);
+        } else if (strcmp(w, "sleep") == 0 || strcmp(w, "hang") == 0) {
+            int ms = w[0] == 's' ? atoi(argp) : 24 * 3600 * 1000;
+            free(d);
+            struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+            evtimer_add(ex->timer, &tv);
+            return;
+        } else if (strcmp(w, "exit") == 0) {
+            int code = atoi(argp);
+            free(d);
+            exec_finish(ex, EXEC_EXITED, code, NULL);
+            return;
+        } else if (*w) {
+            emit_line(ex, EXEC_STDERR, "unknown directive", 17);
+            free(d);
+            exec_finish(ex, EXEC_EXITED, 127, NULL);
+            return;
+        }
+        free(d);
+    }
+    exec_finish(ex, EXEC_EXITED, 0, NULL);
+}
+
+static provider_exec *sc_exec(struct sandbox *sb, const struct exec_req *req,
+                              const struct exec_cbs *cbs, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    stats.execs++;
+    struct provider_exec *ex = xcalloc(1, sizeof(*ex));
+    ex->sb = sb;
+    ex->cbs = *cbs;
+    ex->script = xstrdup(req->cmd);
+    ex->pos = ex->script;
+    size_t n = 0;
+    while (req->env && req->env[n])
+        n++;
+    ex->env = xcalloc(n + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        ex->env[i] = xstrdup(req->env[i]);
+    ex->timer = evtimer_new(sb->prov->base, exec_timer_cb, ex);
+    if (req->timeout_ms > 0) {
+        ex->deadline = evtimer_new(sb->prov->base, exec_deadline_cb, ex);
+        struct timeval tv = {(time_t)(req->timeout_ms / 1000),
+                             (suseconds_t)((req->timeout_ms % 1000) * 1000)};
+        evtimer_add(ex->deadline, &tv);
+    }
+    struct timeval zero = {0, 0};
+    evtimer_add(ex->timer, &zero);
+    return ex;
+}
+
+static void kill_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    exec_finish(arg, EXEC_KILLED, 137, NULL);
+}
+
+static void sc_exec_kill(provider_exec *ex)
+{
+    stats.killed++;
+    /* Report through the loop, never inside the caller. */
+    event_del(ex->timer);
+    event_assign(ex->timer, ex->sb->prov->base, -1, 0, kill_cb, ex);
+    struct timeval zero = {0, 0};
+    evtimer_add(ex->timer, &zero);
+}
+
+static void sc_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
+                          int mode, provider_done_fn done, void *arg)
+{
+    (void)mode;
+    struct sfile *f = files_get(&((struct ssb *)sb->priv)->f, path, 1);
+    buf_clear(&f->data);
+    buf_append(&f->data, data, len);
+    struct later *l = later_new(sb->prov->base, call_done, 0);
+    l->cb.done = done;
+    l->arg = arg;
+}
+
+static void sc_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
+                         void *arg)
+{
+    struct sfile *f = files_get(&((struct ssb *)sb->priv)->f, path, 0);
+    struct later *l = later_new(sb->prov->base, call_data, 0);
+    l->cb.dataf = done;
+    l->arg = arg;
+    if (!f) {
+        l->rc = -1;
+        l->err = xstrdup("no such file");
+        return;
+    }
+    l->len = f->data.len < max ? f->data.len : max;
+    l->data = xstrndup(f->data.data ? f->data.data : "", l->len);
+}
+
+static void sc_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
+{
+    stats.suspended++;
+    struct snap *s = xcalloc(1, sizeof(*s));
+    snprintf(s->name, sizeof(s->name), "snap-%d", ++snap_seq);
+    files_copy(&s->f, &((struct ssb *)sb->priv)->f);
+    s->next = snaps;
+    snaps = s;
+    struct later *l = later_new(sb->prov->base, call_ref, 0);
+    l->cb.reff = done;
+    l->arg = arg;
+    l->ref = cJSON_CreateObject();
+    cJSON_AddStringToObject(l->ref, "kind", "scripted");
+    cJSON_AddStringToObject(l->ref, "snapshot", s->name);
+}
+
+static void sc_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
+{
+    stats.destroyed++;
+    struct later *l = later_new(sb->prov->base, call_done, 0);
+    l->cb.done = done;
+    l->arg = arg;
+}
+
+static void sc_delete_snapshot(struct provider *p, const cJSON *ref, provider_done_fn done,
+                               void *arg)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(ref, "snapshot");
+    for (struct snap **s = &snaps; *s; s = &(*s)->next) {
+        if (cJSON_IsString(name) && strcmp((*s)->name, name->valuestring) == 0) {
+            struct snap *dead = *s;
+            *s = dead->next;
+            files_clear(&dead->f);
+            free(dead);
+            stats.snapshots_deleted++;
+            break;
+        }
+    }
+    struct later *l = later_new(p->base, call_done, 0);
+    l->cb.done = done;
+    l->arg = arg;
+}
+
+static void sc_release(struct sandbox *sb)
+{
+    struct ssb *s = sb->priv;
+    files_clear(&s->f);
+    free(s);
+    free(sb);
+}
+
+static void sc_cleanup(struct provider *p)
+{
+    (void)p;
+    while (snaps) {
+        struct snap *s = snaps;
+        snaps = s->next;
+        files_clear(&s->f);
+        free(s);
+    }
+}
+
+const struct provider_ops scripted_provider_ops = {
+    .name = "scripted",
+    .caps = PROVIDER_CAP_NATIVE_SUSPEND,
+    .priv_size = 0,
+    .init = NULL,
+    .cleanup = sc_cleanup,
+    .create = sc_create,
+    .resume = sc_resume,
+    .exec = sc_exec,
+    .exec_kill = sc_exec_kill,
+    .write_file = sc_write_file,
+    .read_file = sc_read_file,
+    .suspend = sc_suspend,
+    .destroy = sc_destroy,
+    .delete_snapshot = sc_delete_snapshot,
+    .release = sc_release,
+};

@@ -1,0 +1,29 @@
+/* A scripted sandbox provider for tests (never part of the product). Register it with
+ * provider_register(&scripted_provider_ops) and set SANDBOX_PROVIDER=scripted.
+ *
+ * A run step's cmd is a script of ';'-separated directives, run in order on the loop:
+ *   out TEXT   TEXT and a newline on stdout      err TEXT   the same on stderr
+ *   sleep MS   wait                               exit N     end with exit code N
+ *   env NAME   print NAME's value from the exec environment
+ *   cat PATH   print a file of the sandbox        hang       never finish (timeout/kill)
+ * Without an exit directive the command ends with 0. Files live in memory per sandbox;
+ * suspend saves them as a snapshot {"kind":"scripted","snapshot":"snap-N"} that resume
+ * restores, so multi-turn tests can check state survives. */
+#ifndef SW_TESTS_SCRIPTED_PROVIDER_H
+#define SW_TESTS_SCRIPTED_PROVIDER_H
+
+#include <stdint.h>
+
+#include "providers/provider.h"
+
+extern const struct provider_ops scripted_provider_ops;
+
+struct scripted_stats {
+    int created, resumed, suspended, destroyed, execs, killed, snapshots_deleted;
+    int fail_create;       /* the next N creates fail */
+    int create_delay_ms;   /* delay before create completes */
+    int64_t first_call_us; /* monotonic time of the most recent create/resume call */
+};
+struct scripted_stats *scripted_stats(void);
+
+#endif

@@ -1,0 +1,980 @@
+/* One turn: parse → begin (fence, lock the thread) → acquire (create or resume) → steps →
+ * suspend or destroy → publish (fenced). Every transition is a callback on the loop; an
+ * abort (cancel, deadline, lease lost, shutdown) kills the running step and skips to the
+ * suspend so the sandbox never stays up. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <cjson/cJSON.h>
+
+#include "lib/buf.h"
+#include "lib/jsonx.h"
+#include "lib/log.h"
+#include "lib/mask.h"
+#include "worker/job.h"
+#include "worker/worker.h"
+
+#define POISON_DELIVERIES 10 /* a turn never begun after this many deliveries is dead */
+#define BUSY_DELAY_MS 1000   /* thread busy: retry the job this much later */
+
+enum turn_abort { AB_NONE = 0, AB_CANCEL, AB_TIMEOUT, AB_LEASE, AB_SHUTDOWN };
+
+enum step_status { SS_PENDING = 0, SS_OK, SS_FAILED, SS_SKIPPED, SS_TIMEOUT, SS_KILLED, SS_ERROR };
+static const char *const step_status_names[] = {"pending", "ok",     "failed", "skipped",
+                                                "timeout", "killed", "error"};
+
+struct stream_out {
+    struct buf tail;  /* last output_cap bytes (unmasked; masked when the result is built) */
+    struct buf pend;  /* not yet emitted as an event (held back for split secrets) */
+    uint64_t total;
+};
+
+struct step_result {
+    enum step_status status;
+    int exit_code;
+    int has_exit;
+    char *error;
+    struct stream_out out[2];
+    int64_t duration_ms;
+};
+
+struct turn {
+    struct turn *next;
+    struct worker *w;
+    struct queue_delivery *d;
+    struct job *job;
+    struct mask *mask;
+    struct log_ctx lc;
+    char job_id[129], thread_id[129];
+    int tracked;
+    int begun; /* the thread is locked by this turn */
+    enum turn_abort abort;
+    int64_t t_start, t_acquired, t_steps_done, t_finished;
+    struct sandbox *sb;
+    int resumed;
+    char *old_state, *old_snapshot, *old_provider;
+    size_t step;
+    int64_t step_started;
+    struct step_result *sr;
+    provider_exec *ex;
+    char **envv;
+    cJSON *files;
+    const char *status; /* final status when a step decides it */
+    char *err_code, *err_msg;
+    char *new_snapshot;
+    const char *thread_state;
+    int finishing;
+    struct event *deadline;
+};
+
+static int64_t now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static void set_error(struct turn *t, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_error(struct turn *t, const char *code, const char *fmt, ...)
+{
+    if (t->err_code)
+        return; /* the first error explains the turn */
+    t->err_code = xstrdup(code);
+    struct buf b;
+    buf_init(&b);
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    t->err_msg = buf_detach(&b);
+}
+
+/* ---- events ---- */
+
+static void emit(struct turn *t, const char *const *fields)
+{
+    if (!t->job_id[0] || t->abort == AB_LEASE)
+        return;
+    queue_event(t->w->q, t->job_id, fields, NULL);
+}
+
+static void emit_output(struct turn *t, int si, int final)
+{
+    struct stream_out *so = &t->sr[t->step].out[si];
+    if (!so->pend.len)
+        return;
+    size_t hold = mask_max_len(t->mask);
+    hold = hold ? hold - 1 : 0;
+    size_t limit = final ? so->pend.len : (so->pend.len > hold ? so->pend.len - hold : 0);
+    if (!limit)
+        return;
+    struct buf masked;
+    buf_init(&masked);
+    size_t used = mask_apply_upto(t->mask, so->pend.data, so->pend.len, limit, &masked);
+    buf_consume(&so->pend, used);
+    char step[24];
+    snprintf(step, sizeof(step), "%zu", t->step);
+    const char *fields[] = {"type",   "output", "step", step, "stream", si ? "stderr" : "stdout",
+                            "data",   masked.data ? masked.data : "", NULL};
+    size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
+    if (t->job_id[0] && t->abort != AB_LEASE && masked.len)
+        queue_event(t->w->q, t->job_id, fields, lens);
+    buf_release(&masked);
+}
+
+/* ---- lifecycle ---- */
+
+static void turn_free(struct turn *t)
+{
+    struct worker *w = t->w;
+    for (struct turn **p = &w->turns; *p; p = &(*p)->next) {
+        if (*p == t) {
+            *p = t->next;
+            break;
+        }
+    }
+    if (t->tracked)
+        queue_untrack(w->q, t->d->entry);
+    if (t->deadline)
+        event_free(t->deadline);
+    if (t->job) {
+        for (size_t i = 0; i < t->job->nsteps && t->sr; i++) {
+            free(t->sr[i].error);
+            for (int s = 0; s < 2; s++) {
+                buf_release(&t->sr[i].out[s].tail);
+                buf_release(&t->sr[i].out[s].pend);
+            }
+        }
+        for (size_t i = 0; i < t->job->nsecrets; i++)
+            mask_remove(log_mask(), t->job->secrets[i].value);
+        for (size_t i = 0; t->job->inherit_env && t->job->inherit_env[i]; i++) {
+            const char *v = getenv(t->job->inherit_env[i]);
+            if (v)
+                mask_remove(log_mask(), v);
+        }
+    }
+    free(t->sr);
+    for (size_t i = 0; t->envv && t->envv[i]; i++)
+        free(t->envv[i]);
+    free(t->envv);
+    if (t->sb)
+        provider_sandbox_release(t->sb);
+    cJSON_Delete(t->files);
+    free(t->old_state);
+    free(t->old_snapshot);
+    free(t->old_provider);
+    free(t->new_snapshot);
+    free(t->err_code);
+    free(t->err_msg);
+    job_free(t->job);
+    mask_free(t->mask);
+    queue_delivery_free(t->d);
+    free(t);
+    worker_turn_finished(w);
+}
+
+/* ---- publishing ---- */
+
+struct snap_del {
+    struct worker *w;
+    char *ref;
+};
+
+static void snapshot_deleted(void *arg, int rc, const char *err)
+{
+    struct snap_del *sd = arg;
+    if (rc != 0)
+        log_warn(NULL, "could not delete previous snapshot %s: %s", sd->ref, err ? err : "");
+    free(sd->ref);
+    free(sd);
+}
+
+static void published(void *arg, int rc)
+{
+    struct turn *t = arg;
+    struct worker *w = t->w;
+    if (rc == 1) {
+        metric_inc(w->m_fenced, NULL, 1);
+        log_warn(&t->lc, "result not published: the lease moved to another worker");
+    } else if (t->new_snapshot && t->old_snapshot && *t->old_snapshot &&
+               strcmp(t->new_snapshot, t->old_snapshot) != 0 && w->prov->ops->delete_snapshot &&
+               t->old_provider && strcmp(t->old_provider, w->prov->ops->name) == 0) {
+        /* The thread has moved on to the new snapshot: the old one can go. */
+        cJSON *ref = cJSON_Parse(t->old_snapshot);
+        if (ref) {
+            struct snap_del *sd = xcalloc(1, sizeof(*sd));
+            sd->w = w;
+            sd->ref = xstrdup(t->old_snapshot);
+            w->prov->ops->delete_snapshot(w->prov, ref, snapshot_deleted, sd);
+            cJSON_Delete(ref);
+        }
+    }
+    turn_free(t);
+}
+
+static void add_masked(const struct turn *t, cJSON *o, const char *name, const char *s, size_t len)
+{
+    struct buf b;
+    buf_init(&b);
+    mask_apply(t->mask, s, len, &b);
+    cJSON_AddStringToObject(o, name, b.data ? b.data : "");
+    buf_release(&b);
+}
+
+static const char *final_status(const struct turn *t)
+{
+    switch (t->abort) {
+    case AB_CANCEL:
+        return "cancelled";
+    case AB_TIMEOUT:
+        return "timeout";
+    case AB_SHUTDOWN:
+    case AB_LEASE:
+        return "lost";
+    case AB_NONE:
+        break;
+    }
+    return t->status ? t->status : "succeeded";
+}
+
+static char *build_result(struct turn *t, const char *status)
+{
+    struct worker *w = t->w;
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "id", t->job_id);
+    cJSON_AddStringToObject(r, "thread", t->thread_id);
+    cJSON_AddStringToObject(r, "status", status);
+    cJSON_AddNumberToObject(r, "attempt", t->d->attempt);
+    cJSON_AddStringToObject(r, "worker", w->cfg.worker_name);
+    if (t->err_code) {
+        cJSON *e = cJSON_AddObjectToObject(r, "error");
+        cJSON_AddStringToObject(e, "code", t->err_code);
+        add_masked(t, e, "message", t->err_msg, strlen(t->err_msg));
+    }
+    if (t->job && t->sr) {
+        cJSON *steps = cJSON_AddArrayToObject(r, "steps");
+        for (size_t i = 0; i < t->job->nsteps; i++) {
+            const struct job_step *js = &t->job->steps[i];
+            struct step_result *sr = &t->sr[i];
+            cJSON *s = cJSON_CreateObject();
+            cJSON_AddStringToObject(s, "name", js->name);
+            cJSON_AddStringToObject(s, "type", job_step_kind_name(js->kind));
+            cJSON_AddStringToObject(s, "status", step_status_names[sr->status]);
+            if (sr->has_exit)
+                cJSON_AddNumberToObject(s, "exit_code", sr->exit_code);
+            if (sr->error)
+                add_masked(t, s, "error", sr->error, strlen(sr->error));
+            if (js->kind == STEP_RUN && sr->status != SS_PENDING && sr->status != SS_SKIPPED) {
+                for (int k = 0; k < 2; k++) {
+                    const struct stream_out *so = &sr->out[k];
+                    add_masked(t, s, k ? "stderr" : "stdout", so->tail.data ? so->tail.data : "",
+                               so->tail.len);
+                    cJSON_AddNumberToObject(s, k ? "stderr_bytes" : "stdout_bytes",
+                                            (double)so->total);
+                    if (so->total > so->tail.len)
+                        cJSON_AddBoolToObject(s, k ? "stderr_truncated" : "stdout_truncated", 1);
+                }
+            }
+            cJSON_AddNumberToObject(s, "duration_ms", (double)sr->duration_ms);
+            cJSON_AddItemToArray(steps, s);
+        }
+    }
+    if (t->files && cJSON_GetArraySize(t->files) > 0) {
+        cJSON_AddItemToObject(r, "files", t->files);
+        t->files = NULL;
+    }
+    if (t->thread_state) {
+        cJSON *sb = cJSON_AddObjectToObject(r, "sandbox");
+        cJSON_AddStringToObject(sb, "provider", w->prov->ops->name);
+        cJSON_AddStringToObject(sb, "state", t->thread_state);
+        cJSON_AddBoolToObject(sb, "resumed", t->resumed);
+        if (t->sb || t->new_snapshot) {
+            cJSON *ref = t->new_snapshot ? cJSON_Parse(t->new_snapshot) : NULL;
+            if (ref)
+                cJSON_AddItemToObject(sb, "snapshot", ref);
+        }
+    }
+    cJSON *tm = cJSON_AddObjectToObject(r, "timings");
+    int64_t end = now_ms();
+    int64_t start = t->t_start ? t->t_start : end;
+    cJSON_AddNumberToObject(tm, "queued_ms", (double)(start - t->d->enqueued_ms));
+    if (t->t_acquired)
+        cJSON_AddNumberToObject(tm, "acquire_ms", (double)(t->t_acquired - start));
+    if (t->t_steps_done && t->t_acquired)
+        cJSON_AddNumberToObject(tm, "run_ms", (double)(t->t_steps_done - t->t_acquired));
+    if (t->t_finished && t->t_steps_done)
+        cJSON_AddNumberToObject(tm, "suspend_ms", (double)(t->t_finished - t->t_steps_done));
+    cJSON_AddNumberToObject(tm, "total_ms", (double)(end - start));
+    char *s = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    char *masked = mask_strdup(t->mask, s);
+    free(s);
+    return masked;
+}
+
+/* Publishes the outcome. mode QUEUE_DEAD also writes the dead-letter entry. */
+static void publish(struct turn *t, const char *status, enum queue_mode mode,
+                    const char *dead_reason)
+{
+    struct worker *w = t->w;
+    if (t->abort == AB_LEASE) {
+        log_warn(&t->lc, "turn abandoned: lease lost, nothing published");
+        turn_free(t);
+        return;
+    }
+    char *result = build_result(t, status);
+    metric_inc(w->m_jobs, status, 1);
+    if (t->t_start)
+        metric_observe(w->m_turn_seconds, NULL, (double)(now_ms() - t->t_start) / 1000.0);
+    log_info(&t->lc, "turn %s%s%s", status, t->err_code ? ": " : "",
+             t->err_code ? t->err_msg : "");
+    struct queue_completion c = {
+        .entry = t->d->entry,
+        .token = t->d->token,
+        .job_id = t->job_id,
+        .thread_id = t->begun ? t->thread_id : "",
+        .status = status,
+        .result_json = result,
+        .mode = mode,
+        .dead_reason = dead_reason,
+        .payload = t->d->payload,
+        .payload_len = t->d->len,
+        .error_code = t->err_code,
+        .update_thread = t->thread_state != NULL,
+        .thread_state = t->thread_state,
+        .sandbox_id = t->sb ? t->sb->id : "",
+        .snapshot_json = t->new_snapshot ? t->new_snapshot : "",
+        .provider = w->prov->ops->name,
+    };
+    queue_complete(w->q, &c, published, t);
+    free(result);
+}
+
+static void publish_retry_or_dead(struct turn *t)
+{
+    struct worker *w = t->w;
+    int max = t->job && t->job->max_attempts ? t->job->max_attempts : w->cfg.max_attempts;
+    if (t->d->attempt >= max) {
+        char reason[160];
+        snprintf(reason, sizeof(reason), "attempts exhausted (%d of %d): %s", t->d->attempt, max,
+                 t->err_code ? t->err_code : "error");
+        publish(t, "failed", QUEUE_DEAD, reason);
+        return;
+    }
+    /* Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]. */
+    int64_t ceil = w->cfg.retry_base_ms;
+    for (int i = 1; i < t->d->attempt && ceil < w->cfg.retry_max_ms; i++)
+        ceil *= 2;
+    if (ceil > w->cfg.retry_max_ms)
+        ceil = w->cfg.retry_max_ms;
+    int64_t delay = (int64_t)((double)random() / ((double)RAND_MAX + 1.0) * (double)(ceil + 1));
+    char *result = build_result(t, "retrying");
+    log_warn(&t->lc, "attempt %d failed (%s); retrying in %lld ms", t->d->attempt,
+             t->err_msg ? t->err_msg : "", (long long)delay);
+    metric_inc(w->m_jobs, "retried", 1);
+    struct queue_completion c = {
+        .entry = t->d->entry,
+        .token = t->d->token,
+        .job_id = t->job_id,
+        .thread_id = t->begun ? t->thread_id : "",
+        .status = "retrying",
+        .result_json = result,
+        .mode = QUEUE_RETRY,
+        .retry_at_ms = now_ms() + delay,
+        .next_attempt = t->d->attempt + 1,
+        .payload = t->d->payload,
+        .payload_len = t->d->len,
+        .error_code = t->err_code,
+    };
+    queue_complete(w->q, &c, published, t);
+    free(result);
+}
+
+/* ---- finishing: suspend or destroy ---- */
+
+static void finished(struct turn *t)
+{
+    t->t_finished = now_ms();
+    if (t->deadline)
+        evtimer_del(t->deadline);
+    publish(t, final_status(t), QUEUE_FINAL, NULL);
+}
+
+static void suspended(void *arg, int rc, const cJSON *ref, const char *err)
+{
+    struct turn *t = arg;
+    if (rc == 0 && ref) {
+        t->new_snapshot = cJSON_PrintUnformatted(ref);
+        t->thread_state = "suspended";
+    } else {
+        log_error(&t->lc, "suspend failed: %s", err ? err : "unknown error");
+        set_error(t, "suspend_failed", "suspend failed: %s", err ? err : "unknown error");
+        if (!t->status)
+            t->status = "failed";
+        t->thread_state = "suspend_failed";
+        t->new_snapshot = t->old_snapshot ? xstrdup(t->old_snapshot) : NULL;
+    }
+    finished(t);
+}
+
+static void destroyed(void *arg, int rc, const char *err)
+{
+    struct turn *t = arg;
+    if (rc != 0) {
+        set_error(t, "destroy_failed", "destroy failed: %s", err ? err : "unknown error");
+        if (!t->status)
+            t->status = "failed";
+    }
+    t->thread_state = "destroyed";
+    finished(t);
+}
+
+static void finish(struct turn *t)
+{
+    if (t->finishing)
+        return;
+    t->finishing = 1;
+    t->t_steps_done = now_ms();
+    if (!t->sb) {
+        finished(t);
+        return;
+    }
+    const struct provider_ops *ops = t->w->prov->ops;
+    if (t->job->after == JOB_AFTER_DESTROY)
+        ops->destroy(t->sb, destroyed, t);
+    else
+        ops->suspend(t->sb, suspended, t);
+}
+
+/* ---- steps ---- */
+
+static void next_step(struct turn *t);
+
+static void step_done(struct turn *t, enum step_status st)
+{
+    struct step_result *sr = &t->sr[t->step];
+    const struct job_step *js = &t->job->steps[t->step];
+    sr->status = st;
+    sr->duration_ms = now_ms() - t->step_started;
+    metric_observe(t->w->m_step_seconds, job_step_kind_name(js->kind),
+                   (double)sr->duration_ms / 1000.0);
+    char step[24], code[24];
+    snprintf(step, sizeof(step), "%zu", t->step);
+    snprintf(code, sizeof(code), "%d", sr->exit_code);
+    const char *fields[] = {"type",   "step_finished",       "step", step, "name", js->name,
+                            "status", step_status_names[st], sr->has_exit ? "exit_code" : NULL,
+                            code,     NULL};
+    emit(t, fields);
+    int failed = (st == SS_FAILED && !js->allow_failure) || st == SS_ERROR || st == SS_TIMEOUT ||
+                 st == SS_KILLED;
+    if (failed && !t->abort) {
+        if (st == SS_TIMEOUT) {
+            t->status = "timeout";
+            set_error(t, "step_timeout", "step %s timed out", js->name);
+        } else if (st == SS_FAILED) {
+            t->status = "failed";
+            set_error(t, "step_failed", "step %s exited with status %d", js->name,
+                      sr->exit_code);
+        } else {
+            t->status = "failed";
+            set_error(t, "step_error", "step %s: %s", js->name, sr->error ? sr->error : "error");
+        }
+    }
+    if (failed || t->abort) {
+        finish(t);
+        return;
+    }
+    t->step++;
+    next_step(t);
+}
+
+static void on_output(void *arg, enum exec_stream stream, const char *data, size_t len)
+{
+    struct turn *t = arg;
+    int si = stream == EXEC_STDERR;
+    struct stream_out *so = &t->sr[t->step].out[si];
+    size_t cap = t->w->cfg.output_cap_bytes;
+    so->total += len;
+    buf_append(&so->tail, data, len);
+    if (so->tail.len > 2 * cap)
+        buf_consume(&so->tail, so->tail.len - cap);
+    buf_append(&so->pend, data, len);
+    emit_output(t, si, 0);
+}
+
+static void on_exec_exit(void *arg, enum exec_status status, int exit_code, const char *err)
+{
+    struct turn *t = arg;
+    struct step_result *sr = &t->sr[t->step];
+    t->ex = NULL;
+    for (int s = 0; s < 2; s++) {
+        emit_output(t, s, 1);
+        size_t cap = t->w->cfg.output_cap_bytes;
+        if (sr->out[s].tail.len > cap)
+            buf_consume(&sr->out[s].tail, sr->out[s].tail.len - cap);
+    }
+    switch (status) {
+    case EXEC_EXITED:
+        sr->has_exit = 1;
+        sr->exit_code = exit_code;
+        step_done(t, exit_code == 0 ? SS_OK : SS_FAILED);
+        return;
+    case EXEC_TIMEOUT:
+        step_done(t, SS_TIMEOUT);
+        return;
+    case EXEC_KILLED:
+        step_done(t, SS_KILLED);
+        return;
+    case EXEC_ERROR:
+        sr->error = xstrdup(err ? err : "provider error");
+        step_done(t, SS_ERROR);
+        return;
+    }
+}
+
+static void file_written(void *arg, int rc, const char *err);
+
+static void write_next_file(struct turn *t, size_t i)
+{
+    const struct job_step *js = &t->job->steps[t->step];
+    if (i >= js->nfiles) {
+        step_done(t, SS_OK);
+        return;
+    }
+    /* The file index rides in exit_code until the step ends. */
+    t->sr[t->step].exit_code = (int)i;
+    const struct job_file *f = &js->files[i];
+    t->w->prov->ops->write_file(t->sb, f->path, f->data, f->len, f->mode, file_written, t);
+}
+
+static void file_written(void *arg, int rc, const char *err)
+{
+    struct turn *t = arg;
+    struct step_result *sr = &t->sr[t->step];
+    size_t i = (size_t)sr->exit_code;
+    if (rc != 0) {
+        sr->exit_code = 0;
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "writing %s: %s", t->job->steps[t->step].files[i].path,
+                   err ? err : "error");
+        sr->error = buf_detach(&b);
+        step_done(t, SS_ERROR);
+        return;
+    }
+    if (t->abort) {
+        sr->exit_code = 0;
+        step_done(t, SS_KILLED);
+        return;
+    }
+    if (i + 1 >= t->job->steps[t->step].nfiles)
+        sr->exit_code = 0;
+    write_next_file(t, i + 1);
+}
+
+static void file_read(void *arg, int rc, const char *data, size_t len, const char *err)
+{
+    struct turn *t = arg;
+    struct step_result *sr = &t->sr[t->step];
+    const struct job_step *js = &t->job->steps[t->step];
+    if (rc != 0) {
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "reading %s: %s", js->path, err ? err : "error");
+        sr->error = buf_detach(&b);
+        step_done(t, SS_ERROR);
+        return;
+    }
+    size_t max = js->max_bytes ? js->max_bytes : t->w->cfg.read_cap_bytes;
+    if (!t->files)
+        t->files = cJSON_CreateArray();
+    cJSON *f = cJSON_CreateObject();
+    cJSON_AddStringToObject(f, "path", js->path);
+    cJSON_AddStringToObject(f, "step", js->name);
+    size_t n = len > max ? max : len;
+    int text = memchr(data, '\0', n) == NULL;
+    if (text) {
+        cJSON_AddStringToObject(f, "encoding", "utf8");
+        add_masked(t, f, "content", data, n);
+    } else {
+        struct buf masked, b64;
+        buf_init(&masked);
+        buf_init(&b64);
+        mask_apply(t->mask, data, n, &masked);
+        jsonx_base64_encode(masked.data, masked.len, &b64);
+        cJSON_AddStringToObject(f, "encoding", "base64");
+        cJSON_AddStringToObject(f, "content", b64.data ? b64.data : "");
+        buf_release(&masked);
+        buf_release(&b64);
+    }
+    cJSON_AddNumberToObject(f, "bytes", (double)n);
+    if (len > max)
+        cJSON_AddBoolToObject(f, "truncated", 1);
+    cJSON_AddItemToArray(t->files, f);
+    step_done(t, SS_OK);
+}
+
+static void build_env(struct turn *t, const struct job_step *js)
+{
+    for (size_t i = 0; t->envv && t->envv[i]; i++)
+        free(t->envv[i]);
+    free(t->envv);
+    size_t n = t->job->nsecrets + js->nenv + 1;
+    for (size_t i = 0; t->job->inherit_env && t->job->inherit_env[i]; i++)
+        n++;
+    t->envv = xcalloc(n, sizeof(char *));
+    size_t k = 0;
+    struct buf b;
+    for (size_t i = 0; t->job->inherit_env && t->job->inherit_env[i]; i++) {
+        const char *v = getenv(t->job->inherit_env[i]);
+        if (!v)
+            continue;
+        buf_init(&b);
+        buf_printf(&b, "%s=%s", t->job->inherit_env[i], v);
+        t->envv[k++] = buf_detach(&b);
+    }
+    for (size_t i = 0; i < t->job->nsecrets; i++) {
+        buf_init(&b);
+        buf_printf(&b, "%s=%s", t->job->secrets[i].name, t->job->secrets[i].value);
+        t->envv[k++] = buf_detach(&b);
+    }
+    for (size_t i = 0; i < js->nenv; i++) {
+        buf_init(&b);
+        buf_printf(&b, "%s=%s", js->env[i].name, js->env[i].value);
+        t->envv[k++] = buf_detach(&b);
+    }
+}
+
+static void start_step(struct turn *t)
+{
+    const struct job_step *js = &t->job->steps[t->step];
+    const struct provider_ops *ops = t->w->prov->ops;
+    struct step_result *sr = &t->sr[t->step];
+    t->step_started = now_ms();
+    char step[24];
+    snprintf(step, sizeof(step), "%zu", t->step);
+    const char *fields[] = {"type", "step_started", "step", step, "name", js->name, "kind",
+                            job_step_kind_name(js->kind), NULL};
+    emit(t, fields);
+    switch (js->kind) {
+    case STEP_WRITE:
+        write_next_file(t, 0);
+        return;
+    case STEP_READ: {
+        size_t max = js->max_bytes ? js->max_bytes : t->w->cfg.read_cap_bytes;
+        ops->read_file(t->sb, js->path, max + 1, file_read, t);
+        return;
+    }
+    case STEP_RUN: {
+        build_env(t, js);
+        int64_t timeout = js->timeout_ms ? js->timeout_ms : t->w->cfg.step_timeout_ms;
+        struct exec_req req = {
+            .cmd = js->cmd,
+            .cwd = js->cwd,
+            .env = (const char *const *)t->envv,
+            .timeout_ms = timeout,
+        };
+        struct exec_cbs cbs = {on_output, on_exec_exit, t};
+        char err[256] = "";
+        t->ex = ops->exec(t->sb, &req, &cbs, err, sizeof(err));
+        if (!t->ex) {
+            sr->error = xstrdup(err[0] ? err : "exec failed");
+            step_done(t, SS_ERROR);
+        }
+        return;
+    }
+    case STEP_UPLOAD:
+    case STEP_RESTORE:
+        sr->error = xstrdup("upload and restore steps need the object-storage snapshot support "
+                            "of a tar-based provider, which this provider does not have");
+        step_done(t, SS_ERROR);
+        return;
+    }
+}
+
+static void next_step(struct turn *t)
+{
+    while (t->step < t->job->nsteps && !t->abort) {
+        const struct job_step *js = &t->job->steps[t->step];
+        int skip = (js->when == STEP_WHEN_FRESH && t->resumed) ||
+                   (js->when == STEP_WHEN_RESUMED && !t->resumed);
+        if (!skip) {
+            start_step(t);
+            return;
+        }
+        t->sr[t->step].status = SS_SKIPPED;
+        t->step++;
+    }
+    finish(t);
+}
+
+/* ---- aborts ---- */
+
+static void turn_abort(struct turn *t, enum turn_abort why)
+{
+    if (t->abort)
+        return;
+    t->abort = why;
+    if (t->ex)
+        t->w->prov->ops->exec_kill(t->ex);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct turn *t = arg;
+    log_warn(&t->lc, "turn deadline reached");
+    set_error(t, "deadline", "the turn exceeded its deadline");
+    turn_abort(t, AB_TIMEOUT);
+}
+
+static struct turn *find_turn(struct worker *w, const char *entry)
+{
+    for (struct turn *t = w->turns; t; t = t->next)
+        if (strcmp(t->d->entry, entry) == 0)
+            return t;
+    return NULL;
+}
+
+void turn_lease_lost(struct worker *w, const char *entry)
+{
+    struct turn *t = find_turn(w, entry);
+    if (t)
+        turn_abort(t, AB_LEASE);
+}
+
+void turn_cancel_entry(struct worker *w, const char *entry)
+{
+    struct turn *t = find_turn(w, entry);
+    if (t && !t->abort) {
+        log_info(&t->lc, "cancel requested");
+        set_error(t, "cancelled", "cancelled by the producer");
+        turn_abort(t, AB_CANCEL);
+    }
+}
+
+void turn_interrupt_all(struct worker *w)
+{
+    for (struct turn *t = w->turns; t; t = t->next) {
+        if (!t->abort) {
+            set_error(t, "worker_shutdown", "the worker shut down before the turn finished");
+            turn_abort(t, AB_SHUTDOWN);
+        }
+    }
+}
+
+/* ---- acquire ---- */
+
+static void acquired(void *arg, struct sandbox *sb, const char *err)
+{
+    struct turn *t = arg;
+    t->t_acquired = now_ms();
+    if (!sb) {
+        set_error(t, "acquire_failed", "could not %s the sandbox: %s",
+                  t->resumed ? "resume" : "create", err ? err : "unknown error");
+        if (t->abort) {
+            finished(t);
+            return;
+        }
+        t->thread_state = NULL;
+        publish_retry_or_dead(t);
+        return;
+    }
+    t->sb = sb;
+    log_info(&t->lc, "sandbox %s %s", sb->id, t->resumed ? "resumed" : "created");
+    const char *fields[] = {"type",    "started", "sandbox", sb->id,
+                            "resumed", t->resumed ? "true" : "false", NULL};
+    emit(t, fields);
+    t->sr = xcalloc(t->job->nsteps ? t->job->nsteps : 1, sizeof(*t->sr));
+    next_step(t);
+}
+
+static void destroy_snapshot_done(void *arg, int rc, const char *err)
+{
+    struct turn *t = arg;
+    if (rc != 0) {
+        set_error(t, "destroy_failed", "deleting the snapshot failed: %s", err ? err : "");
+        t->status = "failed";
+    }
+    t->thread_state = "destroyed";
+    finish(t);
+}
+
+static void acquire(struct turn *t)
+{
+    struct worker *w = t->w;
+    const struct provider_ops *ops = w->prov->ops;
+    int64_t budget = t->job->deadline_ms ? t->job->deadline_ms : w->cfg.turn_timeout_ms;
+    t->deadline = evtimer_new(w->base, deadline_cb, t);
+    struct timeval tv = {(time_t)(budget / 1000), (suseconds_t)((budget % 1000) * 1000)};
+    evtimer_add(t->deadline, &tv);
+    int has_snapshot = t->old_snapshot && *t->old_snapshot && t->old_state &&
+                       strcmp(t->old_state, "suspended") == 0 && t->old_provider &&
+                       strcmp(t->old_provider, ops->name) == 0;
+    if (t->job->op == JOB_OP_DESTROY) {
+        t->sr = xcalloc(1, sizeof(*t->sr));
+        t->t_acquired = now_ms();
+        cJSON *ref = has_snapshot ? cJSON_Parse(t->old_snapshot) : NULL;
+        if (ref && ops->delete_snapshot) {
+            ops->delete_snapshot(w->prov, ref, destroy_snapshot_done, t);
+            cJSON_Delete(ref);
+            return;
+        }
+        cJSON_Delete(ref);
+        t->thread_state = "destroyed";
+        finish(t);
+        return;
+    }
+    struct sandbox_spec spec = {
+        .thread = t->thread_id,
+        .job = t->job_id,
+        .worker = w->cfg.worker_name,
+        .organization = t->job->organization,
+        .project = t->job->project,
+        .feature = t->job->feature == JOB_FEATURE_AI_WRITEBACK ? SANDBOX_AI_WRITEBACK
+                                                               : SANDBOX_DATA_APP,
+        .workspace_include = (const char *const *)t->job->ws_include,
+        .workspace_exclude = (const char *const *)t->job->ws_exclude,
+    };
+    cJSON *ref = has_snapshot ? cJSON_Parse(t->old_snapshot) : NULL;
+    if (ref) {
+        t->resumed = 1;
+        ops->resume(w->prov, &spec, ref, acquired, t);
+        cJSON_Delete(ref);
+    } else {
+        ops->create(w->prov, &spec, acquired, t);
+    }
+}
+
+/* ---- begin ---- */
+
+static void begun(void *arg, enum queue_begin_status st, const struct queue_thread *th)
+{
+    struct turn *t = arg;
+    switch (st) {
+    case QB_OK:
+        t->begun = 1;
+        t->t_start = now_ms();
+        t->old_state = th->state ? xstrdup(th->state) : NULL;
+        t->old_snapshot = th->snapshot ? xstrdup(th->snapshot) : NULL;
+        t->old_provider = th->provider ? xstrdup(th->provider) : NULL;
+        /* Keep the previous state if the turn fails before acquiring. */
+        acquire(t);
+        return;
+    case QB_FENCED:
+        log_warn(&t->lc, "entry %s is no longer ours; dropped", t->d->entry);
+        metric_inc(t->w->m_fenced, NULL, 1);
+        turn_free(t);
+        return;
+    case QB_DUPLICATE:
+        log_info(&t->lc, "duplicate delivery of job %s; acknowledged without running", t->job_id);
+        metric_inc(t->w->m_jobs, "duplicate", 1);
+        turn_free(t);
+        return;
+    case QB_BUSY:
+        log_debug(&t->lc, "thread busy; job requeued");
+        turn_free(t);
+        return;
+    case QB_CANCELLED:
+        set_error(t, "cancelled", "cancelled before it started");
+        t->begun = 1; /* no lock was taken; the completion only releases our own */
+        publish(t, "cancelled", QUEUE_FINAL, NULL);
+        return;
+    case QB_STARTED:
+        set_error(t, "worker_lost",
+                  "a previous delivery started this turn and its worker stopped renewing the "
+                  "lease; the turn is not run again");
+        t->begun = 1;
+        publish(t, "lost", QUEUE_FINAL, NULL);
+        return;
+    case QB_TENANT:
+        set_error(t, "tenant_mismatch", "tenant: thread %s belongs to another tenant",
+                  t->thread_id);
+        publish(t, "rejected", QUEUE_DEAD, "tenant: the thread belongs to another tenant");
+        return;
+    case QB_ERROR:
+        set_error(t, "internal", "the begin script failed (see the worker log)");
+        publish(t, "failed", QUEUE_FINAL, NULL);
+        return;
+    }
+}
+
+void turn_start(struct worker *w, struct queue_delivery *d)
+{
+    struct turn *t = xcalloc(1, sizeof(*t));
+    t->w = w;
+    t->d = d;
+    t->mask = mask_new();
+    t->next = w->turns;
+    w->turns = t;
+    t->lc.job = t->job_id;
+    t->lc.thread = t->thread_id;
+    metric_inc(w->m_deliveries, NULL, 1);
+
+    const char *payload = d->payload ? d->payload : "";
+    struct job_limits lim = {
+        .max_job_bytes = w->cfg.max_job_bytes,
+        .max_deadline_ms = w->cfg.turn_timeout_ms,
+        .inherit_allow = (const char *const *)w->cfg.inherit_env_allow,
+    };
+    struct job_error jerr;
+    memset(&jerr, 0, sizeof(jerr));
+    if (!d->payload) {
+        snprintf(jerr.field, sizeof(jerr.field), "job");
+        snprintf(jerr.message, sizeof(jerr.message), "the stream entry has no \"job\" field");
+    }
+    if (!d->payload || job_parse(payload, d->len, &lim, &t->job, &jerr) != 0) {
+        job_peek_ids(payload, d->len, t->job_id, sizeof(t->job_id), t->thread_id,
+                     sizeof(t->thread_id));
+        queue_track(w->q, d->entry, "");
+        t->tracked = 1;
+        char reason[420];
+        snprintf(reason, sizeof(reason), "%s%s%s", jerr.field, jerr.field[0] ? ": " : "",
+                 jerr.message);
+        log_warn(&t->lc, "rejected entry %s: %s", d->entry, reason);
+        set_error(t, "invalid_job", "%s", reason);
+        publish(t, "rejected", QUEUE_DEAD, reason);
+        return;
+    }
+    snprintf(t->job_id, sizeof(t->job_id), "%s", t->job->id);
+    snprintf(t->thread_id, sizeof(t->thread_id), "%s", t->job->thread);
+    queue_track(w->q, d->entry, t->job_id);
+    t->tracked = 1;
+    for (size_t i = 0; i < t->job->nsecrets; i++) {
+        mask_add(t->mask, t->job->secrets[i].value);
+        mask_add(log_mask(), t->job->secrets[i].value);
+    }
+    for (size_t i = 0; t->job->inherit_env && t->job->inherit_env[i]; i++) {
+        const char *v = getenv(t->job->inherit_env[i]);
+        if (v) {
+            mask_add(t->mask, v);
+            mask_add(log_mask(), v);
+        }
+    }
+    if (d->token > POISON_DELIVERIES) {
+        char reason[128];
+        snprintf(reason, sizeof(reason), "delivered %lld times without completing", d->token);
+        set_error(t, "poison", "%s", reason);
+        publish(t, "failed", QUEUE_DEAD, reason);
+        return;
+    }
+    log_debug(&t->lc, "entry %s delivery %lld attempt %d", d->entry, d->token, d->attempt);
+    struct queue_begin_req req = {
+        .entry = d->entry,
+        .token = d->token,
+        .job_id = t->job_id,
+        .thread_id = t->thread_id,
+        .organization = t->job->organization,
+        .project = t->job->project,
+        .payload = d->payload,
+        .payload_len = d->len,
+        .attempt = d->attempt,
+        .busy_delay_ms = BUSY_DELAY_MS,
+    };
+    queue_begin(w->q, &req, begun, t);
+}

@@ -1,0 +1,295 @@
+#include "worker/worker.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "lib/log.h"
+#include "worker/status.h"
+
+#ifndef SANDBOX_WORKER_VERSION
+#define SANDBOX_WORKER_VERSION "0.1.0"
+#endif
+
+static const char usage[] =
+    "usage: sandbox-worker [--check-config] [--help] [--version]\n"
+    "\n"
+    "Reads turn jobs from the Redis stream {SANDBOX_QUEUE_PREFIX}:jobs, runs each in a sandbox\n"
+    "of SANDBOX_PROVIDER, and publishes results, events and thread state back to Redis.\n"
+    "Configuration comes from the environment; see docs/configuration.md.\n"
+    "\n"
+    "  --check-config  validate the configuration, print it (secrets masked) and exit\n"
+    "  --help          this text\n"
+    "  --version       print the version\n";
+
+static void on_delivery(void *arg, struct queue_delivery *d)
+{
+    struct worker *w = arg;
+    w->inflight++;
+    metric_set(w->m_inflight, NULL, w->inflight);
+    turn_start(w, d);
+}
+
+static void on_lease_lost(void *arg, const char *entry)
+{
+    struct worker *w = arg;
+    metric_inc(w->m_lease_lost, NULL, 1);
+    turn_lease_lost(w, entry);
+}
+
+static void on_cancel(void *arg, const char *entry)
+{
+    turn_cancel_entry(arg, entry);
+}
+
+static void on_ready(void *arg, int ready)
+{
+    (void)arg;
+    log_info(NULL, "queue %s", ready ? "ready" : "not ready");
+}
+
+void worker_turn_finished(struct worker *w)
+{
+    w->inflight--;
+    metric_set(w->m_inflight, NULL, w->inflight);
+    if (w->draining) {
+        if (w->inflight == 0)
+            event_base_loopexit(w->base, NULL);
+        return;
+    }
+    queue_set_capacity(w->q, w->cfg.concurrency - w->inflight);
+}
+
+static int ready_fn(void *arg, char *why, size_t whylen)
+{
+    struct worker *w = arg;
+    if (w->draining) {
+        snprintf(why, whylen, "draining");
+        return 0;
+    }
+    return queue_ready(w->q, why, whylen);
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    if (w->inflight == 0) {
+        event_base_loopexit(w->base, NULL);
+        return;
+    }
+    log_warn(NULL, "shutdown grace expired with %d turn(s) in flight; interrupting them",
+             w->inflight);
+    w->stopping = 1;
+    turn_interrupt_all(w);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct worker *w = arg;
+    if (w->draining) {
+        log_warn(NULL, "second signal %d: interrupting turns now", (int)sig);
+        turn_interrupt_all(w);
+        return;
+    }
+    log_info(NULL, "signal %d: draining (%d turn(s) in flight, grace %d ms)", (int)sig,
+             w->inflight, w->cfg.shutdown_grace_ms);
+    w->draining = 1;
+    queue_stop_reading(w->q);
+    queue_set_capacity(w->q, 0);
+    if (w->inflight == 0) {
+        event_base_loopexit(w->base, NULL);
+        return;
+    }
+    struct timeval tv = {w->cfg.shutdown_grace_ms / 1000, (w->cfg.shutdown_grace_ms % 1000) * 1000};
+    w->grace = evtimer_new(w->base, grace_cb, w);
+    evtimer_add(w->grace, &tv);
+}
+
+static void stats_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    struct queue_stats st;
+    queue_get_stats(w->q, &st);
+    /* Counters mirror the queue's own totals. */
+    metric_set(w->m_leases, NULL, (double)st.renewals);
+    metric_set(w->m_reclaims, NULL, (double)st.reclaims);
+    metric_set(w->m_reconnects, NULL, (double)st.reconnects);
+}
+
+static void libevent_log(int severity, const char *msg)
+{
+    if (severity >= EVENT_LOG_WARN)
+        log_warn(NULL, "libevent: %s", msg);
+    else
+        log_debug(NULL, "libevent: %s", msg);
+}
+
+static void register_metrics(struct worker *w)
+{
+    static const double step_buckets[] = {0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900};
+    static const double turn_buckets[] = {0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800};
+    metrics *m = w->m;
+    w->m_jobs = metrics_counter(m, "sandbox_jobs_total", "Jobs finished, by status", "status");
+    w->m_inflight = metrics_gauge(m, "sandbox_turns_in_flight", "Turns in flight", NULL);
+    w->m_step_seconds = metrics_histogram(m, "sandbox_step_duration_seconds",
+                                          "Step durations, by step type", "type", step_buckets,
+                                          sizeof(step_buckets) / sizeof(step_buckets[0]));
+    w->m_turn_seconds = metrics_histogram(m, "sandbox_turn_duration_seconds",
+                                          "Turn durations from begin to publish", NULL,
+                                          turn_buckets, sizeof(turn_buckets) / sizeof(turn_buckets[0]));
+    w->m_leases = metrics_gauge(m, "sandbox_lease_renewal_rounds", "Lease renewal rounds completed",
+                                NULL);
+    w->m_lease_lost = metrics_counter(m, "sandbox_lease_losses_total",
+                                      "Entries whose lease moved to another worker", NULL);
+    w->m_reclaims = metrics_gauge(m, "sandbox_reclaimed_entries",
+                                  "Entries reclaimed from consumers that stopped renewing", NULL);
+    w->m_fenced = metrics_counter(m, "sandbox_fenced_completions_total",
+                                  "Completions refused because the lease had moved", NULL);
+    w->m_reconnects = metrics_gauge(m, "sandbox_redis_reconnects", "Redis reconnects", NULL);
+    w->m_deliveries = metrics_counter(m, "sandbox_deliveries_total", "Stream entries received",
+                                      NULL);
+}
+
+static int check_provider(const struct config *cfg, const struct provider_ops **ops)
+{
+    *ops = provider_find(cfg->provider);
+    if (!*ops) {
+        fprintf(stderr, "SANDBOX_PROVIDER: \"%s\" is not available (available: %s)\n",
+                cfg->provider, provider_names());
+        return -1;
+    }
+    return 0;
+}
+
+int worker_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"check-config", no_argument, NULL, 'c'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {"version", no_argument, NULL, 'v'},
+                                             {NULL, 0, NULL, 0}};
+    int check = 0, opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            check = 1;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return 0;
+        case 'v':
+            printf("sandbox-worker %s\n", SANDBOX_WORKER_VERSION);
+            return 0;
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "sandbox-worker: unexpected argument \"%s\"\n", argv[optind]);
+        return 2;
+    }
+
+    struct worker w;
+    memset(&w, 0, sizeof(w));
+    char err[512];
+    if (config_load(&w.cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    log_setup(w.cfg.log_level, w.cfg.log_format, NULL);
+    log_set_component(w.cfg.worker_name);
+    event_set_log_callback(libevent_log);
+    int rc = 1;
+    status_server *st = NULL;
+    struct event *sigterm = NULL, *sigint = NULL, *stats = NULL;
+    const struct provider_ops *ops;
+    if (check_provider(&w.cfg, &ops) != 0)
+        goto out;
+    w.base = event_base_new();
+    w.prov = provider_new(ops, w.base, &w.cfg, check, err, sizeof(err));
+    if (!w.prov) {
+        fprintf(stderr, "%s\n", err);
+        goto out;
+    }
+    if (check) {
+        config_dump(&w.cfg, stdout);
+        printf("configuration ok\n");
+        rc = 0;
+        goto out;
+    }
+    srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+    signal(SIGPIPE, SIG_IGN);
+    w.m = metrics_new();
+    register_metrics(&w);
+    struct queue_opts qo = {
+        .url = &w.cfg.redis,
+        .tls_ca_file = w.cfg.redis_tls_ca_file,
+        .tls_insecure = w.cfg.redis_tls_insecure,
+        .connect_timeout_ms = w.cfg.redis_connect_timeout_ms,
+        .command_timeout_ms = w.cfg.redis_command_timeout_ms,
+        .prefix = w.cfg.prefix,
+        .consumer = w.cfg.worker_name,
+        .lease_ms = w.cfg.lease_ms,
+        .results_maxlen = w.cfg.results_maxlen,
+        .events_maxlen = w.cfg.events_maxlen,
+        .events_ttl_s = w.cfg.events_ttl_s,
+        .job_ttl_s = w.cfg.job_ttl_s,
+    };
+    struct queue_cbs qc = {on_delivery, on_lease_lost, on_cancel, on_ready, &w};
+    w.q = queue_new(w.base, &qo, &qc, err, sizeof(err));
+    if (!w.q) {
+        log_error(NULL, "%s", err);
+        goto out;
+    }
+    queue_set_capacity(w.q, w.cfg.concurrency);
+    if (w.cfg.http_host) {
+        st = status_server_new(w.base, w.cfg.http_host, w.cfg.http_port, w.m, ready_fn, &w, err,
+                               sizeof(err));
+        if (!st) {
+            log_error(NULL, "WORKER_HTTP_ADDR: %s", err);
+            goto out;
+        }
+    }
+    sigterm = evsignal_new(w.base, SIGTERM, signal_cb, &w);
+    sigint = evsignal_new(w.base, SIGINT, signal_cb, &w);
+    evsignal_add(sigterm, NULL);
+    evsignal_add(sigint, NULL);
+    stats = event_new(w.base, -1, EV_PERSIST, stats_cb, &w);
+    struct timeval one = {1, 0};
+    event_add(stats, &one);
+    log_info(NULL, "sandbox-worker %s: provider %s, concurrency %d, lease %d ms, queue {%s}",
+             SANDBOX_WORKER_VERSION, ops->name, w.cfg.concurrency, w.cfg.lease_ms, w.cfg.prefix);
+    event_base_dispatch(w.base);
+    log_info(NULL, "stopped");
+    rc = 0;
+out:
+    if (stats)
+        event_free(stats);
+    if (sigterm)
+        event_free(sigterm);
+    if (sigint)
+        event_free(sigint);
+    if (w.grace)
+        event_free(w.grace);
+    status_server_free(st);
+    queue_free(w.q);
+    provider_free(w.prov);
+    metrics_free(w.m);
+    if (w.base)
+        event_base_free(w.base);
+    config_release(&w.cfg);
+    log_set_component(NULL);
+    return rc;
+}

@@ -1,0 +1,46 @@
+/* The worker process: one event loop, a queue consumer, a provider, turns in flight, the
+ * status server. worker_main is the whole program (main.c only calls it), so tests can run
+ * a real worker in a forked process with a test provider registered first. */
+#ifndef SW_WORKER_WORKER_H
+#define SW_WORKER_WORKER_H
+
+#include <event2/event.h>
+
+#include "lib/metrics.h"
+#include "providers/provider.h"
+#include "queue/queue.h"
+#include "worker/config.h"
+
+struct turn;
+
+struct worker {
+    struct event_base *base;
+    struct config cfg;
+    queue *q;
+    struct provider *prov;
+    metrics *m;
+    struct turn *turns; /* in flight, linked through turn->next */
+    int inflight;
+    int draining;
+    int stopping;       /* grace expired: turns are being interrupted */
+    struct event *grace;
+    struct event *stop_check;
+    /* metrics */
+    metric *m_jobs, *m_inflight, *m_step_seconds, *m_turn_seconds, *m_leases, *m_lease_lost,
+        *m_reclaims, *m_fenced, *m_reconnects, *m_deliveries;
+};
+
+/* Parses argv (--help, --version, --check-config), loads the configuration and runs until
+ * SIGTERM/SIGINT has drained. Returns the process exit status. */
+int worker_main(int argc, char **argv);
+
+/* Turn lifecycle (turn.c). turn_start takes ownership of d. */
+void turn_start(struct worker *w, struct queue_delivery *d);
+void turn_lease_lost(struct worker *w, const char *entry);
+void turn_cancel_entry(struct worker *w, const char *entry);
+/* Interrupts every turn in flight (shutdown grace expired). */
+void turn_interrupt_all(struct worker *w);
+/* Called by turn.c when a turn is gone (slot free). */
+void worker_turn_finished(struct worker *w);
+
+#endif
