@@ -1,0 +1,1153 @@
+/* Asynchronous Redis connection: our own transport (bufferevent over TCP, unix or TLS),
+ * hiredis for RESP only. See queue/redis.h for the contract.
+ *
+ * Structure: callbacks record state; the three timers act.
+ *   retry_timer    starts a connect attempt (first one with delay 0)
+ *   connect_timer  bounds one attempt: resolve + connect + TLS + AUTH/SELECT/SETNAME/PING
+ *   cmd_timer      armed at (or before) the earliest command deadline; scans on fire
+ *   fail_ev        fails commands issued while not READY, from the loop
+ * Every entry from libevent goes through enter()/leave(); redis_free() inside a callback only
+ * sets `freeing`, and leave() at depth 0 does the real free. Each teardown bumps `gen`, so a
+ * loop that ran a user callback can tell its connection is gone. */
+#include "queue/redis.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
+#include <event2/util.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "lib/buf.h"
+#include "lib/log.h"
+
+#define DEFAULT_CONNECT_TIMEOUT_MS 5000
+#define DEFAULT_COMMAND_TIMEOUT_MS 10000
+#define DEFAULT_BACKOFF_BASE_MS    100
+#define DEFAULT_BACKOFF_MAX_MS     5000
+#define KEEPALIVE_IDLE_S           15
+#define KEEPALIVE_INTVL_S          5
+#define KEEPALIVE_CNT              3
+
+enum cmd_kind { CMD_USER = 0, CMD_AUTH, CMD_SELECT, CMD_SETNAME, CMD_PING };
+
+struct redis_cmd {
+    struct redis_cmd *next;
+    redis_reply_fn cb;
+    void *arg;
+    int64_t deadline_ms; /* CLOCK_MONOTONIC ms; 0 = none (handshake: connect_timer covers it) */
+    enum cmd_kind kind;
+};
+
+/* FIFO; replies arrive in the order commands were written. */
+struct cmd_list {
+    struct redis_cmd *head, *tail;
+};
+
+struct redis {
+    struct event_base *base;
+    struct redis_url url;
+    char *name;
+    char where[300]; /* "host:port" or "unix:/path", for messages */
+    int connect_timeout_ms, command_timeout_ms, backoff_base_ms, backoff_max_ms;
+    SSL_CTX *ssl_ctx; /* NULL unless rediss:// */
+    redis_state_fn state_cb;
+    void *state_arg;
+
+    enum redis_state state; /* as reported to state_cb */
+
+    /* The current attempt or connection; all reset by teardown(). */
+    struct bufferevent *bev;
+    int transport_up; /* bufferevent reported CONNECTED (after TLS handshake) */
+    redisReader *reader;
+    struct evdns_base *dns; /* created on first use of a host name */
+    struct evdns_getaddrinfo_request *dns_req;
+    struct evutil_addrinfo *addrs, *next_addr; /* resolved list; next one to try */
+    unsigned gen;                              /* bumped by every teardown */
+    struct cmd_list sent;                      /* written, waiting for a reply */
+    int io_failed;                             /* cmd_timer must drop the connection now */
+
+    struct cmd_list failing; /* issued while not READY; fail_ev fails them */
+    struct event *cmd_timer;
+    int64_t cmd_timer_at; /* when cmd_timer fires (monotonic ms); 0 = not armed */
+    struct event *connect_timer;
+    struct event *retry_timer;
+    struct event *fail_ev;
+
+    unsigned backoff_attempt; /* failed attempts since the last READY */
+    unsigned long reconnects;
+    int ever_ready;
+    uint64_t rng;
+    int depth;   /* nesting of our callbacks on the stack */
+    int freeing; /* redis_free() was called; finish at depth 0 */
+    char errstr[256];
+};
+
+/* ---- small helpers ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct timeval ms_tv(int64_t ms)
+{
+    struct timeval tv;
+    if (ms < 0)
+        ms = 0;
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+    return tv;
+}
+
+static uint64_t rng_next(struct redis *r)
+{
+    /* xorshift64*: jitter only, not security */
+    uint64_t x = r->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    r->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void set_err(struct redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(struct redis *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->errstr, sizeof(r->errstr), fmt, ap);
+    va_end(ap);
+}
+
+static void list_push(struct cmd_list *l, struct redis_cmd *c)
+{
+    c->next = NULL;
+    if (l->tail)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+}
+
+static struct redis_cmd *list_pop(struct cmd_list *l)
+{
+    struct redis_cmd *c = l->head;
+    if (c) {
+        l->head = c->next;
+        if (!l->head)
+            l->tail = NULL;
+        c->next = NULL;
+    }
+    return c;
+}
+
+/* Runs every user callback of a detached list with NULL, then frees the entries. Each
+ * callback runs exactly once even if the connection is freed meanwhile. */
+static void fail_list(struct redis *r, struct cmd_list *l)
+{
+    struct redis_cmd *c;
+    while ((c = list_pop(l)) != NULL) {
+        if (c->kind == CMD_USER && c->cb)
+            c->cb(r, NULL, c->arg);
+        free(c);
+    }
+}
+
+static void enter(struct redis *r)
+{
+    r->depth++;
+}
+
+static void really_free(struct redis *r);
+
+static void leave(struct redis *r)
+{
+    if (--r->depth == 0 && r->freeing)
+        really_free(r);
+}
+
+/* ---- URL parsing ---- */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes s[0..n) into a malloc'd string; NULL on a bad escape or an encoded NUL. */
+static char *pct_decode(const char *s, size_t n)
+{
+    char *out = xmalloc(n + 1);
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            int hi = i + 1 < n ? hexval((unsigned char)s[i + 1]) : -1;
+            int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                free(out);
+                return NULL;
+            }
+            out[j++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[j++] = s[i];
+        }
+    }
+    out[j] = '\0';
+    return out;
+}
+
+/* Parses a decimal number of at most 9 digits; -1 when not one. */
+static long parse_num(const char *s, size_t n)
+{
+    long v = 0;
+    if (n == 0 || n > 9)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+static int url_fail(struct redis_url *out, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int url_fail(struct redis_url *out, char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        int n = snprintf(err, errlen, "invalid Redis URL: ");
+        va_list ap;
+        va_start(ap, fmt);
+        if (n >= 0 && (size_t)n < errlen)
+            vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    redis_url_release(out);
+    return -1;
+}
+
+/* userinfo is "[user]:password" (user optional, both percent-encoded). */
+static int parse_userinfo(const char *s, size_t n, struct redis_url *out, char *err, size_t errlen)
+{
+    const char *colon = memchr(s, ':', n);
+    if (!colon)
+        return url_fail(out, err, errlen,
+                        "user name without a password (use user:password@ or :password@)");
+    size_t ulen = (size_t)(colon - s), plen = n - ulen - 1;
+    if (ulen) {
+        out->user = pct_decode(s, ulen);
+        if (!out->user)
+            return url_fail(out, err, errlen, "bad percent-encoding in the user name");
+    }
+    if (plen) {
+        out->password = pct_decode(colon + 1, plen);
+        if (!out->password)
+            return url_fail(out, err, errlen, "bad percent-encoding in the password");
+    } else if (out->user) {
+        return url_fail(out, err, errlen, "user name with an empty password");
+    }
+    return 0;
+}
+
+static int parse_query(const char *q, struct redis_url *out, char *err, size_t errlen)
+{
+    while (*q) {
+        size_t n = strcspn(q, "&");
+        const char *eq = memchr(q, '=', n);
+        size_t klen = eq ? (size_t)(eq - q) : n;
+        if (klen == 2 && strncmp(q, "db", 2) == 0 && eq) {
+            long db = parse_num(eq + 1, n - klen - 1);
+            if (db < 0)
+                return url_fail(out, err, errlen, "db parameter is not a number");
+            out->db = (int)db;
+        } else if (n > 0) {
+            return url_fail(out, err, errlen, "unknown parameter '%.*s' (only db= is supported)",
+                            (int)(klen > 40 ? 40 : klen), q);
+        }
+        q += n;
+        if (*q == '&')
+            q++;
+    }
+    return 0;
+}
+
+static int parse_hostport(const char *s, size_t n, struct redis_url *out, char *err, size_t errlen)
+{
+    const char *port = NULL;
+    size_t hlen, portlen = 0;
+    if (n > 0 && s[0] == '[') {
+        const char *close = memchr(s, ']', n);
+        if (!close)
+            return url_fail(out, err, errlen, "unterminated IPv6 address (missing ']')");
+        hlen = (size_t)(close - s - 1);
+        out->host = xstrndup(s + 1, hlen);
+        struct in6_addr a6;
+        if (inet_pton(AF_INET6, out->host, &a6) != 1)
+            return url_fail(out, err, errlen, "invalid IPv6 address in brackets");
+        const char *rest = close + 1;
+        size_t rlen = n - (size_t)(rest - s);
+        if (rlen) {
+            if (rest[0] != ':')
+                return url_fail(out, err, errlen, "unexpected text after ']'");
+            port = rest + 1;
+            portlen = rlen - 1;
+        }
+    } else {
+        const char *colon = memchr(s, ':', n);
+        hlen = colon ? (size_t)(colon - s) : n;
+        if (colon) {
+            port = colon + 1;
+            portlen = n - hlen - 1;
+        }
+        if (hlen == 0)
+            return url_fail(out, err, errlen, "missing host");
+        for (size_t i = 0; i < hlen; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '-' || c == '_'))
+                return url_fail(out, err, errlen, "invalid character in host name");
+        }
+        out->host = xstrndup(s, hlen);
+    }
+    if (port) {
+        long p = parse_num(port, portlen);
+        if (p < 1 || p > 65535)
+            return url_fail(out, err, errlen, "invalid port '%.*s' (want 1-65535)",
+                            (int)(portlen > 20 ? 20 : portlen), port);
+        out->port = (int)p;
+    }
+    return 0;
+}
+
+int redis_url_parse(const char *url, struct redis_url *out, char *err, size_t errlen)
+{
+    const char *rest;
+    int is_unix = 0;
+
+    memset(out, 0, sizeof(*out));
+    out->port = 6379;
+    if (err && errlen)
+        err[0] = '\0';
+    if (!url || !*url)
+        return url_fail(out, err, errlen, "empty");
+    if (strncasecmp(url, "redis://", 8) == 0) {
+        rest = url + 8;
+    } else if (strncasecmp(url, "rediss://", 9) == 0) {
+        rest = url + 9;
+        out->tls = 1;
+    } else if (strncasecmp(url, "unix://", 7) == 0) {
+        rest = url + 7;
+        is_unix = 1;
+    } else {
+        return url_fail(out, err, errlen,
+                        "unsupported scheme (want redis://, rediss:// or unix://)");
+    }
+
+    const char *q = strchr(rest, '?');
+    size_t mainlen = q ? (size_t)(q - rest) : strlen(rest);
+
+    if (is_unix) {
+        const char *path = rest;
+        if (mainlen == 0 || rest[0] != '/') {
+            /* unix://[user]:password@/path */
+            const char *at = NULL;
+            for (const char *p = rest; p + 1 < rest + mainlen; p++) {
+                if (p[0] == '@' && p[1] == '/') {
+                    at = p;
+                    break;
+                }
+            }
+            if (!at)
+                return url_fail(out, err, errlen,
+                                "unix URL needs an absolute socket path (unix:///path/to.sock)");
+            if (parse_userinfo(rest, (size_t)(at - rest), out, err, errlen) < 0)
+                return -1;
+            path = at + 1;
+        }
+        size_t plen = mainlen - (size_t)(path - rest);
+        out->unix_path = pct_decode(path, plen);
+        if (!out->unix_path)
+            return url_fail(out, err, errlen, "bad percent-encoding in the socket path");
+        if (strlen(out->unix_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+            return url_fail(out, err, errlen, "socket path too long");
+        if (strcmp(out->unix_path, "/") == 0)
+            return url_fail(out, err, errlen, "missing socket path");
+        out->port = 0;
+    } else {
+        size_t alen = strcspn(rest, "/?");
+        const char *at = NULL;
+        for (size_t i = 0; i < alen; i++)
+            if (rest[i] == '@')
+                at = rest + i; /* the last '@': a raw '@' in the password still parses */
+        const char *hp = rest;
+        if (at) {
+            if (parse_userinfo(rest, (size_t)(at - rest), out, err, errlen) < 0)
+                return -1;
+            hp = at + 1;
+        }
+        if (parse_hostport(hp, alen - (size_t)(hp - rest), out, err, errlen) < 0)
+            return -1;
+        const char *path = rest + alen;
+        size_t plen = mainlen - alen;
+        if (plen > 1) {
+            long db = parse_num(path + 1, plen - 1);
+            if (db < 0)
+                return url_fail(out, err, errlen, "database in the path is not a number");
+            out->db = (int)db;
+        }
+    }
+    if (q && parse_query(q + 1, out, err, errlen) < 0)
+        return -1;
+    return 0;
+}
+
+void redis_url_release(struct redis_url *u)
+{
+    if (!u)
+        return;
+    free(u->host);
+    free(u->unix_path);
+    free(u->user);
+    if (u->password) {
+        /* best effort: do not leave the secret in freed memory */
+        volatile char *p = u->password;
+        while (*p)
+            *p++ = 0;
+        free(u->password);
+    }
+    memset(u, 0, sizeof(*u));
+    u->port = 6379;
+}
+
+static void url_copy(struct redis_url *dst, const struct redis_url *src)
+{
+    *dst = *src;
+    dst->host = src->host ? xstrdup(src->host) : NULL;
+    dst->unix_path = src->unix_path ? xstrdup(src->unix_path) : NULL;
+    dst->user = src->user ? xstrdup(src->user) : NULL;
+    dst->password = src->password ? xstrdup(src->password) : NULL;
+}
+
+/* ---- connection machinery ---- */
+
+static void conn_fail(struct redis *r);
+
+/* Drops the transport of the current attempt/connection. Runs no user callback. */
+static void teardown(struct redis *r)
+{
+    r->gen++;
+    if (r->dns_req) {
+        struct evdns_getaddrinfo_request *req = r->dns_req;
+        r->dns_req = NULL;
+        evdns_getaddrinfo_cancel(req); /* our callback ignores EVUTIL_EAI_CANCEL */
+    }
+    if (r->addrs)
+        evutil_freeaddrinfo(r->addrs);
+    r->addrs = r->next_addr = NULL;
+    if (r->bev) {
+        bufferevent_free(r->bev);
+        r->bev = NULL;
+    }
+    if (r->reader) {
+        redisReaderFree(r->reader);
+        r->reader = NULL;
+    }
+    r->transport_up = 0;
+    r->io_failed = 0;
+    evtimer_del(r->connect_timer);
+    evtimer_del(r->cmd_timer);
+    r->cmd_timer_at = 0;
+}
+
+static void schedule_retry(struct redis *r)
+{
+    int64_t cap = r->backoff_base_ms;
+    for (unsigned i = 0; i < r->backoff_attempt && cap < r->backoff_max_ms; i++)
+        cap *= 2;
+    if (cap > r->backoff_max_ms)
+        cap = r->backoff_max_ms;
+    /* full jitter: uniform in [0, cap] */
+    int64_t delay = (int64_t)(rng_next(r) % (uint64_t)(cap + 1));
+    if (r->backoff_attempt < 64)
+        r->backoff_attempt++;
+    struct timeval tv = ms_tv(delay);
+    evtimer_add(r->retry_timer, &tv);
+    log_debug(NULL, "redis %s: reconnecting in %lld ms", r->where, (long long)delay);
+}
+
+/* The connection or the attempt failed (reason in errstr): fail every pending command,
+ * report DOWN, schedule the next attempt. */
+static void conn_fail(struct redis *r)
+{
+    struct cmd_list l;
+    enum redis_state was = r->state;
+
+    teardown(r);
+    l = r->sent;
+    r->sent.head = r->sent.tail = NULL;
+    if (was != REDIS_DOWN)
+        log_warn(NULL, "%s", r->errstr);
+    else
+        log_debug(NULL, "%s", r->errstr);
+    if (!r->freeing)
+        schedule_retry(r);
+    /* not READY from here: commands issued by the callbacks below fail through fail_ev */
+    r->state = REDIS_DOWN;
+    fail_list(r, &l);
+    if (was != REDIS_DOWN && r->state_cb && !r->freeing)
+        r->state_cb(r, REDIS_DOWN, r->state_arg);
+}
+
+static void arm_cmd_timer(struct redis *r, int64_t at)
+{
+    if (r->cmd_timer_at && r->cmd_timer_at <= at)
+        return;
+    struct timeval tv = ms_tv(at - now_ms());
+    evtimer_add(r->cmd_timer, &tv);
+    r->cmd_timer_at = at;
+}
+
+/* Writes one formatted command and queues its reply slot. */
+static void send_raw(struct redis *r, struct redis_cmd *c, const char *s, size_t len)
+{
+    list_push(&r->sent, c);
+    if (c->deadline_ms)
+        arm_cmd_timer(r, c->deadline_ms);
+    if (bufferevent_write(r->bev, s, len) < 0 && !r->io_failed) {
+        /* never fail re-entrantly: let the timer drop the connection */
+        set_err(r, "redis %s: write failed (out of memory)", r->where);
+        struct timeval zero = {0, 0};
+        r->io_failed = 1;
+        r->cmd_timer_at = 1; /* earliest possible: later arms keep this */
+        evtimer_add(r->cmd_timer, &zero);
+    }
+}
+
+static void send_internal(struct redis *r, enum cmd_kind kind, int argc, const char **argv)
+{
+    char *s = NULL;
+    int len = redisFormatCommandArgv(&s, argc, argv, NULL);
+    struct redis_cmd *c = xcalloc(1, sizeof(*c));
+    c->kind = kind;
+    if (len > 0)
+        send_raw(r, c, s, (size_t)len);
+    else
+        list_push(&r->sent, c);
+    free(s);
+}
+
+static const char *kind_name(enum cmd_kind k)
+{
+    switch (k) {
+    case CMD_AUTH:
+        return "AUTH";
+    case CMD_SELECT:
+        return "SELECT";
+    case CMD_SETNAME:
+        return "CLIENT SETNAME";
+    case CMD_PING:
+        return "PING";
+    default:
+        return "command";
+    }
+}
+
+static void become_ready(struct redis *r)
+{
+    evtimer_del(r->connect_timer);
+    r->backoff_attempt = 0;
+    if (r->ever_ready)
+        r->reconnects++;
+    r->ever_ready = 1;
+    log_info(NULL, "redis %s: ready", r->where);
+    r->state = REDIS_READY;
+    if (r->state_cb && !r->freeing)
+        r->state_cb(r, REDIS_READY, r->state_arg);
+}
+
+/* Pipelines the handshake; PING last, so READY means the server answers data commands
+ * (a server still loading its AOF replies -LOADING and the attempt is retried). */
+static void on_transport_up(struct redis *r)
+{
+    r->transport_up = 1;
+    if (r->url.password) {
+        const char *argv[3] = {"AUTH", NULL, NULL};
+        int argc = 1;
+        if (r->url.user)
+            argv[argc++] = r->url.user;
+        argv[argc++] = r->url.password;
+        send_internal(r, CMD_AUTH, argc, argv);
+    }
+    if (r->url.db != 0) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", r->url.db);
+        const char *argv[2] = {"SELECT", db};
+        send_internal(r, CMD_SELECT, 2, argv);
+    }
+    if (r->name) {
+        const char *argv[3] = {"CLIENT", "SETNAME", r->name};
+        send_internal(r, CMD_SETNAME, 3, argv);
+    }
+    const char *ping[1] = {"PING"};
+    send_internal(r, CMD_PING, 1, ping);
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    struct redis *r = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    unsigned gen = r->gen;
+
+    enter(r);
+    if (bev != r->bev || !r->reader)
+        goto out;
+    while (evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        redisReaderFeed(r->reader, v.iov_base, v.iov_len);
+        evbuffer_drain(in, v.iov_len);
+    }
+    while (!r->freeing && r->gen == gen) {
+        void *obj = NULL;
+        if (redisReaderGetReply(r->reader, &obj) != REDIS_OK) {
+            set_err(r, "redis %s: protocol error: %s", r->where, r->reader->errstr);
+            conn_fail(r);
+            break;
+        }
+        if (!obj)
+            break;
+        redisReply *reply = obj;
+        struct redis_cmd *c = list_pop(&r->sent);
+        if (!c) {
+            freeReplyObject(reply);
+            set_err(r, "redis %s: protocol error: reply without a command", r->where);
+            conn_fail(r);
+            break;
+        }
+        if (c->kind == CMD_USER) {
+            if (c->cb)
+                c->cb(r, reply, c->arg);
+        } else if (reply->type == REDIS_REPLY_ERROR) {
+            /* Redis error texts (WRONGPASS, NOAUTH, LOADING...) never echo the password */
+            set_err(r, "redis %s: %s failed: %.*s", r->where, kind_name(c->kind),
+                    (int)(reply->len > 160 ? 160 : reply->len), reply->str);
+            free(c);
+            freeReplyObject(reply);
+            conn_fail(r);
+            break;
+        } else if (c->kind == CMD_PING) {
+            become_ready(r);
+        }
+        free(c);
+        freeReplyObject(reply);
+    }
+out:
+    leave(r);
+}
+
+static void describe_tls_error(struct redis *r, struct bufferevent *bev)
+{
+    char detail[200] = "";
+    unsigned long e;
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+
+    while ((e = bufferevent_get_openssl_error(bev)) != 0) {
+        if (!detail[0])
+            ERR_error_string_n(e, detail, sizeof(detail));
+    }
+    if (vr != X509_V_OK) {
+        set_err(r, "redis %s: TLS certificate verify failed: %s", r->where,
+                X509_verify_cert_error_string(vr));
+    } else if (detail[0]) {
+        set_err(r, "redis %s: TLS error: %s", r->where, detail);
+    } else {
+        int se = EVUTIL_SOCKET_ERROR();
+        set_err(r, "redis %s: TLS connection failed: %s", r->where,
+                se ? evutil_socket_error_to_string(se) : "closed by peer");
+    }
+}
+
+static void try_next_addr(struct redis *r);
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct redis *r = arg;
+    int se = EVUTIL_SOCKET_ERROR(); /* restored by libevent for deferred callbacks */
+
+    enter(r);
+    if (bev != r->bev)
+        goto out;
+    if (what & BEV_EVENT_CONNECTED) {
+        on_transport_up(r);
+        goto out;
+    }
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)))
+        goto out;
+    if (r->url.tls && (what & BEV_EVENT_ERROR)) {
+        describe_tls_error(r, bev);
+    } else if (!r->transport_up) {
+        set_err(r, "redis %s: connect failed: %s", r->where,
+                se ? evutil_socket_error_to_string(se) : "closed by peer");
+    } else if (what & BEV_EVENT_EOF) {
+        set_err(r, "redis %s: connection closed by the server", r->where);
+    } else {
+        set_err(r, "redis %s: I/O error: %s", r->where,
+                se ? evutil_socket_error_to_string(se) : "unknown");
+    }
+    if (!r->transport_up && r->next_addr) {
+        /* another address of the same name may work (e.g. "localhost": ::1, 127.0.0.1) */
+        log_debug(NULL, "%s", r->errstr);
+        bufferevent_free(r->bev);
+        r->bev = NULL;
+        try_next_addr(r);
+    } else {
+        conn_fail(r);
+    }
+out:
+    leave(r);
+}
+
+static void set_sock_opts(int fd, int family)
+{
+    int one = 1;
+    if (family != AF_INET && family != AF_INET6)
+        return;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+#ifdef TCP_KEEPIDLE
+    int idle = KEEPALIVE_IDLE_S, intvl = KEEPALIVE_INTVL_S, cnt = KEEPALIVE_CNT;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+#endif
+}
+
+/* Starts connecting to one address. 0 when started (the outcome arrives in event_cb);
+ * -1 with errstr set when it failed at once. */
+static int open_transport(struct redis *r, const struct sockaddr *sa, socklen_t salen)
+{
+    const int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
+    evutil_socket_t fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        set_err(r, "redis %s: socket: %s", r->where, strerror(errno));
+        return -1;
+    }
+    set_sock_opts(fd, sa->sa_family);
+
+    if (r->ssl_ctx) {
+        SSL *ssl = SSL_new(r->ssl_ctx);
+        if (!ssl) {
+            evutil_closesocket(fd);
+            set_err(r, "redis %s: SSL_new failed", r->where);
+            return -1;
+        }
+        struct in6_addr a6;
+        struct in_addr a4;
+        int is_ip =
+            inet_pton(AF_INET, r->url.host, &a4) == 1 || inet_pton(AF_INET6, r->url.host, &a6) == 1;
+        if (!is_ip)
+            SSL_set_tlsext_host_name(ssl, r->url.host);
+        if (SSL_get_verify_mode(ssl) != SSL_VERIFY_NONE) {
+            X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+            X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            if (is_ip)
+                X509_VERIFY_PARAM_set1_ip_asc(param, r->url.host);
+            else
+                X509_VERIFY_PARAM_set1_host(param, r->url.host, 0);
+        }
+        r->bev = bufferevent_openssl_socket_new(r->base, fd, ssl, BUFFEREVENT_SSL_CONNECTING, opts);
+        if (!r->bev) {
+            SSL_free(ssl);
+            evutil_closesocket(fd);
+        } else {
+            bufferevent_openssl_set_allow_dirty_shutdown(r->bev, 1);
+        }
+    } else {
+        r->bev = bufferevent_socket_new(r->base, fd, opts);
+        if (!r->bev)
+            evutil_closesocket(fd);
+    }
+    if (!r->bev) {
+        set_err(r, "redis %s: cannot create bufferevent", r->where);
+        return -1;
+    }
+    bufferevent_setcb(r->bev, read_cb, NULL, event_cb, r);
+    if (bufferevent_socket_connect(r->bev, sa, (int)salen) < 0) {
+        int e = errno;
+        set_err(r, "redis %s: connect failed: %s", r->where, strerror(e));
+        bufferevent_free(r->bev);
+        r->bev = NULL;
+        return -1;
+    }
+    bufferevent_enable(r->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+static void try_next_addr(struct redis *r)
+{
+    while (r->next_addr) {
+        struct evutil_addrinfo *ai = r->next_addr;
+        r->next_addr = ai->ai_next;
+        if (open_transport(r, ai->ai_addr, (socklen_t)ai->ai_addrlen) == 0)
+            return;
+        log_debug(NULL, "%s", r->errstr);
+    }
+    conn_fail(r);
+}
+
+static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct redis *r = arg;
+    if (result == EVUTIL_EAI_CANCEL)
+        return; /* teardown cancelled us; r may be on its way out */
+    enter(r);
+    r->dns_req = NULL;
+    if (result != 0) {
+        set_err(r, "redis %s: cannot resolve host: %s", r->where, evutil_gai_strerror(result));
+        conn_fail(r);
+    } else {
+        r->addrs = r->next_addr = res;
+        try_next_addr(r);
+    }
+    leave(r);
+}
+
+/* Starts one connect attempt; bounded by connect_timer. */
+static void start_attempt(struct redis *r)
+{
+    struct timeval tv = ms_tv(r->connect_timeout_ms);
+
+    r->reader = redisReaderCreate();
+    evtimer_add(r->connect_timer, &tv);
+
+    if (r->url.unix_path) {
+        struct sockaddr_un sun;
+        memset(&sun, 0, sizeof(sun));
+        sun.sun_family = AF_UNIX;
+        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", r->url.unix_path);
+        if (open_transport(r, (struct sockaddr *)&sun, sizeof(sun)) < 0)
+            conn_fail(r);
+        return;
+    }
+
+    char port[8];
+    struct evutil_addrinfo hints, *res = NULL;
+    snprintf(port, sizeof(port), "%d", r->url.port);
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
+    if (evutil_getaddrinfo(r->url.host, port, &hints, &res) == 0) {
+        r->addrs = r->next_addr = res;
+        try_next_addr(r);
+        return;
+    }
+
+    /* A name: resolve asynchronously (hosts file, then resolv.conf nameservers and search). */
+    if (!r->dns) {
+        r->dns = evdns_base_new(r->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (!r->dns) {
+            set_err(r, "redis %s: cannot initialise the DNS resolver", r->where);
+            conn_fail(r);
+            return;
+        }
+    }
+    hints.ai_flags = EVUTIL_AI_NUMERICSERV;
+    /* may call dns_cb before returning (hosts file, cached): then it returns NULL */
+    struct evdns_getaddrinfo_request *req =
+        evdns_getaddrinfo(r->dns, r->url.host, port, &hints, dns_cb, r);
+    if (req)
+        r->dns_req = req;
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis *r = arg;
+    (void)fd;
+    (void)what;
+    enter(r);
+    if (!r->freeing && !r->bev && !r->reader)
+        start_attempt(r);
+    leave(r);
+}
+
+static void connect_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis *r = arg;
+    (void)fd;
+    (void)what;
+    enter(r);
+    set_err(r, "redis %s: connect timed out after %d ms%s", r->where, r->connect_timeout_ms,
+            r->transport_up ? " (waiting for the AUTH/SELECT/PING replies)" : "");
+    conn_fail(r);
+    leave(r);
+}
+
+static void cmd_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis *r = arg;
+    int64_t now = now_ms(), min = 0;
+    (void)fd;
+    (void)what;
+
+    enter(r);
+    r->cmd_timer_at = 0;
+    if (r->io_failed) {
+        conn_fail(r);
+        goto out;
+    }
+    for (struct redis_cmd *c = r->sent.head; c; c = c->next)
+        if (c->deadline_ms && (!min || c->deadline_ms < min))
+            min = c->deadline_ms;
+    if (min && min <= now) {
+        set_err(r, "redis %s: command timed out (no reply within the deadline)", r->where);
+        conn_fail(r);
+    } else if (min) {
+        arm_cmd_timer(r, min);
+    }
+out:
+    leave(r);
+}
+
+static void fail_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis *r = arg;
+    struct cmd_list l;
+    (void)fd;
+    (void)what;
+    enter(r);
+    l = r->failing;
+    r->failing.head = r->failing.tail = NULL;
+    fail_list(r, &l);
+    leave(r);
+}
+
+/* ---- public API ---- */
+
+static int make_ssl_ctx(struct redis *r, const struct redis_opts *o, char *err, size_t errlen)
+{
+    r->ssl_ctx = SSL_CTX_new(TLS_client_method());
+    if (!r->ssl_ctx) {
+        snprintf(err, errlen, "redis TLS: SSL_CTX_new failed");
+        return -1;
+    }
+    SSL_CTX_set_min_proto_version(r->ssl_ctx, TLS1_2_VERSION);
+    if (o->tls_insecure) {
+        SSL_CTX_set_verify(r->ssl_ctx, SSL_VERIFY_NONE, NULL);
+        return 0;
+    }
+    SSL_CTX_set_verify(r->ssl_ctx, SSL_VERIFY_PEER, NULL);
+    int ok = o->tls_ca_file ? SSL_CTX_load_verify_locations(r->ssl_ctx, o->tls_ca_file, NULL)
+                            : SSL_CTX_set_default_verify_paths(r->ssl_ctx);
+    if (ok != 1) {
+        char detail[160];
+        ERR_error_string_n(ERR_get_error(), detail, sizeof(detail));
+        ERR_clear_error();
+        snprintf(err, errlen, "redis TLS: cannot load CA %s%s%s: %s",
+                 o->tls_ca_file ? "file '" : "system store", o->tls_ca_file ? o->tls_ca_file : "",
+                 o->tls_ca_file ? "'" : "", detail);
+        return -1;
+    }
+    return 0;
+}
+
+redis *redis_new(struct event_base *base, const struct redis_opts *opts, redis_state_fn state_cb,
+                 void *state_arg, char *err, size_t errlen)
+{
+    struct redis *r = xcalloc(1, sizeof(*r));
+    struct timespec ts;
+    struct timeval zero = {0, 0};
+
+    if (err && errlen)
+        err[0] = '\0';
+    r->base = base;
+    url_copy(&r->url, opts->url);
+    r->name = opts->name ? xstrdup(opts->name) : NULL;
+    r->connect_timeout_ms =
+        opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
+    r->command_timeout_ms =
+        opts->command_timeout_ms > 0 ? opts->command_timeout_ms : DEFAULT_COMMAND_TIMEOUT_MS;
+    r->backoff_base_ms =
+        opts->backoff_base_ms > 0 ? opts->backoff_base_ms : DEFAULT_BACKOFF_BASE_MS;
+    r->backoff_max_ms = opts->backoff_max_ms > 0 ? opts->backoff_max_ms : DEFAULT_BACKOFF_MAX_MS;
+    if (r->backoff_max_ms < r->backoff_base_ms)
+        r->backoff_max_ms = r->backoff_base_ms;
+    r->state_cb = state_cb;
+    r->state_arg = state_arg;
+    r->state = REDIS_CONNECTING;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40) ^
+             (uint64_t)(uintptr_t)r;
+    if (!r->rng)
+        r->rng = 0x9E3779B97F4A7C15ULL;
+
+    if (r->url.unix_path)
+        snprintf(r->where, sizeof(r->where), "unix:%s", r->url.unix_path);
+    else if (r->url.host && strchr(r->url.host, ':'))
+        snprintf(r->where, sizeof(r->where), "[%s]:%d", r->url.host, r->url.port);
+    else
+        snprintf(r->where, sizeof(r->where), "%s:%d", r->url.host ? r->url.host : "?", r->url.port);
+
+    r->cmd_timer = evtimer_new(base, cmd_timer_cb, r);
+    r->connect_timer = evtimer_new(base, connect_timer_cb, r);
+    r->retry_timer = evtimer_new(base, retry_cb, r);
+    r->fail_ev = event_new(base, -1, 0, fail_ev_cb, r);
+    if (!r->cmd_timer || !r->connect_timer || !r->retry_timer || !r->fail_ev) {
+        snprintf(err, errlen, "redis: cannot create events");
+        goto fail;
+    }
+    if (!r->url.unix_path && !r->url.host) {
+        snprintf(err, errlen, "redis: URL has neither host nor socket path");
+        goto fail;
+    }
+    if (r->url.tls && make_ssl_ctx(r, opts, err, errlen) < 0)
+        goto fail;
+
+    /* first attempt from the loop, so state_cb never runs inside redis_new */
+    evtimer_add(r->retry_timer, &zero);
+    return r;
+fail:
+    r->freeing = 1;
+    really_free(r);
+    return NULL;
+}
+
+static void really_free(struct redis *r)
+{
+    struct cmd_list a, b;
+    r->depth++; /* callbacks below must not re-enter the free */
+    teardown(r);
+    a = r->sent;
+    b = r->failing;
+    r->sent.head = r->sent.tail = NULL;
+    r->failing.head = r->failing.tail = NULL;
+    fail_list(r, &a);
+    fail_list(r, &b);
+    if (r->cmd_timer)
+        event_free(r->cmd_timer);
+    if (r->connect_timer)
+        event_free(r->connect_timer);
+    if (r->retry_timer)
+        event_free(r->retry_timer);
+    if (r->fail_ev)
+        event_free(r->fail_ev);
+    if (r->dns)
+        evdns_base_free(r->dns, 0);
+    if (r->ssl_ctx)
+        SSL_CTX_free(r->ssl_ctx);
+    redis_url_release(&r->url);
+    free(r->name);
+    free(r);
+}
+
+void redis_free(redis *r)
+{
+    if (!r || r->freeing)
+        return;
+    r->freeing = 1;
+    if (r->depth == 0)
+        really_free(r);
+}
+
+enum redis_state redis_get_state(const redis *r)
+{
+    return r->state;
+}
+
+const char *redis_last_error(const redis *r)
+{
+    return r->errstr;
+}
+
+unsigned long redis_reconnects(const redis *r)
+{
+    return r->reconnects;
+}
+
+/* Takes ownership of the formatted command s (len bytes). */
+static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, char *s, size_t len)
+{
+    struct redis_cmd *c = xcalloc(1, sizeof(*c));
+    c->cb = cb;
+    c->arg = arg;
+    c->kind = CMD_USER;
+    if (r->state != REDIS_READY || !r->bev) {
+        free(s);
+        list_push(&r->failing, c);
+        event_active(r->fail_ev, EV_TIMEOUT, 1);
+        return 0;
+    }
+    c->deadline_ms =
+        now_ms() + r->command_timeout_ms + (extra_timeout_ms > 0 ? extra_timeout_ms : 0);
+    send_raw(r, c, s, len);
+    free(s);
+    return 0;
+}
+
+int redis_commandv(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, int argc,
+                   const char **argv, const size_t *argvlen)
+{
+    char *s = NULL;
+    if (!r || r->freeing || argc <= 0 || !argv)
+        return -1;
+    int len = redisFormatCommandArgv(&s, argc, argv, argvlen);
+    if (len < 0)
+        return -1;
+    return submit(r, cb, arg, extra_timeout_ms, s, (size_t)len);
+}
+
+int redis_command(redis *r, redis_reply_fn cb, void *arg, const char *fmt, ...)
+{
+    char *s = NULL;
+    va_list ap;
+    if (!r || r->freeing || !fmt)
+        return -1;
+    va_start(ap, fmt);
+    int len = redisvFormatCommand(&s, fmt, ap);
+    va_end(ap);
+    if (len < 0)
+        return -1;
+    return submit(r, cb, arg, 0, s, (size_t)len);
+}
+
+void redis_drop(redis *r)
+{
+    if (!r || r->freeing)
+        return;
+    enter(r);
+    if (r->bev || r->reader) {
+        set_err(r, "redis %s: connection dropped on request", r->where);
+        conn_fail(r);
+    }
+    leave(r);
+}
