@@ -1,8 +1,9 @@
 /* Worker configuration from the environment (12-factor). See docs/configuration.md.
  *
  * config_load reads getenv() once; a bad value fails with one line naming the variable and
- * what is wrong, e.g. "WORKER_CONCURRENCY: must be an integer in 1..4096, got \"abc\"".
- * Secret values never appear in messages. */
+ * what is wrong, e.g. "WORKER_CONCURRENCY: must be an integer between 1 and 4096, got \"abc\"".
+ * Secret values never appear in messages. A variable set to "" counts as unset (default),
+ * except WORKER_HTTP_ADDR where "" disables the status server. */
 #ifndef SW_WORKER_CONFIG_H
 #define SW_WORKER_CONFIG_H
 
@@ -19,37 +20,44 @@ struct config {
     /* REDIS_URL, default redis://127.0.0.1:6379; parsed into redis. */
     char *redis_url;
     struct redis_url redis;
-    char *redis_tls_ca_file;   /* REDIS_TLS_CA_FILE, optional */
-    int redis_tls_insecure;    /* REDIS_TLS_INSECURE=true|false, default false */
+    char *redis_tls_ca_file;      /* REDIS_TLS_CA_FILE, optional */
+    int redis_tls_insecure;       /* REDIS_TLS_INSECURE=true|false, default false */
     int redis_connect_timeout_ms; /* REDIS_CONNECT_TIMEOUT_MS, default 5000 */
     int redis_command_timeout_ms; /* REDIS_COMMAND_TIMEOUT_MS, default 10000 */
 
-    char *prefix;              /* SANDBOX_QUEUE_PREFIX, default "sandbox"; [A-Za-z0-9_.:-]{1,64} */
-    int concurrency;           /* WORKER_CONCURRENCY, default 8, 1..4096 */
-    char *worker_name;         /* WORKER_NAME, default "<hostname>-<pid>"; [A-Za-z0-9_.:-]{1,128} */
-    int lease_ms;              /* WORKER_LEASE_MS, default 30000, 3000..3600000 */
-    int shutdown_grace_ms;     /* WORKER_SHUTDOWN_GRACE_MS, default 25000, 0..3600000 */
-    char *http_addr;           /* WORKER_HTTP_ADDR, default "0.0.0.0:8081"; "" or "off" disables */
-    char *http_host;           /* parsed from http_addr; NULL when disabled */
+    char *prefix;          /* SANDBOX_QUEUE_PREFIX, default "sandbox"; [A-Za-z0-9_.:-]{1,64} */
+    int concurrency;       /* WORKER_CONCURRENCY, default 8, 1..4096 */
+    char *worker_name;     /* WORKER_NAME, default "<hostname>-<pid>"; [A-Za-z0-9_.:-]{1,128} */
+    int lease_ms;          /* WORKER_LEASE_MS, default 30000, 3000..3600000 */
+    int shutdown_grace_ms; /* WORKER_SHUTDOWN_GRACE_MS, default 25000, 0..3600000 */
+    char *http_addr;       /* WORKER_HTTP_ADDR, default "0.0.0.0:8081"; "" or "off" disables */
+    char *http_host;       /* parsed from http_addr; NULL when disabled */
     int http_port;
 
-    int max_attempts;          /* WORKER_MAX_ATTEMPTS, default 3, 1..100 (a job may lower/raise it up to 100) */
-    int retry_base_ms;         /* WORKER_RETRY_BASE_MS, default 1000 */
-    int retry_max_ms;          /* WORKER_RETRY_MAX_MS, default 60000, >= retry_base_ms */
-    int64_t turn_timeout_ms;   /* WORKER_TURN_TIMEOUT_MS, default 1800000: a job's deadline_ms default and cap */
-    int64_t step_timeout_ms;   /* WORKER_STEP_TIMEOUT_MS, default 600000: a run step's default timeout */
-    size_t max_job_bytes;      /* WORKER_MAX_JOB_BYTES, default 8388608 */
-    size_t output_cap_bytes;   /* WORKER_OUTPUT_CAP_BYTES, default 10485760 (per stream, per step) */
-    size_t read_cap_bytes;     /* WORKER_READ_CAP_BYTES, default 1048576 (a read step's default cap) */
-    int events_maxlen;         /* WORKER_EVENTS_MAXLEN, default 1000 (per job stream, MAXLEN ~) */
-    int events_ttl_s;          /* WORKER_EVENTS_TTL_S, default 86400 (after the job finishes) */
-    int results_maxlen;        /* WORKER_RESULTS_MAXLEN, default 100000 */
-    int job_ttl_s;             /* WORKER_JOB_TTL_S, default 604800 (job hash after finish) */
-    char **inherit_env_allow;  /* SANDBOX_INHERIT_ENV_ALLOW: comma list, NULL-terminated; default {"ANTHROPIC_API_KEY", NULL} */
+    /* WORKER_MAX_ATTEMPTS, default 3, 1..100 (a job may lower/raise it up to 100) */
+    int max_attempts;
+    int retry_base_ms; /* WORKER_RETRY_BASE_MS, default 1000, 1..3600000 */
+    int retry_max_ms;  /* WORKER_RETRY_MAX_MS, default 60000, >= retry_base_ms */
+    /* WORKER_TURN_TIMEOUT_MS, default 1800000: a job's deadline_ms default and cap */
+    int64_t turn_timeout_ms;
+    /* WORKER_STEP_TIMEOUT_MS, default 600000: a run step's default timeout */
+    int64_t step_timeout_ms;
+    size_t max_job_bytes; /* WORKER_MAX_JOB_BYTES, default 8388608 */
+    /* WORKER_OUTPUT_CAP_BYTES, default 10485760 (per stream, per step) */
+    size_t output_cap_bytes;
+    /* WORKER_READ_CAP_BYTES, default 1048576 (a read step's default cap) */
+    size_t read_cap_bytes;
+    int events_maxlen;  /* WORKER_EVENTS_MAXLEN, default 1000 (per job stream, MAXLEN ~) */
+    int events_ttl_s;   /* WORKER_EVENTS_TTL_S, default 86400 (after the job finishes) */
+    int results_maxlen; /* WORKER_RESULTS_MAXLEN, default 100000 */
+    int job_ttl_s;      /* WORKER_JOB_TTL_S, default 604800 (job hash after finish) */
+    /* SANDBOX_INHERIT_ENV_ALLOW: comma list, NULL-terminated (never NULL after a successful
+     * load); default {"ANTHROPIC_API_KEY", NULL}; "none" gives an empty list. */
+    char **inherit_env_allow;
 
-    enum log_level log_level;  /* LIGHTDASH_LOG_LEVEL error|warn|info|http|debug, default info */
+    enum log_level log_level;   /* LIGHTDASH_LOG_LEVEL error|warn|info|http|debug, default info */
     enum log_format log_format; /* LIGHTDASH_LOG_FORMAT json|plain|pretty, default pretty */
-    int production;            /* NODE_ENV == "production" */
+    int production;             /* NODE_ENV == "production" */
 };
 
 /* Fills c from the environment. 0, or -1 with err set (one line naming the variable).
@@ -60,11 +68,17 @@ void config_release(struct config *c);
 void config_dump(const struct config *c, FILE *out);
 
 /* Helpers for providers validating their own variables (same message style).
- * config_env_int: absent → def; present but not an integer in [min,max] → -1 with err. */
+ * config_env_int64: absent or empty → def; not an integer in [min,max] → -1 with err. */
 int config_env_int64(const char *name, int64_t def, int64_t min, int64_t max, int64_t *out,
                      char *err, size_t errlen);
 /* Absent or empty → def (may be NULL). Returned pointer is getenv's or def. */
 const char *config_env_str(const char *name, const char *def);
+/* true/false/1/0/yes/no, case-insensitive; absent or empty → def. */
 int config_env_bool(const char *name, int def, int *out, char *err, size_t errlen);
+
+/* A copy of url (malloc'd, caller frees) with the password of its userinfo replaced by "***"
+ * ("redis://user:***@host:6379/0"; a userinfo without ':' is masked whole). url may be NULL
+ * (returns ""). */
+char *config_url_redact(const char *url);
 
 #endif

@@ -1,0 +1,611 @@
+#include "worker/config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+
+#define DEFAULT_PROVIDER  "e2b"
+#define DEFAULT_REDIS_URL "redis://127.0.0.1:6379"
+#define DEFAULT_PREFIX    "sandbox"
+#define DEFAULT_HTTP_ADDR "0.0.0.0:8081"
+#define DEFAULT_INHERIT   "ANTHROPIC_API_KEY"
+#define PREFIX_MAX        64
+#define WORKER_NAME_MAX   128
+#define PROVIDER_MAX      64
+#define ENV_NAME_MAX      128
+#define QUOTE_MAX         64 /* bytes of a bad value shown in a message */
+
+static const char *const level_names[] = {"error", "warn", "info", "http", "debug"};
+static const char *const format_names[] = {"plain", "json", "pretty"};
+
+enum int_type { T_INT, T_I64, T_SIZE };
+
+/* Integer variables: name, default, inclusive range, and where the value goes. */
+struct int_var {
+    const char *name;
+    int64_t def, min, max;
+    size_t off;
+    enum int_type type;
+};
+
+#define F(field) offsetof(struct config, field)
+static const struct int_var int_vars[] = {
+    {"REDIS_CONNECT_TIMEOUT_MS", 5000, 100, 600000, F(redis_connect_timeout_ms), T_INT},
+    {"REDIS_COMMAND_TIMEOUT_MS", 10000, 100, 600000, F(redis_command_timeout_ms), T_INT},
+    {"WORKER_CONCURRENCY", 8, 1, 4096, F(concurrency), T_INT},
+    {"WORKER_LEASE_MS", 30000, 3000, 3600000, F(lease_ms), T_INT},
+    {"WORKER_SHUTDOWN_GRACE_MS", 25000, 0, 3600000, F(shutdown_grace_ms), T_INT},
+    {"WORKER_MAX_ATTEMPTS", 3, 1, 100, F(max_attempts), T_INT},
+    {"WORKER_RETRY_BASE_MS", 1000, 1, 3600000, F(retry_base_ms), T_INT},
+    {"WORKER_RETRY_MAX_MS", 60000, 1, 86400000, F(retry_max_ms), T_INT},
+    {"WORKER_TURN_TIMEOUT_MS", 1800000, 1000, 604800000, F(turn_timeout_ms), T_I64},
+    {"WORKER_STEP_TIMEOUT_MS", 600000, 1000, 604800000, F(step_timeout_ms), T_I64},
+    {"WORKER_MAX_JOB_BYTES", 8388608, 1024, 536870912, F(max_job_bytes), T_SIZE},
+    {"WORKER_OUTPUT_CAP_BYTES", 10485760, 1024, 1073741824, F(output_cap_bytes), T_SIZE},
+    {"WORKER_READ_CAP_BYTES", 1048576, 1, 67108864, F(read_cap_bytes), T_SIZE},
+    {"WORKER_EVENTS_MAXLEN", 1000, 1, 10000000, F(events_maxlen), T_INT},
+    {"WORKER_EVENTS_TTL_S", 86400, 1, 31536000, F(events_ttl_s), T_INT},
+    {"WORKER_RESULTS_MAXLEN", 100000, 1, 100000000, F(results_maxlen), T_INT},
+    {"WORKER_JOB_TTL_S", 604800, 1, 31536000, F(job_ttl_s), T_INT},
+};
+#undef F
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    /* One line, always. */
+    for (char *p = err; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+}
+
+/* `"value"` for a message: escaped (\" \\ \xNN) and cut at QUOTE_MAX bytes with "...". */
+static void quote(const char *s, char *out, size_t outlen)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_putc(&b, '"');
+    size_t i = 0;
+    for (; s[i] && i < QUOTE_MAX; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            buf_printf(&b, "\\%c", c);
+        else if (c < 0x20 || c > 0x7e)
+            buf_printf(&b, "\\x%02x", c);
+        else
+            buf_putc(&b, (char)c);
+    }
+    if (s[i])
+        buf_puts(&b, "...");
+    buf_putc(&b, '"');
+    snprintf(out, outlen, "%s", b.data);
+    buf_release(&b);
+}
+
+/* Strict decimal: optional '-', digits, no spaces or '+', no overflow. */
+static int parse_i64(const char *s, int64_t *out)
+{
+    const char *p = s[0] == '-' ? s + 1 : s;
+    if (*p < '0' || *p > '9')
+        return -1;
+    for (const char *q = p; *q; q++)
+        if (*q < '0' || *q > '9')
+            return -1;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || !end || *end)
+        return -1;
+    *out = (int64_t)v;
+    return 0;
+}
+
+static int parse_bool(const char *s, int *out)
+{
+    static const char *const yes[] = {"true", "1", "yes"};
+    static const char *const no[] = {"false", "0", "no"};
+    for (size_t i = 0; i < 3; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = 1;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *config_env_str(const char *name, const char *def)
+{
+    const char *s = getenv(name);
+    return s && *s ? s : def;
+}
+
+int config_env_int64(const char *name, int64_t def, int64_t min, int64_t max, int64_t *out,
+                     char *err, size_t errlen)
+{
+    const char *s = config_env_str(name, NULL);
+    int64_t v;
+    if (!s) {
+        *out = def;
+        return 0;
+    }
+    if (parse_i64(s, &v) != 0 || v < min || v > max) {
+        char q[QUOTE_MAX * 4 + 8];
+        quote(s, q, sizeof q);
+        set_err(err, errlen, "%s: must be an integer between %lld and %lld, got %s", name,
+                (long long)min, (long long)max, q);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int config_env_bool(const char *name, int def, int *out, char *err, size_t errlen)
+{
+    const char *s = config_env_str(name, NULL);
+    if (!s) {
+        *out = def;
+        return 0;
+    }
+    if (parse_bool(s, out) != 0) {
+        char q[QUOTE_MAX * 4 + 8];
+        quote(s, q, sizeof q);
+        set_err(err, errlen, "%s: must be one of true, false, 1, 0, yes, no, got %s", name, q);
+        return -1;
+    }
+    return 0;
+}
+
+static int is_name_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == ':' || c == '-';
+}
+
+/* A name of 1..max bytes of [A-Za-z0-9_.:-] from variable `var` (default def) into *out. */
+static int load_name(const char *var, const char *def, size_t max, char **out, char *err,
+                     size_t errlen)
+{
+    const char *s = config_env_str(var, def);
+    size_t n = strlen(s);
+    int ok = n >= 1 && n <= max;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = is_name_char((unsigned char)s[i]);
+    if (!ok) {
+        char q[QUOTE_MAX * 4 + 8];
+        quote(s, q, sizeof q);
+        set_err(err, errlen, "%s: must be 1..%zu characters of A-Z a-z 0-9 _ . : -, got %s", var,
+                max, q);
+        return -1;
+    }
+    *out = xstrdup(s);
+    return 0;
+}
+
+/* "<hostname>-<pid>" with every byte outside the name charset replaced by '-'. */
+static char *default_worker_name(void)
+{
+    char host[256] = "worker";
+    char pid[24];
+    if (gethostname(host, sizeof host) != 0 || host[0] == '\0')
+        snprintf(host, sizeof host, "worker");
+    host[sizeof host - 1] = '\0';
+    snprintf(pid, sizeof pid, "-%ld", (long)getpid());
+    size_t room = WORKER_NAME_MAX - strlen(pid);
+    if (strlen(host) > room)
+        host[room] = '\0';
+    for (char *p = host; *p; p++)
+        if (!is_name_char((unsigned char)*p))
+            *p = '-';
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b, "%s%s", host, pid);
+    return buf_detach(&b);
+}
+
+/* Userinfo of a URL "scheme://[user[:password]@]rest": sets [*pw, *pwend) to the password
+ * (the whole userinfo when it has no ':'); 0 when there is none. The userinfo ends at the
+ * last '@', so a password holding an unescaped '@' or '/' is still found whole. */
+static int url_password_span(const char *url, const char **pw, const char **pwend)
+{
+    const char *s = strstr(url, "://");
+    if (!s)
+        return 0;
+    s += 3;
+    const char *at = strrchr(s, '@');
+    if (!at)
+        return 0;
+    const char *colon = memchr(s, ':', (size_t)(at - s));
+    *pw = colon ? colon + 1 : s;
+    *pwend = at;
+    return *pwend > *pw;
+}
+
+char *config_url_redact(const char *url)
+{
+    const char *pw, *pwend;
+    struct buf b;
+    buf_init(&b);
+    if (!url)
+        return buf_detach(&b);
+    if (!url_password_span(url, &pw, &pwend)) {
+        buf_puts(&b, url);
+        return buf_detach(&b);
+    }
+    buf_append(&b, url, (size_t)(pw - url));
+    buf_puts(&b, "***");
+    buf_puts(&b, pwend);
+    return buf_detach(&b);
+}
+
+static int load_redis(struct config *c, char *err, size_t errlen)
+{
+    char why[256] = "";
+    c->redis_url = xstrdup(config_env_str("REDIS_URL", DEFAULT_REDIS_URL));
+    if (redis_url_parse(c->redis_url, &c->redis, why, sizeof why) == 0)
+        return 0;
+    memset(&c->redis, 0, sizeof c->redis);
+    /* The parser promises not to print the password; mask it anyway in case it did. */
+    const char *pw, *pwend;
+    struct buf b;
+    buf_init(&b);
+    buf_puts(&b, why[0] ? why : "invalid URL");
+    if (url_password_span(c->redis_url, &pw, &pwend)) {
+        struct buf m;
+        size_t n = (size_t)(pwend - pw);
+        char *secret = xstrndup(pw, n);
+        buf_init(&m);
+        for (const char *p = b.data; *p;) {
+            const char *hit = n >= 3 ? strstr(p, secret) : NULL;
+            if (!hit) {
+                buf_puts(&m, p);
+                break;
+            }
+            buf_append(&m, p, (size_t)(hit - p));
+            buf_puts(&m, "***");
+            p = hit + n;
+        }
+        buf_release(&b);
+        b = m;
+        free(secret);
+    }
+    set_err(err, errlen, "REDIS_URL: %s", b.data);
+    buf_release(&b);
+    return -1;
+}
+
+/* "host:port", ":port" (0.0.0.0), "[v6]:port"; "off" or "" disables. Port 0..65535
+ * (0 asks the kernel for a free port). */
+static int load_http(struct config *c, char *err, size_t errlen)
+{
+    const char *raw = getenv("WORKER_HTTP_ADDR");
+    const char *s = raw ? raw : DEFAULT_HTTP_ADDR;
+    const char *host = NULL, *port = NULL;
+    size_t hostlen = 0;
+    const char *why = NULL;
+    char q[QUOTE_MAX * 4 + 8];
+
+    c->http_addr = xstrdup(s);
+    c->http_host = NULL;
+    c->http_port = 0;
+    if (s[0] == '\0' || strcasecmp(s, "off") == 0)
+        return 0;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') {
+            why = "must be [ipv6]:port";
+            goto bad;
+        }
+        host = s + 1;
+        hostlen = (size_t)(close - host);
+        port = close + 2;
+        for (size_t i = 0; i < hostlen; i++) {
+            char ch = host[i];
+            if (!(is_name_char((unsigned char)ch) || ch == '%') || ch == '_') {
+                why = "has an invalid IPv6 address";
+                goto bad;
+            }
+        }
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon) {
+            why = "must be host:port, :port, [ipv6]:port or off";
+            goto bad;
+        }
+        host = s;
+        hostlen = (size_t)(colon - s);
+        port = colon + 1;
+        if (memchr(host, ':', hostlen)) {
+            why = "IPv6 addresses must be in brackets, e.g. [::1]:8081";
+            goto bad;
+        }
+        for (size_t i = 0; i < hostlen; i++) {
+            char ch = host[i];
+            if (!is_name_char((unsigned char)ch) || ch == ':') {
+                why = "has an invalid host name";
+                goto bad;
+            }
+        }
+        if (hostlen == 0) {
+            host = "0.0.0.0";
+            hostlen = strlen(host);
+        }
+    }
+    if (hostlen == 0) {
+        why = "has an empty host";
+        goto bad;
+    }
+    int64_t p;
+    if (parse_i64(port, &p) != 0 || p < 0 || p > 65535) {
+        why = "port must be an integer between 0 and 65535";
+        goto bad;
+    }
+    c->http_host = xstrndup(host, hostlen);
+    c->http_port = (int)p;
+    return 0;
+bad:
+    quote(s, q, sizeof q);
+    set_err(err, errlen, "WORKER_HTTP_ADDR: %s, got %s", why, q);
+    return -1;
+}
+
+/* Comma-separated variable names; spaces around names are ignored; "none" = empty list. */
+static int load_inherit(struct config *c, char *err, size_t errlen)
+{
+    const char *s = config_env_str("SANDBOX_INHERIT_ENV_ALLOW", DEFAULT_INHERIT);
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    c->inherit_env_allow = xcalloc(cap + 1, sizeof *c->inherit_env_allow);
+    if (strcmp(s, "none") == 0)
+        return 0;
+    size_t n = 0;
+    const char *p = s;
+    for (;;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        while (len && (*p == ' ' || *p == '\t')) {
+            p++;
+            len--;
+        }
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        int ok = len >= 1 && len <= ENV_NAME_MAX;
+        for (size_t i = 0; ok && i < len; i++) {
+            unsigned char ch = (unsigned char)p[i];
+            ok = (ch >= 'A' && ch <= 'Z') || ch == '_' || (i > 0 && ch >= '0' && ch <= '9');
+        }
+        if (!ok) {
+            char q[QUOTE_MAX * 4 + 8];
+            quote(s, q, sizeof q);
+            set_err(err, errlen,
+                    "SANDBOX_INHERIT_ENV_ALLOW: must be a comma-separated list of variable "
+                    "names ([A-Z_][A-Z0-9_]*) or none, got %s",
+                    q);
+            return -1;
+        }
+        c->inherit_env_allow[n++] = xstrndup(p, len);
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+/* LIGHTDASH_LOG_LEVEL / LIGHTDASH_LOG_FORMAT, case-insensitive. */
+static int load_logging(struct config *c, char *err, size_t errlen)
+{
+    char lower[32];
+    char q[QUOTE_MAX * 4 + 8];
+    const char *s = config_env_str("LIGHTDASH_LOG_LEVEL", "info");
+    snprintf(lower, sizeof lower, "%s", s);
+    for (char *p = lower; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    if (strlen(s) >= sizeof lower || log_level_parse(lower, &c->log_level) != 0) {
+        quote(s, q, sizeof q);
+        set_err(err, errlen,
+                "LIGHTDASH_LOG_LEVEL: must be one of error, warn, info, http, debug, got %s", q);
+        return -1;
+    }
+    s = config_env_str("LIGHTDASH_LOG_FORMAT", "pretty");
+    snprintf(lower, sizeof lower, "%s", s);
+    for (char *p = lower; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    if (strlen(s) >= sizeof lower || log_format_parse(lower, &c->log_format) != 0) {
+        quote(s, q, sizeof q);
+        set_err(err, errlen, "LIGHTDASH_LOG_FORMAT: must be one of json, plain, pretty, got %s", q);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_ints(struct config *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < sizeof int_vars / sizeof *int_vars; i++) {
+        const struct int_var *iv = &int_vars[i];
+        int64_t v;
+        if (config_env_int64(iv->name, iv->def, iv->min, iv->max, &v, err, errlen) != 0)
+            return -1;
+        char *field = (char *)c + iv->off;
+        switch (iv->type) {
+        case T_INT: {
+            int x = (int)v;
+            memcpy(field, &x, sizeof x);
+            break;
+        }
+        case T_I64:
+            memcpy(field, &v, sizeof v);
+            break;
+        case T_SIZE: {
+            size_t x = (size_t)v;
+            memcpy(field, &x, sizeof x);
+            break;
+        }
+        }
+    }
+    if (c->retry_max_ms < c->retry_base_ms) {
+        set_err(err, errlen,
+                "WORKER_RETRY_MAX_MS: must be at least WORKER_RETRY_BASE_MS (%d), got \"%d\"",
+                c->retry_base_ms, c->retry_max_ms);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_provider(struct config *c, char *err, size_t errlen)
+{
+    const char *s = config_env_str("SANDBOX_PROVIDER", DEFAULT_PROVIDER);
+    size_t n = strlen(s);
+    int ok = n >= 1 && n <= PROVIDER_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-';
+    if (!ok) {
+        char q[QUOTE_MAX * 4 + 8];
+        quote(s, q, sizeof q);
+        set_err(err, errlen,
+                "SANDBOX_PROVIDER: must be a provider name such as e2b, lambda-microvm, "
+                "azure-container-sessions or docker, got %s",
+                q);
+        return -1;
+    }
+    c->provider = xstrdup(s);
+    return 0;
+}
+
+static int load_tls(struct config *c, char *err, size_t errlen)
+{
+    const char *ca = config_env_str("REDIS_TLS_CA_FILE", NULL);
+    if (ca) {
+        if (access(ca, R_OK) != 0) {
+            char q[QUOTE_MAX * 4 + 8];
+            int e = errno;
+            quote(ca, q, sizeof q);
+            set_err(err, errlen, "REDIS_TLS_CA_FILE: cannot read %s: %s", q, strerror(e));
+            return -1;
+        }
+        c->redis_tls_ca_file = xstrdup(ca);
+    }
+    return config_env_bool("REDIS_TLS_INSECURE", 0, &c->redis_tls_insecure, err, errlen);
+}
+
+int config_load(struct config *c, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    if (err && errlen)
+        err[0] = '\0';
+    if (load_provider(c, err, errlen) != 0 || load_redis(c, err, errlen) != 0 ||
+        load_tls(c, err, errlen) != 0 || load_ints(c, err, errlen) != 0 ||
+        load_name("SANDBOX_QUEUE_PREFIX", DEFAULT_PREFIX, PREFIX_MAX, &c->prefix, err, errlen) !=
+            0 ||
+        load_http(c, err, errlen) != 0 || load_inherit(c, err, errlen) != 0 ||
+        load_logging(c, err, errlen) != 0)
+        goto fail;
+    if (config_env_str("WORKER_NAME", NULL)) {
+        if (load_name("WORKER_NAME", NULL, WORKER_NAME_MAX, &c->worker_name, err, errlen) != 0)
+            goto fail;
+    } else {
+        c->worker_name = default_worker_name();
+    }
+    const char *node_env = getenv("NODE_ENV");
+    c->production = node_env && strcmp(node_env, "production") == 0;
+    return 0;
+fail:
+    config_release(c);
+    return -1;
+}
+
+void config_release(struct config *c)
+{
+    if (!c)
+        return;
+    free(c->provider);
+    if (c->redis_url) {
+        /* The URL may carry the password: wipe before freeing. */
+        volatile char *p = c->redis_url;
+        while (*p)
+            *p++ = 0;
+        free(c->redis_url);
+    }
+    redis_url_release(&c->redis);
+    free(c->redis_tls_ca_file);
+    free(c->prefix);
+    free(c->worker_name);
+    free(c->http_addr);
+    free(c->http_host);
+    for (size_t i = 0; c->inherit_env_allow && c->inherit_env_allow[i]; i++)
+        free(c->inherit_env_allow[i]);
+    free(c->inherit_env_allow);
+    memset(c, 0, sizeof *c);
+}
+
+void config_dump(const struct config *c, FILE *out)
+{
+    char *url = config_url_redact(c->redis_url);
+    fprintf(out, "SANDBOX_PROVIDER=%s\n", c->provider ? c->provider : "");
+    fprintf(out, "REDIS_URL=%s\n", url);
+    fprintf(out, "REDIS_TLS_CA_FILE=%s\n", c->redis_tls_ca_file ? c->redis_tls_ca_file : "");
+    fprintf(out, "REDIS_TLS_INSECURE=%s\n", c->redis_tls_insecure ? "true" : "false");
+    fprintf(out, "SANDBOX_QUEUE_PREFIX=%s\n", c->prefix ? c->prefix : "");
+    fprintf(out, "WORKER_NAME=%s\n", c->worker_name ? c->worker_name : "");
+    if (!c->http_host)
+        fprintf(out, "WORKER_HTTP_ADDR=off\n");
+    else if (strchr(c->http_host, ':'))
+        fprintf(out, "WORKER_HTTP_ADDR=[%s]:%d\n", c->http_host, c->http_port);
+    else
+        fprintf(out, "WORKER_HTTP_ADDR=%s:%d\n", c->http_host, c->http_port);
+    for (size_t i = 0; i < sizeof int_vars / sizeof *int_vars; i++) {
+        const struct int_var *iv = &int_vars[i];
+        const char *field = (const char *)c + iv->off;
+        long long v = 0;
+        switch (iv->type) {
+        case T_INT: {
+            int x;
+            memcpy(&x, field, sizeof x);
+            v = x;
+            break;
+        }
+        case T_I64: {
+            int64_t x;
+            memcpy(&x, field, sizeof x);
+            v = x;
+            break;
+        }
+        case T_SIZE: {
+            size_t x;
+            memcpy(&x, field, sizeof x);
+            v = (long long)x;
+            break;
+        }
+        }
+        fprintf(out, "%s=%lld\n", iv->name, v);
+    }
+    fprintf(out, "SANDBOX_INHERIT_ENV_ALLOW=");
+    if (!c->inherit_env_allow || !c->inherit_env_allow[0])
+        fprintf(out, "none");
+    for (size_t i = 0; c->inherit_env_allow && c->inherit_env_allow[i]; i++)
+        fprintf(out, "%s%s", i ? "," : "", c->inherit_env_allow[i]);
+    fprintf(out, "\n");
+    fprintf(out, "LIGHTDASH_LOG_LEVEL=%s\n",
+            (unsigned)c->log_level <= LOG_DEBUG ? level_names[c->log_level] : "?");
+    fprintf(out, "LIGHTDASH_LOG_FORMAT=%s\n",
+            (unsigned)c->log_format <= LOG_FMT_PRETTY ? format_names[c->log_format] : "?");
+    fprintf(out, "NODE_ENV=%s\n", c->production ? "production" : "(not production)");
+    free(url);
+}
