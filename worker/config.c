@@ -80,7 +80,7 @@ static void quote(const char *s, char *out, size_t outlen)
     buf_init(&b);
     buf_putc(&b, '"');
     size_t i = 0;
-    for (; s[i] && i < QUOTE_MAX; i++) {
+    for (; i < QUOTE_MAX && s[i]; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\')
             buf_printf(&b, "\\%c", c);
