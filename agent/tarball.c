@@ -1,0 +1,458 @@
+#include "agent/tarball.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+
+#include "lib/buf.h"
+
+#define COPY_CHUNK (256 * 1024)
+
+int tarball_compression_parse(const char *s, enum tarball_compression *out)
+{
+    if (!s || !*s || strcmp(s, "zstd") == 0)
+        *out = TARBALL_ZSTD;
+    else if (strcmp(s, "gzip") == 0 || strcmp(s, "gz") == 0)
+        *out = TARBALL_GZIP;
+    else if (strcmp(s, "none") == 0)
+        *out = TARBALL_NONE;
+    else
+        return -1;
+    return 0;
+}
+
+int tarball_relpath_ok(const char *p)
+{
+    if (!p || !*p || *p == '/')
+        return 0;
+    const char *s = p;
+    while (*s) {
+        const char *e = strchr(s, '/');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        if (n == 2 && s[0] == '.' && s[1] == '.')
+            return 0;
+        s += n;
+        while (*s == '/')
+            s++;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- out */
+
+struct walk {
+    struct archive *a;
+    const struct tarball_out_opts *o;
+    char *buf;
+    char *err;
+    size_t errlen;
+};
+
+static int match_any(const char *const *pats, size_t n, const char *rel)
+{
+    const char *base = strrchr(rel, '/');
+    base = base ? base + 1 : rel;
+    for (size_t i = 0; i < n; i++) {
+        if (fnmatch(pats[i], rel, 0) == 0)
+            return 1;
+        if (!strchr(pats[i], '/') && fnmatch(pats[i], base, 0) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int write_file_data(struct walk *w, int dfd, const char *name, const char *rel)
+{
+    int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+    if (fd < 0) {
+        snprintf(w->err, w->errlen, "open %s: %s", rel, strerror(errno));
+        return -1;
+    }
+    int rc = 0;
+    for (;;) {
+        ssize_t n = read(fd, w->buf, COPY_CHUNK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(w->err, w->errlen, "read %s: %s", rel, strerror(errno));
+            rc = -1;
+            break;
+        }
+        if (n == 0)
+            break;
+        if (archive_write_data(w->a, w->buf, (size_t)n) != n) {
+            snprintf(w->err, w->errlen, "archive %s: %s", rel, archive_error_string(w->a));
+            rc = -1;
+            break;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+/* Archives `name` (in directory dfd) as `rel`; recurses into directories. */
+static int walk_one(struct walk *w, int dfd, const char *name, const char *rel, int included)
+{
+    const struct tarball_out_opts *o = w->o;
+    if (strcmp(rel, ".") != 0 && match_any(o->exclude, o->nexclude, rel))
+        return 0;
+    if (!included && strcmp(rel, ".") != 0)
+        included = match_any(o->include, o->ninclude, rel);
+    struct stat st;
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT && strcmp(rel, ".") != 0)
+            return 0; /* vanished while walking */
+        snprintf(w->err, w->errlen, "stat %s: %s", rel, strerror(errno));
+        return -1;
+    }
+    int is_dir = S_ISDIR(st.st_mode);
+    if (!S_ISREG(st.st_mode) && !is_dir && !S_ISLNK(st.st_mode))
+        return 0;
+    if (included && strcmp(rel, ".") != 0) {
+        struct archive_entry *e = archive_entry_new();
+        archive_entry_copy_stat(e, &st);
+        archive_entry_set_nlink(e, is_dir ? 2 : 1);
+        archive_entry_set_uname(e, NULL);
+        archive_entry_set_gname(e, NULL);
+        if (is_dir) {
+            struct buf dn;
+            buf_init(&dn);
+            buf_printf(&dn, "%s/", rel);
+            archive_entry_copy_pathname(e, dn.data);
+            buf_release(&dn);
+        } else {
+            archive_entry_copy_pathname(e, rel);
+        }
+        if (S_ISLNK(st.st_mode)) {
+            char target[4096];
+            ssize_t n = readlinkat(dfd, name, target, sizeof(target) - 1);
+            if (n < 0) {
+                archive_entry_free(e);
+                snprintf(w->err, w->errlen, "readlink %s: %s", rel, strerror(errno));
+                return -1;
+            }
+            target[n] = '\0';
+            archive_entry_copy_symlink(e, target);
+            archive_entry_set_size(e, 0);
+        } else if (is_dir) {
+            archive_entry_set_size(e, 0);
+        }
+        int rc = archive_write_header(w->a, e);
+        archive_entry_free(e);
+        if (rc < ARCHIVE_WARN) {
+            snprintf(w->err, w->errlen, "archive %s: %s", rel, archive_error_string(w->a));
+            return -1;
+        }
+        if (S_ISREG(st.st_mode) && st.st_size > 0 && write_file_data(w, dfd, name, rel) != 0)
+            return -1;
+    }
+    if (!is_dir)
+        return 0;
+    int sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (sub < 0) {
+        snprintf(w->err, w->errlen, "open %s: %s", rel, strerror(errno));
+        return -1;
+    }
+    DIR *d = fdopendir(sub);
+    if (!d) {
+        close(sub);
+        snprintf(w->err, w->errlen, "opendir %s: %s", rel, strerror(errno));
+        return -1;
+    }
+    int rc = 0;
+    struct dirent *de;
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        struct buf child;
+        buf_init(&child);
+        if (strcmp(rel, ".") == 0)
+            buf_puts(&child, de->d_name);
+        else
+            buf_printf(&child, "%s/%s", rel, de->d_name);
+        rc = walk_one(w, dirfd(d), de->d_name, child.data, included);
+        buf_release(&child);
+    }
+    closedir(d);
+    return rc;
+}
+
+int tarball_write(int out_fd, const struct tarball_out_opts *o, char *err, size_t errlen)
+{
+    int rc = -1;
+    struct walk w = {.o = o, .err = err, .errlen = errlen};
+    int root = open(o->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) {
+        snprintf(err, errlen, "open %s: %s", o->root, strerror(errno));
+        return -1;
+    }
+    w.buf = xmalloc(COPY_CHUNK);
+    w.a = archive_write_new();
+    archive_write_set_format_pax_restricted(w.a);
+    char opt[64];
+    if (o->compression == TARBALL_ZSTD) {
+        archive_write_add_filter_zstd(w.a);
+        snprintf(opt, sizeof(opt), "zstd:compression-level=%d", o->level ? o->level : 3);
+        archive_write_set_options(w.a, opt);
+    } else if (o->compression == TARBALL_GZIP) {
+        archive_write_add_filter_gzip(w.a);
+        snprintf(opt, sizeof(opt), "gzip:compression-level=%d", o->level ? o->level : 6);
+        archive_write_set_options(w.a, opt);
+    }
+    archive_write_set_bytes_per_block(w.a, 64 * 1024);
+    archive_write_set_bytes_in_last_block(w.a, 1);
+    if (archive_write_open_fd(w.a, out_fd) != ARCHIVE_OK) {
+        snprintf(err, errlen, "archive: %s", archive_error_string(w.a));
+        goto out;
+    }
+    static const char *const dot[] = {"."};
+    const char *const *paths = o->npaths ? o->paths : dot;
+    size_t npaths = o->npaths ? o->npaths : 1;
+    int all = o->ninclude == 0;
+    for (size_t i = 0; i < npaths; i++) {
+        if (!tarball_relpath_ok(paths[i])) {
+            snprintf(err, errlen, "path \"%s\" must be relative without \"..\"", paths[i]);
+            goto out;
+        }
+        /* a named path is archived under its own relative name */
+        char *p = xstrdup(paths[i]);
+        size_t n = strlen(p);
+        while (n > 1 && p[n - 1] == '/')
+            p[--n] = '\0';
+        const char *rel = strncmp(p, "./", 2) == 0 && p[2] ? p + 2 : p;
+        int r = walk_one(&w, root, rel, rel, all);
+        free(p);
+        if (r != 0)
+            goto out;
+    }
+    if (archive_write_close(w.a) != ARCHIVE_OK) {
+        snprintf(err, errlen, "archive: %s", archive_error_string(w.a));
+        goto out;
+    }
+    rc = 0;
+out:
+    archive_write_free(w.a);
+    free(w.buf);
+    close(root);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- in */
+
+/* Lexical check that `target`, taken relative to the directory of `entry`, stays inside. */
+static int link_escapes(const char *entry, const char *target)
+{
+    if (target[0] == '/')
+        return 1;
+    int depth = 0;
+    /* directory part of the entry */
+    const char *s = entry;
+    const char *last = strrchr(entry, '/');
+    while (last && s < last) {
+        const char *e = strchr(s, '/');
+        size_t n = (size_t)(e - s);
+        if (n == 0 || (n == 1 && s[0] == '.')) {
+        } else if (n == 2 && s[0] == '.' && s[1] == '.') {
+            depth--;
+        } else {
+            depth++;
+        }
+        s = e + 1;
+    }
+    s = target;
+    while (*s) {
+        const char *e = strchr(s, '/');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        if (n == 2 && s[0] == '.' && s[1] == '.') {
+            if (--depth < 0)
+                return 1;
+        } else if (n && !(n == 1 && s[0] == '.')) {
+            depth++;
+        }
+        s += n;
+        while (*s == '/')
+            s++;
+    }
+    return 0;
+}
+
+static int extract(struct archive *in, const struct tarball_in_opts *o, struct tarball_in_stats *st,
+                   char *err, size_t errlen)
+{
+    int rc = TARBALL_OK;
+    memset(st, 0, sizeof(*st));
+    struct archive *out = archive_write_disk_new();
+    archive_write_disk_set_options(
+        out, ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+                 ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS | ARCHIVE_EXTRACT_PERM |
+                 ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_UNLINK);
+    for (;;) {
+        struct archive_entry *e;
+        int r = archive_read_next_header(in, &e);
+        if (r == ARCHIVE_EOF)
+            break;
+        if (r < ARCHIVE_WARN) {
+            snprintf(err, errlen, "bad archive: %s", archive_error_string(in));
+            rc = TARBALL_E_INVALID;
+            goto out;
+        }
+        const char *path = archive_entry_pathname(e);
+        if (!path || !*path) {
+            snprintf(err, errlen, "entry without a name");
+            rc = TARBALL_E_INVALID;
+            goto out;
+        }
+        while (path[0] == '.' && path[1] == '/')
+            path += 2;
+        if (!*path || strcmp(path, ".") == 0)
+            continue; /* the root itself */
+        if (!tarball_relpath_ok(path)) {
+            snprintf(err, errlen, "refused entry \"%s\": absolute or contains \"..\"", path);
+            rc = TARBALL_E_INVALID;
+            goto out;
+        }
+        char *clean = xstrdup(path);
+        archive_entry_copy_pathname(e, clean);
+        free(clean);
+        path = archive_entry_pathname(e);
+        const char *hl = archive_entry_hardlink(e);
+        mode_t type = archive_entry_filetype(e);
+        if (hl) {
+            while (hl[0] == '.' && hl[1] == '/')
+                hl += 2;
+            if (!tarball_relpath_ok(hl)) {
+                snprintf(err, errlen, "refused hardlink \"%s\": target escapes the tree", path);
+                rc = TARBALL_E_INVALID;
+                goto out;
+            }
+            char *h = xstrdup(hl);
+            archive_entry_copy_hardlink(e, h);
+            free(h);
+        } else if (type == AE_IFLNK) {
+            const char *t = archive_entry_symlink(e);
+            if (!t || !*t || (!o->allow_external_symlinks && link_escapes(path, t))) {
+                snprintf(err, errlen, "refused symlink \"%s\": target escapes the tree", path);
+                rc = TARBALL_E_INVALID;
+                goto out;
+            }
+        } else if (type != AE_IFREG && type != AE_IFDIR) {
+            snprintf(err, errlen, "refused entry \"%s\": not a file, directory or link", path);
+            rc = TARBALL_E_INVALID;
+            goto out;
+        }
+        archive_entry_set_perm(e, archive_entry_perm(e) & 01777);
+        if (++st->entries > o->max_entries) {
+            snprintf(err, errlen, "archive has more than %llu entries",
+                     (unsigned long long)o->max_entries);
+            rc = TARBALL_E_LIMIT;
+            goto out;
+        }
+        if (type == AE_IFREG && archive_entry_size_is_set(e) &&
+            (uint64_t)archive_entry_size(e) > o->max_bytes - st->bytes) {
+            snprintf(err, errlen, "archive content exceeds %llu bytes",
+                     (unsigned long long)o->max_bytes);
+            rc = TARBALL_E_LIMIT;
+            goto out;
+        }
+        r = archive_write_header(out, e);
+        if (r < ARCHIVE_WARN) {
+            snprintf(err, errlen, "refused entry \"%s\": %s", path, archive_error_string(out));
+            rc = TARBALL_E_INVALID;
+            goto out;
+        }
+        if (hl || type != AE_IFREG) {
+            if (archive_write_finish_entry(out) < ARCHIVE_WARN) {
+                snprintf(err, errlen, "write %s: %s", path, archive_error_string(out));
+                rc = TARBALL_E_IO;
+                goto out;
+            }
+            continue;
+        }
+        for (;;) {
+            const void *buf;
+            size_t n;
+            la_int64_t off;
+            r = archive_read_data_block(in, &buf, &n, &off);
+            if (r == ARCHIVE_EOF)
+                break;
+            if (r < ARCHIVE_WARN) {
+                snprintf(err, errlen, "bad archive: %s", archive_error_string(in));
+                rc = TARBALL_E_INVALID;
+                goto out;
+            }
+            if (n > o->max_bytes - st->bytes) {
+                snprintf(err, errlen, "archive content exceeds %llu bytes",
+                         (unsigned long long)o->max_bytes);
+                rc = TARBALL_E_LIMIT;
+                goto out;
+            }
+            st->bytes += n;
+            if (archive_write_data_block(out, buf, n, off) < ARCHIVE_WARN) {
+                snprintf(err, errlen, "write %s: %s", path, archive_error_string(out));
+                rc = TARBALL_E_IO;
+                goto out;
+            }
+        }
+        if (archive_write_finish_entry(out) < ARCHIVE_WARN) {
+            snprintf(err, errlen, "write %s: %s", path, archive_error_string(out));
+            rc = TARBALL_E_IO;
+            goto out;
+        }
+    }
+    if (archive_write_close(out) != ARCHIVE_OK) {
+        snprintf(err, errlen, "finish: %s", archive_error_string(out));
+        rc = TARBALL_E_IO;
+    }
+out:
+    archive_write_free(out);
+    return rc;
+}
+
+static struct archive *reader_new(void)
+{
+    struct archive *a = archive_read_new();
+    archive_read_support_filter_all(a);
+    archive_read_support_format_tar(a);
+    return a;
+}
+
+int tarball_extract_fd(int fd, const struct tarball_in_opts *o, struct tarball_in_stats *st,
+                       char *err, size_t errlen)
+{
+    struct archive *a = reader_new();
+    int rc;
+    if (archive_read_open_fd(a, fd, COPY_CHUNK) != ARCHIVE_OK) {
+        snprintf(err, errlen, "bad archive: %s", archive_error_string(a));
+        memset(st, 0, sizeof(*st));
+        rc = TARBALL_E_INVALID;
+    } else {
+        rc = extract(a, o, st, err, errlen);
+    }
+    archive_read_free(a);
+    return rc;
+}
+
+int tarball_extract_mem(const void *data, size_t len, const struct tarball_in_opts *o,
+                        struct tarball_in_stats *st, char *err, size_t errlen)
+{
+    struct archive *a = reader_new();
+    int rc;
+    if (archive_read_open_memory(a, data, len) != ARCHIVE_OK) {
+        snprintf(err, errlen, "bad archive: %s", archive_error_string(a));
+        memset(st, 0, sizeof(*st));
+        rc = TARBALL_E_INVALID;
+    } else {
+        rc = extract(a, o, st, err, errlen);
+    }
+    archive_read_free(a);
+    return rc;
+}

@@ -1,0 +1,63 @@
+/* Tar archives of workspace trees, out and in, with libarchive. Synchronous and
+ * blocking: the agent runs these in a forked child; the fuzz target calls them in-process.
+ * Memory stays bounded whatever the archive size (fixed-size copy buffers). */
+#ifndef SW_AGENT_TARBALL_H
+#define SW_AGENT_TARBALL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum tarball_compression { TARBALL_ZSTD, TARBALL_GZIP, TARBALL_NONE };
+
+/* Returns 0 and sets *out for "zstd", "gzip", "none" (NULL means zstd); -1 otherwise. */
+int tarball_compression_parse(const char *s, enum tarball_compression *out);
+
+/* Patterns are fnmatch(3) globs matched against the path relative to root ("src/a.c"); a
+ * pattern without '/' also matches any single path component ("node_modules", "*.o").
+ * An excluded directory is not descended into. With include patterns, an entry is written when
+ * it or one of its parent directories matches one. */
+struct tarball_out_opts {
+    const char *root;         /* absolute directory the paths are relative to */
+    const char *const *paths; /* relative paths to archive; none means "." */
+    size_t npaths;
+    const char *const *include;
+    size_t ninclude;
+    const char *const *exclude;
+    size_t nexclude;
+    enum tarball_compression compression;
+    int level; /* compression level; 0 = default (zstd 3, gzip 6) */
+};
+
+/* Writes a pax tar of the selection to out_fd. Regular files, directories and symlinks are
+ * stored (symlinks as links, never followed); sockets, fifos and devices are skipped.
+ * 0, or -1 with err. */
+int tarball_write(int out_fd, const struct tarball_out_opts *o, char *err, size_t errlen);
+
+/* True when a relative path (as given in the request) stays inside root lexically: not
+ * absolute, no ".." component. */
+int tarball_relpath_ok(const char *p);
+
+struct tarball_in_opts {
+    uint64_t max_bytes;   /* total file data; above it extraction stops with TARBALL_E_LIMIT */
+    uint64_t max_entries; /* same for the entry count */
+    int allow_external_symlinks; /* 1: symlinks may point outside the tree (never written
+                                    through); 0: such symlinks are refused */
+};
+
+struct tarball_in_stats {
+    uint64_t entries;
+    uint64_t bytes;
+};
+
+enum { TARBALL_OK = 0, TARBALL_E_INVALID = -1, TARBALL_E_LIMIT = -2, TARBALL_E_IO = -3 };
+
+/* Extracts a tar (any compression libarchive detects) read from fd, or from memory, into the
+ * current working directory. Refuses absolute paths, ".." components, writing through
+ * symlinks, links that escape the tree, devices/fifos/sockets; strips set-id bits.
+ * Returns TARBALL_OK or a TARBALL_E_* code with err; entries before the failure stay. */
+int tarball_extract_fd(int fd, const struct tarball_in_opts *o, struct tarball_in_stats *st,
+                       char *err, size_t errlen);
+int tarball_extract_mem(const void *data, size_t len, const struct tarball_in_opts *o,
+                        struct tarball_in_stats *st, char *err, size_t errlen);
+
+#endif
