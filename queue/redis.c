@@ -480,8 +480,10 @@ static void teardown(struct redis *r)
     }
     r->transport_up = 0;
     r->io_failed = 0;
-    evtimer_del(r->connect_timer);
-    evtimer_del(r->cmd_timer);
+    if (r->connect_timer)
+        evtimer_del(r->connect_timer);
+    if (r->cmd_timer)
+        evtimer_del(r->cmd_timer);
     r->cmd_timer_at = 0;
 }
 
@@ -559,7 +561,7 @@ static void send_internal(struct redis *r, enum cmd_kind kind, int argc, const c
         send_raw(r, c, s, (size_t)len);
     else
         list_push(&r->sent, c);
-    free(s);
+    redisFreeCommand(s);
 }
 
 static const char *kind_name(enum cmd_kind k)
@@ -1094,7 +1096,7 @@ unsigned long redis_reconnects(const redis *r)
     return r->reconnects;
 }
 
-/* Takes ownership of the formatted command s (len bytes). */
+/* Takes ownership of the formatted command s (len bytes; freed with redisFreeCommand). */
 static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, char *s, size_t len)
 {
     struct redis_cmd *c = xcalloc(1, sizeof(*c));
@@ -1102,7 +1104,7 @@ static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, 
     c->arg = arg;
     c->kind = CMD_USER;
     if (r->state != REDIS_READY || !r->bev) {
-        free(s);
+        redisFreeCommand(s);
         list_push(&r->failing, c);
         event_active(r->fail_ev, EV_TIMEOUT, 1);
         return 0;
@@ -1110,7 +1112,7 @@ static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, 
     c->deadline_ms =
         now_ms() + r->command_timeout_ms + (extra_timeout_ms > 0 ? extra_timeout_ms : 0);
     send_raw(r, c, s, len);
-    free(s);
+    redisFreeCommand(s);
     return 0;
 }
 

@@ -2,18 +2,37 @@
  *
  * The transport (TCP, unix socket, TLS for rediss://) is a bufferevent owned here; hiredis is
  * used only for RESP (redisReader, redisFormatCommandArgv), so this builds against hiredis
- * 0.14 and 1.x alike.
+ * 0.14 and 1.x alike. Host names are resolved asynchronously (evdns: hosts file, then the
+ * resolv.conf nameservers); every address of a name is tried in turn. TCP sockets get
+ * TCP_NODELAY and keep-alive (idle 15 s, interval 5 s, 3 probes).
  *
- * Lifecycle: redis_new() starts connecting at once. After the transport connects, AUTH and
- * SELECT (from the URL) are sent, then the state callback reports REDIS_READY. On any error
- * (connect failure or timeout, I/O error, a command timing out, the server closing) every
- * pending command's callback runs with reply == NULL, the state callback reports
- * REDIS_DOWN, and a reconnect is scheduled with exponential backoff and full jitter
- * (base 100 ms, cap 5 s by default). Commands issued while not READY fail at once
- * (callback with NULL, from the loop, never re-entrantly inside redis_command()).
+ * Lifecycle: redis_new() starts connecting from the loop (never inside the call). After the
+ * transport connects (and the TLS handshake), `AUTH [user] password`, `SELECT db` (db != 0),
+ * `CLIENT SETNAME name` and `PING` are pipelined; any error reply there (WRONGPASS, NOAUTH,
+ * LOADING while the server loads its data...) fails the attempt, e.g.
+ * "redis host:6379: AUTH failed: WRONGPASS ...". Then the state callback reports REDIS_READY.
+ * The connect timeout covers resolve + connect + TLS + those replies.
+ *
+ * On any error (connect failure or timeout, I/O error, a command timing out, the server
+ * closing, a protocol error) every pending command's callback runs with reply == NULL, the
+ * state callback reports REDIS_DOWN, and a reconnect is scheduled with exponential backoff
+ * and full jitter: uniform in [0, min(backoff_max_ms, backoff_base_ms * 2^failures)]; the
+ * count resets at READY. Commands issued while not READY fail (callback with NULL) from the
+ * loop, never re-entrantly inside redis_commandv().
+ *
+ * State callback: called on transitions only: CONNECTING -> READY | DOWN, READY -> DOWN,
+ * DOWN -> READY. Failed attempts while already DOWN are not reported again (their reason is
+ * in redis_last_error()). redis_get_state() is CONNECTING only before the first outcome.
+ * Nothing is reported from redis_free().
  *
  * Replies: the callback gets a redisReply owned by this module and freed after the callback
  * returns. Error replies (REDIS_REPLY_ERROR) are delivered as replies, not as NULL.
+ * One reply per command: no SUBSCRIBE/MONITOR (use a connection per blocking reader, with
+ * extra_timeout_ms covering the BLOCK time).
+ *
+ * Re-entrancy: redis_commandv(), redis_drop() and redis_free() may be called from any reply
+ * or state callback of this connection. Not thread-safe: one loop, one thread.
+ * Messages (redis_last_error, logs) never contain the password.
  */
 #ifndef SW_QUEUE_REDIS_H
 #define SW_QUEUE_REDIS_H
@@ -27,8 +46,15 @@ typedef struct redis redis;
 
 enum redis_state { REDIS_CONNECTING = 0, REDIS_READY, REDIS_DOWN };
 
-/* A parsed REDIS_URL: redis://[user:pass@]host[:port][/db], rediss://… (TLS),
- * unix:///path/to.sock[?db=N]. Strings are malloc'd; free with redis_url_release. */
+/* A parsed REDIS_URL. Accepted forms (scheme case-insensitive):
+ *   redis://[[user]:password@]host[:port][/db][?db=N]     port 6379 by default
+ *   rediss://...                                           the same, over TLS
+ *   unix://[[user]:password@]/path/to.sock[?db=N]
+ * host is a name, an IPv4 literal or a bracketed IPv6 literal ([::1]:6379). user, password
+ * and the socket path are percent-decoded (%40 for '@', %2F for '/', %3A for ':'); a raw
+ * '@' in a password parses too (the last '@' ends it). A user name needs a password
+ * ("user@host" is an error). The only query parameter is db (it overrides a path db).
+ * Strings are malloc'd; free with redis_url_release. */
 struct redis_url {
     int tls;
     char *host;      /* NULL for unix */
@@ -39,7 +65,8 @@ struct redis_url {
     int db;          /* default 0 */
 };
 
-/* 0 on success; -1 with a one-line reason in err (never containing the password). */
+/* 0 on success; -1 with a one-line reason in err ("invalid Redis URL: ...", never containing
+ * the password) and *out left empty (safe to release). */
 int redis_url_parse(const char *url, struct redis_url *out, char *err, size_t errlen);
 void redis_url_release(struct redis_url *u);
 
@@ -59,7 +86,8 @@ struct redis_opts {
 typedef void (*redis_reply_fn)(redis *r, const redisReply *reply, void *arg);
 typedef void (*redis_state_fn)(redis *r, enum redis_state state, void *arg);
 
-/* Returns NULL only on a TLS context setup failure (err says why). */
+/* opts->url is required. Returns NULL only on a TLS context setup failure (err says why,
+ * e.g. an unreadable CA file). The first attempt starts from the loop. */
 redis *redis_new(struct event_base *base, const struct redis_opts *opts, redis_state_fn state_cb,
                  void *state_arg, char *err, size_t errlen);
 /* Fails pending commands (callbacks run with NULL, synchronously) and frees. Safe inside
@@ -67,7 +95,8 @@ redis *redis_new(struct event_base *base, const struct redis_opts *opts, redis_s
 void redis_free(redis *r);
 
 enum redis_state redis_get_state(const redis *r);
-/* Last error text (connect failure, I/O error, timeout); "" when none. */
+/* Last error text (connect failure, I/O error, timeout); "" when none yet. Kept after a
+ * later successful reconnect (history for logs and /readyz). Owned by r. */
 const char *redis_last_error(const redis *r);
 /* Number of successful reconnects after the first connect (for metrics). */
 unsigned long redis_reconnects(const redis *r);
@@ -78,10 +107,13 @@ unsigned long redis_reconnects(const redis *r);
  * Returns 0 when queued; the callback always runs exactly once (cb may be NULL). */
 int redis_commandv(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, int argc,
                    const char **argv, const size_t *argvlen);
-/* printf-like convenience over redisFormatCommand (%s %b %d %lld as hiredis). */
+/* printf-like convenience over redisvFormatCommand (%s %b %d %lld as hiredis); uses the
+ * connection's command timeout (no extra). -1 on a bad format or after redis_free(). */
 int redis_command(redis *r, redis_reply_fn cb, void *arg, const char *fmt, ...);
 
-/* Forces a disconnect and reconnect (tests; also used after a protocol error). */
+/* Forces a disconnect and reconnect (tests; also used after a protocol error). Pending
+ * callbacks run with NULL before it returns, then DOWN is reported (if it was READY). No-op
+ * while waiting between attempts. */
 void redis_drop(redis *r);
 
 #endif
