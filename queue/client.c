@@ -1,0 +1,904 @@
+/* Producer/operator operations over queue/redis.h. See queue/client.h.
+ *
+ * Every operation is a struct op linked into the client while in flight. Replies arrive in
+ * redis.h callbacks; an op whose client was freed (op->c == NULL) only frees itself, so a
+ * reply after client_free never reaches the caller. */
+#include "queue/client.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/buf.h"
+#include "queue/keys.h"
+#include "queue/scripts.h"
+
+#define DEFAULT_JOB_TTL_S 604800
+#define DEFAULT_COUNT     100
+#define STATS_CMDS        7
+
+/* KEYS: dead, jobs, job hash, events, cancel
+ * ARGV: dead entry id, job id the caller read from that entry ("" when none), job ttl s
+ * Returns {"replayed", new entry, job id} | {"missing"} | {"nojob"} | {"active", phase}.
+ * A dead entry's content never changes (ids are never reused), so the id read in a first
+ * round trip still names the same job here; it is checked anyway. */
+static const char replay_lua[] =
+    "local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])\n"
+    "if #e == 0 then return {'missing'} end\n"
+    "local f, job, id = e[1][2], false, ''\n"
+    "for i = 1, #f, 2 do\n"
+    "  if f[i] == 'job' then job = f[i + 1] elseif f[i] == 'id' then id = f[i + 1] end\n"
+    "end\n"
+    "if not job then return {'nojob'} end\n"
+    "if id ~= ARGV[2] then return {'missing'} end\n"
+    "if id ~= '' then\n"
+    "  local h = redis.call('HMGET', KEYS[3], 'status', 'phase')\n"
+    "  if h[2] and (not h[1] or h[1] == '') and h[2] ~= 'retrying' then\n"
+    "    return {'active', h[2]}\n"
+    "  end\n"
+    "end\n"
+    "local new = redis.call('XADD', KEYS[2], '*', 'job', job, 'attempt', '1')\n"
+    "if id ~= '' then\n"
+    "  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])\n"
+    "  redis.call('HSET', KEYS[3], 'phase', 'queued', 'entry', new)\n"
+    "  redis.call('EXPIRE', KEYS[3], ARGV[3])\n"
+    "end\n"
+    "redis.call('XDEL', KEYS[1], ARGV[1])\n"
+    "return {'replayed', new, id}\n";
+
+enum op_kind {
+    OP_ENQUEUE = 0,
+    OP_EVENTS,
+    OP_HASH,
+    OP_CANCEL,
+    OP_STATS,
+    OP_DEAD_LIST,
+    OP_REPLAY_READ,
+    OP_REPLAY,
+};
+
+/* An argument vector; strings are copied. */
+struct args {
+    int argc, cap;
+    char **v;
+    const char **cv; /* the same pointers, as redis_commandv takes them */
+    size_t *len;
+};
+
+struct op;
+
+/* One stats sub-command: which reply this is. */
+struct sub {
+    struct op *op;
+    int idx;
+};
+
+struct op {
+    struct op *next, *prev;
+    client *c; /* NULL once the client is freed */
+    enum op_kind kind;
+    union {
+        client_enqueue_fn enq;
+        client_entries_fn entries;
+        client_hash_fn hash;
+        client_done_fn done;
+        client_stats_fn stats;
+        client_replay_fn replay;
+    } cb;
+    void *arg;
+    struct args a;      /* kept for the EVAL fallback */
+    char *entry;        /* replay: the dead entry */
+    struct event *fail; /* reports err from the loop when a command could not be sent */
+    char *err;
+    /* stats */
+    struct sub subs[STATS_CMDS];
+    int outstanding;
+    int failed;
+    struct client_stats st;
+    struct client_consumer *consumers;
+    char **consumer_names; /* owned; consumers[i].name points here */
+    char *last_delivered;
+};
+
+struct client {
+    struct event_base *base;
+    redis *r;
+    char *prefix;
+    int job_ttl_s;
+    client_ready_fn ready_cb;
+    void *ready_arg;
+    int reported;
+    struct op *ops;
+};
+
+/* ---- argument vectors ---- */
+
+static void args_addn(struct args *a, const char *p, size_t n)
+{
+    if (a->argc == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 8;
+        a->v = xrealloc(a->v, (size_t)a->cap * sizeof(*a->v));
+        a->cv = xrealloc(a->cv, (size_t)a->cap * sizeof(*a->cv));
+        a->len = xrealloc(a->len, (size_t)a->cap * sizeof(*a->len));
+    }
+    a->v[a->argc] = xstrndup(p, n);
+    a->cv[a->argc] = a->v[a->argc];
+    a->len[a->argc] = n;
+    a->argc++;
+}
+
+static void args_add(struct args *a, const char *s)
+{
+    args_addn(a, s, strlen(s));
+}
+
+static void args_addll(struct args *a, long long v)
+{
+    char n[32];
+    snprintf(n, sizeof(n), "%lld", v);
+    args_add(a, n);
+}
+
+static void args_set(struct args *a, int i, const char *s)
+{
+    free(a->v[i]);
+    a->v[i] = xstrdup(s);
+    a->cv[i] = a->v[i];
+    a->len[i] = strlen(s);
+}
+
+static void args_release(struct args *a)
+{
+    for (int i = 0; i < a->argc; i++)
+        free(a->v[i]);
+    free(a->v);
+    free(a->cv);
+    free(a->len);
+    memset(a, 0, sizeof(*a));
+}
+
+/* ---- ops ---- */
+
+static struct op *op_new(client *c, enum op_kind kind, void *arg)
+{
+    struct op *op = xcalloc(1, sizeof(*op));
+    op->c = c;
+    op->kind = kind;
+    op->arg = arg;
+    op->next = c->ops;
+    if (c->ops)
+        c->ops->prev = op;
+    c->ops = op;
+    return op;
+}
+
+static void op_free(struct op *op)
+{
+    if (op->c) {
+        if (op->prev)
+            op->prev->next = op->next;
+        else
+            op->c->ops = op->next;
+        if (op->next)
+            op->next->prev = op->prev;
+    }
+    if (op->fail)
+        event_free(op->fail);
+    args_release(&op->a);
+    free(op->entry);
+    free(op->err);
+    for (size_t i = 0; op->consumer_names && i < op->st.nconsumers; i++)
+        free(op->consumer_names[i]);
+    free(op->consumer_names);
+    free(op->consumers);
+    free(op->last_delivered);
+    free(op);
+}
+
+/* Runs the op's callback with an error; then frees the op. */
+static void op_error(struct op *op, const char *err)
+{
+    switch (op->kind) {
+    case OP_ENQUEUE:
+        op->cb.enq(op->arg, CLIENT_ENQ_ERROR, err);
+        break;
+    case OP_EVENTS:
+    case OP_DEAD_LIST:
+        op->cb.entries(op->arg, -1, NULL, 0, err);
+        break;
+    case OP_HASH:
+        op->cb.hash(op->arg, -1, NULL, err);
+        break;
+    case OP_CANCEL:
+        op->cb.done(op->arg, -1, err);
+        break;
+    case OP_STATS:
+        op->cb.stats(op->arg, -1, NULL, err);
+        break;
+    case OP_REPLAY_READ:
+    case OP_REPLAY:
+        op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", err);
+        break;
+    }
+    op_free(op);
+}
+
+static void fail_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct op *op = arg;
+    op_error(op, op->err ? op->err : "error");
+}
+
+/* Reports err from the loop (the caller's callback never runs inside the issuing call). */
+static void op_fail_later(struct op *op, const char *err)
+{
+    free(op->err);
+    op->err = xstrdup(err);
+    if (!op->fail)
+        op->fail = evtimer_new(op->c->base, fail_cb, op);
+    struct timeval tv = {0, 0};
+    evtimer_add(op->fail, &tv);
+}
+
+/* The text for a NULL or error reply; NULL when the reply is usable. */
+static const char *reply_problem(const client *c, const redisReply *reply)
+{
+    if (!reply) {
+        const char *e = redis_last_error(c->r);
+        return e && *e ? e : "redis: not connected";
+    }
+    if (reply->type == REDIS_REPLY_ERROR)
+        return reply->str;
+    return NULL;
+}
+
+/* A reply callback prologue: drops ops of a freed client. */
+static int op_orphaned(struct op *op)
+{
+    if (op->c)
+        return 0;
+    op_free(op);
+    return 1;
+}
+
+static void send_args(struct op *op, redis_reply_fn fn, void *arg, int extra_ms)
+{
+    if (redis_commandv(op->c->r, fn, arg, extra_ms, op->a.argc, op->a.cv, op->a.len) != 0)
+        op_fail_later(op, "redis: command could not be sent");
+}
+
+static int is_str(const redisReply *r)
+{
+    return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS);
+}
+
+/* ---- records ---- */
+
+const char *client_record_get(const struct client_record *r, const char *name, size_t *len)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; r && i < r->n; i++) {
+        if (r->f[i].name_len == n && memcmp(r->f[i].name, name, n) == 0) {
+            if (len)
+                *len = r->f[i].value_len;
+            return r->f[i].value;
+        }
+    }
+    return NULL;
+}
+
+/* A flat [name, value, …] reply into fields (malloc'd, caller frees); -1 when malformed. */
+static int fields_from(const redisReply *arr, struct client_field **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!arr || arr->type != REDIS_REPLY_ARRAY || arr->elements % 2)
+        return -1;
+    struct client_field *f = xcalloc(arr->elements / 2 + 1, sizeof(*f));
+    for (size_t i = 0; i + 1 < arr->elements; i += 2) {
+        const redisReply *k = arr->element[i], *v = arr->element[i + 1];
+        if (!is_str(k) || !is_str(v)) {
+            free(f);
+            return -1;
+        }
+        f[i / 2].name = k->str;
+        f[i / 2].name_len = k->len;
+        f[i / 2].value = v->str;
+        f[i / 2].value_len = v->len;
+    }
+    *out = f;
+    *n = arr->elements / 2;
+    return 0;
+}
+
+/* Records of a stream read: recs[i].f point into one field array. */
+struct records {
+    struct client_record *recs;
+    struct client_field *fields;
+    size_t n;
+};
+
+static void records_release(struct records *rs)
+{
+    free(rs->recs);
+    free(rs->fields);
+    memset(rs, 0, sizeof(*rs));
+}
+
+/* A [[id, [f, v…]]…] reply into records. Malformed entries (e.g. deleted ones, whose fields
+ * are nil) are skipped. -1 when the reply is not an array. */
+static int records_from(const redisReply *arr, struct records *rs)
+{
+    memset(rs, 0, sizeof(*rs));
+    if (!arr || arr->type != REDIS_REPLY_ARRAY)
+        return -1;
+    size_t total = 0;
+    for (size_t i = 0; i < arr->elements; i++) {
+        const redisReply *e = arr->element[i];
+        if (e && e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
+            e->element[1]->type == REDIS_REPLY_ARRAY)
+            total += e->element[1]->elements / 2;
+    }
+    rs->recs = xcalloc(arr->elements + 1, sizeof(*rs->recs));
+    rs->fields = xcalloc(total + 1, sizeof(*rs->fields));
+    size_t used = 0;
+    for (size_t i = 0; i < arr->elements; i++) {
+        const redisReply *e = arr->element[i];
+        if (!e || e->type != REDIS_REPLY_ARRAY || e->elements != 2 || !is_str(e->element[0]))
+            continue;
+        struct client_field *f;
+        size_t nf;
+        if (fields_from(e->element[1], &f, &nf) != 0)
+            continue;
+        memcpy(rs->fields + used, f, nf * sizeof(*f));
+        free(f);
+        rs->recs[rs->n].id = e->element[0]->str;
+        rs->recs[rs->n].f = rs->fields + used;
+        rs->recs[rs->n].n = nf;
+        rs->n++;
+        used += nf;
+    }
+    return 0;
+}
+
+/* ---- connection ---- */
+
+static void state_cb(redis *r, enum redis_state state, void *arg)
+{
+    client *c = arg;
+    if (c->reported || !c->ready_cb)
+        return;
+    if (state == REDIS_READY) {
+        c->reported = 1;
+        c->ready_cb(c->ready_arg, 1, NULL);
+    } else if (state == REDIS_DOWN) {
+        c->reported = 1;
+        const char *e = redis_last_error(r);
+        c->ready_cb(c->ready_arg, 0, e && *e ? e : "redis: connection failed");
+    }
+}
+
+client *client_new(struct event_base *base, const struct client_opts *opts,
+                   client_ready_fn ready_cb, void *arg, char *err, size_t errlen)
+{
+    client *c = xcalloc(1, sizeof(*c));
+    c->base = base;
+    c->prefix = xstrdup(opts->prefix && *opts->prefix ? opts->prefix : "sandbox");
+    c->job_ttl_s = opts->job_ttl_s > 0 ? opts->job_ttl_s : DEFAULT_JOB_TTL_S;
+    c->ready_cb = ready_cb;
+    c->ready_arg = arg;
+    struct redis_opts ro = {
+        .url = opts->url,
+        .connect_timeout_ms = opts->connect_timeout_ms,
+        .command_timeout_ms = opts->command_timeout_ms,
+        .tls_ca_file = opts->tls_ca_file,
+        .tls_insecure = opts->tls_insecure,
+        .name = "sandboxctl",
+    };
+    c->r = redis_new(base, &ro, state_cb, c, err, errlen);
+    if (!c->r) {
+        free(c->prefix);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void client_free(client *c)
+{
+    if (!c)
+        return;
+    /* Detach every op first: redis_free fails pending commands (now or, inside a callback,
+     * later), and their replies must not reach the caller or this freed client. */
+    struct op *op = c->ops;
+    while (op) {
+        struct op *next = op->next;
+        op->c = NULL;
+        if (op->fail) {
+            /* Not sent to Redis: nothing else will free it. */
+            op_free(op);
+        }
+        op = next;
+    }
+    c->ops = NULL;
+    redis_free(c->r);
+    free(c->prefix);
+    free(c);
+}
+
+/* ---- enqueue ---- */
+
+static void enqueue_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = arg;
+    if (op_orphaned(op))
+        return;
+    if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
+        strcmp(op->a.v[0], "EVALSHA") == 0) {
+        args_set(&op->a, 0, "EVAL");
+        args_set(&op->a, 1, scripts_source(SCRIPT_ENQUEUE));
+        send_args(op, enqueue_reply, op, 0);
+        return;
+    }
+    const char *why = reply_problem(op->c, reply);
+    if (why) {
+        op_error(op, why);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || !is_str(reply->element[0]) ||
+        !is_str(reply->element[1])) {
+        op_error(op, "enqueue script: unexpected reply");
+        return;
+    }
+    const char *what = reply->element[0]->str, *detail = reply->element[1]->str;
+    if (strcmp(what, "added") == 0)
+        op->cb.enq(op->arg, CLIENT_ENQ_ADDED, detail);
+    else if (strcmp(what, "exists") == 0)
+        op->cb.enq(op->arg, CLIENT_ENQ_EXISTS, detail);
+    else
+        op->cb.enq(op->arg, CLIENT_ENQ_ERROR, "enqueue script: unexpected reply");
+    op_free(op);
+}
+
+void client_enqueue(client *c, const char *job_id, const char *json, size_t len,
+                    client_enqueue_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_ENQUEUE, arg);
+    op->cb.enq = cb;
+    char *k_jobs = keys_jobs(c->prefix), *k_job = keys_job(c->prefix, job_id);
+    args_add(&op->a, "EVALSHA");
+    args_add(&op->a, scripts_sha(SCRIPT_ENQUEUE));
+    args_add(&op->a, "2");
+    args_add(&op->a, k_jobs);
+    args_add(&op->a, k_job);
+    args_addn(&op->a, json, len);
+    args_addll(&op->a, c->job_ttl_s);
+    free(k_jobs);
+    free(k_job);
+    send_args(op, enqueue_reply, op, 0);
+}
+
+/* ---- stream reads (events, dead list) ---- */
+
+static void entries_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = arg;
+    if (op_orphaned(op))
+        return;
+    const char *why = reply_problem(op->c, reply);
+    if (why) {
+        op_error(op, why);
+        return;
+    }
+    const redisReply *arr = reply;
+    if (op->kind == OP_EVENTS) {
+        /* XREAD: nil on timeout, else [[key, entries]]. */
+        if (reply->type == REDIS_REPLY_NIL ||
+            (reply->type == REDIS_REPLY_ARRAY && reply->elements == 0)) {
+            op->cb.entries(op->arg, 0, NULL, 0, NULL);
+            op_free(op);
+            return;
+        }
+        if (reply->type != REDIS_REPLY_ARRAY || reply->element[0]->type != REDIS_REPLY_ARRAY ||
+            reply->element[0]->elements != 2) {
+            op_error(op, "XREAD: unexpected reply");
+            return;
+        }
+        arr = reply->element[0]->element[1];
+    }
+    struct records rs;
+    if (records_from(arr, &rs) != 0) {
+        op_error(op, "unexpected reply to a stream read");
+        return;
+    }
+    op->cb.entries(op->arg, 0, rs.recs, rs.n, NULL);
+    records_release(&rs);
+    op_free(op);
+}
+
+void client_events_read(client *c, const char *job_id, const char *after, int block_ms, int count,
+                        client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_EVENTS, arg);
+    op->cb.entries = cb;
+    char *k = keys_events(c->prefix, job_id);
+    args_add(&op->a, "XREAD");
+    args_add(&op->a, "COUNT");
+    args_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
+    if (block_ms >= 0) {
+        args_add(&op->a, "BLOCK");
+        args_addll(&op->a, block_ms > 0 ? block_ms : 1);
+    }
+    args_add(&op->a, "STREAMS");
+    args_add(&op->a, k);
+    args_add(&op->a, after && *after ? after : "0");
+    free(k);
+    send_args(op, entries_reply, op, block_ms > 0 ? block_ms : 0);
+}
+
+void client_dead_list(client *c, const char *after, int count, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_DEAD_LIST, arg);
+    op->cb.entries = cb;
+    char *k = keys_dead(c->prefix);
+    struct buf start;
+    buf_init(&start);
+    if (after && *after)
+        buf_printf(&start, "(%s", after); /* exclusive range start (Redis 6.2+) */
+    else
+        buf_puts(&start, "-");
+    args_add(&op->a, "XRANGE");
+    args_add(&op->a, k);
+    args_add(&op->a, start.data);
+    args_add(&op->a, "+");
+    args_add(&op->a, "COUNT");
+    args_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
+    buf_release(&start);
+    free(k);
+    send_args(op, entries_reply, op, 0);
+}
+
+/* ---- hashes, cancel ---- */
+
+static void hash_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = arg;
+    if (op_orphaned(op))
+        return;
+    const char *why = reply_problem(op->c, reply);
+    if (why) {
+        op_error(op, why);
+        return;
+    }
+    struct client_field *f;
+    size_t n;
+    if (fields_from(reply, &f, &n) != 0) {
+        op_error(op, "HGETALL: unexpected reply");
+        return;
+    }
+    struct client_record h = {NULL, n, f};
+    op->cb.hash(op->arg, 0, &h, NULL);
+    free(f);
+    op_free(op);
+}
+
+static void hash_get(client *c, char *key, client_hash_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_HASH, arg);
+    op->cb.hash = cb;
+    args_add(&op->a, "HGETALL");
+    args_add(&op->a, key);
+    free(key);
+    send_args(op, hash_reply, op, 0);
+}
+
+void client_job_get(client *c, const char *job_id, client_hash_fn cb, void *arg)
+{
+    hash_get(c, keys_job(c->prefix, job_id), cb, arg);
+}
+
+void client_thread_get(client *c, const char *thread_id, client_hash_fn cb, void *arg)
+{
+    hash_get(c, keys_thread(c->prefix, thread_id), cb, arg);
+}
+
+static void done_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = arg;
+    if (op_orphaned(op))
+        return;
+    const char *why = reply_problem(op->c, reply);
+    if (why) {
+        op_error(op, why);
+        return;
+    }
+    op->cb.done(op->arg, 0, NULL);
+    op_free(op);
+}
+
+void client_cancel(client *c, const char *job_id, int ttl_s, client_done_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_CANCEL, arg);
+    op->cb.done = cb;
+    char *k = keys_cancel(c->prefix, job_id);
+    args_add(&op->a, "SET");
+    args_add(&op->a, k);
+    args_add(&op->a, "1");
+    args_add(&op->a, "EX");
+    args_addll(&op->a, ttl_s > 0 ? ttl_s : c->job_ttl_s);
+    free(k);
+    send_args(op, done_reply, op, 0);
+}
+
+/* ---- stats ---- */
+
+enum stats_cmd {
+    ST_XLEN_JOBS = 0,
+    ST_GROUPS,
+    ST_CONSUMERS,
+    ST_ZCARD,
+    ST_NEXT,
+    ST_DEAD,
+    ST_RESULTS
+};
+
+static long long int_of(const redisReply *r)
+{
+    if (!r)
+        return -1;
+    if (r->type == REDIS_REPLY_INTEGER)
+        return r->integer;
+    if (is_str(r))
+        return strtoll(r->str, NULL, 10);
+    return -1;
+}
+
+/* A flat [name, value, …] map reply: the value for name, or NULL. */
+static const redisReply *map_get(const redisReply *m, const char *name)
+{
+    for (size_t i = 0; m && m->type == REDIS_REPLY_ARRAY && i + 1 < m->elements; i += 2)
+        if (is_str(m->element[i]) && strcmp(m->element[i]->str, name) == 0)
+            return m->element[i + 1];
+    return NULL;
+}
+
+/* "no such key" and NOGROUP: the stream or group does not exist yet, which stats report as
+ * no group rather than as a failure. */
+static int is_missing_error(const redisReply *reply)
+{
+    return reply && reply->type == REDIS_REPLY_ERROR &&
+           (strstr(reply->str, "no such key") || strncmp(reply->str, "NOGROUP", 7) == 0);
+}
+
+static void stats_fill(struct op *op, int idx, const redisReply *reply)
+{
+    struct client_stats *st = &op->st;
+    switch ((enum stats_cmd)idx) {
+    case ST_XLEN_JOBS:
+        st->jobs = int_of(reply);
+        break;
+    case ST_GROUPS:
+        for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++) {
+            const redisReply *g = reply->element[i];
+            const redisReply *name = map_get(g, "name");
+            if (!is_str(name) || strcmp(name->str, QUEUE_GROUP) != 0)
+                continue;
+            st->group = 1;
+            st->consumers = int_of(map_get(g, "consumers"));
+            st->pending = int_of(map_get(g, "pending"));
+            st->lag = int_of(map_get(g, "lag"));
+            const redisReply *ld = map_get(g, "last-delivered-id");
+            free(op->last_delivered);
+            op->last_delivered = xstrdup(is_str(ld) ? ld->str : "");
+        }
+        break;
+    case ST_CONSUMERS:
+        if (reply->type != REDIS_REPLY_ARRAY)
+            break;
+        op->consumers = xcalloc(reply->elements + 1, sizeof(*op->consumers));
+        op->consumer_names = xcalloc(reply->elements + 1, sizeof(*op->consumer_names));
+        for (size_t i = 0; i < reply->elements; i++) {
+            const redisReply *name = map_get(reply->element[i], "name");
+            struct client_consumer *cc = &op->consumers[st->nconsumers];
+            op->consumer_names[st->nconsumers] = xstrdup(is_str(name) ? name->str : "?");
+            cc->name = op->consumer_names[st->nconsumers];
+            cc->pending = int_of(map_get(reply->element[i], "pending"));
+            cc->idle_ms = int_of(map_get(reply->element[i], "idle"));
+            st->nconsumers++;
+        }
+        break;
+    case ST_ZCARD:
+        st->delayed = int_of(reply);
+        break;
+    case ST_NEXT:
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 && is_str(reply->element[1]))
+            st->delayed_next_ms = (long long)strtod(reply->element[1]->str, NULL);
+        break;
+    case ST_DEAD:
+        st->dead = int_of(reply);
+        break;
+    case ST_RESULTS:
+        st->results = int_of(reply);
+        break;
+    }
+}
+
+static void stats_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct sub *s = arg;
+    struct op *op = s->op;
+    op->outstanding--;
+    if (!op->c) {
+        if (op->outstanding == 0)
+            op_free(op);
+        return;
+    }
+    if (!op->failed) {
+        const char *why = reply_problem(op->c, reply);
+        if (why && !((s->idx == ST_GROUPS || s->idx == ST_CONSUMERS) && is_missing_error(reply))) {
+            op->failed = 1;
+            free(op->err);
+            op->err = xstrdup(why);
+        } else if (!why) {
+            stats_fill(op, s->idx, reply);
+        }
+    }
+    if (op->outstanding > 0)
+        return;
+    if (op->failed) {
+        op_error(op, op->err);
+        return;
+    }
+    if (!op->st.group) {
+        /* The workers create the group at "0": every entry is still to be delivered. */
+        op->st.consumers = op->st.pending = 0;
+        op->st.lag = op->st.jobs;
+    }
+    op->st.last_delivered = op->last_delivered ? op->last_delivered : "";
+    op->st.consumer = op->consumers;
+    op->cb.stats(op->arg, 0, &op->st, NULL);
+    op_free(op);
+}
+
+void client_stats(client *c, client_stats_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_STATS, arg);
+    op->cb.stats = cb;
+    op->st.consumers = op->st.pending = op->st.lag = -1;
+    op->st.delayed_next_ms = -1;
+    char *k_jobs = keys_jobs(c->prefix), *k_delayed = keys_delayed(c->prefix);
+    char *k_dead = keys_dead(c->prefix), *k_results = keys_results(c->prefix);
+    const char *cmds[STATS_CMDS][7] = {
+        [ST_XLEN_JOBS] = {"XLEN", k_jobs, NULL},
+        [ST_GROUPS] = {"XINFO", "GROUPS", k_jobs, NULL},
+        [ST_CONSUMERS] = {"XINFO", "CONSUMERS", k_jobs, QUEUE_GROUP, NULL},
+        [ST_ZCARD] = {"ZCARD", k_delayed, NULL},
+        [ST_NEXT] = {"ZRANGE", k_delayed, "0", "0", "WITHSCORES", NULL},
+        [ST_DEAD] = {"XLEN", k_dead, NULL},
+        [ST_RESULTS] = {"XLEN", k_results, NULL},
+    };
+    /* Every sub-command is counted before any is sent: replies never arrive inside
+     * redis_commandv, but a send failure must not leave the count short. */
+    op->outstanding = STATS_CMDS;
+    for (int i = 0; i < STATS_CMDS; i++) {
+        int argc = 0;
+        while (cmds[i][argc])
+            argc++;
+        op->subs[i].op = op;
+        op->subs[i].idx = i;
+        if (redis_commandv(c->r, stats_reply, &op->subs[i], 0, argc, cmds[i], NULL) != 0) {
+            op->outstanding--;
+            op->failed = 1;
+            if (!op->err)
+                op->err = xstrdup("redis: command could not be sent");
+        }
+    }
+    if (op->outstanding == 0)
+        op_fail_later(op, op->err);
+    free(k_jobs);
+    free(k_delayed);
+    free(k_dead);
+    free(k_results);
+}
+
+/* ---- dead-letter replay ---- */
+
+static void replay_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = arg;
+    if (op_orphaned(op))
+        return;
+    const char *why = reply_problem(op->c, reply);
+    if (why) {
+        op_error(op, why);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 || !is_str(reply->element[0])) {
+        op_error(op, "replay script: unexpected reply");
+        return;
+    }
+    const char *what = reply->element[0]->str;
+    const char *e1 = reply->elements > 1 && is_str(reply->element[1]) ? reply->element[1]->str : "";
+    const char *e2 = reply->elements > 2 && is_str(reply->element[2]) ? reply->element[2]->str : "";
+    if (strcmp(what, "replayed") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_OK, e2, e1);
+    else if (strcmp(what, "missing") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_MISSING, "", "");
+    else if (strcmp(what, "nojob") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_NO_JOB, "", "");
+    else if (strcmp(what, "active") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_ACTIVE, "", e1);
+    else
+        op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", "replay script: unexpected reply");
+    op_free(op);
+}
+
+/* First round trip read the dead entry; now run the script with the job's keys. */
+static void replay_read_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = arg;
+    if (op_orphaned(op))
+        return;
+    const char *why = reply_problem(op->c, reply);
+    if (why) {
+        op_error(op, why);
+        return;
+    }
+    struct records rs;
+    if (records_from(reply, &rs) != 0) {
+        op_error(op, "XRANGE: unexpected reply");
+        return;
+    }
+    if (rs.n == 0) {
+        records_release(&rs);
+        op->cb.replay(op->arg, CLIENT_REPLAY_MISSING, "", "");
+        op_free(op);
+        return;
+    }
+    const char *id = client_record_get(&rs.recs[0], "id", NULL);
+    char *job_id = xstrdup(id ? id : "");
+    records_release(&rs);
+
+    client *c = op->c;
+    op->kind = OP_REPLAY;
+    args_release(&op->a);
+    char *keys[5] = {keys_dead(c->prefix), keys_jobs(c->prefix),
+                     keys_job(c->prefix, *job_id ? job_id : "-"),
+                     keys_events(c->prefix, *job_id ? job_id : "-"),
+                     keys_cancel(c->prefix, *job_id ? job_id : "-")};
+    args_add(&op->a, "EVAL");
+    args_add(&op->a, replay_lua);
+    args_add(&op->a, "5");
+    for (int i = 0; i < 5; i++) {
+        args_add(&op->a, keys[i]);
+        free(keys[i]);
+    }
+    args_add(&op->a, op->entry);
+    args_add(&op->a, job_id);
+    args_addll(&op->a, c->job_ttl_s);
+    free(job_id);
+    send_args(op, replay_reply, op, 0);
+}
+
+void client_dead_replay(client *c, const char *dead_entry, client_replay_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_REPLAY_READ, arg);
+    op->cb.replay = cb;
+    op->entry = xstrdup(dead_entry);
+    char *k = keys_dead(c->prefix);
+    args_add(&op->a, "XRANGE");
+    args_add(&op->a, k);
+    args_add(&op->a, dead_entry);
+    args_add(&op->a, dead_entry);
+    free(k);
+    send_args(op, replay_read_reply, op, 0);
+}
