@@ -82,6 +82,9 @@ $(BUILD)/sandbox-agent: $(AGENT_OBJ) $(CORE_LIB)
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(SUPPORT_OBJ) $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/tests/bench/%: $(BUILD)/tests/bench/%.o $(SUPPORT_OBJ) $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 # tests/run.sh runs every test binary and script, prints skips, and fails on any failure.
 test: $(BINS) $(TEST_BIN)
 	BUILD=$(BUILD) ./tests/run.sh
