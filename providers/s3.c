@@ -799,19 +799,23 @@ static void upload_free(s3_upload *up)
 /* Calls done with the recorded outcome, then frees the upload. */
 static void upload_report(s3_upload *up, int ok, const char *etag)
 {
+    char error[ERR_LEN], code[64];
     struct s3_result res = {.ok = ok,
                             .status = up->status,
-                            .code = ok ? "" : up->code,
-                            .error = ok ? "" : up->error,
+                            .code = code,
+                            .error = error,
                             .etag = etag ? etag : "",
                             .size = up->bytes,
                             .attempts = up->attempts};
     s3_done_fn done = up->done;
     void *arg = up->arg;
 
+    /* Copies first: done may free the client, so the upload is freed before it runs. */
+    snprintf(error, sizeof(error), "%s", ok ? "" : up->error);
+    snprintf(code, sizeof(code), "%s", ok ? "" : up->code);
     upload_free(up);
     if (done && !ok)
-        log_debug(NULL, "%s", res.error);
+        log_debug(NULL, "%s", error);
     if (done)
         done(arg, &res);
 }
