@@ -179,6 +179,7 @@ struct ctl {
     int64_t timeout_ms; /* as given, for the message */
     int final_seen;     /* the job hash has a final status */
     char *final_status, *final_result;
+    int hash_missing; /* the last read found no job hash */
     int warned_missing, warned_conn;
     int stdout_nl; /* the last byte written to stdout was a newline (or nothing yet) */
     struct event *timer;
@@ -512,6 +513,13 @@ static void events_read(void *arg, int rc, const struct client_record *entries, 
         return;
     }
     x->warned_conn = 0;
+    if (n == 0 && x->hash_missing && !strcmp(x->last, "0") && !x->warned_missing) {
+        fprintf(stderr,
+                "sandboxctl: job %s is unknown (not enqueued yet, or its record expired); "
+                "waiting\n",
+                x->pos[0]);
+        x->warned_missing = 1;
+    }
     for (size_t i = 0; i < n; i++) {
         const struct client_record *e = &entries[i];
         snprintf(x->last, sizeof(x->last), "%s", e->id);
@@ -552,13 +560,7 @@ static void job_read(void *arg, int rc, const struct client_record *h, const cha
         follow_later(x, RETRY_MS);
         return;
     }
-    if (h->n == 0 && !x->warned_missing) {
-        fprintf(stderr,
-                "sandboxctl: job %s is unknown (not enqueued yet, or its record expired); "
-                "waiting\n",
-                x->pos[0]);
-        x->warned_missing = 1;
-    }
+    x->hash_missing = h->n == 0;
     const char *status = client_record_get(h, "status", NULL);
     if (status && *status && !x->final_seen) {
         const char *result = client_record_get(h, "result", NULL);
@@ -919,7 +921,7 @@ static int parse_args(struct ctl *x, int argc, char **argv)
                     (int)nlen, name);
             return -1;
         }
-        const char *value = NULL;
+        const char *value = ""; /* a flag's value */
         if (spec[nlen] == '=') {
             if (eq) {
                 value = eq + 1;

@@ -1,0 +1,760 @@
+/* sandboxctl against a real redis-server: the CLI binary runs as a child process with
+ * REDIS_URL and SANDBOX_QUEUE_PREFIX set; results the worker would publish are written by
+ * hand with redis-cli, in the shapes queue/scripts.c writes them. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+#include "tests/support/redis_server.h"
+#include "tests/support/test.h"
+
+#define P            "{ctltest}"
+#define RUN_LIMIT_MS 60000 /* a CLI run that takes longer is a failure (killed) */
+
+static struct test_redis *srv;
+static char ctl_path[1024];
+static char job_dir[256];
+
+static const char job_j1[] = "{\"id\":\"j1\",\"thread\":\"t1\",\"feature\":\"data-app\","
+                             "\"tenant\":{\"organization\":\"org\",\"project\":\"prj\"},"
+                             "\"steps\":[{\"type\":\"run\",\"name\":\"build\",\"cmd\":\"echo "
+                             "hi\"}]}";
+
+static const char result_ok[] =
+    "{\"id\":\"jw\",\"thread\":\"t1\",\"status\":\"succeeded\",\"attempt\":1,\"worker\":\"w1\","
+    "\"steps\":[{\"name\":\"build\",\"type\":\"run\",\"status\":\"ok\",\"exit_code\":0,"
+    "\"stdout\":\"hi\\n\",\"stdout_bytes\":3,\"stderr\":\"\",\"stderr_bytes\":0,"
+    "\"duration_ms\":12}],\"sandbox\":{\"provider\":\"docker\",\"state\":\"suspended\","
+    "\"resumed\":false,\"snapshot\":{\"kind\":\"s3-tar\",\"key\":\"t1/1.tar.zst\"}},"
+    "\"timings\":{\"queued_ms\":5,\"acquire_ms\":100,\"run_ms\":12,\"suspend_ms\":40,"
+    "\"total_ms\":160}}";
+
+static const char result_failed[] =
+    "{\"id\":\"jf\",\"thread\":\"t1\",\"status\":\"failed\",\"attempt\":1,\"worker\":\"w1\","
+    "\"error\":{\"code\":\"step_failed\",\"message\":\"step build exited with status 2\"},"
+    "\"timings\":{\"queued_ms\":5,\"total_ms\":160}}";
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- running the CLI ---- */
+
+struct proc {
+    pid_t pid;
+    int out, err, in;
+};
+
+struct run {
+    int rc; /* exit status; -1 when killed or not run */
+    struct buf out, err;
+};
+
+static void run_release(struct run *r)
+{
+    buf_release(&r->out);
+    buf_release(&r->err);
+}
+
+/* Starts sandboxctl with args (NULL-terminated). url may be NULL (the server's). */
+static int proc_start(struct proc *p, const char *url, const char *const *args)
+{
+    int o[2], e[2], i[2];
+    if (pipe(o) != 0 || pipe(e) != 0 || pipe(i) != 0)
+        return -1;
+    p->pid = fork();
+    if (p->pid < 0)
+        return -1;
+    if (p->pid == 0) {
+        dup2(i[0], 0);
+        dup2(o[1], 1);
+        dup2(e[1], 2);
+        close(i[1]);
+        close(o[0]);
+        close(e[0]);
+        setenv("REDIS_URL", url ? url : test_redis_url(srv), 1);
+        setenv("SANDBOX_QUEUE_PREFIX", "ctltest", 1);
+        unsetenv("LIGHTDASH_LOG_LEVEL");
+        const char *argv[16];
+        int n = 0;
+        argv[n++] = ctl_path;
+        for (; args[n - 1] && n < 15; n++)
+            argv[n] = args[n - 1];
+        argv[n] = NULL;
+        execv(ctl_path, (char *const *)(uintptr_t)argv);
+        _exit(127);
+    }
+    close(i[0]);
+    close(o[1]);
+    close(e[1]);
+    p->in = i[1];
+    p->out = o[0];
+    p->err = e[0];
+    return 0;
+}
+
+/* Writes stdin text (may be NULL), closes stdin, collects output until exit. */
+static void proc_finish(struct proc *p, const char *input, struct run *r)
+{
+    buf_init(&r->out);
+    buf_init(&r->err);
+    r->rc = -1;
+    if (input) {
+        size_t n = strlen(input), off = 0;
+        while (off < n) {
+            ssize_t w = write(p->in, input + off, n - off);
+            if (w <= 0)
+                break;
+            off += (size_t)w;
+        }
+    }
+    close(p->in);
+    int64_t end = mono_ms() + RUN_LIMIT_MS;
+    int open_out = 1, open_err = 1;
+    while (open_out || open_err) {
+        struct pollfd fds[2] = {{p->out, POLLIN, 0}, {p->err, POLLIN, 0}};
+        int64_t left = end - mono_ms();
+        if (left <= 0) {
+            printf("  sandboxctl did not finish within %d ms; killed\n", RUN_LIMIT_MS);
+            kill(p->pid, SIGKILL);
+            break;
+        }
+        if (poll(fds, 2, (int)left) < 0 && errno != EINTR)
+            break;
+        for (int k = 0; k < 2; k++) {
+            if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char chunk[4096];
+            ssize_t got = read(fds[k].fd, chunk, sizeof(chunk));
+            if (got > 0) {
+                buf_append(k ? &r->err : &r->out, chunk, (size_t)got);
+            } else {
+                if (k)
+                    open_err = 0;
+                else
+                    open_out = 0;
+                fds[k].fd = -1;
+            }
+        }
+        if (!open_out)
+            fds[0].fd = -1;
+        if (!open_err)
+            fds[1].fd = -1;
+    }
+    close(p->out);
+    close(p->err);
+    int st = 0;
+    if (waitpid(p->pid, &st, 0) == p->pid && WIFEXITED(st))
+        r->rc = WEXITSTATUS(st);
+    if (!r->out.data)
+        buf_puts(&r->out, "");
+    if (!r->err.data)
+        buf_puts(&r->err, "");
+}
+
+static void ctl(struct run *r, const char *input, const char *const *args)
+{
+    struct proc p;
+    if (proc_start(&p, NULL, args) != 0) {
+        buf_init(&r->out);
+        buf_init(&r->err);
+        buf_puts(&r->out, "");
+        buf_puts(&r->err, "fork failed");
+        r->rc = -1;
+        return;
+    }
+    proc_finish(&p, input, r);
+}
+
+#define CTL(r, input, ...)                                                                         \
+    do {                                                                                           \
+        const char *const a_[] = {__VA_ARGS__, NULL};                                              \
+        ctl(r, input, a_);                                                                         \
+    } while (0)
+
+/* Prints the run when a check on it failed, so a failure explains itself. */
+static void show(const char *what, const struct run *r)
+{
+    if (test_failed_now)
+        printf("  [%s] rc=%d\n  stdout: %s\n  stderr: %s\n", what, r->rc, r->out.data, r->err.data);
+}
+
+static char *cli(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* redis-cli through the test server; trailing output as a malloc'd string ("" on failure). */
+static char *cli(const char *fmt, ...)
+{
+    struct buf b;
+    buf_init(&b);
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    char *out = test_redis_cli(srv, "%s", b.data);
+    buf_release(&b);
+    return out ? out : xstrdup("");
+}
+
+static void cli0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void cli0(const char *fmt, ...)
+{
+    struct buf b;
+    buf_init(&b);
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    free(test_redis_cli(srv, "%s", b.data));
+    buf_release(&b);
+}
+
+static long long cli_int(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static long long cli_int(const char *fmt, ...)
+{
+    struct buf b;
+    buf_init(&b);
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    char *out = test_redis_cli(srv, "%s", b.data);
+    long long v = out ? strtoll(out, NULL, 10) : -1;
+    free(out);
+    buf_release(&b);
+    return v;
+}
+
+static char *write_file(const char *name, const char *text)
+{
+    struct buf path;
+    buf_init(&path);
+    buf_printf(&path, "%s/%s", job_dir, name);
+    FILE *f = fopen(path.data, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+    return buf_detach(&path);
+}
+
+/* Writes what the completion script writes for a final job: job hash and done event. */
+static void publish_final(const char *job, const char *status, const char *result, int event)
+{
+    cli0("HSET " P ":job:%s phase done status %s result '%s' finished_at 1", job, status, result);
+    if (event)
+        cli0("XADD " P ":events:%s * type done status %s result '%s'", job, status, result);
+}
+
+/* ---- tests ---- */
+
+TEST_CASE(usage_errors)
+{
+    struct run r;
+    const char *const none[] = {NULL};
+    ctl(&r, NULL, none);
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err.data, "usage: sandboxctl"));
+    show("no args", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "--help");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "enqueue") && strstr(r.out.data, "replay"));
+    run_release(&r);
+
+    CTL(&r, NULL, "frobnicate");
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err.data, "unknown command"));
+    run_release(&r);
+
+    CTL(&r, NULL, "wait");
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err.data, "missing JOB"));
+    show("wait without job", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "wait", "j1", "--timeout-ms", "soon");
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err.data, "--timeout-ms"));
+    run_release(&r);
+
+    CTL(&r, NULL, "watch", "j1", "--bogus");
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err.data, "unknown option --bogus"));
+    run_release(&r);
+
+    CTL(&r, NULL, "job", "bad id!");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+
+    static const char *const cmds[] = {"enqueue", "watch",  "wait",  "cancel",
+                                       "job",     "thread", "stats", "dead"};
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        CTL(&r, NULL, cmds[i], "--help");
+        CHECK_EQ_INT(r.rc, 0);
+        CHECK(strncmp(r.out.data, "usage: sandboxctl ", 18) == 0 && strstr(r.out.data, cmds[i]));
+        show(cmds[i], &r);
+        run_release(&r);
+    }
+}
+
+TEST_CASE(connect_failure)
+{
+    /* Port 1 on loopback: nothing listens there, the connect is refused at once. */
+    struct run r;
+    struct proc p;
+    const char *const args[] = {"stats", NULL};
+    if (proc_start(&p, "redis://127.0.0.1:1", args) != 0)
+        SKIP("fork failed");
+    proc_finish(&p, NULL, &r);
+    CHECK_EQ_INT(r.rc, 4);
+    CHECK(strstr(r.err.data, "cannot connect to Redis"));
+    CHECK(strchr(r.err.data, '\n') == r.err.data + r.err.len - 1); /* one line */
+    show("connect failure", &r);
+    run_release(&r);
+}
+
+TEST_CASE(enqueue_valid_and_duplicate)
+{
+    struct run r;
+    char *path = write_file("j1.json", job_j1);
+    CTL(&r, NULL, "enqueue", path);
+    CHECK_EQ_INT(r.rc, 0);
+    char entry[64] = "";
+    CHECK(sscanf(r.out.data, "j1 %63s", entry) == 1);
+    show("enqueue", &r);
+    run_release(&r);
+
+    CHECK_EQ_INT(cli_int("XLEN " P ":jobs"), 1);
+    char *s = cli("XRANGE " P ":jobs - +");
+    CHECK(strstr(s, entry) && strstr(s, "\"id\":\"j1\""));
+    free(s);
+    s = cli("HGET " P ":job:j1 phase");
+    CHECK_STR(s, "queued");
+    free(s);
+    s = cli("HGET " P ":job:j1 entry");
+    CHECK_STR(s, entry);
+    free(s);
+    CHECK(cli_int("TTL " P ":job:j1") > 0);
+
+    /* The same id again: refused, nothing added. */
+    CTL(&r, NULL, "enqueue", path);
+    CHECK(r.rc != 0);
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "j1 already exists") && strstr(r.err.data, "queued"));
+    show("enqueue again", &r);
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("XLEN " P ":jobs"), 1);
+
+    /* From standard input, with --json. */
+    struct buf j2;
+    buf_init(&j2);
+    buf_puts(&j2, job_j1);
+    char *at = strstr(j2.data, "\"j1\"");
+    at[2] = '2';
+    CTL(&r, j2.data, "enqueue", "-", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strncmp(r.out.data, "{\"id\":\"j2\",\"entry\":\"", 20) == 0);
+    show("enqueue stdin", &r);
+    run_release(&r);
+    buf_release(&j2);
+    CHECK_EQ_INT(cli_int("XLEN " P ":jobs"), 2);
+    free(path);
+}
+
+TEST_CASE(enqueue_invalid)
+{
+    struct run r;
+    long long before = cli_int("XLEN " P ":jobs");
+    char *path = write_file(
+        "bad.json", "{\"id\":\"jb\",\"thread\":\"t1\",\"feature\":\"data-app\",\"tenant\":"
+                    "{\"organization\":\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\"}]}");
+    CTL(&r, NULL, "enqueue", path);
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err.data, "invalid job: steps[0].cmd: is required"));
+    show("invalid", &r);
+    run_release(&r);
+
+    CTL(&r, "{\"id\":\"jb\",", "enqueue");
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err.data, "not valid JSON"));
+    run_release(&r);
+
+    CTL(&r,
+        "{\"id\":\"jb\",\"thread\":\"t\",\"feature\":\"data-app\",\"tenant\":{\"organization\":"
+        "\"o\",\"project\":\"p\"},\"colour\":1}",
+        "enqueue");
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err.data, "colour"));
+    show("unknown field", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "enqueue", "/nonexistent/job.json");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+
+    CHECK_EQ_INT(cli_int("XLEN " P ":jobs"), before);
+    CHECK_EQ_INT(cli_int("EXISTS " P ":job:jb"), 0);
+    free(path);
+}
+
+TEST_CASE(cancel)
+{
+    struct run r;
+    CTL(&r, NULL, "cancel", "j1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "cancel requested for job j1 (phase queued)"));
+    show("cancel", &r);
+    run_release(&r);
+    char *s = cli("GET " P ":cancel:j1");
+    CHECK_STR(s, "1");
+    free(s);
+    long long ttl = cli_int("TTL " P ":cancel:j1");
+    CHECK(ttl > 600000 && ttl <= 604800); /* default: WORKER_JOB_TTL_S */
+
+    CTL(&r, NULL, "cancel", "jx", "--ttl-s", "60");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "unknown here"));
+    run_release(&r);
+    ttl = cli_int("TTL " P ":cancel:jx");
+    CHECK(ttl > 0 && ttl <= 60);
+
+    publish_final("jdone", "succeeded", result_ok, 1);
+    CTL(&r, NULL, "cancel", "jdone");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "already finished (succeeded)"));
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("EXISTS " P ":cancel:jdone"), 0);
+}
+
+TEST_CASE(wait_results)
+{
+    struct run r;
+    /* Already final: the job hash and the done event. */
+    publish_final("jw", "succeeded", result_ok, 1);
+    CTL(&r, NULL, "wait", "jw", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strncmp(r.out.data, result_ok, strlen(result_ok)) == 0);
+    show("wait succeeded", &r);
+    run_release(&r);
+
+    publish_final("jf", "failed", result_failed, 1);
+    CTL(&r, NULL, "wait", "jf");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.out.data, "step_failed"));
+    run_release(&r);
+
+    /* Only the hash (events expired): still the result. */
+    publish_final("jh", "cancelled", "{\"id\":\"jh\",\"status\":\"cancelled\"}", 0);
+    CTL(&r, NULL, "wait", "jh", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.out.data, "\"cancelled\""));
+    show("wait hash only", &r);
+    run_release(&r);
+
+    /* Not final within the timeout: 3. */
+    cli0("HSET " P ":job:jq phase running");
+    CTL(&r, NULL, "wait", "jq", "--timeout-ms", "300");
+    CHECK_EQ_INT(r.rc, 3);
+    CHECK(strstr(r.err.data, "timed out"));
+    run_release(&r);
+
+    /* Waiting first, result published while it waits (or before it reads: same outcome). */
+    struct proc p;
+    const char *const args[] = {"wait", "jq", "--timeout-ms", "60000", NULL};
+    CHECK(proc_start(&p, NULL, args) == 0);
+    cli0("XADD " P ":events:jq * type started sandbox sb-1 resumed false");
+    cli0("XADD " P ":events:jq * type retry status retrying result '{}'");
+    publish_final("jq", "succeeded", result_ok, 1);
+    proc_finish(&p, NULL, &r);
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strncmp(r.out.data, result_ok, strlen(result_ok)) == 0);
+    show("wait live", &r);
+    run_release(&r);
+}
+
+TEST_CASE(watch_events)
+{
+    struct run r;
+    struct proc p;
+    const char *const args[] = {"watch", "jv", "--timeout-ms", "60000", NULL};
+    cli0("HSET " P ":job:jv phase queued");
+    CHECK(proc_start(&p, NULL, args) == 0);
+    cli0("XADD " P ":events:jv * type started sandbox sb-9 resumed true");
+    cli0("XADD " P ":events:jv * type step_started step 0 name build kind run");
+    cli0("XADD " P ":events:jv * type output step 0 stream stdout data \"hello \"");
+    cli0("XADD " P ":events:jv * type output step 0 stream stdout data \"world\\n\"");
+    cli0("XADD " P ":events:jv * type output step 0 stream stderr data \"warning: x\\n\"");
+    cli0("XADD " P ":events:jv * type output step 0 stream stdout data \"no newline\"");
+    cli0("XADD " P ":events:jv * type step_finished step 0 name build status failed "
+         "exit_code 2");
+    publish_final("jv", "failed", result_failed, 1);
+    proc_finish(&p, NULL, &r);
+    CHECK_EQ_INT(r.rc, 1);
+    const char *want = "started sandbox=sb-9 resumed=true\n"
+                       "step_started step=0 name=build kind=run\n"
+                       "hello world\n"
+                       "no newline\n"
+                       "step_finished step=0 name=build status=failed exit_code=2\n"
+                       "done status=failed error=step_failed\n";
+    CHECK_STR(r.out.data, want);
+    CHECK_STR(r.err.data, "warning: x\n");
+    show("watch", &r);
+    run_release(&r);
+
+    /* Already finished: prints everything and exits; --json gives one object per line. */
+    CTL(&r, NULL, "watch", "jv", "--json");
+    CHECK_EQ_INT(r.rc, 1);
+    int lines = 0;
+    for (const char *s = r.out.data; *s; s++)
+        lines += *s == '\n';
+    CHECK_EQ_INT(lines, 8);
+    CHECK(strstr(r.out.data, "\"type\":\"output\",\"step\":\"0\",\"stream\":\"stderr\","
+                             "\"data\":\"warning: x\\n\""));
+    CHECK(strstr(r.out.data, "\"result\":{\"id\":\"jf\""));
+    show("watch json", &r);
+    run_release(&r);
+
+    /* A succeeded job exits 0; --from skips what was seen. */
+    publish_final("jw2", "succeeded", result_ok, 1);
+    char *first = cli("XRANGE " P ":events:jw2 - + COUNT 1");
+    char entry[64] = "";
+    sscanf(first, "%63s", entry);
+    free(first);
+    CTL(&r, NULL, "watch", "jw2");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "done status=succeeded\n");
+    run_release(&r);
+    cli0("HSET " P ":job:jw3 phase running");
+    cli0("XADD " P ":events:jw3 * type step_started step 0 name a kind run");
+    CTL(&r, NULL, "watch", "jw3", "--timeout-ms", "200");
+    CHECK_EQ_INT(r.rc, 3);
+    CHECK_STR(r.out.data, "step_started step=0 name=a kind=run\n");
+    show("watch timeout", &r);
+    run_release(&r);
+}
+
+TEST_CASE(stats_numbers)
+{
+    cli0("DEL " P ":jobs " P ":delayed " P ":dead " P ":results");
+    struct run r;
+    CTL(&r, NULL, "stats");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "jobs 0\n") && strstr(r.out.data, "group none"));
+    show("stats empty", &r);
+    run_release(&r);
+
+    for (int i = 0; i < 3; i++)
+        cli0("XADD " P ":jobs * job '{}'");
+    cli0("XGROUP CREATE " P ":jobs workers 0");
+    cli0("XREADGROUP GROUP workers w1 COUNT 1 STREAMS " P ":jobs >");
+    cli0("ZADD " P ":delayed 1700000000000 \"2\\n{}\"");
+    cli0("XADD " P ":dead * id j reason r job '{}'");
+    cli0("XADD " P ":results * id a status succeeded");
+    cli0("XADD " P ":results * id b status failed");
+    CTL(&r, NULL, "stats");
+    CHECK_EQ_INT(r.rc, 0);
+    const char *want[] = {"jobs 3\n",
+                          "group workers\n",
+                          "consumers 1\n",
+                          "pending 1\n",
+                          "lag 2\n",
+                          "delayed 1\n",
+                          "delayed_next_ms 1700000000000\n",
+                          "dead 1\n",
+                          "results 2\n",
+                          "consumer w1 pending=1 idle_ms="};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        if (!strstr(r.out.data, want[i])) {
+            printf("  missing: %s", want[i]);
+            CHECK(0);
+        }
+    show("stats", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "stats", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"lag\":\t2") || strstr(r.out.data, "\"lag\": 2"));
+    show("stats json", &r);
+    run_release(&r);
+}
+
+TEST_CASE(dead_list_replay)
+{
+    cli0("DEL " P ":jobs " P ":dead");
+    const char *job = "{\"id\":\"jd\",\"thread\":\"t1\",\"feature\":\"data-app\",\"tenant\":"
+                      "{\"organization\":\"o\",\"project\":\"p\"}}";
+    /* What the completion script leaves for a job whose attempts ran out. */
+    publish_final("jd", "failed", result_failed, 1);
+    cli0("SET " P ":cancel:jd 1");
+    cli0("XADD " P ":dead * id jd thread t1 entry 1-1 reason \"attempts exhausted (3 of 3): "
+         "acquire_failed\" job '%s'",
+         job);
+    cli0("XADD " P ":dead * reason \"malformed delayed entry\" job nonsense");
+    char *ids = cli("XRANGE " P ":dead - +");
+    char e1[64] = "", e2[64] = "";
+    sscanf(ids, "%63s", e1);
+    char *second = strstr(ids, "nonsense");
+    free(ids);
+    CHECK(second != NULL);
+    ids = cli("XREVRANGE " P ":dead + - COUNT 1");
+    sscanf(ids, "%63s", e2);
+    free(ids);
+
+    struct run r;
+    CTL(&r, NULL, "dead");
+    CHECK_EQ_INT(r.rc, 0);
+    struct buf want;
+    buf_init(&want);
+    buf_printf(&want,
+               "%s id=jd thread=t1 reason=attempts exhausted (3 of 3): acquire_failed\n"
+               "%s id= thread= reason=malformed delayed entry\n",
+               e1, e2);
+    CHECK_STR(r.out.data, want.data);
+    buf_release(&want);
+    show("dead list", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "dead", "list", "--count", "1", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"job\":\"{\\\"id\\\":\\\"jd\\\"") && !strstr(r.out.data, e2));
+    show("dead list json", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "dead", "list", "--after", e1);
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(!strstr(r.out.data, e1) && strstr(r.out.data, e2));
+    run_release(&r);
+
+    CTL(&r, NULL, "dead", "replay", e1);
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "job jd enqueued as "));
+    show("replay", &r);
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("XLEN " P ":dead"), 1);
+    CHECK_EQ_INT(cli_int("XLEN " P ":jobs"), 1);
+    char *s = cli("XRANGE " P ":jobs - +");
+    CHECK(strstr(s, job) && strstr(s, "attempt\n1"));
+    free(s);
+    s = cli("HGET " P ":job:jd phase");
+    CHECK_STR(s, "queued");
+    free(s);
+    CHECK_EQ_INT(cli_int("HEXISTS " P ":job:jd status"), 0);
+    CHECK_EQ_INT(cli_int("EXISTS " P ":events:jd"), 0);
+    CHECK_EQ_INT(cli_int("EXISTS " P ":cancel:jd"), 0);
+
+    /* Gone now; and not a stream id at all is a usage error. */
+    CTL(&r, NULL, "dead", "replay", e1);
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "no dead-letter entry"));
+    run_release(&r);
+    CTL(&r, NULL, "dead", "replay", "latest");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+
+    /* An entry whose job id is queued again is left alone. */
+    cli0("XADD " P ":dead * id jd thread t1 reason again job '%s'", job);
+    ids = cli("XREVRANGE " P ":dead + - COUNT 1");
+    char e3[64] = "";
+    sscanf(ids, "%63s", e3);
+    free(ids);
+    CTL(&r, NULL, "dead", "replay", e3);
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "active again (queued)"));
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("XLEN " P ":jobs"), 1);
+
+    /* Without a job id (the malformed one): replayed, no job hash touched. */
+    CTL(&r, NULL, "dead", "replay", e2);
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "job (no id) enqueued"));
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("XLEN " P ":jobs"), 2);
+}
+
+TEST_CASE(show_job_and_thread)
+{
+    struct run r;
+    cli0("HSET " P ":thread:t7 organization o project p provider docker sandbox_id sb-7 "
+         "state suspended snapshot '{\"kind\":\"s3-tar\",\"key\":\"t7/2.tar.zst\"}'");
+    CTL(&r, NULL, "thread", "t7");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"kind\":\t\"s3-tar\""));
+    CHECK(strstr(r.out.data, "\"sandbox_id\":\t\"sb-7\""));
+    show("thread", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "thread", "t-none");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "thread t-none not found"));
+    run_release(&r);
+
+    publish_final("js", "succeeded", result_ok, 0);
+    CTL(&r, NULL, "job", "js");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"phase\":\t\"done\""));
+    CHECK(strstr(r.out.data, "\"timings\":\t{")); /* the result embedded as JSON */
+    show("job", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "job", "j-none");
+    CHECK_EQ_INT(r.rc, 1);
+    run_release(&r);
+}
+
+static int find_ctl(const char *argv0)
+{
+    /* The test binary is BUILD/tests/integration/test_sandboxctl; the CLI is BUILD/sandboxctl. */
+    const char *slash = strrchr(argv0, '/');
+    int n = slash ? (int)(slash - argv0) : 1;
+    snprintf(ctl_path, sizeof(ctl_path), "%.*s/../../sandboxctl", n, slash ? argv0 : ".");
+    return access(ctl_path, X_OK);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    signal(SIGPIPE, SIG_IGN);
+    if (find_ctl(argv[0]) != 0) {
+        printf("  skipped: %s not built (make BUILD=... first builds it)\n", ctl_path);
+        test_begin("sandboxctl");
+        test_skip("sandboxctl binary not built");
+        test_end();
+        return test_report();
+    }
+    srv = test_redis_start(NULL);
+    if (!srv) {
+        test_begin("sandboxctl");
+        test_skip("no redis-server");
+        test_end();
+        return test_report();
+    }
+    snprintf(job_dir, sizeof(job_dir), "%s", test_redis_dir(srv));
+    RUN(usage_errors);
+    RUN(connect_failure);
+    RUN(enqueue_valid_and_duplicate);
+    RUN(enqueue_invalid);
+    RUN(cancel);
+    RUN(wait_results);
+    RUN(watch_events);
+    RUN(stats_numbers);
+    RUN(dead_list_replay);
+    RUN(show_job_and_thread);
+    test_redis_free(srv);
+    return test_report();
+}
