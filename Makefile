@@ -122,3 +122,4 @@ clean:
 	rm -rf $(BUILD) build-*
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+.SECONDARY:

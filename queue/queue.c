@@ -310,8 +310,8 @@ static struct queue_delivery *delivery_from(const redisReply *id, long long toke
                 d->payload = xstrndup(v->str, v->len);
                 d->len = v->len;
             } else if (f->len == 7 && memcmp(f->str, "attempt", 7) == 0) {
-                int a = atoi(v->str);
-                d->attempt = a > 0 ? a : 1;
+                long a = strtol(v->str, NULL, 10);
+                d->attempt = a > 0 && a < 1000000 ? (int)a : 1;
             }
         }
     }
@@ -540,7 +540,9 @@ static void renew(queue *q)
     if (q->renew_in_flight || redis_get_state(q->wr) != REDIS_READY)
         return;
     for (size_t at = 0; at < q->ntr; at += RENEW_BATCH) {
-        size_t n = q->ntr - at < RENEW_BATCH ? q->ntr - at : RENEW_BATCH;
+        size_t n = q->ntr - at;
+        if (n > RENEW_BATCH)
+            n = RENEW_BATCH;
         struct script_call *sc = script_new(q, q->wr, SCRIPT_RENEW, (int)n + 1);
         cmd_add(&sc->c, q->k_jobs);
         for (size_t i = 0; i < n; i++)
@@ -705,9 +707,8 @@ static void complete_reply(queue *q, const redisReply *reply, void *arg)
 {
     struct complete_ctx *cc = arg;
     int rc = 0;
-    if (reply && reply->type == REDIS_REPLY_STATUS && strcmp(reply->str, "fenced") == 0)
-        rc = 1;
-    else if (reply && reply->type == REDIS_REPLY_STRING && strcmp(reply->str, "fenced") == 0)
+    if (reply && (reply->type == REDIS_REPLY_STATUS || reply->type == REDIS_REPLY_STRING) &&
+        strcmp(reply->str, "fenced") == 0)
         rc = 1;
     else if (reply && reply->type == REDIS_REPLY_ERROR)
         log_error(NULL, "completion script failed: %s", reply->str);
@@ -823,7 +824,10 @@ queue *queue_new(struct event_base *base, const struct queue_opts *opts,
     if (q->o.job_ttl_s <= 0)
         q->o.job_ttl_s = 604800;
     q->cbs = *cbs;
-    q->tick_ms = opts->lease_ms / 3 < 1000 ? opts->lease_ms / 3 : 1000;
+    /* Renewal, cancel checks and reclaim run every lease/3, at least once a second. */
+    q->tick_ms = opts->lease_ms / 3;
+    if (q->tick_ms > 1000)
+        q->tick_ms = 1000;
     if (q->tick_ms < 50)
         q->tick_ms = 50;
     strcpy(q->reclaim_cursor, "0-0");

@@ -116,13 +116,14 @@ static void emit_output(struct turn *t, int si, int final)
     buf_init(&masked);
     size_t used = mask_apply_upto(t->mask, so->pend.data, so->pend.len, limit, &masked);
     buf_consume(&so->pend, used);
-    char step[24];
-    snprintf(step, sizeof(step), "%zu", t->step);
-    const char *fields[] = {"type",   "output", "step", step, "stream", si ? "stderr" : "stdout",
-                            "data",   masked.data ? masked.data : "", NULL};
-    size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
-    if (t->job_id[0] && t->abort != AB_LEASE && masked.len)
+    if (t->job_id[0] && t->abort != AB_LEASE && masked.len) {
+        char step[24];
+        snprintf(step, sizeof(step), "%zu", t->step);
+        const char *fields[] = {"type", "output", "step", step, "stream",
+                                si ? "stderr" : "stdout", "data", masked.data, NULL};
+        size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
         queue_event(t->w->q, t->job_id, fields, lens);
+    }
     buf_release(&masked);
 }
 
