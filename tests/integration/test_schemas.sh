@@ -116,7 +116,24 @@ echo '{"id":"j","thread":"t","status":"succeeded","attempt":0,"worker":"w","timi
 echo '{"id":"j","thread":"t","status":"failed","attempt":1,"worker":"w","error":{"code":"x"},"timings":{"queued_ms":0,"total_ms":0}}' >"$dir/result-bad/error-no-message.json"
 echo '{"id":"j","thread":"t","status":"succeeded","attempt":1,"worker":"w","steps":[{"name":"a","type":"run","status":"exploded","duration_ms":1}],"timings":{"queued_ms":0,"total_ms":0}}' >"$dir/result-bad/step-status.json"
 
+# The examples in docs/protocol.md: its first ```json block is a job, its second a result,
+# and its ```js block must at least parse.
+awk '/^```json$/{n++; f=1; next} /^```/{f=0} f{print > (dir "/doc-" n ".json")}' dir="$dir" \
+    docs/protocol.md
+cp "$dir/doc-1.json" "$dir/job-ok/protocol-md-example.json" 2>/dev/null
+cp "$dir/doc-2.json" "$dir/result-ok/protocol-md-example.json" 2>/dev/null
+awk '/^```js$/{f=1; next} /^```/{f=0} f' docs/protocol.md >"$dir/doc.js"
+
 fail=0
+if [ ! -s "$dir/job-ok/protocol-md-example.json" ] || [ ! -s "$dir/result-ok/protocol-md-example.json" ]; then
+    echo "  FAIL docs/protocol.md: the job and result JSON examples were not found"
+    fail=1
+fi
+if ! node --check "$dir/doc.js" 2>"$dir/out"; then
+    echo "  FAIL docs/protocol.md: the Node example does not parse"
+    sed 's/^/    /' "$dir/out"
+    fail=1
+fi
 NODE_PATH="$PWD/tests/fakes/node_modules" node - "$dir" <<'NODE' || fail=1
 const fs = require("fs");
 const path = require("path");
