@@ -5,11 +5,12 @@
 #include <string.h>
 
 #include "lib/buf.h"
+#include "providers/docker.h"
 
 #define REGISTRY_MAX 16
 
 /* Built-in backends are added here as they land. */
-static const struct provider_ops *registry[REGISTRY_MAX] = {NULL};
+static const struct provider_ops *registry[REGISTRY_MAX] = {&docker_provider_ops};
 
 void provider_register(const struct provider_ops *ops)
 {

@@ -1,0 +1,1733 @@
+/* The `docker` provider: containers of the local Docker Engine (see docker.h). */
+#include "providers/docker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <event2/event.h>
+#include <openssl/rand.h>
+
+#include "lib/buf.h"
+#include "lib/http.h"
+#include "lib/log.h"
+#include "worker/config.h"
+
+#define DK_API           "/v1.41"
+#define DK_LABEL         "sandbox-worker"
+#define DK_CONNECT_MS    10000
+#define DK_CALL_MS       120000     /* control calls (create, inspect, delete) */
+#define DK_KILL_GRACE_MS 15000      /* stream still open this long after a kill: give up on it */
+#define DK_META_MAX      (1u << 20) /* pax / GNU long-name entries kept while filtering a tar */
+
+struct dk_prov {
+    http_client *http;
+    char sock[512];
+    char image[2][256]; /* by enum sandbox_feature */
+    char network[128];
+    int64_t pids, memory, nano_cpus;
+    char snapdir[1024];
+};
+
+struct dk_sb {
+    unsigned exec_seq;
+    char **incl; /* workspace include paths (absolute), NULL-terminated */
+    char **excl; /* workspace exclude paths without the leading '/', NULL-terminated */
+};
+
+static char **dk_copy_list(const char *const *l, int strip_slash);
+static void dk_free_list(char **l);
+
+/* ---- small helpers ---- */
+
+static void dk_copy(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+/* Percent-encodes s for a query value. */
+static void dk_qenc(struct buf *b, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
+            buf_putc(b, (char)c);
+        } else {
+            buf_putc(b, '%');
+            buf_putc(b, hex[c >> 4]);
+            buf_putc(b, hex[c & 15]);
+        }
+    }
+}
+
+/* Single-quotes s for /bin/sh. */
+static void dk_shquote(struct buf *b, const char *s)
+{
+    buf_putc(b, '\'');
+    for (; *s; s++) {
+        if (*s == '\'')
+            buf_puts(b, "'\\''");
+        else
+            buf_putc(b, *s);
+    }
+    buf_putc(b, '\'');
+}
+
+/* "docker: <what>: HTTP <status>: <message from the body>". */
+static void dk_http_err(char *err, size_t errlen, const char *what, long status, const char *body)
+{
+    const char *msg = "";
+    cJSON *j = body ? cJSON_Parse(body) : NULL;
+    const cJSON *m = j ? cJSON_GetObjectItemCaseSensitive(j, "message") : NULL;
+    if (cJSON_IsString(m))
+        msg = m->valuestring;
+    snprintf(err, errlen, "docker: %s: HTTP %ld%s%s", what, status, *msg ? ": " : "", msg);
+    cJSON_Delete(j);
+}
+
+/* Runs fn(arg) from the loop (callbacks are never re-entrant). */
+static void dk_defer(struct event_base *base, event_callback_fn fn, void *arg)
+{
+    static const struct timeval zero = {0, 0};
+    if (event_base_once(base, -1, EV_TIMEOUT, fn, arg, &zero) != 0)
+        abort(); /* only on allocation failure */
+}
+
+/* ---- Docker API calls with a collected body ---- */
+
+typedef void (*dk_resp_fn)(void *arg, long status, const char *body, const char *err);
+
+struct dk_call {
+    dk_resp_fn fn;
+    void *arg;
+    char err[512];
+};
+
+static http_request *dk_req(struct dk_prov *d, const char *method, const char *path, long total_ms)
+{
+    struct buf url;
+    buf_init(&url);
+    buf_printf(&url, "http://docker" DK_API "%s", path);
+    http_request *r = http_request_new(d->http, method, url.data);
+    buf_release(&url);
+    if (!r)
+        abort();
+    http_request_set_unix_socket(r, d->sock);
+    http_request_set_timeouts(r, DK_CONNECT_MS, total_ms);
+    return r;
+}
+
+static void dk_call_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_call *c = arg;
+    if (res->code != 0) {
+        snprintf(c->err, sizeof(c->err), "docker: cannot reach the engine: %s", res->error);
+        c->fn(c->arg, 0, "", c->err);
+    } else {
+        c->fn(c->arg, res->status, res->body->data ? res->body->data : "", NULL);
+    }
+    free(c);
+}
+
+static void dk_call_failed(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct dk_call *c = arg;
+    c->fn(c->arg, 0, "", c->err);
+    free(c);
+}
+
+/* Starts one call; fn runs exactly once, from the loop. body: JSON text or NULL. */
+static void dk_call(struct provider *p, const char *method, const char *path, const char *body,
+                    dk_resp_fn fn, void *arg)
+{
+    struct dk_prov *d = p->priv;
+    struct dk_call *c = xcalloc(1, sizeof(*c));
+    c->fn = fn;
+    c->arg = arg;
+    http_request *r = dk_req(d, method, path, DK_CALL_MS);
+    if (body) {
+        http_request_add_header(r, "Content-Type", "application/json");
+        http_request_set_body(r, body, strlen(body));
+    }
+    http_request_set_body_cap(r, 4u << 20);
+    struct http_callbacks cb = {.on_done = dk_call_done};
+    http_request_set_callbacks(r, &cb, c);
+    char e[256];
+    if (http_request_start(r, e, sizeof(e)) != 0) {
+        snprintf(c->err, sizeof(c->err), "docker: %s", e);
+        dk_defer(p->base, dk_call_failed, c);
+    }
+}
+
+/* ---- tar stream scanner: 512-byte blocks, headers and padded data ---- */
+
+enum { TS_KEEP = 0, TS_SKIP = 1, TS_ERR = -1 };
+
+struct tarscan {
+    unsigned char hdr[512];
+    size_t hlen;
+    uint64_t data_left, pad_left;
+    int skip;
+    int eof; /* end-of-archive block seen: the rest is ignored */
+    /* Called with each complete header; returns TS_KEEP, TS_SKIP (entry dropped) or TS_ERR. */
+    int (*on_header)(void *arg, const unsigned char *hdr, uint64_t size);
+    /* Entry data of kept entries (without padding); -1 stops. */
+    int (*on_data)(void *arg, const char *p, size_t n);
+    /* Padding of kept entries (n zero bytes); may be NULL. */
+    int (*on_pad)(void *arg, size_t n);
+    void *arg;
+};
+
+static uint64_t tar_num(const unsigned char *f, size_t n)
+{
+    uint64_t v = 0;
+    if (f[0] & 0x80) { /* base-256 */
+        for (size_t i = 1; i < n; i++)
+            v = (v << 8) | f[i];
+        return v;
+    }
+    for (size_t i = 0; i < n && f[i]; i++) {
+        if (f[i] >= '0' && f[i] <= '7')
+            v = (v << 3) | (uint64_t)(f[i] - '0');
+    }
+    return v;
+}
+
+/* Feeds n bytes; 0, or -1 when a callback stopped. */
+static int tarscan_feed(struct tarscan *t, const char *p, size_t n)
+{
+    while (n > 0 && !t->eof) {
+        if (t->data_left > 0) {
+            size_t k = n < t->data_left ? n : (size_t)t->data_left;
+            if (!t->skip && t->on_data(t->arg, p, k) != 0)
+                return -1;
+            t->data_left -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        if (t->pad_left > 0) {
+            size_t k = n < t->pad_left ? n : (size_t)t->pad_left;
+            if (!t->skip && t->on_pad && t->on_pad(t->arg, k) != 0)
+                return -1;
+            t->pad_left -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        size_t k = sizeof(t->hdr) - t->hlen;
+        if (k > n)
+            k = n;
+        memcpy(t->hdr + t->hlen, p, k);
+        t->hlen += k;
+        p += k;
+        n -= k;
+        if (t->hlen < sizeof(t->hdr))
+            break;
+        t->hlen = 0;
+        int zero = 1;
+        for (size_t i = 0; i < sizeof(t->hdr) && zero; i++)
+            zero = t->hdr[i] == 0;
+        if (zero) {
+            t->eof = 1;
+            break;
+        }
+        uint64_t size = tar_num(t->hdr + 124, 12);
+        char type = (char)t->hdr[156];
+        if (type == '1' || type == '2' || type == '3' || type == '4' || type == '5' || type == '6')
+            size = 0; /* no data blocks for links, devices, directories, fifos */
+        int r = t->on_header(t->arg, t->hdr, size);
+        if (r == TS_ERR)
+            return -1;
+        t->skip = r == TS_SKIP;
+        t->data_left = size;
+        t->pad_left = (512 - size % 512) % 512;
+    }
+    return 0;
+}
+
+/* Entry name of a ustar header (prefix/name). */
+static void tar_ustar_name(const unsigned char *h, char *out, size_t cap)
+{
+    char name[101], prefix[156];
+    memcpy(name, h, 100);
+    name[100] = '\0';
+    memcpy(prefix, h + 345, 155);
+    prefix[155] = '\0';
+    if (memcmp(h + 257, "ustar", 5) == 0 && prefix[0])
+        snprintf(out, cap, "%s/%s", prefix, name);
+    else
+        snprintf(out, cap, "%s", name);
+}
+
+/* ---- create / resume ---- */
+
+enum acq_phase { ACQ_IMAGE, ACQ_CREATE, ACQ_START, ACQ_RESTORE, ACQ_CLEANUP };
+
+struct dk_acq {
+    struct provider *p;
+    provider_sandbox_fn done;
+    void *arg;
+    enum acq_phase phase;
+    char image[256];
+    char *create_body;
+    char cid[128];
+    char *snap_path; /* resume: local snapshot file */
+    struct archive *rd;
+    char **incl, **excl; /* handed to the sandbox */
+    char err[512];
+};
+
+static void acq_step(struct dk_acq *a);
+
+static void acq_finish(struct dk_acq *a)
+{
+    struct sandbox *sb = NULL;
+    if (!a->err[0]) {
+        sb = xcalloc(1, sizeof(*sb));
+        sb->prov = a->p;
+        dk_copy(sb->id, sizeof(sb->id), a->cid);
+        struct dk_sb *x = xcalloc(1, sizeof(*x));
+        x->incl = a->incl;
+        x->excl = a->excl;
+        a->incl = a->excl = NULL;
+        sb->priv = x;
+    }
+    dk_free_list(a->incl);
+    dk_free_list(a->excl);
+    if (a->rd)
+        archive_read_free(a->rd);
+    a->done(a->arg, sb, a->err[0] ? a->err : NULL);
+    free(a->create_body);
+    free(a->snap_path);
+    free(a);
+}
+
+static void acq_cleanup_done(void *arg, long status, const char *body, const char *err)
+{
+    (void)status;
+    (void)body;
+    (void)err; /* the first error is what the caller needs */
+    acq_finish(arg);
+}
+
+/* Fails the acquire, removing the container when one was created. */
+static void acq_fail(struct dk_acq *a)
+{
+    if (!a->cid[0]) {
+        acq_finish(a);
+        return;
+    }
+    a->phase = ACQ_CLEANUP;
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", a->cid);
+    dk_call(a->p, "DELETE", path, NULL, acq_cleanup_done, a);
+}
+
+static void acq_resp(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_acq *a = arg;
+    if (err) {
+        dk_copy(a->err, sizeof(a->err), err);
+        acq_fail(a);
+        return;
+    }
+    switch (a->phase) {
+    case ACQ_IMAGE:
+        if (status == 404) {
+            snprintf(a->err, sizeof(a->err),
+                     "docker: image \"%s\" not found; build it with scripts/demo.sh (a busybox "
+                     "rootfs imported with `docker import`) or set SANDBOX_DOCKER_IMAGE",
+                     a->image);
+            acq_fail(a);
+            return;
+        }
+        if (status != 200) {
+            dk_http_err(a->err, sizeof(a->err), "image inspect", status, body);
+            acq_fail(a);
+            return;
+        }
+        a->phase = ACQ_CREATE;
+        break;
+    case ACQ_CREATE: {
+        if (status != 201) {
+            dk_http_err(a->err, sizeof(a->err), "container create", status, body);
+            acq_fail(a);
+            return;
+        }
+        cJSON *j = cJSON_Parse(body);
+        const cJSON *id = j ? cJSON_GetObjectItemCaseSensitive(j, "Id") : NULL;
+        if (!cJSON_IsString(id) || strlen(id->valuestring) >= sizeof(a->cid)) {
+            snprintf(a->err, sizeof(a->err), "docker: container create: no Id in the answer");
+            cJSON_Delete(j);
+            acq_fail(a);
+            return;
+        }
+        dk_copy(a->cid, sizeof(a->cid), id->valuestring);
+        cJSON_Delete(j);
+        a->phase = ACQ_START;
+        break;
+    }
+    case ACQ_START:
+        if (status != 204 && status != 304) {
+            dk_http_err(a->err, sizeof(a->err), "container start", status, body);
+            acq_fail(a);
+            return;
+        }
+        if (!a->snap_path) {
+            acq_finish(a);
+            return;
+        }
+        a->phase = ACQ_RESTORE;
+        break;
+    case ACQ_RESTORE:
+    case ACQ_CLEANUP:
+        break;
+    }
+    acq_step(a);
+}
+
+/* Request body of the restore: the decompressed snapshot, pulled through libarchive. */
+static size_t acq_restore_read(void *arg, char *dst, size_t cap)
+{
+    struct dk_acq *a = arg;
+    la_ssize_t n = archive_read_data(a->rd, dst, cap);
+    if (n < 0) {
+        snprintf(a->err, sizeof(a->err), "docker: reading snapshot: %s",
+                 archive_error_string(a->rd));
+        return HTTP_READ_ABORT;
+    }
+    return (size_t)n;
+}
+
+static void acq_restore_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_acq *a = arg;
+    if (a->err[0]) {
+        acq_fail(a);
+    } else if (res->code != 0) {
+        snprintf(a->err, sizeof(a->err), "docker: restoring snapshot: %s", res->error);
+        acq_fail(a);
+    } else if (res->status != 200) {
+        dk_http_err(a->err, sizeof(a->err), "restoring snapshot", res->status, res->body->data);
+        acq_fail(a);
+    } else {
+        acq_finish(a);
+    }
+}
+
+static void acq_restore(struct dk_acq *a)
+{
+    struct dk_prov *d = a->p->priv;
+    a->rd = archive_read_new();
+    archive_read_support_filter_all(a->rd);
+    archive_read_support_format_raw(a->rd);
+    struct archive_entry *e;
+    if (archive_read_open_filename(a->rd, a->snap_path, 64 * 1024) != ARCHIVE_OK ||
+        archive_read_next_header(a->rd, &e) != ARCHIVE_OK) {
+        snprintf(a->err, sizeof(a->err), "docker: snapshot %s: %s", a->snap_path,
+                 archive_error_string(a->rd));
+        acq_fail(a);
+        return;
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s/archive?path=/", a->cid);
+    http_request *r = dk_req(d, "PUT", path, 0);
+    http_request_add_header(r, "Content-Type", "application/x-tar");
+    http_request_set_body_stream(r, acq_restore_read, a, -1);
+    struct http_callbacks cb = {.on_done = acq_restore_done};
+    http_request_set_callbacks(r, &cb, a);
+    char e2[256];
+    if (http_request_start(r, e2, sizeof(e2)) != 0) {
+        snprintf(a->err, sizeof(a->err), "docker: %s", e2);
+        acq_fail(a); /* runs later: acq_fail only starts another call */
+    }
+}
+
+static void acq_step(struct dk_acq *a)
+{
+    char path[512];
+    switch (a->phase) {
+    case ACQ_IMAGE: {
+        struct buf b;
+        buf_init(&b);
+        buf_puts(&b, "/images/");
+        buf_puts(&b, a->image);
+        buf_puts(&b, "/json");
+        dk_call(a->p, "GET", b.data, NULL, acq_resp, a);
+        buf_release(&b);
+        break;
+    }
+    case ACQ_CREATE:
+        dk_call(a->p, "POST", "/containers/create", a->create_body, acq_resp, a);
+        break;
+    case ACQ_START:
+        snprintf(path, sizeof(path), "/containers/%s/start", a->cid);
+        dk_call(a->p, "POST", path, NULL, acq_resp, a);
+        break;
+    case ACQ_RESTORE:
+        acq_restore(a);
+        break;
+    case ACQ_CLEANUP:
+        break;
+    }
+}
+
+static char *dk_create_body(struct dk_prov *d, const struct sandbox_spec *spec, const char *image)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "Image", image);
+    cJSON *cmd = cJSON_AddArrayToObject(j, "Cmd");
+    cJSON_AddItemToArray(cmd, cJSON_CreateString("/bin/sh"));
+    cJSON_AddItemToArray(cmd, cJSON_CreateString("-c"));
+    /* PID 1 keeps the container alive and exits on TERM (sleep in the background so the trap
+     * runs at once). */
+    cJSON_AddItemToArray(
+        cmd, cJSON_CreateString("trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"));
+    cJSON_AddStringToObject(j, "WorkingDir", "/workspace");
+    cJSON *labels = cJSON_AddObjectToObject(j, "Labels");
+    cJSON_AddStringToObject(labels, DK_LABEL, "1");
+    cJSON_AddStringToObject(labels, DK_LABEL ".thread", spec->thread ? spec->thread : "");
+    cJSON_AddStringToObject(labels, DK_LABEL ".job", spec->job ? spec->job : "");
+    cJSON_AddStringToObject(labels, DK_LABEL ".worker", spec->worker ? spec->worker : "");
+    if (spec->organization)
+        cJSON_AddStringToObject(labels, DK_LABEL ".organization", spec->organization);
+    if (spec->project)
+        cJSON_AddStringToObject(labels, DK_LABEL ".project", spec->project);
+    cJSON *hc = cJSON_AddObjectToObject(j, "HostConfig");
+    cJSON *caps = cJSON_AddArrayToObject(hc, "CapDrop");
+    cJSON_AddItemToArray(caps, cJSON_CreateString("ALL"));
+    cJSON *sec = cJSON_AddArrayToObject(hc, "SecurityOpt");
+    cJSON_AddItemToArray(sec, cJSON_CreateString("no-new-privileges"));
+    cJSON_AddNumberToObject(hc, "PidsLimit", (double)d->pids);
+    cJSON_AddNumberToObject(hc, "Memory", (double)d->memory);
+    cJSON_AddNumberToObject(hc, "NanoCpus", (double)d->nano_cpus);
+    cJSON_AddStringToObject(hc, "NetworkMode", d->network);
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (!s)
+        abort();
+    return s;
+}
+
+static struct dk_acq *acq_new(struct provider *p, const struct sandbox_spec *spec,
+                              provider_sandbox_fn done, void *arg)
+{
+    struct dk_prov *d = p->priv;
+    struct dk_acq *a = xcalloc(1, sizeof(*a));
+    a->p = p;
+    a->done = done;
+    a->arg = arg;
+    dk_copy(a->image, sizeof(a->image), d->image[spec->feature == SANDBOX_AI_WRITEBACK ? 1 : 0]);
+    a->create_body = dk_create_body(d, spec, a->image);
+    static const char *const def_incl[] = {"/workspace", NULL};
+    a->incl = dk_copy_list(
+        spec->workspace_include && spec->workspace_include[0] ? spec->workspace_include : def_incl,
+        0);
+    a->excl = dk_copy_list(spec->workspace_exclude, 1);
+    for (char **i = a->incl; *i && !a->err[0]; i++)
+        if ((*i)[0] != '/' || !(*i)[1] || strchr(*i + 1, '/'))
+            snprintf(a->err, sizeof(a->err),
+                     "docker: workspace include %s: only top-level absolute directories are "
+                     "supported",
+                     *i);
+    a->phase = ACQ_IMAGE;
+    return a;
+}
+
+static void acq_failed_early(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    acq_finish(arg);
+}
+
+static void dk_create(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,
+                      void *arg)
+{
+    struct dk_acq *a = acq_new(p, spec, done, arg);
+    if (a->err[0])
+        dk_defer(p->base, acq_failed_early, a);
+    else
+        acq_step(a);
+}
+
+/* "sandboxes/<uuid>/snapshot.tar.zst" with a lowercase hex uuid; 0 when key has that shape. */
+static int dk_key_ok(const char *key)
+{
+    static const char pre[] = "sandboxes/", suf[] = "/snapshot.tar.zst";
+    size_t n = strlen(key);
+    if (n != sizeof(pre) - 1 + 36 + sizeof(suf) - 1 || strncmp(key, pre, sizeof(pre) - 1) != 0 ||
+        strcmp(key + n - (sizeof(suf) - 1), suf) != 0)
+        return -1;
+    for (size_t i = 0; i < 36; i++) {
+        char c = key[sizeof(pre) - 1 + i];
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return -1;
+    }
+    return 0;
+}
+
+/* Validates ref and gives the key; NULL with err. */
+static const char *dk_ref_key(const cJSON *ref, char *err, size_t errlen)
+{
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(ref, "kind");
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(ref, "key");
+    if (!cJSON_IsString(kind) || strcmp(kind->valuestring, "s3-tar") != 0 || !cJSON_IsString(key) ||
+        dk_key_ok(key->valuestring) != 0) {
+        snprintf(err, errlen,
+                 "docker: snapshot reference is not {\"kind\":\"s3-tar\",\"key\":"
+                 "\"sandboxes/<uuid>/snapshot.tar.zst\"}");
+        return NULL;
+    }
+    return key->valuestring;
+}
+
+static void dk_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                      provider_sandbox_fn done, void *arg)
+{
+    struct dk_prov *d = p->priv;
+    struct dk_acq *a = acq_new(p, spec, done, arg);
+    const char *key = a->err[0] ? NULL : dk_ref_key(ref, a->err, sizeof(a->err));
+    if (key) {
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "%s/%s", d->snapdir, key);
+        a->snap_path = buf_detach(&b);
+        if (access(a->snap_path, R_OK) != 0)
+            snprintf(a->err, sizeof(a->err), "docker: snapshot %s: %s", key, strerror(errno));
+    }
+    if (a->err[0])
+        dk_defer(p->base, acq_failed_early, a);
+    else
+        acq_step(a);
+}
+
+/* ---- exec ---- */
+
+/* The command runs in its own session so its whole tree is one process group; the group id
+ * is written to $2 for a later kill. $1 is the command. */
+static const char dk_wrapper[] =
+    "setsid /bin/sh -c \"$1\" & p=$!; echo $p >\"$2\"; wait $p; s=$?; rm -f \"$2\"; exit $s";
+
+struct provider_exec {
+    struct sandbox *sb;
+    struct provider *p;
+    struct exec_cbs cbs;
+    char eid[128];
+    char pidfile[96];
+    http_request *stream; /* the attached output stream, while open */
+    struct event *timer;  /* timeout, then the post-kill grace period, then inspect retries */
+    int kill_reason;      /* 0, EXEC_TIMEOUT or EXEC_KILLED */
+    int kill_sent;
+    int done_stream;
+    int inspect_tries;
+    unsigned char hdr[8]; /* demultiplexer: frame header being read */
+    size_t hlen;
+    uint32_t left; /* payload bytes left in the current frame */
+    int stype;
+    char err[512];
+};
+
+static void ex_finish(provider_exec *ex, enum exec_status st, int code)
+{
+    if (ex->timer)
+        event_free(ex->timer);
+    ex->cbs.on_exit(ex->cbs.arg, st, code, st == EXEC_ERROR ? ex->err : NULL);
+    free(ex);
+}
+
+static void ex_inspect(provider_exec *ex);
+
+static void ex_inspect_resp(void *arg, long status, const char *body, const char *err)
+{
+    provider_exec *ex = arg;
+    if (err || status != 200) {
+        if (err)
+            dk_copy(ex->err, sizeof(ex->err), err);
+        else
+            dk_http_err(ex->err, sizeof(ex->err), "exec inspect", status, body);
+        ex_finish(ex, EXEC_ERROR, -1);
+        return;
+    }
+    cJSON *j = cJSON_Parse(body);
+    const cJSON *running = j ? cJSON_GetObjectItemCaseSensitive(j, "Running") : NULL;
+    const cJSON *code = j ? cJSON_GetObjectItemCaseSensitive(j, "ExitCode") : NULL;
+    int is_running = cJSON_IsTrue(running);
+    int c = cJSON_IsNumber(code) ? code->valueint : -1;
+    cJSON_Delete(j);
+    if (is_running && ++ex->inspect_tries < 100) {
+        /* The stream closed a moment before the engine recorded the exit. */
+        struct timeval tv = {0, 50 * 1000};
+        evtimer_add(ex->timer, &tv);
+        return;
+    }
+    if (ex->kill_reason)
+        ex_finish(ex, (enum exec_status)ex->kill_reason, c);
+    else if (is_running || c < 0) {
+        snprintf(ex->err, sizeof(ex->err), "docker: exec %s: no exit code", ex->eid);
+        ex_finish(ex, EXEC_ERROR, -1);
+    } else {
+        ex_finish(ex, EXEC_EXITED, c);
+    }
+}
+
+static void ex_inspect(provider_exec *ex)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/exec/%s/json", ex->eid);
+    dk_call(ex->p, "GET", path, NULL, ex_inspect_resp, ex);
+}
+
+/* Killer exec: waits (5 s at most) for the pid file, then kills the process group. */
+static void ex_kill_created(void *arg, long status, const char *body, const char *err);
+
+static void ex_kill_started(void *arg, long status, const char *body, const char *err)
+{
+    (void)arg;
+    if (err)
+        log_warn(NULL, "docker: kill exec: %s", err);
+    else if (status != 200 && status != 204)
+        log_warn(NULL, "docker: kill exec start: HTTP %ld %s", status, body);
+}
+
+static void ex_kill_created(void *arg, long status, const char *body, const char *err)
+{
+    struct provider *p = arg;
+    if (err || status != 201) {
+        log_warn(NULL, "docker: kill exec create: %s", err ? err : body);
+        return;
+    }
+    cJSON *j = cJSON_Parse(body);
+    const cJSON *id = j ? cJSON_GetObjectItemCaseSensitive(j, "Id") : NULL;
+    if (cJSON_IsString(id)) {
+        char path[256];
+        snprintf(path, sizeof(path), "/exec/%s/start", id->valuestring);
+        dk_call(p, "POST", path, "{\"Detach\":true,\"Tty\":false}", ex_kill_started, p);
+    }
+    cJSON_Delete(j);
+}
+
+static void ex_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static void ex_send_kill(provider_exec *ex)
+{
+    if (ex->kill_sent || !ex->stream)
+        return;
+    ex->kill_sent = 1;
+    struct buf script;
+    buf_init(&script);
+    buf_puts(&script, "f=");
+    dk_shquote(&script, ex->pidfile);
+    buf_puts(&script, "; i=0; while [ ! -s \"$f\" ] && [ $i -lt 50 ]; do sleep 0.1; "
+                      "i=$((i+1)); done; [ -s \"$f\" ] && kill -9 -\"$(cat \"$f\")\"");
+    cJSON *j = cJSON_CreateObject();
+    cJSON *cmd = cJSON_AddArrayToObject(j, "Cmd");
+    cJSON_AddItemToArray(cmd, cJSON_CreateString("/bin/sh"));
+    cJSON_AddItemToArray(cmd, cJSON_CreateString("-c"));
+    cJSON_AddItemToArray(cmd, cJSON_CreateString(script.data));
+    char *body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    buf_release(&script);
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s/exec", ex->sb->id);
+    dk_call(ex->p, "POST", path, body, ex_kill_created, ex->p);
+    free(body);
+    struct timeval tv = {DK_KILL_GRACE_MS / 1000, 0};
+    evtimer_add(ex->timer, &tv);
+}
+
+static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    provider_exec *ex = arg;
+    if (ex->done_stream) {
+        ex_inspect(ex); /* retry while the engine still reports it running */
+    } else if (!ex->kill_reason) {
+        ex->kill_reason = EXEC_TIMEOUT;
+        ex_send_kill(ex);
+    } else if (ex->kill_sent && ex->stream) {
+        log_warn(NULL, "docker: exec %s still attached %d ms after kill; detaching", ex->eid,
+                 DK_KILL_GRACE_MS);
+        http_request_cancel(ex->stream);
+    }
+}
+
+/* Demultiplexes the attach stream: frames of [type, 0, 0, 0, len32be] + payload. */
+static int ex_stream_data(void *arg, http_request *req, const char *data, size_t len)
+{
+    (void)req;
+    provider_exec *ex = arg;
+    while (len > 0) {
+        if (ex->left == 0) {
+            size_t k = sizeof(ex->hdr) - ex->hlen;
+            if (k > len)
+                k = len;
+            memcpy(ex->hdr + ex->hlen, data, k);
+            ex->hlen += k;
+            data += k;
+            len -= k;
+            if (ex->hlen < sizeof(ex->hdr))
+                break;
+            ex->hlen = 0;
+            ex->stype = ex->hdr[0] == 2 ? EXEC_STDERR : EXEC_STDOUT;
+            ex->left = (uint32_t)ex->hdr[4] << 24 | (uint32_t)ex->hdr[5] << 16 |
+                       (uint32_t)ex->hdr[6] << 8 | ex->hdr[7];
+            continue;
+        }
+        size_t k = len < ex->left ? len : ex->left;
+        if (ex->cbs.on_output)
+            ex->cbs.on_output(ex->cbs.arg, (enum exec_stream)ex->stype, data, k);
+        ex->left -= (uint32_t)k;
+        data += k;
+        len -= k;
+    }
+    return HTTP_DATA_OK;
+}
+
+static void ex_stream_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    provider_exec *ex = arg;
+    ex->stream = NULL;
+    ex->done_stream = 1;
+    evtimer_del(ex->timer);
+    if (res->code != 0 && !(ex->kill_reason && ex->kill_sent)) {
+        snprintf(ex->err, sizeof(ex->err), "docker: exec stream: %s", res->error);
+        ex_finish(ex, EXEC_ERROR, -1);
+        return;
+    }
+    if (res->code == 0 && res->status != 200 && res->status != 101) {
+        dk_http_err(ex->err, sizeof(ex->err), "exec start", res->status, res->body->data);
+        ex_finish(ex, EXEC_ERROR, -1);
+        return;
+    }
+    ex_inspect(ex);
+}
+
+static void ex_created(void *arg, long status, const char *body, const char *err)
+{
+    provider_exec *ex = arg;
+    if (err || status != 201) {
+        if (err)
+            dk_copy(ex->err, sizeof(ex->err), err);
+        else
+            dk_http_err(ex->err, sizeof(ex->err), "exec create", status, body);
+        ex_finish(ex, EXEC_ERROR, -1);
+        return;
+    }
+    cJSON *j = cJSON_Parse(body);
+    const cJSON *id = j ? cJSON_GetObjectItemCaseSensitive(j, "Id") : NULL;
+    if (cJSON_IsString(id))
+        dk_copy(ex->eid, sizeof(ex->eid), id->valuestring);
+    cJSON_Delete(j);
+    if (!ex->eid[0]) {
+        snprintf(ex->err, sizeof(ex->err), "docker: exec create: no Id in the answer");
+        ex_finish(ex, EXEC_ERROR, -1);
+        return;
+    }
+    if (ex->kill_reason) { /* killed before it started: nothing runs */
+        ex_finish(ex, (enum exec_status)ex->kill_reason, 137);
+        return;
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "/exec/%s/start", ex->eid);
+    http_request *r = dk_req(ex->p->priv, "POST", path, 0);
+    http_request_add_header(r, "Content-Type", "application/json");
+    http_request_set_body(r, "{\"Detach\":false,\"Tty\":false}", 28);
+    struct http_callbacks cb = {.on_data = ex_stream_data, .on_done = ex_stream_done};
+    http_request_set_callbacks(r, &cb, ex);
+    char e[256];
+    if (http_request_start(r, e, sizeof(e)) != 0) {
+        snprintf(ex->err, sizeof(ex->err), "docker: %s", e);
+        ex_finish(ex, EXEC_ERROR, -1); /* we are in a loop callback: not re-entrant */
+        return;
+    }
+    ex->stream = r;
+    if (ex->kill_reason)
+        ex_send_kill(ex);
+}
+
+static provider_exec *dk_exec(struct sandbox *sb, const struct exec_req *req,
+                              const struct exec_cbs *cbs, char *err, size_t errlen)
+{
+    if (!req->cmd || !cbs->on_exit) {
+        snprintf(err, errlen, "docker: exec needs a command and on_exit");
+        return NULL;
+    }
+    struct dk_sb *s = sb->priv;
+    provider_exec *ex = xcalloc(1, sizeof(*ex));
+    ex->sb = sb;
+    ex->p = sb->prov;
+    ex->cbs = *cbs;
+    snprintf(ex->pidfile, sizeof(ex->pidfile), "/tmp/.sandbox-exec-%u-%d.pid", ++s->exec_seq,
+             (int)getpid());
+    ex->timer = evtimer_new(sb->prov->base, ex_timer_cb, ex);
+    if (!ex->timer)
+        abort();
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddBoolToObject(j, "AttachStdout", 1);
+    cJSON_AddBoolToObject(j, "AttachStderr", 1);
+    cJSON_AddBoolToObject(j, "Tty", 0);
+    cJSON *cmd = cJSON_AddArrayToObject(j, "Cmd");
+    cJSON_AddItemToArray(cmd, cJSON_CreateString("/bin/sh"));
+    cJSON_AddItemToArray(cmd, cJSON_CreateString("-c"));
+    cJSON_AddItemToArray(cmd, cJSON_CreateString(dk_wrapper));
+    cJSON_AddItemToArray(cmd, cJSON_CreateString("sh"));
+    cJSON_AddItemToArray(cmd, cJSON_CreateString(req->cmd));
+    cJSON_AddItemToArray(cmd, cJSON_CreateString(ex->pidfile));
+    if (req->env) {
+        cJSON *env = cJSON_AddArrayToObject(j, "Env");
+        for (const char *const *e = req->env; *e; e++)
+            cJSON_AddItemToArray(env, cJSON_CreateString(*e));
+    }
+    if (req->cwd && *req->cwd)
+        cJSON_AddStringToObject(j, "WorkingDir", req->cwd);
+    char *body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s/exec", sb->id);
+    dk_call(sb->prov, "POST", path, body, ex_created, ex);
+    free(body);
+    if (req->timeout_ms > 0) {
+        struct timeval tv = {(time_t)(req->timeout_ms / 1000),
+                             (suseconds_t)(req->timeout_ms % 1000) * 1000};
+        evtimer_add(ex->timer, &tv);
+    }
+    return ex;
+}
+
+static void dk_exec_kill(provider_exec *ex)
+{
+    if (ex->done_stream || ex->kill_reason)
+        return;
+    ex->kill_reason = EXEC_KILLED;
+    evtimer_del(ex->timer);
+    ex_send_kill(ex); /* no-op until the stream is attached; ex_created sends it then */
+}
+
+/* ---- internal exec with collected status (mkdir for write_file) ---- */
+
+typedef void (*dk_run_fn)(void *arg, int ok, const char *err);
+
+struct dk_run {
+    dk_run_fn fn;
+    void *arg;
+};
+
+static void run_exit(void *arg, enum exec_status st, int code, const char *err)
+{
+    struct dk_run *r = arg;
+    char e[512];
+    if (st == EXEC_EXITED && code == 0)
+        r->fn(r->arg, 1, NULL);
+    else {
+        snprintf(e, sizeof(e), "%s", err ? err : "command failed");
+        if (st == EXEC_EXITED)
+            snprintf(e, sizeof(e), "exit code %d", code);
+        r->fn(r->arg, 0, e);
+    }
+    free(r);
+}
+
+static void dk_run(struct sandbox *sb, const char *cmd, dk_run_fn fn, void *arg)
+{
+    struct dk_run *r = xcalloc(1, sizeof(*r));
+    r->fn = fn;
+    r->arg = arg;
+    struct exec_req req = {.cmd = cmd, .timeout_ms = 60000};
+    struct exec_cbs cbs = {.on_exit = run_exit, .arg = r};
+    char err[128];
+    dk_exec(sb, &req, &cbs, err, sizeof(err)); /* never NULL with a command and on_exit */
+}
+
+/* ---- write_file ---- */
+
+struct dk_write {
+    struct sandbox *sb;
+    provider_done_fn done;
+    void *arg;
+    char *dir;
+    struct buf tar;
+    int mkdir_tried;
+    char err[512];
+};
+
+static la_ssize_t wr_tar_write(struct archive *a, void *arg, const void *p, size_t n)
+{
+    (void)a;
+    buf_append(arg, p, n);
+    return (la_ssize_t)n;
+}
+
+static void wr_finish(struct dk_write *w)
+{
+    w->done(w->arg, w->err[0] ? -1 : 0, w->err[0] ? w->err : NULL);
+    free(w->dir);
+    buf_release(&w->tar);
+    free(w);
+}
+
+static void wr_put(struct dk_write *w);
+
+static void wr_mkdir_done(void *arg, int ok, const char *err)
+{
+    struct dk_write *w = arg;
+    if (!ok) {
+        snprintf(w->err, sizeof(w->err), "docker: mkdir -p %s: %s", w->dir, err);
+        wr_finish(w);
+        return;
+    }
+    wr_put(w);
+}
+
+static void wr_resp(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_write *w = arg;
+    if (err) {
+        dk_copy(w->err, sizeof(w->err), err);
+    } else if (status == 404 && !w->mkdir_tried) {
+        w->mkdir_tried = 1;
+        struct buf cmd;
+        buf_init(&cmd);
+        buf_puts(&cmd, "mkdir -p -- ");
+        dk_shquote(&cmd, w->dir);
+        dk_run(w->sb, cmd.data, wr_mkdir_done, w);
+        buf_release(&cmd);
+        return;
+    } else if (status != 200) {
+        dk_http_err(w->err, sizeof(w->err), "write file", status, body);
+    }
+    wr_finish(w);
+}
+
+static void wr_put(struct dk_write *w)
+{
+    struct dk_prov *d = w->sb->prov->priv;
+    struct buf path;
+    buf_init(&path);
+    buf_printf(&path, "/containers/%s/archive?path=", w->sb->id);
+    dk_qenc(&path, w->dir);
+    struct dk_call *c = xcalloc(1, sizeof(*c));
+    c->fn = wr_resp;
+    c->arg = w;
+    http_request *r = dk_req(d, "PUT", path.data, DK_CALL_MS);
+    buf_release(&path);
+    http_request_add_header(r, "Content-Type", "application/x-tar");
+    http_request_set_body_borrowed(r, w->tar.data, w->tar.len);
+    struct http_callbacks cb = {.on_done = dk_call_done};
+    http_request_set_callbacks(r, &cb, c);
+    char e[256];
+    if (http_request_start(r, e, sizeof(e)) != 0) {
+        snprintf(c->err, sizeof(c->err), "docker: %s", e);
+        dk_defer(w->sb->prov->base, dk_call_failed, c);
+    }
+}
+
+static void wr_failed_early(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    wr_finish(arg);
+}
+
+static void dk_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
+                          int mode, provider_done_fn done, void *arg)
+{
+    struct dk_write *w = xcalloc(1, sizeof(*w));
+    w->sb = sb;
+    w->done = done;
+    w->arg = arg;
+    buf_init(&w->tar);
+    const char *slash = path ? strrchr(path, '/') : NULL;
+    if (!slash || path[0] != '/' || !slash[1]) {
+        snprintf(w->err, sizeof(w->err), "docker: write file: path must be absolute: %s",
+                 path ? path : "(null)");
+        dk_defer(sb->prov->base, wr_failed_early, w);
+        return;
+    }
+    w->dir = slash == path ? xstrdup("/") : xstrndup(path, (size_t)(slash - path));
+    struct archive *a = archive_write_new();
+    struct archive_entry *e = archive_entry_new();
+    archive_write_set_format_pax_restricted(a);
+    archive_write_set_bytes_in_last_block(a, 1);
+    int ok = archive_write_open(a, &w->tar, NULL, wr_tar_write, NULL) == ARCHIVE_OK;
+    archive_entry_set_pathname(e, slash + 1);
+    archive_entry_set_filetype(e, AE_IFREG);
+    archive_entry_set_perm(e, (mode_t)(mode > 0 ? mode & 07777 : 0644));
+    archive_entry_set_size(e, (la_int64_t)len);
+    archive_entry_set_mtime(e, time(NULL), 0);
+    ok = ok && archive_write_header(a, e) == ARCHIVE_OK;
+    ok = ok && (len == 0 || archive_write_data(a, data, len) == (la_ssize_t)len);
+    ok = ok && archive_write_close(a) == ARCHIVE_OK;
+    if (!ok)
+        snprintf(w->err, sizeof(w->err), "docker: write file: tar: %s", archive_error_string(a));
+    archive_entry_free(e);
+    archive_write_free(a);
+    if (w->err[0])
+        dk_defer(sb->prov->base, wr_failed_early, w);
+    else
+        wr_put(w);
+}
+
+/* ---- read_file ---- */
+
+struct dk_read {
+    struct sandbox *sb;
+    provider_data_fn done;
+    void *arg;
+    char *path;
+    size_t max;
+    struct buf data;
+    struct tarscan ts;
+    int entries;
+    int complete; /* first entry fully seen (or max reached) */
+    http_request *req;
+    char err[512];
+};
+
+static int rd_header(void *arg, const unsigned char *hdr, uint64_t size)
+{
+    (void)size;
+    struct dk_read *r = arg;
+    char type = (char)hdr[156];
+    if (type == 'x' || type == 'g' || type == 'L' || type == 'K')
+        return TS_SKIP;
+    if (r->entries++ > 0) {
+        r->complete = 1;
+        return TS_SKIP;
+    }
+    if (type != '0' && type != '\0' && type != '7') {
+        snprintf(r->err, sizeof(r->err), "docker: read file %s: not a regular file", r->path);
+        return TS_ERR;
+    }
+    if (size == 0)
+        r->complete = 1;
+    return TS_KEEP;
+}
+
+static int rd_data(void *arg, const char *p, size_t n)
+{
+    struct dk_read *r = arg;
+    size_t room = r->max - r->data.len;
+    buf_append(&r->data, p, n < room ? n : room);
+    if (r->data.len >= r->max || r->ts.data_left == n)
+        r->complete = 1;
+    return 0;
+}
+
+static int rd_on_data(void *arg, http_request *req, const char *data, size_t len)
+{
+    struct dk_read *r = arg;
+    if (http_request_status(req) != 200 || r->complete)
+        return HTTP_DATA_OK; /* error bodies are small: ignore; after the entry: drain */
+    if (tarscan_feed(&r->ts, data, len) != 0)
+        return HTTP_DATA_ABORT;
+    if (r->complete)
+        http_request_cancel(req);
+    return HTTP_DATA_OK;
+}
+
+static void rd_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_read *r = arg;
+    if (r->err[0]) {
+    } else if (r->complete) {
+        /* got what we need (the request may have been cancelled after it) */
+    } else if (res->code != 0) {
+        snprintf(r->err, sizeof(r->err), "docker: read file %s: %s", r->path, res->error);
+    } else if (res->status == 404) {
+        snprintf(r->err, sizeof(r->err), "docker: read file %s: no such file", r->path);
+    } else if (res->status != 200) {
+        snprintf(r->err, sizeof(r->err), "docker: read file %s: HTTP %ld", r->path, res->status);
+    } else if (r->entries == 0) {
+        snprintf(r->err, sizeof(r->err), "docker: read file %s: empty archive", r->path);
+    }
+    if (r->err[0])
+        r->done(r->arg, -1, NULL, 0, r->err);
+    else
+        r->done(r->arg, 0, r->data.data ? r->data.data : "", r->data.len, NULL);
+    buf_release(&r->data);
+    free(r->path);
+    free(r);
+}
+
+static void rd_failed_early(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct buf empty;
+    buf_init(&empty);
+    struct http_result res = {.code = HTTP_E_INTERNAL, .error = "", .body = &empty};
+    rd_done(arg, NULL, &res);
+}
+
+static void dk_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
+                         void *arg)
+{
+    struct dk_prov *d = sb->prov->priv;
+    struct dk_read *r = xcalloc(1, sizeof(*r));
+    r->sb = sb;
+    r->done = done;
+    r->arg = arg;
+    r->path = xstrdup(path ? path : "");
+    r->max = max;
+    buf_init(&r->data);
+    r->ts.on_header = rd_header;
+    r->ts.on_data = rd_data;
+    r->ts.arg = r;
+    struct buf p;
+    buf_init(&p);
+    buf_printf(&p, "/containers/%s/archive?path=", sb->id);
+    dk_qenc(&p, r->path);
+    http_request *req = dk_req(d, "GET", p.data, DK_CALL_MS);
+    buf_release(&p);
+    struct http_callbacks cb = {.on_data = rd_on_data, .on_done = rd_done};
+    http_request_set_callbacks(req, &cb, r);
+    char e[256];
+    if (http_request_start(req, e, sizeof(e)) != 0) {
+        snprintf(r->err, sizeof(r->err), "docker: read file: %s", e);
+        dk_defer(sb->prov->base, rd_failed_early, r);
+    }
+}
+
+/* ---- suspend: workspace → zstd tar file → container removed ---- */
+
+struct dk_susp {
+    struct sandbox *sb;
+    provider_ref_fn done;
+    void *arg;
+    char *const *incl; /* the sandbox's lists (borrowed) */
+    char *const *excl;
+    size_t ninc, cur;
+    char key[128];
+    char *final_path, *tmp_path;
+    struct archive *wr;
+    struct tarscan ts;
+    struct buf meta;  /* pending pax / long-name entries (raw blocks) */
+    char *meta_name;  /* path they carry */
+    int meta_collect; /* current entry's data goes to meta: 1 pax, 2 GNU long name */
+    size_t meta_data; /* offset of the current meta entry's data in meta */
+    uint64_t meta_size;
+    uint64_t bytes;
+    int removing;
+    char err[512];
+};
+
+static void dk_free_list(char **l)
+{
+    if (!l)
+        return;
+    for (char **p = l; *p; p++)
+        free(*p);
+    free(l);
+}
+
+static int sp_emit(struct dk_susp *s, const void *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (archive_write_data(s->wr, p, n) != (la_ssize_t)n) {
+        snprintf(s->err, sizeof(s->err), "docker: writing snapshot: %s",
+                 archive_error_string(s->wr));
+        return -1;
+    }
+    s->bytes += n;
+    return 0;
+}
+
+static int sp_excluded(const struct dk_susp *s, const char *name)
+{
+    size_t nl = strlen(name);
+    while (nl > 0 && name[nl - 1] == '/')
+        nl--;
+    for (char *const *e = s->excl; e && *e; e++) {
+        size_t el = strlen(*e);
+        if (nl >= el && strncmp(name, *e, el) == 0 && (nl == el || name[el] == '/'))
+            return 1;
+    }
+    return 0;
+}
+
+/* Path from a pax extended header's records ("len key=value\n"). */
+static char *sp_pax_path(const char *d, size_t n)
+{
+    size_t off = 0;
+    while (off < n) {
+        char *end;
+        unsigned long len = strtoul(d + off, &end, 10);
+        if (len == 0 || off + len > n || *end != ' ')
+            break;
+        const char *kv = end + 1;
+        size_t kvlen = (size_t)(d + off + len - kv);
+        if (kvlen > 5 && strncmp(kv, "path=", 5) == 0)
+            return xstrndup(kv + 5, kvlen - 6);
+        off += len;
+    }
+    return NULL;
+}
+
+static int sp_header(void *arg, const unsigned char *hdr, uint64_t size)
+{
+    struct dk_susp *s = arg;
+    char type = (char)hdr[156];
+    if (type == 'x' || type == 'L') {
+        if (s->meta.len + 512 + size > DK_META_MAX) {
+            snprintf(s->err, sizeof(s->err), "docker: snapshot: extended header too large");
+            return TS_ERR;
+        }
+        buf_append(&s->meta, hdr, 512);
+        s->meta_collect = type == 'x' ? 1 : 2;
+        s->meta_data = s->meta.len;
+        s->meta_size = size;
+        return TS_KEEP;
+    }
+    s->meta_collect = 0;
+    char name[512];
+    tar_ustar_name(hdr, name, sizeof(name));
+    const char *n = s->meta_name ? s->meta_name : name;
+    int skip = sp_excluded(s, n);
+    int rc = 0;
+    if (!skip)
+        rc = sp_emit(s, s->meta.data, s->meta.len) || sp_emit(s, hdr, 512);
+    buf_clear(&s->meta);
+    free(s->meta_name);
+    s->meta_name = NULL;
+    if (rc)
+        return TS_ERR;
+    return skip ? TS_SKIP : TS_KEEP;
+}
+
+static int sp_data(void *arg, const char *p, size_t n)
+{
+    struct dk_susp *s = arg;
+    if (!s->meta_collect)
+        return sp_emit(s, p, n);
+    buf_append(&s->meta, p, n);
+    if (s->ts.data_left == n) { /* the meta entry's data is complete: take the name */
+        free(s->meta_name);
+        const char *d = s->meta.data + s->meta_data;
+        size_t len = (size_t)s->meta_size;
+        if (s->meta_collect == 1) {
+            s->meta_name = sp_pax_path(d, len);
+        } else {
+            while (len > 0 && d[len - 1] == '\0')
+                len--;
+            s->meta_name = xstrndup(d, len);
+        }
+    }
+    return 0;
+}
+
+static int sp_pad(void *arg, size_t n)
+{
+    struct dk_susp *s = arg;
+    static const char zeros[512];
+    if (s->meta_collect) {
+        buf_append(&s->meta, zeros, n);
+        return 0;
+    }
+    return sp_emit(s, zeros, n);
+}
+
+static void sp_next(struct dk_susp *s);
+
+static void sp_finish(struct dk_susp *s)
+{
+    if (s->wr) {
+        archive_write_free(s->wr);
+        s->wr = NULL;
+    }
+    if (s->err[0] && s->tmp_path)
+        unlink(s->tmp_path);
+    if (s->err[0]) {
+        s->done(s->arg, -1, NULL, s->err);
+    } else {
+        cJSON *ref = cJSON_CreateObject();
+        cJSON_AddStringToObject(ref, "kind", "s3-tar");
+        cJSON_AddStringToObject(ref, "key", s->key);
+        s->done(s->arg, 0, ref, NULL);
+        cJSON_Delete(ref);
+    }
+    buf_release(&s->meta);
+    free(s->meta_name);
+    free(s->final_path);
+    free(s->tmp_path);
+    free(s);
+}
+
+static void sp_removed(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_susp *s = arg;
+    if (err)
+        dk_copy(s->err, sizeof(s->err), err);
+    else if (status != 204 && status != 404)
+        dk_http_err(s->err, sizeof(s->err), "container remove", status, body);
+    if (s->err[0]) /* the snapshot is complete: keep it, the caller may still resume from it */
+        log_warn(NULL, "docker: suspend of %.12s: snapshot %s kept: %s", s->sb->id, s->key, s->err);
+    s->err[0] = '\0';
+    sp_finish(s);
+}
+
+static int sp_on_data(void *arg, http_request *req, const char *data, size_t len)
+{
+    struct dk_susp *s = arg;
+    if (http_request_status(req) != 200)
+        return HTTP_DATA_OK;
+    return tarscan_feed(&s->ts, data, len) == 0 ? HTTP_DATA_OK : HTTP_DATA_ABORT;
+}
+
+static void sp_got(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_susp *s = arg;
+    if (!s->err[0]) {
+        if (res->code != 0)
+            snprintf(s->err, sizeof(s->err), "docker: snapshot of %s: %s", s->incl[s->cur],
+                     res->error);
+        else if (res->status != 200 && res->status != 404)
+            snprintf(s->err, sizeof(s->err), "docker: snapshot of %s: HTTP %ld", s->incl[s->cur],
+                     res->status);
+        else if (res->status == 200 && !s->ts.eof && (s->ts.hlen || s->ts.data_left))
+            snprintf(s->err, sizeof(s->err), "docker: snapshot of %s: truncated archive",
+                     s->incl[s->cur]);
+    }
+    if (s->err[0]) {
+        sp_finish(s);
+        return;
+    }
+    s->cur++;
+    sp_next(s);
+}
+
+static void sp_next(struct dk_susp *s)
+{
+    struct dk_prov *d = s->sb->prov->priv;
+    if (s->cur < s->ninc) {
+        memset(&s->ts, 0, sizeof(s->ts));
+        s->ts.on_header = sp_header;
+        s->ts.on_data = sp_data;
+        s->ts.on_pad = sp_pad;
+        s->ts.arg = s;
+        struct buf p;
+        buf_init(&p);
+        buf_printf(&p, "/containers/%s/archive?path=", s->sb->id);
+        dk_qenc(&p, s->incl[s->cur]);
+        http_request *r = dk_req(d, "GET", p.data, 0);
+        buf_release(&p);
+        struct http_callbacks cb = {.on_data = sp_on_data, .on_done = sp_got};
+        http_request_set_callbacks(r, &cb, s);
+        char e[256];
+        if (http_request_start(r, e, sizeof(e)) != 0) {
+            snprintf(s->err, sizeof(s->err), "docker: %s", e);
+            sp_finish(s); /* only reached from loop callbacks (see dk_suspend) */
+        }
+        return;
+    }
+    /* All paths archived: end-of-archive, close the compressor, publish the file. */
+    static const char eoa[1024];
+    if (sp_emit(s, eoa, sizeof(eoa)) != 0 || archive_write_close(s->wr) != ARCHIVE_OK) {
+        if (!s->err[0])
+            snprintf(s->err, sizeof(s->err), "docker: writing snapshot: %s",
+                     archive_error_string(s->wr));
+        sp_finish(s);
+        return;
+    }
+    archive_write_free(s->wr);
+    s->wr = NULL;
+    if (rename(s->tmp_path, s->final_path) != 0) {
+        snprintf(s->err, sizeof(s->err), "docker: snapshot %s: %s", s->final_path, strerror(errno));
+        sp_finish(s);
+        return;
+    }
+    log_debug(NULL, "docker: snapshot %s: %" PRIu64 " tar bytes", s->key, s->bytes);
+    s->removing = 1;
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", s->sb->id);
+    dk_call(s->sb->prov, "DELETE", path, NULL, sp_removed, s);
+}
+
+static int dk_mkdirs(const char *dir)
+{
+    char tmp[1200];
+    snprintf(tmp, sizeof(tmp), "%s", dir);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    return mkdir(tmp, 0700) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+static void dk_uuid(char out[37])
+{
+    unsigned char r[16];
+    if (RAND_bytes(r, sizeof(r)) != 1)
+        abort();
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
+             r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+             r[14], r[15]);
+}
+
+static char **dk_copy_list(const char *const *l, int strip_slash)
+{
+    size_t n = 0;
+    while (l && l[n])
+        n++;
+    char **out = xcalloc(n + 1, sizeof(*out));
+    for (size_t i = 0; i < n; i++) {
+        const char *s = l[i];
+        while (strip_slash && *s == '/')
+            s++;
+        out[i] = xstrdup(s);
+        size_t k = strlen(out[i]);
+        while (k > 1 && out[i][k - 1] == '/')
+            out[i][--k] = '\0';
+    }
+    return out;
+}
+
+static void sp_start(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct dk_susp *s = arg;
+    if (s->err[0])
+        sp_finish(s);
+    else
+        sp_next(s);
+}
+
+static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
+{
+    struct dk_prov *d = sb->prov->priv;
+    struct dk_sb *x = sb->priv;
+    struct dk_susp *s = xcalloc(1, sizeof(*s));
+    s->sb = sb;
+    s->done = done;
+    s->arg = arg;
+    buf_init(&s->meta);
+    s->incl = x->incl;
+    s->excl = x->excl;
+    while (s->incl[s->ninc])
+        s->ninc++;
+    char uuid[37];
+    dk_uuid(uuid);
+    snprintf(s->key, sizeof(s->key), "sandboxes/%s/snapshot.tar.zst", uuid);
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b, "%s/sandboxes/%s", d->snapdir, uuid);
+    if (!s->err[0] && dk_mkdirs(b.data) != 0)
+        snprintf(s->err, sizeof(s->err), "docker: snapshot folder %s: %s", b.data, strerror(errno));
+    buf_puts(&b, "/snapshot.tar.zst");
+    s->final_path = xstrdup(b.data);
+    buf_puts(&b, ".tmp");
+    s->tmp_path = buf_detach(&b);
+    if (!s->err[0]) {
+        struct archive_entry *e = archive_entry_new();
+        s->wr = archive_write_new();
+        archive_write_set_format_raw(s->wr);
+        archive_write_add_filter_zstd(s->wr);
+        archive_write_set_bytes_per_block(s->wr, 64 * 1024);
+        archive_entry_set_pathname(e, "snapshot.tar");
+        archive_entry_set_filetype(e, AE_IFREG);
+        archive_entry_set_perm(e, 0600);
+        if (archive_write_open_filename(s->wr, s->tmp_path) != ARCHIVE_OK ||
+            archive_write_header(s->wr, e) != ARCHIVE_OK)
+            snprintf(s->err, sizeof(s->err), "docker: snapshot %s: %s", s->tmp_path,
+                     archive_error_string(s->wr));
+        archive_entry_free(e);
+    }
+    dk_defer(sb->prov->base, sp_start, s);
+}
+
+/* ---- destroy, delete_snapshot, release ---- */
+
+struct dk_done {
+    provider_done_fn done;
+    void *arg;
+    char err[512];
+};
+
+static void ds_resp(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_done *x = arg;
+    if (err)
+        dk_copy(x->err, sizeof(x->err), err);
+    else if (status != 204 && status != 404)
+        dk_http_err(x->err, sizeof(x->err), "container remove", status, body);
+    x->done(x->arg, x->err[0] ? -1 : 0, x->err[0] ? x->err : NULL);
+    free(x);
+}
+
+static void dk_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
+{
+    struct dk_done *x = xcalloc(1, sizeof(*x));
+    x->done = done;
+    x->arg = arg;
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", sb->id);
+    dk_call(sb->prov, "DELETE", path, NULL, ds_resp, x);
+}
+
+static void dsnap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct dk_done *x = arg;
+    x->done(x->arg, x->err[0] ? -1 : 0, x->err[0] ? x->err : NULL);
+    free(x);
+}
+
+static void dk_delete_snapshot(struct provider *p, const cJSON *ref, provider_done_fn done,
+                               void *arg)
+{
+    struct dk_prov *d = p->priv;
+    struct dk_done *x = xcalloc(1, sizeof(*x));
+    x->done = done;
+    x->arg = arg;
+    const char *key = dk_ref_key(ref, x->err, sizeof(x->err));
+    if (key) {
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "%s/%s", d->snapdir, key);
+        if (unlink(b.data) != 0 && errno != ENOENT)
+            snprintf(x->err, sizeof(x->err), "docker: delete snapshot %s: %s", key,
+                     strerror(errno));
+        char *slash = strrchr(b.data, '/');
+        *slash = '\0';
+        rmdir(b.data); /* the per-snapshot folder; fine if not empty */
+        buf_release(&b);
+    }
+    dk_defer(p->base, dsnap_cb, x);
+}
+
+static void dk_release(struct sandbox *sb)
+{
+    if (!sb)
+        return;
+    struct dk_sb *x = sb->priv;
+    dk_free_list(x->incl);
+    dk_free_list(x->excl);
+    free(x);
+    free(sb);
+}
+
+/* ---- init ---- */
+
+static int dk_init(struct provider *p, int check_only, char *err, size_t errlen)
+{
+    struct dk_prov *d = p->priv;
+    const char *ne = getenv("NODE_ENV");
+    if ((ne && strcmp(ne, "production") == 0) || (p->cfg && p->cfg->production)) {
+        snprintf(err, errlen,
+                 "SANDBOX_PROVIDER: docker is for local development and refuses "
+                 "to run with NODE_ENV=production");
+        return -1;
+    }
+    const char *host = config_env_str("DOCKER_HOST", "unix:///var/run/docker.sock");
+    if (strncmp(host, "unix://", 7) != 0 || !host[7]) {
+        snprintf(err, errlen, "DOCKER_HOST: only unix:// sockets are supported, got \"%s\"", host);
+        return -1;
+    }
+    if (strlen(host + 7) >= sizeof(d->sock)) {
+        snprintf(err, errlen, "DOCKER_HOST: socket path too long");
+        return -1;
+    }
+    dk_copy(d->sock, sizeof(d->sock), host + 7);
+    const char *img = config_env_str("SANDBOX_DOCKER_IMAGE", "lightdash-sandbox:local");
+    const char *img2 =
+        config_env_str("SANDBOX_AI_WRITEBACK_DOCKER_IMAGE", "lightdash-ai-writeback:local");
+    if (strlen(img) >= sizeof(d->image[0]) || strlen(img2) >= sizeof(d->image[1])) {
+        snprintf(err, errlen, "SANDBOX_DOCKER_IMAGE: name too long");
+        return -1;
+    }
+    dk_copy(d->image[0], sizeof(d->image[0]), img);
+    dk_copy(d->image[1], sizeof(d->image[1]), img2);
+    const char *net = config_env_str("SANDBOX_DOCKER_NETWORK", "none");
+    if (strlen(net) >= sizeof(d->network)) {
+        snprintf(err, errlen, "SANDBOX_DOCKER_NETWORK: name too long");
+        return -1;
+    }
+    dk_copy(d->network, sizeof(d->network), net);
+    if (config_env_int64("SANDBOX_DOCKER_PIDS_LIMIT", 512, 1, 1 << 22, &d->pids, err, errlen) ||
+        config_env_int64("SANDBOX_DOCKER_MEMORY_BYTES", 2147483648LL, 6 * 1024 * 1024,
+                         INT64_MAX / 2, &d->memory, err, errlen) ||
+        config_env_int64("SANDBOX_DOCKER_NANO_CPUS", 2000000000LL, 10000000, 1024000000000LL,
+                         &d->nano_cpus, err, errlen))
+        return -1;
+    const char *dir = config_env_str("SANDBOX_SNAPSHOT_DIR", "./snapshots");
+    if (strlen(dir) >= sizeof(d->snapdir) - 100) {
+        snprintf(err, errlen, "SANDBOX_SNAPSHOT_DIR: path too long");
+        return -1;
+    }
+    dk_copy(d->snapdir, sizeof(d->snapdir), dir);
+    if (check_only)
+        return 0;
+    if (dk_mkdirs(d->snapdir) != 0) {
+        snprintf(err, errlen, "SANDBOX_SNAPSHOT_DIR: cannot create %s: %s", d->snapdir,
+                 strerror(errno));
+        return -1;
+    }
+    if (getenv("S3_BUCKET") && *getenv("S3_BUCKET"))
+        log_warn(NULL,
+                 "docker: S3 snapshots are not wired into the docker provider yet; "
+                 "snapshots stay local in %s",
+                 d->snapdir);
+    else
+        log_warn(NULL, "docker: no S3_* configured: snapshots are stored locally in %s",
+                 d->snapdir);
+    d->http = http_client_new(p->base);
+    if (!d->http) {
+        snprintf(err, errlen, "docker: cannot create the HTTP client");
+        return -1;
+    }
+    return 0;
+}
+
+static void dk_cleanup(struct provider *p)
+{
+    struct dk_prov *d = p->priv;
+    http_client_free(d->http);
+    d->http = NULL;
+}
+
+const struct provider_ops docker_provider_ops = {
+    .name = "docker",
+    .caps = PROVIDER_CAP_ARCHIVE,
+    .priv_size = sizeof(struct dk_prov),
+    .init = dk_init,
+    .cleanup = dk_cleanup,
+    .create = dk_create,
+    .resume = dk_resume,
+    .exec = dk_exec,
+    .exec_kill = dk_exec_kill,
+    .write_file = dk_write_file,
+    .read_file = dk_read_file,
+    .suspend = dk_suspend,
+    .destroy = dk_destroy,
+    .delete_snapshot = dk_delete_snapshot,
+    .release = dk_release,
+};

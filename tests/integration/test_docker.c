@@ -1,0 +1,617 @@
+/* The docker provider against the real dockerd (started with scripts/start-services.sh when
+ * none answers; every test is skipped with a message when docker is unavailable). The test
+ * image is built offline by scripts/build-sandbox-image.sh (a busybox rootfs). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "lib/buf.h"
+#include "providers/docker.h"
+#include "providers/provider.h"
+#include "tests/support/test.h"
+
+#define IMAGE "sandbox-worker-test:local"
+
+static struct event_base *g_base;
+static const char *g_skip; /* why docker tests are skipped, or NULL */
+static char g_worker[64];
+static char g_snapdir[256];
+
+/* ---- helpers ---- */
+
+static long now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return tv.tv_sec * 1000L + tv.tv_usec / 1000;
+}
+
+/* Runs the loop until *flag or ms pass; 0 when the condition was met. */
+static int wait_for(const int *flag, long ms)
+{
+    long end = now_ms() + ms;
+    while (!*flag && now_ms() < end) {
+        struct timeval tv = {0, 100 * 1000};
+        event_base_loopexit(g_base, &tv);
+        event_base_loop(g_base, EVLOOP_ONCE);
+    }
+    return *flag ? 0 : -1;
+}
+
+/* Output of a shell command (first line trimmed), "" on failure. */
+static void sh_out(char *out, size_t cap, const char *cmd)
+{
+    out[0] = '\0';
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return;
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    pclose(f);
+    while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r'))
+        out[--n] = '\0';
+}
+
+static struct provider *new_prov(char *err, size_t errlen)
+{
+    return provider_new(&docker_provider_ops, g_base, NULL, 0, err, errlen);
+}
+
+struct acq {
+    int done;
+    struct sandbox *sb;
+    char err[512];
+};
+
+static void acq_cb(void *arg, struct sandbox *sb, const char *err)
+{
+    struct acq *a = arg;
+    a->done = 1;
+    a->sb = sb;
+    snprintf(a->err, sizeof(a->err), "%s", err ? err : "");
+}
+
+static const struct sandbox_spec *spec_for(const char *thread)
+{
+    static const char *const incl[] = {"/workspace", "/data", NULL};
+    static const char *const excl[] = {"/workspace/node_modules", NULL};
+    static struct sandbox_spec s;
+    s = (struct sandbox_spec){.thread = thread,
+                              .job = "job-1",
+                              .worker = g_worker,
+                              .organization = "org-1",
+                              .project = "proj-1",
+                              .feature = SANDBOX_DATA_APP,
+                              .workspace_include = incl,
+                              .workspace_exclude = excl};
+    return &s;
+}
+
+static struct sandbox *create_sb(struct provider *p, const char *thread)
+{
+    struct acq a = {0};
+    p->ops->create(p, spec_for(thread), acq_cb, &a);
+    CHECK_EQ_INT(a.done, 0); /* never from inside the call */
+    CHECK(wait_for(&a.done, 120000) == 0);
+    if (a.err[0])
+        fprintf(stderr, "create: %s\n", a.err);
+    CHECK(a.sb != NULL);
+    return a.sb;
+}
+
+struct run {
+    int done;
+    enum exec_status st;
+    int code;
+    struct buf out, err;
+    long first_out_ms, exit_ms;
+    char msg[512];
+    provider_exec *ex;
+    struct sandbox *sb;
+    const char *kill_on; /* exec_kill once stdout contains this */
+};
+
+static void run_output(void *arg, enum exec_stream s, const char *data, size_t len)
+{
+    struct run *r = arg;
+    if (!r->first_out_ms)
+        r->first_out_ms = now_ms();
+    buf_append(s == EXEC_STDERR ? &r->err : &r->out, data, len);
+    if (r->kill_on && r->out.data && strstr(r->out.data, r->kill_on)) {
+        r->kill_on = NULL;
+        r->sb->prov->ops->exec_kill(r->ex);
+    }
+}
+
+static void run_exit(void *arg, enum exec_status st, int code, const char *err)
+{
+    struct run *r = arg;
+    r->done++;
+    r->st = st;
+    r->code = code;
+    r->exit_ms = now_ms();
+    snprintf(r->msg, sizeof(r->msg), "%s", err ? err : "");
+}
+
+/* Runs cmd to completion; r is initialised here and must be released with run_free. */
+static void run_cmd(struct sandbox *sb, struct run *r, const char *cmd, const char *cwd,
+                    const char *const *env, int64_t timeout_ms)
+{
+    char err[256] = "";
+    struct exec_req req = {.cmd = cmd, .cwd = cwd, .env = env, .timeout_ms = timeout_ms};
+    struct exec_cbs cbs = {.on_output = run_output, .on_exit = run_exit, .arg = r};
+    r->sb = sb;
+    r->ex = sb->prov->ops->exec(sb, &req, &cbs, err, sizeof(err));
+    CHECK(r->ex != NULL);
+    if (!r->ex)
+        return;
+    CHECK(wait_for(&r->done, 120000) == 0);
+    CHECK_EQ_INT(r->done, 1);
+    if (r->st == EXEC_ERROR)
+        fprintf(stderr, "exec error: %s\n", r->msg);
+}
+
+static void run_free(struct run *r)
+{
+    buf_release(&r->out);
+    buf_release(&r->err);
+}
+
+struct done {
+    int done, rc;
+    char err[512];
+    struct buf data;
+    cJSON *ref;
+};
+
+static void done_cb(void *arg, int rc, const char *err)
+{
+    struct done *d = arg;
+    d->done++;
+    d->rc = rc;
+    snprintf(d->err, sizeof(d->err), "%s", err ? err : "");
+}
+
+static void data_cb(void *arg, int rc, const char *data, size_t len, const char *err)
+{
+    struct done *d = arg;
+    d->done++;
+    d->rc = rc;
+    if (data)
+        buf_append(&d->data, data, len);
+    snprintf(d->err, sizeof(d->err), "%s", err ? err : "");
+}
+
+static void ref_cb(void *arg, int rc, const cJSON *ref, const char *err)
+{
+    struct done *d = arg;
+    d->done++;
+    d->rc = rc;
+    d->ref = ref ? cJSON_Duplicate(ref, 1) : NULL;
+    snprintf(d->err, sizeof(d->err), "%s", err ? err : "");
+}
+
+static int container_exists(const char *id)
+{
+    char cmd[512], out[64];
+    snprintf(cmd, sizeof(cmd), "docker inspect --format '{{.Id}}' %s 2>/dev/null", id);
+    sh_out(out, sizeof(out), cmd);
+    return out[0] != '\0';
+}
+
+static void destroy_sb(struct sandbox *sb)
+{
+    struct done d = {0};
+    char id[128];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    sb->prov->ops->destroy(sb, done_cb, &d);
+    CHECK(wait_for(&d.done, 60000) == 0);
+    CHECK_EQ_INT(d.rc, 0);
+    provider_sandbox_release(sb);
+    CHECK(!container_exists(id));
+}
+
+/* ---- tests ---- */
+
+TEST_CASE(refuses_production)
+{
+    char err[512] = "";
+    setenv("NODE_ENV", "production", 1);
+    struct provider *p = new_prov(err, sizeof(err));
+    unsetenv("NODE_ENV");
+    CHECK(p == NULL);
+    CHECK(strstr(err, "NODE_ENV=production") != NULL);
+    CHECK(strchr(err, '\n') == NULL);
+    provider_free(p);
+}
+
+TEST_CASE(registered)
+{
+    CHECK(provider_find("docker") == &docker_provider_ops);
+}
+
+TEST_CASE(missing_image)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    setenv("SANDBOX_DOCKER_IMAGE", "sandbox-worker-no-such-image:nope", 1);
+    struct provider *p = new_prov(err, sizeof(err));
+    setenv("SANDBOX_DOCKER_IMAGE", IMAGE, 1);
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct acq a = {0};
+    p->ops->create(p, spec_for("t-missing"), acq_cb, &a);
+    CHECK(wait_for(&a.done, 60000) == 0);
+    CHECK(a.sb == NULL);
+    CHECK(strstr(a.err, "sandbox-worker-no-such-image:nope") != NULL);
+    CHECK(strstr(a.err, "scripts/demo.sh") != NULL);
+    provider_free(p);
+}
+
+TEST_CASE(exec_streams_and_codes)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    struct provider *p = new_prov(err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox *sb = create_sb(p, "t-exec");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+
+    struct run r = {0};
+    run_cmd(sb, &r, "echo out1; echo err1 >&2; printf 'x%.0s' $(seq 1 100000); exit 3", NULL, NULL,
+            0);
+    CHECK_EQ_INT(r.st, EXEC_EXITED);
+    CHECK_EQ_INT(r.code, 3);
+    CHECK(r.out.len == 5 + 100000 && strncmp(r.out.data, "out1\n", 5) == 0);
+    CHECK_STR(r.err.data, "err1\n");
+    run_free(&r);
+
+    /* env and cwd; a command that is killed by a signal reports 128+signal */
+    static const char *const env[] = {"FOO=bar baz", NULL};
+    struct run r2 = {0};
+    run_cmd(sb, &r2, "echo \"$FOO\"; pwd", "/tmp", env, 0);
+    CHECK_EQ_INT(r2.code, 0);
+    CHECK_STR(r2.out.data, "bar baz\n/tmp\n");
+    run_free(&r2);
+    struct run r3 = {0};
+    run_cmd(sb, &r3, "kill -TERM $$", NULL, NULL, 0);
+    CHECK_EQ_INT(r3.st, EXEC_EXITED);
+    CHECK_EQ_INT(r3.code, 128 + SIGTERM);
+    run_free(&r3);
+
+    /* output arrives while the command still runs */
+    struct run r4 = {0};
+    run_cmd(sb, &r4, "echo first; sleep 3; echo second", NULL, NULL, 0);
+    CHECK_STR(r4.out.data, "first\nsecond\n");
+    CHECK(r4.first_out_ms > 0 && r4.exit_ms - r4.first_out_ms >= 1500);
+    run_free(&r4);
+
+    destroy_sb(sb);
+    provider_free(p);
+}
+
+static int count_sleepers(struct sandbox *sb, const char *pattern)
+{
+    struct run r = {0};
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "ps | grep -c '[%c]%s'", pattern[0], pattern + 1);
+    run_cmd(sb, &r, cmd, NULL, NULL, 0);
+    int n = r.out.data ? atoi(r.out.data) : -1;
+    run_free(&r);
+    return n;
+}
+
+TEST_CASE(timeout_and_kill_tree)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    struct provider *p = new_prov(err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox *sb = create_sb(p, "t-kill");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    struct run r = {0};
+    long t0 = now_ms();
+    run_cmd(sb, &r, "sh -c 'sleep 301' & sleep 302; echo never", NULL, NULL, 1000);
+    CHECK_EQ_INT(r.st, EXEC_TIMEOUT);
+    CHECK(now_ms() - t0 < 30000);
+    CHECK(r.out.data == NULL || strstr(r.out.data, "never") == NULL);
+    run_free(&r);
+    CHECK_EQ_INT(count_sleepers(sb, "sleep 30"), 0);
+
+    struct run k = {0};
+    k.kill_on = "started";
+    run_cmd(sb, &k, "sh -c 'sleep 401' & echo started; sleep 402", NULL, NULL, 0);
+    CHECK_EQ_INT(k.st, EXEC_KILLED);
+    run_free(&k);
+    CHECK_EQ_INT(count_sleepers(sb, "sleep 40"), 0);
+    destroy_sb(sb);
+    provider_free(p);
+}
+
+TEST_CASE(files_round_trip)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    struct provider *p = new_prov(err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox *sb = create_sb(p, "t-files");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    size_t n = 300000;
+    char *bin = xmalloc(n);
+    for (size_t i = 0; i < n; i++)
+        bin[i] = (char)((i * 7 + i / 251) & 0xff);
+    struct done w = {0};
+    p->ops->write_file(sb, "/workspace/deep/er/bin.dat", bin, n, 0600, done_cb, &w);
+    CHECK_EQ_INT(w.done, 0);
+    CHECK(wait_for(&w.done, 60000) == 0);
+    CHECK_EQ_INT(w.rc, 0);
+    if (w.rc)
+        fprintf(stderr, "write: %s\n", w.err);
+
+    struct done rd = {0};
+    p->ops->read_file(sb, "/workspace/deep/er/bin.dat", n + 10, data_cb, &rd);
+    CHECK(wait_for(&rd.done, 60000) == 0);
+    CHECK_EQ_INT(rd.rc, 0);
+    CHECK(rd.data.len == n && memcmp(rd.data.data, bin, n) == 0);
+    buf_release(&rd.data);
+
+    struct done cap = {0};
+    p->ops->read_file(sb, "/workspace/deep/er/bin.dat", 1000, data_cb, &cap);
+    CHECK(wait_for(&cap.done, 60000) == 0);
+    CHECK_EQ_INT(cap.rc, 0);
+    CHECK(cap.data.len == 1000 && memcmp(cap.data.data, bin, 1000) == 0);
+    buf_release(&cap.data);
+
+    struct run m = {0};
+    run_cmd(sb, &m, "stat -c %a /workspace/deep/er/bin.dat", NULL, NULL, 0);
+    CHECK_STR(m.out.data, "600\n");
+    run_free(&m);
+
+    struct done miss = {0};
+    p->ops->read_file(sb, "/workspace/nope.txt", 100, data_cb, &miss);
+    CHECK(wait_for(&miss.done, 60000) == 0);
+    CHECK_EQ_INT(miss.rc, -1);
+    CHECK(strstr(miss.err, "no such file") != NULL);
+
+    struct done dir = {0};
+    p->ops->read_file(sb, "/workspace/deep", 100, data_cb, &dir);
+    CHECK(wait_for(&dir.done, 60000) == 0);
+    CHECK_EQ_INT(dir.rc, -1);
+    free(bin);
+    destroy_sb(sb);
+    provider_free(p);
+}
+
+TEST_CASE(hardening_in_inspect)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    setenv("SANDBOX_DOCKER_PIDS_LIMIT", "77", 1);
+    struct provider *p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_PIDS_LIMIT");
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox *sb = create_sb(p, "t-hard");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    char cmd[512], out[1024];
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{json .HostConfig.CapDrop}} {{json "
+             ".HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}} {{.HostConfig.Memory}} "
+             "{{.HostConfig.NanoCpus}} {{.HostConfig.NetworkMode}} {{index .Config.Labels "
+             "\"sandbox-worker.thread\"}} {{index .Config.Labels \"sandbox-worker.job\"}} "
+             "{{index .Config.Labels \"sandbox-worker.worker\"}}' %s",
+             sb->id);
+    sh_out(out, sizeof(out), cmd);
+    char want[512];
+    snprintf(want, sizeof(want),
+             "[\"ALL\"] [\"no-new-privileges\"] 77 2147483648 2000000000 none t-hard job-1 %s",
+             g_worker);
+    CHECK_STR(out, want);
+    destroy_sb(sb);
+    provider_free(p);
+}
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+TEST_CASE(suspend_resume)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    struct provider *p = new_prov(err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox *sb = create_sb(p, "t-snap");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    struct run w = {0};
+    run_cmd(sb, &w,
+            "mkdir -p /workspace/src /workspace/node_modules/pkg /data && "
+            "echo hello > /workspace/src/a.txt && echo data > /data/d.txt && "
+            "echo junk > /workspace/node_modules/pkg/x && ln -s src/a.txt /workspace/link && "
+            "dd if=/dev/urandom of=/workspace/big.bin bs=1024 count=3000 2>/dev/null && "
+            "mkdir -p /workspace/$(printf 'n%.0s' $(seq 1 120)) && "
+            "echo long > /workspace/$(printf 'n%.0s' $(seq 1 120))/$(printf 'f%.0s' $(seq 1 "
+            "120)) && md5sum /workspace/big.bin",
+            NULL, NULL, 0);
+    CHECK_EQ_INT(w.code, 0);
+    char sum[64] = "";
+    if (w.out.data)
+        snprintf(sum, sizeof(sum), "%.32s", w.out.data);
+    run_free(&w);
+
+    char old_id[128];
+    snprintf(old_id, sizeof(old_id), "%s", sb->id);
+    struct done s = {0};
+    p->ops->suspend(sb, ref_cb, &s);
+    CHECK_EQ_INT(s.done, 0);
+    CHECK(wait_for(&s.done, 120000) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    if (s.rc)
+        fprintf(stderr, "suspend: %s\n", s.err);
+    provider_sandbox_release(sb);
+    CHECK(!container_exists(old_id));
+    CHECK(s.ref != NULL);
+    if (!s.ref) {
+        provider_free(p);
+        return;
+    }
+    const cJSON *kind = cJSON_GetObjectItem(s.ref, "kind");
+    const cJSON *key = cJSON_GetObjectItem(s.ref, "key");
+    CHECK(cJSON_IsString(kind) && strcmp(kind->valuestring, "s3-tar") == 0);
+    CHECK(cJSON_IsString(key) && strncmp(key->valuestring, "sandboxes/", 10) == 0 &&
+          strstr(key->valuestring, "/snapshot.tar.zst") != NULL);
+    char path[512] = "";
+    if (cJSON_IsString(key))
+        snprintf(path, sizeof(path), "%s/%s", g_snapdir, key->valuestring);
+    CHECK(file_exists(path));
+    char cmd[700], out[256];
+    snprintf(cmd, sizeof(cmd), "zstd -dc '%s' | tar -t 2>/dev/null | grep -c node_modules", path);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "0");
+
+    struct acq a = {0};
+    p->ops->resume(p, spec_for("t-snap"), s.ref, acq_cb, &a);
+    CHECK_EQ_INT(a.done, 0);
+    CHECK(wait_for(&a.done, 120000) == 0);
+    if (a.err[0])
+        fprintf(stderr, "resume: %s\n", a.err);
+    CHECK(a.sb != NULL);
+    if (a.sb) {
+        struct run r = {0};
+        run_cmd(a.sb, &r,
+                "cat /workspace/src/a.txt /data/d.txt /workspace/link; md5sum "
+                "/workspace/big.bin | cut -c1-32; cat /workspace/n*/f*; "
+                "ls /workspace/node_modules 2>&1 | grep -c 'No such'",
+                NULL, NULL, 0);
+        char want[256];
+        snprintf(want, sizeof(want), "hello\ndata\nhello\n%s\nlong\n1\n", sum);
+        CHECK_STR(r.out.data, want);
+        run_free(&r);
+        destroy_sb(a.sb);
+    }
+
+    struct done del = {0};
+    p->ops->delete_snapshot(p, s.ref, done_cb, &del);
+    CHECK_EQ_INT(del.done, 0);
+    CHECK(wait_for(&del.done, 10000) == 0);
+    CHECK_EQ_INT(del.rc, 0);
+    CHECK(!file_exists(path));
+
+    /* a bad reference fails cleanly */
+    cJSON *bad = cJSON_Parse("{\"kind\":\"s3-tar\",\"key\":\"../../etc/passwd\"}");
+    struct acq b = {0};
+    p->ops->resume(p, spec_for("t-snap"), bad, acq_cb, &b);
+    CHECK(wait_for(&b.done, 10000) == 0);
+    CHECK(b.sb == NULL && b.err[0]);
+    cJSON_Delete(bad);
+    cJSON_Delete(s.ref);
+    provider_free(p);
+}
+
+TEST_CASE(nothing_left_behind)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char cmd[256], out[1024];
+    snprintf(cmd, sizeof(cmd), "docker ps -aq --filter label=sandbox-worker.worker=%s", g_worker);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "");
+}
+
+static void setup_docker(void)
+{
+    char out[256];
+    if (system("command -v docker >/dev/null 2>&1") != 0) {
+        g_skip = "docker CLI/dockerd not installed";
+        return;
+    }
+    if (system("docker info >/dev/null 2>&1") != 0 &&
+        system("./scripts/start-services.sh >/dev/null 2>&1 && docker info >/dev/null 2>&1") != 0) {
+        g_skip = "dockerd not reachable and could not be started (scripts/start-services.sh)";
+        return;
+    }
+    (void)out;
+    if (system("docker image inspect " IMAGE " >/dev/null 2>&1") != 0 &&
+        system("./scripts/build-sandbox-image.sh " IMAGE " >/dev/null") != 0) {
+        g_skip = "could not build the test image (needs busybox-static)";
+        return;
+    }
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    unsetenv("NODE_ENV");
+    unsetenv("S3_BUCKET");
+    snprintf(g_worker, sizeof(g_worker), "test-docker-%d", (int)getpid());
+    snprintf(g_snapdir, sizeof(g_snapdir), "%s/sw-docker-test-%d",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    setenv("SANDBOX_SNAPSHOT_DIR", g_snapdir, 1);
+    setenv("SANDBOX_DOCKER_IMAGE", IMAGE, 1);
+    setenv("SANDBOX_AI_WRITEBACK_DOCKER_IMAGE", IMAGE, 1);
+    g_base = event_base_new();
+    setup_docker();
+    if (g_skip)
+        printf("docker tests skipped: %s\n", g_skip);
+
+    RUN(registered);
+    RUN(refuses_production);
+    RUN(missing_image);
+    RUN(exec_streams_and_codes);
+    RUN(timeout_and_kill_tree);
+    RUN(files_round_trip);
+    RUN(hardening_in_inspect);
+    RUN(suspend_resume);
+    RUN(nothing_left_behind);
+
+    if (!g_skip) { /* remove anything a failed test left */
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd),
+                 "docker ps -aq --filter label=sandbox-worker.worker=%s | xargs -r docker rm -f "
+                 ">/dev/null 2>&1; rm -rf '%s'",
+                 g_worker, g_snapdir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cleanup failed\n");
+    }
+    event_base_free(g_base);
+    return test_report();
+}
