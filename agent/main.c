@@ -2,6 +2,7 @@
  * Environment: LD_AGENT_PORT (8080), LD_AGENT_HOOK_PORT (9000), LD_AGENT_BIND (0.0.0.0),
  * SANDBOX_AGENT_TOKEN (optional bearer token), SANDBOX_AGENT_* limits (agent.h),
  * LIGHTDASH_LOG_LEVEL, LIGHTDASH_LOG_FORMAT. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: sandbox-agent [--version]  (configured by environment)\n");
         return 2;
     }
+    /* Output frames are a few hundred KiB: keep them on the heap instead of fresh mmaps (page
+     * faults on every frame); memory stays bounded by the output watermark. */
+    mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
     setup_logging();
     int rc = 1;
     struct agent a;
