@@ -14,14 +14,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "lib/buf.h"
 #include "tests/support/redis_server.h"
 #include "tests/support/test.h"
+#include "tests/support/worker_proc.h"
 
 #define P            "{ctltest}"
 #define RUN_LIMIT_MS 60000 /* a CLI run that takes longer is a failure (killed) */
 
 static struct test_redis *srv;
+static const char *ctl_prefix = "ctltest"; /* SANDBOX_QUEUE_PREFIX of the CLI runs */
 static char ctl_path[1024];
 static char job_dir[256];
 
@@ -86,7 +90,7 @@ static int proc_start(struct proc *p, const char *url, const char *const *args)
         close(o[0]);
         close(e[0]);
         setenv("REDIS_URL", url ? url : test_redis_url(srv), 1);
-        setenv("SANDBOX_QUEUE_PREFIX", "ctltest", 1);
+        setenv("SANDBOX_QUEUE_PREFIX", ctl_prefix, 1);
         unsetenv("LIGHTDASH_LOG_LEVEL");
         const char *argv[16];
         int n = 0;
@@ -717,6 +721,88 @@ TEST_CASE(show_job_and_thread)
     run_release(&r);
 }
 
+/* The whole path with a real worker (scripted provider): enqueue, watch, wait, stats. */
+TEST_CASE(end_to_end_with_worker)
+{
+    ctl_prefix = "ctle2e";
+    char log[300];
+    snprintf(log, sizeof(log), "%s/worker-e2e.log", job_dir);
+    struct worker_spec ws = {
+        .url = test_redis_url(srv), .prefix = "ctle2e", .name = "w-e2e", .log_path = log};
+    pid_t w = worker_spawn(&ws);
+    CHECK(w > 0);
+    if (w <= 0) {
+        ctl_prefix = "ctltest";
+        return;
+    }
+    struct run r;
+    CTL(&r,
+        "{\"id\":\"e1\",\"thread\":\"te\",\"feature\":\"data-app\",\"tenant\":{"
+        "\"organization\":\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\",\"name\":"
+        "\"greet\",\"cmd\":\"out hello; err careful; out bye\"}]}",
+        "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    show("e2e enqueue", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "wait", "e1", "--timeout-ms", "60000");
+    CHECK_EQ_INT(r.rc, 0);
+    cJSON *res = cJSON_Parse(r.out.data);
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(res, "steps");
+    const cJSON *s0 = cJSON_GetArrayItem(steps, 0);
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(res, "status")), "succeeded");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(s0, "stdout")), "hello\nbye\n");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(res, "worker")), "w-e2e");
+    cJSON_Delete(res);
+    show("e2e wait", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "watch", "e1", "--timeout-ms", "60000");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "started sandbox="));
+    CHECK(strstr(r.out.data, "step_started step=0 name=greet kind=run\nhello\nbye\n"));
+    CHECK(strstr(r.out.data, "step_finished step=0 name=greet status=ok exit_code=0\n"));
+    CHECK(strstr(r.out.data, "done status=succeeded\n"));
+    CHECK(strstr(r.err.data, "careful\n"));
+    show("e2e watch", &r);
+    run_release(&r);
+
+    /* A failing turn, followed live by watch: exit 1 with the error code. */
+    struct proc p;
+    const char *const args[] = {"watch", "e2", "--timeout-ms", "60000", NULL};
+    CHECK(proc_start(&p, NULL, args) == 0);
+    CTL(&r,
+        "{\"id\":\"e2\",\"thread\":\"te\",\"feature\":\"data-app\",\"tenant\":{"
+        "\"organization\":\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\",\"cmd\":"
+        "\"out trying; exit 3\"}]}",
+        "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    proc_finish(&p, NULL, &r);
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.out.data, "trying\n"));
+    CHECK(strstr(r.out.data, "done status=failed error=step_failed\n"));
+    show("e2e watch failing", &r);
+    run_release(&r);
+
+    CTL(&r, NULL, "thread", "te");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"state\":\t\"suspended\""));
+    run_release(&r);
+
+    CTL(&r, NULL, "stats");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "group workers\n") && strstr(r.out.data, "consumer w-e2e "));
+    CHECK(strstr(r.out.data, "results 2\n") && strstr(r.out.data, "pending 0\n"));
+    show("e2e stats", &r);
+    run_release(&r);
+
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 30000), 0);
+    if (test_failed_now)
+        printf("  worker log: %s\n", log);
+    ctl_prefix = "ctltest";
+}
+
 static int find_ctl(const char *argv0)
 {
     /* The test binary is BUILD/tests/integration/test_sandboxctl; the CLI is BUILD/sandboxctl. */
@@ -755,6 +841,7 @@ int main(int argc, char **argv)
     RUN(stats_numbers);
     RUN(dead_list_replay);
     RUN(show_job_and_thread);
+    RUN(end_to_end_with_worker);
     test_redis_free(srv);
     return test_report();
 }
