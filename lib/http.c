@@ -168,9 +168,8 @@ static void kq_push(http_request *r)
     }
 }
 
-static void kq_remove(http_request *r)
+static void kq_remove(http_client *c, http_request *r)
 {
-    http_client *c = r->c;
     if (!r->in_kq)
         return;
     if (r->kq_prev)
@@ -185,13 +184,12 @@ static void kq_remove(http_request *r)
     r->in_kq = 0;
 }
 
-static void reqs_unlink(http_request *r)
+static void reqs_unlink(http_client *c, http_request *r)
 {
-    http_client *c = r->c;
     if (r->prev)
         r->prev->next = r->next;
-    else if (c->reqs == r)
-        c->reqs = r->next;
+    else
+        c->reqs = r->next; /* no prev: r is the head */
     if (r->next)
         r->next->prev = r->prev;
     r->prev = r->next = NULL;
@@ -234,8 +232,8 @@ static void req_finish(http_request *r)
     if (r->state == RS_RUNNING)
         curl_multi_remove_handle(c->multi, r->easy);
     r->state = RS_DONE;
-    kq_remove(r);
-    reqs_unlink(r);
+    kq_remove(c, r);
+    reqs_unlink(c, r);
     if (r->timeout_ev)
         event_del(r->timeout_ev);
     c->stats.in_flight--;
@@ -524,10 +522,17 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
     /* Only what is queued now; requests pushed meanwhile wait for the next kick (after a poll),
      * so a callback that keeps re-queueing its request cannot starve the loop. Only the request
      * being processed can be finished here, so `last` stays queued until it is reached. */
-    http_request *last = c->kq_tail, *r;
-    while (!c->free_pending && (r = c->kq_head)) {
+    http_request *last = c->kq_tail;
+    while (!c->free_pending && c->kq_head) {
+        http_request *r = c->kq_head;
         int was_last = r == last;
-        kq_remove(r);
+        c->kq_head = r->kq_next; /* pop the head */
+        if (c->kq_head)
+            c->kq_head->kq_prev = NULL;
+        else
+            c->kq_tail = NULL;
+        r->kq_next = NULL;
+        r->in_kq = 0;
         kick_one(r); /* may free r */
         if (was_last)
             break;
@@ -618,12 +623,14 @@ http_client *http_client_new(struct event_base *base)
 static void client_destroy(http_client *c)
 {
     c->free_pending = 1;
-    http_request *r;
-    while ((r = c->reqs)) {
+    while (c->reqs) {
+        http_request *r = c->reqs;
+        c->reqs = r->next; /* pop the head */
+        if (c->reqs)
+            c->reqs->prev = NULL;
         if (r->state == RS_RUNNING)
             curl_multi_remove_handle(c->multi, r->easy);
-        kq_remove(r);
-        reqs_unlink(r);
+        kq_remove(c, r);
         req_destroy(r);
     }
     if (c->multi)
@@ -894,10 +901,9 @@ static const char *req_setup(http_request *r, CURLcode *rc)
         SET(CURLOPT_READDATA, (void *)r);
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_length); /* -1: chunked */
     }
-    if (!is_post && strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0)
+    /* any method but POST, GET and HEAD; GET with a body too (HEAD with one was refused) */
+    if (!is_post && (sends_body || strcmp(r->method, "GET") != 0) && strcmp(r->method, "HEAD") != 0)
         SET(CURLOPT_CUSTOMREQUEST, r->method);
-    else if (sends_body && !is_post)
-        SET(CURLOPT_CUSTOMREQUEST, r->method); /* GET or HEAD with a body */
 
     if (sends_body && !r->has_ctype) {
         struct curl_slist *l = curl_slist_append(r->headers, "Content-Type:");

@@ -187,6 +187,11 @@ static void server_cb(struct evhttp_request *req, void *arg)
     } else if (strncmp(uri, "/echo", 5) == 0) {
         evbuffer_add_printf(out, "i=%" PRIu64, query_u64(uri, "i", 0));
         evhttp_send_reply(req, 200, "OK", out);
+    } else if (strncmp(uri, "/auth", 5) == 0) {
+        const char *a = evhttp_find_header(in_h, "Authorization");
+        const char *d = evhttp_find_header(in_h, "X-Amz-Date");
+        evbuffer_add_printf(out, "%s|%s", a ? a : "-", d ? "date" : "-");
+        evhttp_send_reply(req, 200, "OK", out);
     } else if (strncmp(uri, "/headers", 8) == 0) {
         evhttp_add_header(out_h, "Content-Type", "text/plain");
         evhttp_add_header(out_h, "X-Mixed-Case", "  Yes-Value ");
@@ -255,7 +260,7 @@ static int server_start(struct server *s)
         (struct sockaddr *)&sin, sizeof(sin));
     if (!lev || !evhttp_bind_listener(s->http, lev))
         return -1;
-    struct sockaddr_in got;
+    struct sockaddr_in got = {0};
     socklen_t gl = sizeof(got);
     if (getsockname(evconnlistener_get_fd(lev), (struct sockaddr *)&got, &gl) != 0)
         return -1;
@@ -879,6 +884,55 @@ TEST_CASE(total_timeout)
     buf_release(&r.body);
 }
 
+TEST_CASE(low_speed_abort)
+{
+    http_client *c = http_client_new(g_base);
+    char *u = url("/never");
+    struct rec r;
+    rec_init(&r);
+    http_request *req = http_request_new(c, "GET", u);
+    http_request_set_low_speed(req, 1000, 1);
+    http_request_set_callbacks(req, &rec_cbs, &r);
+    CHECK_EQ_INT(http_request_start(req, NULL, 0), 0);
+    CHECK_EQ_INT(run_until(&r.done, WAIT_MS), 0);
+    CHECK_EQ_INT(r.code, CURLE_OPERATION_TIMEDOUT);
+    CHECK(strstr(r.error, "too slow") != NULL);
+    printf("  error: %s (%ld ms)\n", r.error, r.elapsed_ms);
+    http_client_free(c);
+    free(u);
+    buf_release(&r.body);
+}
+
+TEST_CASE(sigv4_and_userpwd_passthrough)
+{
+    http_client *c = http_client_new(g_base);
+    char *u = url("/auth");
+    struct rec r1, r2;
+    rec_init(&r1);
+    rec_init(&r2);
+    http_request *a = http_request_new(c, "GET", u);
+    http_request_set_aws_sigv4(a, "aws:amz:us-east-1:s3");
+    http_request_set_userpwd(a, "AKIDEXAMPLE", "wJalrXUtnFEMI");
+    http_request_set_callbacks(a, &rec_cbs, &r1);
+    CHECK_EQ_INT(http_request_start(a, NULL, 0), 0);
+    http_request *b = http_request_new(c, "GET", u);
+    http_request_set_userpwd(b, "alice", "s3cret");
+    http_request_set_callbacks(b, &rec_cbs, &r2);
+    CHECK_EQ_INT(http_request_start(b, NULL, 0), 0);
+    CHECK_EQ_INT(run_until(&r1.done, WAIT_MS), 0);
+    CHECK_EQ_INT(run_until(&r2.done, WAIT_MS), 0);
+    CHECK_EQ_INT(r1.code, 0);
+    CHECK(r1.body.data &&
+          strncmp(r1.body.data, "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/", 40) == 0);
+    CHECK(r1.body.data && strstr(r1.body.data, "/us-east-1/s3/aws4_request") != NULL);
+    CHECK(r1.body.data && strstr(r1.body.data, "|date") != NULL);
+    CHECK_STR(r2.body.data, "Basic YWxpY2U6czNjcmV0|-"); /* base64("alice:s3cret") */
+    http_client_free(c);
+    free(u);
+    buf_release(&r1.body);
+    buf_release(&r2.body);
+}
+
 TEST_CASE(timeout_while_paused)
 {
     http_client *c = http_client_new(g_base);
@@ -1174,6 +1228,8 @@ int main(void)
     RUN(streamed_response_backpressure);
     RUN(collected_body_cap);
     RUN(total_timeout);
+    RUN(low_speed_abort);
+    RUN(sigv4_and_userpwd_passthrough);
     RUN(timeout_while_paused);
     RUN(cancel_inside_data_callback);
     RUN(cancel_elsewhere);
