@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,7 +41,7 @@ struct dk_prov {
 struct dk_sb {
     unsigned exec_seq;
     char **incl; /* workspace include paths (absolute), NULL-terminated */
-    char **excl; /* workspace exclude paths without the leading '/', NULL-terminated */
+    char **excl; /* workspace exclude patterns, NULL-terminated */
 };
 
 static char **dk_copy_list(const char *const *l, int strip_slash);
@@ -538,7 +539,7 @@ static struct dk_acq *acq_new(struct provider *p, const struct sandbox_spec *spe
     a->incl = dk_copy_list(
         spec->workspace_include && spec->workspace_include[0] ? spec->workspace_include : def_incl,
         0);
-    a->excl = dk_copy_list(spec->workspace_exclude, 1);
+    a->excl = dk_copy_list(spec->workspace_exclude, 0);
     for (char **i = a->incl; *i && !a->err[0]; i++)
         if ((*i)[0] != '/' || !(*i)[1] || strchr(*i + 1, '/'))
             snprintf(a->err, sizeof(a->err),
@@ -1253,16 +1254,45 @@ static int sp_emit(struct dk_susp *s, const void *p, size_t n)
     return 0;
 }
 
+/* Does pattern match name[from..to) for some component range? Excludes follow tar's rules:
+ * a pattern with a leading '/' is anchored at the root ("/workspace/node_modules"), one
+ * without matches any run of whole components ("node_modules", "*.log"); shell wildcards. */
+static int sp_match(const char *pat, const char *name)
+{
+    int anchored = pat[0] == '/';
+    while (*pat == '/')
+        pat++;
+    size_t n = strlen(name);
+    char tmp[1024];
+    if (n >= sizeof(tmp))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && name[i - 1] != '/')
+            continue; /* ranges start at a component */
+        if (anchored && i > 0)
+            break;
+        for (size_t j = i + 1; j <= n; j++) {
+            if (j < n && name[j] != '/')
+                continue; /* and end at one */
+            memcpy(tmp, name + i, j - i);
+            tmp[j - i] = '\0';
+            if (fnmatch(pat, tmp, FNM_PATHNAME | FNM_PERIOD) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
 static int sp_excluded(const struct dk_susp *s, const char *name)
 {
-    size_t nl = strlen(name);
-    while (nl > 0 && name[nl - 1] == '/')
-        nl--;
-    for (char *const *e = s->excl; e && *e; e++) {
-        size_t el = strlen(*e);
-        if (nl >= el && strncmp(name, *e, el) == 0 && (nl == el || name[el] == '/'))
+    char clean[1024];
+    snprintf(clean, sizeof(clean), "%s", name);
+    size_t nl = strlen(clean);
+    while (nl > 0 && clean[nl - 1] == '/')
+        clean[--nl] = '\0';
+    for (char *const *e = s->excl; e && *e; e++)
+        if (sp_match(*e, clean))
             return 1;
-    }
     return 0;
 }
 

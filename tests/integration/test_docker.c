@@ -80,7 +80,7 @@ static void acq_cb(void *arg, struct sandbox *sb, const char *err)
 static const struct sandbox_spec *spec_for(const char *thread)
 {
     static const char *const incl[] = {"/workspace", "/data", NULL};
-    static const char *const excl[] = {"/workspace/node_modules", NULL};
+    static const char *const excl[] = {"node_modules", "/workspace/*.log", NULL};
     static struct sandbox_spec s;
     s = (struct sandbox_spec){.thread = thread,
                               .job = "job-1",
@@ -466,7 +466,8 @@ TEST_CASE(suspend_resume)
     run_cmd(sb, &w,
             "mkdir -p /workspace/src /workspace/node_modules/pkg /data && "
             "echo hello > /workspace/src/a.txt && echo data > /data/d.txt && "
-            "echo junk > /workspace/node_modules/pkg/x && ln -s src/a.txt /workspace/link && "
+            "echo junk > /workspace/node_modules/pkg/x && echo l > /workspace/x.log && "
+            "echo l > /workspace/src/keep.log && ln -s src/a.txt /workspace/link && "
             "dd if=/dev/urandom of=/workspace/big.bin bs=1024 count=3000 2>/dev/null && "
             "mkdir -p /workspace/$(printf 'n%.0s' $(seq 1 120)) && "
             "echo long > /workspace/$(printf 'n%.0s' $(seq 1 120))/$(printf 'f%.0s' $(seq 1 "
@@ -524,10 +525,15 @@ TEST_CASE(suspend_resume)
         run_cmd(a.sb, &r,
                 "cat /workspace/src/a.txt /data/d.txt /workspace/link; md5sum "
                 "/workspace/big.bin | cut -c1-32; cat /workspace/n*/f*; "
-                "ls /workspace/node_modules 2>&1 | grep -c 'No such'",
+                "ls /workspace/node_modules 2>&1 | grep -c 'No such'; ls /workspace/x.log "
+                "/workspace/src/keep.log 2>&1",
                 NULL, NULL, 0);
         char want[256];
-        snprintf(want, sizeof(want), "hello\ndata\nhello\n%s\nlong\n1\n", sum);
+        snprintf(
+            want, sizeof(want),
+            "hello\ndata\nhello\n%s\nlong\n1\nls: /workspace/x.log: No such file or directory\n"
+            "/workspace/src/keep.log\n",
+            sum);
         CHECK_STR(r.out.data, want);
         run_free(&r);
         destroy_sb(a.sb);
