@@ -114,17 +114,22 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     evtimer_add(w->grace, &tv);
 }
 
+/* Adds what the queue counted since the last call to the Prometheus counters. */
+static void sync_queue_stats(struct worker *w)
+{
+    struct queue_stats st;
+    queue_get_stats(w->q, &st);
+    metric_inc(w->m_leases, NULL, (double)(st.renewals - w->seen.renewals));
+    metric_inc(w->m_reclaims, NULL, (double)(st.reclaims - w->seen.reclaims));
+    metric_inc(w->m_reconnects, NULL, (double)(st.reconnects - w->seen.reconnects));
+    w->seen = st;
+}
+
 static void stats_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    struct worker *w = arg;
-    struct queue_stats st;
-    queue_get_stats(w->q, &st);
-    /* Counters mirror the queue's own totals. */
-    metric_set(w->m_leases, NULL, (double)st.renewals);
-    metric_set(w->m_reclaims, NULL, (double)st.reclaims);
-    metric_set(w->m_reconnects, NULL, (double)st.reconnects);
+    sync_queue_stats(arg);
 }
 
 static void libevent_log(int severity, const char *msg)
@@ -148,15 +153,17 @@ static void register_metrics(struct worker *w)
     w->m_turn_seconds = metrics_histogram(m, "sandbox_turn_duration_seconds",
                                           "Turn durations from begin to publish", NULL,
                                           turn_buckets, sizeof(turn_buckets) / sizeof(turn_buckets[0]));
-    w->m_leases = metrics_gauge(m, "sandbox_lease_renewal_rounds", "Lease renewal rounds completed",
-                                NULL);
+    w->m_leases = metrics_counter(m, "sandbox_lease_renewals_total",
+                                  "Lease renewal rounds (one script call renews every entry held)",
+                                  NULL);
     w->m_lease_lost = metrics_counter(m, "sandbox_lease_losses_total",
                                       "Entries whose lease moved to another worker", NULL);
-    w->m_reclaims = metrics_gauge(m, "sandbox_reclaimed_entries",
-                                  "Entries reclaimed from consumers that stopped renewing", NULL);
+    w->m_reclaims = metrics_counter(m, "sandbox_reclaims_total",
+                                    "Entries reclaimed from consumers that stopped renewing", NULL);
     w->m_fenced = metrics_counter(m, "sandbox_fenced_completions_total",
                                   "Completions refused because the lease had moved", NULL);
-    w->m_reconnects = metrics_gauge(m, "sandbox_redis_reconnects", "Redis reconnects", NULL);
+    w->m_reconnects = metrics_counter(m, "sandbox_redis_reconnects_total", "Redis reconnects",
+                                      NULL);
     w->m_deliveries = metrics_counter(m, "sandbox_deliveries_total", "Stream entries received",
                                       NULL);
 }

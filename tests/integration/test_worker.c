@@ -1,7 +1,10 @@
 /* End-to-end tests of the worker against a real redis-server, with the scripted provider
  * in forked worker processes. Each case uses its own queue prefix. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -523,6 +526,216 @@ TEST_CASE(secrets_never_leak)
     CHECK(!file_contains(log_path("w1"), "inh-Secret-1234567"));
 }
 
+TEST_CASE(slots_and_one_turn_per_thread)
+{
+    new_prefix("slots");
+    static const char *const env[] = {"WORKER_CONCURRENCY=2", NULL};
+    pid_t w = spawn("w1", env, 0);
+    /* Three hung turns on three threads: only two are read (two free slots). */
+    for (int i = 0; i < 3; i++) {
+        char id[16], th[16];
+        snprintf(id, sizeof(id), "h%d", i);
+        snprintf(th, sizeof(th), "th%d", i);
+        xadd_job(job_json(id, th, "{\"type\":\"run\",\"cmd\":\"hang\"}", "\"deadline_ms\":4000"));
+    }
+    sleep_ms(1500);
+    CHECK_EQ_INT(pending(), 2);
+    int running = 0;
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "h%d", i);
+        char *ph = sync_hget(rc, key("job", id), "phase");
+        running += ph && strcmp(ph, "running") == 0;
+        free(ph);
+    }
+    CHECK_EQ_INT(running, 2);
+    /* The deadline ends each turn as "timeout"; the third then runs. */
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "h%d", i);
+        cJSON *r = wait_result(id, 20000);
+        CHECK(r && strcmp(jstr(r, "status"), "timeout") == 0);
+        CHECK(r && strcmp(jstr(r, "error.code"), "deadline") == 0);
+        cJSON_Delete(r);
+    }
+    /* Two turns of one thread never overlap: the second waits for the first. */
+    xadd_job(job_json("s1", "same", "{\"type\":\"run\",\"cmd\":\"sleep 800;out first\"}", NULL));
+    xadd_job(job_json("s2", "same", "{\"type\":\"run\",\"cmd\":\"out second\"}", NULL));
+    cJSON *r1 = wait_result("s1", 20000), *r2 = wait_result("s2", 20000);
+    CHECK(r1 && strcmp(jstr(r1, "status"), "succeeded") == 0);
+    CHECK(r2 && strcmp(jstr(r2, "status"), "succeeded") == 0);
+    CHECK(r2 && cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(r2, "sandbox"), "resumed")));
+    cJSON_Delete(r1);
+    cJSON_Delete(r2);
+    char *f1 = sync_hget(rc, key("job", "s1"), "finished_at");
+    char *s2 = sync_hget(rc, key("job", "s2"), "started_at");
+    CHECK(f1 && s2 && atoll(s2) >= atoll(f1));
+    free(f1);
+    free(s2);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(step_timeout_and_failure)
+{
+    new_prefix("steps");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(job_json("t1", "tht",
+                      "{\"type\":\"run\",\"cmd\":\"out a;hang\",\"timeout_ms\":300},"
+                      "{\"type\":\"run\",\"cmd\":\"out never\"}",
+                      NULL));
+    cJSON *r = wait_result("t1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "timeout") == 0);
+    const cJSON *steps = r ? cJSON_GetObjectItem(r, "steps") : NULL;
+    CHECK(steps && strcmp(jstr(cJSON_GetArrayItem(steps, 0), "status"), "timeout") == 0);
+    CHECK(steps && strcmp(jstr(cJSON_GetArrayItem(steps, 1), "status"), "pending") == 0);
+    CHECK(r && strcmp(jstr(r, "sandbox.state"), "suspended") == 0);
+    cJSON_Delete(r);
+    /* allow_failure goes on; a plain failure stops the turn with its exit code. */
+    xadd_job(job_json("t2", "tht2",
+                      "{\"type\":\"run\",\"cmd\":\"exit 4\",\"allow_failure\":true},"
+                      "{\"type\":\"run\",\"cmd\":\"exit 5\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out never\"}",
+                      "\"after\":\"destroy\""));
+    r = wait_result("t2", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "failed") == 0);
+    CHECK(r && strcmp(jstr(r, "error.code"), "step_failed") == 0);
+    steps = r ? cJSON_GetObjectItem(r, "steps") : NULL;
+    CHECK(steps && cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 0), "exit_code")->valueint == 4);
+    CHECK(steps && cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 1), "exit_code")->valueint == 5);
+    CHECK(r && strcmp(jstr(r, "sandbox.state"), "destroyed") == 0);
+    cJSON_Delete(r);
+    /* Events of a finished job expire; the job hash too. */
+    CHECK(sync_int(rc, "TTL %s", key("events", "t2")) > 0);
+    CHECK(sync_int(rc, "TTL %s", key("job", "t2")) > 0);
+    /* A destroy job ends the thread. */
+    xadd_job("{\"id\":\"t3\",\"thread\":\"tht\",\"feature\":\"data-app\",\"op\":\"destroy\","
+             "\"tenant\":{\"organization\":\"org1\",\"project\":\"proj1\"}}");
+    r = wait_result("t3", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    char *state = sync_hget(rc, key("thread", "tht"), "state");
+    CHECK_STR(state, "destroyed");
+    free(state);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    bind(fd, (struct sockaddr *)&a, sizeof(a));
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* GET http://127.0.0.1:port/path; returns the raw response (malloc'd) or NULL. */
+static char *http_get(int port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(fd);
+        return NULL;
+    }
+    char req[256];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    ssize_t k;
+    while ((k = read(fd, buf + len, cap - len - 1)) > 0)
+        len += (size_t)k;
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+TEST_CASE(status_server)
+{
+    new_prefix("status");
+    int port = free_port();
+    char addr[64];
+    snprintf(addr, sizeof(addr), "WORKER_HTTP_ADDR=127.0.0.1:%d", port);
+    const char *const env[] = {addr, NULL};
+    pid_t w = spawn("w1", env, 0);
+    char *resp = NULL;
+    for (int waited = 0; waited < 10000; waited += 50) {
+        free(resp);
+        resp = http_get(port, "/readyz");
+        if (resp && strstr(resp, " 200 "))
+            break;
+        sleep_ms(50);
+    }
+    CHECK(resp && strstr(resp, " 200 ") && strstr(resp, "ready"));
+    free(resp);
+    resp = http_get(port, "/healthz");
+    CHECK(resp && strstr(resp, " 200 "));
+    free(resp);
+    xadd_job(job_json("m1", "thm", "{\"type\":\"run\",\"cmd\":\"out x\"}", NULL));
+    cJSON_Delete(wait_result("m1", 20000));
+    sleep_ms(1200);
+    resp = http_get(port, "/metrics");
+    CHECK(resp && strstr(resp, "sandbox_jobs_total{status=\"succeeded\"} 1"));
+    CHECK(resp && strstr(resp, "sandbox_turns_in_flight 0"));
+    CHECK(resp && strstr(resp, "sandbox_step_duration_seconds_count{type=\"run\"} 1"));
+    CHECK(resp && strstr(resp, "sandbox_lease_renewals_total"));
+    free(resp);
+    /* Redis down: not ready, with the reason. */
+    redisFree(rc);
+    test_redis_stop(srv);
+    resp = NULL;
+    for (int waited = 0; waited < 10000; waited += 50) {
+        free(resp);
+        resp = http_get(port, "/readyz");
+        if (resp && strstr(resp, " 503 "))
+            break;
+        sleep_ms(50);
+    }
+    CHECK(resp && strstr(resp, " 503 ") && strstr(resp, "redis"));
+    free(resp);
+    CHECK_EQ_INT(test_redis_restart(srv), 0);
+    rc = sync_connect(test_redis_port(srv));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(worker_over_tls)
+{
+    struct test_redis_opts o = {.tls = 1};
+    struct test_redis *tls = test_redis_start(&o);
+    if (!tls)
+        SKIP("no TLS-capable redis-server");
+    char ca[600];
+    snprintf(ca, sizeof(ca), "REDIS_TLS_CA_FILE=%s", test_redis_ca_file(tls));
+    const char *const env[] = {ca, NULL};
+    struct worker_spec ws = {.url = test_redis_url(tls), .prefix = "tls", .name = "wt",
+                             .env = env, .log_path = log_path("tls")};
+    pid_t w = worker_spawn(&ws);
+    char *out = test_redis_cli(
+        tls, "XADD {tls}:jobs * job \"{\\\"id\\\":\\\"tls1\\\",\\\"thread\\\":\\\"t\\\","
+             "\\\"feature\\\":\\\"data-app\\\",\\\"tenant\\\":{\\\"organization\\\":\\\"o\\\","
+             "\\\"project\\\":\\\"p\\\"},\\\"steps\\\":[{\\\"type\\\":\\\"run\\\",\\\"cmd\\\":"
+             "\\\"out over-tls\\\"}]}\"");
+    free(out);
+    char *st = NULL;
+    for (int waited = 0; waited < 20000; waited += 100) {
+        free(st);
+        st = test_redis_cli(tls, "HGET {tls}:job:tls1 status");
+        if (st && *st)
+            break;
+        sleep_ms(100);
+    }
+    CHECK_STR(st, "succeeded");
+    free(st);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+    test_redis_free(tls);
+}
+
 static int check_config_output(const char *var, const char *value, char *out, size_t outlen)
 {
     char cmd[512];
@@ -579,6 +792,10 @@ int main(void)
     RUN(cancel_queued_and_running);
     RUN(sigterm_drain);
     RUN(secrets_never_leak);
+    RUN(slots_and_one_turn_per_thread);
+    RUN(step_timeout_and_failure);
+    RUN(status_server);
+    RUN(worker_over_tls);
     RUN(check_config_names_variable);
     redisFree(rc);
     test_redis_free(srv);
