@@ -278,6 +278,9 @@ static void state_cb(redis *r, enum redis_state st, void *arg)
             q->group_ready = 0; /* re-checked after reconnect (the server may be new) */
     } else if (st == REDIS_READY) {
         log_info(NULL, "redis connected%s", r == q->rd ? " (reader)" : "");
+        /* Load the scripts first so the EVALSHAs pipelined after this find them. */
+        for (int s = 0; s < SCRIPT__COUNT; s++)
+            redis_command(r, NULL, NULL, "SCRIPT LOAD %s", scripts_source((enum queue_script)s));
         ensure_group(q);
         kick_reader(q);
     }

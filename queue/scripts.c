@@ -9,20 +9,20 @@
  * ARGV: group, consumer, entry, delivery count, job id, thread id, organization, project,
  *       now ms, requeue member ("<attempt>\n<job json>"), requeue delay ms, attempt
  * Returns {"fenced"} | {"duplicate", why} | {"cancelled"} | {"started"} | {"tenant"} |
- *         {"busy"} | {"ok", <thread hash as field/value list>}. */
+ *         {"busy"} | {"ok", "state", s, "sandbox_id", s, "snapshot", s, "provider", s}
+ *         (the thread's previous values, "" when unset). */
 static const char begin_lua[] =
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
     "if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then\n"
     "  return {'fenced'}\n"
     "end\n"
-    "local st = redis.call('HGET', KEYS[2], 'status')\n"
-    "if st and st ~= '' then\n"
+    "local j = redis.call('HMGET', KEYS[2], 'status', 'phase', 'entry')\n"
+    "if j[1] and j[1] ~= '' then\n"
     "  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
-    "  return {'duplicate', st}\n"
+    "  return {'duplicate', j[1]}\n"
     "end\n"
-    "local phase = redis.call('HGET', KEYS[2], 'phase')\n"
-    "if phase == 'running' then\n"
-    "  local e0 = redis.call('HGET', KEYS[2], 'entry')\n"
+    "if j[2] == 'running' then\n"
+    "  local e0 = j[3]\n"
     "  if e0 and e0 ~= ARGV[3] then\n"
     "    local q = redis.call('XPENDING', KEYS[1], ARGV[1], e0, e0, 1)\n"
     "    if #q > 0 then\n"
@@ -33,7 +33,8 @@ static const char begin_lua[] =
     "  return {'started'}\n"
     "end\n"
     "if redis.call('EXISTS', KEYS[5]) == 1 then return {'cancelled'} end\n"
-    "local t = redis.call('HMGET', KEYS[3], 'organization', 'project', 'lock_entry')\n"
+    "local t = redis.call('HMGET', KEYS[3], 'organization', 'project', 'lock_entry', 'state',\n"
+    "                     'sandbox_id', 'snapshot', 'provider')\n"
     "if t[1] and (t[1] ~= ARGV[7] or t[2] ~= ARGV[8]) then return {'tenant'} end\n"
     "if t[3] and t[3] ~= ARGV[3] then\n"
     "  local q = redis.call('XPENDING', KEYS[1], ARGV[1], t[3], t[3], 1)\n"
@@ -47,9 +48,8 @@ static const char begin_lua[] =
     "           'lock_entry', ARGV[3], 'lock_job', ARGV[5])\n"
     "redis.call('HSET', KEYS[2], 'phase', 'running', 'entry', ARGV[3], 'owner', ARGV[2],\n"
     "           'attempt', ARGV[12], 'thread', ARGV[6], 'started_at', ARGV[9])\n"
-    "local r = redis.call('HGETALL', KEYS[3])\n"
-    "table.insert(r, 1, 'ok')\n"
-    "return r\n";
+    "return {'ok', 'state', t[4] or '', 'sandbox_id', t[5] or '', 'snapshot', t[6] or '',\n"
+    "        'provider', t[7] or ''}\n";
 
 /* KEYS: jobs, results, job hash, thread hash, events, delayed, dead
  * ARGV: 1 group, 2 consumer, 3 entry, 4 delivery count, 5 job id ("" when unknown),

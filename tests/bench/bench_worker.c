@@ -26,6 +26,21 @@ static int cmp64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* used_cpu_sys + used_cpu_user of the redis-server, in seconds. */
+static double redis_cpu(redisContext *c)
+{
+    redisReply *r = sync_cmd(c, "INFO cpu");
+    double sys = 0, user = 0;
+    const char *p = r->type == REDIS_REPLY_STRING ? strstr(r->str, "used_cpu_sys:") : NULL;
+    if (p)
+        sys = strtod(p + 13, NULL);
+    p = r->type == REDIS_REPLY_STRING ? strstr(r->str, "used_cpu_user:") : NULL;
+    if (p)
+        user = strtod(p + 14, NULL);
+    freeReplyObject(r);
+    return sys + user;
+}
+
 static void enqueue(redisContext *c, const char *prefix, int from, int n)
 {
     for (int i = from; i < from + n; i++)
@@ -50,8 +65,8 @@ int main(int argc, char **argv)
         printf("bench_worker: skipped (no redis-server)\n");
         return 0;
     }
-    /* appendfsync always (the test server's setting) would measure the disk: relax it. */
-    char *ok = test_redis_cli(srv, "CONFIG SET appendfsync everysec");
+    /* No AOF: measure the worker and Redis, not the disk (the test server fsyncs always). */
+    char *ok = test_redis_cli(srv, "CONFIG SET appendonly no");
     free(ok);
     redisContext *c = sync_connect(test_redis_port(srv));
     char trace[512], logp[512];
@@ -65,10 +80,17 @@ int main(int argc, char **argv)
     enqueue(c, "tp", 0, n);
     struct worker_spec ws = {test_redis_url(srv), "tp", "bench", env, 0, logp};
     int64_t t0 = mono_us();
+    double rcpu0 = redis_cpu(c);
     pid_t w = worker_spawn(&ws);
     while (sync_int(c, "XLEN {tp}:results") < n)
         sleep_ms(5);
     int64_t t1 = mono_us();
+    double rcpu1 = redis_cpu(c);
+    if (getenv("BENCH_COMMANDSTATS")) {
+        redisReply *cs = sync_cmd(c, "INFO commandstats");
+        printf("%s\n", cs->str);
+        freeReplyObject(cs);
+    }
     kill(w, SIGTERM);
     int st;
     struct rusage ru;
@@ -79,6 +101,8 @@ int main(int argc, char **argv)
     printf("worker throughput: %d jobs in %.2f s = %.0f jobs/s (one process, start-up included)\n",
            n, secs, n / secs);
     printf("worker CPU per job: %.1f us (user+sys of the worker process)\n", cpu_us / n);
+    printf("redis CPU per job: %.1f us (user+sys of redis-server while draining)\n",
+           (rcpu1 - rcpu0) * 1e6 / n);
 
     /* Latency: an idle worker, one job at a time, XADD → the provider's create call. */
     unlink(trace);
