@@ -324,7 +324,7 @@ static int read_all(const char *path, struct buf *out, char *err, size_t errlen)
     while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
         buf_append(out, chunk, n);
     if (ferror(f)) {
-        snprintf(err, errlen, "%s: read error", path && strcmp(path, "-") ? path : "stdin");
+        snprintf(err, errlen, "%s: read error", path && strcmp(path, "-") != 0 ? path : "stdin");
         goto out;
     }
     rc = 0;

@@ -92,13 +92,13 @@ static int proc_start(struct proc *p, const char *url, const char *const *args)
         setenv("REDIS_URL", url ? url : test_redis_url(srv), 1);
         setenv("SANDBOX_QUEUE_PREFIX", ctl_prefix, 1);
         unsetenv("LIGHTDASH_LOG_LEVEL");
-        const char *argv[16];
+        char *argv[16]; /* copies: execv takes char *const[] (the child execs or exits) */
         int n = 0;
         argv[n++] = ctl_path;
         for (; args[n - 1] && n < 15; n++)
-            argv[n] = args[n - 1];
+            argv[n] = xstrdup(args[n - 1]);
         argv[n] = NULL;
-        execv(ctl_path, (char *const *)(uintptr_t)argv);
+        execv(ctl_path, argv);
         _exit(127);
     }
     close(i[0]);
@@ -129,7 +129,9 @@ static void proc_finish(struct proc *p, const char *input, struct run *r)
     int64_t end = mono_ms() + RUN_LIMIT_MS;
     int open_out = 1, open_err = 1;
     while (open_out || open_err) {
-        struct pollfd fds[2] = {{p->out, POLLIN, 0}, {p->err, POLLIN, 0}};
+        /* A stream at EOF is left out (fd -1 is ignored by poll). */
+        struct pollfd fds[2] = {{open_out ? p->out : -1, POLLIN, 0},
+                                {open_err ? p->err : -1, POLLIN, 0}};
         int64_t left = end - mono_ms();
         if (left <= 0) {
             printf("  sandboxctl did not finish within %d ms; killed\n", RUN_LIMIT_MS);
@@ -139,24 +141,17 @@ static void proc_finish(struct proc *p, const char *input, struct run *r)
         if (poll(fds, 2, (int)left) < 0 && errno != EINTR)
             break;
         for (int k = 0; k < 2; k++) {
-            if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR)))
+            if (fds[k].fd < 0 || !(fds[k].revents & (POLLIN | POLLHUP | POLLERR)))
                 continue;
             char chunk[4096];
             ssize_t got = read(fds[k].fd, chunk, sizeof(chunk));
-            if (got > 0) {
+            if (got > 0)
                 buf_append(k ? &r->err : &r->out, chunk, (size_t)got);
-            } else {
-                if (k)
-                    open_err = 0;
-                else
-                    open_out = 0;
-                fds[k].fd = -1;
-            }
+            else if (k)
+                open_err = 0;
+            else
+                open_out = 0;
         }
-        if (!open_out)
-            fds[0].fd = -1;
-        if (!open_err)
-            fds[1].fd = -1;
     }
     close(p->out);
     close(p->err);
