@@ -59,7 +59,7 @@ ifneq ($(AGENT_SRC),)
 BINS += $(BUILD)/sandbox-agent
 endif
 
-.PHONY: all test check bench install clean format format-check lint hdr-check demo
+.PHONY: all test check bench install clean format format-check lint hdr-check demo fuzz-agent
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -76,8 +76,9 @@ $(BUILD)/sandbox-worker: $(BUILD)/worker/main.o $(CORE_LIB)
 $(BUILD)/sandboxctl: $(BUILD)/worker/sandboxctl.o $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# --as-needed: the agent uses none of libcurl, OpenSSL or hiredis, so it does not load them.
 $(BUILD)/sandbox-agent: $(AGENT_OBJ) $(CORE_LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -Wl,--as-needed -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(SUPPORT_OBJ) $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -92,7 +93,11 @@ test: $(BINS) $(TEST_BIN)
 bench: $(BINS) $(BENCH_BIN)
 	BUILD=$(BUILD) ./tests/bench/run.sh
 
-check: test lint format-check hdr-check
+check: test lint format-check hdr-check fuzz-agent
+
+# Bounded libFuzzer run of the agent's request parsing and archive extraction (clang).
+fuzz-agent:
+	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-30} sh tests/agent/fuzz.sh
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,style,performance,portability \

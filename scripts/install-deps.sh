@@ -13,7 +13,7 @@ fi
 PKGS="build-essential pkg-config git ca-certificates curl openssl
 libhiredis-dev libevent-dev libcurl4-openssl-dev libcjson-dev libarchive-dev libssl-dev
 libzstd-dev zstd redis-server redis-tools docker.io busybox-static
-clang clang-format clang-tidy cppcheck valgrind libclang-rt-14-dev nodejs npm"
+clang clang-format clang-tidy cppcheck valgrind libclang-rt-14-dev nodejs npm python3"
 
 missing=""
 for p in $PKGS; do
