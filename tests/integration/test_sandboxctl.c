@@ -798,6 +798,37 @@ TEST_CASE(end_to_end_with_worker)
     ctl_prefix = "ctltest";
 }
 
+/* wait keeps going across a Redis restart (the connection reconnects; reads are retried). */
+TEST_CASE(wait_survives_redis_restart)
+{
+    cli0("HSET " P ":job:jr phase running");
+    struct proc p;
+    const char *const args[] = {"wait", "jr", "--timeout-ms", "60000", NULL};
+    CHECK(proc_start(&p, NULL, args) == 0);
+    /* Restart only once the CLI is connected (it names its connection), so the restart
+     * hits a connection in use rather than the first connect. */
+    int connected = 0;
+    for (int64_t end = mono_ms() + 30000; !connected && mono_ms() < end;) {
+        char *list = cli("CLIENT LIST");
+        connected = strstr(list, "name=sandboxctl") != NULL;
+        free(list);
+        if (!connected) {
+            struct timespec ts = {0, 20 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    CHECK(connected);
+    CHECK_EQ_INT(test_redis_restart(srv), 0);
+    publish_final("jr", "succeeded", result_ok, 1);
+    struct run r;
+    proc_finish(&p, NULL, &r);
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strncmp(r.out.data, result_ok, strlen(result_ok)) == 0);
+    CHECK(strstr(r.err.data, "(retrying)")); /* the read in flight failed, then recovered */
+    show("wait across restart", &r);
+    run_release(&r);
+}
+
 static int find_ctl(const char *argv0)
 {
     /* The test binary is BUILD/tests/integration/test_sandboxctl; the CLI is BUILD/sandboxctl. */
@@ -836,6 +867,7 @@ int main(int argc, char **argv)
     RUN(stats_numbers);
     RUN(dead_list_replay);
     RUN(show_job_and_thread);
+    RUN(wait_survives_redis_restart);
     RUN(end_to_end_with_worker);
     test_redis_free(srv);
     return test_report();
