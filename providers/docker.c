@@ -20,6 +20,7 @@
 #include "lib/buf.h"
 #include "lib/http.h"
 #include "lib/log.h"
+#include "providers/s3.h"
 #include "worker/config.h"
 
 #define DK_API           "/v1.41"
@@ -36,6 +37,8 @@ struct dk_prov {
     char network[128];
     int64_t pids, memory, nano_cpus;
     char snapdir[1024];
+    s3 *s3;   /* snapshots go to S3 when configured, else to snapdir */
+    int gzip; /* SANDBOX_SNAPSHOT_COMPRESSION=gzip (default zstd) */
 };
 
 struct dk_sb {
@@ -46,6 +49,7 @@ struct dk_sb {
 
 static char **dk_copy_list(const char *const *l, int strip_slash);
 static void dk_free_list(char **l);
+static void dk_uuid(char out[37]);
 
 /* ---- small helpers ---- */
 
@@ -287,6 +291,8 @@ struct dk_acq {
     char *create_body;
     char cid[128];
     char *snap_path; /* resume: local snapshot file */
+    int snap_tmp;    /* snap_path is a download from S3: removed at the end */
+    int dl_fd;
     struct archive *rd;
     char **incl, **excl; /* handed to the sandbox */
     char err[512];
@@ -311,6 +317,8 @@ static void acq_finish(struct dk_acq *a)
     dk_free_list(a->excl);
     if (a->rd)
         archive_read_free(a->rd);
+    if (a->snap_tmp && a->snap_path)
+        unlink(a->snap_path);
     a->done(a->arg, sb, a->err[0] ? a->err : NULL);
     free(a->create_body);
     free(a->snap_path);
@@ -570,10 +578,12 @@ static void dk_create(struct provider *p, const struct sandbox_spec *spec, provi
 /* "sandboxes/<uuid>/snapshot.tar.zst" with a lowercase hex uuid; 0 when key has that shape. */
 static int dk_key_ok(const char *key)
 {
-    static const char pre[] = "sandboxes/", suf[] = "/snapshot.tar.zst";
-    size_t n = strlen(key);
-    if (n != sizeof(pre) - 1 + 36 + sizeof(suf) - 1 || strncmp(key, pre, sizeof(pre) - 1) != 0 ||
-        strcmp(key + n - (sizeof(suf) - 1), suf) != 0)
+    static const char pre[] = "sandboxes/", suf[] = "/snapshot.tar.";
+    size_t n = strlen(key), at = sizeof(pre) - 1 + 36;
+    if (n < at + sizeof(suf) - 1 || strncmp(key, pre, sizeof(pre) - 1) != 0 ||
+        strncmp(key + at, suf, sizeof(suf) - 1) != 0 ||
+        (strcmp(key + at + sizeof(suf) - 1, "zst") != 0 &&
+         strcmp(key + at + sizeof(suf) - 1, "gz") != 0))
         return -1;
     for (size_t i = 0; i < 36; i++) {
         char c = key[sizeof(pre) - 1 + i];
@@ -593,10 +603,43 @@ static const char *dk_ref_key(const cJSON *ref, char *err, size_t errlen)
         dk_key_ok(key->valuestring) != 0) {
         snprintf(err, errlen,
                  "docker: snapshot reference is not {\"kind\":\"s3-tar\",\"key\":"
-                 "\"sandboxes/<uuid>/snapshot.tar.zst\"}");
+                 "\"sandboxes/<uuid>/snapshot.tar.zst|gz\"}");
         return NULL;
     }
     return key->valuestring;
+}
+
+/* Resume from S3: the object is downloaded to a temporary file first (bounded memory; the
+ * engine's archive upload then streams from it). */
+static int acq_dl_data(void *arg, const char *data, size_t len)
+{
+    struct dk_acq *a = arg;
+    while (len > 0) {
+        ssize_t n = write(a->dl_fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(a->err, sizeof(a->err), "docker: snapshot download to %s: %s", a->snap_path,
+                     strerror(errno));
+            return S3_DATA_ABORT;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return S3_DATA_OK;
+}
+
+static void acq_dl_done(void *arg, const struct s3_result *res)
+{
+    struct dk_acq *a = arg;
+    close(a->dl_fd);
+    a->dl_fd = -1;
+    if (!res->ok && !a->err[0])
+        snprintf(a->err, sizeof(a->err), "docker: snapshot download: %s", res->error);
+    if (a->err[0])
+        acq_finish(a);
+    else
+        acq_step(a);
 }
 
 static void dk_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
@@ -604,8 +647,25 @@ static void dk_resume(struct provider *p, const struct sandbox_spec *spec, const
 {
     struct dk_prov *d = p->priv;
     struct dk_acq *a = acq_new(p, spec, done, arg);
+    a->dl_fd = -1;
     const char *key = a->err[0] ? NULL : dk_ref_key(ref, a->err, sizeof(a->err));
-    if (key) {
+    if (key && d->s3) {
+        char uuid[37];
+        dk_uuid(uuid);
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "%s/.download-%s", d->snapdir, uuid);
+        a->snap_path = buf_detach(&b);
+        a->snap_tmp = 1;
+        a->dl_fd = open(a->snap_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (a->dl_fd < 0) {
+            snprintf(a->err, sizeof(a->err), "docker: %s: %s", a->snap_path, strerror(errno));
+            a->snap_tmp = 0;
+        } else {
+            s3_get(d->s3, key, acq_dl_data, acq_dl_done, a);
+            return;
+        }
+    } else if (key) {
         struct buf b;
         buf_init(&b);
         buf_printf(&b, "%s/%s", d->snapdir, key);
@@ -1229,6 +1289,13 @@ struct dk_susp {
     uint64_t meta_size;
     uint64_t bytes;
     int removing;
+    /* S3 sink: compressed bytes wait in pending while the upload is blocked; the archive
+     * GET is paused meanwhile, so memory stays bounded. */
+    s3_upload *up;
+    struct buf pending;
+    http_request *get; /* the archive GET in flight */
+    int get_paused;
+    int final_wait; /* 1: waiting to flush the tail, 2: upload finishing */
     char err[512];
 };
 
@@ -1397,6 +1464,7 @@ static void sp_finish(struct dk_susp *s)
         cJSON_Delete(ref);
     }
     buf_release(&s->meta);
+    buf_release(&s->pending);
     free(s->meta_name);
     free(s->final_path);
     free(s->tmp_path);
@@ -1416,18 +1484,112 @@ static void sp_removed(void *arg, long status, const char *body, const char *err
     sp_finish(s);
 }
 
+/* Hands pending compressed bytes to the upload: 0 all taken, 1 blocked, -1 failed. */
+static int sp_flush(struct dk_susp *s)
+{
+    if (!s->up)
+        return -1;
+    if (s->pending.len == 0)
+        return 0;
+    int r = s3_upload_write(s->up, s->pending.data, s->pending.len);
+    if (r == S3_WRITE_ACCEPTED) {
+        buf_clear(&s->pending);
+        return 0;
+    }
+    return r == S3_WRITE_BLOCKED ? 1 : -1;
+}
+
+static la_ssize_t sp_s3_write(struct archive *a, void *arg, const void *p, size_t n)
+{
+    (void)a;
+    struct dk_susp *s = arg;
+    buf_append(&s->pending, p, n);
+    return (la_ssize_t)n;
+}
+
 static int sp_on_data(void *arg, http_request *req, const char *data, size_t len)
 {
     struct dk_susp *s = arg;
     if (http_request_status(req) != 200)
         return HTTP_DATA_OK;
-    return tarscan_feed(&s->ts, data, len) == 0 ? HTTP_DATA_OK : HTTP_DATA_ABORT;
+    if (s->up || s->final_wait) {
+        int f = sp_flush(s);
+        if (f == 1) { /* the upload is full: keep this chunk until it drains */
+            s->get_paused = 1;
+            return HTTP_DATA_PAUSE;
+        }
+        if (f < 0)
+            return HTTP_DATA_ABORT; /* the upload's done callback says why */
+    }
+    if (tarscan_feed(&s->ts, data, len) != 0)
+        return HTTP_DATA_ABORT;
+    if (s->up && sp_flush(s) < 0)
+        return HTTP_DATA_ABORT;
+    return HTTP_DATA_OK;
+}
+
+/* Fails the suspend from a loop callback with no archive GET in flight. */
+static void sp_fail(struct dk_susp *s)
+{
+    if (s->up) {
+        s3_upload_abort(s->up);
+        s->up = NULL;
+    }
+    sp_finish(s);
+}
+
+static void sp_remove(struct dk_susp *s)
+{
+    log_debug(NULL, "docker: snapshot %s: %" PRIu64 " tar bytes", s->key, s->bytes);
+    s->removing = 1;
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", s->sb->id);
+    dk_call(s->sb->prov, "DELETE", path, NULL, sp_removed, s);
+}
+
+static void sp_final_flush(struct dk_susp *s)
+{
+    int f = sp_flush(s);
+    s->final_wait = 1;
+    if (f != 0)
+        return; /* blocked: the drain callback comes back here; failed: done reports it */
+    s->final_wait = 2;
+    s3_upload_finish(s->up);
+}
+
+static void sp_up_drain(void *arg)
+{
+    struct dk_susp *s = arg;
+    if (s->final_wait == 1) {
+        sp_final_flush(s);
+    } else if (s->get && s->get_paused) {
+        s->get_paused = 0;
+        http_request_resume_recv(s->get); /* the kept chunk comes again */
+    }
+}
+
+static void sp_up_done(void *arg, const struct s3_result *res)
+{
+    struct dk_susp *s = arg;
+    s->up = NULL; /* the handle dies when this returns */
+    if (!res->ok) {
+        if (!s->err[0])
+            snprintf(s->err, sizeof(s->err), "docker: snapshot upload: %s", res->error);
+        if (s->get)
+            http_request_cancel(s->get); /* sp_got finishes */
+        else
+            sp_finish(s);
+        return;
+    }
+    sp_remove(s);
 }
 
 static void sp_got(void *arg, http_request *req, const struct http_result *res)
 {
     (void)req;
     struct dk_susp *s = arg;
+    s->get = NULL;
+    s->get_paused = 0;
     if (!s->err[0]) {
         if (res->code != 0)
             snprintf(s->err, sizeof(s->err), "docker: snapshot of %s: %s", s->incl[s->cur],
@@ -1440,7 +1602,7 @@ static void sp_got(void *arg, http_request *req, const struct http_result *res)
                      s->incl[s->cur]);
     }
     if (s->err[0]) {
-        sp_finish(s);
+        sp_fail(s);
         return;
     }
     s->cur++;
@@ -1467,8 +1629,10 @@ static void sp_next(struct dk_susp *s)
         char e[256];
         if (http_request_start(r, e, sizeof(e)) != 0) {
             snprintf(s->err, sizeof(s->err), "docker: %s", e);
-            sp_finish(s); /* only reached from loop callbacks (see dk_suspend) */
+            sp_fail(s); /* only reached from loop callbacks (see dk_suspend) */
+            return;
         }
+        s->get = r;
         return;
     }
     /* All paths archived: end-of-archive, close the compressor, publish the file. */
@@ -1477,21 +1641,21 @@ static void sp_next(struct dk_susp *s)
         if (!s->err[0])
             snprintf(s->err, sizeof(s->err), "docker: writing snapshot: %s",
                      archive_error_string(s->wr));
-        sp_finish(s);
+        sp_fail(s);
         return;
     }
     archive_write_free(s->wr);
     s->wr = NULL;
+    if (d->s3) {
+        sp_final_flush(s);
+        return;
+    }
     if (rename(s->tmp_path, s->final_path) != 0) {
         snprintf(s->err, sizeof(s->err), "docker: snapshot %s: %s", s->final_path, strerror(errno));
         sp_finish(s);
         return;
     }
-    log_debug(NULL, "docker: snapshot %s: %" PRIu64 " tar bytes", s->key, s->bytes);
-    s->removing = 1;
-    char path[256];
-    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", s->sb->id);
-    dk_call(s->sb->prov, "DELETE", path, NULL, sp_removed, s);
+    sp_remove(s);
 }
 
 static int dk_mkdirs(const char *dir)
@@ -1544,6 +1708,12 @@ static void sp_start(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct dk_susp *s = arg;
+    struct dk_prov *d = s->sb->prov->priv;
+    if (!s->err[0] && d->s3) {
+        s->up = s3_upload_start(d->s3, s->key, sp_up_done, s);
+        s3_upload_set_drain(s->up, sp_up_drain);
+        s3_upload_set_content_type(s->up, d->gzip ? "application/gzip" : "application/zstd");
+    }
     if (s->err[0])
         sp_finish(s);
     else
@@ -1565,13 +1735,14 @@ static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
         s->ninc++;
     char uuid[37];
     dk_uuid(uuid);
-    snprintf(s->key, sizeof(s->key), "sandboxes/%s/snapshot.tar.zst", uuid);
+    snprintf(s->key, sizeof(s->key), "sandboxes/%s/snapshot.tar.%s", uuid, d->gzip ? "gz" : "zst");
+    buf_init(&s->pending);
     struct buf b;
     buf_init(&b);
     buf_printf(&b, "%s/sandboxes/%s", d->snapdir, uuid);
-    if (!s->err[0] && dk_mkdirs(b.data) != 0)
+    if (!s->err[0] && !d->s3 && dk_mkdirs(b.data) != 0)
         snprintf(s->err, sizeof(s->err), "docker: snapshot folder %s: %s", b.data, strerror(errno));
-    buf_puts(&b, "/snapshot.tar.zst");
+    buf_puts(&b, d->gzip ? "/snapshot.tar.gz" : "/snapshot.tar.zst");
     s->final_path = xstrdup(b.data);
     buf_puts(&b, ".tmp");
     s->tmp_path = buf_detach(&b);
@@ -1579,13 +1750,18 @@ static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
         struct archive_entry *e = archive_entry_new();
         s->wr = archive_write_new();
         archive_write_set_format_raw(s->wr);
-        archive_write_add_filter_zstd(s->wr);
+        if (d->gzip)
+            archive_write_add_filter_gzip(s->wr);
+        else
+            archive_write_add_filter_zstd(s->wr);
         archive_write_set_bytes_per_block(s->wr, 64 * 1024);
+        archive_write_set_bytes_in_last_block(s->wr, 1); /* no zero padding after the frame */
         archive_entry_set_pathname(e, "snapshot.tar");
         archive_entry_set_filetype(e, AE_IFREG);
         archive_entry_set_perm(e, 0600);
-        if (archive_write_open_filename(s->wr, s->tmp_path) != ARCHIVE_OK ||
-            archive_write_header(s->wr, e) != ARCHIVE_OK)
+        int rc = d->s3 ? archive_write_open(s->wr, s, NULL, sp_s3_write, NULL)
+                       : archive_write_open_filename(s->wr, s->tmp_path);
+        if (rc != ARCHIVE_OK || archive_write_header(s->wr, e) != ARCHIVE_OK)
             snprintf(s->err, sizeof(s->err), "docker: snapshot %s: %s", s->tmp_path,
                      archive_error_string(s->wr));
         archive_entry_free(e);
@@ -1631,6 +1807,15 @@ static void dsnap_cb(evutil_socket_t fd, short what, void *arg)
     free(x);
 }
 
+static void dsnap_s3_done(void *arg, const struct s3_result *res)
+{
+    struct dk_done *x = arg;
+    if (!res->ok)
+        snprintf(x->err, sizeof(x->err), "docker: delete snapshot: %s", res->error);
+    x->done(x->arg, x->err[0] ? -1 : 0, x->err[0] ? x->err : NULL);
+    free(x);
+}
+
 static void dk_delete_snapshot(struct provider *p, const cJSON *ref, provider_done_fn done,
                                void *arg)
 {
@@ -1639,6 +1824,10 @@ static void dk_delete_snapshot(struct provider *p, const cJSON *ref, provider_do
     x->done = done;
     x->arg = arg;
     const char *key = dk_ref_key(ref, x->err, sizeof(x->err));
+    if (key && d->s3) {
+        s3_delete(d->s3, key, dsnap_s3_done, x);
+        return;
+    }
     if (key) {
         struct buf b;
         buf_init(&b);
@@ -1714,6 +1903,26 @@ static int dk_init(struct provider *p, int check_only, char *err, size_t errlen)
         return -1;
     }
     dk_copy(d->snapdir, sizeof(d->snapdir), dir);
+    const char *comp = config_env_str("SANDBOX_SNAPSHOT_COMPRESSION", "zstd");
+    if (strcmp(comp, "zstd") != 0 && strcmp(comp, "gzip") != 0) {
+        snprintf(err, errlen, "SANDBOX_SNAPSHOT_COMPRESSION: must be zstd or gzip, got \"%s\"",
+                 comp);
+        return -1;
+    }
+    d->gzip = strcmp(comp, "gzip") == 0;
+    struct s3_config s3c;
+    int s3on = s3_config_from_env(&s3c, err, errlen);
+    if (s3on < 0)
+        return -1;
+    if (s3on && !check_only) {
+        d->s3 = s3_new(p->base, &s3c, err, errlen);
+        if (!d->s3) {
+            s3_config_release(&s3c);
+            return -1;
+        }
+        log_info(NULL, "docker: snapshots go to S3 bucket %s", s3_bucket(d->s3));
+    }
+    s3_config_release(&s3c);
     if (check_only)
         return 0;
     if (dk_mkdirs(d->snapdir) != 0) {
@@ -1721,12 +1930,7 @@ static int dk_init(struct provider *p, int check_only, char *err, size_t errlen)
                  strerror(errno));
         return -1;
     }
-    if (getenv("S3_BUCKET") && *getenv("S3_BUCKET"))
-        log_warn(NULL,
-                 "docker: S3 snapshots are not wired into the docker provider yet; "
-                 "snapshots stay local in %s",
-                 d->snapdir);
-    else
+    if (!d->s3)
         log_warn(NULL, "docker: no S3_* configured: snapshots are stored locally in %s",
                  d->snapdir);
     d->http = http_client_new(p->base);
@@ -1742,6 +1946,8 @@ static void dk_cleanup(struct provider *p)
     struct dk_prov *d = p->priv;
     http_client_free(d->http);
     d->http = NULL;
+    s3_free(d->s3);
+    d->s3 = NULL;
 }
 
 const struct provider_ops docker_provider_ops = {
