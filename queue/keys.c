@@ -1,14 +1,23 @@
 #include "queue/keys.h"
 
+#include <string.h>
+
 #include "lib/buf.h"
 
+/* "{prefix}:kind[:id]", built without printf (keys are made for every job). */
 static char *key2(const char *prefix, const char *kind, const char *id)
 {
     struct buf b;
     buf_init(&b);
-    buf_printf(&b, "{%s}:%s", prefix, kind);
-    if (id)
-        buf_printf(&b, ":%s", id);
+    buf_reserve(&b, strlen(prefix) + strlen(kind) + (id ? strlen(id) + 1 : 0) + 3);
+    buf_putc(&b, '{');
+    buf_puts(&b, prefix);
+    buf_puts(&b, "}:");
+    buf_puts(&b, kind);
+    if (id) {
+        buf_putc(&b, ':');
+        buf_puts(&b, id);
+    }
     return buf_detach(&b);
 }
 

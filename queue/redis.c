@@ -1096,15 +1096,25 @@ unsigned long redis_reconnects(const redis *r)
     return r->reconnects;
 }
 
-/* Takes ownership of the formatted command s (len bytes; freed with redisFreeCommand). */
-static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, char *s, size_t len)
+/* Frees a command buffer: ours (format_argv, malloc) or hiredis' (redisFreeCommand). */
+static void free_cmd(char *s, int ours)
+{
+    if (ours)
+        free(s);
+    else
+        redisFreeCommand(s);
+}
+
+/* Takes ownership of the formatted command s (len bytes); ours: allocated by format_argv. */
+static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, char *s, size_t len,
+                  int ours)
 {
     struct redis_cmd *c = xcalloc(1, sizeof(*c));
     c->cb = cb;
     c->arg = arg;
     c->kind = CMD_USER;
     if (r->state != REDIS_READY || !r->bev) {
-        redisFreeCommand(s);
+        free_cmd(s, ours);
         list_push(&r->failing, c);
         event_active(r->fail_ev, EV_TIMEOUT, 1);
         return 0;
@@ -1112,20 +1122,59 @@ static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, 
     c->deadline_ms =
         now_ms() + r->command_timeout_ms + (extra_timeout_ms > 0 ? extra_timeout_ms : 0);
     send_raw(r, c, s, len);
-    redisFreeCommand(s);
+    free_cmd(s, ours);
     return 0;
+}
+
+/* Writes the decimal digits of v at p; returns the count. */
+static size_t put_uint(char *p, size_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* RESP array of bulk strings in one malloc'd buffer (the hot path: hiredis 0.14's formatter
+ * grows an sds per argument). */
+static char *format_argv(int argc, const char **argv, const size_t *argvlen, size_t *outlen)
+{
+    size_t total = 1 + 22 + 2;
+    for (int i = 0; i < argc; i++)
+        total += 1 + 22 + 2 + (argvlen ? argvlen[i] : strlen(argv[i])) + 2;
+    char *s = xmalloc(total), *p = s;
+    *p++ = '*';
+    p += put_uint(p, (size_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t n = argvlen ? argvlen[i] : strlen(argv[i]);
+        *p++ = '$';
+        p += put_uint(p, n);
+        *p++ = '\r';
+        *p++ = '\n';
+        memcpy(p, argv[i], n);
+        p += n;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *outlen = (size_t)(p - s);
+    return s;
 }
 
 int redis_commandv(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, int argc,
                    const char **argv, const size_t *argvlen)
 {
-    char *s = NULL;
     if (!r || r->freeing || argc <= 0 || !argv)
         return -1;
-    int len = redisFormatCommandArgv(&s, argc, argv, argvlen);
-    if (len < 0)
-        return -1;
-    return submit(r, cb, arg, extra_timeout_ms, s, (size_t)len);
+    size_t len;
+    char *s = format_argv(argc, argv, argvlen, &len);
+    return submit(r, cb, arg, extra_timeout_ms, s, len, 1);
 }
 
 int redis_command(redis *r, redis_reply_fn cb, void *arg, const char *fmt, ...)
@@ -1139,7 +1188,7 @@ int redis_command(redis *r, redis_reply_fn cb, void *arg, const char *fmt, ...)
     va_end(ap);
     if (len < 0)
         return -1;
-    return submit(r, cb, arg, 0, s, (size_t)len);
+    return submit(r, cb, arg, 0, s, (size_t)len, 0);
 }
 
 void redis_drop(redis *r)
