@@ -73,7 +73,8 @@ size_t mask_count(const struct mask *m)
     return m ? m->n : 0;
 }
 
-size_t mask_apply_upto(const struct mask *m, const char *in, size_t len, size_t limit, struct buf *out)
+size_t mask_apply_upto(const struct mask *m, const char *in, size_t len, size_t limit,
+                       struct buf *out)
 {
     if (limit > len)
         limit = len;
@@ -86,7 +87,8 @@ size_t mask_apply_upto(const struct mask *m, const char *in, size_t len, size_t 
         size_t hit = 0;
         for (size_t k = 0; k < m->n; k++) {
             const struct secret *s = &m->v[k];
-            if (s->len <= len - i && in[i] == s->value[0] && memcmp(in + i, s->value, s->len) == 0) {
+            if (s->len <= len - i && in[i] == s->value[0] &&
+                memcmp(in + i, s->value, s->len) == 0) {
                 hit = s->len;
                 break;
             }

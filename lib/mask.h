@@ -8,7 +8,7 @@
 #include "lib/buf.h"
 
 #define MASK_MIN_LEN 4
-#define MASK_TEXT "***"
+#define MASK_TEXT    "***"
 
 struct mask;
 
@@ -24,7 +24,8 @@ void mask_apply(const struct mask *m, const char *in, size_t len, struct buf *ou
 /* Streaming form: masks matches that start before `limit` (a match may extend past it) and
  * returns how many input bytes were consumed (>= limit, <= len). The caller keeps the rest
  * for the next call, so a secret split across chunks is still masked. */
-size_t mask_apply_upto(const struct mask *m, const char *in, size_t len, size_t limit, struct buf *out);
+size_t mask_apply_upto(const struct mask *m, const char *in, size_t len, size_t limit,
+                       struct buf *out);
 /* Length of the longest secret (0 when none). */
 size_t mask_max_len(const struct mask *m);
 /* Masks a NUL-terminated string in place is impossible (it may grow): returns a malloc'd copy. */

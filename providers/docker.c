@@ -88,14 +88,20 @@ static void dk_shquote(struct buf *b, const char *s)
     buf_putc(b, '\'');
 }
 
+/* String member of a JSON object, or NULL (obj may be NULL). */
+static const char *dk_jstr(const cJSON *obj, const char *name)
+{
+    const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
+    return v && cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
 /* "docker: <what>: HTTP <status>: <message from the body>". */
 static void dk_http_err(char *err, size_t errlen, const char *what, long status, const char *body)
 {
-    const char *msg = "";
     cJSON *j = body ? cJSON_Parse(body) : NULL;
-    const cJSON *m = j ? cJSON_GetObjectItemCaseSensitive(j, "message") : NULL;
-    if (cJSON_IsString(m))
-        msg = m->valuestring;
+    const char *msg = dk_jstr(j, "message");
+    if (!msg)
+        msg = "";
     snprintf(err, errlen, "docker: %s: HTTP %ld%s%s", what, status, *msg ? ": " : "", msg);
     cJSON_Delete(j);
 }
@@ -378,14 +384,14 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
             return;
         }
         cJSON *j = cJSON_Parse(body);
-        const cJSON *id = j ? cJSON_GetObjectItemCaseSensitive(j, "Id") : NULL;
-        if (!cJSON_IsString(id) || strlen(id->valuestring) >= sizeof(a->cid)) {
+        const char *id = dk_jstr(j, "Id");
+        if (!id || strlen(id) >= sizeof(a->cid)) {
             snprintf(a->err, sizeof(a->err), "docker: container create: no Id in the answer");
             cJSON_Delete(j);
             acq_fail(a);
             return;
         }
-        dk_copy(a->cid, sizeof(a->cid), id->valuestring);
+        dk_copy(a->cid, sizeof(a->cid), id);
         cJSON_Delete(j);
         a->phase = ACQ_START;
         break;
@@ -597,16 +603,14 @@ static int dk_key_ok(const char *key)
 /* Validates ref and gives the key; NULL with err. */
 static const char *dk_ref_key(const cJSON *ref, char *err, size_t errlen)
 {
-    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(ref, "kind");
-    const cJSON *key = cJSON_GetObjectItemCaseSensitive(ref, "key");
-    if (!cJSON_IsString(kind) || strcmp(kind->valuestring, "s3-tar") != 0 || !cJSON_IsString(key) ||
-        dk_key_ok(key->valuestring) != 0) {
+    const char *kind = dk_jstr(ref, "kind"), *key = dk_jstr(ref, "key");
+    if (!kind || strcmp(kind, "s3-tar") != 0 || !key || dk_key_ok(key) != 0) {
         snprintf(err, errlen,
                  "docker: snapshot reference is not {\"kind\":\"s3-tar\",\"key\":"
                  "\"sandboxes/<uuid>/snapshot.tar.zst|gz\"}");
         return NULL;
     }
-    return key->valuestring;
+    return key;
 }
 
 /* Resume from S3: the object is downloaded to a temporary file first (bounded memory; the
@@ -730,7 +734,7 @@ static void ex_inspect_resp(void *arg, long status, const char *body, const char
     const cJSON *running = j ? cJSON_GetObjectItemCaseSensitive(j, "Running") : NULL;
     const cJSON *code = j ? cJSON_GetObjectItemCaseSensitive(j, "ExitCode") : NULL;
     int is_running = cJSON_IsTrue(running);
-    int c = cJSON_IsNumber(code) ? code->valueint : -1;
+    int c = code && cJSON_IsNumber(code) ? code->valueint : -1;
     cJSON_Delete(j);
     if (is_running && ++ex->inspect_tries < 100) {
         /* The stream closed a moment before the engine recorded the exit. */

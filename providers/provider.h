@@ -54,10 +54,10 @@ struct sandbox_spec {
 };
 
 struct exec_req {
-    const char *cmd;              /* run by /bin/sh -c */
-    const char *cwd;              /* NULL: sandbox default */
-    const char *const *env;       /* "KEY=VALUE", NULL-terminated; may be NULL */
-    int64_t timeout_ms;           /* 0: none */
+    const char *cmd;        /* run by /bin/sh -c */
+    const char *cwd;        /* NULL: sandbox default */
+    const char *const *env; /* "KEY=VALUE", NULL-terminated; may be NULL */
+    int64_t timeout_ms;     /* 0: none */
 };
 
 enum exec_stream { EXEC_STDOUT = 1, EXEC_STDERR = 2 };
@@ -108,8 +108,8 @@ struct provider_ops {
                            const struct exec_cbs *cbs, char *err, size_t errlen);
     /* Kills the command's whole process tree; its on_exit reports EXEC_KILLED. */
     void (*exec_kill)(provider_exec *ex);
-    void (*write_file)(struct sandbox *sb, const char *path, const char *data, size_t len,
-                       int mode, provider_done_fn done, void *arg);
+    void (*write_file)(struct sandbox *sb, const char *path, const char *data, size_t len, int mode,
+                       provider_done_fn done, void *arg);
     /* Reads at most max bytes (the callback is told the file's first max bytes). */
     void (*read_file)(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
                       void *arg);
@@ -117,8 +117,7 @@ struct provider_ops {
     void (*suspend)(struct sandbox *sb, provider_ref_fn done, void *arg);
     void (*destroy)(struct sandbox *sb, provider_done_fn done, void *arg);
     /* Deletes a snapshot the thread no longer needs. May be NULL. */
-    void (*delete_snapshot)(struct provider *p, const cJSON *ref, provider_done_fn done,
-                            void *arg);
+    void (*delete_snapshot)(struct provider *p, const cJSON *ref, provider_done_fn done, void *arg);
     /* Frees the sandbox handle (no remote calls). */
     void (*release)(struct sandbox *sb);
 };

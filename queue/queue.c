@@ -10,7 +10,7 @@
 #include "queue/keys.h"
 #include "queue/scripts.h"
 
-#define RENEW_BATCH 256
+#define RENEW_BATCH  256
 #define RETRY_MIN_MS 200
 #define RETRY_MAX_MS 2000
 
@@ -36,8 +36,8 @@ struct queue {
     char *k_jobs, *k_results, *k_delayed, *k_dead;
     int group_ready;
     int group_pending;
-    int reading;       /* a reclaim/read chain is in flight on rd */
-    int stopped;       /* drain: no more reads */
+    int reading; /* a reclaim/read chain is in flight on rd */
+    int stopped; /* drain: no more reads */
     int capacity;
     int tick_ms;
     int64_t last_reclaim_ms;
@@ -51,7 +51,7 @@ struct queue {
     struct queue_stats stats;
     int was_ready;
     int closing;
-    char *prefix, *consumer; /* owned; o.prefix/o.consumer point here */
+    char *prefix, *consumer;     /* owned; o.prefix/o.consumer point here */
     struct script_call *waiting; /* script calls waiting on a retry timer */
 };
 
@@ -297,7 +297,8 @@ static int64_t entry_ms(const char *id)
 static struct queue_delivery *delivery_from(const redisReply *id, long long token,
                                             const redisReply *fields)
 {
-    if (!id || id->type != REDIS_REPLY_STRING || id->len >= sizeof(((struct queue_delivery *)0)->entry))
+    if (!id || id->type != REDIS_REPLY_STRING ||
+        id->len >= sizeof(((struct queue_delivery *)0)->entry))
         return NULL;
     struct queue_delivery *d = xcalloc(1, sizeof(*d));
     memcpy(d->entry, id->str, id->len);
@@ -417,13 +418,14 @@ static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
             const redisReply *e = list->element[i];
             if (e->type != REDIS_REPLY_ARRAY || e->elements != 3)
                 continue;
-            struct queue_delivery *d = delivery_from(e->element[0], e->element[1]->integer,
-                                                     e->element[2]);
+            struct queue_delivery *d =
+                delivery_from(e->element[0], e->element[1]->integer, e->element[2]);
             if (!d)
                 continue;
             d->reclaimed = 1;
             q->stats.reclaims++;
-            log_warn(NULL, "reclaimed entry %s (delivery %lld) from a consumer that stopped renewing",
+            log_warn(NULL,
+                     "reclaimed entry %s (delivery %lld) from a consumer that stopped renewing",
                      d->entry, d->token);
             deliver(q, d);
         }

@@ -25,7 +25,7 @@ struct queue_delivery {
     int64_t enqueued_ms; /* from the entry id */
     char *payload;       /* the "job" field (may be NULL when the entry lacks it) */
     size_t len;
-    int reclaimed;       /* came from XAUTOCLAIM (a previous owner stopped renewing) */
+    int reclaimed; /* came from XAUTOCLAIM (a previous owner stopped renewing) */
 };
 void queue_delivery_free(struct queue_delivery *d);
 
@@ -48,9 +48,9 @@ struct queue_opts {
     int connect_timeout_ms;
     int command_timeout_ms;
     const char *prefix;
-    const char *consumer;  /* this worker's consumer name */
-    int lease_ms;          /* entries idle longer are reclaimed by any worker */
-    int block_ms;          /* XREADGROUP BLOCK, default 2000 */
+    const char *consumer; /* this worker's consumer name */
+    int lease_ms;         /* entries idle longer are reclaimed by any worker */
+    int block_ms;         /* XREADGROUP BLOCK, default 2000 */
     int results_maxlen;
     int events_maxlen;
     int events_ttl_s;
@@ -73,20 +73,20 @@ void queue_untrack(queue *q, const char *entry);
 
 /* Outcome of queue_begin. */
 enum queue_begin_status {
-    QB_OK = 0,      /* thread locked, job marked running; thread fields given */
-    QB_FENCED,      /* the entry is not ours any more */
-    QB_DUPLICATE,   /* the job already finished or runs elsewhere; acked */
-    QB_CANCELLED,   /* cancel key set before start */
-    QB_STARTED,     /* a previous delivery had started this turn */
-    QB_TENANT,      /* the thread belongs to another tenant */
-    QB_BUSY,        /* thread busy: job requeued through the delayed set; acked */
-    QB_ERROR,       /* Redis unavailable; the caller may retry */
+    QB_OK = 0,    /* thread locked, job marked running; thread fields given */
+    QB_FENCED,    /* the entry is not ours any more */
+    QB_DUPLICATE, /* the job already finished or runs elsewhere; acked */
+    QB_CANCELLED, /* cancel key set before start */
+    QB_STARTED,   /* a previous delivery had started this turn */
+    QB_TENANT,    /* the thread belongs to another tenant */
+    QB_BUSY,      /* thread busy: job requeued through the delayed set; acked */
+    QB_ERROR,     /* Redis unavailable; the caller may retry */
 };
 
 struct queue_thread {
-    char *state;      /* "suspended", "destroyed", … or NULL when the thread is new */
+    char *state; /* "suspended", "destroyed", … or NULL when the thread is new */
     char *sandbox_id;
-    char *snapshot;   /* JSON text or NULL */
+    char *snapshot; /* JSON text or NULL */
     char *provider;
 };
 void queue_thread_release(struct queue_thread *t);
@@ -119,10 +119,10 @@ struct queue_completion {
     const char *status;
     const char *result_json;
     enum queue_mode mode;
-    int64_t retry_at_ms;   /* QUEUE_RETRY */
-    int next_attempt;      /* QUEUE_RETRY */
+    int64_t retry_at_ms;     /* QUEUE_RETRY */
+    int next_attempt;        /* QUEUE_RETRY */
     const char *dead_reason; /* QUEUE_DEAD */
-    const char *payload;   /* the original job text (retry, dead) */
+    const char *payload;     /* the original job text (retry, dead) */
     size_t payload_len;
     const char *error_code;
     int update_thread;

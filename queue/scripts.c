@@ -149,15 +149,14 @@ static const char promote_lua[] =
 /* KEYS: jobs, job hash.  ARGV: job json, job ttl s.
  * Producer-side idempotency: adds the job unless its id was already enqueued (the job hash
  * exists). Returns {"added", entry} or {"exists", phase or status}. */
-static const char enqueue_lua[] =
-    "if redis.call('EXISTS', KEYS[2]) == 1 then\n"
-    "  local h = redis.call('HMGET', KEYS[2], 'status', 'phase')\n"
-    "  return {'exists', h[1] or h[2] or 'queued'}\n"
-    "end\n"
-    "local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])\n"
-    "redis.call('HSET', KEYS[2], 'phase', 'queued', 'entry', id)\n"
-    "redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
-    "return {'added', id}\n";
+static const char enqueue_lua[] = "if redis.call('EXISTS', KEYS[2]) == 1 then\n"
+                                  "  local h = redis.call('HMGET', KEYS[2], 'status', 'phase')\n"
+                                  "  return {'exists', h[1] or h[2] or 'queued'}\n"
+                                  "end\n"
+                                  "local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])\n"
+                                  "redis.call('HSET', KEYS[2], 'phase', 'queued', 'entry', id)\n"
+                                  "redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
+                                  "return {'added', id}\n";
 
 static const char *const sources[SCRIPT__COUNT] = {begin_lua,   complete_lua, renew_lua,
                                                    reclaim_lua, promote_lua,  enqueue_lua};

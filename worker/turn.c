@@ -16,8 +16,8 @@
 #include "worker/job.h"
 #include "worker/worker.h"
 
-#define POISON_DELIVERIES 10 /* a turn never begun after this many deliveries is dead */
-#define BUSY_DELAY_MS 1000   /* thread busy: retry the job this much later */
+#define POISON_DELIVERIES 10   /* a turn never begun after this many deliveries is dead */
+#define BUSY_DELAY_MS     1000 /* thread busy: retry the job this much later */
 
 enum turn_abort { AB_NONE = 0, AB_CANCEL, AB_TIMEOUT, AB_LEASE, AB_SHUTDOWN };
 
@@ -26,8 +26,8 @@ static const char *const step_status_names[] = {"pending", "ok",     "failed", "
                                                 "timeout", "killed", "error"};
 
 struct stream_out {
-    struct buf tail;  /* last output_cap bytes (unmasked; masked when the result is built) */
-    struct buf pend;  /* not yet emitted as an event (held back for split secrets) */
+    struct buf tail; /* last output_cap bytes (unmasked; masked when the result is built) */
+    struct buf pend; /* not yet emitted as an event (held back for split secrets) */
     uint64_t total;
 };
 
@@ -119,8 +119,9 @@ static void emit_output(struct turn *t, int si, int final)
     if (t->job_id[0] && t->abort != AB_LEASE && masked.len) {
         char step[24];
         snprintf(step, sizeof(step), "%zu", t->step);
-        const char *fields[] = {"type", "output", "step", step, "stream",
-                                si ? "stderr" : "stdout", "data", masked.data, NULL};
+        const char *fields[] = {"type", "output",    "step",
+                                step,   "stream",    si ? "stderr" : "stdout",
+                                "data", masked.data, NULL};
         size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
         queue_event(t->w->q, t->job_id, fields, lens);
     }
@@ -331,8 +332,7 @@ static void publish(struct turn *t, const char *status, enum queue_mode mode,
     metric_inc(w->m_jobs, status, 1);
     if (t->t_start)
         metric_observe(w->m_turn_seconds, NULL, (double)(now_ms() - t->t_start) / 1000.0);
-    log_info(&t->lc, "turn %s%s%s", status, t->err_code ? ": " : "",
-             t->err_code ? t->err_msg : "");
+    log_info(&t->lc, "turn %s%s%s", status, t->err_code ? ": " : "", t->err_code ? t->err_msg : "");
     struct queue_completion c = {
         .entry = t->d->entry,
         .token = t->d->token,
@@ -466,9 +466,17 @@ static void step_done(struct turn *t, enum step_status st)
     char step[24], code[24];
     snprintf(step, sizeof(step), "%zu", t->step);
     snprintf(code, sizeof(code), "%d", sr->exit_code);
-    const char *fields[] = {"type",   "step_finished",       "step", step, "name", js->name,
-                            "status", step_status_names[st], sr->has_exit ? "exit_code" : NULL,
-                            code,     NULL};
+    const char *fields[] = {"type",
+                            "step_finished",
+                            "step",
+                            step,
+                            "name",
+                            js->name,
+                            "status",
+                            step_status_names[st],
+                            sr->has_exit ? "exit_code" : NULL,
+                            code,
+                            NULL};
     emit(t, fields);
     int failed = (st == SS_FAILED && !js->allow_failure) || st == SS_ERROR || st == SS_TIMEOUT ||
                  st == SS_KILLED;
@@ -478,8 +486,7 @@ static void step_done(struct turn *t, enum step_status st)
             set_error(t, "step_timeout", "step %s timed out", js->name);
         } else if (st == SS_FAILED) {
             t->status = "failed";
-            set_error(t, "step_failed", "step %s exited with status %d", js->name,
-                      sr->exit_code);
+            set_error(t, "step_failed", "step %s exited with status %d", js->name, sr->exit_code);
         } else {
             t->status = "failed";
             set_error(t, "step_error", "step %s: %s", js->name, sr->error ? sr->error : "error");
@@ -561,8 +568,7 @@ static void file_written(void *arg, int rc, const char *err)
         sr->exit_code = 0;
         struct buf b;
         buf_init(&b);
-        buf_printf(&b, "writing %s: %s", t->job->steps[t->step].files[i].path,
-                   err ? err : "error");
+        buf_printf(&b, "writing %s: %s", t->job->steps[t->step].files[i].path, err ? err : "error");
         sr->error = buf_detach(&b);
         step_done(t, SS_ERROR);
         return;
@@ -658,8 +664,9 @@ static void start_step(struct turn *t)
     t->step_started = now_ms();
     char step[24];
     snprintf(step, sizeof(step), "%zu", t->step);
-    const char *fields[] = {"type", "step_started", "step", step, "name", js->name, "kind",
-                            job_step_kind_name(js->kind), NULL};
+    const char *fields[] = {"type", "step_started", "step", step,
+                            "name", js->name,       "kind", job_step_kind_name(js->kind),
+                            NULL};
     emit(t, fields);
     switch (js->kind) {
     case STEP_WRITE:
@@ -788,8 +795,8 @@ static void acquired(void *arg, struct sandbox *sb, const char *err)
     }
     t->sb = sb;
     log_info(&t->lc, "sandbox %s %s", sb->id, t->resumed ? "resumed" : "created");
-    const char *fields[] = {"type",    "started", "sandbox", sb->id,
-                            "resumed", t->resumed ? "true" : "false", NULL};
+    const char *fields[] = {
+        "type", "started", "sandbox", sb->id, "resumed", t->resumed ? "true" : "false", NULL};
     emit(t, fields);
     t->sr = xcalloc(t->job->nsteps ? t->job->nsteps : 1, sizeof(*t->sr));
     next_step(t);
@@ -837,8 +844,8 @@ static void acquire(struct turn *t)
         .worker = w->cfg.worker_name,
         .organization = t->job->organization,
         .project = t->job->project,
-        .feature = t->job->feature == JOB_FEATURE_AI_WRITEBACK ? SANDBOX_AI_WRITEBACK
-                                                               : SANDBOX_DATA_APP,
+        .feature =
+            t->job->feature == JOB_FEATURE_AI_WRITEBACK ? SANDBOX_AI_WRITEBACK : SANDBOX_DATA_APP,
         .workspace_include = (const char *const *)t->job->ws_include,
         .workspace_exclude = (const char *const *)t->job->ws_exclude,
     };

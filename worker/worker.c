@@ -100,8 +100,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
         turn_interrupt_all(w);
         return;
     }
-    log_info(NULL, "signal %d: draining (%d turn(s) in flight, grace %d ms)", (int)sig,
-             w->inflight, w->cfg.shutdown_grace_ms);
+    log_info(NULL, "signal %d: draining (%d turn(s) in flight, grace %d ms)", (int)sig, w->inflight,
+             w->cfg.shutdown_grace_ms);
     w->draining = 1;
     queue_stop_reading(w->q);
     queue_set_capacity(w->q, 0);
@@ -147,25 +147,25 @@ static void register_metrics(struct worker *w)
     metrics *m = w->m;
     w->m_jobs = metrics_counter(m, "sandbox_jobs_total", "Jobs finished, by status", "status");
     w->m_inflight = metrics_gauge(m, "sandbox_turns_in_flight", "Turns in flight", NULL);
-    w->m_step_seconds = metrics_histogram(m, "sandbox_step_duration_seconds",
-                                          "Step durations, by step type", "type", step_buckets,
-                                          sizeof(step_buckets) / sizeof(step_buckets[0]));
-    w->m_turn_seconds = metrics_histogram(m, "sandbox_turn_duration_seconds",
-                                          "Turn durations from begin to publish", NULL,
-                                          turn_buckets, sizeof(turn_buckets) / sizeof(turn_buckets[0]));
-    w->m_leases = metrics_counter(m, "sandbox_lease_renewals_total",
-                                  "Lease renewal rounds (one script call renews every entry held)",
-                                  NULL);
+    w->m_step_seconds =
+        metrics_histogram(m, "sandbox_step_duration_seconds", "Step durations, by step type",
+                          "type", step_buckets, sizeof(step_buckets) / sizeof(step_buckets[0]));
+    w->m_turn_seconds = metrics_histogram(
+        m, "sandbox_turn_duration_seconds", "Turn durations from begin to publish", NULL,
+        turn_buckets, sizeof(turn_buckets) / sizeof(turn_buckets[0]));
+    w->m_leases =
+        metrics_counter(m, "sandbox_lease_renewals_total",
+                        "Lease renewal rounds (one script call renews every entry held)", NULL);
     w->m_lease_lost = metrics_counter(m, "sandbox_lease_losses_total",
                                       "Entries whose lease moved to another worker", NULL);
     w->m_reclaims = metrics_counter(m, "sandbox_reclaims_total",
                                     "Entries reclaimed from consumers that stopped renewing", NULL);
     w->m_fenced = metrics_counter(m, "sandbox_fenced_completions_total",
                                   "Completions refused because the lease had moved", NULL);
-    w->m_reconnects = metrics_counter(m, "sandbox_redis_reconnects_total", "Redis reconnects",
-                                      NULL);
-    w->m_deliveries = metrics_counter(m, "sandbox_deliveries_total", "Stream entries received",
-                                      NULL);
+    w->m_reconnects =
+        metrics_counter(m, "sandbox_redis_reconnects_total", "Redis reconnects", NULL);
+    w->m_deliveries =
+        metrics_counter(m, "sandbox_deliveries_total", "Stream entries received", NULL);
 }
 
 static int check_provider(const struct config *cfg, const struct provider_ops **ops)

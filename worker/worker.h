@@ -22,7 +22,7 @@ struct worker {
     struct turn *turns; /* in flight, linked through turn->next */
     int inflight;
     int draining;
-    int stopping;       /* grace expired: turns are being interrupted */
+    int stopping; /* grace expired: turns are being interrupted */
     struct event *grace;
     struct event *stop_check;
     /* metrics */

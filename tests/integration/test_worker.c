@@ -163,11 +163,12 @@ TEST_CASE(valid_job_two_turns)
 {
     new_prefix("valid");
     pid_t w = spawn("w1", NULL, 0);
-    xadd_job(job_json("j1", "th1",
-                      "{\"type\":\"write\",\"files\":[{\"path\":\"/ws/a.txt\",\"content\":\"hello\"}]},"
-                      "{\"type\":\"run\",\"cmd\":\"out line1;err oops;out line2\"},"
-                      "{\"type\":\"read\",\"path\":\"/ws/a.txt\"}",
-                      NULL));
+    xadd_job(
+        job_json("j1", "th1",
+                 "{\"type\":\"write\",\"files\":[{\"path\":\"/ws/a.txt\",\"content\":\"hello\"}]},"
+                 "{\"type\":\"run\",\"cmd\":\"out line1;err oops;out line2\"},"
+                 "{\"type\":\"read\",\"path\":\"/ws/a.txt\"}",
+                 NULL));
     cJSON *r = wait_result("j1", 20000);
     CHECK(r != NULL);
     CHECK_STR(jstr(r, "status"), "succeeded");
@@ -449,7 +450,8 @@ TEST_CASE(sigterm_drain)
     new_prefix("drain");
     static const char *const env[] = {"WORKER_SHUTDOWN_GRACE_MS=20000", NULL};
     pid_t w = spawn("w1", env, 0);
-    xadd_job(job_json("s1", "ths1", "{\"type\":\"run\",\"cmd\":\"sleep 1500;out finished\"}", NULL));
+    xadd_job(
+        job_json("s1", "ths1", "{\"type\":\"run\",\"cmd\":\"sleep 1500;out finished\"}", NULL));
     char *phase = sync_wait_hget(rc, key("job", "s1"), "phase", 20000);
     free(phase);
     kill(w, SIGTERM);
@@ -634,7 +636,8 @@ static int free_port(void)
 static char *http_get(int port, const char *path)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
         close(fd);
@@ -713,8 +716,11 @@ TEST_CASE(worker_over_tls)
     char ca[600];
     snprintf(ca, sizeof(ca), "REDIS_TLS_CA_FILE=%s", test_redis_ca_file(tls));
     const char *const env[] = {ca, NULL};
-    struct worker_spec ws = {.url = test_redis_url(tls), .prefix = "tls", .name = "wt",
-                             .env = env, .log_path = log_path("tls")};
+    struct worker_spec ws = {.url = test_redis_url(tls),
+                             .prefix = "tls",
+                             .name = "wt",
+                             .env = env,
+                             .log_path = log_path("tls")};
     pid_t w = worker_spawn(&ws);
     char *out = test_redis_cli(
         tls, "XADD {tls}:jobs * job \"{\\\"id\\\":\\\"tls1\\\",\\\"thread\\\":\\\"t\\\","
@@ -754,9 +760,9 @@ static int check_config_output(const char *var, const char *value, char *out, si
 TEST_CASE(check_config_names_variable)
 {
     static const char *const cases[][2] = {
-        {"WORKER_CONCURRENCY", "abc"},     {"WORKER_LEASE_MS", "5"},
-        {"REDIS_URL", "http://nope"},      {"WORKER_HTTP_ADDR", "nope"},
-        {"LIGHTDASH_LOG_LEVEL", "loud"},   {"SANDBOX_QUEUE_PREFIX", "a b"},
+        {"WORKER_CONCURRENCY", "abc"},      {"WORKER_LEASE_MS", "5"},
+        {"REDIS_URL", "http://nope"},       {"WORKER_HTTP_ADDR", "nope"},
+        {"LIGHTDASH_LOG_LEVEL", "loud"},    {"SANDBOX_QUEUE_PREFIX", "a b"},
         {"WORKER_SHUTDOWN_GRACE_MS", "-1"}, {"LIGHTDASH_LOG_FORMAT", "xml"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
