@@ -779,10 +779,10 @@ static void ex_kill_created(void *arg, long status, const char *body, const char
         return;
     }
     cJSON *j = cJSON_Parse(body);
-    const cJSON *id = j ? cJSON_GetObjectItemCaseSensitive(j, "Id") : NULL;
-    if (cJSON_IsString(id)) {
+    const char *id = dk_jstr(j, "Id");
+    if (id) {
         char path[256];
-        snprintf(path, sizeof(path), "/exec/%s/start", id->valuestring);
+        snprintf(path, sizeof(path), "/exec/%s/start", id);
         dk_call(p, "POST", path, "{\"Detach\":true,\"Tty\":false}", ex_kill_started, p);
     }
     cJSON_Delete(j);
@@ -898,9 +898,9 @@ static void ex_created(void *arg, long status, const char *body, const char *err
         return;
     }
     cJSON *j = cJSON_Parse(body);
-    const cJSON *id = j ? cJSON_GetObjectItemCaseSensitive(j, "Id") : NULL;
-    if (cJSON_IsString(id))
-        dk_copy(ex->eid, sizeof(ex->eid), id->valuestring);
+    const char *id = dk_jstr(j, "Id");
+    if (id)
+        dk_copy(ex->eid, sizeof(ex->eid), id);
     cJSON_Delete(j);
     if (!ex->eid[0]) {
         snprintf(ex->err, sizeof(ex->err), "docker: exec create: no Id in the answer");
@@ -999,10 +999,10 @@ struct dk_run {
 static void run_exit(void *arg, enum exec_status st, int code, const char *err)
 {
     struct dk_run *r = arg;
-    char e[512];
-    if (st == EXEC_EXITED && code == 0)
+    if (st == EXEC_EXITED && code == 0) {
         r->fn(r->arg, 1, NULL);
-    else {
+    } else {
+        char e[512];
         snprintf(e, sizeof(e), "%s", err ? err : "command failed");
         if (st == EXEC_EXITED)
             snprintf(e, sizeof(e), "exit code %d", code);
@@ -1163,7 +1163,6 @@ struct dk_read {
     struct tarscan ts;
     int entries;
     int complete; /* first entry fully seen (or max reached) */
-    http_request *req;
     char err[512];
 };
 
@@ -1213,9 +1212,9 @@ static void rd_done(void *arg, http_request *req, const struct http_result *res)
 {
     (void)req;
     struct dk_read *r = arg;
-    if (r->err[0]) {
-    } else if (r->complete) {
-        /* got what we need (the request may have been cancelled after it) */
+    /* complete: got what we need (the request may have been cancelled after it) */
+    if (r->err[0] || r->complete) {
+        (void)0;
     } else if (res->code != 0) {
         snprintf(r->err, sizeof(r->err), "docker: read file %s: %s", r->path, res->error);
     } else if (res->status == 404) {

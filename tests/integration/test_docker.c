@@ -756,7 +756,6 @@ TEST_CASE(nothing_left_behind)
 
 static void setup_docker(void)
 {
-    char out[256];
     if (system("command -v docker >/dev/null 2>&1") != 0) {
         g_skip = "docker CLI/dockerd not installed";
         return;
@@ -766,7 +765,6 @@ static void setup_docker(void)
         g_skip = "dockerd not reachable and could not be started (scripts/start-services.sh)";
         return;
     }
-    (void)out;
     if (system("docker image inspect " IMAGE " >/dev/null 2>&1") != 0 &&
         system("./scripts/build-sandbox-image.sh " IMAGE " >/dev/null") != 0) {
         g_skip = "could not build the test image (needs busybox-static)";
