@@ -13,9 +13,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
-
 #include "agent/ndjson.h"
 #include "agent/proc.h"
 #include "lib/buf.h"
@@ -256,11 +253,13 @@ static int auth_ok(const struct agent *a, struct httpd_req *req)
     h += 7;
     while (*h == ' ')
         h++;
-    /* compare digests so neither content nor length leaks through timing */
-    unsigned char d1[SHA256_DIGEST_LENGTH], d2[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)h, strlen(h), d1);
-    SHA256((const unsigned char *)a->cfg.token, strlen(a->cfg.token), d2);
-    return CRYPTO_memcmp(d1, d2, sizeof(d1)) == 0;
+    /* constant time in the given value: every byte of the token is compared, and the length
+     * difference folds into the result instead of ending the loop early */
+    size_t tlen = strlen(a->cfg.token), hlen = strlen(h);
+    unsigned diff = tlen != hlen;
+    for (size_t i = 0; i < tlen; i++)
+        diff |= (unsigned char)a->cfg.token[i] ^ (unsigned char)(i < hlen ? h[i] : 0);
+    return diff == 0;
 }
 
 /* ---------------------------------------------------------------- /exec */
@@ -692,7 +691,7 @@ void agent_config_release(struct agent_config *cfg)
     free(cfg->bind);
     free(cfg->spool_dir);
     if (cfg->token) {
-        OPENSSL_cleanse(cfg->token, strlen(cfg->token));
+        explicit_bzero(cfg->token, strlen(cfg->token));
         free(cfg->token);
     }
     memset(cfg, 0, sizeof(*cfg));

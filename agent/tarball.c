@@ -10,12 +10,140 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <dlfcn.h>
+
 #include <archive.h>
 #include <archive_entry.h>
 
 #include "lib/buf.h"
 
 #define COPY_CHUNK (256 * 1024)
+
+/* libarchive is loaded on first use (dlopen), not linked: with its dependencies (ICU,
+ * libstdc++, libxml2, ...) it would cost the agent milliseconds of dynamic loading before it can
+ * answer /ready, and megabytes of mappings, although only the forked archive children use it.
+ * Every libarchive function this file calls is listed here; the macros below route the calls
+ * through the resolved pointers, so the code reads as plain libarchive. */
+#define TARBALL_LA_SONAME "libarchive.so.13"
+#define LA_FUNCS(X)                                                                                \
+    X(archive_entry_copy_hardlink)                                                                 \
+    X(archive_entry_copy_pathname)                                                                 \
+    X(archive_entry_copy_stat)                                                                     \
+    X(archive_entry_copy_symlink)                                                                  \
+    X(archive_entry_filetype)                                                                      \
+    X(archive_entry_free)                                                                          \
+    X(archive_entry_hardlink)                                                                      \
+    X(archive_entry_new)                                                                           \
+    X(archive_entry_pathname)                                                                      \
+    X(archive_entry_perm)                                                                          \
+    X(archive_entry_set_gname)                                                                     \
+    X(archive_entry_set_nlink)                                                                     \
+    X(archive_entry_set_perm)                                                                      \
+    X(archive_entry_set_size)                                                                      \
+    X(archive_entry_set_uname)                                                                     \
+    X(archive_entry_size)                                                                          \
+    X(archive_entry_size_is_set)                                                                   \
+    X(archive_entry_symlink)                                                                       \
+    X(archive_error_string)                                                                        \
+    X(archive_read_data_block)                                                                     \
+    X(archive_read_free)                                                                           \
+    X(archive_read_new)                                                                            \
+    X(archive_read_next_header)                                                                    \
+    X(archive_read_open_fd)                                                                        \
+    X(archive_read_open_memory)                                                                    \
+    X(archive_read_support_filter_all)                                                             \
+    X(archive_read_support_format_tar)                                                             \
+    X(archive_write_add_filter_gzip)                                                               \
+    X(archive_write_add_filter_zstd)                                                               \
+    X(archive_write_close)                                                                         \
+    X(archive_write_data)                                                                          \
+    X(archive_write_data_block)                                                                    \
+    X(archive_write_disk_new)                                                                      \
+    X(archive_write_disk_set_options)                                                              \
+    X(archive_write_finish_entry)                                                                  \
+    X(archive_write_free)                                                                          \
+    X(archive_write_header)                                                                        \
+    X(archive_write_new)                                                                           \
+    X(archive_write_open_fd)                                                                       \
+    X(archive_write_set_bytes_in_last_block)                                                       \
+    X(archive_write_set_bytes_per_block)                                                           \
+    X(archive_write_set_format_pax_restricted)                                                     \
+    X(archive_write_set_options)
+
+#define LA_MEMBER(fn) __typeof__(&fn) p_##fn;
+static struct {
+    int loaded;
+    LA_FUNCS(LA_MEMBER)
+} la;
+
+/* 0 once every function is resolved; -1 with err otherwise. Never unloaded. */
+static int la_load(char *err, size_t errlen)
+{
+    if (la.loaded)
+        return 0;
+    void *h = dlopen(TARBALL_LA_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(err, errlen, "cannot load %s: %s", TARBALL_LA_SONAME, dlerror());
+        return -1;
+    }
+#define LA_RESOLVE(fn)                                                                             \
+    {                                                                                              \
+        void *sym = dlsym(h, #fn);                                                                 \
+        if (!sym) {                                                                                \
+            snprintf(err, errlen, "%s: %s missing", TARBALL_LA_SONAME, #fn);                       \
+            return -1;                                                                             \
+        }                                                                                          \
+        memcpy(&la.p_##fn, &sym, sizeof(sym));                                                     \
+    }
+    LA_FUNCS(LA_RESOLVE)
+#undef LA_RESOLVE
+    la.loaded = 1;
+    return 0;
+}
+
+#define archive_entry_copy_hardlink             (la.p_archive_entry_copy_hardlink)
+#define archive_entry_copy_pathname             (la.p_archive_entry_copy_pathname)
+#define archive_entry_copy_stat                 (la.p_archive_entry_copy_stat)
+#define archive_entry_copy_symlink              (la.p_archive_entry_copy_symlink)
+#define archive_entry_filetype                  (la.p_archive_entry_filetype)
+#define archive_entry_free                      (la.p_archive_entry_free)
+#define archive_entry_hardlink                  (la.p_archive_entry_hardlink)
+#define archive_entry_new                       (la.p_archive_entry_new)
+#define archive_entry_pathname                  (la.p_archive_entry_pathname)
+#define archive_entry_perm                      (la.p_archive_entry_perm)
+#define archive_entry_set_gname                 (la.p_archive_entry_set_gname)
+#define archive_entry_set_nlink                 (la.p_archive_entry_set_nlink)
+#define archive_entry_set_perm                  (la.p_archive_entry_set_perm)
+#define archive_entry_set_size                  (la.p_archive_entry_set_size)
+#define archive_entry_set_uname                 (la.p_archive_entry_set_uname)
+#define archive_entry_size                      (la.p_archive_entry_size)
+#define archive_entry_size_is_set               (la.p_archive_entry_size_is_set)
+#define archive_entry_symlink                   (la.p_archive_entry_symlink)
+#define archive_error_string                    (la.p_archive_error_string)
+#define archive_read_data_block                 (la.p_archive_read_data_block)
+#define archive_read_free                       (la.p_archive_read_free)
+#define archive_read_new                        (la.p_archive_read_new)
+#define archive_read_next_header                (la.p_archive_read_next_header)
+#define archive_read_open_fd                    (la.p_archive_read_open_fd)
+#define archive_read_open_memory                (la.p_archive_read_open_memory)
+#define archive_read_support_filter_all         (la.p_archive_read_support_filter_all)
+#define archive_read_support_format_tar         (la.p_archive_read_support_format_tar)
+#define archive_write_add_filter_gzip           (la.p_archive_write_add_filter_gzip)
+#define archive_write_add_filter_zstd           (la.p_archive_write_add_filter_zstd)
+#define archive_write_close                     (la.p_archive_write_close)
+#define archive_write_data                      (la.p_archive_write_data)
+#define archive_write_data_block                (la.p_archive_write_data_block)
+#define archive_write_disk_new                  (la.p_archive_write_disk_new)
+#define archive_write_disk_set_options          (la.p_archive_write_disk_set_options)
+#define archive_write_finish_entry              (la.p_archive_write_finish_entry)
+#define archive_write_free                      (la.p_archive_write_free)
+#define archive_write_header                    (la.p_archive_write_header)
+#define archive_write_new                       (la.p_archive_write_new)
+#define archive_write_open_fd                   (la.p_archive_write_open_fd)
+#define archive_write_set_bytes_in_last_block   (la.p_archive_write_set_bytes_in_last_block)
+#define archive_write_set_bytes_per_block       (la.p_archive_write_set_bytes_per_block)
+#define archive_write_set_format_pax_restricted (la.p_archive_write_set_format_pax_restricted)
+#define archive_write_set_options               (la.p_archive_write_set_options)
 
 int tarball_compression_parse(const char *s, enum tarball_compression *out)
 {
@@ -190,6 +318,8 @@ int tarball_write(int out_fd, const struct tarball_out_opts *o, char *err, size_
 {
     int rc = -1;
     struct walk w = {.o = o, .err = err, .errlen = errlen};
+    if (la_load(err, errlen) != 0)
+        return -1;
     int root = open(o->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root < 0) {
         snprintf(err, errlen, "open %s: %s", o->root, strerror(errno));
@@ -428,6 +558,10 @@ static struct archive *reader_new(void)
 int tarball_extract_fd(int fd, const struct tarball_in_opts *o, struct tarball_in_stats *st,
                        char *err, size_t errlen)
 {
+    if (la_load(err, errlen) != 0) {
+        memset(st, 0, sizeof(*st));
+        return TARBALL_E_IO;
+    }
     struct archive *a = reader_new();
     int rc;
     if (archive_read_open_fd(a, fd, COPY_CHUNK) != ARCHIVE_OK) {
@@ -444,6 +578,10 @@ int tarball_extract_fd(int fd, const struct tarball_in_opts *o, struct tarball_i
 int tarball_extract_mem(const void *data, size_t len, const struct tarball_in_opts *o,
                         struct tarball_in_stats *st, char *err, size_t errlen)
 {
+    if (la_load(err, errlen) != 0) {
+        memset(st, 0, sizeof(*st));
+        return TARBALL_E_IO;
+    }
     struct archive *a = reader_new();
     int rc;
     if (archive_read_open_memory(a, data, len) != ARCHIVE_OK) {
