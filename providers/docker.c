@@ -555,11 +555,9 @@ static struct dk_acq *acq_new(struct provider *p, const struct sandbox_spec *spe
         0);
     a->excl = dk_copy_list(spec->workspace_exclude, 0);
     for (char **i = a->incl; *i && !a->err[0]; i++)
-        if ((*i)[0] != '/' || !(*i)[1] || strchr(*i + 1, '/'))
+        if ((*i)[0] != '/' || !(*i)[1] || strstr(*i, "/..") || strstr(*i, "//") || strlen(*i) > 512)
             snprintf(a->err, sizeof(a->err),
-                     "docker: workspace include %s: only top-level absolute directories are "
-                     "supported",
-                     *i);
+                     "docker: workspace include %s: must be an absolute path below /", *i);
     a->phase = ACQ_IMAGE;
     return a;
 }
@@ -1285,11 +1283,9 @@ struct dk_susp {
     char *final_path, *tmp_path;
     struct archive *wr;
     struct tarscan ts;
+    char prefix[520]; /* parent of the current include path, without the leading '/' */
     struct buf meta;  /* pending pax / long-name entries (raw blocks) */
-    char *meta_name;  /* path they carry */
-    int meta_collect; /* current entry's data goes to meta: 1 pax, 2 GNU long name */
-    size_t meta_data; /* offset of the current meta entry's data in meta */
-    uint64_t meta_size;
+    int meta_collect; /* the current entry's data goes to meta */
     uint64_t bytes;
     int removing;
     /* S3 sink: compressed bytes wait in pending while the upload is blocked; the archive
@@ -1366,50 +1362,138 @@ static int sp_excluded(const struct dk_susp *s, const char *name)
     return 0;
 }
 
-/* Path from a pax extended header's records ("len key=value\n"). */
-static char *sp_pax_path(const char *d, size_t n)
+/* Appends one pax record "<len> key=value\n" (len counts the whole record). */
+static void pax_record(struct buf *b, const char *key, const char *val)
 {
-    size_t off = 0;
-    while (off < n) {
-        char *end;
-        unsigned long len = strtoul(d + off, &end, 10);
-        if (len == 0 || off + len > n || *end != ' ')
+    size_t base = 1 + strlen(key) + 1 + strlen(val) + 1, len = base + 1;
+    while (len != base + (size_t)snprintf(NULL, 0, "%zu", len))
+        len = base + (size_t)snprintf(NULL, 0, "%zu", len);
+    buf_printf(b, "%zu %s=%s\n", len, key, val);
+}
+
+static void tar_field(char *dst, size_t cap, const unsigned char *f, size_t n)
+{
+    size_t k = 0;
+    while (k < n && f[k])
+        k++;
+    snprintf(dst, cap, "%.*s", (int)k, (const char *)f);
+}
+
+/* Emits a pax extended header carrying records. */
+static int sp_emit_pax(struct dk_susp *s, const struct buf *rec)
+{
+    unsigned char h[512];
+    memset(h, 0, sizeof(h));
+    snprintf((char *)h, 100, "././@PaxHeader");
+    snprintf((char *)h + 100, 8, "%07o", 0644);
+    snprintf((char *)h + 108, 8, "%07o", 0);
+    snprintf((char *)h + 116, 8, "%07o", 0);
+    snprintf((char *)h + 124, 12, "%011zo", rec->len);
+    snprintf((char *)h + 136, 12, "%011o", 0);
+    h[156] = 'x';
+    static const unsigned char magic[8] = {'u', 's', 't', 'a', 'r', 0, '0', '0'};
+    memcpy(h + 257, magic, sizeof(magic)); /* magic and version */
+    memset(h + 148, ' ', 8);
+    unsigned sum = 0;
+    for (size_t i = 0; i < sizeof(h); i++)
+        sum += h[i];
+    snprintf((char *)h + 148, 8, "%06o", sum);
+    static const char zeros[512];
+    return sp_emit(s, h, sizeof(h)) || sp_emit(s, rec->data, rec->len) ||
+           sp_emit(s, zeros, (512 - rec->len % 512) % 512);
+}
+
+/* The entry's name and link target from the pending meta entries and its header, with the
+ * include's parent prefixed; other pax records are kept in rec. */
+static void sp_names(struct dk_susp *s, const unsigned char *hdr, struct buf *rec, char **name,
+                     char **link)
+{
+    char *pname = NULL, *plink = NULL;
+    for (size_t off = 0; off + 512 <= s->meta.len;) {
+        const unsigned char *h = (const unsigned char *)s->meta.data + off;
+        size_t sz = (size_t)tar_num(h + 124, 12);
+        const char *d = s->meta.data + off + 512;
+        if (off + 512 + sz > s->meta.len)
             break;
-        const char *kv = end + 1;
-        size_t kvlen = (size_t)(d + off + len - kv);
-        if (kvlen > 5 && strncmp(kv, "path=", 5) == 0)
-            return xstrndup(kv + 5, kvlen - 6);
-        off += len;
+        if (h[156] == 'x') {
+            for (size_t r = 0; r < sz;) {
+                char *end;
+                unsigned long len = strtoul(d + r, &end, 10);
+                if (len == 0 || r + len > sz || *end != ' ')
+                    break;
+                const char *kv = end + 1;
+                size_t kvlen = (size_t)(d + r + len - kv);
+                if (kvlen > 5 && strncmp(kv, "path=", 5) == 0) {
+                    free(pname);
+                    pname = xstrndup(kv + 5, kvlen - 6);
+                } else if (kvlen > 9 && strncmp(kv, "linkpath=", 9) == 0) {
+                    free(plink);
+                    plink = xstrndup(kv + 9, kvlen - 10);
+                } else {
+                    buf_append(rec, d + r, len);
+                }
+                r += len;
+            }
+        } else if (h[156] == 'L' || h[156] == 'K') {
+            size_t k = sz;
+            while (k > 0 && d[k - 1] == '\0')
+                k--;
+            char **dst = h[156] == 'L' ? &pname : &plink;
+            free(*dst);
+            *dst = xstrndup(d, k);
+        }
+        off += 512 + sz + (512 - sz % 512) % 512;
     }
-    return NULL;
+    char ustar[520], ulink[101];
+    tar_ustar_name(hdr, ustar, sizeof(ustar));
+    tar_field(ulink, sizeof(ulink), hdr + 157, 100);
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b, "%s%s%s", s->prefix, s->prefix[0] ? "/" : "", pname ? pname : ustar);
+    *name = buf_detach(&b);
+    *link = NULL;
+    if (hdr[156] == '1') { /* hard links name an archive path: prefix it too */
+        buf_printf(&b, "%s%s%s", s->prefix, s->prefix[0] ? "/" : "", plink ? plink : ulink);
+        *link = buf_detach(&b);
+    } else if (plink) {
+        pax_record(rec, "linkpath", plink);
+    }
+    buf_release(&b);
+    free(pname);
+    free(plink);
 }
 
 static int sp_header(void *arg, const unsigned char *hdr, uint64_t size)
 {
     struct dk_susp *s = arg;
     char type = (char)hdr[156];
-    if (type == 'x' || type == 'L') {
-        if (s->meta.len + 512 + size > DK_META_MAX) {
+    if (type == 'x' || type == 'L' || type == 'K') {
+        if (s->meta.len + 1024 + size > DK_META_MAX) {
             snprintf(s->err, sizeof(s->err), "docker: snapshot: extended header too large");
             return TS_ERR;
         }
         buf_append(&s->meta, hdr, 512);
-        s->meta_collect = type == 'x' ? 1 : 2;
-        s->meta_data = s->meta.len;
-        s->meta_size = size;
+        s->meta_collect = 1;
         return TS_KEEP;
     }
     s->meta_collect = 0;
-    char name[512];
-    tar_ustar_name(hdr, name, sizeof(name));
-    const char *n = s->meta_name ? s->meta_name : name;
-    int skip = sp_excluded(s, n);
-    int rc = 0;
-    if (!skip)
+    struct buf rec;
+    buf_init(&rec);
+    char *name = NULL, *link = NULL;
+    sp_names(s, hdr, &rec, &name, &link);
+    int rc = 0, skip = sp_excluded(s, name);
+    if (!skip && !s->prefix[0]) { /* top-level include: the entries pass unchanged */
         rc = sp_emit(s, s->meta.data, s->meta.len) || sp_emit(s, hdr, 512);
+    } else if (!skip) { /* deeper include: one pax header names the entry from the root */
+        pax_record(&rec, "path", name);
+        if (link)
+            pax_record(&rec, "linkpath", link);
+        rc = sp_emit_pax(s, &rec) || sp_emit(s, hdr, 512);
+    }
+    free(name);
+    free(link);
+    buf_release(&rec);
     buf_clear(&s->meta);
-    free(s->meta_name);
-    s->meta_name = NULL;
     if (rc)
         return TS_ERR;
     return skip ? TS_SKIP : TS_KEEP;
@@ -1421,18 +1505,6 @@ static int sp_data(void *arg, const char *p, size_t n)
     if (!s->meta_collect)
         return sp_emit(s, p, n);
     buf_append(&s->meta, p, n);
-    if (s->ts.data_left == n) { /* the meta entry's data is complete: take the name */
-        free(s->meta_name);
-        const char *d = s->meta.data + s->meta_data;
-        size_t len = (size_t)s->meta_size;
-        if (s->meta_collect == 1) {
-            s->meta_name = sp_pax_path(d, len);
-        } else {
-            while (len > 0 && d[len - 1] == '\0')
-                len--;
-            s->meta_name = xstrndup(d, len);
-        }
-    }
     return 0;
 }
 
@@ -1468,7 +1540,6 @@ static void sp_finish(struct dk_susp *s)
     }
     buf_release(&s->meta);
     buf_release(&s->pending);
-    free(s->meta_name);
     free(s->final_path);
     free(s->tmp_path);
     free(s);
@@ -1621,6 +1692,9 @@ static void sp_next(struct dk_susp *s)
         s->ts.on_data = sp_data;
         s->ts.on_pad = sp_pad;
         s->ts.arg = s;
+        const char *inc = s->incl[s->cur], *slash = strrchr(inc, '/');
+        snprintf(s->prefix, sizeof(s->prefix), "%.*s", (int)(slash - inc > 0 ? slash - inc - 1 : 0),
+                 inc + 1);
         struct buf p;
         buf_init(&p);
         buf_printf(&p, "/containers/%s/archive?path=", s->sb->id);

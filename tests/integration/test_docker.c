@@ -81,8 +81,9 @@ static void acq_cb(void *arg, struct sandbox *sb, const char *err)
 
 static const struct sandbox_spec *spec_for(const char *thread)
 {
-    static const char *const incl[] = {"/workspace", "/data", NULL};
-    static const char *const excl[] = {"node_modules", "/workspace/*.log", NULL};
+    static const char *const incl[] = {"/workspace", "/data", "/srv/deep/app", NULL};
+    static const char *const excl[] = {"node_modules", "/workspace/*.log", "/srv/deep/app/tmp",
+                                       NULL};
     static struct sandbox_spec s;
     s = (struct sandbox_spec){.thread = thread,
                               .job = "job-1",
@@ -481,6 +482,18 @@ TEST_CASE(suspend_resume)
         snprintf(sum, sizeof(sum), "%.32s", w.out.data);
     run_free(&w);
 
+    /* a deeper include: names (also long ones and hard links) are rewritten from the root */
+    struct run w2 = {0};
+    run_cmd(sb, &w2,
+            "mkdir -p /srv/deep/app/tmp /srv/deep/other && echo deep > /srv/deep/app/d.txt && "
+            "ln /srv/deep/app/d.txt /srv/deep/app/hard.txt && ln -s d.txt /srv/deep/app/sym && "
+            "echo t > /srv/deep/app/tmp/t && echo o > /srv/deep/other/o && "
+            "L=$(printf 'q%.0s' $(seq 1 150)) && mkdir -p /srv/deep/app/$L && "
+            "echo lng > /srv/deep/app/$L/file",
+            NULL, NULL, 0);
+    CHECK_EQ_INT(w2.code, 0);
+    run_free(&w2);
+
     char old_id[128];
     snprintf(old_id, sizeof(old_id), "%s", sb->id);
     struct done s = {0};
@@ -510,10 +523,10 @@ TEST_CASE(suspend_resume)
     /* a plain tar.zst: the excluded folder is absent, the rest is there */
     snprintf(cmd, sizeof(cmd),
              "zstd -dc '%s' | tar -t | grep -c -e node_modules -e '^workspace/src/a.txt$' "
-             "-e '^data/d.txt$'",
+             "-e '^data/d.txt$' -e '^srv/deep/app/d.txt$' -e '^srv/deep/app/tmp' -e other",
              path);
     sh_out(out, sizeof(out), cmd);
-    CHECK_STR(out, "2");
+    CHECK_STR(out, "3");
 
     struct acq a = {0};
     p->ops->resume(p, spec_for("t-snap"), s.ref, acq_cb, &a);
@@ -538,6 +551,14 @@ TEST_CASE(suspend_resume)
             sum);
         CHECK_STR(r.out.data, want);
         run_free(&r);
+        struct run r2 = {0};
+        run_cmd(a.sb, &r2,
+                "cat /srv/deep/app/d.txt /srv/deep/app/hard.txt /srv/deep/app/sym "
+                "/srv/deep/app/q*/file; stat -c %h /srv/deep/app/d.txt; readlink "
+                "/srv/deep/app/sym; ls /srv/deep/app/tmp /srv/deep/other 2>&1 | grep -c 'No such'",
+                NULL, NULL, 0);
+        CHECK_STR(r2.out.data, "deep\ndeep\ndeep\nlng\n2\nd.txt\n2\n");
+        run_free(&r2);
         destroy_sb(a.sb);
     }
 
