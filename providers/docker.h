@@ -9,15 +9,27 @@
  *   SANDBOX_DOCKER_PIDS_LIMIT          default 512
  *   SANDBOX_DOCKER_MEMORY_BYTES        default 2147483648
  *   SANDBOX_DOCKER_NANO_CPUS           default 2000000000 (2 CPUs)
- *   SANDBOX_SNAPSHOT_DIR               local snapshot folder (default ./snapshots)
+ *   SANDBOX_SNAPSHOT_DIR               local snapshot folder (default ./snapshots); also holds
+ *                                      S3 downloads while a resume restores them
+ *   SANDBOX_SNAPSHOT_COMPRESSION       zstd (default) or gzip; resume detects the format
+ *   S3_* (see providers/s3.h)          when set, snapshots go to that bucket instead
  * Refuses to initialise when NODE_ENV=production.
  *
+ * Containers carry the labels sandbox-worker=1 and sandbox-worker.{thread,job,worker,
+ * organization,project}, run a keepalive PID 1 that exits on TERM, and are hardened: CapDrop
+ * ALL, no-new-privileges, pids/memory/CPU limits, network "none" by default.
+ *
  * Exec runs the command in its own session (setsid) inside the container and records its
- * process group in /tmp, so timeout and kill signal the whole tree with a second exec.
- * Suspend streams each workspace include path (default /workspace; top-level directories) out
- * through the archive API into SANDBOX_SNAPSHOT_DIR/sandboxes/<uuid>/snapshot.tar.zst (zstd,
- * bounded memory), removes the container and reports {"kind":"s3-tar","key":...}; resume
- * creates a fresh container and streams the tar back in at "/". */
+ * process group in /tmp, so timeout and kill signal the whole tree with a second exec. The
+ * image needs /bin/sh, setsid, kill, cat and sleep (busybox has them).
+ *
+ * Suspend streams each workspace include path (absolute; default /workspace) out through the
+ * archive API, drops excluded entries (tar's pattern rules: "/abs/path" anchored, "name" any
+ * component run, shell wildcards), renames entries from the root with pax headers, compresses
+ * and writes sandboxes/<uuid>/snapshot.tar.zst (or .gz) to the folder or S3 (multipart, with
+ * backpressure: memory stays bounded), then removes the container and reports
+ * {"kind":"s3-tar","key":...}. Resume creates a fresh container and streams the tar back in
+ * at "/" (an S3 object is downloaded to a temporary file first). */
 #ifndef SW_PROVIDERS_DOCKER_H
 #define SW_PROVIDERS_DOCKER_H
 

@@ -303,7 +303,27 @@ TEST_CASE(exec_streams_and_codes)
     CHECK(r4.first_out_ms > 0 && r4.exit_ms - r4.first_out_ms >= 1500);
     run_free(&r4);
 
-    destroy_sb(sb);
+    /* a missing working directory fails the command, it does not hang */
+    struct run r5 = {0};
+    run_cmd(sb, &r5, "echo never", "/no/such/dir", NULL, 0);
+    CHECK(r5.st == EXEC_ERROR || (r5.st == EXEC_EXITED && r5.code != 0));
+    CHECK(r5.out.data == NULL || strstr(r5.out.data, "never") == NULL);
+    run_free(&r5);
+
+    char id[128];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    struct done d = {0};
+    p->ops->destroy(sb, done_cb, &d);
+    CHECK(wait_for(&d.done, 60000) == 0);
+    CHECK_EQ_INT(d.rc, 0);
+    CHECK(!container_exists(id));
+    /* the handle still names the removed container: exec reports an error */
+    struct run r6 = {0};
+    run_cmd(sb, &r6, "true", NULL, NULL, 0);
+    CHECK_EQ_INT(r6.st, EXEC_ERROR);
+    CHECK(strstr(r6.msg, "docker") != NULL);
+    run_free(&r6);
+    provider_sandbox_release(sb);
     provider_free(p);
 }
 
