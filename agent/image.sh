@@ -29,6 +29,13 @@ copy_with_libs() {
 }
 
 copy_with_libs "$agent" /usr/local/bin/sandbox-agent
+# libarchive is loaded at run time (dlopen) by the archive routes, so ldd does not list it
+la=$(ldconfig -p 2>/dev/null | awk '/libarchive\.so\.13 .*x86-64|libarchive\.so\.13 /{print $NF; exit}')
+if [ -n "$la" ] && [ -e "$la" ]; then
+    copy_with_libs "$la" "$la"
+else
+    echo "image.sh: libarchive.so.13 not found; the image's /archive routes will fail" >&2
+fi
 if [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static; then
     cp /bin/busybox "$root/bin/busybox"
     for app in $("$root/bin/busybox" --list); do

@@ -113,7 +113,7 @@ struct proc {
 };
 
 /* One shared read buffer: the loop is single-threaded and on_output copies what it keeps. */
-#define PROC_READ_CHUNK (256 * 1024)
+#define PROC_READ_CHUNK (1024 * 1024)
 static char g_readbuf[PROC_READ_CHUNK];
 
 static void close_pipe(struct proc *p, int i)

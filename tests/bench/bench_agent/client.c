@@ -8,6 +8,8 @@
  *   time to the first 200 from /ready after the spawn (10 starts, median and min);
  *   POST /exec of `true` round trip on one keep-alive connection (p50/p90/p99);
  *   stdout throughput of `head -c N /dev/zero` through NDJSON/base64;
+ *   the agent's and the client's CPU time during that stream (a figure that does not depend
+ *   on how loaded the machine is);
  *   the agent's peak RSS (VmHWM) afterwards.
  * BENCH_EXEC_N (1000) and BENCH_STREAM_MB (512) size the runs. Exit status 1 on a setup
  * failure (the agent would not start, a reply was malformed); never on a figure. */
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -225,7 +228,33 @@ static void bench_exec(int port, size_t n)
     free(lat);
 }
 
-static void bench_stream(int port, size_t mb)
+/* CPU seconds (user + system) used so far by pid, from /proc; -1 if unreadable. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
+    unsigned long long ut, st;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static void bench_stream(int port, pid_t agent_pid, size_t mb)
 {
     unsigned long long nbytes = (unsigned long long)mb << 20;
     char body[128], req[512];
@@ -244,6 +273,7 @@ static void bench_stream(int port, size_t mb)
     char tail[64];
     size_t tlen = 0;
     unsigned long long got = 0;
+    double agent_cpu0 = cpu_seconds(agent_pid), self_cpu0 = self_cpu_seconds();
     double t0 = now_ms();
     for (;;) {
         ssize_t n = recv(s, buf, cap, 0);
@@ -264,6 +294,8 @@ static void bench_stream(int port, size_t mb)
         }
     }
     double dt = (now_ms() - t0) / 1e3;
+    double agent_cpu = cpu_seconds(agent_pid) - agent_cpu0,
+           self_cpu = self_cpu_seconds() - self_cpu0;
     close(s);
     free(buf);
     int ok = memmem(tail, tlen, "{\"exitCode\":0}", 14) != NULL;
@@ -271,6 +303,8 @@ static void bench_stream(int port, size_t mb)
            "output (%.0f MB/s on the wire)%s (target >= 600 MB/s)\n",
            mb, dt, (double)nbytes / dt / 1e6, (double)got / dt / 1e6,
            ok ? "" : " [no exit frame!]");
+    printf("agent CPU while streaming: %.2f s (%.2f s per GB of output); client CPU %.2f s\n",
+           agent_cpu, agent_cpu / ((double)nbytes / 1e9), self_cpu);
 }
 
 static void print_rss(pid_t pid)
@@ -312,7 +346,7 @@ int main(int argc, char **argv)
         return 1;
     }
     bench_exec(port, env_size("BENCH_EXEC_N", 1000));
-    bench_stream(port, env_size("BENCH_STREAM_MB", 512));
+    bench_stream(port, pid, env_size("BENCH_STREAM_MB", 512));
     print_rss(pid);
     agent_stop(pid);
     return 0;
