@@ -25,7 +25,8 @@
  *
  * Suspend streams each workspace include path (absolute; default /workspace) out through the
  * archive API, drops excluded entries (tar's pattern rules: "/abs/path" anchored, "name" any
- * component run, shell wildcards), renames entries from the root with pax headers, compresses
+ * component run, shell wildcards), names entries from the root (pax headers for deeper
+ * include paths), compresses
  * and writes sandboxes/<uuid>/snapshot.tar.zst (or .gz) to the folder or S3 (multipart, with
  * backpressure: memory stays bounded), then removes the container and reports
  * {"kind":"s3-tar","key":...}. Resume creates a fresh container and streams the tar back in

@@ -157,7 +157,7 @@ static void run_cmd(struct sandbox *sb, struct run *r, const char *cmd, const ch
     CHECK(wait_for(&r->done, 120000) == 0);
     CHECK_EQ_INT(r->done, 1);
     if (r->st == EXEC_ERROR)
-        fprintf(stderr, "exec error: %s\n", r->msg);
+        printf("  exec reported an error: %s\n", r->msg);
 }
 
 static void run_free(struct run *r)
@@ -716,7 +716,7 @@ TEST_CASE(s3_snapshots)
         goto out;
     /* larger than a multipart part (8 MiB), incompressible */
     char sum[33];
-    make_big(sb, 40 * 1024, sum);
+    make_big(sb, 64 * 1024, sum);
     long rss0 = maxrss_kb();
     struct done s = {0};
     p->ops->suspend(sb, ref_cb, &s);
@@ -726,9 +726,9 @@ TEST_CASE(s3_snapshots)
         fprintf(stderr, "suspend: %s\n", s.err);
     provider_sandbox_release(sb);
     long grew_kb = maxrss_kb() - rss0;
-    printf("  peak RSS grew by %ld KiB while streaming a 40 MiB workspace to S3\n", grew_kb);
-#ifndef __SANITIZE_ADDRESS__ /* ASan's quarantine keeps freed memory resident */
-    CHECK(grew_kb < 32 * 1024);
+    printf("  peak RSS grew by %ld KiB while streaming a 64 MiB workspace to S3\n", grew_kb);
+#ifndef __SANITIZE_ADDRESS__    /* ASan's quarantine keeps freed memory resident */
+    CHECK(grew_kb < 40 * 1024); /* parts in flight, not the 64 MiB object */
 #endif
     const cJSON *key = s.ref ? cJSON_GetObjectItem(s.ref, "key") : NULL;
     CHECK(cJSON_IsString(key));
