@@ -205,7 +205,7 @@ cat >"$work/turn2.json" <<EOF
   "steps": [
     { "type": "run", "name": "fresh-only", "when": "fresh", "cmd": "echo 'this sandbox is new: the snapshot was lost'" },
     { "type": "run", "name": "prove", "when": "resumed",
-      "cmd": "echo 'resumed from the snapshot; files from turn 1:'; cat app/index.html notes.md app/built-at.txt; ls node_modules 2>&1 || true",
+      "cmd": "echo 'resumed from the snapshot; files from turn 1:' && cat app/index.html notes.md app/built-at.txt && if [ -e node_modules ]; then echo 'node_modules should have been excluded' >&2; exit 1; fi && echo 'node_modules was left out of the snapshot, as configured'",
       "cwd": "/workspace" },
     { "type": "read", "path": "/workspace/notes.md" }
   ],
