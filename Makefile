@@ -101,7 +101,7 @@ fuzz-agent:
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,style,performance,portability \
-		--inline-suppr --suppress=missingIncludeSystem -I. $(PKG_CFLAGS) \
+		--inline-suppr --suppress=missingIncludeSystem -I. \
 		lib queue providers worker agent
 	clang-tidy --quiet $(CORE_SRC) $(MAIN_SRC) $(AGENT_SRC) -- $(filter-out -MMD -MP,$(CFLAGS))
 

@@ -836,16 +836,19 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
         up->drain(up->arg);
 }
 
+static void cancel_slot(s3_op **slot)
+{
+    if (*slot) {
+        s3_op_cancel(*slot);
+        *slot = NULL;
+    }
+}
+
 static void cancel_inflight(s3_upload *up)
 {
-    s3_op **ops[] = {&up->create_op, &up->complete_op, &up->put_op};
-
-    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
-        if (*ops[i]) {
-            s3_op_cancel(*ops[i]);
-            *ops[i] = NULL;
-        }
-    }
+    cancel_slot(&up->create_op);
+    cancel_slot(&up->complete_op);
+    cancel_slot(&up->put_op);
     for (size_t i = 0; i < up->nparts; i++) {
         if (up->parts[i]->op) {
             s3_op_cancel(up->parts[i]->op);
@@ -1049,7 +1052,9 @@ static int seal_part(s3_upload *up, size_t len)
     }
     if (up->nparts == up->capparts) {
         up->capparts = up->capparts ? up->capparts * 2 : 16;
-        up->parts = xrealloc(up->parts, up->capparts * sizeof(*up->parts));
+        /* An array of pointers to parts. */
+        up->parts = xrealloc(
+            up->parts, up->capparts * sizeof(*up->parts)); // NOLINT(bugprone-sizeof-expression)
     }
     buf_init(&rest);
     if (up->cur.len > len) {
@@ -1176,7 +1181,9 @@ void s3_free(s3 *c)
     http_client_free(c->http);
     while (c->ops) {
         s3_op *op = c->ops;
-        op_unlink(op);
+        c->ops = op->next;
+        if (c->ops)
+            c->ops->prev = NULL;
         op_free(op);
     }
     while (c->uploads) {

@@ -136,9 +136,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *ctype = "text/plain; charset=utf-8";
     enum route r = route_of(path);
     int code;
-    if (r == ROUTE_NONE) {
-        code = serve(s, r, body, &ctype);
-    } else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+    if (r != ROUTE_NONE && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
         code = 405;
         evhttp_add_header(headers, "Allow", "GET, HEAD");
         evbuffer_add_printf(body, "method not allowed");
@@ -196,6 +194,7 @@ status_server *status_server_new(struct event_base *base, const char *host, int 
         goto out;
     }
     struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
     socklen_t sl = sizeof(ss);
     if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) != 0) {
         snprintf(err, errlen, "status server: getsockname: %s", strerror(errno));
