@@ -284,6 +284,14 @@ static void tar_ustar_name(const unsigned char *h, char *out, size_t cap)
         snprintf(out, cap, "%s", name);
 }
 
+static void tar_field(char *dst, size_t cap, const unsigned char *f, size_t n)
+{
+    size_t k = 0;
+    while (k < n && f[k])
+        k++;
+    snprintf(dst, cap, "%.*s", (int)k, (const char *)f);
+}
+
 /* ---- create / resume ---- */
 
 enum acq_phase { ACQ_IMAGE, ACQ_CREATE, ACQ_START, ACQ_RESTORE, ACQ_CLEANUP };
@@ -1160,7 +1168,9 @@ struct dk_read {
     struct buf data;
     struct tarscan ts;
     int entries;
-    int complete; /* first entry fully seen (or max reached) */
+    int complete;  /* first entry fully seen (or max reached) */
+    char *link_to; /* the path was a symlink: read this path next */
+    int hops;      /* symlinks followed so far */
     char err[512];
 };
 
@@ -1172,6 +1182,20 @@ static int rd_header(void *arg, const unsigned char *hdr, uint64_t size)
     if (type == 'x' || type == 'g' || type == 'L' || type == 'K')
         return TS_SKIP;
     if (r->entries++ > 0) {
+        r->complete = 1;
+        return TS_SKIP;
+    }
+    if (type == '2') { /* a symlink: follow it like cat would */
+        char target[101];
+        tar_field(target, sizeof(target), hdr + 157, 100);
+        const char *slash = strrchr(r->path, '/');
+        struct buf b;
+        buf_init(&b);
+        if (target[0] != '/' && slash)
+            buf_printf(&b, "%.*s/", (int)(slash - r->path), r->path);
+        buf_puts(&b, target);
+        free(r->link_to);
+        r->link_to = buf_detach(&b);
         r->complete = 1;
         return TS_SKIP;
     }
@@ -1197,8 +1221,13 @@ static int rd_data(void *arg, const char *p, size_t n)
 static int rd_on_data(void *arg, http_request *req, const char *data, size_t len)
 {
     struct dk_read *r = arg;
-    if (http_request_status(req) != 200 || r->complete)
-        return HTTP_DATA_OK; /* error bodies are small: ignore; after the entry: drain */
+    if (http_request_status(req) != 200) { /* keep the start of an error body */
+        if (r->data.len < 4096)
+            buf_append(&r->data, data, len < 4096 ? len : 4096);
+        return HTTP_DATA_OK;
+    }
+    if (r->complete)
+        return HTTP_DATA_OK; /* after the entry: drain */
     if (tarscan_feed(&r->ts, data, len) != 0)
         return HTTP_DATA_ABORT;
     if (r->complete)
@@ -1206,10 +1235,23 @@ static int rd_on_data(void *arg, http_request *req, const char *data, size_t len
     return HTTP_DATA_OK;
 }
 
+static int rd_start(struct dk_read *r);
+
 static void rd_done(void *arg, http_request *req, const struct http_result *res)
 {
     (void)req;
     struct dk_read *r = arg;
+    if (!r->err[0] && r->link_to) {
+        if (++r->hops > 8) {
+            snprintf(r->err, sizeof(r->err), "docker: read file %s: too many symlinks", r->path);
+        } else {
+            free(r->path);
+            r->path = r->link_to;
+            r->link_to = NULL;
+            if (rd_start(r) == 0)
+                return;
+        }
+    }
     /* complete: got what we need (the request may have been cancelled after it) */
     if (r->err[0] || r->complete) {
         (void)0;
@@ -1218,7 +1260,9 @@ static void rd_done(void *arg, http_request *req, const struct http_result *res)
     } else if (res->status == 404) {
         snprintf(r->err, sizeof(r->err), "docker: read file %s: no such file", r->path);
     } else if (res->status != 200) {
-        snprintf(r->err, sizeof(r->err), "docker: read file %s: HTTP %ld", r->path, res->status);
+        char what[300];
+        snprintf(what, sizeof(what), "read file %s", r->path);
+        dk_http_err(r->err, sizeof(r->err), what, res->status, r->data.data);
     } else if (r->entries == 0) {
         snprintf(r->err, sizeof(r->err), "docker: read file %s: empty archive", r->path);
     }
@@ -1228,6 +1272,7 @@ static void rd_done(void *arg, http_request *req, const struct http_result *res)
         r->done(r->arg, 0, r->data.data ? r->data.data : "", r->data.len, NULL);
     buf_release(&r->data);
     free(r->path);
+    free(r->link_to);
     free(r);
 }
 
@@ -1241,23 +1286,20 @@ static void rd_failed_early(evutil_socket_t fd, short what, void *arg)
     rd_done(arg, NULL, &res);
 }
 
-static void dk_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
-                         void *arg)
+/* (Re)starts the archive GET of r->path; -1 with r->err when it could not start. */
+static int rd_start(struct dk_read *r)
 {
-    struct dk_prov *d = sb->prov->priv;
-    struct dk_read *r = xcalloc(1, sizeof(*r));
-    r->sb = sb;
-    r->done = done;
-    r->arg = arg;
-    r->path = xstrdup(path ? path : "");
-    r->max = max;
-    buf_init(&r->data);
+    struct dk_prov *d = r->sb->prov->priv;
+    buf_clear(&r->data);
+    r->entries = 0;
+    r->complete = 0;
+    memset(&r->ts, 0, sizeof(r->ts));
     r->ts.on_header = rd_header;
     r->ts.on_data = rd_data;
     r->ts.arg = r;
     struct buf p;
     buf_init(&p);
-    buf_printf(&p, "/containers/%s/archive?path=", sb->id);
+    buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
     dk_qenc(&p, r->path);
     http_request *req = dk_req(d, "GET", p.data, DK_CALL_MS);
     buf_release(&p);
@@ -1266,8 +1308,23 @@ static void dk_read_file(struct sandbox *sb, const char *path, size_t max, provi
     char e[256];
     if (http_request_start(req, e, sizeof(e)) != 0) {
         snprintf(r->err, sizeof(r->err), "docker: read file: %s", e);
-        dk_defer(sb->prov->base, rd_failed_early, r);
+        return -1;
     }
+    return 0;
+}
+
+static void dk_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
+                         void *arg)
+{
+    struct dk_read *r = xcalloc(1, sizeof(*r));
+    r->sb = sb;
+    r->done = done;
+    r->arg = arg;
+    r->path = xstrdup(path ? path : "");
+    r->max = max;
+    buf_init(&r->data);
+    if (rd_start(r) != 0)
+        dk_defer(sb->prov->base, rd_failed_early, r);
 }
 
 /* ---- suspend: workspace → zstd tar file → container removed ---- */
@@ -1369,14 +1426,6 @@ static void pax_record(struct buf *b, const char *key, const char *val)
     while (len != base + (size_t)snprintf(NULL, 0, "%zu", len))
         len = base + (size_t)snprintf(NULL, 0, "%zu", len);
     buf_printf(b, "%zu %s=%s\n", len, key, val);
-}
-
-static void tar_field(char *dst, size_t cap, const unsigned char *f, size_t n)
-{
-    size_t k = 0;
-    while (k < n && f[k])
-        k++;
-    snprintf(dst, cap, "%.*s", (int)k, (const char *)f);
 }
 
 /* Emits a pax extended header carrying records. */

@@ -412,9 +412,25 @@ TEST_CASE(files_round_trip)
     buf_release(&cap.data);
 
     struct run m = {0};
-    run_cmd(sb, &m, "stat -c %a /workspace/deep/er/bin.dat", NULL, NULL, 0);
+    run_cmd(sb, &m,
+            "stat -c %a /workspace/deep/er/bin.dat && ln -s er/bin.dat /workspace/deep/rel && "
+            "ln -s /workspace/deep/rel /workspace/abs && ln -s loop /workspace/loop",
+            NULL, NULL, 0);
     CHECK_STR(m.out.data, "600\n");
     run_free(&m);
+
+    /* symlinks are followed (relative, absolute, chained); a loop fails */
+    struct done ln = {0};
+    p->ops->read_file(sb, "/workspace/abs", 64, data_cb, &ln);
+    CHECK(wait_for(&ln.done, 60000) == 0);
+    CHECK_EQ_INT(ln.rc, 0);
+    CHECK(ln.data.len == 64 && memcmp(ln.data.data, bin, 64) == 0);
+    buf_release(&ln.data);
+    struct done loop = {0};
+    p->ops->read_file(sb, "/workspace/loop", 64, data_cb, &loop);
+    CHECK(wait_for(&loop.done, 60000) == 0);
+    CHECK_EQ_INT(loop.rc, -1);
+    CHECK(strstr(loop.err, "/workspace/loop") != NULL);
 
     struct done miss = {0};
     p->ops->read_file(sb, "/workspace/nope.txt", 100, data_cb, &miss);
