@@ -56,6 +56,7 @@ struct turn {
     int resumed;
     char *old_state, *old_snapshot, *old_provider;
     size_t step;
+    size_t file; /* write step: the file being written */
     int64_t step_started;
     struct step_result *sr;
     provider_exec *ex;
@@ -546,16 +547,14 @@ static void on_exec_exit(void *arg, enum exec_status status, int exit_code, cons
 
 static void file_written(void *arg, int rc, const char *err);
 
-static void write_next_file(struct turn *t, size_t i)
+static void write_next_file(struct turn *t)
 {
     const struct job_step *js = &t->job->steps[t->step];
-    if (i >= js->nfiles) {
+    if (t->file >= js->nfiles) {
         step_done(t, SS_OK);
         return;
     }
-    /* The file index rides in exit_code until the step ends. */
-    t->sr[t->step].exit_code = (int)i;
-    const struct job_file *f = &js->files[i];
+    const struct job_file *f = &js->files[t->file];
     t->w->prov->ops->write_file(t->sb, f->path, f->data, f->len, f->mode, file_written, t);
 }
 
@@ -563,24 +562,21 @@ static void file_written(void *arg, int rc, const char *err)
 {
     struct turn *t = arg;
     struct step_result *sr = &t->sr[t->step];
-    size_t i = (size_t)sr->exit_code;
     if (rc != 0) {
-        sr->exit_code = 0;
         struct buf b;
         buf_init(&b);
-        buf_printf(&b, "writing %s: %s", t->job->steps[t->step].files[i].path, err ? err : "error");
+        buf_printf(&b, "writing %s: %s", t->job->steps[t->step].files[t->file].path,
+                   err ? err : "error");
         sr->error = buf_detach(&b);
         step_done(t, SS_ERROR);
         return;
     }
     if (t->abort) {
-        sr->exit_code = 0;
         step_done(t, SS_KILLED);
         return;
     }
-    if (i + 1 >= t->job->steps[t->step].nfiles)
-        sr->exit_code = 0;
-    write_next_file(t, i + 1);
+    t->file++;
+    write_next_file(t);
 }
 
 static void file_read(void *arg, int rc, const char *data, size_t len, const char *err)
@@ -670,7 +666,8 @@ static void start_step(struct turn *t)
     emit(t, fields);
     switch (js->kind) {
     case STEP_WRITE:
-        write_next_file(t, 0);
+        t->file = 0;
+        write_next_file(t);
         return;
     case STEP_READ: {
         size_t max = js->max_bytes ? js->max_bytes : t->w->cfg.read_cap_bytes;
@@ -871,7 +868,11 @@ static void begun(void *arg, enum queue_begin_status st, const struct queue_thre
         t->old_state = th->state ? xstrdup(th->state) : NULL;
         t->old_snapshot = th->snapshot ? xstrdup(th->snapshot) : NULL;
         t->old_provider = th->provider ? xstrdup(th->provider) : NULL;
-        /* Keep the previous state if the turn fails before acquiring. */
+        if (t->abort) {
+            /* Cancelled, lease lost or shutting down while the begin script ran. */
+            finished(t);
+            return;
+        }
         acquire(t);
         return;
     case QB_FENCED:

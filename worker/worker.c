@@ -13,6 +13,9 @@
 #include "lib/log.h"
 #include "worker/status.h"
 
+/* After the grace period, interrupted turns get this long to suspend and publish. */
+#define HARD_STOP_MS 15000
+
 #ifndef SANDBOX_WORKER_VERSION
 #define SANDBOX_WORKER_VERSION "0.1.0"
 #endif
@@ -76,6 +79,15 @@ static int ready_fn(void *arg, char *why, size_t whylen)
     return queue_ready(w->q, why, whylen);
 }
 
+static void hard_stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    log_error(NULL, "%d turn(s) could not finish after the grace period; exiting", w->inflight);
+    event_base_loopexit(w->base, NULL);
+}
+
 static void grace_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -87,8 +99,12 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
     }
     log_warn(NULL, "shutdown grace expired with %d turn(s) in flight; interrupting them",
              w->inflight);
-    w->stopping = 1;
     turn_interrupt_all(w);
+    /* Interrupted turns suspend and publish; if that cannot finish (Redis gone), exit anyway:
+     * their entries stay pending and another worker reports them after the lease. */
+    struct timeval tv = {HARD_STOP_MS / 1000, (HARD_STOP_MS % 1000) * 1000};
+    w->hard_stop = evtimer_new(w->base, hard_stop_cb, w);
+    evtimer_add(w->hard_stop, &tv);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -290,6 +306,8 @@ out:
         event_free(sigint);
     if (w.grace)
         event_free(w.grace);
+    if (w.hard_stop)
+        event_free(w.hard_stop);
     status_server_free(st);
     queue_free(w.q);
     provider_free(w.prov);

@@ -22,9 +22,8 @@ struct worker {
     struct turn *turns; /* in flight, linked through turn->next */
     int inflight;
     int draining;
-    int stopping; /* grace expired: turns are being interrupted */
-    struct event *grace;
-    struct event *stop_check;
+    struct event *grace;     /* shutdown grace expiry */
+    struct event *hard_stop; /* exit even if interrupted turns cannot publish */
     /* metrics */
     metric *m_jobs, *m_inflight, *m_step_seconds, *m_turn_seconds, *m_leases, *m_lease_lost,
         *m_reclaims, *m_fenced, *m_reconnects, *m_deliveries;

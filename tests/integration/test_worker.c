@@ -480,6 +480,23 @@ TEST_CASE(sigterm_drain)
     CHECK(r && strcmp(jstr(r, "status"), "lost") == 0);
     CHECK(r && strcmp(jstr(r, "error.code"), "worker_shutdown") == 0);
     cJSON_Delete(r);
+
+    /* Redis gone during the shutdown: the worker still exits (after its hard stop), and the
+     * unpublished entry stays pending for another worker. */
+    w = spawn("w3", env2, 0);
+    xadd_job(job_json("s4", "ths4", "{\"type\":\"run\",\"cmd\":\"hang\"}", NULL));
+    phase = sync_wait_hget(rc, key("job", "s4"), "phase", 20000);
+    free(phase);
+    redisFree(rc);
+    test_redis_kill(srv);
+    kill(w, SIGTERM);
+    CHECK_EQ_INT(worker_stop(w, 0, 30000), 0);
+    CHECK_EQ_INT(test_redis_restart(srv), 0);
+    rc = sync_connect(test_redis_port(srv));
+    char *st4 = sync_hget(rc, key("job", "s4"), "status");
+    CHECK(st4 == NULL);
+    free(st4);
+    CHECK_EQ_INT(pending(), 1);
 }
 
 TEST_CASE(secrets_never_leak)
