@@ -367,6 +367,44 @@ TEST_CASE(timeout_and_kill_tree)
     CHECK_EQ_INT(k.st, EXEC_KILLED);
     run_free(&k);
     CHECK_EQ_INT(count_sleepers(sb, "sleep 40"), 0);
+
+    /* killed before the engine even created the exec: nothing runs */
+    struct run e = {0};
+    struct exec_req req = {.cmd = "echo should-not-run > /tmp/ran"};
+    struct exec_cbs cbs = {.on_output = run_output, .on_exit = run_exit, .arg = &e};
+    e.sb = sb;
+    e.ex = p->ops->exec(sb, &req, &cbs, err, sizeof(err));
+    CHECK(e.ex != NULL);
+    if (e.ex) {
+        p->ops->exec_kill(e.ex);
+        CHECK_EQ_INT(e.done, 0); /* reported later, from the loop */
+        CHECK(wait_for(&e.done, 60000) == 0);
+        CHECK_EQ_INT(e.st, EXEC_KILLED);
+    }
+    run_free(&e);
+    struct run chk = {0};
+    run_cmd(sb, &chk, "cat /tmp/ran 2>/dev/null || echo absent", NULL, NULL, 0);
+    CHECK_STR(chk.out.data, "absent\n");
+    run_free(&chk);
+
+    /* execs run concurrently on the one loop */
+    struct run par[3];
+    memset(par, 0, sizeof(par));
+    long t0p = now_ms();
+    for (int i = 0; i < 3; i++) {
+        struct exec_req pr = {.cmd = "sleep 3; echo done"};
+        struct exec_cbs pc = {.on_output = run_output, .on_exit = run_exit, .arg = &par[i]};
+        par[i].sb = sb;
+        par[i].ex = p->ops->exec(sb, &pr, &pc, err, sizeof(err));
+        CHECK(par[i].ex != NULL);
+    }
+    for (int i = 0; i < 3; i++) {
+        CHECK(wait_for(&par[i].done, 60000) == 0);
+        CHECK_EQ_INT(par[i].code, 0);
+        CHECK_STR(par[i].out.data, "done\n");
+        run_free(&par[i]);
+    }
+    CHECK(now_ms() - t0p < 8000); /* one after the other would take 9 s */
     destroy_sb(sb);
     provider_free(p);
 }
