@@ -51,6 +51,10 @@ struct queue {
     struct queue_stats stats;
     int was_ready;
     int closing;
+    int handbacks;              /* hand-back scripts in flight */
+    void (*drained)(void *arg); /* queue_drain's callback, until called */
+    struct event *drain_ev;
+    void *drained_arg;
     char *prefix, *consumer;     /* owned; o.prefix/o.consumer point here */
     struct script_call *waiting; /* script calls waiting on a retry timer */
 };
@@ -340,14 +344,70 @@ static void deliver(queue *q, struct queue_delivery *d)
 
 static void start_read(queue *q);
 
+static void drained_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    queue *q = arg;
+    void (*cb)(void *) = q->drained;
+    q->drained = NULL;
+    if (cb)
+        cb(q->drained_arg);
+}
+
+/* Calls the drain callback (through the loop) once nothing can deliver any more. */
+static void check_drained(queue *q)
+{
+    if (q->stopped && q->drained && !q->reading && q->handbacks == 0) {
+        struct timeval zero = {0, 0};
+        evtimer_add(q->drain_ev, &zero);
+    }
+}
+
+static void handback_reply(queue *q, const redisReply *reply, void *arg)
+{
+    struct queue_delivery *d = arg;
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        log_info(NULL, "entry %s handed back to the stream (read while draining)", d->entry);
+    else
+        log_warn(NULL,
+                 "entry %s read while draining could not be handed back; it is reclaimed "
+                 "after the lease",
+                 d->entry);
+    queue_delivery_free(d);
+    q->handbacks--;
+    check_drained(q);
+}
+
+/* A draining worker got an entry it will not run: return it to the stream at once. */
+static void hand_back(queue *q, struct queue_delivery *d)
+{
+    if (!d->payload) {
+        queue_delivery_free(d); /* stays pending; the next owner rejects it */
+        return;
+    }
+    struct script_call *sc = script_new(q, q->wr, SCRIPT_HANDBACK, 1);
+    cmd_add(&sc->c, q->k_jobs);
+    cmd_add(&sc->c, QUEUE_GROUP);
+    cmd_add(&sc->c, q->o.consumer);
+    cmd_add(&sc->c, d->entry);
+    cmd_addn(&sc->c, d->payload, d->len);
+    cmd_addll(&sc->c, d->attempt);
+    sc->cb = handback_reply;
+    sc->arg = d;
+    q->handbacks++;
+    script_send(sc);
+}
+
 static void read_reply(redis *r, const redisReply *reply, void *arg)
 {
     (void)r;
     queue *q = arg;
     q->reading = 0;
-    if (!reply || q->stopped)
-        return; /* READY kicks the reader again; entries read while stopping stay pending
-                   and are reclaimed by another worker after the lease (never started) */
+    if (!reply) {
+        check_drained(q);
+        return; /* READY kicks the reader again */
+    }
     if (reply->type == REDIS_REPLY_ERROR) {
         log_error(NULL, "XREADGROUP failed: %s", reply->str);
         if (strncmp(reply->str, "NOGROUP", 7) == 0) {
@@ -367,12 +427,15 @@ static void read_reply(redis *r, const redisReply *reply, void *arg)
                 if (e->type != REDIS_REPLY_ARRAY || e->elements < 2)
                     continue;
                 struct queue_delivery *d = delivery_from(e->element[0], 1, e->element[1]);
-                if (d)
+                if (d && q->stopped)
+                    hand_back(q, d);
+                else if (d)
                     deliver(q, d);
             }
         }
     }
     start_read(q);
+    check_drained(q);
 }
 
 static void send_read(queue *q)
@@ -404,6 +467,7 @@ static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
     (void)arg;
     if (!reply) {
         q->reading = 0;
+        check_drained(q);
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -423,6 +487,10 @@ static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
             if (!d)
                 continue;
             d->reclaimed = 1;
+            if (q->stopped) {
+                hand_back(q, d);
+                continue;
+            }
             q->stats.reclaims++;
             log_warn(NULL,
                      "reclaimed entry %s (delivery %lld) from a consumer that stopped renewing",
@@ -470,9 +538,12 @@ void queue_set_capacity(queue *q, int free_slots)
         kick_reader(q);
 }
 
-void queue_stop_reading(queue *q)
+void queue_drain(queue *q, void (*cb)(void *arg), void *arg)
 {
     q->stopped = 1;
+    q->drained = cb;
+    q->drained_arg = arg;
+    check_drained(q);
     /* Abort a blocked XREADGROUP so no new entry is delivered to a draining worker. */
     if (q->reading && redis_get_state(q->rd) == REDIS_READY)
         redis_drop(q->rd);
@@ -841,6 +912,7 @@ queue *queue_new(struct event_base *base, const struct queue_opts *opts,
     q->k_delayed = keys_delayed(opts->prefix);
     q->k_dead = keys_dead(opts->prefix);
     q->kick = evtimer_new(base, kick_cb, q);
+    q->drain_ev = evtimer_new(base, drained_cb, q);
     q->tick = event_new(base, -1, EV_PERSIST, tick_cb, q);
 
     struct redis_opts ro = {
@@ -877,6 +949,8 @@ void queue_free(queue *q)
         event_free(q->tick);
     if (q->kick)
         event_free(q->kick);
+    if (q->drain_ev)
+        event_free(q->drain_ev);
     if (q->rd)
         redis_free(q->rd);
     if (q->wr)

@@ -64,8 +64,10 @@ void queue_free(queue *q);
 int queue_ready(const queue *q, char *why, size_t whylen);
 /* How many more entries the worker can take; reads ask for at most this many. */
 void queue_set_capacity(queue *q, int free_slots);
-/* Stops reading and reclaiming (drain). Renewal and completion go on. */
-void queue_stop_reading(queue *q);
+/* Drain: stops reading and reclaiming; renewal and completion go on. Entries that arrive
+ * after this are handed back to the stream, not delivered. cb runs (from the loop) once no
+ * read and no hand-back is in flight any more. */
+void queue_drain(queue *q, void (*cb)(void *arg), void *arg);
 
 /* Renewal set: entries renewed every tick until untracked. job_id may be "" (unknown). */
 void queue_track(queue *q, const char *entry, const char *job_id);

@@ -158,8 +158,18 @@ static const char enqueue_lua[] = "if redis.call('EXISTS', KEYS[2]) == 1 then\n"
                                   "redis.call('EXPIRE', KEYS[2], ARGV[2])\n"
                                   "return {'added', id}\n";
 
-static const char *const sources[SCRIPT__COUNT] = {begin_lua,   complete_lua, renew_lua,
-                                                   reclaim_lua, promote_lua,  enqueue_lua};
+/* KEYS: jobs.  ARGV: group, consumer, entry, job payload, attempt.
+ * If the entry is still ours, adds a copy at the end of the stream and acknowledges the
+ * original, so another worker takes it at once (Redis 7 has no XNACK). Returns 1 or 0. */
+static const char handback_lua[] =
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
+    "if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end\n"
+    "redis.call('XADD', KEYS[1], '*', 'job', ARGV[4], 'attempt', ARGV[5])\n"
+    "redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
+    "return 1\n";
+
+static const char *const sources[SCRIPT__COUNT] = {
+    begin_lua, complete_lua, renew_lua, reclaim_lua, promote_lua, enqueue_lua, handback_lua};
 
 const char *scripts_source(enum queue_script s)
 {

@@ -11,6 +11,7 @@ enum queue_script {
     SCRIPT_RECLAIM,   /* XAUTOCLAIM plus each entry's delivery count */
     SCRIPT_PROMOTE,   /* moves due retries from the delayed zset to the stream */
     SCRIPT_ENQUEUE,   /* producer side: XADD unless the job id is already queued or done */
+    SCRIPT_HANDBACK,  /* a draining worker returns an entry it read but never started */
     SCRIPT__COUNT
 };
 

@@ -57,13 +57,26 @@ static void on_ready(void *arg, int ready)
     log_info(NULL, "queue %s", ready ? "ready" : "not ready");
 }
 
+/* Exits the loop once draining, with no turn in flight and the queue quiet. */
+static void maybe_exit(struct worker *w)
+{
+    if (w->draining && w->inflight == 0 && w->queue_quiet)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void queue_drained(void *arg)
+{
+    struct worker *w = arg;
+    w->queue_quiet = 1;
+    maybe_exit(w);
+}
+
 void worker_turn_finished(struct worker *w)
 {
     w->inflight--;
     metric_set(w->m_inflight, NULL, w->inflight);
     if (w->draining) {
-        if (w->inflight == 0)
-            event_base_loopexit(w->base, NULL);
+        maybe_exit(w);
         return;
     }
     queue_set_capacity(w->q, w->cfg.concurrency - w->inflight);
@@ -119,12 +132,10 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     log_info(NULL, "signal %d: draining (%d turn(s) in flight, grace %d ms)", (int)sig, w->inflight,
              w->cfg.shutdown_grace_ms);
     w->draining = 1;
-    queue_stop_reading(w->q);
     queue_set_capacity(w->q, 0);
-    if (w->inflight == 0) {
-        event_base_loopexit(w->base, NULL);
-        return;
-    }
+    queue_drain(w->q, queue_drained, w);
+    if (w->inflight == 0)
+        return; /* exits when the queue is quiet */
     struct timeval tv = {w->cfg.shutdown_grace_ms / 1000, (w->cfg.shutdown_grace_ms % 1000) * 1000};
     w->grace = evtimer_new(w->base, grace_cb, w);
     evtimer_add(w->grace, &tv);

@@ -22,6 +22,7 @@ struct worker {
     struct turn *turns; /* in flight, linked through turn->next */
     int inflight;
     int draining;
+    int queue_quiet;         /* draining and the queue delivers nothing any more */
     struct event *grace;     /* shutdown grace expiry */
     struct event *hard_stop; /* exit even if interrupted turns cannot publish */
     /* metrics */
