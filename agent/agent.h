@@ -36,6 +36,8 @@ struct agent {
     struct agent_config cfg;
     struct httpd *http;
     char **hook_env; /* NULL-terminated "K=V" from the run hook's {"envs":{}}; may be NULL */
+    char **base_env; /* default PATH, the agent's environment, then hook_env, keys unique;
+                        rebuilt by agent_env_refresh() whenever hook_env changes */
     size_t procs;    /* live commands + archive jobs, bounded by cfg.max_procs */
     struct runs *runs;
     int shutting_down;
@@ -49,9 +51,11 @@ void agent_config_release(struct agent_config *cfg);
 /* The request handler given to httpd. */
 void agent_handle(struct httpd_req *req, void *arg);
 
-/* Builds a NULL-terminated envp: the agent's environment, then the run hook's envs, then
- * `envs` (a JSON object of strings; NULL ok). Later entries override earlier ones. Returns
- * NULL with err set when envs has a non-string value. Free with agent_env_free. */
+/* (Re)builds a->base_env from the process environment and a->hook_env. */
+void agent_env_refresh(struct agent *a);
+/* Builds a NULL-terminated envp: a->base_env (agent_env_refresh() must have run), then `envs`
+ * (a JSON object of strings; NULL ok), which overrides. Returns NULL with err set when envs has a
+ * non-string value. Free with agent_env_free. */
 char **agent_env_build(const struct agent *a, const cJSON *envs, char *err, size_t errlen);
 void agent_env_free(char **envp);
 

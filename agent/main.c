@@ -81,6 +81,7 @@ int main(int argc, char **argv)
         goto out;
     }
     signal(SIGPIPE, SIG_IGN);
+    agent_env_refresh(&a);
     a.base = event_base_new();
     if (!a.base || proc_reaper_init(a.base) != 0) {
         log_error(NULL, "agent: cannot set up the event loop");
@@ -121,6 +122,7 @@ out:
         event_free(sigint);
     proc_reaper_shutdown();
     agent_env_free(a.hook_env);
+    agent_env_free(a.base_env);
     agent_config_release(&a.cfg);
     if (a.base)
         event_base_free(a.base);

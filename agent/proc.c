@@ -108,6 +108,7 @@ struct proc {
     int wait_status;
     int ended;
     int paused;
+    int grown[2]; /* pipe enlarged */
     struct proc_cbs cbs;
     void *arg;
 };
@@ -115,6 +116,11 @@ struct proc {
 /* One shared read buffer: the loop is single-threaded and on_output copies what it keeps. */
 #define PROC_READ_CHUNK (1024 * 1024)
 static char g_readbuf[PROC_READ_CHUNK];
+
+/* Pipe capacities in bytes: Linux's default, and what bulk output grows them to. */
+#define PROC_PIPE_DEFAULT (64 * 1024)
+#define PROC_PIPE_STDOUT (1024 * 1024)
+#define PROC_PIPE_STDERR (256 * 1024)
 
 static void close_pipe(struct proc *p, int i)
 {
@@ -144,6 +150,13 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     struct proc *p = arg;
     int i = fd == p->fds[0] ? 0 : 1;
     ssize_t n = read(fd, g_readbuf, sizeof(g_readbuf));
+    if (n >= PROC_PIPE_DEFAULT && !p->grown[i]) {
+        /* the pipe was full: bulk output. A bigger pipe means fewer wakeups and larger frames
+         * (best effort, capped by pipe-max-size); done lazily so that short commands do not pay
+         * for it. */
+        p->grown[i] = 1;
+        fcntl(fd, F_SETPIPE_SZ, i == 0 ? PROC_PIPE_STDOUT : PROC_PIPE_STDERR);
+    }
     if (n > 0) {
         p->cbs.on_output(p->arg, i == 0 ? NDJSON_STDOUT : NDJSON_STDERR, g_readbuf, (size_t)n);
         return; /* one read per wakeup keeps stdout and stderr fair */
@@ -189,9 +202,6 @@ struct proc *proc_spawn(struct event_base *base, const struct proc_spec *spec,
         snprintf(err, errlen, "pipe: %s", strerror(errno));
         goto fail;
     }
-    /* bigger pipes: fewer wakeups on bulk output (best effort, capped by pipe-max-size) */
-    fcntl(out[1], F_SETPIPE_SZ, 1024 * 1024);
-    fcntl(errp[1], F_SETPIPE_SZ, 256 * 1024);
     if (posix_spawn_file_actions_init(&fa) != 0)
         goto fail;
     fa_ok = 1;
@@ -229,7 +239,7 @@ struct proc *proc_spawn(struct event_base *base, const struct proc_spec *spec,
     p->fds[0] = out[0];
     p->fds[1] = errp[0];
     for (int i = 0; i < 2; i++) {
-        fcntl(p->fds[i], F_SETFL, fcntl(p->fds[i], F_GETFL) | O_NONBLOCK);
+        fcntl(p->fds[i], F_SETFL, O_NONBLOCK); /* a fresh pipe end has no other status flag */
         p->ev[i] = event_new(base, p->fds[i], EV_READ | EV_PERSIST, on_readable, p);
         event_add(p->ev[i], NULL);
     }

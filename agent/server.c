@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <event2/event_struct.h>
+
 #include "agent/ndjson.h"
 #include "agent/proc.h"
 #include "lib/buf.h"
@@ -119,7 +121,7 @@ static int env_merge_json(char ***envp, size_t *n, size_t *cap, const cJSON *env
     return 0;
 }
 
-char **agent_env_build(const struct agent *a, const cJSON *envs, char *err, size_t errlen)
+void agent_env_refresh(struct agent *a)
 {
     char **envp = NULL;
     size_t n = 0, cap = 0;
@@ -129,6 +131,21 @@ char **agent_env_build(const struct agent *a, const cJSON *envs, char *err, size
         env_put(&envp, &n, &cap, xstrdup(*e));
     for (char **e = a->hook_env; e && *e; e++)
         env_put(&envp, &n, &cap, xstrdup(*e));
+    agent_env_free(a->base_env);
+    a->base_env = envp;
+}
+
+char **agent_env_build(const struct agent *a, const cJSON *envs, char *err, size_t errlen)
+{
+    /* base_env has unique keys already: a plain copy, then the request's overrides */
+    size_t n = 0;
+    while (a->base_env && a->base_env[n])
+        n++;
+    size_t cap = n + 1 + (size_t)(cJSON_IsObject(envs) ? cJSON_GetArraySize(envs) : 0);
+    char **envp = xmalloc(cap * sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        envp[i] = xstrdup(a->base_env[i]);
+    envp[n] = NULL;
     if (env_merge_json(&envp, &n, &cap, envs, err, errlen) != 0) {
         agent_env_free(envp);
         return NULL;
@@ -219,6 +236,7 @@ static void hook_run_body(struct httpd_req *req, void *arg)
         if (env_merge_json(&envp, &n, &cap, envs, err, sizeof(err)) == 0) {
             agent_env_free(a->hook_env);
             a->hook_env = envp;
+            agent_env_refresh(a);
             log_info(NULL, "agent: run hook set %zu environment variable(s)", n);
         } else {
             agent_env_free(envp);
@@ -264,11 +282,18 @@ static int auth_ok(const struct agent *a, struct httpd_req *req)
 
 /* ---------------------------------------------------------------- /exec */
 
+/* The 200 head of /exec waits for the first output, the exit, or this many ms, whichever comes
+ * first: a short command's whole reply then leaves in one write (one wakeup of the client), as
+ * with upstream's Node server, which sends the head with the first body write. */
+#define EXEC_HEAD_DELAY_MS 50
+
 struct exec_job {
     struct agent *a;
     struct httpd_req *req;
     struct proc *proc;
     struct evbuffer *frames;
+    struct event head_timer; /* pending until the head is sent */
+    int head_sent;
 };
 
 static void exec_job_free(struct exec_job *j)
@@ -277,13 +302,32 @@ static void exec_job_free(struct exec_job *j)
         proc_free(j->proc);
         j->a->procs--;
     }
+    if (!j->head_sent)
+        event_del(&j->head_timer);
     evbuffer_free(j->frames);
     free(j);
+}
+
+static void exec_send_head(struct exec_job *j)
+{
+    if (j->head_sent)
+        return;
+    j->head_sent = 1;
+    event_del(&j->head_timer);
+    httpd_reply_start(j->req, 200, "application/x-ndjson", -1);
+}
+
+static void exec_head_due(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    exec_send_head(arg);
 }
 
 static void exec_on_output(void *arg, enum ndjson_stream s, const char *data, size_t n)
 {
     struct exec_job *j = arg;
+    exec_send_head(j);
     ndjson_data_frame(j->frames, s, data, n);
     httpd_reply_add_buffer(j->req, j->frames);
     if (httpd_reply_pending(j->req) > httpd_out_high(j->req))
@@ -293,6 +337,7 @@ static void exec_on_output(void *arg, enum ndjson_stream s, const char *data, si
 static void exec_on_end(void *arg, enum proc_end how, int code)
 {
     struct exec_job *j = arg;
+    exec_send_head(j);
     if (how == PROC_TIMEOUT)
         ndjson_timeout_frame(j->frames);
     else
@@ -344,7 +389,9 @@ static void exec_on_body(struct httpd_req *req, void *arg)
     j->a = a;
     j->req = req;
     j->frames = evbuffer_new();
-    httpd_reply_start(req, 200, "application/x-ndjson", -1);
+    evtimer_assign(&j->head_timer, a->base, exec_head_due, j);
+    struct timeval head_delay = {0, EXEC_HEAD_DELAY_MS * 1000};
+    evtimer_add(&j->head_timer, &head_delay);
     struct proc_spec spec = {
         .cmd = cmd.cmd, .cwd = cmd.cwd, .envp = cmd.envp, .timeout_ms = cmd.timeout_ms};
     struct proc_cbs cbs = {.on_output = exec_on_output, .on_end = exec_on_end};
@@ -354,6 +401,7 @@ static void exec_on_body(struct httpd_req *req, void *arg)
     if (!j->proc) {
         char msg[600];
         int n = snprintf(msg, sizeof(msg), "agent: failed to spawn: %s\n", serr);
+        exec_send_head(j);
         ndjson_data_frame(j->frames, NDJSON_STDERR, msg, (size_t)n);
         ndjson_exit_frame(j->frames, 127);
         httpd_reply_add_buffer(req, j->frames);

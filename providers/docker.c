@@ -15,6 +15,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <event2/event.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "lib/buf.h"
@@ -29,6 +30,7 @@
 #define DK_CALL_MS       120000     /* control calls (create, inspect, delete) */
 #define DK_KILL_GRACE_MS 15000      /* stream still open this long after a kill: give up on it */
 #define DK_META_MAX      (1u << 20) /* pax / GNU long-name entries kept while filtering a tar */
+#define DK_OBJ_KEY_MAX   1024      /* bytes of an archive object key */
 
 struct dk_prov {
     http_client *http;
@@ -1331,13 +1333,20 @@ static void dk_read_file(struct sandbox *sb, const char *path, size_t max, provi
 
 struct dk_susp {
     struct sandbox *sb;
-    provider_ref_fn done;
+    provider_ref_fn done;       /* suspend: the container is removed afterwards */
+    provider_upload_fn up_done; /* archive_upload: the container stays */
     void *arg;
-    char *const *incl; /* the sandbox's lists (borrowed) */
+    const char *what;  /* "snapshot" or "upload", for messages */
+    char *const *incl; /* suspend: the sandbox's lists (borrowed); upload: own_incl */
     char *const *excl;
+    char **own_incl;
     size_t ninc, cur;
-    char key[128];
+    char *key;
+    int gzip;
     char *final_path, *tmp_path;
+    int fd;           /* archive_upload to the folder: tmp_path open for writing; else -1 */
+    EVP_MD_CTX *sha;  /* archive_upload: SHA-256 of the stored (compressed) bytes */
+    uint64_t stored;  /* compressed bytes handed to the sink */
     struct archive *wr;
     struct tarscan ts;
     char prefix[520]; /* parent of the current include path, without the leading '/' */
@@ -1369,7 +1378,7 @@ static int sp_emit(struct dk_susp *s, const void *p, size_t n)
     if (n == 0)
         return 0;
     if (archive_write_data(s->wr, p, n) != (la_ssize_t)n) {
-        snprintf(s->err, sizeof(s->err), "docker: writing snapshot: %s",
+        snprintf(s->err, sizeof(s->err), "docker: writing %s: %s", s->what,
                  archive_error_string(s->wr));
         return -1;
     }
@@ -1576,9 +1585,23 @@ static void sp_finish(struct dk_susp *s)
         archive_write_free(s->wr);
         s->wr = NULL;
     }
+    if (s->fd >= 0)
+        close(s->fd);
     if (s->err[0] && s->tmp_path)
         unlink(s->tmp_path);
-    if (s->err[0]) {
+    if (s->up_done) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned mdlen = 0;
+        char hex[2 * EVP_MAX_MD_SIZE + 1] = "";
+        if (!s->err[0] && EVP_DigestFinal_ex(s->sha, md, &mdlen) != 1)
+            snprintf(s->err, sizeof(s->err), "docker: upload: SHA-256 failed");
+        for (unsigned i = 0; i < mdlen; i++)
+            snprintf(hex + 2 * i, 3, "%02x", md[i]);
+        if (s->err[0])
+            s->up_done(s->arg, -1, 0, NULL, s->err);
+        else
+            s->up_done(s->arg, 0, s->stored, hex, NULL);
+    } else if (s->err[0]) {
         s->done(s->arg, -1, NULL, s->err);
     } else {
         cJSON *ref = cJSON_CreateObject();
@@ -1589,6 +1612,9 @@ static void sp_finish(struct dk_susp *s)
     }
     buf_release(&s->meta);
     buf_release(&s->pending);
+    EVP_MD_CTX_free(s->sha);
+    dk_free_list(s->own_incl);
+    free(s->key);
     free(s->final_path);
     free(s->tmp_path);
     free(s);
@@ -1622,11 +1648,30 @@ static int sp_flush(struct dk_susp *s)
     return r == S3_WRITE_BLOCKED ? 1 : -1;
 }
 
-static la_ssize_t sp_s3_write(struct archive *a, void *arg, const void *p, size_t n)
+/* The compressor's output: hashed when uploading, then written to s->fd, or queued in pending
+ * for the S3 upload (fd < 0). */
+static la_ssize_t sp_sink_write(struct archive *a, void *arg, const void *p, size_t n)
 {
-    (void)a;
     struct dk_susp *s = arg;
-    buf_append(&s->pending, p, n);
+    if (s->sha && EVP_DigestUpdate(s->sha, p, n) != 1) {
+        archive_set_error(a, EIO, "SHA-256 failed");
+        return -1;
+    }
+    s->stored += n;
+    if (s->fd < 0) {
+        buf_append(&s->pending, p, n);
+        return (la_ssize_t)n;
+    }
+    for (size_t off = 0; off < n;) {
+        ssize_t k = write(s->fd, (const char *)p + off, n - off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            archive_set_error(a, errno ? errno : EIO, "%s: %s", s->tmp_path, strerror(errno));
+            return -1;
+        }
+        off += (size_t)k;
+    }
     return (la_ssize_t)n;
 }
 
@@ -1697,14 +1742,17 @@ static void sp_up_done(void *arg, const struct s3_result *res)
     s->up = NULL; /* the handle dies when this returns */
     if (!res->ok) {
         if (!s->err[0])
-            snprintf(s->err, sizeof(s->err), "docker: snapshot upload: %s", res->error);
+            snprintf(s->err, sizeof(s->err), "docker: %s upload: %s", s->what, res->error);
         if (s->get)
             http_request_cancel(s->get); /* sp_got finishes */
         else
             sp_finish(s);
         return;
     }
-    sp_remove(s);
+    if (s->up_done)
+        sp_finish(s);
+    else
+        sp_remove(s);
 }
 
 static void sp_got(void *arg, http_request *req, const struct http_result *res)
@@ -1715,13 +1763,16 @@ static void sp_got(void *arg, http_request *req, const struct http_result *res)
     s->get_paused = 0;
     if (!s->err[0]) {
         if (res->code != 0)
-            snprintf(s->err, sizeof(s->err), "docker: snapshot of %s: %s", s->incl[s->cur],
+            snprintf(s->err, sizeof(s->err), "docker: %s of %s: %s", s->what, s->incl[s->cur],
                      res->error);
+        else if (res->status == 404 && s->up_done) /* a snapshot skips missing includes */
+            snprintf(s->err, sizeof(s->err), "docker: upload of %s: no such file or directory",
+                     s->incl[s->cur]);
         else if (res->status != 200 && res->status != 404)
-            snprintf(s->err, sizeof(s->err), "docker: snapshot of %s: HTTP %ld", s->incl[s->cur],
-                     res->status);
+            snprintf(s->err, sizeof(s->err), "docker: %s of %s: HTTP %ld", s->what,
+                     s->incl[s->cur], res->status);
         else if (res->status == 200 && !s->ts.eof && (s->ts.hlen || s->ts.data_left))
-            snprintf(s->err, sizeof(s->err), "docker: snapshot of %s: truncated archive",
+            snprintf(s->err, sizeof(s->err), "docker: %s of %s: truncated archive", s->what,
                      s->incl[s->cur]);
     }
     if (s->err[0]) {
@@ -1742,8 +1793,11 @@ static void sp_next(struct dk_susp *s)
         s->ts.on_pad = sp_pad;
         s->ts.arg = s;
         const char *inc = s->incl[s->cur], *slash = strrchr(inc, '/');
-        snprintf(s->prefix, sizeof(s->prefix), "%.*s", (int)(slash - inc > 0 ? slash - inc - 1 : 0),
-                 inc + 1);
+        if (s->up_done) /* uploads keep the engine's names: the path's last component */
+            s->prefix[0] = '\0';
+        else
+            snprintf(s->prefix, sizeof(s->prefix), "%.*s",
+                     (int)(slash - inc > 0 ? slash - inc - 1 : 0), inc + 1);
         struct buf p;
         buf_init(&p);
         buf_printf(&p, "/containers/%s/archive?path=", s->sb->id);
@@ -1765,7 +1819,7 @@ static void sp_next(struct dk_susp *s)
     static const char eoa[1024];
     if (sp_emit(s, eoa, sizeof(eoa)) != 0 || archive_write_close(s->wr) != ARCHIVE_OK) {
         if (!s->err[0])
-            snprintf(s->err, sizeof(s->err), "docker: writing snapshot: %s",
+            snprintf(s->err, sizeof(s->err), "docker: writing %s: %s", s->what,
                      archive_error_string(s->wr));
         sp_fail(s);
         return;
@@ -1776,27 +1830,44 @@ static void sp_next(struct dk_susp *s)
         sp_final_flush(s);
         return;
     }
+    if (s->fd >= 0) {
+        int rc = close(s->fd);
+        s->fd = -1;
+        if (rc != 0) {
+            snprintf(s->err, sizeof(s->err), "docker: %s %s: %s", s->what, s->tmp_path,
+                     strerror(errno));
+            sp_finish(s);
+            return;
+        }
+    }
     if (rename(s->tmp_path, s->final_path) != 0) {
-        snprintf(s->err, sizeof(s->err), "docker: snapshot %s: %s", s->final_path, strerror(errno));
+        snprintf(s->err, sizeof(s->err), "docker: %s %s: %s", s->what, s->final_path,
+                 strerror(errno));
         sp_finish(s);
         return;
     }
-    sp_remove(s);
+    if (s->up_done)
+        sp_finish(s);
+    else
+        sp_remove(s);
 }
 
 static int dk_mkdirs(const char *dir)
 {
-    char tmp[1200];
-    snprintf(tmp, sizeof(tmp), "%s", dir);
-    for (char *p = tmp + 1; *p; p++) {
+    char *tmp = xstrdup(dir);
+    int rc = 0;
+    for (char *p = tmp + 1; *p && rc == 0; p++) {
         if (*p == '/') {
             *p = '\0';
             if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
-                return -1;
+                rc = -1;
             *p = '/';
         }
     }
-    return mkdir(tmp, 0700) != 0 && errno != EEXIST ? -1 : 0;
+    if (rc == 0 && mkdir(tmp, 0700) != 0 && errno != EEXIST)
+        rc = -1;
+    free(tmp);
+    return rc;
 }
 
 static void dk_uuid(char out[37])
@@ -1829,6 +1900,30 @@ static char **dk_copy_list(const char *const *l, int strip_slash)
     return out;
 }
 
+/* Opens the compressor (zstd, or gzip with s->gzip) over a single raw "file": the sink
+ * callback when use_sink (S3, or an upload's own file), else the file tmp_path. */
+static void sp_open(struct dk_susp *s, int use_sink)
+{
+    struct archive_entry *e = archive_entry_new();
+    s->wr = archive_write_new();
+    archive_write_set_format_raw(s->wr);
+    if (s->gzip)
+        archive_write_add_filter_gzip(s->wr);
+    else
+        archive_write_add_filter_zstd(s->wr);
+    archive_write_set_bytes_per_block(s->wr, 64 * 1024);
+    archive_write_set_bytes_in_last_block(s->wr, 1); /* no zero padding after the frame */
+    archive_entry_set_pathname(e, "snapshot.tar");
+    archive_entry_set_filetype(e, AE_IFREG);
+    archive_entry_set_perm(e, 0600);
+    int rc = use_sink ? archive_write_open(s->wr, s, NULL, sp_sink_write, NULL)
+                      : archive_write_open_filename(s->wr, s->tmp_path);
+    if (rc != ARCHIVE_OK || archive_write_header(s->wr, e) != ARCHIVE_OK)
+        snprintf(s->err, sizeof(s->err), "docker: %s %s: %s", s->what, s->tmp_path,
+                 archive_error_string(s->wr));
+    archive_entry_free(e);
+}
+
 static void sp_start(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -1838,7 +1933,7 @@ static void sp_start(evutil_socket_t fd, short what, void *arg)
     if (!s->err[0] && d->s3) {
         s->up = s3_upload_start(d->s3, s->key, sp_up_done, s);
         s3_upload_set_drain(s->up, sp_up_drain);
-        s3_upload_set_content_type(s->up, d->gzip ? "application/gzip" : "application/zstd");
+        s3_upload_set_content_type(s->up, s->gzip ? "application/gzip" : "application/zstd");
     }
     if (s->err[0])
         sp_finish(s);
@@ -1854,6 +1949,9 @@ static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
     s->sb = sb;
     s->done = done;
     s->arg = arg;
+    s->what = "snapshot";
+    s->fd = -1;
+    s->gzip = d->gzip;
     buf_init(&s->meta);
     s->incl = x->incl;
     s->excl = x->excl;
@@ -1861,10 +1959,11 @@ static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
         s->ninc++;
     char uuid[37];
     dk_uuid(uuid);
-    snprintf(s->key, sizeof(s->key), "sandboxes/%s/snapshot.tar.%s", uuid, d->gzip ? "gz" : "zst");
-    buf_init(&s->pending);
     struct buf b;
     buf_init(&b);
+    buf_printf(&b, "sandboxes/%s/snapshot.tar.%s", uuid, d->gzip ? "gz" : "zst");
+    s->key = buf_detach(&b);
+    buf_init(&s->pending);
     buf_printf(&b, "%s/sandboxes/%s", d->snapdir, uuid);
     if (!s->err[0] && !d->s3 && dk_mkdirs(b.data) != 0)
         snprintf(s->err, sizeof(s->err), "docker: snapshot folder %s: %s", b.data, strerror(errno));
@@ -1872,26 +1971,8 @@ static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
     s->final_path = xstrdup(b.data);
     buf_puts(&b, ".tmp");
     s->tmp_path = buf_detach(&b);
-    if (!s->err[0]) {
-        struct archive_entry *e = archive_entry_new();
-        s->wr = archive_write_new();
-        archive_write_set_format_raw(s->wr);
-        if (d->gzip)
-            archive_write_add_filter_gzip(s->wr);
-        else
-            archive_write_add_filter_zstd(s->wr);
-        archive_write_set_bytes_per_block(s->wr, 64 * 1024);
-        archive_write_set_bytes_in_last_block(s->wr, 1); /* no zero padding after the frame */
-        archive_entry_set_pathname(e, "snapshot.tar");
-        archive_entry_set_filetype(e, AE_IFREG);
-        archive_entry_set_perm(e, 0600);
-        int rc = d->s3 ? archive_write_open(s->wr, s, NULL, sp_s3_write, NULL)
-                       : archive_write_open_filename(s->wr, s->tmp_path);
-        if (rc != ARCHIVE_OK || archive_write_header(s->wr, e) != ARCHIVE_OK)
-            snprintf(s->err, sizeof(s->err), "docker: snapshot %s: %s", s->tmp_path,
-                     archive_error_string(s->wr));
-        archive_entry_free(e);
-    }
+    if (!s->err[0])
+        sp_open(s, d->s3 != NULL);
     dk_defer(sb->prov->base, sp_start, s);
 }
 

@@ -23,7 +23,7 @@ struct config;
 enum provider_cap {
     PROVIDER_CAP_NATIVE_SUSPEND = 1u << 0, /* suspend keeps memory/disk without a tar snapshot */
     PROVIDER_CAP_REATTACH = 1u << 1,       /* a running command survives a worker crash */
-    PROVIDER_CAP_ARCHIVE = 1u << 2,        /* archive_out / archive_in implemented */
+    PROVIDER_CAP_ARCHIVE = 1u << 2,        /* archive_upload / archive_restore implemented */
 };
 
 enum sandbox_feature { SANDBOX_DATA_APP = 0, SANDBOX_AI_WRITEBACK };
@@ -83,6 +83,11 @@ typedef void (*provider_done_fn)(void *arg, int rc, const char *err);
 typedef void (*provider_data_fn)(void *arg, int rc, const char *data, size_t len, const char *err);
 /* ref is owned by the callee (the callback must duplicate what it keeps). */
 typedef void (*provider_ref_fn)(void *arg, int rc, const cJSON *ref, const char *err);
+/* An object stored by archive_upload: bytes is the stored object's size, sha256_hex the
+ * SHA-256 of exactly those bytes (64 lowercase hex digits). On rc == -1 bytes is 0 and
+ * sha256_hex NULL. Strings are valid only during the call. */
+typedef void (*provider_upload_fn)(void *arg, int rc, uint64_t bytes, const char *sha256_hex,
+                                   const char *err);
 
 /* Opaque handle of a running exec, valid until its on_exit has run. */
 typedef struct provider_exec provider_exec;
@@ -120,6 +125,24 @@ struct provider_ops {
     void (*delete_snapshot)(struct provider *p, const cJSON *ref, provider_done_fn done, void *arg);
     /* Frees the sandbox handle (no remote calls). */
     void (*release)(struct sandbox *sb);
+
+    /* Object archives (the job's upload and restore steps). Both are NULL when the backend
+     * has no object store; PROVIDER_CAP_ARCHIVE is set when they are implemented.
+     *
+     * key: a relative object key as validated by job_parse (printable ASCII, no leading "/",
+     * no ".." segment); the backend stores the object under it in its own object store
+     * (providers document where) and may refuse keys it reserves. Paths are absolute.
+     *
+     * archive_upload: a compressed tar of paths (NULL-terminated, at least one), each path
+     * stored under its last component (as `tar -C dirname basename` would), so restoring at
+     * the parent directory puts it back in place. A missing path fails the upload. An
+     * existing object under key is replaced. Memory stays bounded whatever the size. */
+    void (*archive_upload)(struct sandbox *sb, const char *const *paths, const char *key,
+                           provider_upload_fn done, void *arg);
+    /* archive_restore: extracts the object stored under key into the directory dest
+     * (created when missing); existing files are overwritten. A missing key fails. */
+    void (*archive_restore)(struct sandbox *sb, const char *key, const char *dest,
+                            provider_done_fn done, void *arg);
 };
 
 /* Registry: the product's backends. Tests may add their own (e.g. a scripted provider). */
