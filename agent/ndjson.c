@@ -57,7 +57,7 @@ static void b64_encode_scalar(const unsigned char *in, size_t n, char *out)
 /* AVX2 encoder: 24 input bytes -> 32 characters per step; returns the input bytes consumed
  * (a multiple of 3; the caller encodes the rest). Each 128-bit lane takes 12 input bytes. */
 __attribute__((target("avx2"))) static size_t b64_encode_avx2(const unsigned char *in, size_t n,
-                                                                char *out)
+                                                              char *out)
 {
     /* per 3-byte group (a,b,c): bytes b,a,c,b, so that the 16-bit halves are a:b and b:c */
     const __m256i shuf = _mm256_setr_epi8(1, 0, 2, 1, 4, 3, 5, 4, 7, 6, 8, 7, 10, 9, 11, 10, 1, 0,
@@ -69,9 +69,9 @@ __attribute__((target("avx2"))) static size_t b64_encode_avx2(const unsigned cha
     const __m256i mask_lo = _mm256_set1_epi32(0x003f03f0);
     const __m256i mul_lo = _mm256_set1_epi32(0x01000010);
     /* 6-bit value -> ASCII offset, indexed by: 13 for 0-25, 0 for 26-51, 1..12 for 52-63 */
-    const __m256i offsets = _mm256_setr_epi8(71, -4, -4, -4, -4, -4, -4, -4, -4, -4, -4, -19, -16,
-                                             65, 0, 0, 71, -4, -4, -4, -4, -4, -4, -4, -4, -4, -4,
-                                             -19, -16, 65, 0, 0);
+    const __m256i offsets =
+        _mm256_setr_epi8(71, -4, -4, -4, -4, -4, -4, -4, -4, -4, -4, -19, -16, 65, 0, 0, 71, -4, -4,
+                         -4, -4, -4, -4, -4, -4, -4, -4, -19, -16, 65, 0, 0);
     const __m256i c51 = _mm256_set1_epi8(51), c26 = _mm256_set1_epi8(26),
                   c13 = _mm256_set1_epi8(13);
     size_t i = 0;

@@ -119,8 +119,8 @@ static char g_readbuf[PROC_READ_CHUNK];
 
 /* Pipe capacities in bytes: Linux's default, and what bulk output grows them to. */
 #define PROC_PIPE_DEFAULT (64 * 1024)
-#define PROC_PIPE_STDOUT (1024 * 1024)
-#define PROC_PIPE_STDERR (256 * 1024)
+#define PROC_PIPE_STDOUT  (1024 * 1024)
+#define PROC_PIPE_STDERR  (256 * 1024)
 
 static void close_pipe(struct proc *p, int i)
 {

@@ -122,12 +122,11 @@ static uint64_t spool_earliest(const struct spool *sp)
     return sp->head ? sp->head->start_off : sp->end_off;
 }
 
-static void spool_append(struct spool *sp, enum ndjson_stream st, const char *data, size_t n)
+/* Appends one record to the tail segment (a new one when the tail is full). */
+static void spool_append_rec(struct spool *sp, enum ndjson_stream st, const char *data, size_t n)
 {
-    if (sp->failed || n == 0)
-        return;
     struct seg *s = sp->tail;
-    if (!s || s->size >= sp->seg_max) {
+    if (!s || s->size + REC_HDR >= sp->seg_max) {
         s = seg_new(sp);
         if (!s) {
             sp->failed = 1;
@@ -163,6 +162,21 @@ static void spool_append(struct spool *sp, enum ndjson_stream st, const char *da
         sp->head = old->next;
         sp->file_bytes -= old->size;
         seg_free(old);
+    }
+}
+
+/* Large reads are split so that no segment grows much past seg_max: the spool then stays
+ * within about max_bytes + seg_max whatever the read size. */
+static void spool_append(struct spool *sp, enum ndjson_stream st, const char *data, size_t n)
+{
+    while (!sp->failed && n > 0) {
+        const struct seg *t = sp->tail;
+        uint64_t room =
+            t && t->size + REC_HDR < sp->seg_max ? sp->seg_max - t->size - REC_HDR : sp->seg_max;
+        size_t piece = (uint64_t)n < room ? n : (size_t)room;
+        spool_append_rec(sp, st, data, piece);
+        data += piece;
+        n -= piece;
     }
 }
 
