@@ -30,7 +30,7 @@
 #define DK_CALL_MS       120000     /* control calls (create, inspect, delete) */
 #define DK_KILL_GRACE_MS 15000      /* stream still open this long after a kill: give up on it */
 #define DK_META_MAX      (1u << 20) /* pax / GNU long-name entries kept while filtering a tar */
-#define DK_OBJ_KEY_MAX   1024      /* bytes of an archive object key */
+#define DK_OBJ_KEY_MAX   1024       /* bytes of an archive object key */
 
 struct dk_prov {
     http_client *http;
@@ -1344,9 +1344,9 @@ struct dk_susp {
     char *key;
     int gzip;
     char *final_path, *tmp_path;
-    int fd;           /* archive_upload to the folder: tmp_path open for writing; else -1 */
-    EVP_MD_CTX *sha;  /* archive_upload: SHA-256 of the stored (compressed) bytes */
-    uint64_t stored;  /* compressed bytes handed to the sink */
+    int fd;          /* archive_upload to the folder: tmp_path open for writing; else -1 */
+    EVP_MD_CTX *sha; /* archive_upload: SHA-256 of the stored (compressed) bytes */
+    uint64_t stored; /* compressed bytes handed to the sink */
     struct archive *wr;
     struct tarscan ts;
     char prefix[520]; /* parent of the current include path, without the leading '/' */
@@ -1769,8 +1769,8 @@ static void sp_got(void *arg, http_request *req, const struct http_result *res)
             snprintf(s->err, sizeof(s->err), "docker: upload of %s: no such file or directory",
                      s->incl[s->cur]);
         else if (res->status != 200 && res->status != 404)
-            snprintf(s->err, sizeof(s->err), "docker: %s of %s: HTTP %ld", s->what,
-                     s->incl[s->cur], res->status);
+            snprintf(s->err, sizeof(s->err), "docker: %s of %s: HTTP %ld", s->what, s->incl[s->cur],
+                     res->status);
         else if (res->status == 200 && !s->ts.eof && (s->ts.hlen || s->ts.data_left))
             snprintf(s->err, sizeof(s->err), "docker: %s of %s: truncated archive", s->what,
                      s->incl[s->cur]);
@@ -1919,8 +1919,8 @@ static void sp_open(struct dk_susp *s, int use_sink)
     int rc = use_sink ? archive_write_open(s->wr, s, NULL, sp_sink_write, NULL)
                       : archive_write_open_filename(s->wr, s->tmp_path);
     if (rc != ARCHIVE_OK || archive_write_header(s->wr, e) != ARCHIVE_OK)
-        snprintf(s->err, sizeof(s->err), "docker: %s %s: %s", s->what, s->tmp_path,
-                 archive_error_string(s->wr));
+        snprintf(s->err, sizeof(s->err), "docker: %s %s: %s", s->what,
+                 s->tmp_path ? s->tmp_path : s->key, archive_error_string(s->wr));
     archive_entry_free(e);
 }
 
@@ -1974,6 +1974,323 @@ static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
     if (!s->err[0])
         sp_open(s, d->s3 != NULL);
     dk_defer(sb->prov->base, sp_start, s);
+}
+
+/* ---- archive objects: upload (paths → tar → compressor → store) and restore ---- */
+
+/* Checks an object key of archive_upload / archive_restore: 1..DK_OBJ_KEY_MAX printable bytes,
+ * relative, no empty, "." or ".." segment, no trailing "/", and none of the names this
+ * provider keeps for itself (snapshots under "sandboxes/", downloads ".download-*" at the top,
+ * temporary files "*.tmp"). 0, or -1 with err. */
+static int dk_obj_key_check(const char *key, char *err, size_t errlen)
+{
+    size_t n = strlen(key);
+    const char *why = NULL;
+    if (n == 0 || n > DK_OBJ_KEY_MAX)
+        why = "must be 1..1024 bytes";
+    for (size_t i = 0; i < n && !why; i++)
+        if ((unsigned char)key[i] < 0x20 || (unsigned char)key[i] > 0x7e)
+            why = "must be printable ASCII";
+    for (const char *seg = key; !why && seg;) {
+        const char *end = strchr(seg, '/');
+        size_t len = end ? (size_t)(end - seg) : strlen(seg);
+        if (len == 0 || (len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.'))
+            why = "must be a relative key without empty, \".\" or \"..\" segments";
+        seg = end ? end + 1 : NULL;
+    }
+    if (!why && (strncmp(key, "sandboxes/", 10) == 0 || strncmp(key, ".download-", 10) == 0 ||
+                 (n >= 4 && strcmp(key + n - 4, ".tmp") == 0)))
+        why = "is reserved (sandboxes/..., .download-..., ....tmp)";
+    if (why) {
+        snprintf(err, errlen, "docker: object key \"%.200s\" %s", key, why);
+        return -1;
+    }
+    return 0;
+}
+
+static int dk_ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* The folder's file of an object (malloc'd). */
+static char *dk_obj_path(const struct dk_prov *d, const char *key)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b, "%s/%s", d->snapdir, key);
+    return buf_detach(&b);
+}
+
+/* Shares the snapshot pipeline (sp_*): each path is streamed out of the container, its tar
+ * entries passed through unchanged (named from the path's last component), compressed and
+ * hashed on the way to the folder (a temporary file renamed at the end) or S3. */
+static void dk_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
+                              provider_upload_fn done, void *arg)
+{
+    struct dk_prov *d = sb->prov->priv;
+    struct dk_susp *s = xcalloc(1, sizeof(*s));
+    s->sb = sb;
+    s->up_done = done;
+    s->arg = arg;
+    s->what = "upload";
+    s->fd = -1;
+    buf_init(&s->meta);
+    buf_init(&s->pending);
+    s->own_incl = dk_copy_list(paths, 0);
+    s->incl = s->own_incl;
+    while (s->incl[s->ninc])
+        s->ninc++;
+    s->key = xstrdup(key ? key : "");
+    s->gzip = dk_ends_with(s->key, ".gz") || dk_ends_with(s->key, ".tgz");
+    s->sha = EVP_MD_CTX_new();
+    if (!s->sha || EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
+        abort(); /* only on allocation failure */
+    if (dk_obj_key_check(s->key, s->err, sizeof(s->err)) == 0 && s->ninc == 0)
+        snprintf(s->err, sizeof(s->err), "docker: upload: no paths");
+    for (size_t i = 0; i < s->ninc && !s->err[0]; i++)
+        if (s->incl[i][0] != '/' || !s->incl[i][1] || strstr(s->incl[i], "/../") ||
+            dk_ends_with(s->incl[i], "/.."))
+            snprintf(s->err, sizeof(s->err),
+                     "docker: upload path %.300s: must be an absolute path below /", s->incl[i]);
+    if (!s->err[0] && !d->s3) {
+        s->final_path = dk_obj_path(d, s->key);
+        char *dir = xstrndup(s->final_path, (size_t)(strrchr(s->final_path, '/') - s->final_path));
+        char uuid[37];
+        dk_uuid(uuid);
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "%s.%s.tmp", s->final_path, uuid);
+        s->tmp_path = buf_detach(&b);
+        if (dk_mkdirs(dir) != 0)
+            snprintf(s->err, sizeof(s->err), "docker: upload: folder %.300s: %s", dir,
+                     strerror(errno));
+        else if ((s->fd = open(s->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
+            snprintf(s->err, sizeof(s->err), "docker: upload: %.300s: %s", s->tmp_path,
+                     strerror(errno));
+        free(dir);
+    }
+    if (!s->err[0])
+        sp_open(s, 1);
+    dk_defer(sb->prov->base, sp_start, s);
+}
+
+struct dk_rest {
+    struct sandbox *sb;
+    provider_done_fn done;
+    void *arg;
+    char *key, *dest;
+    char *path; /* the object's file: in the folder, or an S3 download */
+    int tmp;    /* path is a download: removed at the end */
+    int dl_fd;
+    struct archive *rd;
+    char err[512];
+};
+
+static void rs_finish(struct dk_rest *r)
+{
+    if (r->dl_fd >= 0)
+        close(r->dl_fd);
+    if (r->rd)
+        archive_read_free(r->rd);
+    if (r->tmp && r->path)
+        unlink(r->path);
+    r->done(r->arg, r->err[0] ? -1 : 0, r->err[0] ? r->err : NULL);
+    free(r->key);
+    free(r->dest);
+    free(r->path);
+    free(r);
+}
+
+static void rs_finish_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rs_finish(arg);
+}
+
+/* Request body: the decompressed object, pulled through libarchive. */
+static size_t rs_read(void *arg, char *dst, size_t cap)
+{
+    struct dk_rest *r = arg;
+    la_ssize_t n = archive_read_data(r->rd, dst, cap);
+    if (n < 0) {
+        snprintf(r->err, sizeof(r->err), "docker: restore of %.300s: %s", r->key,
+                 archive_error_string(r->rd));
+        return HTTP_READ_ABORT;
+    }
+    return (size_t)n;
+}
+
+static void rs_put_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_rest *r = arg;
+    if (r->err[0]) {
+        (void)0;
+    } else if (res->code != 0) {
+        snprintf(r->err, sizeof(r->err), "docker: restore of %.300s: %s", r->key, res->error);
+    } else if (res->status != 200) {
+        char what[400];
+        snprintf(what, sizeof(what), "restore into %.300s", r->dest);
+        dk_http_err(r->err, sizeof(r->err), what, res->status, res->body->data);
+    }
+    rs_finish(r);
+}
+
+static void rs_put(struct dk_rest *r)
+{
+    struct dk_prov *d = r->sb->prov->priv;
+    r->rd = archive_read_new();
+    archive_read_support_filter_all(r->rd);
+    archive_read_support_format_raw(r->rd);
+    struct archive_entry *e;
+    if (archive_read_open_filename(r->rd, r->path, 64 * 1024) != ARCHIVE_OK ||
+        archive_read_next_header(r->rd, &e) != ARCHIVE_OK) {
+        snprintf(r->err, sizeof(r->err), "docker: restore of %.300s: %s", r->key,
+                 archive_error_string(r->rd));
+        rs_finish(r);
+        return;
+    }
+    struct buf p;
+    buf_init(&p);
+    buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
+    dk_qenc(&p, r->dest);
+    http_request *req = dk_req(d, "PUT", p.data, 0);
+    buf_release(&p);
+    http_request_add_header(req, "Content-Type", "application/x-tar");
+    http_request_set_body_stream(req, rs_read, r, -1);
+    struct http_callbacks cb = {.on_done = rs_put_done};
+    http_request_set_callbacks(req, &cb, r);
+    char e2[256];
+    if (http_request_start(req, e2, sizeof(e2)) != 0) {
+        snprintf(r->err, sizeof(r->err), "docker: %s", e2);
+        rs_finish(r); /* only reached from loop callbacks */
+    }
+}
+
+static void rs_mkdir_done(void *arg, int ok, const char *err)
+{
+    struct dk_rest *r = arg;
+    if (!ok) {
+        snprintf(r->err, sizeof(r->err), "docker: restore: mkdir -p %.300s: %s", r->dest, err);
+        rs_finish(r);
+        return;
+    }
+    rs_put(r);
+}
+
+static void rs_stat_resp(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_rest *r = arg;
+    if (err) {
+        dk_copy(r->err, sizeof(r->err), err);
+    } else if (status == 404) { /* dest is missing: create it */
+        struct buf cmd;
+        buf_init(&cmd);
+        buf_puts(&cmd, "mkdir -p -- ");
+        dk_shquote(&cmd, r->dest);
+        dk_run(r->sb, cmd.data, rs_mkdir_done, r);
+        buf_release(&cmd);
+        return;
+    } else if (status != 200) {
+        dk_http_err(r->err, sizeof(r->err), "restore: stat of the destination", status, body);
+    }
+    if (r->err[0])
+        rs_finish(r);
+    else
+        rs_put(r);
+}
+
+/* Object in hand: does dest exist? */
+static void rs_stat(struct dk_rest *r)
+{
+    struct buf p;
+    buf_init(&p);
+    buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
+    dk_qenc(&p, r->dest);
+    dk_call(r->sb->prov, "HEAD", p.data, NULL, rs_stat_resp, r);
+    buf_release(&p);
+}
+
+static int rs_dl_data(void *arg, const char *data, size_t len)
+{
+    struct dk_rest *r = arg;
+    while (len > 0) {
+        ssize_t n = write(r->dl_fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(r->err, sizeof(r->err), "docker: restore: download to %.300s: %s", r->path,
+                     strerror(errno));
+            return S3_DATA_ABORT;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return S3_DATA_OK;
+}
+
+static void rs_dl_done(void *arg, const struct s3_result *res)
+{
+    struct dk_rest *r = arg;
+    close(r->dl_fd);
+    r->dl_fd = -1;
+    if (!res->ok && !r->err[0])
+        snprintf(r->err, sizeof(r->err), "docker: restore: download: %s", res->error);
+    if (r->err[0])
+        rs_finish(r);
+    else
+        rs_stat(r);
+}
+
+/* The object is read from the folder, or downloaded from S3 to a temporary file first (as a
+ * resume does), then decompressed into the engine's archive upload at dest. */
+static void dk_archive_restore(struct sandbox *sb, const char *key, const char *dest,
+                               provider_done_fn done, void *arg)
+{
+    struct dk_prov *d = sb->prov->priv;
+    struct dk_rest *r = xcalloc(1, sizeof(*r));
+    r->sb = sb;
+    r->done = done;
+    r->arg = arg;
+    r->dl_fd = -1;
+    r->key = xstrdup(key ? key : "");
+    r->dest = xstrdup(dest ? dest : "");
+    size_t dl = strlen(r->dest);
+    while (dl > 1 && r->dest[dl - 1] == '/')
+        r->dest[--dl] = '\0';
+    if (dk_obj_key_check(r->key, r->err, sizeof(r->err)) == 0 &&
+        (r->dest[0] != '/' || strstr(r->dest, "/../") || dk_ends_with(r->dest, "/..")))
+        snprintf(r->err, sizeof(r->err), "docker: restore: destination %.300s must be absolute",
+                 r->dest);
+    if (!r->err[0] && d->s3) {
+        char uuid[37];
+        dk_uuid(uuid);
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "%s/.download-%s", d->snapdir, uuid);
+        r->path = buf_detach(&b);
+        r->dl_fd = open(r->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (r->dl_fd < 0) {
+            snprintf(r->err, sizeof(r->err), "docker: restore: %.300s: %s", r->path,
+                     strerror(errno));
+        } else {
+            r->tmp = 1;
+            s3_get(d->s3, r->key, rs_dl_data, rs_dl_done, r);
+            return;
+        }
+    } else if (!r->err[0]) {
+        r->path = dk_obj_path(d, r->key);
+        if (access(r->path, R_OK) != 0)
+            snprintf(r->err, sizeof(r->err), "docker: restore: object %.300s: %s", r->key,
+                     strerror(errno));
+    }
+    if (r->err[0])
+        dk_defer(sb->prov->base, rs_finish_cb, r);
+    else
+        rs_stat(r); /* its callback runs from the loop */
 }
 
 /* ---- destroy, delete_snapshot, release ---- */
@@ -2159,7 +2476,7 @@ static void dk_cleanup(struct provider *p)
 
 const struct provider_ops docker_provider_ops = {
     .name = "docker",
-    .caps = 0, /* provider.h has no archive_out/archive_in ops yet to back the ARCHIVE bit */
+    .caps = PROVIDER_CAP_ARCHIVE,
     .priv_size = sizeof(struct dk_prov),
     .init = dk_init,
     .cleanup = dk_cleanup,
@@ -2173,4 +2490,6 @@ const struct provider_ops docker_provider_ops = {
     .destroy = dk_destroy,
     .delete_snapshot = dk_delete_snapshot,
     .release = dk_release,
+    .archive_upload = dk_archive_upload,
+    .archive_restore = dk_archive_restore,
 };

@@ -30,7 +30,19 @@
  * and writes sandboxes/<uuid>/snapshot.tar.zst (or .gz) to the folder or S3 (multipart, with
  * backpressure: memory stays bounded), then removes the container and reports
  * {"kind":"s3-tar","key":...}. Resume creates a fresh container and streams the tar back in
- * at "/" (an S3 object is downloaded to a temporary file first). */
+ * at "/" (an S3 object is downloaded to a temporary file first).
+ *
+ * Archive objects (PROVIDER_CAP_ARCHIVE; the job's upload and restore steps) live in the same
+ * store as snapshots: SANDBOX_SNAPSHOT_DIR/<key> locally (written to a temporary file and
+ * renamed), or the S3 bucket under <key> when S3_* is set. archive_upload streams each path
+ * out through the archive API with the engine's names (the path's last component, nothing
+ * excluded), compresses with zstd (gzip when the key ends in .gz or .tgz) and hashes the stored
+ * bytes (SHA-256) on the way, with the same bounded-memory S3 backpressure as suspend.
+ * archive_restore reads the object (an S3 object is downloaded to a temporary file first),
+ * detects the compression, creates dest when missing (mkdir -p) and streams the tar in there;
+ * the engine confines extraction to the container. Keys are refused when they have empty, "."
+ * or ".." segments, or use the provider's own names: "sandboxes/..." (snapshots), a leading
+ * ".download-" or a trailing ".tmp". */
 #ifndef SW_PROVIDERS_DOCKER_H
 #define SW_PROVIDERS_DOCKER_H
 

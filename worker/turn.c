@@ -62,6 +62,7 @@ struct turn {
     provider_exec *ex;
     char **envv;
     cJSON *files;
+    cJSON *uploads;     /* objects stored by upload steps: {key, bytes, sha256, step} */
     const char *status; /* final status when a step decides it */
     char *err_code, *err_msg;
     char *new_snapshot;
@@ -167,6 +168,7 @@ static void turn_free(struct turn *t)
     if (t->sb)
         provider_sandbox_release(t->sb);
     cJSON_Delete(t->files);
+    cJSON_Delete(t->uploads);
     free(t->old_state);
     free(t->old_snapshot);
     free(t->old_provider);
@@ -289,6 +291,10 @@ static char *build_result(struct turn *t, const char *status)
     if (t->files && cJSON_GetArraySize(t->files) > 0) {
         cJSON_AddItemToObject(r, "files", t->files);
         t->files = NULL;
+    }
+    if (t->uploads && cJSON_GetArraySize(t->uploads) > 0) {
+        cJSON_AddItemToObject(r, "uploads", t->uploads);
+        t->uploads = NULL;
     }
     if (t->thread_state) {
         cJSON *sb = cJSON_AddObjectToObject(r, "sandbox");
@@ -621,6 +627,46 @@ static void file_read(void *arg, int rc, const char *data, size_t len, const cha
     step_done(t, SS_OK);
 }
 
+static void uploaded(void *arg, int rc, uint64_t bytes, const char *sha256_hex, const char *err)
+{
+    struct turn *t = arg;
+    struct step_result *sr = &t->sr[t->step];
+    const struct job_step *js = &t->job->steps[t->step];
+    if (rc != 0) {
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "uploading to %s: %s", js->key, err ? err : "error");
+        sr->error = buf_detach(&b);
+        step_done(t, SS_ERROR);
+        return;
+    }
+    if (!t->uploads)
+        t->uploads = cJSON_CreateArray();
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddStringToObject(u, "key", js->key);
+    cJSON_AddNumberToObject(u, "bytes", (double)bytes);
+    cJSON_AddStringToObject(u, "sha256", sha256_hex ? sha256_hex : "");
+    cJSON_AddStringToObject(u, "step", js->name);
+    cJSON_AddItemToArray(t->uploads, u);
+    step_done(t, SS_OK); /* stored either way; an abort is acted on there */
+}
+
+static void restored(void *arg, int rc, const char *err)
+{
+    struct turn *t = arg;
+    struct step_result *sr = &t->sr[t->step];
+    if (rc != 0) {
+        const struct job_step *js = &t->job->steps[t->step];
+        struct buf b;
+        buf_init(&b);
+        buf_printf(&b, "restoring %s into %s: %s", js->key, js->dest, err ? err : "error");
+        sr->error = buf_detach(&b);
+        step_done(t, SS_ERROR);
+        return;
+    }
+    step_done(t, SS_OK);
+}
+
 static void build_env(struct turn *t, const struct job_step *js)
 {
     for (size_t i = 0; t->envv && t->envv[i]; i++)
@@ -694,9 +740,20 @@ static void start_step(struct turn *t)
     }
     case STEP_UPLOAD:
     case STEP_RESTORE:
-        sr->error = xstrdup("upload and restore steps need the object-storage snapshot support "
-                            "of a tar-based provider, which this provider does not have");
-        step_done(t, SS_ERROR);
+        if (!ops->archive_upload || !ops->archive_restore) {
+            struct buf b;
+            buf_init(&b);
+            buf_printf(&b,
+                       "the %s provider cannot archive: %s steps need a provider with an "
+                       "object store",
+                       ops->name, job_step_kind_name(js->kind));
+            sr->error = buf_detach(&b);
+            step_done(t, SS_ERROR);
+        } else if (js->kind == STEP_UPLOAD) {
+            ops->archive_upload(t->sb, (const char *const *)js->paths, js->key, uploaded, t);
+        } else {
+            ops->archive_restore(t->sb, js->key, js->dest, restored, t);
+        }
         return;
     }
 }

@@ -11,10 +11,12 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/evp.h>
 
 #include "lib/buf.h"
 #include "providers/docker.h"
 #include "providers/provider.h"
+#include "providers/s3.h"
 #include "tests/support/s3_server.h"
 #include "tests/support/test.h"
 
@@ -839,6 +841,338 @@ out:
     s3_server_stop(&srv);
 }
 
+/* ---- archive objects (upload / restore steps) ---- */
+
+struct upl {
+    int done, rc;
+    uint64_t bytes;
+    char sha[65];
+    char err[512];
+};
+
+static void upl_cb(void *arg, int rc, uint64_t bytes, const char *sha256_hex, const char *err)
+{
+    struct upl *u = arg;
+    u->done++;
+    u->rc = rc;
+    u->bytes = bytes;
+    snprintf(u->sha, sizeof(u->sha), "%s", sha256_hex ? sha256_hex : "");
+    snprintf(u->err, sizeof(u->err), "%s", err ? err : "");
+}
+
+/* Uploads and waits; u is filled. */
+static void upload(struct sandbox *sb, const char *const *paths, const char *key, struct upl *u)
+{
+    memset(u, 0, sizeof(*u));
+    sb->prov->ops->archive_upload(sb, paths, key, upl_cb, u);
+    CHECK_EQ_INT(u->done, 0); /* never from inside the call */
+    CHECK(wait_for(&u->done, 300000) == 0);
+    CHECK_EQ_INT(u->done, 1);
+}
+
+static void restore(struct sandbox *sb, const char *key, const char *dest, struct done *d)
+{
+    memset(d, 0, sizeof(*d));
+    sb->prov->ops->archive_restore(sb, key, dest, done_cb, d);
+    CHECK_EQ_INT(d->done, 0);
+    CHECK(wait_for(&d->done, 300000) == 0);
+    CHECK_EQ_INT(d->done, 1);
+}
+
+static void hex_digest(EVP_MD_CTX *ctx, char hex[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    hex[0] = '\0';
+    if (EVP_DigestFinal_ex(ctx, md, &n) != 1)
+        return;
+    for (unsigned i = 0; i < n && i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+}
+
+/* SHA-256 (hex) and size of a local file; -1 when it cannot be read. */
+static int sha256_file(const char *path, char hex[65], uint64_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    static char chunk[1 << 16];
+    size_t n;
+    *len = 0;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        EVP_DigestUpdate(ctx, chunk, n);
+        *len += n;
+    }
+    fclose(f);
+    hex_digest(ctx, hex);
+    EVP_MD_CTX_free(ctx);
+    return 0;
+}
+
+/* Fills a sandbox with /workspace/dist (text, 3 MiB random, a symlink, a nested folder), a
+ * neighbour that must not be uploaded, and a single file /data/conf.txt; returns the md5 of
+ * the big file. */
+static void make_dist(struct sandbox *sb, int big_kb, char sum[33])
+{
+    struct run w = {0};
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd),
+             "mkdir -p /workspace/dist/assets/js /data && echo '<h1>app</h1>' > "
+             "/workspace/dist/index.html && echo 'run()' > /workspace/dist/assets/js/app.js && "
+             "ln -s index.html /workspace/dist/home.html && echo no > /workspace/distant.txt && "
+             "echo conf > /data/conf.txt && dd if=/dev/urandom of=/workspace/dist/big.bin "
+             "bs=1024 count=%d 2>/dev/null && md5sum /workspace/dist/big.bin",
+             big_kb);
+    run_cmd(sb, &w, cmd, NULL, NULL, 0);
+    CHECK_EQ_INT(w.code, 0);
+    snprintf(sum, 33, "%.32s", w.out.data ? w.out.data : "");
+    run_free(&w);
+}
+
+/* The restored tree under dest matches make_dist's. */
+static void check_dist(struct sandbox *sb, const char *dest, const char *sum)
+{
+    struct run r = {0};
+    char cmd[700], want[256];
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && cat dist/index.html dist/assets/js/app.js dist/home.html conf.txt && "
+             "readlink dist/home.html && md5sum dist/big.bin | cut -c1-32 && ls distant.txt "
+             "2>&1 | grep -c 'No such'",
+             dest);
+    run_cmd(sb, &r, cmd, NULL, NULL, 0);
+    snprintf(want, sizeof(want), "<h1>app</h1>\nrun()\n<h1>app</h1>\nconf\nindex.html\n%s\n1\n",
+             sum);
+    CHECK_STR(r.out.data, want);
+    if (r.err.data)
+        printf("  check_dist stderr: %s\n", r.err.data);
+    run_free(&r);
+}
+
+TEST_CASE(archive_local)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    struct provider *p = new_prov(err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    CHECK(p->ops->caps & PROVIDER_CAP_ARCHIVE);
+    struct sandbox *sb = create_sb(p, "t-arch");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    char sum[33];
+    make_dist(sb, 3000, sum);
+    static const char *const paths[] = {"/workspace/dist/", "/data/conf.txt", NULL};
+    struct upl u;
+    upload(sb, paths, "apps/x/dist.tar.zst", &u);
+    CHECK_EQ_INT(u.rc, 0);
+    if (u.rc)
+        fprintf(stderr, "upload: %s\n", u.err);
+    CHECK(container_exists(sb->id)); /* an upload leaves the sandbox running */
+    /* the callback describes the stored object exactly */
+    char path[512], sha[65] = "", cmd[1200], out[512];
+    uint64_t len = 0;
+    snprintf(path, sizeof(path), "%s/apps/x/dist.tar.zst", g_snapdir);
+    CHECK_EQ_INT(sha256_file(path, sha, &len), 0);
+    CHECK_STR(u.sha, sha);
+    CHECK(u.bytes == len && len > 0);
+    printf("  stored %llu bytes, sha256 %s\n", (unsigned long long)len, sha);
+    /* a plain zstd tar named from the paths' last components; nothing else got in */
+    snprintf(cmd, sizeof(cmd), "zstd -dc '%s' | tar -t | sort | tr '\\n' ' '", path);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "conf.txt dist/ dist/assets/ dist/assets/js/ dist/assets/js/app.js dist/big.bin "
+                   "dist/home.html dist/index.html ");
+    /* no temporary file is left next to it */
+    snprintf(cmd, sizeof(cmd), "ls -A '%s/apps/x'", g_snapdir);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "dist.tar.zst");
+
+    /* restore into a fresh sandbox, at a folder that does not exist yet */
+    struct sandbox *sb2 = create_sb(p, "t-arch2");
+    struct done d;
+    if (sb2) {
+        restore(sb2, "apps/x/dist.tar.zst", "/srv/site", &d);
+        CHECK_EQ_INT(d.rc, 0);
+        if (d.rc)
+            fprintf(stderr, "restore: %s\n", d.err);
+        check_dist(sb2, "/srv/site", sum);
+        /* restoring again overwrites in place */
+        restore(sb2, "apps/x/dist.tar.zst", "/srv/site/", &d);
+        CHECK_EQ_INT(d.rc, 0);
+        check_dist(sb2, "/srv/site", sum);
+        destroy_sb(sb2);
+    }
+
+    /* gzip when the key asks for it; the restore detects it */
+    static const char *const one[] = {"/workspace/dist", NULL};
+    upload(sb, one, "apps/x/dist.tgz", &u);
+    CHECK_EQ_INT(u.rc, 0);
+    snprintf(path, sizeof(path), "%s/apps/x/dist.tgz", g_snapdir);
+    CHECK_EQ_INT(sha256_file(path, sha, &len), 0);
+    CHECK_STR(u.sha, sha);
+    snprintf(cmd, sizeof(cmd), "gzip -dc '%s' | tar -t | grep -c '^dist/big.bin$'", path);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "1");
+    restore(sb, "apps/x/dist.tgz", "/restored", &d);
+    CHECK_EQ_INT(d.rc, 0);
+    struct run r = {0};
+    run_cmd(sb, &r, "md5sum /restored/dist/big.bin | cut -c1-32", NULL, NULL, 0);
+    char want[64];
+    snprintf(want, sizeof(want), "%s\n", sum);
+    CHECK_STR(r.out.data, want);
+    run_free(&r);
+
+    /* errors: a missing path (nothing stored), reserved or malformed keys, a missing object */
+    static const char *const missing[] = {"/workspace/dist", "/workspace/nope", NULL};
+    upload(sb, missing, "apps/x/missing.tar.zst", &u);
+    CHECK_EQ_INT(u.rc, -1);
+    CHECK(strstr(u.err, "/workspace/nope") && strstr(u.err, "no such file"));
+    CHECK(u.sha[0] == '\0' && u.bytes == 0);
+    snprintf(cmd, sizeof(cmd), "ls -A '%s/apps/x' | tr '\\n' ' '", g_snapdir);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "dist.tar.zst dist.tgz ");
+    static const char *const bad_keys[] = {
+        "sandboxes/x/snapshot.tar.zst", "a//b", "a/./b", "dir/", "x.tmp", ".download-1", NULL};
+    for (int i = 0; bad_keys[i]; i++) {
+        upload(sb, one, bad_keys[i], &u);
+        CHECK_EQ_INT(u.rc, -1);
+        CHECK(strstr(u.err, "object key") != NULL);
+        restore(sb, bad_keys[i], "/x", &d);
+        CHECK_EQ_INT(d.rc, -1);
+    }
+    restore(sb, "apps/x/none.tar.zst", "/restored", &d);
+    CHECK_EQ_INT(d.rc, -1);
+    CHECK(strstr(d.err, "apps/x/none.tar.zst") && strstr(d.err, "No such file"));
+    /* a destination that is a file */
+    restore(sb, "apps/x/dist.tar.zst", "/data/conf.txt", &d);
+    CHECK_EQ_INT(d.rc, -1);
+    printf("  restore onto a file: %s\n", d.err);
+    destroy_sb(sb);
+    provider_free(p);
+}
+
+struct s3sum {
+    EVP_MD_CTX *ctx;
+    uint64_t len;
+    int done, ok;
+    char err[512];
+};
+
+static int s3sum_data(void *arg, const char *data, size_t len)
+{
+    struct s3sum *s = arg;
+    EVP_DigestUpdate(s->ctx, data, len);
+    s->len += len;
+    return S3_DATA_OK;
+}
+
+static void s3sum_done(void *arg, const struct s3_result *res)
+{
+    struct s3sum *s = arg;
+    s->done = 1;
+    s->ok = res->ok;
+    snprintf(s->err, sizeof(s->err), "%s", res->error ? res->error : "");
+}
+
+/* SHA-256 and size of an S3 object, streamed with the product's client (env S3_*). */
+static int sha256_s3(const char *key, char hex[65], uint64_t *len)
+{
+    struct s3_config cfg;
+    char err[512] = "";
+    if (s3_config_from_env(&cfg, err, sizeof(err)) != 1)
+        return -1;
+    s3 *c = s3_new(g_base, &cfg, err, sizeof(err));
+    s3_config_release(&cfg);
+    if (!c)
+        return -1;
+    struct s3sum s = {.ctx = EVP_MD_CTX_new()};
+    EVP_DigestInit_ex(s.ctx, EVP_sha256(), NULL);
+    s3_get(c, key, s3sum_data, s3sum_done, &s);
+    int rc = wait_for(&s.done, 120000) == 0 && s.ok ? 0 : -1;
+    if (rc)
+        fprintf(stderr, "GetObject %s: %s\n", key, s.err);
+    hex_digest(s.ctx, hex);
+    *len = s.len;
+    EVP_MD_CTX_free(s.ctx);
+    s3_free(c);
+    return rc;
+}
+
+TEST_CASE(archive_s3)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    struct s3_server srv;
+    char why[512] = "";
+    int st = s3_server_start(&srv, "snapshots", why, sizeof(why));
+    if (st == 1)
+        SKIP(why);
+    CHECK_EQ_INT(st, 0);
+    if (st != 0) {
+        fprintf(stderr, "s3rver: %s\n", why);
+        return;
+    }
+    char err[512] = "";
+    s3_env(&srv, "S3RVER");
+    struct provider *p = new_prov(err, sizeof(err));
+    CHECK(p != NULL);
+    struct sandbox *sb = p ? create_sb(p, "t-arch-s3") : NULL;
+    struct sandbox *sb2 = NULL;
+    if (!sb)
+        goto out;
+    /* incompressible and larger than a part (8 MiB): a multipart upload */
+    char sum[33];
+    make_dist(sb, 12 * 1024, sum);
+    static const char *const paths[] = {"/workspace/dist", "/data/conf.txt", NULL};
+    struct upl u;
+    long rss0 = maxrss_kb();
+    upload(sb, paths, "apps/s3/dist.tar.zst", &u);
+    CHECK_EQ_INT(u.rc, 0);
+    if (u.rc)
+        fprintf(stderr, "upload: %s\n", u.err);
+    printf("  peak RSS grew by %ld KiB uploading a 12 MiB folder\n", maxrss_kb() - rss0);
+    char local[512];
+    snprintf(local, sizeof(local), "%s/apps/s3/dist.tar.zst", g_snapdir);
+    CHECK(!file_exists(local)); /* went to S3, not to the folder */
+    char sha[65] = "";
+    uint64_t len = 0;
+    CHECK_EQ_INT(sha256_s3("apps/s3/dist.tar.zst", sha, &len), 0);
+    CHECK_STR(u.sha, sha);
+    CHECK(u.bytes == len && len > ((uint64_t)12 << 20));
+    printf("  stored %llu bytes in S3, sha256 %s\n", (unsigned long long)len, sha);
+
+    sb2 = create_sb(p, "t-arch-s3b");
+    struct done d;
+    if (sb2) {
+        restore(sb2, "apps/s3/dist.tar.zst", "/workspace/restored", &d);
+        CHECK_EQ_INT(d.rc, 0);
+        if (d.rc)
+            fprintf(stderr, "restore: %s\n", d.err);
+        check_dist(sb2, "/workspace/restored", sum);
+        restore(sb2, "apps/s3/none.tar.zst", "/workspace", &d);
+        CHECK_EQ_INT(d.rc, -1);
+        CHECK(strstr(d.err, "download") != NULL);
+        printf("  missing object: %s\n", d.err);
+        destroy_sb(sb2);
+    }
+    /* the restore's temporary download is gone */
+    char cmd[512], out[256];
+    snprintf(cmd, sizeof(cmd), "ls -A '%s' | grep -c '^.download-'", g_snapdir);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "0");
+    destroy_sb(sb);
+out:
+    for (int i = 0; s3_vars[i]; i++)
+        unsetenv(s3_vars[i]);
+    provider_free(p);
+    s3_server_stop(&srv);
+}
+
 TEST_CASE(nothing_left_behind)
 {
     if (g_skip)
@@ -893,6 +1227,8 @@ int main(void)
     RUN(suspend_resume);
     RUN(gzip_snapshot);
     RUN(s3_snapshots);
+    RUN(archive_local);
+    RUN(archive_s3);
     RUN(nothing_left_behind);
 
     if (!g_skip) { /* remove anything a failed test left */

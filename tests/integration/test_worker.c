@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "tests/support/redis_server.h"
+#include "tests/support/scripted_provider.h"
 #include "tests/support/test.h"
 #include "tests/support/worker_proc.h"
 
@@ -640,6 +641,87 @@ TEST_CASE(step_timeout_and_failure)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+TEST_CASE(upload_and_restore)
+{
+    new_prefix("upload");
+    pid_t w = spawn("w1", NULL, 0);
+    /* Turn 1 writes a build output, uploads it and destroys its sandbox. */
+    xadd_job(
+        job_json("u1", "thu1",
+                 "{\"type\":\"write\",\"files\":[{\"path\":\"/ws/dist/index.html\",\"content\":"
+                 "\"<h1>app</h1>\"},{\"path\":\"/ws/dist/js/app.js\",\"content\":\"run()\"},"
+                 "{\"path\":\"/ws/distant.txt\",\"content\":\"not below dist\"}]},"
+                 "{\"type\":\"upload\",\"paths\":[\"/ws/dist\"],\"key\":\"apps/x/dist.tar.zst\"}",
+                 "\"after\":\"destroy\""));
+    cJSON *r = wait_result("u1", 20000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(jstr(r, "sandbox.state"), "destroyed");
+    const cJSON *ups = r ? cJSON_GetObjectItem(r, "uploads") : NULL;
+    CHECK_EQ_INT(cJSON_GetArraySize(ups), 1);
+    const cJSON *u = cJSON_GetArrayItem(ups, 0);
+    /* the scripted provider's blob (scripted_provider.h): exactly the two files below dist */
+    static const char blob[] = "dist/index.html\n12\n<h1>app</h1>dist/js/app.js\n5\nrun()";
+    char sha[65];
+    scripted_sha256_hex(blob, sizeof(blob) - 1, sha);
+    CHECK_STR(jstr(u, "key"), "apps/x/dist.tar.zst");
+    CHECK_STR(jstr(u, "sha256"), sha);
+    CHECK_STR(jstr(u, "step"), "upload-1");
+    const cJSON *bytes = cJSON_GetObjectItem(u, "bytes");
+    CHECK(cJSON_IsNumber(bytes) && bytes->valuedouble == (double)(sizeof(blob) - 1));
+    CHECK_STR(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 1), "status"), "ok");
+    cJSON_Delete(r);
+    char *types = event_types("u1", NULL);
+    CHECK_STR(types, "started|step_started|step_finished|step_started|step_finished|done|");
+    free(types);
+
+    /* Turn 2, on a fresh thread: restore elsewhere, then prove the content is back. */
+    xadd_job(job_json("u2", "thu2",
+                      "{\"type\":\"restore\",\"key\":\"apps/x/dist.tar.zst\",\"dest\":"
+                      "\"/srv/site/\"},"
+                      "{\"type\":\"run\",\"cmd\":\"cat /srv/site/dist/index.html;cat "
+                      "/srv/site/dist/js/app.js;cat /srv/site/distant.txt\"}",
+                      NULL));
+    r = wait_result("u2", 20000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "sandbox"), "resumed")));
+    const cJSON *steps = r ? cJSON_GetObjectItem(r, "steps") : NULL;
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 0), "type"), "restore");
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 0), "status"), "ok");
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 1), "stdout"), "<h1>app</h1>run()");
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 1), "stderr"), "no such file\n");
+    CHECK(cJSON_GetObjectItem(r, "uploads") == NULL);
+    cJSON_Delete(r);
+
+    /* A missing object and a missing path fail their step with the provider's reason. */
+    xadd_job(job_json("u3", "thu3",
+                      "{\"type\":\"restore\",\"key\":\"apps/none.tar.zst\",\"dest\":\"/ws\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out never\"}",
+                      NULL));
+    r = wait_result("u3", 20000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "failed");
+    CHECK_STR(jstr(r, "error.code"), "step_error");
+    steps = r ? cJSON_GetObjectItem(r, "steps") : NULL;
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 0), "status"), "error");
+    const char *e = jstr(cJSON_GetArrayItem(steps, 0), "error");
+    CHECK(e && strstr(e, "apps/none.tar.zst") && strstr(e, "no such object"));
+    CHECK_STR(jstr(cJSON_GetArrayItem(steps, 1), "status"), "pending");
+    cJSON_Delete(r);
+    xadd_job(job_json("u4", "thu4",
+                      "{\"type\":\"upload\",\"paths\":[\"/ws/nothing\"],\"key\":\"k\"}", NULL));
+    r = wait_result("u4", 20000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "failed");
+    e = jstr(r, "error.message");
+    CHECK(e && strstr(e, "/ws/nothing") && strstr(e, "no such file"));
+    CHECK(r && cJSON_GetObjectItem(r, "uploads") == NULL);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(pending(), 0);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -819,6 +901,7 @@ int main(void)
     RUN(secrets_never_leak);
     RUN(slots_and_one_turn_per_thread);
     RUN(step_timeout_and_failure);
+    RUN(upload_and_restore);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "lib/buf.h"
 
 struct sfile {
@@ -27,6 +29,13 @@ struct ssb {
     struct files f;
 };
 
+/* Objects stored by archive_upload, by key (the process's object store). */
+struct blob {
+    char *key;
+    struct buf data;
+    struct blob *next;
+};
+
 struct provider_exec {
     struct sandbox *sb;
     struct exec_cbs cbs;
@@ -39,6 +48,7 @@ struct provider_exec {
 
 static struct scripted_stats stats;
 static struct snap *snaps;
+static struct blob *blobs;
 static int snap_seq, sb_seq;
 
 struct scripted_stats *scripted_stats(void)
@@ -99,11 +109,14 @@ struct later {
     cJSON *ref;
     char *data;
     size_t len;
+    uint64_t bytes;
+    char sha[65];
     union {
         provider_sandbox_fn sbf;
         provider_done_fn done;
         provider_data_fn dataf;
         provider_ref_fn reff;
+        provider_upload_fn upf;
     } cb;
 };
 
@@ -148,6 +161,11 @@ static void call_data(struct later *l)
 static void call_ref(struct later *l)
 {
     l->cb.reff(l->arg, l->rc, l->ref, l->err);
+}
+
+static void call_upload(struct later *l)
+{
+    l->cb.upf(l->arg, l->rc, l->rc == 0 ? l->bytes : 0, l->rc == 0 ? l->sha : NULL, l->err);
 }
 
 /* ---- ops ---- */
@@ -427,6 +445,118 @@ static void sc_delete_snapshot(struct provider *p, const cJSON *ref, provider_do
     l->arg = arg;
 }
 
+/* ---- archives: see the blob format in scripted_provider.h ---- */
+
+static struct blob *blob_get(const char *key, int create)
+{
+    for (struct blob *b = blobs; b; b = b->next)
+        if (strcmp(b->key, key) == 0)
+            return b;
+    if (!create)
+        return NULL;
+    struct blob *b = xcalloc(1, sizeof(*b));
+    b->key = xstrdup(key);
+    buf_init(&b->data);
+    b->next = blobs;
+    blobs = b;
+    return b;
+}
+
+void scripted_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1 || n != 32)
+        abort();
+    for (unsigned i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static void sc_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
+                              provider_upload_fn done, void *arg)
+{
+    struct ssb *x = sb->priv;
+    struct later *l = later_new(sb->prov->base, call_upload, 0);
+    l->cb.upf = done;
+    l->arg = arg;
+    struct buf out;
+    buf_init(&out);
+    for (size_t i = 0; paths && paths[i] && !l->err; i++) {
+        size_t plen = strlen(paths[i]);
+        while (plen > 1 && paths[i][plen - 1] == '/')
+            plen--;
+        const char *base = paths[i] + plen;
+        while (base > paths[i] && base[-1] != '/')
+            base--;
+        size_t blen = (size_t)(paths[i] + plen - base), found = 0;
+        for (size_t k = 0; k < x->f.n; k++) {
+            const struct sfile *f = &x->f.v[k];
+            if (strncmp(f->path, paths[i], plen) != 0 || (f->path[plen] && f->path[plen] != '/'))
+                continue;
+            found++;
+            buf_printf(&out, "%.*s%s\n%zu\n", (int)blen, base, f->path + plen, f->data.len);
+            buf_append(&out, f->data.data, f->data.len);
+        }
+        if (!found) {
+            struct buf e;
+            buf_init(&e);
+            buf_printf(&e, "upload of %s: no such file or directory", paths[i]);
+            l->err = buf_detach(&e);
+        }
+    }
+    if (!l->err && (!paths || !paths[0]))
+        l->err = xstrdup("upload: no paths");
+    if (l->err) {
+        l->rc = -1;
+    } else {
+        struct blob *b = blob_get(key, 1);
+        buf_clear(&b->data);
+        buf_append(&b->data, out.data ? out.data : "", out.len);
+        l->bytes = out.len;
+        scripted_sha256_hex(out.data ? out.data : "", out.len, l->sha);
+        stats.uploads++;
+    }
+    buf_release(&out);
+}
+
+static void sc_archive_restore(struct sandbox *sb, const char *key, const char *dest,
+                               provider_done_fn done, void *arg)
+{
+    struct ssb *x = sb->priv;
+    struct later *l = later_new(sb->prov->base, call_done, 0);
+    l->cb.done = done;
+    l->arg = arg;
+    const struct blob *b = blob_get(key, 0);
+    if (!b) {
+        l->rc = -1;
+        l->err = xstrdup("restore: no such object");
+        return;
+    }
+    size_t dlen = strlen(dest);
+    while (dlen > 0 && dest[dlen - 1] == '/')
+        dlen--;
+    const char *p = b->data.data, *end = p + b->data.len;
+    while (p && p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        char *szend = NULL;
+        size_t len = nl ? strtoul(nl + 1, &szend, 10) : 0;
+        if (!nl || !szend || *szend != '\n' || len > (size_t)(end - szend - 1)) {
+            l->rc = -1;
+            l->err = xstrdup("restore: corrupt object");
+            return;
+        }
+        struct buf path;
+        buf_init(&path);
+        buf_printf(&path, "%.*s/%.*s", (int)dlen, dest, (int)(nl - p), p);
+        struct sfile *f = files_get(&x->f, path.data, 1);
+        buf_clear(&f->data);
+        buf_append(&f->data, szend + 1, len);
+        buf_release(&path);
+        p = szend + 1 + len;
+    }
+    stats.restores++;
+}
+
 static void sc_release(struct sandbox *sb)
 {
     struct ssb *s = sb->priv;
@@ -444,11 +574,18 @@ static void sc_cleanup(struct provider *p)
         files_clear(&s->f);
         free(s);
     }
+    while (blobs) {
+        struct blob *b = blobs;
+        blobs = b->next;
+        free(b->key);
+        buf_release(&b->data);
+        free(b);
+    }
 }
 
 const struct provider_ops scripted_provider_ops = {
     .name = "scripted",
-    .caps = PROVIDER_CAP_NATIVE_SUSPEND,
+    .caps = PROVIDER_CAP_NATIVE_SUSPEND | PROVIDER_CAP_ARCHIVE,
     .priv_size = 0,
     .init = NULL,
     .cleanup = sc_cleanup,
@@ -462,4 +599,6 @@ const struct provider_ops scripted_provider_ops = {
     .destroy = sc_destroy,
     .delete_snapshot = sc_delete_snapshot,
     .release = sc_release,
+    .archive_upload = sc_archive_upload,
+    .archive_restore = sc_archive_restore,
 };

@@ -8,10 +8,18 @@
  *   cat PATH   print a file of the sandbox        hang       never finish (timeout/kill)
  * Without an exit directive the command ends with 0. Files live in memory per sandbox;
  * suspend saves them as a snapshot {"kind":"scripted","snapshot":"snap-N"} that resume
- * restores, so multi-turn tests can check state survives. */
+ * restores, so multi-turn tests can check state survives.
+ *
+ * archive_upload stores a blob under the key in the process's memory (shared by all sandboxes
+ * of the process): for each path in order, each sandbox file at or below it in the sandbox's
+ * file order, as "NAME\nLEN\n" followed by LEN content bytes, NAME being the file's path from
+ * the uploaded path's last component ("/ws/dist" holding "/ws/dist/a" gives "dist/a"). A path
+ * with no file fails. bytes and sha256 describe that blob. archive_restore writes each NAME
+ * back at DEST/NAME; an unknown key fails. */
 #ifndef SW_TESTS_SCRIPTED_PROVIDER_H
 #define SW_TESTS_SCRIPTED_PROVIDER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "providers/provider.h"
@@ -20,10 +28,14 @@ extern const struct provider_ops scripted_provider_ops;
 
 struct scripted_stats {
     int created, resumed, suspended, destroyed, execs, killed, snapshots_deleted;
+    int uploads, restores;
     int fail_create;       /* the next N creates fail */
     int create_delay_ms;   /* delay before create completes */
     int64_t first_call_us; /* monotonic time of the most recent create/resume call */
 };
 struct scripted_stats *scripted_stats(void);
+
+/* SHA-256 of len bytes as 64 lowercase hex digits and a NUL (tests compute expected blobs). */
+void scripted_sha256_hex(const void *data, size_t len, char out[65]);
 
 #endif
