@@ -783,7 +783,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    bufferevent_set_max_single_read(c->bev, 256 * 1024);
+    bufferevent_set_max_single_read(c->bev, 1024 * 1024);
     bufferevent_set_max_single_write(c->bev, 1024 * 1024);
     bufferevent_setwatermark(c->bev, EV_WRITE, s->lim.out_high / 2, 0);
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
@@ -803,7 +803,7 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
     if (!s->lim.out_high)
         s->lim.out_high = 1024 * 1024;
     if (!s->lim.body_high)
-        s->lim.body_high = 256 * 1024;
+        s->lim.body_high = 1024 * 1024;
     s->handler = handler;
     s->arg = arg;
     return s;

@@ -17,7 +17,7 @@
 
 #include "lib/buf.h"
 
-#define COPY_CHUNK (256 * 1024)
+#define COPY_CHUNK (1024 * 1024)
 
 /* libarchive is loaded on first use (dlopen), not linked: with its dependencies (ICU,
  * libstdc++, libxml2, ...) it would cost the agent milliseconds of dynamic loading before it can
