@@ -543,10 +543,10 @@ void queue_drain(queue *q, void (*cb)(void *arg), void *arg)
     q->stopped = 1;
     q->drained = cb;
     q->drained_arg = arg;
+    /* A blocked XREADGROUP is left to finish (at most block_ms): dropping the connection
+     * could lose entries the server already moved into our pending list. What it returns is
+     * handed back. */
     check_drained(q);
-    /* Abort a blocked XREADGROUP so no new entry is delivered to a draining worker. */
-    if (q->reading && redis_get_state(q->rd) == REDIS_READY)
-        redis_drop(q->rd);
 }
 
 /* ---- renewal, cancellation, delayed promotion ---- */

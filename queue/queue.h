@@ -66,7 +66,7 @@ int queue_ready(const queue *q, char *why, size_t whylen);
 void queue_set_capacity(queue *q, int free_slots);
 /* Drain: stops reading and reclaiming; renewal and completion go on. Entries that arrive
  * after this are handed back to the stream, not delivered. cb runs (from the loop) once no
- * read and no hand-back is in flight any more. */
+ * read and no hand-back is in flight any more (at most block_ms plus a round trip). */
 void queue_drain(queue *q, void (*cb)(void *arg), void *arg);
 
 /* Renewal set: entries renewed every tick until untracked. job_id may be "" (unknown). */

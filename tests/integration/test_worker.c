@@ -459,6 +459,8 @@ TEST_CASE(sigterm_drain)
     /* A job enqueued during the drain is not taken. */
     xadd_job(job_json("s2", "ths2", "{\"type\":\"run\",\"cmd\":\"out no\"}", NULL));
     CHECK_EQ_INT(worker_stop(w, 0, 20000), 0);
+    /* Whatever the draining worker read and did not start went back to the stream. */
+    CHECK_EQ_INT(pending(), 0);
     cJSON *r = wait_result("s1", 1000);
     CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
     cJSON_Delete(r);

@@ -2,11 +2,18 @@
 
 #include <stdarg.h>
 #include <stdlib.h>
+#include <string.h>
 
 int test_failed_now;
 int test_skipped_now;
 const char *test_name_now = "";
 static int n_pass, n_fail, n_skip;
+
+int test_selected(const char *name)
+{
+    const char *only = getenv("TEST_ONLY");
+    return !only || !*only || strstr(name, only) != NULL;
+}
 
 void test_begin(const char *name)
 {

@@ -14,6 +14,7 @@ extern int test_failed_now;
 extern int test_skipped_now;
 extern const char *test_name_now;
 
+int test_selected(const char *name);
 void test_begin(const char *name);
 void test_end(void);
 int test_report(void);
@@ -22,11 +23,14 @@ void test_fail(const char *file, int line, const char *fmt, ...)
 void test_skip(const char *why);
 
 #define TEST_CASE(name) static void name(void)
+/* TEST_ONLY=substring runs only the matching cases. */
 #define RUN(name)                                                                                  \
     do {                                                                                           \
-        test_begin(#name);                                                                         \
-        name();                                                                                    \
-        test_end();                                                                                \
+        if (test_selected(#name)) {                                                                \
+            test_begin(#name);                                                                     \
+            name();                                                                                \
+            test_end();                                                                            \
+        }                                                                                          \
     } while (0)
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
