@@ -412,20 +412,42 @@ static void finished(struct turn *t)
     publish(t, final_status(t), QUEUE_FINAL, NULL);
 }
 
+/* After a failed suspend of a tar-based sandbox: the sandbox is gone, and the thread keeps
+ * its previous snapshot (still intact in the object store), so the next turn resumes it. */
+static void destroyed_after_failed_suspend(void *arg, int rc, const char *err)
+{
+    struct turn *t = arg;
+    if (rc != 0)
+        log_warn(&t->lc, "could not remove the sandbox after the failed suspend: %s",
+                 err ? err : "unknown error");
+    int had = t->old_snapshot && *t->old_snapshot && t->old_state &&
+              strcmp(t->old_state, "suspended") == 0;
+    t->thread_state = had ? "suspended" : "destroyed";
+    t->new_snapshot = had ? xstrdup(t->old_snapshot) : NULL;
+    finished(t);
+}
+
 static void suspended(void *arg, int rc, const cJSON *ref, const char *err)
 {
     struct turn *t = arg;
     if (rc == 0 && ref) {
         t->new_snapshot = cJSON_PrintUnformatted(ref);
         t->thread_state = "suspended";
-    } else {
-        log_error(&t->lc, "suspend failed: %s", err ? err : "unknown error");
-        set_error(t, "suspend_failed", "suspend failed: %s", err ? err : "unknown error");
-        if (!t->status)
-            t->status = "failed";
-        t->thread_state = "suspend_failed";
-        t->new_snapshot = t->old_snapshot ? xstrdup(t->old_snapshot) : NULL;
+        finished(t);
+        return;
     }
+    log_error(&t->lc, "suspend failed: %s", err ? err : "unknown error");
+    set_error(t, "suspend_failed", "suspend failed: %s", err ? err : "unknown error");
+    if (!t->status)
+        t->status = "failed";
+    const struct provider_ops *ops = t->w->prov->ops;
+    if (!(ops->caps & PROVIDER_CAP_NATIVE_SUSPEND)) {
+        ops->destroy(t->sb, destroyed_after_failed_suspend, t);
+        return;
+    }
+    /* A native suspend failed: the sandbox may still hold the state; leave it for the
+     * provider's own idle policy and let the next turn start fresh. */
+    t->thread_state = "suspend_failed";
     finished(t);
 }
 

@@ -47,7 +47,8 @@ static char *log_path(const char *name)
     return p;
 }
 
-static pid_t spawn(const char *name, const char *const *env, int fail_create)
+static pid_t spawn_spec(const char *name, const char *const *env, int fail_create,
+                        int fail_suspend_nth)
 {
     struct worker_spec ws = {
         .url = test_redis_url(srv),
@@ -55,9 +56,15 @@ static pid_t spawn(const char *name, const char *const *env, int fail_create)
         .name = name,
         .env = env,
         .fail_create = fail_create,
+        .fail_suspend_nth = fail_suspend_nth,
         .log_path = log_path(name),
     };
     return worker_spawn(&ws);
+}
+
+static pid_t spawn(const char *name, const char *const *env, int fail_create)
+{
+    return spawn_spec(name, env, fail_create, 0);
 }
 
 static void xadd_job(const char *json)
@@ -724,6 +731,41 @@ TEST_CASE(upload_and_restore)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+TEST_CASE(failed_suspend_keeps_previous_snapshot)
+{
+    new_prefix("suspendfail");
+    /* The second suspend fails (as a snapshot upload would). */
+    pid_t w = spawn_spec("w1", NULL, 0, 2);
+    xadd_job(job_json("p1", "thp",
+                      "{\"type\":\"write\",\"files\":[{\"path\":\"/v\",\"content\":\"one\"}]}",
+                      NULL));
+    cJSON *r = wait_result("p1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    char *snap1 = sync_hget(rc, key("thread", "thp"), "snapshot");
+    xadd_job(job_json("p2", "thp",
+                      "{\"type\":\"write\",\"files\":[{\"path\":\"/v\",\"content\":\"two\"}]}",
+                      NULL));
+    r = wait_result("p2", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "failed") == 0);
+    CHECK(r && strcmp(jstr(r, "error.code"), "suspend_failed") == 0);
+    CHECK(r && strcmp(jstr(r, "sandbox.state"), "suspended") == 0);
+    cJSON_Delete(r);
+    char *snap2 = sync_hget(rc, key("thread", "thp"), "snapshot");
+    CHECK(snap1 && snap2 && strcmp(snap1, snap2) == 0);
+    free(snap1);
+    free(snap2);
+    /* The next turn resumes the previous snapshot: turn 2's write is lost, turn 1's is not. */
+    xadd_job(job_json("p3", "thp", "{\"type\":\"run\",\"cmd\":\"cat /v\"}", NULL));
+    r = wait_result("p3", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "sandbox"), "resumed")));
+    CHECK(r && strcmp(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0), "stdout"),
+                      "one") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -904,6 +946,7 @@ int main(void)
     RUN(slots_and_one_turn_per_thread);
     RUN(step_timeout_and_failure);
     RUN(upload_and_restore);
+    RUN(failed_suspend_keeps_previous_snapshot);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);

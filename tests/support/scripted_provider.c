@@ -404,6 +404,14 @@ static void sc_read_file(struct sandbox *sb, const char *path, size_t max, provi
 
 static void sc_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
 {
+    if (stats.fail_suspend_nth > 0 && ++stats.suspend_calls == stats.fail_suspend_nth) {
+        struct later *l = later_new(sb->prov->base, call_ref, 0);
+        l->cb.reff = done;
+        l->arg = arg;
+        l->rc = -1;
+        l->err = xstrdup("scripted suspend failure (snapshot upload failed)");
+        return;
+    }
     stats.suspended++;
     struct snap *s = xcalloc(1, sizeof(*s));
     snprintf(s->name, sizeof(s->name), "snap-%d", ++snap_seq);
@@ -585,7 +593,8 @@ static void sc_cleanup(struct provider *p)
 
 const struct provider_ops scripted_provider_ops = {
     .name = "scripted",
-    .caps = PROVIDER_CAP_NATIVE_SUSPEND | PROVIDER_CAP_ARCHIVE,
+    /* Snapshots are copies kept apart from the sandbox, as with tar-based backends. */
+    .caps = PROVIDER_CAP_ARCHIVE,
     .priv_size = 0,
     .init = NULL,
     .cleanup = sc_cleanup,

@@ -29,7 +29,9 @@ extern const struct provider_ops scripted_provider_ops;
 struct scripted_stats {
     int created, resumed, suspended, destroyed, execs, killed, snapshots_deleted;
     int uploads, restores;
-    int fail_create;       /* the next N creates fail */
+    int fail_create;      /* the next N creates fail */
+    int fail_suspend_nth; /* the Nth suspend fails (0: none) */
+    int suspend_calls;
     int create_delay_ms;   /* delay before create completes */
     int64_t first_call_us; /* monotonic time of the most recent create/resume call */
 };

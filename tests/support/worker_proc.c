@@ -47,6 +47,7 @@ pid_t worker_spawn(const struct worker_spec *spec)
         putenv(strdup(spec->env[i]));
     provider_register(&scripted_provider_ops);
     scripted_stats()->fail_create = spec->fail_create;
+    scripted_stats()->fail_suspend_nth = spec->fail_suspend_nth;
     static char arg0[] = "sandbox-worker";
     char *argv[] = {arg0, NULL};
     _exit(worker_main(1, argv));

@@ -13,6 +13,7 @@ struct worker_spec {
     const char *name;
     const char *const *env; /* extra "NAME=VALUE", NULL-terminated; may be NULL */
     int fail_create;        /* the scripted provider fails this many creates first */
+    int fail_suspend_nth;   /* ... and its Nth suspend (0: none) */
     const char *log_path;   /* stdout and stderr of the worker are appended here */
 };
 
