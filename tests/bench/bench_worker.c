@@ -74,11 +74,15 @@ int main(int argc, char **argv)
     snprintf(logp, sizeof(logp), "%s/worker.log", test_redis_dir(srv));
     char trace_env[600];
     snprintf(trace_env, sizeof(trace_env), "SCRIPTED_TRACE_FILE=%s", trace);
-    const char *env[] = {"WORKER_CONCURRENCY=256", "LIGHTDASH_LOG_LEVEL=warn", trace_env, NULL};
+    char conc[64];
+    snprintf(conc, sizeof(conc), "WORKER_CONCURRENCY=%s",
+             getenv("BENCH_CONCURRENCY") ? getenv("BENCH_CONCURRENCY") : "256");
+    const char *env[] = {conc, "LIGHTDASH_LOG_LEVEL=warn", trace_env, NULL};
 
     /* Throughput: the backlog is enqueued first, then one worker drains it. */
     enqueue(c, "tp", 0, n);
-    struct worker_spec ws = {test_redis_url(srv), "tp", "bench", env, 0, logp};
+    struct worker_spec ws = {
+        .url = test_redis_url(srv), .prefix = "tp", .name = "bench", .env = env, .log_path = logp};
     int64_t t0 = mono_us();
     double rcpu0 = redis_cpu(c);
     pid_t w = worker_spawn(&ws);
@@ -106,7 +110,11 @@ int main(int argc, char **argv)
 
     /* Latency: an idle worker, one job at a time, XADD → the provider's create call. */
     unlink(trace);
-    struct worker_spec ws2 = {test_redis_url(srv), "lat", "bench2", env, 0, logp};
+    struct worker_spec ws2 = {.url = test_redis_url(srv),
+                              .prefix = "lat",
+                              .name = "bench2",
+                              .env = env,
+                              .log_path = logp};
     w = worker_spawn(&ws2);
     while (sync_int(c, "EXISTS {lat}:jobs") < 1) /* the worker created the group */
         sleep_ms(20);
