@@ -3,9 +3,13 @@
 #   time to /ready after start, POST /exec `true` round trip (keep-alive, p50/p90/p99),
 #   stdout throughput through NDJSON/base64, peak RSS, archive out/in vs tar|zstd -3.
 # BENCH_EXEC_N (1000), BENCH_STREAM_MB (512), BENCH_ARCHIVE_MB (1024; 0 skips) size the runs.
-# The first four figures come from a small C client (bench_agent/client.c, compiled here) whose
-# own cost is negligible; BENCH_AGENT_CLIENT=python|both also runs the original Python client
-# (it adds ~0.3 ms per request and a few ms per process start, and caps the throughput).
+# The first four figures come from a small C client (bench_agent/client.c, compiled here, not a
+# $BUILD/tests/bench binary) that spawns the agent itself and costs little CPU; it also prints
+# the agent's CPU per exec and per GB streamed, and the floor under the exec round trip (spawning
+# and reaping `/bin/sh -c true` directly), figures that hold up on a busy machine.
+# BENCH_AGENT_CLIENT=python|both also runs the original Python client: on an idle machine its
+# figures are within run-to-run noise of the C client's; on a busy one its own CPU use lowers
+# the throughput it sees.
 BUILD=${BUILD:-build}
 agent="$BUILD/sandbox-agent"
 client_mode=${BENCH_AGENT_CLIENT:-c}
