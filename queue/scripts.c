@@ -8,6 +8,8 @@
 /* KEYS: jobs, job hash, thread hash, delayed, cancel key
  * ARGV: group, consumer, entry, delivery count, job id, thread id, organization, project,
  *       now ms, requeue member ("<attempt>\n<job json>"), requeue delay ms, attempt
+ * A replay of our own begin (same entry, owner and delivery count: the first reply was lost
+ * to a disconnect) answers "ok" again.
  * Returns {"fenced"} | {"duplicate", why} | {"cancelled"} | {"started"} | {"tenant"} |
  *         {"busy"} | {"ok", "state", s, "sandbox_id", s, "snapshot", s, "provider", s}
  *         (the thread's previous values, "" when unset). */
@@ -16,12 +18,17 @@ static const char begin_lua[] =
     "if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then\n"
     "  return {'fenced'}\n"
     "end\n"
-    "local j = redis.call('HMGET', KEYS[2], 'status', 'phase', 'entry')\n"
+    "local j = redis.call('HMGET', KEYS[2], 'status', 'phase', 'entry', 'owner', 'token')\n"
     "if j[1] and j[1] ~= '' then\n"
     "  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
     "  return {'duplicate', j[1]}\n"
     "end\n"
     "if j[2] == 'running' then\n"
+    "  if j[3] == ARGV[3] and j[4] == ARGV[2] and j[5] == ARGV[4] then\n"
+    "    local t = redis.call('HMGET', KEYS[3], 'state', 'sandbox_id', 'snapshot', 'provider')\n"
+    "    return {'ok', 'state', t[1] or '', 'sandbox_id', t[2] or '', 'snapshot', t[3] or '',\n"
+    "            'provider', t[4] or ''}\n"
+    "  end\n"
     "  local e0 = j[3]\n"
     "  if e0 and e0 ~= ARGV[3] then\n"
     "    local q = redis.call('XPENDING', KEYS[1], ARGV[1], e0, e0, 1)\n"
@@ -47,7 +54,7 @@ static const char begin_lua[] =
     "redis.call('HSET', KEYS[3], 'organization', ARGV[7], 'project', ARGV[8],\n"
     "           'lock_entry', ARGV[3], 'lock_job', ARGV[5])\n"
     "redis.call('HSET', KEYS[2], 'phase', 'running', 'entry', ARGV[3], 'owner', ARGV[2],\n"
-    "           'attempt', ARGV[12], 'thread', ARGV[6], 'started_at', ARGV[9])\n"
+    "           'token', ARGV[4], 'attempt', ARGV[12], 'thread', ARGV[6], 'started_at', ARGV[9])\n"
     "return {'ok', 'state', t[4] or '', 'sandbox_id', t[5] or '', 'snapshot', t[6] or '',\n"
     "        'provider', t[7] or ''}\n";
 
@@ -58,10 +65,16 @@ static const char begin_lua[] =
  *       15 events maxlen, 16 events ttl s, 17 job ttl s, 18 update thread 0|1,
  *       19 thread state, 20 sandbox id, 21 snapshot json, 22 provider, 23 job payload,
  *       24 error code
- * Returns "ok" or "fenced" (nothing written). */
+ * Returns "ok" or "fenced" (nothing written). A replay of our own final completion (its reply
+ * was lost to a disconnect) answers "ok": the job hash already shows it. */
 static const char complete_lua[] =
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
     "if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then\n"
+    "  local o = redis.call('HMGET', KEYS[3], 'owner', 'status', 'entry', 'token')\n"
+    "  if ARGV[5] ~= '' and o[1] == ARGV[2] and o[2] == ARGV[7] and o[3] == ARGV[3] and\n"
+    "     o[4] == ARGV[4] then\n"
+    "    return 'ok'\n"
+    "  end\n"
     "  return 'fenced'\n"
     "end\n"
     "local hasjob = ARGV[5] ~= ''\n"
@@ -85,7 +98,8 @@ static const char complete_lua[] =
     "             'thread', ARGV[6], 'status', ARGV[7], 'result', ARGV[8], 'entry', ARGV[3])\n"
     "  if hasjob then\n"
     "    redis.call('HSET', KEYS[3], 'phase', 'done', 'status', ARGV[7], 'result', ARGV[8],\n"
-    "               'finished_at', ARGV[9], 'owner', ARGV[2])\n"
+    "               'finished_at', ARGV[9], 'owner', ARGV[2], 'entry', ARGV[3],\n"
+    "               'token', ARGV[4])\n"
     "    redis.call('EXPIRE', KEYS[3], ARGV[17])\n"
     "    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*', 'type', 'done',\n"
     "               'status', ARGV[7], 'result', ARGV[8])\n"
