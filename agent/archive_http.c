@@ -11,6 +11,7 @@
  *        compression) -> 200 {"entries":N,"bytes":M} | 400 refused/bad archive | 413 limit */
 #include "agent/agent.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -384,28 +385,73 @@ static int in_child(void *arg)
     return rc == TARBALL_OK ? 0 : 1;
 }
 
+/* Decimal without sign at *s; 0 with *s moved past it, -1 if none or out of range. */
+static int parse_u64(const char **s, uint64_t *out)
+{
+    char *e;
+    if (!isdigit((unsigned char)**s))
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(*s, &e, 10);
+    if (errno != 0) /* ERANGE */
+        return -1;
+    *out = v;
+    *s = e;
+    return 0;
+}
+
+/* The extractor's status line: "ok <entries> <bytes>" returns 1; "err <code> <message>"
+ * returns 0 with *code and *text (into line); anything else (the child died) returns -1. */
+static int in_status_parse(const char *line, uint64_t *entries, uint64_t *bytes, int *code,
+                           const char **text)
+{
+    if (strncmp(line, "ok ", 3) == 0) {
+        const char *p = line + 3;
+        if (parse_u64(&p, entries) != 0 || *p++ != ' ' || parse_u64(&p, bytes) != 0 || *p)
+            return -1;
+        return 1;
+    }
+    if (strncmp(line, "err ", 4) == 0) {
+        const char *p = line + 4;
+        char *e;
+        if (!isdigit((unsigned char)*p) && !(*p == '-' && isdigit((unsigned char)p[1])))
+            return -1;
+        errno = 0;
+        long v = strtol(p, &e, 10);
+        if (errno != 0 || v < INT_MIN || v > INT_MAX || (*e && *e != ' '))
+            return -1;
+        while (*e == ' ')
+            e++;
+        *code = (int)v;
+        *text = e;
+        return 0;
+    }
+    return -1;
+}
+
 static void in_finish(struct ajob *j)
 {
     struct httpd_req *req = j->req;
     char msg[700];
     status_read(j, msg, sizeof(msg));
-    unsigned long long entries, bytes;
+    uint64_t entries, bytes;
     int code;
-    int off = 0;
+    const char *text;
     ajob_free(j);
-    if (sscanf(msg, "ok %llu %llu", &entries, &bytes) == 2) {
+    int st = in_status_parse(msg, &entries, &bytes, &code, &text);
+    if (st == 1) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "entries", (double)entries);
         cJSON_AddNumberToObject(o, "bytes", (double)bytes);
         agent_reply_json(req, 200, o);
         cJSON_Delete(o);
-    } else if (sscanf(msg, "err %d %n", &code, &off) == 1 && off > 0) {
-        log_warn(NULL, "agent: archive in refused: %s", msg + off);
+    } else if (st == 0) {
+        log_warn(NULL, "agent: archive in refused: %s", text);
         agent_reply_error(req,
                           code == TARBALL_E_LIMIT ? 413
                           : code == TARBALL_E_IO  ? 500
                                                   : 400,
-                          "%s", msg + off);
+                          "%s", text);
     } else {
         agent_reply_error(req, 500, "archive reader died");
     }

@@ -58,14 +58,41 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return 0;
 }
 
+static char g_own_dir[4096]; /* scratch directory this process created (removed at exit) */
+
+static void remove_own_dir(void)
+{
+    if (!g_own_dir[0] || chdir(g_own_dir) != 0)
+        return;
+    nftw(".", rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (chdir("/") == 0)
+        rmdir(g_own_dir);
+}
+
+/* Extraction happens in $FUZZ_AGENT_DIR (an existing directory the caller owns and removes,
+ * see tests/agent/fuzz.sh), else in a fresh directory under $TMPDIR that is removed at a
+ * normal exit. */
+static void enter_scratch(void)
+{
+    const char *dir = getenv("FUZZ_AGENT_DIR");
+    if (!dir || !*dir) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(g_own_dir, sizeof(g_own_dir), "%s/fuzz-agent-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(g_own_dir))
+            abort();
+        atexit(remove_own_dir);
+        dir = g_own_dir;
+    }
+    if (chdir(dir) != 0)
+        abort();
+}
+
 static void fuzz_extract(const uint8_t *data, size_t size)
 {
-    static char dir[64];
-    if (!dir[0]) {
-        snprintf(dir, sizeof(dir), "/tmp/fuzz-agent-%d", (int)getpid());
-        mkdir(dir, 0700);
-        if (chdir(dir) != 0)
-            abort();
+    static int entered;
+    if (!entered) {
+        enter_scratch();
+        entered = 1;
     }
     struct tarball_in_opts o = {
         .max_bytes = 1 << 20, .max_entries = 1000, .allow_external_symlinks = size & 1};

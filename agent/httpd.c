@@ -128,6 +128,10 @@ int httpd_chunked_feed(struct httpd_chunked *c, const char *in, size_t len, size
         char ch = in[i];
         switch (c->state) {
         case CH_SIZE:
+            if (c->line_len == 0 && !isxdigit((unsigned char)ch)) { /* a size needs a digit */
+                rc = -1;
+                goto out;
+            }
             if (isxdigit((unsigned char)ch)) {
                 if (c->remaining >> 59) { /* would overflow 64 bits */
                     rc = -1;
@@ -136,9 +140,6 @@ int httpd_chunked_feed(struct httpd_chunked *c, const char *in, size_t len, size
                 int d = isdigit((unsigned char)ch) ? ch - '0' : (tolower(ch) - 'a' + 10);
                 c->remaining = c->remaining * 16 + (uint64_t)d;
                 c->line_len++;
-            } else if (c->line_len == 0) {
-                rc = -1;
-                goto out;
             } else if (ch == ';' || ch == ' ' || ch == '\t') {
                 c->state = CH_EXT;
             } else if (ch == '\r') {
@@ -267,8 +268,11 @@ enum reply_state { REPLY_NONE, REPLY_STARTED, REPLY_ENDED };
 
 struct conn;
 
+#define PEER_LEN 64
+
 struct httpd_req {
     struct conn *c;
+    char peer[PEER_LEN]; /* copy of c->peer: logging reads nothing of the connection */
     char *head_buf;
     struct httpd_head head;
     char *path;
@@ -305,7 +309,7 @@ struct conn {
     struct httpd *srv;
     struct bufferevent *bev;
     struct conn *prev, *next;
-    char peer[64];
+    char peer[PEER_LEN];
     struct httpd_req *req;
     int closing;     /* close once the output is flushed */
     int in_dispatch; /* >0 while conn_process runs: frees are deferred */
@@ -324,7 +328,8 @@ struct httpd {
 };
 
 static void conn_process(struct conn *c);
-static void conn_free(struct conn *c);
+static void req_abort(struct conn *c, struct httpd_req *r);
+static void conn_free(struct httpd *s, struct conn *c);
 
 static double ms_since(const struct timespec *t0)
 {
@@ -338,7 +343,7 @@ static void req_log(const struct httpd_req *r, const char *outcome)
     /* one line per request: never bodies, never headers (they may carry the token) */
     log_info(NULL, "agent request: %s %s %d %" PRIu64 "B %.2fms%s%s peer=%s", r->head.method,
              r->head.target, r->status, r->bytes_out, ms_since(&r->t0), outcome ? " " : "",
-             outcome ? outcome : "", r->c ? r->c->peer : "-");
+             outcome ? outcome : "", r->peer);
 }
 
 static void req_free(struct httpd_req *r)
@@ -354,10 +359,11 @@ static void req_free(struct httpd_req *r)
     free(r);
 }
 
-/* The client went away (or the server shuts down) before the exchange finished. */
-static void req_abandon(struct httpd_req *r, const char *why)
+/* The client went away (or the server shuts down) before the exchange finished. r is c's
+ * current request (c->req == r, r->c == c); it is detached from c and freed. */
+static void req_abandon(struct conn *c, struct httpd_req *r, const char *why)
 {
-    struct conn *c = r->c;
+    c->req = NULL;
     if (r->reply != REPLY_ENDED) {
         req_log(r, why);
         httpd_req_fn cb = r->on_close;
@@ -367,8 +373,6 @@ static void req_abandon(struct httpd_req *r, const char *why)
         if (cb)
             cb(r, r->cb_arg);
     }
-    if (c && c->req == r)
-        c->req = NULL;
     req_free(r);
 }
 
@@ -378,20 +382,20 @@ static void conn_kill(struct conn *c, const char *why)
         return;
     c->dead = 1;
     if (c->req)
-        req_abandon(c->req, why);
+        req_abandon(c, c->req, why);
     if (!c->in_dispatch)
-        conn_free(c);
+        conn_free(c->srv, c);
 }
 
-static void conn_free(struct conn *c)
+/* Unlinks c from s's list (s == c->srv) and frees it. */
+static void conn_free(struct httpd *s, struct conn *c)
 {
-    struct httpd *s = c->srv;
     if (c->req)
-        req_abandon(c->req, "server-closed");
-    if (c->prev)
-        c->prev->next = c->next;
-    else
+        req_abandon(c, c->req, "server-closed");
+    if (s->conns == c)
         s->conns = c->next;
+    else
+        c->prev->next = c->next;
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
@@ -470,10 +474,10 @@ static const char *reason(int status)
     }
 }
 
-/* Finishes the exchange once both the reply ended and the body was read (or abandoned). */
-static void req_maybe_finish(struct httpd_req *r)
+/* Finishes the exchange once both the reply ended and the body was read (or abandoned).
+ * r is c's current request (c->req == r, r->c == c); once finished it is detached and freed. */
+static void req_maybe_finish(struct conn *c, struct httpd_req *r)
 {
-    struct conn *c = r->c;
     if (r->reply != REPLY_ENDED)
         return;
     if (!r->body_done) {
@@ -593,15 +597,16 @@ static int conn_read_head(struct conn *c)
     struct httpd_req *r = xcalloc(1, sizeof(*r));
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
     r->c = c;
+    memcpy(r->peer, c->peer, sizeof(r->peer));
     buf_init(&r->extra_headers);
     r->head_buf = xmalloc(head_len + 1);
     evbuffer_remove(in, r->head_buf, head_len);
     r->head_buf[head_len] = '\0';
     if (httpd_parse_head(r->head_buf, head_len, &r->head) != 0) {
         static const char msg[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
-                                  "Content-Length: 16\r\nConnection: close\r\n\r\n"
+                                  "Content-Length: 17\r\nConnection: close\r\n\r\n"
                                   "malformed request";
-        bufferevent_write(c->bev, msg, sizeof(msg) - 2);
+        bufferevent_write(c->bev, msg, sizeof(msg) - 1);
         req_free(r);
         conn_close_when_flushed(c);
         return -1;
@@ -671,7 +676,8 @@ static void conn_process(struct conn *c)
                     httpd_reply_text(r, rc == -1 ? 400 : 413,
                                      rc == -1 ? "bad chunked body" : "request body too large");
                 } else {
-                    httpd_reply_abort(r);
+                    req_abort(c, r);
+                    c->dead = 1; /* inside the dispatch: freed when it ends, below */
                 }
                 continue;
             }
@@ -692,7 +698,7 @@ static void conn_process(struct conn *c)
             continue;
         }
         if (r->reply == REPLY_ENDED) {
-            req_maybe_finish(r);
+            req_maybe_finish(c, r);
             continue;
         }
         break;
@@ -700,7 +706,7 @@ static void conn_process(struct conn *c)
     c->in_dispatch--;
     if (c->dead) {
         if (!c->in_dispatch)
-            conn_free(c);
+            conn_free(c->srv, c);
         return;
     }
     conn_update_read(c);
@@ -727,7 +733,7 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         c->in_dispatch--;
         if (c->dead) {
             if (!c->in_dispatch)
-                conn_free(c);
+                conn_free(c->srv, c);
             return;
         }
         if (!c->in_dispatch)
@@ -833,8 +839,13 @@ int httpd_listen(struct httpd *s, const char *addr, int port, int *bound_port, c
     }
     if (bound_port) {
         struct sockaddr_storage b;
+        memset(&b, 0, sizeof(b));
         socklen_t blen = sizeof(b);
-        getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&b, &blen);
+        if (getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&b, &blen) != 0) {
+            snprintf(err, errlen, "getsockname on %s: %s", spec, strerror(errno));
+            evconnlistener_free(l);
+            return -1;
+        }
         *bound_port = b.ss_family == AF_INET6
                           ? ntohs(((struct sockaddr_in6 *)(void *)&b)->sin6_port)
                           : ntohs(((struct sockaddr_in *)(void *)&b)->sin_port);
@@ -853,7 +864,7 @@ void httpd_free(struct httpd *s)
         struct conn *c = s->conns;
         c->dead = 1;
         c->in_dispatch = 0;
-        conn_free(c);
+        conn_free(s, c);
     }
     free(s);
 }
@@ -926,7 +937,7 @@ int64_t httpd_req_content_length(const struct httpd_req *r)
 
 const char *httpd_req_peer(const struct httpd_req *r)
 {
-    return r->c ? r->c->peer : "-";
+    return r->peer;
 }
 
 struct event_base *httpd_req_base(const struct httpd_req *r)
@@ -1088,7 +1099,7 @@ void httpd_reply_end(struct httpd_req *r)
     }
     r->on_body = NULL;
     if (!c->in_dispatch)
-        req_maybe_finish(r);
+        req_maybe_finish(c, r);
 }
 
 void httpd_reply(struct httpd_req *r, int status, const char *ctype, const void *body, size_t len)
@@ -1108,9 +1119,11 @@ void httpd_reply_text(struct httpd_req *r, int status, const char *text)
     httpd_reply(r, status, "text/plain; charset=utf-8", text, strlen(text));
 }
 
-void httpd_reply_abort(struct httpd_req *r)
+/* Logs r as aborted, detaches it from c and frees it. r is c's current request (c->req == r,
+ * r->c == c). The caller then kills c: unsent output is dropped on purpose, the client must
+ * see a truncated transfer. */
+static void req_abort(struct conn *c, struct httpd_req *r)
 {
-    struct conn *c = r->c;
     r->on_close = NULL;
     r->on_drain = NULL;
     r->on_body = NULL;
@@ -1120,6 +1133,11 @@ void httpd_reply_abort(struct httpd_req *r)
     r->reply = REPLY_ENDED;
     c->req = NULL;
     req_free(r);
-    /* unsent output is dropped on purpose: the client must see a truncated transfer */
+}
+
+void httpd_reply_abort(struct httpd_req *r)
+{
+    struct conn *c = r->c;
+    req_abort(c, r);
     conn_kill(c, NULL);
 }

@@ -277,9 +277,10 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void reader_detach(struct reader *rd)
+/* Unlinks rd from its run's readers (run == rd->run) and frees it. */
+static void reader_detach(struct run *run, struct reader *rd)
 {
-    for (struct reader **p = &rd->run->readers; *p; p = &(*p)->next) {
+    for (struct reader **p = &run->readers; *p; p = &(*p)->next) {
         if (*p == rd) {
             *p = rd->next;
             break;
@@ -318,7 +319,7 @@ static int reader_pump(struct reader *rd)
         if (run->ended || !rd->follow) {
             httpd_reply_add_buffer(rd->req, rd->frames);
             struct httpd_req *req = rd->req;
-            reader_detach(rd);
+            reader_detach(run, rd);
             httpd_reply_end(req);
             return 1;
         }
@@ -346,7 +347,8 @@ static void reader_on_drain(struct httpd_req *req, void *arg)
 static void reader_on_close(struct httpd_req *req, void *arg)
 {
     (void)req;
-    reader_detach(arg); /* the run goes on */
+    struct reader *rd = arg;
+    reader_detach(rd->run, rd); /* the run goes on */
 }
 
 static void run_free(struct run *run)
@@ -362,7 +364,7 @@ static void run_free(struct run *run)
     while (run->readers) {
         struct reader *rd = run->readers;
         struct httpd_req *req = rd->req;
-        reader_detach(rd);
+        reader_detach(run, rd);
         httpd_reply_abort(req);
     }
     if (run->proc) {
@@ -574,9 +576,7 @@ static void runs_signal_body(struct httpd_req *req, void *arg)
     size_t len = evbuffer_get_length(b);
     if (!name && len) {
         j = cJSON_ParseWithLength((const char *)evbuffer_pullup(b, -1), len);
-        const cJSON *s = j ? cJSON_GetObjectItemCaseSensitive(j, "signal") : NULL;
-        if (cJSON_IsString(s))
-            name = s->valuestring;
+        name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "signal"));
     }
     int sig = parse_signal(name ? name : "TERM");
     if (!run) {
@@ -711,8 +711,12 @@ void runs_free(struct runs *rs)
 {
     if (!rs)
         return;
-    while (rs->list)
-        run_free(rs->list);
+    /* run_free frees only its own run (its readers' callbacks are cleared before they are
+     * aborted, its process is killed without callbacks): the next pointer stays valid */
+    for (struct run *run = rs->list, *next; run; run = next) {
+        next = run->next;
+        run_free(run);
+    }
     if (rs->dir_ready)
         rmdir(rs->a->cfg.spool_dir);
     free(rs);

@@ -191,9 +191,11 @@ int agent_cmd_parse(const struct agent *a, const char *body, size_t len, struct 
     if (!out->envp)
         goto out;
     out->cmd = xstrdup(cmd->valuestring);
-    out->cwd = cJSON_IsString(cwd) && cwd->valuestring[0] ? xstrdup(cwd->valuestring) : NULL;
-    if (cJSON_IsNumber(to) && to->valuedouble >= 1)
-        out->timeout_ms = to->valuedouble > 1e12 ? (uint64_t)1e12 : (uint64_t)to->valuedouble;
+    const char *cwd_s = cJSON_GetStringValue(cwd); /* NULL unless a string */
+    out->cwd = cwd_s && cwd_s[0] ? xstrdup(cwd_s) : NULL;
+    double to_ms = cJSON_IsNumber(to) ? cJSON_GetNumberValue(to) : 0;
+    if (to_ms >= 1)
+        out->timeout_ms = to_ms > 1e12 ? (uint64_t)1e12 : (uint64_t)to_ms;
     rc = 0;
 out:
     cJSON_Delete(j);

@@ -70,7 +70,7 @@
     X(archive_write_set_format_pax_restricted)                                                     \
     X(archive_write_set_options)
 
-#define LA_MEMBER(fn) __typeof__(&fn) p_##fn;
+#define LA_MEMBER(fn) __typeof__(&(fn)) p_##fn;
 static struct {
     int loaded;
     LA_FUNCS(LA_MEMBER)

@@ -18,6 +18,7 @@ import time
 AGENT = sys.argv[1]
 FAILS = []
 PASSES = 0
+AGENTS = []  # every Agent started; main() stops them and removes their directories
 
 
 def check(cond, what):
@@ -50,7 +51,10 @@ class Agent:
     def __init__(self, extra_env=None):
         self.port = free_port()
         self.hook_port = free_port()
+        self.proc = None
+        self.log = None
         self.tmp = tempfile.mkdtemp(prefix="agent-test-")
+        AGENTS.append(self)
         env = dict(os.environ)
         env.update({"LD_AGENT_BIND": "127.0.0.1", "LD_AGENT_PORT": str(self.port),
                     "LD_AGENT_HOOK_PORT": str(self.hook_port),
@@ -63,6 +67,7 @@ class Agent:
                                      stderr=subprocess.STDOUT)
         ok = wait_until(self._ready, timeout=30)
         if not ok:
+            self.stop()
             raise RuntimeError("agent did not become ready; log: " + self.logtext())
 
     def _ready(self):
@@ -90,6 +95,9 @@ class Agent:
         return r.status, hdrs, data
 
     def stop(self):
+        """SIGTERM (SIGKILL after 20 s); returns the exit status. Safe to call again."""
+        if self.proc is None:
+            return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -99,6 +107,11 @@ class Agent:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+    def cleanup(self):
+        """Stops the agent and removes its directory (log included)."""
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def frames(body):
@@ -215,6 +228,18 @@ def test_env_cwd(a):
     check(out == b"got:\n", "stdin is empty")
 
 
+def recv_until_close(s, timeout=20):
+    s.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return data
+
+
 def test_bad_requests(a):
     st, _, body = a.req("POST", "/exec", "{not json")
     check(st == 400 and body.startswith(b"invalid JSON body"), "bad JSON 400")
@@ -244,9 +269,11 @@ def test_bad_requests(a):
     check(resp.startswith(b"HTTP/1.1 431"), "oversized head 431")
     s = socket.create_connection(("127.0.0.1", a.port))
     s.sendall(b"GARBAGE\r\n\r\n")
-    resp = s.recv(4096)
-    s.close()
+    resp = recv_until_close(s)
     check(resp.startswith(b"HTTP/1.1 400"), "malformed request line 400")
+    # the declared Content-Length covers the whole message (it used to cut the last byte)
+    check(resp.endswith(b"Content-Length: 17\r\nConnection: close\r\n\r\nmalformed request"),
+          "malformed request: complete body (%r)" % resp)
 
 
 def test_keepalive_pipelining(a):
@@ -524,7 +551,7 @@ def test_shutdown():
     check(not os.path.exists(os.path.join(a.tmp, "spool")), "SIGTERM: spool removed")
 
 
-def main():
+def run_all():
     a = Agent()
     tests = [test_ready_and_hooks, test_exec_framing, test_exec_binary, test_exit_codes,
              test_timeout_kills_group, test_disconnect_kills, test_env_cwd, test_bad_requests,
@@ -548,10 +575,32 @@ def main():
         except Exception as e:
             FAILS.append("%s raised %r" % (t.__name__, e))
             print("FAIL: %s raised %r" % (t.__name__, e), flush=True)
-    if FAILS:
-        print("agent log tail:\n" + "\n".join(a.logtext().splitlines()[-30:]))
+
+
+def on_signal(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main():
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally below still runs
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        run_all()
+    except BaseException as e:
+        FAILS.append("black-box run aborted: %r" % e)
+        print("FAIL: black-box run aborted: %r" % e, flush=True)
+    finally:
+        for ag in AGENTS:
+            try:
+                ag.stop()
+                if FAILS and ag.log is not None:  # the logs go with the directories
+                    print("log tail of the agent on port %d:\n%s" %
+                          (ag.port, "\n".join(ag.logtext().splitlines()[-30:])), flush=True)
+                ag.cleanup()
+            except Exception as e:  # keep removing the others
+                print("cleanup of %s: %r" % (ag.tmp, e), flush=True)
     print("agent black-box: %d checks passed, %d failed" % (PASSES, len(FAILS)))
-    shutil.rmtree(a.tmp, ignore_errors=True)
     return 1 if FAILS else 0
 
 
