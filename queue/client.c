@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "lib/buf.h"
+#include "queue/cmd.h"
 #include "queue/keys.h"
 #include "queue/scripts.h"
 
@@ -57,14 +58,6 @@ enum op_kind {
     OP_REPLAY,
 };
 
-/* An argument vector; strings are copied. */
-struct args {
-    int argc, cap;
-    char **v;
-    const char **cv; /* the same pointers, as redis_commandv takes them */
-    size_t *len;
-};
-
 struct op;
 
 /* One stats sub-command: which reply this is. */
@@ -86,7 +79,7 @@ struct op {
         client_replay_fn replay;
     } cb;
     void *arg;
-    struct args a;      /* kept for the EVAL fallback */
+    struct cmd a;       /* kept for the EVAL fallback */
     char *entry;        /* replay: the dead entry */
     struct event *fail; /* reports err from the loop when a command could not be sent */
     char *err;
@@ -110,52 +103,6 @@ struct client {
     int reported;
     struct op *ops;
 };
-
-/* ---- argument vectors ---- */
-
-static void args_addn(struct args *a, const char *p, size_t n)
-{
-    if (a->argc == a->cap) {
-        a->cap = a->cap ? a->cap * 2 : 8;
-        a->v = xrealloc(a->v, (size_t)a->cap * sizeof(*a->v));
-        a->cv = xrealloc(a->cv, (size_t)a->cap * sizeof(*a->cv));
-        a->len = xrealloc(a->len, (size_t)a->cap * sizeof(*a->len));
-    }
-    a->v[a->argc] = xstrndup(p, n);
-    a->cv[a->argc] = a->v[a->argc];
-    a->len[a->argc] = n;
-    a->argc++;
-}
-
-static void args_add(struct args *a, const char *s)
-{
-    args_addn(a, s, strlen(s));
-}
-
-static void args_addll(struct args *a, long long v)
-{
-    char n[32];
-    snprintf(n, sizeof(n), "%lld", v);
-    args_add(a, n);
-}
-
-static void args_set(struct args *a, int i, const char *s)
-{
-    free(a->v[i]);
-    a->v[i] = xstrdup(s);
-    a->cv[i] = a->v[i];
-    a->len[i] = strlen(s);
-}
-
-static void args_release(struct args *a)
-{
-    for (int i = 0; i < a->argc; i++)
-        free(a->v[i]);
-    free(a->v);
-    free(a->cv);
-    free(a->len);
-    memset(a, 0, sizeof(*a));
-}
 
 /* ---- ops ---- */
 
@@ -184,7 +131,7 @@ static void op_free(struct op *op)
     }
     if (op->fail)
         event_free(op->fail);
-    args_release(&op->a);
+    cmd_release(&op->a);
     free(op->entry);
     free(op->err);
     for (size_t i = 0; op->consumer_names && i < op->st.nconsumers; i++)
@@ -265,7 +212,7 @@ static int op_orphaned(struct op *op)
 
 static void send_args(struct op *op, redis_reply_fn fn, void *arg, int extra_ms)
 {
-    if (redis_commandv(op->c->r, fn, arg, extra_ms, op->a.argc, op->a.cv, op->a.len) != 0)
+    if (cmd_send(op->c->r, &op->a, fn, arg, extra_ms) != 0)
         op_fail_later(op, "redis: command could not be sent");
 }
 
@@ -437,9 +384,9 @@ static void enqueue_reply(redis *r, const redisReply *reply, void *arg)
     if (op_orphaned(op))
         return;
     if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
-        strcmp(op->a.v[0], "EVALSHA") == 0) {
-        args_set(&op->a, 0, "EVAL");
-        args_set(&op->a, 1, scripts_source(SCRIPT_ENQUEUE));
+        strcmp(op->a.argv[0], "EVALSHA") == 0) {
+        cmd_set(&op->a, 0, "EVAL");
+        cmd_set(&op->a, 1, scripts_source(SCRIPT_ENQUEUE));
         send_args(op, enqueue_reply, op, 0);
         return;
     }
@@ -469,13 +416,13 @@ void client_enqueue(client *c, const char *job_id, const char *json, size_t len,
     struct op *op = op_new(c, OP_ENQUEUE, arg);
     op->cb.enq = cb;
     char *k_jobs = keys_jobs(c->prefix), *k_job = keys_job(c->prefix, job_id);
-    args_add(&op->a, "EVALSHA");
-    args_add(&op->a, scripts_sha(SCRIPT_ENQUEUE));
-    args_add(&op->a, "2");
-    args_add(&op->a, k_jobs);
-    args_add(&op->a, k_job);
-    args_addn(&op->a, json, len);
-    args_addll(&op->a, c->job_ttl_s);
+    cmd_add(&op->a, "EVALSHA");
+    cmd_add(&op->a, scripts_sha(SCRIPT_ENQUEUE));
+    cmd_add(&op->a, "2");
+    cmd_add(&op->a, k_jobs);
+    cmd_add(&op->a, k_job);
+    cmd_addn(&op->a, json, len);
+    cmd_addll(&op->a, c->job_ttl_s);
     free(k_jobs);
     free(k_job);
     send_args(op, enqueue_reply, op, 0);
@@ -526,16 +473,16 @@ void client_events_read(client *c, const char *job_id, const char *after, int bl
     struct op *op = op_new(c, OP_EVENTS, arg);
     op->cb.entries = cb;
     char *k = keys_events(c->prefix, job_id);
-    args_add(&op->a, "XREAD");
-    args_add(&op->a, "COUNT");
-    args_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
+    cmd_add(&op->a, "XREAD");
+    cmd_add(&op->a, "COUNT");
+    cmd_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
     if (block_ms >= 0) {
-        args_add(&op->a, "BLOCK");
-        args_addll(&op->a, block_ms > 0 ? block_ms : 1);
+        cmd_add(&op->a, "BLOCK");
+        cmd_addll(&op->a, block_ms > 0 ? block_ms : 1);
     }
-    args_add(&op->a, "STREAMS");
-    args_add(&op->a, k);
-    args_add(&op->a, after && *after ? after : "0");
+    cmd_add(&op->a, "STREAMS");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, after && *after ? after : "0");
     free(k);
     send_args(op, entries_reply, op, block_ms > 0 ? block_ms : 0);
 }
@@ -551,12 +498,12 @@ void client_dead_list(client *c, const char *after, int count, client_entries_fn
         buf_printf(&start, "(%s", after); /* exclusive range start (Redis 6.2+) */
     else
         buf_puts(&start, "-");
-    args_add(&op->a, "XRANGE");
-    args_add(&op->a, k);
-    args_add(&op->a, start.data);
-    args_add(&op->a, "+");
-    args_add(&op->a, "COUNT");
-    args_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
+    cmd_add(&op->a, "XRANGE");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, start.data);
+    cmd_add(&op->a, "+");
+    cmd_add(&op->a, "COUNT");
+    cmd_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
     buf_release(&start);
     free(k);
     send_args(op, entries_reply, op, 0);
@@ -591,8 +538,8 @@ static void hash_get(client *c, char *key, client_hash_fn cb, void *arg)
 {
     struct op *op = op_new(c, OP_HASH, arg);
     op->cb.hash = cb;
-    args_add(&op->a, "HGETALL");
-    args_add(&op->a, key);
+    cmd_add(&op->a, "HGETALL");
+    cmd_add(&op->a, key);
     free(key);
     send_args(op, hash_reply, op, 0);
 }
@@ -627,11 +574,11 @@ void client_cancel(client *c, const char *job_id, int ttl_s, client_done_fn cb, 
     struct op *op = op_new(c, OP_CANCEL, arg);
     op->cb.done = cb;
     char *k = keys_cancel(c->prefix, job_id);
-    args_add(&op->a, "SET");
-    args_add(&op->a, k);
-    args_add(&op->a, "1");
-    args_add(&op->a, "EX");
-    args_addll(&op->a, ttl_s > 0 ? ttl_s : c->job_ttl_s);
+    cmd_add(&op->a, "SET");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, "1");
+    cmd_add(&op->a, "EX");
+    cmd_addll(&op->a, ttl_s > 0 ? ttl_s : c->job_ttl_s);
     free(k);
     send_args(op, done_reply, op, 0);
 }
@@ -870,21 +817,21 @@ static void replay_read_reply(redis *r, const redisReply *reply, void *arg)
 
     client *c = op->c;
     op->kind = OP_REPLAY;
-    args_release(&op->a);
+    cmd_release(&op->a);
     char *keys[5] = {keys_dead(c->prefix), keys_jobs(c->prefix),
                      keys_job(c->prefix, *job_id ? job_id : "-"),
                      keys_events(c->prefix, *job_id ? job_id : "-"),
                      keys_cancel(c->prefix, *job_id ? job_id : "-")};
-    args_add(&op->a, "EVAL");
-    args_add(&op->a, replay_lua);
-    args_add(&op->a, "5");
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, replay_lua);
+    cmd_add(&op->a, "5");
     for (int i = 0; i < 5; i++) {
-        args_add(&op->a, keys[i]);
+        cmd_add(&op->a, keys[i]);
         free(keys[i]);
     }
-    args_add(&op->a, op->entry);
-    args_add(&op->a, job_id);
-    args_addll(&op->a, c->job_ttl_s);
+    cmd_add(&op->a, op->entry);
+    cmd_add(&op->a, job_id);
+    cmd_addll(&op->a, c->job_ttl_s);
     free(job_id);
     send_args(op, replay_reply, op, 0);
 }
@@ -895,10 +842,10 @@ void client_dead_replay(client *c, const char *dead_entry, client_replay_fn cb, 
     op->cb.replay = cb;
     op->entry = xstrdup(dead_entry);
     char *k = keys_dead(c->prefix);
-    args_add(&op->a, "XRANGE");
-    args_add(&op->a, k);
-    args_add(&op->a, dead_entry);
-    args_add(&op->a, dead_entry);
+    cmd_add(&op->a, "XRANGE");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, dead_entry);
+    cmd_add(&op->a, dead_entry);
     free(k);
     send_args(op, replay_read_reply, op, 0);
 }

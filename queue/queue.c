@@ -7,20 +7,13 @@
 
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "queue/cmd.h"
 #include "queue/keys.h"
 #include "queue/scripts.h"
 
 #define RENEW_BATCH  256
 #define RETRY_MIN_MS 200
 #define RETRY_MAX_MS 2000
-
-/* An argument vector being built; strings are copied. */
-struct cmd {
-    int argc, cap;
-    char **argv;
-    const char **cargv; /* the same pointers, as redis_commandv takes them */
-    size_t *lens;
-};
 
 struct tracked {
     char *entry;
@@ -64,47 +57,6 @@ static int64_t now_ms(void)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
-static void cmd_addn(struct cmd *c, const char *p, size_t n)
-{
-    if (c->argc == c->cap) {
-        c->cap = c->cap ? c->cap * 2 : 16;
-        c->argv = xrealloc(c->argv, (size_t)c->cap * sizeof(*c->argv));
-        c->cargv = xrealloc(c->cargv, (size_t)c->cap * sizeof(*c->cargv));
-        c->lens = xrealloc(c->lens, (size_t)c->cap * sizeof(*c->lens));
-    }
-    c->argv[c->argc] = xstrndup(p ? p : "", p ? n : 0);
-    c->cargv[c->argc] = c->argv[c->argc];
-    c->lens[c->argc] = p ? n : 0;
-    c->argc++;
-}
-
-static void cmd_add(struct cmd *c, const char *s)
-{
-    cmd_addn(c, s, s ? strlen(s) : 0);
-}
-
-static void cmd_addll(struct cmd *c, long long v)
-{
-    char n[32];
-    snprintf(n, sizeof(n), "%lld", v);
-    cmd_add(c, n);
-}
-
-static void cmd_release(struct cmd *c)
-{
-    for (int i = 0; i < c->argc; i++)
-        free(c->argv[i]);
-    free(c->argv);
-    free(c->cargv);
-    free(c->lens);
-    memset(c, 0, sizeof(*c));
-}
-
-static int cmd_send(redis *r, struct cmd *c, redis_reply_fn cb, void *arg, int extra_ms)
-{
-    return redis_commandv(r, cb, arg, extra_ms, c->argc, c->cargv, c->lens);
 }
 
 /* ---- script calls: EVALSHA, EVAL on NOSCRIPT, optional retry while Redis is down ---- */
@@ -159,14 +111,8 @@ static void script_reply(redis *r, const redisReply *reply, void *arg)
     (void)r;
     struct script_call *sc = arg;
     if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
-        free(sc->c.argv[0]);
-        free(sc->c.argv[1]);
-        sc->c.argv[0] = xstrdup("EVAL");
-        sc->c.lens[0] = 4;
-        sc->c.argv[1] = xstrdup(scripts_source(sc->script));
-        sc->c.lens[1] = strlen(sc->c.argv[1]);
-        sc->c.cargv[0] = sc->c.argv[0];
-        sc->c.cargv[1] = sc->c.argv[1];
+        cmd_set(&sc->c, 0, "EVAL");
+        cmd_set(&sc->c, 1, scripts_source(sc->script));
         script_send(sc);
         return;
     }

@@ -529,6 +529,22 @@ static void step_done(struct turn *t, enum step_status st)
     next_step(t);
 }
 
+/* Ends the current step as failed with a one-line reason (printf-style). */
+static void step_error(struct turn *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void step_error(struct turn *t, const char *fmt, ...)
+{
+    struct buf b;
+    buf_init(&b);
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    free(t->sr[t->step].error);
+    t->sr[t->step].error = buf_detach(&b);
+    step_done(t, SS_ERROR);
+}
+
 static void on_output(void *arg, enum exec_stream stream, const char *data, size_t len)
 {
     struct turn *t = arg;
@@ -589,14 +605,9 @@ static void write_next_file(struct turn *t)
 static void file_written(void *arg, int rc, const char *err)
 {
     struct turn *t = arg;
-    struct step_result *sr = &t->sr[t->step];
     if (rc != 0) {
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "writing %s: %s", t->job->steps[t->step].files[t->file].path,
+        step_error(t, "writing %s: %s", t->job->steps[t->step].files[t->file].path,
                    err ? err : "error");
-        sr->error = buf_detach(&b);
-        step_done(t, SS_ERROR);
         return;
     }
     if (t->abort) {
@@ -610,14 +621,9 @@ static void file_written(void *arg, int rc, const char *err)
 static void file_read(void *arg, int rc, const char *data, size_t len, const char *err)
 {
     struct turn *t = arg;
-    struct step_result *sr = &t->sr[t->step];
     const struct job_step *js = &t->job->steps[t->step];
     if (rc != 0) {
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "reading %s: %s", js->path, err ? err : "error");
-        sr->error = buf_detach(&b);
-        step_done(t, SS_ERROR);
+        step_error(t, "reading %s: %s", js->path, err ? err : "error");
         return;
     }
     size_t max = js->max_bytes ? js->max_bytes : t->w->cfg.read_cap_bytes;
@@ -652,14 +658,9 @@ static void file_read(void *arg, int rc, const char *data, size_t len, const cha
 static void uploaded(void *arg, int rc, uint64_t bytes, const char *sha256_hex, const char *err)
 {
     struct turn *t = arg;
-    struct step_result *sr = &t->sr[t->step];
     const struct job_step *js = &t->job->steps[t->step];
     if (rc != 0) {
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "uploading to %s: %s", js->key, err ? err : "error");
-        sr->error = buf_detach(&b);
-        step_done(t, SS_ERROR);
+        step_error(t, "uploading to %s: %s", js->key, err ? err : "error");
         return;
     }
     if (!t->uploads)
@@ -676,14 +677,9 @@ static void uploaded(void *arg, int rc, uint64_t bytes, const char *sha256_hex, 
 static void restored(void *arg, int rc, const char *err)
 {
     struct turn *t = arg;
-    struct step_result *sr = &t->sr[t->step];
     if (rc != 0) {
         const struct job_step *js = &t->job->steps[t->step];
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "restoring %s into %s: %s", js->key, js->dest, err ? err : "error");
-        sr->error = buf_detach(&b);
-        step_done(t, SS_ERROR);
+        step_error(t, "restoring %s into %s: %s", js->key, js->dest, err ? err : "error");
         return;
     }
     step_done(t, SS_OK);
@@ -763,14 +759,10 @@ static void start_step(struct turn *t)
     case STEP_UPLOAD:
     case STEP_RESTORE:
         if (!ops->archive_upload || !ops->archive_restore) {
-            struct buf b;
-            buf_init(&b);
-            buf_printf(&b,
+            step_error(t,
                        "the %s provider cannot archive: %s steps need a provider with an "
                        "object store",
                        ops->name, job_step_kind_name(js->kind));
-            sr->error = buf_detach(&b);
-            step_done(t, SS_ERROR);
         } else if (js->kind == STEP_UPLOAD) {
             ops->archive_upload(t->sb, (const char *const *)js->paths, js->key, uploaded, t);
         } else {
