@@ -64,6 +64,7 @@ struct http_request {
     char *unix_path, *ca_file, *sigv4, *user, *password;
     long connect_ms, total_ms; /* ms; total 0 = none */
     long low_speed_bps, low_speed_s;
+    long recv_buffer; /* CURLOPT_BUFFERSIZE; 0: libcurl's default (16 KiB) */
     int tls_verify;
     enum body_kind body_kind;
     const char *body; /* BODY_BUF: body_owned or the caller's memory */
@@ -754,6 +755,11 @@ void http_request_set_low_speed(http_request *req, long bytes_per_s, long second
     req->low_speed_s = seconds;
 }
 
+void http_request_set_recv_buffer(http_request *req, long bytes)
+{
+    req->recv_buffer = bytes;
+}
+
 void http_request_set_tls(http_request *req, int verify, const char *ca_file)
 {
     req->tls_verify = verify ? 1 : 0;
@@ -868,6 +874,8 @@ static const char *req_setup(http_request *r, CURLcode *rc)
         SET(CURLOPT_CAINFO, r->ca_file);
     if (r->unix_path)
         SET(CURLOPT_UNIX_SOCKET_PATH, r->unix_path);
+    if (r->recv_buffer > 0)
+        SET(CURLOPT_BUFFERSIZE, r->recv_buffer);
     if (r->low_speed_bps > 0 && r->low_speed_s > 0) {
         SET(CURLOPT_LOW_SPEED_LIMIT, r->low_speed_bps);
         SET(CURLOPT_LOW_SPEED_TIME, r->low_speed_s);

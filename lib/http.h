@@ -114,6 +114,9 @@ void http_request_set_unix_socket(http_request *req, const char *path);
 void http_request_set_timeouts(http_request *req, long connect_ms, long total_ms);
 /* Fail (CURLcode 28) when slower than bytes_per_s for seconds; paused time may count. */
 void http_request_set_low_speed(http_request *req, long bytes_per_s, long seconds);
+/* Receive buffer in bytes (libcurl's CURLOPT_BUFFERSIZE, 1 KiB..10 MiB; default 16 KiB):
+ * larger means fewer, bigger on_data calls for bulk downloads. */
+void http_request_set_recv_buffer(http_request *req, long bytes);
 /* TLS peer and host verification is on by default; ca_file may be NULL (system store). */
 void http_request_set_tls(http_request *req, int verify, const char *ca_file);
 /* CURLOPT_AWS_SIGV4 passthrough, e.g. "aws:amz:us-east-1:s3"; signs with user/password. */

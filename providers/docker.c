@@ -1804,6 +1804,7 @@ static void sp_next(struct dk_susp *s)
         dk_qenc(&p, s->incl[s->cur]);
         http_request *r = dk_req(d, "GET", p.data, 0);
         buf_release(&p);
+        http_request_set_recv_buffer(r, 512 * 1024); /* bulk: fewer wakeups per MiB */
         struct http_callbacks cb = {.on_data = sp_on_data, .on_done = sp_got};
         http_request_set_callbacks(r, &cb, s);
         char e[256];
