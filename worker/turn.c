@@ -26,7 +26,7 @@ static const char *const step_status_names[] = {"pending", "ok",     "failed", "
                                                 "timeout", "killed", "error"};
 
 struct stream_out {
-    struct buf tail; /* last output_cap bytes (unmasked; masked when the result is built) */
+    struct buf tail; /* the last output_cap bytes (up to 1.25x while running), unmasked */
     struct buf pend; /* not yet emitted as an event (held back for split secrets) */
     uint64_t total;
 };
@@ -553,7 +553,7 @@ static void on_output(void *arg, enum exec_stream stream, const char *data, size
     size_t cap = t->w->cfg.output_cap_bytes;
     so->total += len;
     buf_append(&so->tail, data, len);
-    if (so->tail.len > 2 * cap)
+    if (so->tail.len > cap + cap / 4) /* trim in steps: memory <= 1.25 x cap */
         buf_consume(&so->tail, so->tail.len - cap);
     buf_append(&so->pend, data, len);
     emit_output(t, si, 0);

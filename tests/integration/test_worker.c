@@ -74,7 +74,7 @@ static void xadd_job(const char *json)
 
 static char *job_json(const char *id, const char *thread, const char *steps, const char *extra)
 {
-    static char buf[8192];
+    static char buf[16384];
     snprintf(buf, sizeof(buf),
              "{\"id\":\"%s\",\"thread\":\"%s\",\"feature\":\"data-app\","
              "\"tenant\":{\"organization\":\"org1\",\"project\":\"proj1\"},"
@@ -766,6 +766,37 @@ TEST_CASE(failed_suspend_keeps_previous_snapshot)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+TEST_CASE(output_tail_capped)
+{
+    new_prefix("tail");
+    static const char *const env[] = {"WORKER_OUTPUT_CAP_BYTES=1024", NULL};
+    pid_t w = spawn("w1", env, 0);
+    /* 40 lines of 99 characters + newline = 4000 bytes; the result keeps the last 1024. */
+    char cmd[8192] = "", line[128];
+    for (int i = 0; i < 40; i++) {
+        snprintf(line, sizeof(line), "%sout %02d%097d", i ? ";" : "", i, 0);
+        strcat(cmd, line);
+    }
+    char steps[8500];
+    snprintf(steps, sizeof(steps), "{\"type\":\"run\",\"cmd\":\"%s\"}", cmd);
+    xadd_job(job_json("o1", "tho", steps, NULL));
+    cJSON *r = wait_result("o1", 20000);
+    const cJSON *st = r ? cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0) : NULL;
+    const char *out = st ? jstr(st, "stdout") : NULL;
+    CHECK(out && strlen(out) == 1024);
+    CHECK(out && strncmp(out + 1024 - 100, "39", 2) == 0);
+    CHECK(st && cJSON_GetObjectItem(st, "stdout_bytes")->valuedouble == 4000);
+    CHECK(st && cJSON_IsTrue(cJSON_GetObjectItem(st, "stdout_truncated")));
+    cJSON_Delete(r);
+    /* The events carry the whole output. */
+    char *text = NULL;
+    char *types = event_types("o1", &text);
+    CHECK(strstr(text, "00000") && strstr(text, "39000"));
+    free(types);
+    free(text);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -947,6 +978,7 @@ int main(void)
     RUN(step_timeout_and_failure);
     RUN(upload_and_restore);
     RUN(failed_suspend_keeps_previous_snapshot);
+    RUN(output_tail_capped);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);
