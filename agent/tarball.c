@@ -555,16 +555,12 @@ static struct archive *reader_new(void)
     return a;
 }
 
-int tarball_extract_fd(int fd, const struct tarball_in_opts *o, struct tarball_in_stats *st,
-                       char *err, size_t errlen)
+/* Extracts from a reader whose open returned open_rc, then frees it. */
+static int extract_opened(struct archive *a, int open_rc, const struct tarball_in_opts *o,
+                          struct tarball_in_stats *st, char *err, size_t errlen)
 {
-    if (la_load(err, errlen) != 0) {
-        memset(st, 0, sizeof(*st));
-        return TARBALL_E_IO;
-    }
-    struct archive *a = reader_new();
     int rc;
-    if (archive_read_open_fd(a, fd, COPY_CHUNK) != ARCHIVE_OK) {
+    if (open_rc != ARCHIVE_OK) {
         snprintf(err, errlen, "bad archive: %s", archive_error_string(a));
         memset(st, 0, sizeof(*st));
         rc = TARBALL_E_INVALID;
@@ -575,6 +571,17 @@ int tarball_extract_fd(int fd, const struct tarball_in_opts *o, struct tarball_i
     return rc;
 }
 
+int tarball_extract_fd(int fd, const struct tarball_in_opts *o, struct tarball_in_stats *st,
+                       char *err, size_t errlen)
+{
+    if (la_load(err, errlen) != 0) {
+        memset(st, 0, sizeof(*st));
+        return TARBALL_E_IO;
+    }
+    struct archive *a = reader_new();
+    return extract_opened(a, archive_read_open_fd(a, fd, COPY_CHUNK), o, st, err, errlen);
+}
+
 int tarball_extract_mem(const void *data, size_t len, const struct tarball_in_opts *o,
                         struct tarball_in_stats *st, char *err, size_t errlen)
 {
@@ -583,14 +590,5 @@ int tarball_extract_mem(const void *data, size_t len, const struct tarball_in_op
         return TARBALL_E_IO;
     }
     struct archive *a = reader_new();
-    int rc;
-    if (archive_read_open_memory(a, data, len) != ARCHIVE_OK) {
-        snprintf(err, errlen, "bad archive: %s", archive_error_string(a));
-        memset(st, 0, sizeof(*st));
-        rc = TARBALL_E_INVALID;
-    } else {
-        rc = extract(a, o, st, err, errlen);
-    }
-    archive_read_free(a);
-    return rc;
+    return extract_opened(a, archive_read_open_memory(a, data, len), o, st, err, errlen);
 }

@@ -623,22 +623,32 @@ static const char *dk_ref_key(const cJSON *ref, char *err, size_t errlen)
 
 /* Resume from S3: the object is downloaded to a temporary file first (bounded memory; the
  * engine's archive upload then streams from it). */
-static int acq_dl_data(void *arg, const char *data, size_t len)
+/* Writes all of data to fd (a download's temporary file); 0, or -1 with errno. */
+static int dk_write_all(int fd, const char *data, size_t len)
 {
-    struct dk_acq *a = arg;
     while (len > 0) {
-        ssize_t n = write(a->dl_fd, data, len);
+        ssize_t n = write(fd, data, len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            snprintf(a->err, sizeof(a->err), "docker: snapshot download to %s: %s", a->snap_path,
-                     strerror(errno));
-            return S3_DATA_ABORT;
+            if (n == 0)
+                errno = EIO;
+            return -1;
         }
         data += n;
         len -= (size_t)n;
     }
-    return S3_DATA_OK;
+    return 0;
+}
+
+static int acq_dl_data(void *arg, const char *data, size_t len)
+{
+    struct dk_acq *a = arg;
+    if (dk_write_all(a->dl_fd, data, len) == 0)
+        return S3_DATA_OK;
+    snprintf(a->err, sizeof(a->err), "docker: snapshot download to %s: %s", a->snap_path,
+             strerror(errno));
+    return S3_DATA_ABORT;
 }
 
 static void acq_dl_done(void *arg, const struct s3_result *res)
@@ -2218,19 +2228,11 @@ static void rs_stat(struct dk_rest *r)
 static int rs_dl_data(void *arg, const char *data, size_t len)
 {
     struct dk_rest *r = arg;
-    while (len > 0) {
-        ssize_t n = write(r->dl_fd, data, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            snprintf(r->err, sizeof(r->err), "docker: restore: download to %.300s: %s", r->path,
-                     strerror(errno));
-            return S3_DATA_ABORT;
-        }
-        data += n;
-        len -= (size_t)n;
-    }
-    return S3_DATA_OK;
+    if (dk_write_all(r->dl_fd, data, len) == 0)
+        return S3_DATA_OK;
+    snprintf(r->err, sizeof(r->err), "docker: restore: download to %.300s: %s", r->path,
+             strerror(errno));
+    return S3_DATA_ABORT;
 }
 
 static void rs_dl_done(void *arg, const struct s3_result *res)

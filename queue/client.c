@@ -210,6 +210,21 @@ static int op_orphaned(struct op *op)
     return 1;
 }
 
+/* The reply callback prologue: the op when its reply is usable; NULL when the client is
+ * gone (op freed) or the command failed (reported through the op's callback). */
+static struct op *op_answered(void *arg, const redisReply *reply)
+{
+    struct op *op = arg;
+    if (op_orphaned(op))
+        return NULL;
+    const char *why = reply_problem(op->c, reply);
+    if (why) {
+        op_error(op, why);
+        return NULL;
+    }
+    return op;
+}
+
 static void send_args(struct op *op, redis_reply_fn fn, void *arg, int extra_ms)
 {
     if (cmd_send(op->c->r, &op->a, fn, arg, extra_ms) != 0)
@@ -433,14 +448,9 @@ void client_enqueue(client *c, const char *job_id, const char *json, size_t len,
 static void entries_reply(redis *r, const redisReply *reply, void *arg)
 {
     (void)r;
-    struct op *op = arg;
-    if (op_orphaned(op))
+    struct op *op = op_answered(arg, reply);
+    if (!op)
         return;
-    const char *why = reply_problem(op->c, reply);
-    if (why) {
-        op_error(op, why);
-        return;
-    }
     const redisReply *arr = reply;
     if (op->kind == OP_EVENTS) {
         /* XREAD: nil on timeout, else [[key, entries]]. */
@@ -514,14 +524,9 @@ void client_dead_list(client *c, const char *after, int count, client_entries_fn
 static void hash_reply(redis *r, const redisReply *reply, void *arg)
 {
     (void)r;
-    struct op *op = arg;
-    if (op_orphaned(op))
+    struct op *op = op_answered(arg, reply);
+    if (!op)
         return;
-    const char *why = reply_problem(op->c, reply);
-    if (why) {
-        op_error(op, why);
-        return;
-    }
     struct client_field *f;
     size_t n;
     if (fields_from(reply, &f, &n) != 0) {
@@ -557,14 +562,9 @@ void client_thread_get(client *c, const char *thread_id, client_hash_fn cb, void
 static void done_reply(redis *r, const redisReply *reply, void *arg)
 {
     (void)r;
-    struct op *op = arg;
-    if (op_orphaned(op))
+    struct op *op = op_answered(arg, reply);
+    if (!op)
         return;
-    const char *why = reply_problem(op->c, reply);
-    if (why) {
-        op_error(op, why);
-        return;
-    }
     op->cb.done(op->arg, 0, NULL);
     op_free(op);
 }
@@ -760,14 +760,9 @@ void client_stats(client *c, client_stats_fn cb, void *arg)
 static void replay_reply(redis *r, const redisReply *reply, void *arg)
 {
     (void)r;
-    struct op *op = arg;
-    if (op_orphaned(op))
+    struct op *op = op_answered(arg, reply);
+    if (!op)
         return;
-    const char *why = reply_problem(op->c, reply);
-    if (why) {
-        op_error(op, why);
-        return;
-    }
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 || !is_str(reply->element[0])) {
         op_error(op, "replay script: unexpected reply");
         return;
@@ -792,14 +787,9 @@ static void replay_reply(redis *r, const redisReply *reply, void *arg)
 static void replay_read_reply(redis *r, const redisReply *reply, void *arg)
 {
     (void)r;
-    struct op *op = arg;
-    if (op_orphaned(op))
+    struct op *op = op_answered(arg, reply);
+    if (!op)
         return;
-    const char *why = reply_problem(op->c, reply);
-    if (why) {
-        op_error(op, why);
-        return;
-    }
     struct records rs;
     if (records_from(reply, &rs) != 0) {
         op_error(op, "XRANGE: unexpected reply");

@@ -60,8 +60,3 @@ char *keys_cancel(const char *prefix, const char *job_id)
 {
     return key2(prefix, "cancel", job_id);
 }
-
-char *keys_cancel_prefix(const char *prefix)
-{
-    return key2(prefix, "cancel:", NULL);
-}

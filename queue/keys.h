@@ -13,7 +13,5 @@ char *keys_job(const char *prefix, const char *job_id); /* {p}:job:<id>    hash 
 char *keys_events(const char *prefix, const char *job_id);    /* {p}:events:<id> stream */
 char *keys_thread(const char *prefix, const char *thread_id); /* {p}:thread:<id> hash */
 char *keys_cancel(const char *prefix, const char *job_id);    /* {p}:cancel:<id> string */
-/* "{p}:cancel:" — the Lua scripts append job ids to it. */
-char *keys_cancel_prefix(const char *prefix);
 
 #endif

@@ -625,7 +625,7 @@ static char *dup_reply_str(const redisReply *r)
     return r && r->type == REDIS_REPLY_STRING ? xstrndup(r->str, r->len) : NULL;
 }
 
-void queue_thread_release(struct queue_thread *t)
+static void queue_thread_release(struct queue_thread *t)
 {
     free(t->state);
     free(t->sandbox_id);

@@ -86,12 +86,11 @@ enum queue_begin_status {
 };
 
 struct queue_thread {
-    char *state; /* "suspended", "destroyed", … or NULL when the thread is new */
+    char *state; /* "suspended", "destroyed", … or "" when the thread is new */
     char *sandbox_id;
     char *snapshot; /* JSON text or NULL */
     char *provider;
 };
-void queue_thread_release(struct queue_thread *t);
 
 struct queue_begin_req {
     const char *entry;

@@ -49,7 +49,7 @@ struct turn {
     struct log_ctx lc;
     char job_id[129], thread_id[129];
     int tracked;
-    int begun; /* the thread is locked by this turn */
+    int begun; /* publish names the thread (the complete script frees its lock if ours) */
     enum turn_abort abort;
     int64_t t_start, t_acquired, t_steps_done, t_finished;
     struct sandbox *sb;

@@ -36,7 +36,8 @@ static redisReply *begin(const char *token)
     return redisCommandArgv(rc, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
 }
 
-static redisReply *complete(const char *token)
+/* The complete script as consumer `who` with fencing token `token`. */
+static redisReply *complete_as(const char *who, const char *token, const char *update_thread)
 {
     const char *argv[] = {"EVAL",
                           scripts_source(SCRIPT_COMPLETE),
@@ -49,7 +50,7 @@ static redisReply *complete(const char *token)
                           "{s}:delayed",
                           "{s}:dead",
                           "workers",
-                          "c1",
+                          who,
                           entry,
                           token,
                           "j1",
@@ -65,7 +66,7 @@ static redisReply *complete(const char *token)
                           "100",
                           "60",
                           "60",
-                          "1",
+                          update_thread,
                           "suspended",
                           "sb1",
                           "{\"kind\":\"x\"}",
@@ -73,6 +74,11 @@ static redisReply *complete(const char *token)
                           "{}",
                           ""};
     return redisCommandArgv(rc, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+}
+
+static redisReply *complete(const char *token)
+{
+    return complete_as("c1", token, "1");
 }
 
 TEST_CASE(begin_and_complete_replay)
@@ -113,41 +119,7 @@ TEST_CASE(begin_and_complete_replay)
     free(lock);
 
     /* Another worker's completion of the same entry stays fenced. */
-    const char *argv[] = {"EVAL",
-                          scripts_source(SCRIPT_COMPLETE),
-                          "7",
-                          JOBS,
-                          "{s}:results",
-                          "{s}:job:j1",
-                          "{s}:thread:t1",
-                          "{s}:events:j1",
-                          "{s}:delayed",
-                          "{s}:dead",
-                          "workers",
-                          "c2",
-                          entry,
-                          "1",
-                          "j1",
-                          "t1",
-                          "succeeded",
-                          "{}",
-                          "2000",
-                          "final",
-                          "",
-                          "0",
-                          "",
-                          "100",
-                          "100",
-                          "60",
-                          "60",
-                          "0",
-                          "",
-                          "",
-                          "",
-                          "",
-                          "{}",
-                          ""};
-    r = redisCommandArgv(rc, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+    r = complete_as("c2", "1", "0");
     CHECK_STR(reply_head(r), "fenced");
     freeReplyObject(r);
 }
