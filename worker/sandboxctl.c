@@ -25,6 +25,7 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
 #include "queue/client.h"
@@ -881,7 +882,7 @@ static void ready(void *arg, int ok, const char *err)
 {
     struct ctl *x = arg;
     if (!ok) {
-        char *url = config_url_redact(x->cfg.redis_url);
+        char *url = env_url_redact(x->cfg.redis_url);
         fprintf(stderr, "sandboxctl: cannot connect to Redis at %s: %s\n", url, err);
         free(url);
         finish(x, EXIT_REDIS);

@@ -12,6 +12,7 @@
 
 #include "lib/log.h"
 #include "worker/status.h"
+#include "worker/turn.h"
 
 /* After the grace period, interrupted turns get this long to suspend and publish. */
 #define HARD_STOP_MS 15000
@@ -252,7 +253,9 @@ int worker_main(int argc, char **argv)
     if (check_provider(&w.cfg, &ops) != 0)
         goto out;
     w.base = event_base_new();
-    w.prov = provider_new(ops, w.base, &w.cfg, check, err, sizeof(err));
+    struct provider_settings ps = {.worker_name = w.cfg.worker_name,
+                                   .production = w.cfg.production};
+    w.prov = provider_new(ops, w.base, &ps, check, err, sizeof(err));
     if (!w.prov) {
         fprintf(stderr, "%s\n", err);
         goto out;
