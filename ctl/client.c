@@ -1,9 +1,9 @@
-/* Producer/operator operations over queue/redis.h. See queue/client.h.
+/* Producer/operator operations over queue/redis.h. See ctl/client.h.
  *
  * Every operation is a struct op linked into the client while in flight. Replies arrive in
  * redis.h callbacks; an op whose client was freed (op->c == NULL) only frees itself, so a
  * reply after client_free never reaches the caller. */
-#include "queue/client.h"
+#include "ctl/client.h"
 
 #include <stdio.h>
 #include <stdlib.h>

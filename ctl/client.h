@@ -9,8 +9,8 @@
  * runs. Records and strings handed to callbacks are valid only during the callback.
  * Operations issued while the connection is down fail (rc -1, err set); the connection
  * itself reconnects in the background. */
-#ifndef SW_QUEUE_CLIENT_H
-#define SW_QUEUE_CLIENT_H
+#ifndef SW_CTL_CLIENT_H
+#define SW_CTL_CLIENT_H
 
 #include <stddef.h>
 

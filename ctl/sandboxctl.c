@@ -28,7 +28,7 @@
 #include "lib/env.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
-#include "queue/client.h"
+#include "ctl/client.h"
 #include "worker/config.h"
 #include "worker/job.h"
 
