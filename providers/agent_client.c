@@ -22,13 +22,13 @@
 #include "lib/jsonx.h"
 #include "lib/log.h"
 
-#define AC_READY_MS      10000            /* GET /ready, total */
-#define AC_CALL_MS       300000           /* files, run start/signal/delete/status, total */
-#define AC_EXEC_SLACK_MS 30000            /* plain /exec: the agent's own timeout wins */
-#define AC_JSON_CAP      (1u << 20)       /* collected JSON replies */
-#define AC_ERRBODY_CAP   4096             /* error bodies kept for the message */
-#define AC_LINE_MAX      (16u << 20)      /* one NDJSON frame (1 MiB of output is ~1.4 MiB) */
-#define AC_REATTACH_MAX  5                /* consecutive re-attaches without progress */
+#define AC_READY_MS      10000       /* GET /ready, total */
+#define AC_CALL_MS       300000      /* files, run start/signal/delete/status, total */
+#define AC_EXEC_SLACK_MS 30000       /* plain /exec: the agent's own timeout wins */
+#define AC_JSON_CAP      (1u << 20)  /* collected JSON replies */
+#define AC_ERRBODY_CAP   4096        /* error bodies kept for the message */
+#define AC_LINE_MAX      (16u << 20) /* one NDJSON frame (1 MiB of output is ~1.4 MiB) */
+#define AC_REATTACH_MAX  5           /* consecutive re-attaches without progress */
 #define AC_RUN_ID_MAX    64
 
 /* ---------------------------------------------------------------- calls */
@@ -73,8 +73,8 @@ struct call {
     size_t resp_cap;
     call_data_fn on_data;
     call_done_fn on_done;
-    void *owner;     /* the op; NULL for calls made for the user or fire-and-forget */
-    struct simple s; /* calls made for the user */
+    void *owner;       /* the op; NULL for calls made for the user or fire-and-forget */
+    struct simple s;   /* calls made for the user */
     const char *ctype; /* static Content-Type of a buffered body */
     int proto_error;   /* the response broke the protocol (k->err says how) */
     struct event *defer;
@@ -375,8 +375,8 @@ static void call_on_done_in(struct call *k, const struct http_result *res)
         k->status = 0;
         buf_clear(&k->errbody);
         buf_clear(&k->resp);
-        log_info(c->log, "agent: %s %s: HTTP %ld, refreshing the auth headers", k->method,
-                 k->route, res->status);
+        log_info(c->log, "agent: %s %s: HTTP %ld, refreshing the auth headers", k->method, k->route,
+                 res->status);
         if (c->hdr_gen == k->gen && c->hdr_state == HDR_READY) {
             c->hdr_state = HDR_NONE;
             k->waiting = 1;
@@ -421,10 +421,10 @@ static void call_on_done_in(struct call *k, const struct http_result *res)
         if (res->status == 401 || res->status == 403)
             hint = c->auth.get && k->auth_retried ? " (still refused after refreshing the auth "
                                                     "headers)"
-                   : c->token ? " (the bearer token was refused)"
-                              : " (the agent wants a bearer token)";
-        snprintf(msg, sizeof(msg), "agent: %s %s: HTTP %ld%s%s%s", k->method, k->route,
-                 res->status, text[0] ? ": " : "", text, hint);
+                   : c->token                     ? " (the bearer token was refused)"
+                                                  : " (the agent wants a bearer token)";
+        snprintf(msg, sizeof(msg), "agent: %s %s: HTTP %ld%s%s%s", k->method, k->route, res->status,
+                 text[0] ? ": " : "", text, hint);
         call_finish(k, -1, msg);
         return;
     }
@@ -684,7 +684,6 @@ const char *agent_client_version(const agent_client *c)
 
 /* ---------------------------------------------------------------- simple calls */
 
-
 static void ready_done(struct call *k, int rc, long status, const char *err)
 {
     (void)status;
@@ -764,7 +763,7 @@ static int need_runs(const agent_client *c, unsigned feature, const char *what, 
     if (c->proto == AGENT_PROTO_OURS && (c->features & feature))
         return 0;
     snprintf(err, errlen, "agent: %s not supported by this agent (%s)", what,
-             c->proto == AGENT_PROTO_PLAIN   ? "upstream plain protocol"
+             c->proto == AGENT_PROTO_PLAIN  ? "upstream plain protocol"
              : c->proto == AGENT_PROTO_OURS ? "not advertised by /ready"
                                             : "call agent_client_ready first");
     return -1;
@@ -819,12 +818,15 @@ static void file_read_done(struct call *k, int rc, long status, const char *err)
         snprintf(msg, sizeof(msg), "agent: GET /files: no such file");
         err = msg;
     }
-    s->data(s->arg, rc, rc ? NULL : k->resp.data ? k->resp.data : "", rc ? 0 : k->resp.len,
-            rc ? err : NULL);
+    s->data(s->arg, rc,
+            rc             ? NULL
+            : k->resp.data ? k->resp.data
+                           : "",
+            rc ? 0 : k->resp.len, rc ? err : NULL);
 }
 
-int agent_file_read(agent_client *c, const char *path, size_t max, provider_data_fn done,
-                    void *arg, char *err, size_t errlen)
+int agent_file_read(agent_client *c, const char *path, size_t max, provider_data_fn done, void *arg,
+                    char *err, size_t errlen)
 {
     if (path_ok(path, err, errlen) != 0)
         return -1;
@@ -992,6 +994,7 @@ struct agent_op {
     uint64_t offset, skipped;
     uint64_t attach_off; /* offset the current attach started from */
     int attempts;        /* re-attaches without progress */
+    unsigned reattaches; /* all re-attaches */
     int owns_run;        /* exec on our agent: delete the run once reported */
     int kill_req, detach_req, kill_sent;
     int ended; /* a terminal frame arrived */
@@ -1146,14 +1149,12 @@ static int frame(struct agent_op *op, const char *line, size_t len)
         rc = -1;
     } else if (cJSON_IsString(stream)) {
         int err_stream = strcmp(stream->valuestring, "stderr") == 0;
-        if ((!err_stream && strcmp(stream->valuestring, "stdout") != 0) ||
-            !cJSON_IsString(data)) {
+        if ((!err_stream && strcmp(stream->valuestring, "stdout") != 0) || !cJSON_IsString(data)) {
             snprintf(op->err, sizeof(op->err), "agent: malformed output frame");
             rc = -1;
         } else {
             buf_clear(&op->dec);
-            if (jsonx_base64_decode(data->valuestring, strlen(data->valuestring), &op->dec) !=
-                0) {
+            if (jsonx_base64_decode(data->valuestring, strlen(data->valuestring), &op->dec) != 0) {
                 snprintf(op->err, sizeof(op->err), "agent: output frame with bad base64");
                 rc = -1;
             } else if (op->dec.len > 0) {
@@ -1253,8 +1254,9 @@ static void plain_exec_done(struct call *k, int rc, long status, const char *err
     }
     char msg[600];
     if (rc == 0)
-        snprintf(msg, sizeof(msg), "agent: POST /exec: the output stream ended without an exit "
-                                   "code");
+        snprintf(msg, sizeof(msg),
+                 "agent: POST /exec: the output stream ended without an exit "
+                 "code");
     else
         snprintf(msg, sizeof(msg), "%s", err);
     op_exit(op, EXEC_ERROR, -1, msg);
@@ -1331,8 +1333,10 @@ static void attach_done(struct call *k, int rc, long status, const char *err)
         op_exit(op, EXEC_ERROR, -1, msg);
         return;
     }
-    log_info(op->c->log, "agent: run %s: output stream cut at offset %" PRIu64 " (%s), re-attaching",
+    log_info(op->c->log,
+             "agent: run %s: output stream cut at offset %" PRIu64 " (%s), re-attaching",
              op->run_id, op->offset, rc ? err : "no exit frame");
+    op->reattaches++;
     op_arm(op, 100L * op->attempts);
 }
 
@@ -1542,6 +1546,11 @@ uint64_t agent_op_offset(const agent_op *op)
 uint64_t agent_op_skipped(const agent_op *op)
 {
     return op->skipped;
+}
+
+unsigned agent_op_reattaches(const agent_op *op)
+{
+    return op->reattaches;
 }
 
 /* --- archives --- */

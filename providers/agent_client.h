@@ -72,13 +72,13 @@ struct agent_client_opts {
     const char *unix_socket; /* connect through this socket path; NULL: TCP */
     const char *token;       /* bearer token; NULL or "": none. Not sent when the auth hook
                               * supplies its own Authorization header. */
-    const char *query;   /* appended to every request's query, already encoded (Azure's
-                          * "identifier=<id>"); NULL: none. Never logged. */
-    const char *ca_file; /* TLS trust anchors; NULL: the system store */
-    long connect_ms;     /* per connection attempt; <= 0: 10000 */
+    const char *query;       /* appended to every request's query, already encoded (Azure's
+                              * "identifier=<id>"); NULL: none. Never logged. */
+    const char *ca_file;     /* TLS trust anchors; NULL: the system store */
+    long connect_ms;         /* per connection attempt; <= 0: 10000 */
     struct agent_auth_hook auth;
-    http_client *http;          /* borrowed, shared with others; NULL: the client makes its own */
-    const struct log_ctx *log;  /* borrowed; may be NULL */
+    http_client *http;         /* borrowed, shared with others; NULL: the client makes its own */
+    const struct log_ctx *log; /* borrowed; may be NULL */
 };
 
 /* Strings in opts are copied. NULL with err on a bad option. */
@@ -124,6 +124,8 @@ const char *agent_op_run_id(const agent_op *op);
 uint64_t agent_op_offset(const agent_op *op);
 /* Output bytes the agent no longer had when asked for them ({"skipped":K} frames). */
 uint64_t agent_op_skipped(const agent_op *op);
+/* Times the output stream was cut and followed again from where it stopped. */
+unsigned agent_op_reattaches(const agent_op *op);
 
 /* ---- runs (our agent only; -1 "not supported" otherwise) ---- */
 
@@ -154,8 +156,8 @@ int agent_file_write(agent_client *c, const char *path, const void *data, size_t
                      provider_done_fn done, void *arg, char *err, size_t errlen);
 /* GET /files?path=: the first max bytes of the file (the transfer stops there). A missing
  * file is rc -1 with "no such file". */
-int agent_file_read(agent_client *c, const char *path, size_t max, provider_data_fn done,
-                    void *arg, char *err, size_t errlen);
+int agent_file_read(agent_client *c, const char *path, size_t max, provider_data_fn done, void *arg,
+                    char *err, size_t errlen);
 /* DELETE /files?path=: a missing file is not an error. */
 int agent_file_delete(agent_client *c, const char *path, provider_done_fn done, void *arg,
                       char *err, size_t errlen);
@@ -188,12 +190,12 @@ struct agent_source {
 };
 
 struct agent_archive_spec {
-    const char *root;                  /* absolute directory the paths are relative to */
-    const char *const *paths;          /* NULL-terminated, relative; NULL: the whole root */
-    const char *const *include;        /* glob patterns; NULL: everything */
-    const char *const *exclude;        /* glob patterns; NULL: nothing */
-    const char *compression;           /* "zstd", "gzip" or "none"; NULL: agent's default */
-    int level;                         /* 0: default */
+    const char *root;           /* absolute directory the paths are relative to */
+    const char *const *paths;   /* NULL-terminated, relative; NULL: the whole root */
+    const char *const *include; /* glob patterns; NULL: everything */
+    const char *const *exclude; /* glob patterns; NULL: nothing */
+    const char *compression;    /* "zstd", "gzip" or "none"; NULL: agent's default */
+    int level;                  /* 0: default */
 };
 
 /* POST /archive/out: the tar of spec streams into sink; done(rc) once the archive is whole
