@@ -1129,6 +1129,143 @@ TEST_CASE(auth_hook_refreshes_once_on_401)
     agent_client_free(c);
 }
 
+/* A hook that answers later from the loop, as one minting a token over the network does. */
+struct async_hook {
+    int calls, refreshes;
+    agent_auth_done_fn done;
+    void *done_arg;
+    int refresh;
+    struct event *ev;
+};
+
+static void async_hook_answer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct async_hook *h = arg;
+    const char *hdrs[] = {h->refresh ? "X-aws-proxy-auth: fresh-proxy-tok"
+                                     : "X-aws-proxy-auth: stale-proxy-tok",
+                          NULL};
+    agent_auth_done_fn done = h->done;
+    h->done = NULL;
+    done(h->done_arg, 0, hdrs, NULL);
+}
+
+static void async_hook_get(void *arg, int refresh, agent_auth_done_fn done, void *done_arg)
+{
+    struct async_hook *h = arg;
+    h->calls++;
+    h->refreshes += refresh;
+    h->refresh = refresh;
+    h->done = done;
+    h->done_arg = done_arg;
+    struct timeval tv = {0, 20000};
+    evtimer_add(h->ev, &tv);
+}
+
+TEST_CASE(auth_hook_async_shared_by_concurrent_requests)
+{
+    if (!have_node)
+        SKIP(skip_node);
+    struct async_hook h = {0};
+    h.ev = evtimer_new(base, async_hook_answer, &h);
+    char url[64], err[256];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", plain_auth_port);
+    struct agent_client_opts o = {.base_url = url, .auth = {.get = async_hook_get, .arg = &h}};
+    agent_client *c = agent_client_new(base, &o, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    /* three requests at once: one hook call for them all, one refresh after their 401s */
+    struct exec_res r1, r2;
+    res_init(&r1);
+    res_init(&r2);
+    struct exec_req req = {.cmd = "echo one"};
+    struct exec_cbs cbs = {.on_output = on_output, .on_exit = on_exit_cb, .arg = &r1};
+    r1.op = agent_exec(c, &req, &cbs, err, sizeof(err));
+    req.cmd = "echo two";
+    cbs.arg = &r2;
+    r2.op = agent_exec(c, &req, &cbs, err, sizeof(err));
+    struct done_res d = {0};
+    buf_init(&d.data);
+    char path[400];
+    snprintf(path, sizeof(path), "%s/hook-async.txt", tmp);
+    CHECK(agent_file_write(c, path, "abc", 3, on_done, &d, err, sizeof(err)) == 0);
+    CHECK(run_until(&r1.done, 20) == 0 && run_until(&r2.done, 20) == 0 &&
+          run_until(&d.done, 20) == 0);
+    CHECK_EQ_INT(r1.st, EXEC_EXITED);
+    CHECK_STR(r1.out.data, "one\n");
+    CHECK_EQ_INT(r2.st, EXEC_EXITED);
+    CHECK_STR(r2.out.data, "two\n");
+    CHECK_EQ_INT(d.rc, 0);
+    CHECK_EQ_INT(h.calls, 2);
+    CHECK_EQ_INT(h.refreshes, 1);
+
+    /* freed while the hook is still minting: no callback runs, nothing is touched later */
+    struct exec_res r3;
+    res_init(&r3);
+    agent_client_free(c);
+    c = agent_client_new(base, &o, err, sizeof(err));
+    cbs.arg = &r3;
+    r3.op = agent_exec(c, &req, &cbs, err, sizeof(err));
+    CHECK(r3.op != NULL && h.done != NULL);
+    agent_client_free(c);
+    int waited = 0;
+    struct event *t = evtimer_new(base, timeout_cb, &waited);
+    struct timeval tv = {0, 200000};
+    evtimer_add(t, &tv);
+    run_until(&waited, 5);
+    event_free(t);
+    CHECK(!r3.done);
+    res_release(&r1);
+    res_release(&r2);
+    res_release(&r3);
+    buf_release(&d.data);
+    event_free(h.ev);
+}
+
+/* A client sharing the caller's HTTP client, freed with a command running: no callback runs,
+ * the plain agent sees the disconnect and kills the command. */
+TEST_CASE(client_freed_with_a_shared_http_client)
+{
+    if (!have_node)
+        SKIP(skip_node);
+    http_client *http = http_client_new(base);
+    char url[64], err[256];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", plain_port);
+    struct agent_client_opts o = {.base_url = url, .http = http};
+    agent_client *c = agent_client_new(base, &o, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    struct exec_res r;
+    res_init(&r);
+    struct exec_req req = {.cmd = "echo $$; exec sleep 300", .cwd = tmp};
+    struct exec_cbs cbs = {.on_output = on_output, .on_exit = on_exit_cb, .arg = &r};
+    r.op = agent_exec(c, &req, &cbs, err, sizeof(err));
+    CHECK(r.op != NULL);
+    while (r.out.len == 0 && !r.done)
+        event_base_loop(base, EVLOOP_ONCE);
+    int pid = atoi(r.out.data ? r.out.data : "0");
+    CHECK(pid > 1);
+    agent_client_free(c);
+    int alive = 1;
+    for (int i = 0; i < 100 && alive; i++) {
+        int waited = 0;
+        struct event *t = evtimer_new(base, timeout_cb, &waited);
+        struct timeval tv = {0, 50000};
+        evtimer_add(t, &tv);
+        run_until(&waited, 5);
+        event_free(t);
+        alive = pid > 1 && proc_alive(pid);
+    }
+    CHECK(!alive);
+    CHECK(!r.done);
+    CHECK_EQ_INT(http_client_in_flight(http), 0);
+    res_release(&r);
+    http_client_free(http);
+}
+
 TEST_CASE(wrong_token_clearly_reported)
 {
     if (!have_ours)
@@ -1247,6 +1384,8 @@ int main(void)
     RUN(run_reattach_after_client_dropped);
     RUN(archive_round_trip_bounded_memory);
     RUN(auth_hook_refreshes_once_on_401);
+    RUN(auth_hook_async_shared_by_concurrent_requests);
+    RUN(client_freed_with_a_shared_http_client);
     RUN(wrong_token_clearly_reported);
     RUN(degraded_mode_on_the_plain_agent);
 
