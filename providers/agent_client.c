@@ -134,10 +134,13 @@ static int ac_live(const agent_client *c)
 static void call_send(struct call *k);
 static void hdr_fetch_start(agent_client *c, int refresh);
 
+/* Frees a NULL-terminated string vector, wiping the strings (they may carry tokens). */
 static void strv_free(char **v)
 {
-    for (char **p = v; p && *p; p++)
+    for (char **p = v; p && *p; p++) {
+        explicit_bzero(*p, strlen(*p));
         free(*p);
+    }
     free(v);
 }
 
@@ -290,8 +293,7 @@ static void call_on_headers(void *arg, http_request *req, long status)
     k->status = status;
     if (!k->c)
         return;
-    if ((status == 401 || status == 403) && k->c && k->c->auth.get && !k->auth_retried &&
-        !k->src_started) {
+    if ((status == 401 || status == 403) && k->c->auth.get && !k->auth_retried && !k->src_started) {
         k->want_retry = 1;
         http_request_cancel(req); /* the body is of no use */
     }
@@ -618,7 +620,7 @@ agent_client *agent_client_new(struct event_base *base, const struct agent_clien
     return c;
 }
 
-static void op_free(struct agent_op *op);
+static void ops_free_all(agent_client *c);
 
 void agent_client_free(agent_client *c)
 {
@@ -634,26 +636,23 @@ void agent_client_free(agent_client *c)
 static void client_destroy(agent_client *c)
 {
     c->free_pending = 1;
-    while (c->ops)
-        op_free(c->ops); /* unlinks itself; its calls are left to the loop below */
+    ops_free_all(c); /* their calls are left to the loop below */
     if (c->fetch)
         c->fetch->c = NULL;
-    if (c->own_http) {
-        http_client_free(c->http); /* no callback runs any more */
-        while (c->calls)
-            call_free(c->calls);
-    } else {
-        while (c->calls) {
-            struct call *k = c->calls;
-            c->calls = k->next;
-            k->c = NULL;
-            k->unlinked = 1;
-            k->prev = k->next = NULL;
-            if (k->req)
-                http_request_cancel(k->req); /* its on_done frees the orphan */
-            else
-                call_free(k);
-        }
+    if (c->own_http)
+        http_client_free(c->http); /* no callback of its requests runs any more */
+    struct call *calls = c->calls;
+    c->calls = NULL;
+    while (calls) {
+        struct call *k = calls;
+        calls = k->next;
+        k->c = NULL;
+        k->unlinked = 1;
+        k->prev = k->next = NULL;
+        if (k->req && !c->own_http)
+            http_request_cancel(k->req); /* its on_done frees the orphan */
+        else
+            call_free(k);
     }
     strv_free(c->hdrs);
     free(c->base_url);
@@ -1007,6 +1006,7 @@ struct agent_op {
     struct buf dec;
     struct event *timer; /* re-attach backoff or deferred finish */
     int pending_finish;
+    int unlinked; /* taken off the client's list by client_destroy */
     struct agent_sink sink;
     struct agent_source src;
     provider_done_fn done;
@@ -1034,12 +1034,14 @@ static struct agent_op *op_new(agent_client *c, enum op_kind kind)
 static void op_free(struct agent_op *op)
 {
     agent_client *c = op->c;
-    if (op->prev)
-        op->prev->next = op->next;
-    else
-        c->ops = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
+    if (!op->unlinked) {
+        if (op->prev)
+            op->prev->next = op->next;
+        else
+            c->ops = op->next;
+        if (op->next)
+            op->next->prev = op->prev;
+    }
     if (op->cur) {
         op->cur->owner = NULL;
         op->cur->on_done = NULL;
@@ -1056,6 +1058,18 @@ static void op_free(struct agent_op *op)
     buf_release(&op->line);
     buf_release(&op->dec);
     free(op);
+}
+
+static void ops_free_all(agent_client *c)
+{
+    struct agent_op *ops = c->ops;
+    c->ops = NULL;
+    while (ops) {
+        struct agent_op *op = ops;
+        ops = op->next;
+        op->unlinked = 1;
+        op_free(op);
+    }
 }
 
 static void op_deleted(struct call *k, int rc, long status, const char *err)
