@@ -1079,6 +1079,19 @@ static void op_deleted(struct call *k, int rc, long status, const char *err)
         log_warn(k->c->log, "agent: could not delete a finished run: %s", err);
 }
 
+/* Ends op with EXEC_ERROR "detached", naming the run that goes on (if any). */
+static void op_exit(struct agent_op *op, enum exec_status st, int code, const char *err);
+
+static void op_detached(struct agent_op *op)
+{
+    char msg[160];
+    if (op->run_id[0])
+        snprintf(msg, sizeof(msg), "agent: detached from run %s (it goes on)", op->run_id);
+    else
+        snprintf(msg, sizeof(msg), "agent: detached");
+    op_exit(op, EXEC_ERROR, -1, msg);
+}
+
 /* Reports the end of an exec-like op and frees it. */
 static void op_exit(struct agent_op *op, enum exec_status st, int code, const char *err)
 {
@@ -1263,7 +1276,7 @@ static void plain_exec_done(struct call *k, int rc, long status, const char *err
         return;
     }
     if (op->detach_req) {
-        op_exit(op, EXEC_ERROR, -1, "agent: detached");
+        op_detached(op);
         return;
     }
     char msg[600];
@@ -1320,7 +1333,7 @@ static void attach_done(struct call *k, int rc, long status, const char *err)
         return;
     }
     if (op->detach_req) {
-        op_exit(op, EXEC_ERROR, -1, "agent: detached");
+        op_detached(op);
         return;
     }
     char msg[600];
@@ -1422,7 +1435,7 @@ static void exec_run_started(struct call *k, int rc, long status, const char *er
     snprintf(op->run_id, sizeof(op->run_id), "%s", id);
     cJSON_Delete(j);
     if (op->detach_req) {
-        op_exit(op, EXEC_ERROR, -1, "agent: detached");
+        op_detached(op);
         return;
     }
     if (op->kill_req)
@@ -1440,9 +1453,10 @@ static void op_timer_cb(evutil_socket_t fd, short what, void *arg)
     if (op->pending_finish) {
         if (op->kind == OP_ARCHIVE_OUT || op->kind == OP_ARCHIVE_IN)
             op_archive_finish(op, -1, 0, 0, op->err);
+        else if (op->detach_req)
+            op_detached(op);
         else
-            op_exit(op, op->kill_req && !op->detach_req ? EXEC_KILLED : EXEC_ERROR, -1,
-                    op->kill_req && !op->detach_req ? NULL : op->err);
+            op_exit(op, op->kill_req ? EXEC_KILLED : EXEC_ERROR, -1, op->kill_req ? NULL : op->err);
     } else {
         attach_start(op); /* re-attach after a cut */
     }
@@ -1543,7 +1557,7 @@ void agent_op_detach(agent_op *op)
     if (op->cur && op->cur->req && op->cur->on_data)
         http_request_cancel(op->cur->req); /* an output stream: its end reports the detach */
     else if (!op->cur)
-        op_fail_later(op, "agent: detached"); /* between re-attaches */
+        op_fail_later(op, "agent: detached"); /* between re-attaches: see op_timer_cb */
     /* else a start or status call: its completion sees detach_req */
 }
 

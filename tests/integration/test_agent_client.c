@@ -774,6 +774,36 @@ TEST_CASE(run_reattach_after_client_dropped)
     CHECK_EQ_INT(w.code, 7);
     CHECK_EQ_INT(w.out.len + w.errb.len, 0);
 
+    /* an exec detached mid-stream names its run, which goes on and can be picked up again */
+    struct exec_res e1;
+    res_init(&e1);
+    struct exec_req ereq = {.cmd = "echo first; sleep 0.3; echo second", .cwd = tmp};
+    cbs.arg = &e1;
+    e1.op = agent_exec(c2, &ereq, &cbs, err, sizeof(err));
+    CHECK(e1.op != NULL);
+    if (!e1.op)
+        return;
+    while (e1.out.len == 0 && !e1.done)
+        event_base_loop(base, EVLOOP_ONCE);
+    char run_id[80];
+    snprintf(run_id, sizeof(run_id), "%s", agent_op_run_id(e1.op) ? agent_op_run_id(e1.op) : "");
+    uint64_t off = agent_op_offset(e1.op);
+    agent_op_detach(e1.op);
+    CHECK(run_until(&e1.done, 10) == 0);
+    CHECK_EQ_INT(e1.st, EXEC_ERROR);
+    CHECK(strlen(run_id) == 32 && strstr(e1.err, run_id) != NULL);
+    CHECK_STR(e1.out.data, "first\n");
+    CHECK_EQ_INT(off, 6);
+    struct exec_res e2;
+    res_init(&e2);
+    cbs.arg = &e2;
+    e2.op = agent_run_attach(c2, run_id, off, &cbs, err, sizeof(err));
+    CHECK(e2.op != NULL && run_until(&e2.done, 10) == 0);
+    CHECK_EQ_INT(e2.st, EXEC_EXITED);
+    CHECK_STR(e2.out.data, "second\n");
+    res_release(&e1);
+    res_release(&e2);
+
     /* signal a running run, then delete it; a deleted run is reported unknown */
     struct start_res s2 = {0};
     req.cmd = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done";
