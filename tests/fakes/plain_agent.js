@@ -4,10 +4,15 @@
 // else: no runs, no archives, no signals, no auth (a 404 for every other route).
 //
 //   node plain_agent.js <port | unix socket path> [--proxy-auth TOKEN]
+//                       [--pool-bearer TOKEN --pool-identifier ID]
 //
 // Prints "listening <port>" (or "listening unix") on stdout once ready; stops when stdin closes.
-// --proxy-auth stands in for the Lambda MicroVM endpoint proxy in front of the agent: a request
-// without "X-aws-proxy-auth: TOKEN" gets 401 from the proxy and never reaches the agent.
+// The options stand in for what fronts the agent in the cloud (the agent itself has no auth):
+// --proxy-auth: the Lambda MicroVM endpoint proxy; a request without "X-aws-proxy-auth: TOKEN"
+//   gets 401 and never reaches the agent.
+// --pool-bearer/--pool-identifier: an Azure session pool; every request needs
+//   "Authorization: Bearer TOKEN" (else 401) and the query parameter identifier=ID (else 400),
+//   which the pool strips before forwarding.
 const http = require('http');
 const fs = require('fs');
 const path = require('path');
@@ -17,6 +22,10 @@ const args = process.argv.slice(2);
 const where = args[0];
 const ai = args.indexOf('--proxy-auth');
 const proxyAuth = ai >= 0 ? args[ai + 1] : null;
+const pb = args.indexOf('--pool-bearer');
+const poolBearer = pb >= 0 ? args[pb + 1] : null;
+const pi = args.indexOf('--pool-identifier');
+const poolIdentifier = pi >= 0 ? args[pi + 1] : null;
 
 function text(res, status, body) {
     res.writeHead(status, { 'Content-Type': 'text/plain' });
@@ -155,6 +164,17 @@ const server = http.createServer(async (req, res) => {
             return;
         }
         const url = new URL(req.url, 'http://agent');
+        if (poolBearer !== null && req.headers.authorization !== `Bearer ${poolBearer}`) {
+            text(res, 401, 'Unauthorized');
+            return;
+        }
+        if (poolIdentifier !== null) {
+            if (url.searchParams.get('identifier') !== poolIdentifier) {
+                text(res, 400, 'identifier is required');
+                return;
+            }
+            url.searchParams.delete('identifier');
+        }
         if (url.pathname.startsWith('/aws/lambda-microvms/runtime/v1/') || url.pathname === '/ready') {
             text(res, 200, 'ok');
         } else if (url.pathname === '/exec' && req.method === 'POST') {

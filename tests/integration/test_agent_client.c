@@ -156,8 +156,8 @@ static int in_path(const char *prog)
 
 /* The real agent on 127.0.0.1 (TCP) and a forwarder on a unix socket; the plain agent on TCP
  * and on its own unix socket; the plain agent behind a proxy-auth check. */
-static struct child ours, fwd, fwd_cut, plain, plain_unix, plain_auth;
-static int ours_port, plain_port, plain_auth_port;
+static struct child ours, fwd, fwd_cut, plain, plain_unix, plain_auth, plain_pool;
+static int ours_port, plain_port, plain_auth_port, plain_pool_port;
 static char ours_sock[300], cut_sock[300], plain_sock[300];
 static int have_ours, have_node;
 static char skip_ours[600], skip_node[600];
@@ -202,9 +202,19 @@ static void start_servers(void)
     const char *pu[] = {"node", "tests/fakes/plain_agent.js", plain_sock, NULL};
     const char *pauth[] = {
         "node", "tests/fakes/plain_agent.js", "0", "--proxy-auth", "fresh-proxy-tok", NULL};
+    const char *ppool[] = {"node",
+                           "tests/fakes/plain_agent.js",
+                           "0",
+                           "--pool-bearer",
+                           "entra-tok-1",
+                           "--pool-identifier",
+                           "job-42&x=y|z",
+                           NULL};
     if (child_start(&plain_unix, pu, NULL, line, sizeof(line)) != 0 ||
         child_start(&plain_auth, pauth, NULL, line, sizeof(line)) != 0 ||
-        sscanf(line, "listening %d", &plain_auth_port) != 1) {
+        sscanf(line, "listening %d", &plain_auth_port) != 1 ||
+        child_start(&plain_pool, ppool, NULL, line, sizeof(line)) != 0 ||
+        sscanf(line, "listening %d", &plain_pool_port) != 1) {
         snprintf(skip_node, sizeof(skip_node), "tests/fakes/plain_agent.js did not start");
         return;
     }
@@ -1296,6 +1306,66 @@ TEST_CASE(client_freed_with_a_shared_http_client)
     http_client_free(http);
 }
 
+static void pool_hook_get(void *arg, int refresh, agent_auth_done_fn done, void *done_arg)
+{
+    (void)refresh;
+    (*(int *)arg)++;
+    const char *hdrs[] = {"Authorization: Bearer entra-tok-1", NULL};
+    done(done_arg, 0, hdrs, NULL);
+}
+
+/* Azure's shape: the pool's Entra bearer in Authorization (the agent token is then not sent)
+ * and the session identifier on every request's query, next to the route's own parameters. */
+TEST_CASE(pool_bearer_and_identifier_query)
+{
+    if (!have_node)
+        SKIP(skip_node);
+    int calls = 0;
+    char url[64], err[256], path[400];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", plain_pool_port);
+    struct agent_client_opts o = {.base_url = url,
+                                  .token = "agent-token-not-for-the-pool",
+                                  .query = "identifier=job-42%26x%3Dy%7Cz",
+                                  .auth = {.get = pool_hook_get, .arg = &calls}};
+    agent_client *c = agent_client_new(base, &o, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    struct ready_res rr = {0};
+    CHECK(agent_client_ready(c, on_ready, &rr, err, sizeof(err)) == 0);
+    CHECK(run_until(&rr.done, 10) == 0 && rr.rc == 0);
+    if (rr.rc)
+        printf("  ready: %s\n", rr.err);
+    struct exec_res r;
+    res_init(&r);
+    CHECK(run_cmd(c, "echo pooled", 0, &r, 20) == 0);
+    CHECK_STR(r.out.data, "pooled\n");
+    struct done_res d = {0};
+    buf_init(&d.data);
+    snprintf(path, sizeof(path), "%s/pool.txt", tmp);
+    CHECK(agent_file_write(c, path, "pool", 4, on_done, &d, err, sizeof(err)) == 0);
+    CHECK(run_until(&d.done, 10) == 0 && d.rc == 0);
+    d.done = 0;
+    CHECK(agent_file_read(c, path, 100, on_data, &d, err, sizeof(err)) == 0);
+    CHECK(run_until(&d.done, 10) == 0 && d.rc == 0);
+    CHECK(d.data.len == 4 && memcmp(d.data.data, "pool", 4) == 0);
+    CHECK_EQ_INT(calls, 1);
+    agent_client_free(c);
+    /* without the identifier the pool refuses; the message does not carry the query */
+    o.query = NULL;
+    c = agent_client_new(base, &o, err, sizeof(err));
+    res_release(&r);
+    res_init(&r);
+    CHECK(run_cmd(c, "echo never", 0, &r, 20) == 0);
+    CHECK_EQ_INT(r.st, EXEC_ERROR);
+    CHECK(strstr(r.err, "HTTP 400") != NULL);
+    agent_client_free(c);
+    o.query = "identifier=a b";
+    CHECK(agent_client_new(base, &o, err, sizeof(err)) == NULL);
+    res_release(&r);
+    buf_release(&d.data);
+}
+
 TEST_CASE(wrong_token_clearly_reported)
 {
     if (!have_ours)
@@ -1416,6 +1486,7 @@ int main(void)
     RUN(auth_hook_refreshes_once_on_401);
     RUN(auth_hook_async_shared_by_concurrent_requests);
     RUN(client_freed_with_a_shared_http_client);
+    RUN(pool_bearer_and_identifier_query);
     RUN(wrong_token_clearly_reported);
     RUN(degraded_mode_on_the_plain_agent);
 
@@ -1424,6 +1495,7 @@ int main(void)
     child_stop(&plain);
     child_stop(&plain_unix);
     child_stop(&plain_auth);
+    child_stop(&plain_pool);
     child_stop(&ours);
     event_base_free(base);
     nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
