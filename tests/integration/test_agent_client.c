@@ -6,6 +6,7 @@
  * backpressure, the auth hook's refresh after a 401, a wrong token, degraded mode. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -25,6 +26,8 @@
 #include "lib/buf.h"
 #include "lib/log.h"
 #include "providers/agent_client.h"
+#include "providers/sigv4.h"
+#include "tests/support/fake_proc.h"
 #include "tests/support/test.h"
 
 #define TOKEN "agent-test-token-5f1c9e"
@@ -1366,6 +1369,238 @@ TEST_CASE(pool_bearer_and_identifier_query)
     buf_release(&d.data);
 }
 
+/* ---- the Lambda MicroVMs fake: a real sandbox-agent behind the endpoint proxy ---- */
+
+#define LAMBDA_REGION "eu-west-1"
+#define LAMBDA_AK     "AKIDLAMBDAFAKE"
+#define LAMBDA_SK     "lambda-fake-secret"
+
+static struct fake_proc lambda;
+static char lambda_url[128];
+static http_client *lambda_http;
+
+struct lres {
+    int done;
+    long status;
+    struct buf body;
+};
+
+static void lambda_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct lres *l = arg;
+    l->status = res->code ? 0 : res->status;
+    buf_append(&l->body, res->body->data ? res->body->data : "", res->body->len);
+    l->done = 1;
+}
+
+/* Starts one SigV4-signed control-plane call; done runs from the loop. */
+static int lambda_start(const char *method, const char *path, const char *json,
+                        void (*done)(void *, http_request *, const struct http_result *), void *arg)
+{
+    const char *hostport = lambda_url + strlen("http://");
+    char clen[32];
+    snprintf(clen, sizeof(clen), "%zu", json ? strlen(json) : 0);
+    /* the fake (like aws4) signs Content-Length whenever there is a body */
+    struct sigv4_header h[] = {
+        {"host", hostport}, {"content-type", "application/json"}, {"content-length", clen}};
+    struct sigv4_request sr = {.method = method,
+                               .target = path,
+                               .headers = h,
+                               .n_headers = json ? 3 : 1,
+                               .body = json,
+                               .body_len = json ? strlen(json) : 0,
+                               .region = LAMBDA_REGION,
+                               .service = "lambda",
+                               .when = time(NULL)};
+    struct sigv4_creds cr = {LAMBDA_AK, LAMBDA_SK, NULL};
+    struct sigv4_signed sg;
+    sigv4_signed_init(&sg);
+    char err[256], url[512];
+    if (sigv4_sign(&cr, &sr, &sg, err, sizeof(err)) != 0) {
+        sigv4_signed_release(&sg);
+        return -1;
+    }
+    snprintf(url, sizeof(url), "%s%s", lambda_url, path);
+    http_request *r = http_request_new(lambda_http, method, url);
+    for (size_t i = 0; i < sg.n_add; i++)
+        http_request_add_header(r, sg.add[i].name, sg.add[i].value);
+    if (json) {
+        http_request_add_header(r, "Content-Type", "application/json");
+        http_request_set_body(r, json, strlen(json));
+    }
+    sigv4_signed_release(&sg);
+    struct http_callbacks cb = {.on_done = done};
+    http_request_set_callbacks(r, &cb, arg);
+    return http_request_start(r, err, sizeof(err));
+}
+
+static long lambda_call(const char *method, const char *path, const char *json, cJSON **out)
+{
+    struct lres l = {0};
+    buf_init(&l.body);
+    if (lambda_start(method, path, json, lambda_done, &l) != 0 || run_until(&l.done, 20) != 0) {
+        buf_release(&l.body);
+        return 0;
+    }
+    if (l.status != 200)
+        printf("  %s %s: HTTP %ld %s\n", method, path, l.status, l.body.data ? l.body.data : "");
+    if (out)
+        *out = cJSON_ParseWithLength(l.body.data ? l.body.data : "", l.body.len);
+    buf_release(&l.body);
+    return l.status;
+}
+
+/* The auth hook of a lambda-microvm backend: CreateMicrovmAuthToken, asynchronously. */
+struct mint {
+    char vm[128];
+    int calls, refreshes;
+    agent_auth_done_fn done;
+    void *done_arg;
+};
+
+static void mint_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct mint *m = arg;
+    cJSON *j = res->code == 0 && res->status == 200
+                   ? cJSON_ParseWithLength(res->body->data ? res->body->data : "", res->body->len)
+                   : NULL;
+    const cJSON *tok = cJSON_GetObjectItemCaseSensitive(j, "authToken");
+    const char *hdrs[8];
+    char lines[6][512];
+    size_t n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, tok)
+    {
+        if (n < 6 && cJSON_IsString(it)) {
+            snprintf(lines[n], sizeof(lines[n]), "%s: %s", it->string, it->valuestring);
+            hdrs[n] = lines[n];
+            n++;
+        }
+    }
+    int got = n > 0;
+    hdrs[n++] = "X-aws-proxy-port: 8080";
+    hdrs[n] = NULL;
+    agent_auth_done_fn done = m->done;
+    m->done = NULL;
+    if (got)
+        done(m->done_arg, 0, hdrs, NULL);
+    else
+        done(m->done_arg, -1, NULL, "CreateMicrovmAuthToken failed");
+    cJSON_Delete(j);
+}
+
+static void mint_get(void *arg, int refresh, agent_auth_done_fn done, void *done_arg)
+{
+    struct mint *m = arg;
+    m->calls++;
+    m->refreshes += refresh;
+    m->done = done;
+    m->done_arg = done_arg;
+    char path[256];
+    snprintf(path, sizeof(path), "/2025-09-09/microvms/%s/auth-token", m->vm);
+    if (lambda_start("POST", path,
+                     "{\"expirationInMinutes\":60,\"allowedPorts\":[{\"port\":8080}]}", mint_done,
+                     m) != 0) {
+        m->done = NULL;
+        done(done_arg, -1, NULL, "cannot sign the token request");
+    }
+}
+
+TEST_CASE(lambda_endpoint_proxy_token_refresh)
+{
+    if (!have_ours)
+        SKIP(skip_ours);
+    char dir[400], why[512];
+    snprintf(dir, sizeof(dir), "%s/lambda", tmp);
+    mkdir(dir, 0755);
+    char agent_abs[PATH_MAX];
+    if (!realpath(agent_bin, agent_abs))
+        snprintf(agent_abs, sizeof(agent_abs), "%s", agent_bin);
+    const char *args[] = {"--agent",     agent_abs,       "--root", dir, "--region",
+                          LAMBDA_REGION, "--agent-token", TOKEN,    NULL};
+    const char *needs[] = {"aws4/package.json", NULL};
+    int rc =
+        fake_proc_start(&lambda, "tests/fakes/lambda_microvm.js", args, needs, why, sizeof(why));
+    if (rc == 1)
+        SKIP(why);
+    CHECK_EQ_INT(rc, 0);
+    if (rc != 0) {
+        printf("  %s\n", why);
+        return;
+    }
+    fake_proc_field(&lambda, "endpoint", lambda_url, sizeof(lambda_url));
+    lambda_http = http_client_new(base);
+    cJSON *j = NULL;
+    CHECK_EQ_INT(lambda_call("POST", "/2025-09-09/microvms",
+                             "{\"imageIdentifier\":\"agent-client-test\"}", &j),
+                 200);
+    struct mint m = {0};
+    char endpoint[256] = "";
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "microvmId"));
+    snprintf(m.vm, sizeof(m.vm), "%s", id ? id : "");
+    cJSON_Delete(j);
+    char path[256];
+    snprintf(path, sizeof(path), "/2025-09-09/microvms/%s", m.vm);
+    for (int i = 0; i < 300; i++) {
+        j = NULL;
+        lambda_call("GET", path, NULL, &j);
+        const char *state = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "state"));
+        const char *ep = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "endpoint"));
+        snprintf(endpoint, sizeof(endpoint), "%s", ep ? ep : "");
+        int running = state && strcmp(state, "RUNNING") == 0;
+        cJSON_Delete(j);
+        if (running)
+            break;
+        usleep(100 * 1000);
+    }
+    CHECK(endpoint[0] != '\0');
+    struct agent_client_opts o = {
+        .base_url = endpoint, .token = TOKEN, .auth = {.get = mint_get, .arg = &m}};
+    char err[256];
+    agent_client *c = agent_client_new(base, &o, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        goto out;
+    struct ready_res rr = {0};
+    CHECK(agent_client_ready(c, on_ready, &rr, err, sizeof(err)) == 0);
+    CHECK(run_until(&rr.done, 20) == 0 && rr.rc == 0);
+    if (rr.rc)
+        printf("  ready: %s\n", rr.err);
+    CHECK_EQ_INT(agent_client_proto(c), AGENT_PROTO_OURS);
+    struct exec_res r;
+    res_init(&r);
+    CHECK(run_cmd(c, "echo via the endpoint proxy", 0, &r, 20) == 0);
+    CHECK_STR(r.out.data, "via the endpoint proxy\n");
+    CHECK_EQ_INT(m.calls, 1);
+    res_release(&r);
+
+    /* the tokens expire mid-turn: the proxy answers 403, one re-mint, the command runs */
+    struct lres l = {0};
+    buf_init(&l.body);
+    char u[512];
+    snprintf(u, sizeof(u), "%s/_fake/expire-tokens/%s", lambda_url, m.vm);
+    http_request *x = http_request_new(lambda_http, "POST", u);
+    struct http_callbacks cb = {.on_done = lambda_done};
+    http_request_set_callbacks(x, &cb, &l);
+    CHECK(http_request_start(x, err, sizeof(err)) == 0 && run_until(&l.done, 10) == 0);
+    CHECK(l.status >= 200 && l.status < 300);
+    buf_release(&l.body);
+    res_init(&r);
+    CHECK(run_cmd(c, "echo after the refresh", 0, &r, 20) == 0);
+    CHECK_EQ_INT(r.st, EXEC_EXITED);
+    CHECK_STR(r.out.data, "after the refresh\n");
+    CHECK_EQ_INT(m.calls, 2);
+    CHECK_EQ_INT(m.refreshes, 1);
+    res_release(&r);
+    agent_client_free(c);
+out:
+    http_client_free(lambda_http);
+    lambda_http = NULL;
+    fake_proc_stop(&lambda);
+}
+
 TEST_CASE(wrong_token_clearly_reported)
 {
     if (!have_ours)
@@ -1487,6 +1722,7 @@ int main(void)
     RUN(auth_hook_async_shared_by_concurrent_requests);
     RUN(client_freed_with_a_shared_http_client);
     RUN(pool_bearer_and_identifier_query);
+    RUN(lambda_endpoint_proxy_token_refresh);
     RUN(wrong_token_clearly_reported);
     RUN(degraded_mode_on_the_plain_agent);
 
