@@ -1377,7 +1377,7 @@ TEST_CASE(pool_bearer_and_identifier_query)
 
 static struct fake_proc lambda;
 static char lambda_url[128];
-static http_client *lambda_http;
+static http_client *cloud_http;
 
 struct lres {
     int done;
@@ -1422,7 +1422,7 @@ static int lambda_start(const char *method, const char *path, const char *json,
         return -1;
     }
     snprintf(url, sizeof(url), "%s%s", lambda_url, path);
-    http_request *r = http_request_new(lambda_http, method, url);
+    http_request *r = http_request_new(cloud_http, method, url);
     for (size_t i = 0; i < sg.n_add; i++)
         http_request_add_header(r, sg.add[i].name, sg.add[i].value);
     if (json) {
@@ -1531,7 +1531,7 @@ TEST_CASE(lambda_endpoint_proxy_token_refresh)
         return;
     }
     fake_proc_field(&lambda, "endpoint", lambda_url, sizeof(lambda_url));
-    lambda_http = http_client_new(base);
+    cloud_http = http_client_new(base);
     cJSON *j = NULL;
     CHECK_EQ_INT(lambda_call("POST", "/2025-09-09/microvms",
                              "{\"imageIdentifier\":\"agent-client-test\"}", &j),
@@ -1581,7 +1581,7 @@ TEST_CASE(lambda_endpoint_proxy_token_refresh)
     buf_init(&l.body);
     char u[512];
     snprintf(u, sizeof(u), "%s/_fake/expire-tokens/%s", lambda_url, m.vm);
-    http_request *x = http_request_new(lambda_http, "POST", u);
+    http_request *x = http_request_new(cloud_http, "POST", u);
     struct http_callbacks cb = {.on_done = lambda_done};
     http_request_set_callbacks(x, &cb, &l);
     CHECK(http_request_start(x, err, sizeof(err)) == 0 && run_until(&l.done, 10) == 0);
@@ -1596,9 +1596,175 @@ TEST_CASE(lambda_endpoint_proxy_token_refresh)
     res_release(&r);
     agent_client_free(c);
 out:
-    http_client_free(lambda_http);
-    lambda_http = NULL;
+    http_client_free(cloud_http);
+    cloud_http = NULL;
     fake_proc_stop(&lambda);
+}
+
+/* ---- the Azure dynamic-sessions fake: a real sandbox-agent per identifier behind the pool ---- */
+
+struct entra {
+    char login[128];
+    int calls, refreshes;
+    agent_auth_done_fn done;
+    void *done_arg;
+};
+
+static void entra_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct entra *e = arg;
+    cJSON *j = res->code == 0 && res->status == 200
+                   ? cJSON_ParseWithLength(res->body->data ? res->body->data : "", res->body->len)
+                   : NULL;
+    const char *tok = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "access_token"));
+    char hdr[4096];
+    snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s", tok ? tok : "");
+    const char *hdrs[] = {hdr, NULL};
+    agent_auth_done_fn done = e->done;
+    e->done = NULL;
+    if (tok)
+        done(e->done_arg, 0, hdrs, NULL);
+    else
+        done(e->done_arg, -1, NULL, "no Entra token");
+    explicit_bzero(hdr, sizeof(hdr));
+    cJSON_Delete(j);
+}
+
+/* The auth hook of an azure-container-sessions backend: a client-credentials token. */
+static void entra_get(void *arg, int refresh, agent_auth_done_fn done, void *done_arg)
+{
+    struct entra *e = arg;
+    e->calls++;
+    e->refreshes += refresh;
+    e->done = done;
+    e->done_arg = done_arg;
+    char url[256], err[256];
+    snprintf(url, sizeof(url), "%s/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token",
+             e->login);
+    static const char form[] =
+        "grant_type=client_credentials&client_id=11111111-2222-3333-4444-555555555555"
+        "&client_secret=fake-client-secret&scope=https%3A%2F%2Fdynamicsessions.io%2F.default";
+    http_request *r = http_request_new(cloud_http, "POST", url);
+    http_request_add_header(r, "Content-Type", "application/x-www-form-urlencoded");
+    http_request_set_body(r, form, sizeof(form) - 1);
+    struct http_callbacks cb = {.on_done = entra_done};
+    http_request_set_callbacks(r, &cb, e);
+    if (http_request_start(r, err, sizeof(err)) != 0) {
+        e->done = NULL;
+        done(done_arg, -1, NULL, err);
+    }
+}
+
+static int mem_sink(void *arg, const char *data, size_t len)
+{
+    buf_append(arg, data, len);
+    return AGENT_IO_OK;
+}
+
+struct mem_src {
+    const struct buf *b;
+    size_t off;
+};
+
+static size_t mem_read(void *arg, char *dst, size_t cap)
+{
+    struct mem_src *m = arg;
+    size_t n = m->b->len - m->off < cap ? m->b->len - m->off : cap;
+    memcpy(dst, m->b->data + m->off, n);
+    m->off += n;
+    return n;
+}
+
+TEST_CASE(azure_pool_bearer_refresh)
+{
+    if (!have_ours)
+        SKIP(skip_ours);
+    char dir[400], why[512], agent_abs[PATH_MAX];
+    if (!realpath(agent_bin, agent_abs))
+        snprintf(agent_abs, sizeof(agent_abs), "%s", agent_bin);
+    snprintf(dir, sizeof(dir), "%s/azure", tmp);
+    mkdir(dir, 0755);
+    const char *args[] = {"--agent", agent_abs, "--root", dir, "--pools", "data-app", NULL};
+    const char *needs[] = {NULL};
+    struct fake_proc az;
+    int rc = fake_proc_start(&az, "tests/fakes/azure_sessions.js", args, needs, why, sizeof(why));
+    if (rc == 1)
+        SKIP(why);
+    CHECK_EQ_INT(rc, 0);
+    if (rc != 0) {
+        printf("  %s\n", why);
+        return;
+    }
+    struct entra e = {0};
+    char pool[128], meta[128], err[256];
+    fake_proc_field(&az, "login", e.login, sizeof(e.login));
+    fake_proc_field(&az, "data-app", pool, sizeof(pool));
+    fake_proc_field(&az, "metadata", meta, sizeof(meta));
+    cloud_http = http_client_new(base);
+    struct agent_client_opts o = {.base_url = pool,
+                                  .token = TOKEN, /* not sent: the pool takes Authorization */
+                                  .query = "identifier=job-42-%7Bturn%7D",
+                                  .auth = {.get = entra_get, .arg = &e}};
+    agent_client *c = agent_client_new(base, &o, err, sizeof(err));
+    CHECK(c != NULL);
+    struct ready_res rr = {0};
+    CHECK(agent_client_ready(c, on_ready, &rr, err, sizeof(err)) == 0);
+    CHECK(run_until(&rr.done, 30) == 0 && rr.rc == 0);
+    if (rr.rc)
+        printf("  ready: %s\n", rr.err);
+    CHECK_EQ_INT(agent_client_proto(c), AGENT_PROTO_OURS);
+    struct exec_res r;
+    res_init(&r);
+    CHECK(run_cmd(c, "mkdir -p ws && echo pooled > ws/a.txt && cat ws/a.txt", 0, &r, 20) == 0);
+    CHECK_STR(r.out.data, "pooled\n");
+    res_release(&r);
+    CHECK_EQ_INT(e.calls, 1);
+
+    /* the Entra token expires: the pool answers 401, one new token; then archives both ways */
+    struct lres l = {0};
+    buf_init(&l.body);
+    char u[256];
+    snprintf(u, sizeof(u), "%s/_fake/expire-tokens", meta);
+    http_request *x = http_request_new(cloud_http, "POST", u);
+    struct http_callbacks cb = {.on_done = lambda_done};
+    http_request_set_callbacks(x, &cb, &l);
+    CHECK(http_request_start(x, err, sizeof(err)) == 0 && run_until(&l.done, 10) == 0);
+    buf_release(&l.body);
+    struct buf tarball;
+    buf_init(&tarball);
+    struct file_sink done_out = {0};
+    /* the session's working directory is its own folder: archive from there */
+    res_init(&r);
+    CHECK(run_cmd(c, "pwd", 0, &r, 20) == 0);
+    char root[400];
+    snprintf(root, sizeof(root), "%.*s", (int)(r.out.len ? r.out.len - 1 : 0),
+             r.out.data ? r.out.data : "");
+    res_release(&r);
+    const char *paths[] = {"ws", NULL};
+    struct agent_archive_spec spec = {.root = root, .paths = paths, .compression = "gzip"};
+    struct agent_sink sink = {.write = mem_sink, .arg = &tarball};
+    CHECK(agent_archive_out(c, &spec, &sink, on_archive_done, &done_out, err, sizeof(err)) != NULL);
+    CHECK(run_until(&done_out.done, 30) == 0 && done_out.rc == 0);
+    CHECK_EQ_INT(e.calls, 2);
+    CHECK_EQ_INT(e.refreshes, 1);
+    struct mem_src ms = {&tarball, 0};
+    struct agent_source src = {.read = mem_read, .arg = &ms};
+    struct file_sink done_in = {0};
+    char dest[500];
+    snprintf(dest, sizeof(dest), "%s/restored", root);
+    CHECK(agent_archive_in(c, dest, 0, &src, on_archive_in, &done_in, err, sizeof(err)) != NULL);
+    CHECK(run_until(&done_in.done, 30) == 0 && done_in.rc == 0);
+    CHECK(done_in.entries >= 2);
+    res_init(&r);
+    CHECK(run_cmd(c, "cat restored/ws/a.txt", 0, &r, 20) == 0);
+    CHECK_STR(r.out.data, "pooled\n");
+    res_release(&r);
+    buf_release(&tarball);
+    agent_client_free(c);
+    http_client_free(cloud_http);
+    cloud_http = NULL;
+    fake_proc_stop(&az);
 }
 
 TEST_CASE(wrong_token_clearly_reported)
@@ -1723,6 +1889,7 @@ int main(void)
     RUN(client_freed_with_a_shared_http_client);
     RUN(pool_bearer_and_identifier_query);
     RUN(lambda_endpoint_proxy_token_refresh);
+    RUN(azure_pool_bearer_refresh);
     RUN(wrong_token_clearly_reported);
     RUN(degraded_mode_on_the_plain_agent);
 
