@@ -287,6 +287,18 @@ static void call_fail_later(struct call *k, const char *fmt, ...)
     evtimer_add(k->defer, &zero);
 }
 
+/* Queues k until the hook's headers arrive (hdr_fetch_done sends or fails it). */
+static void wait_push(agent_client *c, struct call *k)
+{
+    k->waiting = 1;
+    k->wnext = NULL;
+    if (c->wait_tail)
+        c->wait_tail->wnext = k;
+    else
+        c->wait_head = k;
+    c->wait_tail = k;
+}
+
 static void call_on_headers(void *arg, http_request *req, long status)
 {
     struct call *k = arg;
@@ -381,22 +393,12 @@ static void call_on_done_in(struct call *k, const struct http_result *res)
                  res->status);
         if (c->hdr_gen == k->gen && c->hdr_state == HDR_READY) {
             c->hdr_state = HDR_NONE;
-            k->waiting = 1;
-            if (c->wait_tail)
-                c->wait_tail->wnext = k;
-            else
-                c->wait_head = k;
-            c->wait_tail = k;
+            wait_push(c, k);
             hdr_fetch_start(c, 1);
         } else if (c->hdr_state == HDR_READY) {
             call_send(k); /* another request refreshed them already */
         } else {
-            k->waiting = 1;
-            if (c->wait_tail)
-                c->wait_tail->wnext = k;
-            else
-                c->wait_head = k;
-            c->wait_tail = k;
+            wait_push(c, k);
             if (c->hdr_state == HDR_NONE)
                 hdr_fetch_start(c, 1);
         }
@@ -513,12 +515,7 @@ static void call_start(struct call *k)
         call_send(k);
         return;
     }
-    k->waiting = 1;
-    if (c->wait_tail)
-        c->wait_tail->wnext = k;
-    else
-        c->wait_head = k;
-    c->wait_tail = k;
+    wait_push(c, k);
     if (c->hdr_state == HDR_NONE)
         hdr_fetch_start(c, 0);
 }
