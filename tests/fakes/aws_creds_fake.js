@@ -16,7 +16,8 @@
 // authToken (the container Authorization value; null: none required), containerPath, role (the
 // instance's role name; null: none attached), imdsV1 (allow GETs without a token), keys
 // ({id, secret}: issue these instead of fresh ones), delayMs (before each credentials answer),
-// fail ({sts|container|imds: status}: answer that status instead of credentials).
+// fail ({sts|container|imds|imdsToken: status}: answer that status instead of credentials or,
+// for imdsToken, of the IMDSv2 token, as an instance metadata endpoint without IMDSv2 would).
 // Usage: node aws_creds_fake.js [port]. Prints "listening <port>"; stops on SIGTERM/SIGINT or
 // when stdin closes.
 'use strict';
@@ -225,6 +226,7 @@ function imds(req, res, path) {
     stats.imdsToken++;
     if (req.method !== 'PUT') return send(res, 405, 'text/plain', '');
     if (req.headers['x-forwarded-for'] !== undefined) return send(res, 403, 'text/plain', '');
+    if (settings.fail.imdsToken) return send(res, settings.fail.imdsToken, 'text/plain', '');
     const ttl = req.headers[ttlName];
     if (ttl === undefined || !/^\d+$/.test(ttl) || +ttl < 1 || +ttl > 21600) {
       return send(res, 400, 'text/plain', '');
