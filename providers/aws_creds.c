@@ -39,8 +39,9 @@ struct aws_creds_wait {
     aws_creds_wait *prev, *next;
     aws_creds_fn cb;
     void *arg;
-    int ready; /* outcome known: deliver on the next deliver event */
-    char *err; /* failure to report, or NULL: report the cache */
+    int ready;      /* outcome known: deliver on the next deliver event */
+    int delivering; /* its callback is running: cancel is a no-op */
+    char *err;      /* failure to report, or NULL: report the cache */
 };
 
 struct aws_creds {
@@ -161,17 +162,43 @@ static void form_encode(struct buf *b, const char *s)
     }
 }
 
+/* Exactly n decimal digits at *p, advancing it; -1 when not. */
+static int digits(const char **p, int n)
+{
+    int v = 0;
+
+    for (int i = 0; i < n; i++, (*p)++) {
+        if (!isdigit((unsigned char)**p))
+            return -1;
+        v = v * 10 + (**p - '0');
+    }
+    return v;
+}
+
+/* Consumes the character c at *p; 0, or -1 when another one is there. */
+static int expect(const char **p, char c)
+{
+    if (**p != c)
+        return -1;
+    (*p)++;
+    return 0;
+}
+
 /* RFC 3339 "2026-12-01T15:04:05[.fff](Z|+hh:mm)" to epoch seconds; -1 when malformed. */
 static time_t parse_rfc3339(const char *s)
 {
     struct tm tm;
-    int y, mo, d, h, mi, sec, n = 0, off = 0;
-    const char *p;
+    int y, mo, d, h, mi, sec, off = 0;
+    const char *p = s;
     time_t t;
 
-    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6)
+    if (!s)
         return -1;
-    p = s + n;
+    y = digits(&p, 4);
+    if (y < 0 || expect(&p, '-') || (mo = digits(&p, 2)) < 0 || expect(&p, '-') ||
+        (d = digits(&p, 2)) < 0 || (*p != 'T' && *p != 't') || (p++, (h = digits(&p, 2)) < 0) ||
+        expect(&p, ':') || (mi = digits(&p, 2)) < 0 || expect(&p, ':') || (sec = digits(&p, 2)) < 0)
+        return -1;
     if (*p == '.') {
         p++;
         while (isdigit((unsigned char)*p))
@@ -180,11 +207,10 @@ static time_t parse_rfc3339(const char *s)
     if (*p == 'Z' || *p == 'z') {
         p++;
     } else if (*p == '+' || *p == '-') {
-        int oh, om, k = 0;
-        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &k) != 2 || k != 5)
+        int sign = *p++ == '+' ? 1 : -1, oh, om;
+        if ((oh = digits(&p, 2)) < 0 || expect(&p, ':') || (om = digits(&p, 2)) < 0)
             return -1;
-        off = (oh * 60 + om) * 60 * (*p == '+' ? 1 : -1);
-        p += 1 + k;
+        off = (oh * 60 + om) * 60 * sign;
     } else {
         return -1;
     }
@@ -441,22 +467,35 @@ static void url_host(const char *url, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)(e - h), h);
 }
 
+/* 1 when host is a dotted IPv4 address in 127.0.0.0/8. */
+static int loopback_v4(const char *host)
+{
+    const char *p = host;
+
+    for (int i = 0; i < 4; i++) {
+        char *end;
+        long v;
+        if (!isdigit((unsigned char)*p))
+            return 0;
+        v = strtol(p, &end, 10);
+        if (v < 0 || v > 255 || (i == 0 && v != 127) || (i < 3 && *end != '.') || (i == 3 && *end))
+            return 0;
+        p = end + (i < 3);
+    }
+    return 1;
+}
+
 /* The SDKs' rule for a full container URI over plain http. */
 static int container_host_ok(const char *url)
 {
     char host[256];
-    unsigned a, b, c, d;
-    char tail;
 
     if (strncmp(url, "https://", 8) == 0)
         return 1;
     url_host(url, host, sizeof(host));
-    if (!strcmp(host, "169.254.170.2") || !strcmp(host, "169.254.170.23") ||
-        !strcasecmp(host, "[fd00:ec2::23]") || !strcmp(host, "[::1]") ||
-        !strcasecmp(host, "localhost"))
-        return 1;
-    return sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) == 4 && a == 127 && b < 256 &&
-           c < 256 && d < 256;
+    return !strcmp(host, "169.254.170.2") || !strcmp(host, "169.254.170.23") ||
+           !strcasecmp(host, "[fd00:ec2::23]") || !strcmp(host, "[::1]") ||
+           !strcasecmp(host, "localhost") || loopback_v4(host);
 }
 
 /* URL without userinfo, query or fragment, for the source name. */
@@ -678,7 +717,7 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
         }
     } else {
         const char *mode = env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
-        if (mode && strcasecmp(mode, "IPv4") && strcasecmp(mode, "IPv6")) {
+        if (mode && strcasecmp(mode, "IPv4") != 0 && strcasecmp(mode, "IPv6") != 0) {
             snprintf(err, errlen,
                      "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE: \"%s\" is not IPv4 or "
                      "IPv6",
@@ -711,10 +750,8 @@ out:
 
 /* ---------- waiters and delivery ---------- */
 
-static void waiter_unlink(aws_creds_wait *w)
+static void waiter_unlink(aws_creds *c, aws_creds_wait *w)
 {
-    aws_creds *c = w->c;
-
     if (w->prev)
         w->prev->next = w->next;
     else
@@ -724,6 +761,20 @@ static void waiter_unlink(aws_creds_wait *w)
     else
         c->wt = w->prev;
     w->prev = w->next = NULL;
+}
+
+/* Removes and returns the first waiter (the list must not be empty). */
+static aws_creds_wait *waiter_pop(aws_creds *c)
+{
+    aws_creds_wait *w = c->wh;
+
+    c->wh = w->next;
+    if (c->wh)
+        c->wh->prev = NULL;
+    else
+        c->wt = NULL;
+    w->next = NULL;
+    return w;
 }
 
 static void waiter_free(aws_creds_wait *w)
@@ -742,8 +793,8 @@ static void deliver_cb(evutil_socket_t fd, short what, void *arg)
 
     c->in_deliver = 1;
     while (c->wh && c->wh->ready && !c->free_pending) {
-        aws_creds_wait *w = c->wh;
-        waiter_unlink(w);
+        aws_creds_wait *w = waiter_pop(c);
+        w->delivering = 1;
         if (w->err)
             w->cb(w->arg, NULL, w->err);
         else if (c->have)
@@ -1267,8 +1318,7 @@ aws_creds *aws_creds_new(struct event_base *base, const struct aws_creds_opts *o
 static void real_free(aws_creds *c)
 {
     while (c->wh) {
-        aws_creds_wait *w = c->wh;
-        waiter_unlink(w);
+        aws_creds_wait *w = waiter_pop(c);
         waiter_free(w);
     }
     if (c->http)
@@ -1334,9 +1384,9 @@ aws_creds_wait *aws_creds_get(aws_creds *c, aws_creds_fn cb, void *arg)
 
 void aws_creds_cancel(aws_creds_wait *w)
 {
-    if (!w)
+    if (!w || w->delivering)
         return;
-    waiter_unlink(w);
+    waiter_unlink(w->c, w);
     waiter_free(w);
 }
 

@@ -81,7 +81,8 @@ void aws_creds_free(aws_creds *c);
 /* Asks for credentials. cb runs exactly once, from the loop (never inside this call), unless
  * the wait is cancelled or the chain freed first. The handle is valid until cb returns. */
 aws_creds_wait *aws_creds_get(aws_creds *c, aws_creds_fn cb, void *arg);
-/* Cancels a wait: its callback does not run; the handle is invalid afterwards. NULL: no-op. */
+/* Cancels a wait: its callback does not run; the handle is invalid afterwards. NULL, or the
+ * wait whose callback is running: no-op. */
 void aws_creds_cancel(aws_creds_wait *w);
 /* The cached credentials when they need no refresh now (not within the refresh window), else
  * NULL. Synchronous; valid until control returns to the loop. */
