@@ -792,8 +792,16 @@ static void deliver_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
 
     c->in_deliver = 1;
-    while (c->wh && c->wh->ready && !c->free_pending) {
-        aws_creds_wait *w = waiter_pop(c);
+    while (!c->free_pending) {
+        aws_creds_wait *w = c->wh;
+        while (w && !w->ready)
+            w = w->next; /* waiting for the refresh in flight */
+        if (!w)
+            break;
+        if (w == c->wh)
+            w = waiter_pop(c);
+        else
+            waiter_unlink(c, w);
         w->delivering = 1;
         if (w->err)
             w->cb(w->arg, NULL, w->err);
@@ -927,11 +935,13 @@ static void sts_done(void *arg, http_request *req, const struct http_result *res
         goto fail;
     }
     if (res->status != 200) {
+        char k[128];
         code = xml_text(body, "Code");
         message = xml_text(body, "Message");
+        clean_msg(k, sizeof(k), code);
         clean_msg(m, sizeof(m), message);
         snprintf(why, sizeof(why), "STS AssumeRoleWithWebIdentity: %ld %s%s%s", res->status,
-                 code ? code : "error", *m ? ": " : "", m);
+                 *k ? k : "error", *m ? ": " : "", m);
         goto fail;
     }
     ak = xml_text(body, "AccessKeyId");

@@ -287,6 +287,7 @@ s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size
 {
     s3 *c;
     const char *ep, *rest, *slash;
+    int fixed;
 
     if (!cfg->bucket || !*cfg->bucket || !cfg->region || !cfg->endpoint) {
         snprintf(err, errlen, "s3: bucket, region and endpoint are required");
@@ -343,11 +344,12 @@ s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size
     if (c->cfg.retry_max_ms <= 0)
         c->cfg.retry_max_ms = 10000;
     c->seed = (unsigned)time(NULL) ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
-    if (cfg->access_key || !cfg->creds) {
+    fixed = cfg->access_key && *cfg->access_key;
+    if (fixed || !cfg->creds) {
         struct aws_creds_opts o = {.env_prefix = "S3",
-                                   .access_key_id = cfg->access_key,
-                                   .secret_access_key = cfg->secret_key,
-                                   .session_token = cfg->session_token,
+                                   .access_key_id = fixed ? cfg->access_key : NULL,
+                                   .secret_access_key = fixed ? cfg->secret_key : NULL,
+                                   .session_token = fixed ? cfg->session_token : NULL,
                                    .region = cfg->region,
                                    .ca_file = c->cfg.ca_file};
         char why[512];

@@ -242,6 +242,23 @@ await check('fromNodeProviderChain: environment first, then the container endpoi
   }
 });
 
+await check('every Expiration spelling of the fake parses to the same instant in the SDK', async () => {
+  process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI = `${base}/v2/credentials/fake-task-role`;
+  process.env.AWS_CONTAINER_AUTHORIZATION_TOKEN = 'fake-container-authorization-token';
+  try {
+    for (const expFormat of ['seconds', 'millis']) {
+      await ctl('/__fake/config', { expFormat, ttl: 1000 });
+      const before = Date.now();
+      const c = await fromHttp({})();
+      const left = c.expiration.getTime() - before;
+      assert.ok(left > 998000 && left <= 1001000, `${expFormat}: expires in ${left} ms`);
+    }
+  } finally {
+    delete process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI;
+    delete process.env.AWS_CONTAINER_AUTHORIZATION_TOKEN;
+  }
+});
+
 await check('short expirations are issued on demand', async () => {
   await ctl('/__fake/config', { ttl: 2 });
   process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = base;

@@ -16,6 +16,7 @@
 // authToken (the container Authorization value; null: none required), containerPath, role (the
 // instance's role name; null: none attached), imdsV1 (allow GETs without a token), keys
 // ({id, secret}: issue these instead of fresh ones), delayMs (before each credentials answer),
+// expFormat ('seconds' default, 'millis': how Expiration is written),
 // fail ({sts|container|imds|imdsToken: status}: answer that status instead of credentials or,
 // for imdsToken, of the IMDSv2 token, as an instance metadata endpoint without IMDSv2 would).
 // Usage: node aws_creds_fake.js [port]. Prints "listening <port>"; stops on SIGTERM/SIGINT or
@@ -34,6 +35,7 @@ const DEFAULTS = {
   role: 'fake-instance-role',
   imdsV1: false,
   keys: null,
+  expFormat: 'seconds',
   delayMs: 0,
   fail: {},
 };
@@ -52,6 +54,13 @@ function isoSeconds(ms) {
   return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
+// RFC 3339 in UTC as the services write it: whole seconds, or with milliseconds. (The SDK's
+// strict parser refuses numeric offsets, so no endpoint sends them.)
+function expiration(ms) {
+  if (settings.expFormat === 'millis') return new Date(ms).toISOString();
+  return isoSeconds(ms);
+}
+
 function issue(source, extra) {
   issued++;
   const now = Date.now();
@@ -60,7 +69,7 @@ function issue(source, extra) {
     SecretAccessKey: settings.keys ? settings.keys.secret :
       `fakeSecret${issued}/${crypto.randomBytes(21).toString('base64')}`,
     Token: `FakeSessionToken${issued}/${crypto.randomBytes(48).toString('base64')}`,
-    Expiration: isoSeconds(now + settings.ttl * 1000),
+    Expiration: expiration(now + settings.ttl * 1000),
   };
   stats.issued = { source, ...c, ...extra };
   return c;

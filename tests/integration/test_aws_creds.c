@@ -568,6 +568,29 @@ TEST_CASE(container)
     aws_creds_free(c);
 }
 
+/* Expiration in the RFC 3339 spellings the endpoints use: whole seconds or milliseconds, Z. */
+TEST_CASE(expiration_formats)
+{
+    static const char *const formats[] = {"seconds", "millis"};
+    char err[512], cfg[64], sent[64];
+    struct got g;
+    aws_creds *c;
+
+    NEED_FAKE();
+    container_env();
+    for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
+        snprintf(cfg, sizeof(cfg), "{\"expFormat\":\"%s\",\"ttl\":1000}", formats[i]);
+        fake_config(cfg);
+        c = chain(NULL, err, sizeof(err));
+        CHECK_EQ_INT(get_sync(c, &g), 0);
+        issued("Expiration", sent, sizeof(sent));
+        printf("  %s -> %+lld s\n", sent, (long long)(g.exp - time(NULL)));
+        CHECK_STR(g.err, "");
+        CHECK(g.exp >= time(NULL) + 998 && g.exp <= time(NULL) + 1000);
+        aws_creds_free(c);
+    }
+}
+
 TEST_CASE(instance_metadata)
 {
     char err[512], want[256];
@@ -963,6 +986,7 @@ int main(void)
     RUN(sts_endpoint_and_region);
     RUN(shared_files);
     RUN(container);
+    RUN(expiration_formats);
     RUN(instance_metadata);
     RUN(precedence);
     RUN(refresh_before_expiry);
