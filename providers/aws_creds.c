@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
 
@@ -79,12 +80,6 @@ struct aws_creds {
 };
 
 /* ---------- helpers ---------- */
-
-static const char *env(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : NULL;
-}
 
 static char *dup_or_null(const char *s)
 {
@@ -369,7 +364,7 @@ static void ini_profile(char *text, int is_config, const char *name, struct prof
 /* Path of a shared file: the variable, else ~/.aws/<leaf>. "~/" is expanded. malloc'd. */
 static char *shared_path(const char *var, const char *leaf)
 {
-    const char *v = env(var), *home = env("HOME");
+    const char *v = env_str(var, NULL), *home = env_str("HOME", NULL);
     struct buf b;
 
     buf_init(&b);
@@ -424,11 +419,12 @@ static const char *const legacy_global_regions[] = {
 
 static char *sts_endpoint(const char *region)
 {
-    const char *v = env("AWS_ENDPOINT_URL_STS"), *mode = env("AWS_STS_REGIONAL_ENDPOINTS");
+    const char *v = env_str("AWS_ENDPOINT_URL_STS", NULL),
+               *mode = env_str("AWS_STS_REGIONAL_ENDPOINTS", NULL);
     struct buf b;
 
     if (!v)
-        v = env("AWS_ENDPOINT_URL");
+        v = env_str("AWS_ENDPOINT_URL", NULL);
     if (v)
         return xstrdup(v);
     buf_init(&b);
@@ -541,8 +537,9 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
 {
     const char *ak, *sk, *v, *region;
     struct profile prof;
-    const char *pname = env("AWS_PROFILE") ? env("AWS_PROFILE") : "default";
-    int rc = -1;
+    const char *pname = env_str("AWS_PROFILE", "default");
+    char q[ENV_QUOTE_LEN];
+    int rc = -1, off = 0;
 
     memset(&prof, 0, sizeof(prof));
     /* 1. fixed */
@@ -562,21 +559,21 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
         snprintf(nak, sizeof(nak), "%s_ACCESS_KEY", o->env_prefix);
         snprintf(nsk, sizeof(nsk), "%s_SECRET_KEY", o->env_prefix);
         snprintf(ntok, sizeof(ntok), "%s_SESSION_TOKEN", o->env_prefix);
-        ak = env(nak);
-        sk = env(nsk);
+        ak = env_str(nak, NULL);
+        sk = env_str(nsk, NULL);
         if (ak || sk) {
             if (!ak || !sk) {
                 snprintf(err, errlen, "%s: required together with %s", ak ? nsk : nak,
                          ak ? nak : nsk);
                 return -1;
             }
-            set_static(c, ak, sk, env(ntok));
+            set_static(c, ak, sk, env_str(ntok, NULL));
             set_source(c, "environment (%s)", nak);
             return 0;
         }
     }
-    ak = env("AWS_ACCESS_KEY_ID");
-    sk = env("AWS_SECRET_ACCESS_KEY");
+    ak = env_str("AWS_ACCESS_KEY_ID", NULL);
+    sk = env_str("AWS_SECRET_ACCESS_KEY", NULL);
     if (ak || sk) {
         if (!ak || !sk) {
             snprintf(err, errlen, "%s: required together with %s",
@@ -584,32 +581,33 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
                      ak ? "AWS_ACCESS_KEY_ID" : "AWS_SECRET_ACCESS_KEY");
             return -1;
         }
-        set_static(c, ak, sk, env("AWS_SESSION_TOKEN"));
+        set_static(c, ak, sk, env_str("AWS_SESSION_TOKEN", NULL));
         set_source(c, "environment (AWS_ACCESS_KEY_ID)");
         return 0;
     }
     /* The profile also gives the STS region. */
     if (load_profile(pname, &prof, err, errlen) != 0)
         return -1;
-    region = o->region && *o->region ? o->region : env("AWS_REGION");
+    region = o->region && *o->region ? o->region : env_str("AWS_REGION", NULL);
     if (!region)
-        region = env("AWS_DEFAULT_REGION");
+        region = env_str("AWS_DEFAULT_REGION", NULL);
     if (!region)
         region = prof.region;
     if (!region)
         region = "us-east-1";
     /* 3. web identity from the environment */
-    if (env("AWS_WEB_IDENTITY_TOKEN_FILE") || env("AWS_ROLE_ARN")) {
-        if (!env("AWS_WEB_IDENTITY_TOKEN_FILE") || !env("AWS_ROLE_ARN")) {
+    if (env_str("AWS_WEB_IDENTITY_TOKEN_FILE", NULL) || env_str("AWS_ROLE_ARN", NULL)) {
+        if (!env_str("AWS_WEB_IDENTITY_TOKEN_FILE", NULL) || !env_str("AWS_ROLE_ARN", NULL)) {
             snprintf(err, errlen, "%s: required together with %s",
-                     env("AWS_ROLE_ARN") ? "AWS_WEB_IDENTITY_TOKEN_FILE" : "AWS_ROLE_ARN",
-                     env("AWS_ROLE_ARN") ? "AWS_ROLE_ARN" : "AWS_WEB_IDENTITY_TOKEN_FILE");
+                     env_str("AWS_ROLE_ARN", NULL) ? "AWS_WEB_IDENTITY_TOKEN_FILE" : "AWS_ROLE_ARN",
+                     env_str("AWS_ROLE_ARN", NULL) ? "AWS_ROLE_ARN"
+                                                   : "AWS_WEB_IDENTITY_TOKEN_FILE");
             goto out;
         }
         c->kind = SRC_WEB_IDENTITY;
-        c->role_arn = xstrdup(env("AWS_ROLE_ARN"));
-        c->token_file = xstrdup(env("AWS_WEB_IDENTITY_TOKEN_FILE"));
-        c->session_name = dup_or_null(env("AWS_ROLE_SESSION_NAME"));
+        c->role_arn = xstrdup(env_str("AWS_ROLE_ARN", NULL));
+        c->token_file = xstrdup(env_str("AWS_WEB_IDENTITY_TOKEN_FILE", NULL));
+        c->session_name = dup_or_null(env_str("AWS_ROLE_SESSION_NAME", NULL));
         set_source(c, "web-identity (%s)", c->role_arn);
         goto sts;
     }
@@ -646,7 +644,7 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
                                              : "role_arn with source_profile");
             goto out;
         }
-    } else if (env("AWS_PROFILE")) {
+    } else if (env_str("AWS_PROFILE", NULL)) {
         snprintf(err, errlen,
                  "AWS_PROFILE: profile %s is not in the shared credentials or config "
                  "file",
@@ -654,8 +652,8 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
         goto out;
     }
     /* 5. container */
-    v = env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
-    if (v || env("AWS_CONTAINER_CREDENTIALS_FULL_URI")) {
+    v = env_str("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", NULL);
+    if (v || env_str("AWS_CONTAINER_CREDENTIALS_FULL_URI", NULL)) {
         struct buf b;
         buf_init(&b);
         if (v) {
@@ -666,10 +664,13 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
             }
             buf_printf(&b, "%s%s", CONTAINER_HOST, v);
         } else {
-            v = env("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+            v = env_str("AWS_CONTAINER_CREDENTIALS_FULL_URI", NULL);
             if (!http_url(v)) {
-                snprintf(err, errlen,
-                         "AWS_CONTAINER_CREDENTIALS_FULL_URI: not an http:// or https:// URL");
+                env_quote(v, q, sizeof(q));
+                env_err(
+                    err, errlen,
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI: not an http:// or https:// URL, got %s",
+                    q);
                 goto out;
             }
             if (!container_host_ok(v)) {
@@ -682,9 +683,10 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
         }
         c->kind = SRC_CONTAINER;
         c->container_url = buf_detach(&b);
-        c->container_token_file = dup_or_null(env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"));
+        c->container_token_file =
+            dup_or_null(env_str("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", NULL));
         if (!c->container_token_file)
-            c->container_token = dup_or_null(env("AWS_CONTAINER_AUTHORIZATION_TOKEN"));
+            c->container_token = dup_or_null(env_str("AWS_CONTAINER_AUTHORIZATION_TOKEN", NULL));
         if (c->container_token && strpbrk(c->container_token, "\r\n")) {
             snprintf(err, errlen, "AWS_CONTAINER_AUTHORIZATION_TOKEN: contains a line break");
             goto out;
@@ -699,8 +701,10 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
         goto out;
     }
     /* 6. instance metadata */
-    v = env("AWS_EC2_METADATA_DISABLED");
-    if (v && !strcasecmp(v, "true")) {
+    if (env_bool("AWS_EC2_METADATA_DISABLED", 0, &off, err, errlen) != 0 ||
+        env_bool("AWS_EC2_METADATA_V1_DISABLED", 0, &c->imds_v1_disabled, err, errlen) != 0)
+        goto out;
+    if (off) {
         snprintf(err, errlen,
                  "no AWS credentials: none of %s%sAWS_ACCESS_KEY_ID, AWS_WEB_IDENTITY_TOKEN_FILE, "
                  "a profile \"%s\" in the shared files or AWS_CONTAINER_CREDENTIALS_* is set, and "
@@ -708,15 +712,16 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
                  o->env_prefix ? o->env_prefix : "", o->env_prefix ? "_ACCESS_KEY, " : "", pname);
         goto out;
     }
-    v = env("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+    v = env_str("AWS_EC2_METADATA_SERVICE_ENDPOINT", NULL);
     if (v) {
         if (!http_url(v)) {
-            snprintf(err, errlen,
-                     "AWS_EC2_METADATA_SERVICE_ENDPOINT: not an http:// or https:// URL");
+            env_quote(v, q, sizeof(q));
+            env_err(err, errlen,
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT: not an http:// or https:// URL, got %s", q);
             goto out;
         }
     } else {
-        const char *mode = env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
+        const char *mode = env_str("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", NULL);
         if (mode && strcasecmp(mode, "IPv4") != 0 && strcasecmp(mode, "IPv6") != 0) {
             snprintf(err, errlen,
                      "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE: \"%s\" is not IPv4 or "
@@ -730,17 +735,25 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
     c->imds_url = xstrdup(v);
     while (*c->imds_url && c->imds_url[strlen(c->imds_url) - 1] == '/')
         c->imds_url[strlen(c->imds_url) - 1] = '\0';
-    v = env("AWS_EC2_METADATA_V1_DISABLED");
-    c->imds_v1_disabled = v && strcasecmp(v, "false") != 0;
     set_source(c, "instance-metadata (%s)", c->imds_url);
     rc = 0;
     goto out;
 sts:
     c->sts_url = sts_endpoint(region);
     if (!http_url(c->sts_url)) {
-        snprintf(err, errlen, "%s: not an http:// or https:// URL",
-                 env("AWS_ENDPOINT_URL_STS") ? "AWS_ENDPOINT_URL_STS" : "AWS_ENDPOINT_URL");
+        env_quote(c->sts_url, q, sizeof(q));
+        env_err(err, errlen, "%s: not an http:// or https:// URL, got %s",
+                env_str("AWS_ENDPOINT_URL_STS", NULL) ? "AWS_ENDPOINT_URL_STS" : "AWS_ENDPOINT_URL",
+                q);
         goto out;
+    }
+    {
+        struct buf b;
+        buf_init(&b);
+        url_for_log(&b, c->sts_url);
+        c->source[strlen(c->source) - 1] = '\0'; /* drop ")" */
+        set_source(c, "%s via %s)", c->source, b.data);
+        buf_release(&b);
     }
     rc = 0;
 out:
@@ -1304,7 +1317,7 @@ aws_creds *aws_creds_new(struct event_base *base, const struct aws_creds_opts *o
     c->log = o->log;
     c->window_ms = o->refresh_window_ms > 0 ? o->refresh_window_ms : DEF_WINDOW_MS;
     c->timeout_ms = o->timeout_ms;
-    ca = o->ca_file && *o->ca_file ? o->ca_file : env("AWS_CA_BUNDLE");
+    ca = o->ca_file && *o->ca_file ? o->ca_file : env_str("AWS_CA_BUNDLE", NULL);
     c->ca_file = dup_or_null(ca);
     c->deliver_ev = event_new(base, -1, 0, deliver_cb, c);
     c->http = http_client_new(base);

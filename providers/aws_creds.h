@@ -88,8 +88,9 @@ void aws_creds_cancel(aws_creds_wait *w);
  * NULL. Synchronous; valid until control returns to the loop. */
 const struct aws_credentials *aws_creds_peek(aws_creds *c);
 /* Name of the chosen source for logs: "static", "environment (S3_ACCESS_KEY)", "environment
- * (AWS_ACCESS_KEY_ID)", "web-identity (<role arn>)", "shared-files (profile <name>)",
- * "shared-files web-identity (profile <name>)", "container (<url without query>)",
+ * (AWS_ACCESS_KEY_ID)", "web-identity (<role arn> via <STS URL>)", "shared-files (profile
+ * <name>)", "shared-files web-identity (profile <name> via <STS URL>)", "container (<url
+ * without query>)",
  * "instance-metadata (<endpoint>)". Never contains a secret. */
 const char *aws_creds_source(const aws_creds *c);
 /* Number of credential fetches started so far (for metrics and tests). */

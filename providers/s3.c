@@ -11,6 +11,7 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
 #include "providers/aws_creds.h"
@@ -124,12 +125,6 @@ static int env_true(const char *v, int *out)
     return -1;
 }
 
-static const char *env(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : NULL;
-}
-
 static char *dup_or_null(const char *s)
 {
     return s ? xstrdup(s) : NULL;
@@ -225,25 +220,25 @@ int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen)
 
     memset(cfg, 0, sizeof(*cfg));
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        any = any || env(names[i]) != NULL;
+        any = any || env_str(names[i], NULL) != NULL;
     if (!any)
         return 0;
-    if (!env("S3_BUCKET")) {
+    if (!env_str("S3_BUCKET", NULL)) {
         snprintf(err, errlen, "S3_BUCKET: required when S3_* object storage is configured");
         goto fail;
     }
-    cfg->bucket = xstrdup(env("S3_BUCKET"));
-    v = env("S3_REGION");
+    cfg->bucket = xstrdup(env_str("S3_BUCKET", NULL));
+    v = env_str("S3_REGION", NULL);
     if (!v)
-        v = env("AWS_REGION");
+        v = env_str("AWS_REGION", NULL);
     if (!v)
-        v = env("AWS_DEFAULT_REGION");
+        v = env_str("AWS_DEFAULT_REGION", NULL);
     cfg->region = xstrdup(v ? v : "us-east-1");
-    v = env("S3_ENDPOINT");
+    v = env_str("S3_ENDPOINT", NULL);
     if (!v)
-        v = env("AWS_ENDPOINT_URL_S3");
+        v = env_str("AWS_ENDPOINT_URL_S3", NULL);
     if (!v)
-        v = env("AWS_ENDPOINT_URL");
+        v = env_str("AWS_ENDPOINT_URL", NULL);
     if (v) {
         if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0) {
             snprintf(err, errlen, "S3_ENDPOINT: \"%s\" must start with http:// or https://", v);
@@ -256,13 +251,13 @@ int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen)
         buf_printf(&b, "https://s3.%s.amazonaws.com", cfg->region);
         cfg->endpoint = buf_detach(&b);
     }
-    v = env("S3_FORCE_PATH_STYLE");
+    v = env_str("S3_FORCE_PATH_STYLE", NULL);
     if (v && env_true(v, &cfg->force_path_style) != 0) {
         snprintf(err, errlen, "S3_FORCE_PATH_STYLE: \"%s\" is not true or false", v);
         goto fail;
     }
-    ak = env("S3_ACCESS_KEY");
-    sk = env("S3_SECRET_KEY");
+    ak = env_str("S3_ACCESS_KEY", NULL);
+    sk = env_str("S3_SECRET_KEY", NULL);
     if (ak || sk) {
         if (!ak || !sk) {
             snprintf(err, errlen, "%s: required together with %s",
@@ -270,7 +265,7 @@ int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen)
                      ak ? "S3_ACCESS_KEY" : "S3_SECRET_KEY");
             goto fail;
         }
-        cfg->session_token = dup_or_null(env("S3_SESSION_TOKEN"));
+        cfg->session_token = dup_or_null(env_str("S3_SESSION_TOKEN", NULL));
         cfg->access_key = xstrdup(ak);
         cfg->secret_key = xstrdup(sk);
     }
@@ -330,7 +325,7 @@ s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size
     c->cfg.access_key = NULL; /* kept by the credential chain */
     c->cfg.secret_key = NULL;
     c->cfg.session_token = NULL;
-    c->cfg.ca_file = dup_or_null(cfg->ca_file ? cfg->ca_file : env("AWS_CA_BUNDLE"));
+    c->cfg.ca_file = dup_or_null(cfg->ca_file ? cfg->ca_file : env_str("AWS_CA_BUNDLE", NULL));
     if (c->cfg.ca_file)
         http_client_set_ca(c->http, c->cfg.ca_file, NULL);
     if (!c->cfg.part_size)

@@ -342,6 +342,13 @@ TEST_CASE(environment_and_fixed)
     CHECK_STR(err, "AWS_ACCESS_KEY_ID: required together with AWS_SECRET_ACCESS_KEY");
     CHECK(no_secret_in(err));
 
+    /* a bad boolean */
+    clean_env();
+    setenv("AWS_EC2_METADATA_DISABLED", "maybe", 1);
+    CHECK(chain(&o, err, sizeof(err)) == NULL);
+    CHECK(strncmp(err, "AWS_EC2_METADATA_DISABLED:", 26) == 0);
+    printf("  %s\n", err);
+
     /* nothing configured and IMDS disabled */
     clean_env();
     CHECK(chain(&o, err, sizeof(err)) == NULL);
@@ -363,7 +370,7 @@ TEST_CASE(web_identity)
     CHECK(c != NULL);
     if (!c)
         return;
-    CHECK_STR(aws_creds_source(c), "web-identity (" ROLE ")");
+    CHECK(strncmp(aws_creds_source(c), "web-identity (" ROLE " via http://127.0.0.1:", 52) == 0);
     CHECK(aws_creds_peek(c) == NULL);
     CHECK_EQ_INT(get_sync(c, &g), 0);
     CHECK_STR(g.err, "");
@@ -387,8 +394,9 @@ TEST_CASE(web_identity)
     write_file(path_token, "not-the-token");
     c = chain(NULL, err, sizeof(err));
     CHECK_EQ_INT(get_sync(c, &g), 0);
-    CHECK(strstr(g.err, "AWS credentials from web-identity (" ROLE "): STS "
-                        "AssumeRoleWithWebIdentity: 400 InvalidIdentityToken:") == g.err);
+    CHECK(strstr(g.err, "AWS credentials from web-identity (" ROLE " via http://127.0.0.1:") ==
+          g.err);
+    CHECK(strstr(g.err, "): STS AssumeRoleWithWebIdentity: 400 InvalidIdentityToken:") != NULL);
     CHECK(strstr(g.err, "not-the-token") == NULL);
     CHECK(no_secret_in(g.err));
     printf("  %s\n", g.err);
@@ -433,7 +441,45 @@ TEST_CASE(sts_endpoint_and_region)
     /* a bad override fails at start, naming it */
     setenv("AWS_ENDPOINT_URL_STS", "sts.local", 1);
     CHECK(chain(NULL, err, sizeof(err)) == NULL);
-    CHECK_STR(err, "AWS_ENDPOINT_URL_STS: not an http:// or https:// URL");
+    CHECK_STR(err, "AWS_ENDPOINT_URL_STS: not an http:// or https:// URL, got \"sts.local\"");
+
+    /* the default endpoint: regional, from the region's sources in order */
+    static const struct {
+        const char *aws_region, *opt_region, *profile_region, *mode, *want;
+    } cases[] = {
+        {NULL, NULL, NULL, NULL, "https://sts.us-east-1.amazonaws.com"},
+        {"eu-west-1", NULL, NULL, NULL, "https://sts.eu-west-1.amazonaws.com"},
+        {"eu-west-1", "ap-south-2", NULL, NULL, "https://sts.ap-south-2.amazonaws.com"},
+        {NULL, NULL, "eu-north-1", NULL, "https://sts.eu-north-1.amazonaws.com"},
+        {"us-west-2", NULL, NULL, "legacy", "https://sts.amazonaws.com"},
+        {"ap-east-1", NULL, NULL, "legacy", "https://sts.ap-east-1.amazonaws.com"},
+        {"us-west-2", NULL, NULL, "regional", "https://sts.us-west-2.amazonaws.com"},
+        {"cn-north-1", NULL, NULL, NULL, "https://sts.cn-north-1.amazonaws.com.cn"},
+    };
+    unsetenv("AWS_ENDPOINT_URL_STS");
+    unsetenv("AWS_ENDPOINT_URL");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char want[256], cfgtext[128];
+        struct aws_creds_opts o = {.region = cases[i].opt_region};
+        if (cases[i].aws_region)
+            setenv("AWS_REGION", cases[i].aws_region, 1);
+        else
+            unsetenv("AWS_REGION");
+        if (cases[i].mode)
+            setenv("AWS_STS_REGIONAL_ENDPOINTS", cases[i].mode, 1);
+        else
+            unsetenv("AWS_STS_REGIONAL_ENDPOINTS");
+        snprintf(cfgtext, sizeof(cfgtext), "[default]\nregion = %s\n",
+                 cases[i].profile_region ? cases[i].profile_region : "");
+        write_file(path_config, cases[i].profile_region ? cfgtext : "");
+        c = chain(&o, err, sizeof(err));
+        CHECK(c != NULL);
+        if (!c)
+            continue;
+        snprintf(want, sizeof(want), "web-identity (" ROLE " via %s)", cases[i].want);
+        CHECK_STR(aws_creds_source(c), want);
+        aws_creds_free(c);
+    }
 }
 
 TEST_CASE(shared_files)
@@ -482,7 +528,8 @@ TEST_CASE(shared_files)
     c = chain(NULL, err, sizeof(err));
     CHECK(c != NULL);
     if (c) {
-        CHECK_STR(aws_creds_source(c), "shared-files web-identity (profile irsa)");
+        CHECK(strncmp(aws_creds_source(c), "shared-files web-identity (profile irsa via http",
+                      48) == 0);
         CHECK_EQ_INT(get_sync(c, &g), 0);
         issued("AccessKeyId", want, sizeof(want));
         CHECK_STR(g.ak, want);
@@ -655,7 +702,7 @@ TEST_CASE(precedence)
     /* every source configured; removing the winner each time reveals the next */
     static const char *const order[] = {"environment (S3_ACCESS_KEY)",
                                         "environment (AWS_ACCESS_KEY_ID)",
-                                        "web-identity (" ROLE ")",
+                                        "web-identity (" ROLE " via ",
                                         "shared-files (profile default)",
                                         "container (",
                                         "instance-metadata ("};
@@ -890,7 +937,7 @@ TEST_CASE(s3_signs_with_chain)
     s3 *c = s3_new(base, &cfg, err, sizeof(err));
     CHECK(c != NULL);
     if (c) {
-        CHECK_STR(s3_credentials_source(c), "web-identity (" ROLE ")");
+        CHECK(strncmp(s3_credentials_source(c), "web-identity (" ROLE, 51) == 0);
         CHECK_EQ_INT(put_sync(c, "creds/one", &p), 0);
         CHECK(p.ok);
         CHECK_STR(p.error, "");
