@@ -806,15 +806,18 @@ static void deliver_cb(evutil_socket_t fd, short what, void *arg)
 
     c->in_deliver = 1;
     while (!c->free_pending) {
-        aws_creds_wait *w = c->wh;
-        while (w && !w->ready)
-            w = w->next; /* waiting for the refresh in flight */
+        aws_creds_wait **pp = &c->wh, *w;
+        while (*pp && !(*pp)->ready)
+            pp = &(*pp)->next; /* skip those waiting for the refresh in flight */
+        w = *pp;
         if (!w)
             break;
-        if (w == c->wh)
-            w = waiter_pop(c);
+        *pp = w->next; /* unlink */
+        if (w->next)
+            w->next->prev = w->prev;
         else
-            waiter_unlink(c, w);
+            c->wt = w->prev;
+        w->prev = w->next = NULL;
         w->delivering = 1;
         if (w->err)
             w->cb(w->arg, NULL, w->err);
