@@ -550,7 +550,7 @@ static int choose(aws_creds *c, const struct aws_creds_opts *o, char *err, size_
             return -1;
         }
         set_static(c, o->access_key_id, o->secret_access_key, o->session_token);
-        set_source(c, "static");
+        set_source(c, "%s", o->fixed_source ? o->fixed_source : "static");
         return 0;
     }
     /* 2. environment */

@@ -61,6 +61,7 @@ struct aws_creds_opts {
     const char *env_prefix; /* e.g. "S3": S3_ACCESS_KEY/S3_SECRET_KEY/S3_SESSION_TOKEN first */
     /* Fixed credentials (both or neither): the chain is not consulted. */
     const char *access_key_id, *secret_access_key, *session_token;
+    const char *fixed_source;  /* aws_creds_source() of fixed credentials; NULL: "static" */
     const char *region;        /* STS region; NULL: AWS_REGION, AWS_DEFAULT_REGION, profile */
     const char *ca_file;       /* CA bundle for STS/container https; NULL: AWS_CA_BUNDLE */
     long refresh_window_ms;    /* refresh this long before expiry; <= 0: 300000 (5 min) */

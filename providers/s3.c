@@ -282,7 +282,7 @@ s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size
 {
     s3 *c;
     const char *ep, *rest, *slash;
-    int fixed;
+    int fixed, from_env;
 
     if (!cfg->bucket || !*cfg->bucket || !cfg->region || !cfg->endpoint) {
         snprintf(err, errlen, "s3: bucket, region and endpoint are required");
@@ -340,11 +340,15 @@ s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size
         c->cfg.retry_max_ms = 10000;
     c->seed = (unsigned)time(NULL) ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
     fixed = cfg->access_key && *cfg->access_key;
+    /* keys s3_config_from_env read are named as such in the log */
+    from_env = fixed && env_str("S3_ACCESS_KEY", NULL) &&
+               strcmp(env_str("S3_ACCESS_KEY", NULL), cfg->access_key) == 0;
     if (fixed || !cfg->creds) {
         struct aws_creds_opts o = {.env_prefix = "S3",
                                    .access_key_id = fixed ? cfg->access_key : NULL,
                                    .secret_access_key = fixed ? cfg->secret_key : NULL,
                                    .session_token = fixed ? cfg->session_token : NULL,
+                                   .fixed_source = from_env ? "environment (S3_ACCESS_KEY)" : NULL,
                                    .region = cfg->region,
                                    .ca_file = c->cfg.ca_file};
         char why[512];

@@ -482,6 +482,13 @@ TEST_CASE(config_from_env)
 
     setenv("S3_FORCE_PATH_STYLE", "true", 1);
     CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), 1);
+    {
+        s3 *c = s3_new(base, &cfg, err, sizeof(err));
+        CHECK(c != NULL);
+        if (c)
+            CHECK_STR(s3_credentials_source(c), "environment (S3_ACCESS_KEY)");
+        s3_free(c);
+    }
     CHECK_STR(cfg.endpoint, "http://minio:9000");
     CHECK_STR(cfg.region, "us-east-1");
     CHECK_STR(cfg.access_key, "ak");
