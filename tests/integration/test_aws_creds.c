@@ -17,7 +17,7 @@
 #include "lib/log.h"
 #include "providers/aws_creds.h"
 #include "providers/s3.h"
-#include "tests/support/node_fake.h"
+#include "tests/support/fake_proc.h"
 #include "tests/support/s3_server.h"
 #include "tests/support/test.h"
 
@@ -27,7 +27,8 @@
 #define CPATH      "/v2/credentials/fake-task-role"
 
 static struct event_base *base;
-static struct node_fake fake;
+static struct fake_proc fake;
+static char fake_url[64]; /* "http://127.0.0.1:<port>" */
 static int fake_up;
 static char fake_why[512];
 static char dir[256]; /* HOME and files of this run */
@@ -91,7 +92,7 @@ static cJSON *ctl(const char *method, const char *path, const char *json)
     cJSON *out = NULL;
 
     buf_init(&url);
-    buf_printf(&url, "%s%s", fake.url, path);
+    buf_printf(&url, "%s%s", fake_url, path);
     http_request *r = http_request_new(h, method, url.data);
     if (json)
         http_request_set_body(r, json, strlen(json));
@@ -193,13 +194,13 @@ static void web_identity_env(void)
     write_file(path_token, WEB_TOKEN "\n");
     setenv("AWS_WEB_IDENTITY_TOKEN_FILE", path_token, 1);
     setenv("AWS_ROLE_ARN", ROLE, 1);
-    setenv("AWS_ENDPOINT_URL_STS", fake.url, 1);
+    setenv("AWS_ENDPOINT_URL_STS", fake_url, 1);
 }
 
 static void container_env(void)
 {
     char url[128];
-    snprintf(url, sizeof(url), "%s" CPATH, fake.url);
+    snprintf(url, sizeof(url), "%s" CPATH, fake_url);
     setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", url, 1);
     setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", AUTH_TOKEN, 1);
 }
@@ -207,7 +208,7 @@ static void container_env(void)
 static void imds_env(void)
 {
     unsetenv("AWS_EC2_METADATA_DISABLED");
-    setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", fake.url, 1);
+    setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", fake_url, 1);
 }
 
 /* ---- getting credentials ---- */
@@ -433,7 +434,7 @@ TEST_CASE(sts_endpoint_and_region)
     web_identity_env();
     /* AWS_ENDPOINT_URL is the fallback for every service */
     unsetenv("AWS_ENDPOINT_URL_STS");
-    setenv("AWS_ENDPOINT_URL", fake.url, 1);
+    setenv("AWS_ENDPOINT_URL", fake_url, 1);
     c = chain(NULL, err, sizeof(err));
     CHECK_EQ_INT(get_sync(c, &g), 0);
     CHECK_STR(g.err, "");
@@ -524,7 +525,7 @@ TEST_CASE(shared_files)
              ROLE, path_token);
     write_file(path_config, buf);
     setenv("AWS_PROFILE", "irsa", 1);
-    setenv("AWS_ENDPOINT_URL_STS", fake.url, 1);
+    setenv("AWS_ENDPOINT_URL_STS", fake_url, 1);
     c = chain(NULL, err, sizeof(err));
     CHECK(c != NULL);
     if (c) {
@@ -1021,7 +1022,16 @@ int main(void)
     log_out = tmpfile();
     log_setup(LOG_DEBUG, LOG_FMT_PLAIN, log_out); /* read back by no_secret_in_logs */
     base = event_base_new();
-    rc = node_fake_start(&fake, "tests/fakes/aws_creds_fake.js", NULL, fake_why, sizeof(fake_why));
+    rc = fake_proc_start(&fake, "tests/fakes/aws_creds_fake.js", NULL, NULL, fake_why,
+                         sizeof(fake_why));
+    if (rc == 0) {
+        int port = 0;
+        if (sscanf(fake.line, "listening %d", &port) != 1 || port <= 0) {
+            snprintf(fake_why, sizeof(fake_why), "the fake printed \"%.200s\"", fake.line);
+            rc = -1;
+        }
+        snprintf(fake_url, sizeof(fake_url), "http://127.0.0.1:%d", port);
+    }
     fake_up = rc == 0;
     if (rc == 1)
         printf("SKIP (credential endpoint tests): %s\n", fake_why);
@@ -1043,8 +1053,7 @@ int main(void)
     RUN(s3_signs_with_chain);
     RUN(no_secret_in_logs);
 
-    if (fake_up)
-        node_fake_stop(&fake);
+    fake_proc_stop(&fake);
     clean_env();
     unlink(path_token);
     unlink(path_ctoken);
