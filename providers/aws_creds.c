@@ -26,6 +26,8 @@
 #define DEF_WINDOW_MS   300000L
 #define DEF_LOCAL_MS    1000L /* IMDS and container endpoints (the JS SDK's default) */
 #define DEF_STS_MS      10000L
+#define MAX_TRIES       3       /* per refresh, for transient failures */
+#define BACKOFF_BASE_MS 200L    /* first backoff cap; doubles per try (full jitter) */
 #define IMDS_TOKEN_TTL  "21600" /* seconds; the maximum, as the SDKs ask */
 #define CONTAINER_HOST  "http://169.254.170.2"
 #define IMDS_V4         "http://169.254.169.254"
@@ -69,6 +71,10 @@ struct aws_creds {
 
     /* refresh in flight */
     int refreshing;
+    int tries;              /* attempts of this refresh */
+    int stale;              /* aws_creds_invalidate: the cache must not be served */
+    struct event *retry_ev; /* backoff before the next attempt */
+    unsigned seed;          /* backoff jitter */
     http_request *hr;
     enum imds_step step;
     char *imds_token, *imds_role;
@@ -839,7 +845,7 @@ static void schedule_deliver(aws_creds *c)
 
 static int needs_refresh(const aws_creds *c, time_t now)
 {
-    if (!c->have)
+    if (!c->have || c->stale)
         return 1;
     if (c->exp == 0)
         return 0;
@@ -882,6 +888,7 @@ static void refresh_end(aws_creds *c, const char *ak, const char *sk, const char
             mask_add(log_mask(), c->tok);
         c->exp = exp;
         c->have = 1;
+        c->stale = 0;
         c->retry_at = 0;
         c->view.access_key_id = c->ak;
         c->view.secret_access_key = c->sk;
@@ -891,7 +898,7 @@ static void refresh_end(aws_creds *c, const char *ak, const char *sk, const char
                  (long long)(exp - now));
     } else {
         snprintf(msg, sizeof(msg), "AWS credentials from %s: %s", c->source, error);
-        if (c->have && (c->exp == 0 || now < c->exp)) {
+        if (c->have && !c->stale && (c->exp == 0 || now < c->exp)) {
             log_warn(c->log,
                      "%s; using the cached credentials (expire in %lld s), retrying in %d s", msg,
                      (long long)(c->exp - now), RETRY_AFTER_S);
@@ -932,6 +939,45 @@ static int start_req(aws_creds *c, http_request *r, long timeout_ms,
     return 0;
 }
 
+static void refresh_attempt(aws_creds *c);
+
+/* A transient failure (transport, 429, 5xx) is tried again after a backoff, MAX_TRIES in all;
+ * any other ends the refresh with why. */
+static void refresh_fail(aws_creds *c, const char *why, int retryable)
+{
+    char msg[ERR_LEN];
+
+    free_secret(&c->imds_token);
+    free(c->imds_role);
+    c->imds_role = NULL;
+    if (retryable && c->tries < MAX_TRIES) {
+        long cap = BACKOFF_BASE_MS << (c->tries - 1);
+        long d = (long)(rand_r(&c->seed) % (unsigned long)(cap + 1));
+        struct timeval tv = {d / 1000, (d % 1000) * 1000};
+        log_debug(c->log, "AWS credentials from %s: %s; try %d of %d in %ld ms", c->source, why,
+                  c->tries + 1, MAX_TRIES, d);
+        evtimer_add(c->retry_ev, &tv);
+        return;
+    }
+    if (c->tries > 1) {
+        snprintf(msg, sizeof(msg), "%s (after %d tries)", why, c->tries);
+        why = msg;
+    }
+    refresh_end(c, NULL, NULL, NULL, 0, why);
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    refresh_attempt(arg);
+}
+
+static int transient_status(long status)
+{
+    return status == 429 || status >= 500;
+}
+
 /* --- web identity --- */
 
 static void sts_done(void *arg, http_request *req, const struct http_result *res)
@@ -941,6 +987,7 @@ static void sts_done(void *arg, http_request *req, const struct http_result *res
     char *ak = NULL, *sk = NULL, *tok = NULL, *exps = NULL, *code = NULL, *message = NULL;
     char why[ERR_LEN], m[256];
     time_t exp;
+    int retry = 0;
     (void)req;
 
     c->hr = NULL;
@@ -948,6 +995,7 @@ static void sts_done(void *arg, http_request *req, const struct http_result *res
     body = res->body->data ? res->body->data : "";
     if (res->code != 0) {
         snprintf(why, sizeof(why), "STS AssumeRoleWithWebIdentity: %s", res->error);
+        retry = 1;
         goto fail;
     }
     if (res->status != 200) {
@@ -958,6 +1006,7 @@ static void sts_done(void *arg, http_request *req, const struct http_result *res
         clean_msg(m, sizeof(m), message);
         snprintf(why, sizeof(why), "STS AssumeRoleWithWebIdentity: %ld %s%s%s", res->status,
                  *k ? k : "error", *m ? ": " : "", m);
+        retry = transient_status(res->status) || strcmp(k, "IDPCommunicationError") == 0;
         goto fail;
     }
     ak = xml_text(body, "AccessKeyId");
@@ -978,7 +1027,7 @@ static void sts_done(void *arg, http_request *req, const struct http_result *res
     refresh_end(c, ak, sk, tok, exp, NULL);
     goto out;
 fail:
-    refresh_end(c, NULL, NULL, NULL, 0, why);
+    refresh_fail(c, why, retry);
 out:
     free(ak);
     free_secret(&sk);
@@ -992,6 +1041,7 @@ static void sts_start(aws_creds *c)
 {
     struct buf token, body, url;
     char why[ERR_LEN], err[256];
+    int retry = 0;
     http_request *r;
     char *t;
 
@@ -1033,7 +1083,7 @@ static void sts_start(aws_creds *c)
     }
     goto out;
 fail:
-    refresh_end(c, NULL, NULL, NULL, 0, why);
+    refresh_fail(c, why, retry);
 out:
     if (token.data)
         explicit_bzero(token.data, token.len);
@@ -1098,13 +1148,16 @@ static void container_done(void *arg, http_request *req, const struct http_resul
 {
     aws_creds *c = arg;
     char why[ERR_LEN];
+    int retry = 0;
     (void)req;
 
     c->hr = NULL;
     terminate(res->body);
     if (res->code != 0) {
         snprintf(why, sizeof(why), "GET: %s", res->error);
+        retry = 1;
     } else if (res->status != 200) {
+        retry = transient_status(res->status);
         cJSON *j = cJSON_Parse(res->body->data ? res->body->data : "");
         const char *code = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "Code"));
         const char *msg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "Message"));
@@ -1118,13 +1171,14 @@ static void container_done(void *arg, http_request *req, const struct http_resul
                                 sizeof(why)) == 0) {
         return;
     }
-    refresh_end(c, NULL, NULL, NULL, 0, why);
+    refresh_fail(c, why, retry);
 }
 
 static void container_start(aws_creds *c)
 {
     struct buf tokbuf;
     char why[ERR_LEN], err[256];
+    int retry = 0;
     const char *tok = c->container_token;
     http_request *r = NULL;
 
@@ -1158,7 +1212,7 @@ static void container_start(aws_creds *c)
     }
     goto out;
 fail:
-    refresh_end(c, NULL, NULL, NULL, 0, why);
+    refresh_fail(c, why, retry);
 out:
     if (tokbuf.data)
         explicit_bzero(tokbuf.data, tokbuf.len);
@@ -1174,6 +1228,7 @@ static void imds_done(void *arg, http_request *req, const struct http_result *re
     aws_creds *c = arg;
     char why[ERR_LEN];
     const char *body;
+    int retry = res->code == 0 && transient_status(res->status);
     (void)req;
 
     c->hr = NULL;
@@ -1247,13 +1302,14 @@ static void imds_done(void *arg, http_request *req, const struct http_result *re
     }
     return;
 fail:
-    refresh_end(c, NULL, NULL, NULL, 0, why);
+    refresh_fail(c, why, retry);
 }
 
 static void imds_next(aws_creds *c)
 {
     struct buf url;
     char why[ERR_LEN], err[256];
+    int retry = 0;
     http_request *r;
     static const char *const what[] = {"token PUT", "role GET", "credentials GET"};
 
@@ -1281,14 +1337,21 @@ static void imds_next(aws_creds *c)
     }
     return;
 fail:
-    refresh_end(c, NULL, NULL, NULL, 0, why);
+    refresh_fail(c, why, retry);
 }
 
 static void refresh_start(aws_creds *c)
 {
     c->refreshing = 1;
     c->fetches++;
-    log_debug(c->log, "AWS credentials: fetching from %s", c->source);
+    c->tries = 0;
+    refresh_attempt(c);
+}
+
+static void refresh_attempt(aws_creds *c)
+{
+    c->tries++;
+    log_debug(c->log, "AWS credentials: fetching from %s (try %d)", c->source, c->tries);
     switch (c->kind) {
     case SRC_WEB_IDENTITY:
         sts_start(c);
@@ -1323,8 +1386,10 @@ aws_creds *aws_creds_new(struct event_base *base, const struct aws_creds_opts *o
     ca = o->ca_file && *o->ca_file ? o->ca_file : env_str("AWS_CA_BUNDLE", NULL);
     c->ca_file = dup_or_null(ca);
     c->deliver_ev = event_new(base, -1, 0, deliver_cb, c);
+    c->retry_ev = evtimer_new(base, retry_cb, c);
+    c->seed = (unsigned)time(NULL) ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
     c->http = http_client_new(base);
-    if (!c->deliver_ev || !c->http) {
+    if (!c->deliver_ev || !c->retry_ev || !c->http) {
         snprintf(err, errlen, "aws credentials: cannot create the event or the HTTP client");
         real_free(c);
         return NULL;
@@ -1351,6 +1416,8 @@ static void real_free(aws_creds *c)
         http_client_free(c->http); /* aborts a refresh in flight without callbacks */
     if (c->deliver_ev)
         event_free(c->deliver_ev);
+    if (c->retry_ev)
+        event_free(c->retry_ev);
     if (c->sk)
         mask_remove(log_mask(), c->sk);
     if (c->tok)
@@ -1425,6 +1492,15 @@ const struct aws_credentials *aws_creds_peek(aws_creds *c)
     c->view.session_token = c->tok;
     c->view.expiration = c->exp;
     return &c->view;
+}
+
+int aws_creds_invalidate(aws_creds *c)
+{
+    if (c->kind == SRC_STATIC)
+        return 0;
+    if (c->have)
+        c->stale = 1;
+    return 1;
 }
 
 const char *aws_creds_source(const aws_creds *c)

@@ -29,7 +29,10 @@
  * STS (https container endpoints too).
  *
  * Expiring credentials are cached and refreshed refresh_window_ms before they expire; callers
- * arriving during a refresh wait for that one refresh. When a refresh fails while the cached
+ * arriving during a refresh wait for that one refresh. Within a refresh, transient failures
+ * (transport errors of STS and the container endpoint; 429 and 5xx; STS
+ * IDPCommunicationError) are tried again, 3 tries in all, with exponential backoff and full
+ * jitter. When a refresh fails while the cached
  * credentials are still valid, they are served (with a warning) and the refresh is retried
  * after 10 s. Errors name the source and what failed; keys and tokens never appear in errors or
  * logs (secrets and tokens are added to the log mask while cached). */
@@ -88,6 +91,10 @@ void aws_creds_cancel(aws_creds_wait *w);
 /* The cached credentials when they need no refresh now (not within the refresh window), else
  * NULL. Synchronous; valid until control returns to the loop. */
 const struct aws_credentials *aws_creds_peek(aws_creds *c);
+/* Forgets cached credentials a service refused as expired or invalid (e.g. S3 ExpiredToken):
+ * the next get fetches new ones and the old are not served again. Returns 1, or 0 (and does
+ * nothing) when the source is static and cannot give other credentials. */
+int aws_creds_invalidate(aws_creds *c);
 /* Name of the chosen source for logs: "static", "environment (S3_ACCESS_KEY)", "environment
  * (AWS_ACCESS_KEY_ID)", "web-identity (<role arn> via <STS URL>)", "shared-files (profile
  * <name>)", "shared-files web-identity (profile <name> via <STS URL>)", "container (<url

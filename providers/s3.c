@@ -742,6 +742,10 @@ static void on_done_cb(void *arg, http_request *req, const struct http_result *r
         if (!*code && res->status == 404)
             snprintf(code, sizeof(code), "NotFound");
         retry = retryable(res->status, code);
+        /* expired session credentials: fetch new ones and try again (not for static keys) */
+        if (!strcmp(code, "ExpiredToken") || !strcmp(code, "TokenRefreshRequired") ||
+            !strcmp(code, "InvalidToken"))
+            retry = aws_creds_invalidate(op->c->creds);
     }
     if (ok) {
         op_finish(op, 1, "", "");

@@ -18,7 +18,8 @@
 // ({id, secret}: issue these instead of fresh ones), delayMs (before each credentials answer),
 // expFormat ('seconds' default, 'millis': how Expiration is written),
 // fail ({sts|container|imds|imdsToken: status}: answer that status instead of credentials or,
-// for imdsToken, of the IMDSv2 token, as an instance metadata endpoint without IMDSv2 would).
+// for imdsToken, of the IMDSv2 token, as an instance metadata endpoint without IMDSv2 would),
+// failTimes (> 0: the injected failures stop after that many answers; 0: they last).
 // Usage: node aws_creds_fake.js [port]. Prints "listening <port>"; stops on SIGTERM/SIGINT or
 // when stdin closes.
 'use strict';
@@ -38,6 +39,7 @@ const DEFAULTS = {
   expFormat: 'seconds',
   delayMs: 0,
   fail: {},
+  failTimes: 0,
 };
 let settings = structuredClone(DEFAULTS);
 let stats;
@@ -88,6 +90,14 @@ function send(res, status, type, body, headers) {
   res.writeHead(status, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body),
                           ...(headers || {}) });
   res.end(body);
+}
+
+// The injected status for kind, or 0. With failTimes > 0 the injection ends after that many.
+function failing(kind) {
+  const status = settings.fail[kind];
+  if (!status) return 0;
+  if (settings.failTimes > 0 && --settings.failTimes === 0) settings.fail[kind] = 0;
+  return status;
 }
 
 function later(fn) {
@@ -168,9 +178,10 @@ function sts(req, res, body) {
     return stsError(res, 403, 'Sender', 'AccessDenied',
       'Not authorized to perform sts:AssumeRoleWithWebIdentity');
   }
-  if (settings.fail.sts) {
-    return stsError(res, settings.fail.sts, settings.fail.sts >= 500 ? 'Receiver' : 'Sender',
-      settings.fail.sts >= 500 ? 'InternalFailure' : 'AccessDenied', 'injected failure');
+  const failSts = failing('sts');
+  if (failSts) {
+    return stsError(res, failSts, failSts >= 500 ? 'Receiver' : 'Sender',
+      failSts >= 500 ? 'InternalFailure' : 'IDPCommunicationError', 'injected failure');
   }
   later(() => {
     const role = roleArn.split(':role/')[1];
@@ -215,8 +226,9 @@ function container(req, res) {
       Message: req.headers.authorization === undefined ? 'Authorization header is missing'
         : 'Authorization token is invalid' }));
   }
-  if (settings.fail.container) {
-    return send(res, settings.fail.container, 'application/json',
+  const failContainer = failing('container');
+  if (failContainer) {
+    return send(res, failContainer, 'application/json',
       JSON.stringify({ Code: 'ServiceUnavailable', Message: 'injected failure' }));
   }
   later(() => {
@@ -235,7 +247,8 @@ function imds(req, res, path) {
     stats.imdsToken++;
     if (req.method !== 'PUT') return send(res, 405, 'text/plain', '');
     if (req.headers['x-forwarded-for'] !== undefined) return send(res, 403, 'text/plain', '');
-    if (settings.fail.imdsToken) return send(res, settings.fail.imdsToken, 'text/plain', '');
+    const failToken = failing('imdsToken');
+    if (failToken) return send(res, failToken, 'text/plain', '');
     const ttl = req.headers[ttlName];
     if (ttl === undefined || !/^\d+$/.test(ttl) || +ttl < 1 || +ttl > 21600) {
       return send(res, 400, 'text/plain', '');
@@ -263,7 +276,8 @@ function imds(req, res, path) {
   stats.imdsCreds++;
   stats.last.imds = { token: tok !== undefined };
   if (rest !== settings.role) return send(res, 404, 'text/html', notFoundHtml());
-  if (settings.fail.imds) return send(res, settings.fail.imds, 'text/plain', '');
+  const failImds = failing('imds');
+  if (failImds) return send(res, failImds, 'text/plain', '');
   later(() => {
     const c = issue('imds', { token: tok !== undefined });
     send(res, 200, 'text/plain', JSON.stringify({

@@ -858,6 +858,59 @@ TEST_CASE(failed_refresh_keeps_valid_credentials)
     aws_creds_free(c);
 }
 
+/* Transient failures are tried again within one refresh; invalidate forces a refresh. */
+TEST_CASE(transient_failures_and_invalidate)
+{
+    char err[512];
+    struct got g, g2;
+    aws_creds *c;
+
+    NEED_FAKE();
+    container_env();
+    fake_config("{\"fail\":{\"container\":503},\"failTimes\":2}");
+    c = chain(NULL, err, sizeof(err));
+    if (!c) {
+        CHECK(c != NULL);
+        return;
+    }
+    CHECK_EQ_INT(get_sync(c, &g), 0);
+    CHECK_STR(g.err, "");
+    CHECK_EQ_INT(stat_num("container"), 3);
+    CHECK_EQ_INT(aws_creds_fetches(c), 1);
+    /* a service refused them: the next get fetches new ones */
+    aws_creds_invalidate(c);
+    CHECK(aws_creds_peek(c) == NULL);
+    CHECK_EQ_INT(get_sync(c, &g2), 0);
+    CHECK(strcmp(g2.ak, g.ak) != 0);
+    CHECK_EQ_INT(aws_creds_fetches(c), 2);
+    /* and an invalidated one is not served when the refresh fails */
+    aws_creds_invalidate(c);
+    fake_config("{\"fail\":{\"container\":403},\"failTimes\":0}");
+    CHECK_EQ_INT(get_sync(c, &g2), 0);
+    CHECK(strstr(g2.err, "GET: 403") != NULL);
+    CHECK_EQ_INT(stat_num("container"), 5); /* 403 is not retried */
+    aws_creds_free(c);
+
+    /* a failure that lasts: 3 tries, then the error says so */
+    fake_config("{\"fail\":{\"container\":500}}");
+    c = chain(NULL, err, sizeof(err));
+    CHECK_EQ_INT(get_sync(c, &g), 0);
+    CHECK(strstr(g.err, "GET: 500 ServiceUnavailable: injected failure (after 3 tries)") != NULL);
+    CHECK_EQ_INT(stat_num("container"), 8);
+    printf("  %s\n", g.err);
+    aws_creds_free(c);
+
+    /* STS: IDPCommunicationError is transient */
+    web_identity_env();
+    unsetenv("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    fake_config("{\"fail\":{\"container\":0,\"sts\":400},\"failTimes\":1}");
+    c = chain(NULL, err, sizeof(err));
+    CHECK_EQ_INT(get_sync(c, &g), 0);
+    CHECK_STR(g.err, "");
+    CHECK_EQ_INT(stat_num("sts"), 2);
+    aws_creds_free(c);
+}
+
 TEST_CASE(cancel_and_free)
 {
     char err[512];
@@ -1049,6 +1102,7 @@ int main(void)
     RUN(refresh_before_expiry);
     RUN(one_refresh_for_concurrent_callers);
     RUN(failed_refresh_keeps_valid_credentials);
+    RUN(transient_failures_and_invalidate);
     RUN(cancel_and_free);
     RUN(s3_signs_with_chain);
     RUN(no_secret_in_logs);
