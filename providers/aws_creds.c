@@ -1406,6 +1406,16 @@ aws_creds *aws_creds_new(struct event_base *base, const struct aws_creds_opts *o
     return c;
 }
 
+int aws_creds_check(const struct aws_creds_opts *opts, char *err, size_t errlen)
+{
+    static const struct aws_creds_opts none;
+    aws_creds *c = xcalloc(1, sizeof(*c));
+    int rc = choose(c, opts ? opts : &none, err, errlen);
+
+    real_free(c); /* no loop, no HTTP client: nothing was contacted */
+    return rc;
+}
+
 static void real_free(aws_creds *c)
 {
     while (c->wh) {

@@ -78,6 +78,9 @@ struct aws_creds_opts {
  * or when no source is configured and instance metadata is disabled. */
 aws_creds *aws_creds_new(struct event_base *base, const struct aws_creds_opts *opts, char *err,
                          size_t errlen);
+/* The same selection and checks as aws_creds_new without creating anything or contacting
+ * any endpoint (for start-up validation such as --check-config). 0, or -1 with err. */
+int aws_creds_check(const struct aws_creds_opts *opts, char *err, size_t errlen);
 /* Stops a refresh in flight and drops every waiter WITHOUT calling it. NULL is a no-op. May be
  * called from inside an aws_creds_fn of this chain. */
 void aws_creds_free(aws_creds *c);

@@ -268,8 +268,12 @@ int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen)
         cfg->session_token = dup_or_null(env_str("S3_SESSION_TOKEN", NULL));
         cfg->access_key = xstrdup(ak);
         cfg->secret_key = xstrdup(sk);
+    } else {
+        /* access_key stays NULL: s3_new signs with the AWS credential chain; check it now */
+        struct aws_creds_opts o = {.env_prefix = "S3", .region = cfg->region};
+        if (aws_creds_check(&o, err, errlen) != 0)
+            goto fail;
     }
-    /* else access_key stays NULL: s3_new signs with the AWS credential chain */
     return 1;
 fail:
     s3_config_release(cfg);

@@ -57,7 +57,8 @@ struct s3_config {
 
 /* Reads the environment into cfg (zeroed first). Returns 1 when S3 is configured, 0 when no
  * S3_* variable is set at all (the caller falls back to local snapshots), -1 on a bad or
- * incomplete configuration with one line in err naming the variable. */
+ * incomplete configuration with one line in err naming the variable (the AWS credential
+ * chain's variables included, when S3_ACCESS_KEY is not set: aws_creds_check). */
 int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen);
 void s3_config_release(struct s3_config *cfg);
 

@@ -293,6 +293,7 @@ TEST_CASE(environment_and_fixed)
     setenv("AWS_ACCESS_KEY_ID", "AKIDENV", 1);
     setenv("AWS_SECRET_ACCESS_KEY", "topsecret", 1);
     setenv("AWS_SESSION_TOKEN", "envtoken", 1);
+    CHECK_EQ_INT(aws_creds_check(NULL, err, sizeof(err)), 0);
     c = chain(NULL, err, sizeof(err));
     CHECK(c != NULL);
     if (c) {
@@ -350,8 +351,10 @@ TEST_CASE(environment_and_fixed)
     CHECK(strncmp(err, "AWS_EC2_METADATA_DISABLED:", 26) == 0);
     printf("  %s\n", err);
 
-    /* nothing configured and IMDS disabled */
+    /* nothing configured and IMDS disabled (aws_creds_check says the same, contacting nothing) */
     clean_env();
+    CHECK_EQ_INT(aws_creds_check(&o, err, sizeof(err)), -1);
+    CHECK(strncmp(err, "no AWS credentials:", 19) == 0);
     CHECK(chain(&o, err, sizeof(err)) == NULL);
     CHECK(strncmp(err, "no AWS credentials:", 19) == 0);
     CHECK(strstr(err, "AWS_EC2_METADATA_DISABLED") != NULL);

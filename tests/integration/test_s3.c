@@ -524,6 +524,10 @@ TEST_CASE(config_from_env)
         s3_free(c);
     }
     s3_config_release(&cfg);
+    /* ... and already by s3_config_from_env */
+    CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), -1);
+    CHECK(strncmp(err, "AWS_SECRET_ACCESS_KEY:", 22) == 0);
+    setenv("AWS_SECRET_ACCESS_KEY", "secret", 1);
 
     setenv("S3_ENDPOINT", "minio:9000", 1);
     CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), -1);
