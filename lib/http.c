@@ -19,6 +19,7 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/log.h"
 
 #define HTTP_DEFAULT_CONNECT_MS 10000L
@@ -127,12 +128,6 @@ static void req_fail(http_request *r, int code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(r->errmsg, sizeof(r->errmsg), fmt, ap);
     va_end(ap);
-}
-
-static const char *env_nonempty(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : NULL;
 }
 
 static char *dup_or_null(const char *s)
@@ -612,8 +607,8 @@ http_client *http_client_new(struct event_base *base)
         return NULL;
     http_client *c = xcalloc(1, sizeof(*c));
     c->base = base;
-    c->ca_file = dup_or_null(env_nonempty("SSL_CERT_FILE"));
-    c->ca_dir = dup_or_null(env_nonempty("SSL_CERT_DIR"));
+    c->ca_file = dup_or_null(env_str("SSL_CERT_FILE", NULL));
+    c->ca_dir = dup_or_null(env_str("SSL_CERT_DIR", NULL));
     c->multi = curl_multi_init();
     c->timer = evtimer_new(base, timer_event_cb, c);
     c->kick = evtimer_new(base, kick_cb, c);

@@ -13,10 +13,10 @@
  * The process must ignore SIGPIPE (transfers run with CURLOPT_NOSIGNAL).
  * Header values are never logged. At debug level there is one line per request: method, URL
  * without userinfo, query or fragment, status, result and duration.
- * TLS trust: a client trusts the CA bundle named by SSL_CERT_FILE and the hashed CA directory
- * named by SSL_CERT_DIR (read by http_client_new) instead of libcurl's built-in store, as
- * OpenSSL-based tools do; http_client_set_ca overrides them per client (AWS_CA_BUNDLE for the
- * AWS clients) and http_request_set_tls per request. */
+ * TLS trust, read by http_client_new as OpenSSL-based tools do: SSL_CERT_FILE names a CA bundle
+ * used instead of libcurl's built-in one, SSL_CERT_DIR a hashed CA directory (openssl rehash)
+ * searched as well. http_client_set_ca overrides them per client (AWS_CA_BUNDLE for the AWS
+ * clients), http_request_set_tls the file per request. */
 #ifndef SW_HTTP_H
 #define SW_HTTP_H
 
