@@ -164,7 +164,7 @@ function newSandbox(id, fields) {
       state: 'running',
       debug: false,
       procs: new Map(), // pid -> Proc
-      sockets: new Set(), // open envd connections, cut on pause/kill
+      active: new Set(), // in-flight envd responses, their connections cut on pause/kill
       pauses: 0,
       resumes: 0,
     },
@@ -395,7 +395,7 @@ function killSandbox(sb) {
   }
   sandboxes.delete(sb.id);
   killed.push(sb.id);
-  fs.rm(sb.dir, { recursive: true, force: true }, () => {});
+  fs.rmSync(sb.dir, { recursive: true, force: true });
 }
 
 function parseMetadataQuery(q) {
@@ -606,10 +606,10 @@ async function handleFake(req, res, url) {
       secure: sb.secure,
       autoPause: sb.autoPause,
       startedAt: new Date(sb.startedAt).toISOString(),
-      endAt: new Date(sb.endAt).toISOString(),
+      endAt: Number.isFinite(sb.endAt) ? new Date(sb.endAt).toISOString() : null,
       pauses: sb.pauses,
       resumes: sb.resumes,
-      openConnections: sb.sockets.size,
+      openRequests: sb.active.size,
       processes: [...sb.procs.values()].map(pr => ({
         pid: pr.pid,
         tag: pr.tag,
@@ -1218,8 +1218,9 @@ async function handleEnvd(req, res, url, id, port) {
     req.resume();
     return sendJson(res, 502, { sandboxId: id, message: 'The sandbox is running but port is not open', port, code: 502 });
   }
-  sb.sockets.add(req.socket);
-  req.socket.once('close', () => sb.sockets.delete(req.socket));
+  // In-flight requests only: one keep-alive connection may serve several sandboxes.
+  sb.active.add(res);
+  res.once('close', () => sb.active.delete(res));
   const p = url.pathname;
   if (p === '/health' && req.method === 'GET') {
     req.resume();
@@ -1246,8 +1247,8 @@ async function handleEnvd(req, res, url, id, port) {
 }
 
 function cutConnections(sb) {
-  for (const s of sb.sockets) s.destroy();
-  sb.sockets.clear();
+  for (const res of sb.active) if (res.socket) res.socket.destroy();
+  sb.active.clear();
 }
 
 // ---- servers ----
