@@ -6,7 +6,7 @@
 //
 // Usage:
 //   node e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N]
-//               [--envd-version V]
+//               [--envd-version V] [--max-running N]
 // Prints one JSON line once listening:
 //   {"port":P,"api_url":"http://127.0.0.1:P","sandbox_url":"http://127.0.0.1:P",
 //    "domain":D,"api_key":K,"envd_port":49983,"debug_port":Q|null,"root":DIR}
@@ -24,6 +24,12 @@
 //     "debug_sandbox_id" without access token: what the SDK reaches with E2B_DEBUG=true
 //     (it then skips the control plane and uses http://localhost:49983; point it here with
 //     E2B_SANDBOX_URL=http://127.0.0.1:N).
+//
+// envd serves GET /health, GET /envs, GET|POST /files (octet-stream or multipart; gzip
+// Content-Encoding on upload, gzip answer when Accept-Encoding asks for it), the Connect
+// RPCs process.Process/{Start,Connect} (server streams, application/connect+json) and
+// {List,SendSignal,SendInput,CloseStdin}, filesystem.Filesystem/{Stat,ListDir,MakeDir,
+// Move,Remove} (unary, application/json). PTYs and directory watches are unimplemented.
 //
 // Filesystem mapping: sandbox <id> owns the directory DIR/<id>/, which stands for the
 // sandbox's "/". Every sandbox path used by the files API and as a command's cwd maps
@@ -56,6 +62,8 @@
 //        the next `count` control-plane requests of kind `op` (create, connect, resume,
 //        pause, kill, get, list, timeout, any; default create) answer that error, with
 //        Retry-After when retryAfter is given.
+//   POST /_fake/limits {"maxRunning":N}  E2B's concurrency limit (0: none, the default;
+//                                   also --max-running): create/resume beyond it is 429
 //   GET  /_fake/sandboxes           state of every sandbox (also killed ids, processes,
 //                                   bounded output tails of each process)
 //   POST /_fake/sandboxes/<id>/forget   drop the sandbox as if E2B had lost it (404 after)
@@ -69,6 +77,7 @@ const fs = require('fs');
 const path = require('path');
 const crypto = require('crypto');
 const { spawn } = require('child_process');
+const zlib = require('zlib');
 
 const ENVD_PORT = 49983;
 const DEBUG_SANDBOX_ID = 'debug_sandbox_id';
@@ -86,6 +95,7 @@ function parseArgs(argv) {
     domain: 'e2b.local',
     debugPort: null,
     envdVersion: '0.5.7',
+    maxRunning: 0,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -97,11 +107,13 @@ function parseArgs(argv) {
       case '--domain': opts.domain = v; i++; break;
       case '--debug-port': opts.debugPort = Number(v); i++; break;
       case '--envd-version': opts.envdVersion = v; i++; break;
+      case '--max-running': opts.maxRunning = Number(v); i++; break;
       default:
         usage(`unknown argument ${a}`);
     }
   }
   if (!opts.root) usage('--root is required');
+  if (!Number.isInteger(opts.maxRunning) || opts.maxRunning < 0) usage('--max-running wants an integer');
   if (!Number.isInteger(opts.port) || opts.port < 0) usage('--port wants an integer');
   if (opts.debugPort !== null && (!Number.isInteger(opts.debugPort) || opts.debugPort < 0))
     usage('--debug-port wants an integer');
@@ -110,7 +122,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`e2b.js: ${msg}`);
-  console.error('usage: e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N] [--envd-version V]');
+  console.error('usage: e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N] [--envd-version V] [--max-running N]');
   process.exit(2);
 }
 
@@ -322,6 +334,15 @@ function takeFault(op) {
   return null;
 }
 
+// E2B's per-team concurrency limit (--max-running): 429 without Retry-After.
+function overLimit(res) {
+  if (!opts.maxRunning) return false;
+  const running = [...sandboxes.values()].filter(s => !s.debug && s.state === 'running').length;
+  if (running < opts.maxRunning) return false;
+  apiError(res, 429, `You have reached the maximum number of concurrent E2B sandboxes (${opts.maxRunning}). If you need more, please contact us at 'https://e2b.dev/docs/getting-help'`);
+  return true;
+}
+
 function notFound(res, id) {
   apiError(res, 404, `sandbox "${id}" doesn't exist or you don't have access to it`);
 }
@@ -342,6 +363,7 @@ function createSandbox(res, body, v2) {
   checkType(body, 'volumeMounts', 'array');
   if (autoResume && autoResume.enabled && !autoPause)
     throw new BadRequest('autoResume can only be enabled when autoPause is true');
+  if (overLimit(res)) return undefined;
   const now = Date.now();
   const ttl = timeout !== undefined ? timeout : v2 ? 300 : 15;
   const sb = newSandbox(randomId(20), {
@@ -358,7 +380,7 @@ function createSandbox(res, body, v2) {
     startedAt: now,
     endAt: now + ttl * 1000,
   });
-  sendJson(res, 201, sandboxJson(sb));
+  return sendJson(res, 201, sandboxJson(sb));
 }
 
 function pauseSandbox(sb, keepMemory) {
@@ -372,6 +394,14 @@ function pauseSandbox(sb, keepMemory) {
     } else {
       signalGroup(p, 'SIGKILL');
     }
+  }
+}
+
+function dropProcesses(sb) {
+  for (const p of sb.procs.values()) {
+    if (p.stopped) signalGroup(p, 'SIGCONT');
+    signalGroup(p, 'SIGKILL');
+    p.stopped = false;
   }
 }
 
@@ -389,10 +419,7 @@ function resumeSandbox(sb, timeoutS) {
 
 function killSandbox(sb) {
   cutConnections(sb);
-  for (const p of sb.procs.values()) {
-    if (p.stopped) signalGroup(p, 'SIGCONT');
-    signalGroup(p, 'SIGKILL');
-  }
+  dropProcesses(sb);
   sandboxes.delete(sb.id);
   killed.push(sb.id);
   fs.rmSync(sb.dir, { recursive: true, force: true });
@@ -523,13 +550,15 @@ async function handleControl(req, res, url) {
     case 'connect': {
       const b = parseJsonBody(body, !!v2);
       const timeout = checkType(b, 'timeout', 'int32', { required: !v2, min: 0 });
-      checkType(b, 'memory', 'bool');
+      const memory = checkType(b, 'memory', 'bool');
       if (!sb) return notFound(res, id);
       const ttl = timeout !== undefined ? timeout : 300;
       if (sb.state === 'running') {
         sb.endAt = Math.max(sb.endAt, Date.now() + ttl * 1000);
         return sendJson(res, 200, sandboxJson(sb));
       }
+      if (overLimit(res)) return undefined;
+      if (memory === false) dropProcesses(sb); // cold boot from the disk state
       resumeSandbox(sb, ttl);
       return sendJson(res, 201, sandboxJson(sb));
     }
@@ -539,6 +568,7 @@ async function handleControl(req, res, url) {
       const autoPause = checkType(b, 'autoPause', 'bool');
       if (!sb) return notFound(res, id);
       if (sb.state === 'running') return apiError(res, 409, `sandbox "${id}" is already running`);
+      if (overLimit(res)) return undefined;
       if (autoPause !== undefined) sb.autoPause = autoPause;
       resumeSandbox(sb, timeout !== undefined ? timeout : 15);
       return sendJson(res, 201, sandboxJson(sb));
@@ -593,6 +623,12 @@ async function handleFake(req, res, url) {
       error_code: checkType(b, 'error_code', 'string'),
       message: checkType(b, 'message', 'string'),
     });
+    return sendEmpty(res, 204);
+  }
+  if (p === '/_fake/limits' && req.method === 'POST') {
+    const b = parseJsonBody(body, false);
+    const n = checkType(b, 'maxRunning', 'int32', { required: true, min: 0 });
+    opts.maxRunning = n;
     return sendEmpty(res, 204);
   }
   if (p === '/_fake/sandboxes' && req.method === 'GET') {
@@ -1030,8 +1066,8 @@ async function handleUnaryRpc(sb, req, res, service, method) {
   const body = await readBody(req);
   try {
     const msg = parseMessage(body);
-    resolveUser(req);
-    const out = unaryCall(sb, service, method, msg);
+    const user = resolveUser(req);
+    const out = unaryCall(sb, service, method, msg, user);
     return sendJson(res, 200, out);
   } catch (e) {
     const err = e instanceof RpcError ? e : new RpcError('internal', e.message);
@@ -1039,7 +1075,7 @@ async function handleUnaryRpc(sb, req, res, service, method) {
   }
 }
 
-function unaryCall(sb, service, method, msg) {
+function unaryCall(sb, service, method, msg, user) {
   if (service === 'process.Process') {
     switch (method) {
       case 'List':
@@ -1076,7 +1112,114 @@ function unaryCall(sb, service, method, msg) {
         throw new RpcError('unimplemented', `process.Process/${method} is not implemented by this fake`);
     }
   }
+  if (service === 'filesystem.Filesystem') return filesystemCall(sb, method, msg, user);
   throw new RpcError('unimplemented', `${service}/${method} is not implemented by this fake`);
+}
+
+// Go's os.FileMode.String() of an lstat result.
+function goPermissions(st) {
+  let t = '-';
+  if (st.isDirectory()) t = 'd';
+  else if (st.isSymbolicLink()) t = 'L';
+  else if (st.isFIFO()) t = 'p';
+  else if (st.isSocket()) t = 'S';
+  else if (st.isCharacterDevice()) t = 'Dc';
+  else if (st.isBlockDevice()) t = 'D';
+  const rwx = 'rwxrwxrwx';
+  let bits = '';
+  for (let i = 0; i < 9; i++) bits += st.mode & (1 << (8 - i)) ? rwx[i] : '-';
+  return t + bits;
+}
+
+// filesystem.EntryInfo as proto3 JSON (zero values omitted, int64 size as a string).
+function entryJson(sb, sp, user, full) {
+  const hp = hostPath(sb, sp);
+  let st;
+  try {
+    st = fs.lstatSync(hp);
+  } catch (e) {
+    throw new RpcError('not_found', `file not found: stat ${sp}: no such file or directory`);
+  }
+  let type = 'FILE_TYPE_UNSPECIFIED';
+  if (st.isFile()) type = 'FILE_TYPE_FILE';
+  else if (st.isDirectory()) type = 'FILE_TYPE_DIRECTORY';
+  else if (st.isSymbolicLink()) type = 'FILE_TYPE_SYMLINK';
+  const e = { name: path.posix.basename(sp), type };
+  if (!full) return e;
+  e.path = sp;
+  if (st.size) e.size = String(st.size);
+  if (st.mode & 0o777) e.mode = st.mode & 0o777;
+  e.permissions = goPermissions(st);
+  e.owner = user;
+  e.group = user;
+  e.modifiedTime = st.mtime.toISOString();
+  if (st.isSymbolicLink()) e.symlinkTarget = fs.readlinkSync(hp);
+  return e;
+}
+
+function filesystemCall(sb, method, msg, user) {
+  const want = (k, required = true) => {
+    const v = msg[k];
+    if (v === undefined ? required : typeof v !== 'string') throw new RpcError('invalid_argument', `${k} must be a string`);
+    return v;
+  };
+  switch (method) {
+    case 'Stat': {
+      const sp = sandboxPath(want('path'), user);
+      return { entry: entryJson(sb, sp, user, true) };
+    }
+    case 'MakeDir': {
+      const sp = sandboxPath(want('path'), user);
+      const hp = hostPath(sb, sp);
+      if (fs.existsSync(hp)) {
+        if (fs.statSync(hp).isDirectory()) throw new RpcError('already_exists', `directory already exists: ${sp}`);
+        throw new RpcError('invalid_argument', `path already exists but it is not a directory: ${sp}`);
+      }
+      fs.mkdirSync(hp, { recursive: true });
+      return { entry: { name: path.posix.basename(sp), type: 'FILE_TYPE_DIRECTORY', path: sp } };
+    }
+    case 'Remove': {
+      const sp = sandboxPath(want('path'), user);
+      if (sp === '/') throw new RpcError('invalid_argument', 'refusing to remove the sandbox root');
+      fs.rmSync(hostPath(sb, sp), { recursive: true, force: true });
+      return {};
+    }
+    case 'Move': {
+      const from = sandboxPath(want('source'), user);
+      const to = sandboxPath(want('destination'), user);
+      if (!fs.existsSync(hostPath(sb, from))) throw new RpcError('not_found', `source file not found: ${from}`);
+      fs.mkdirSync(path.dirname(hostPath(sb, to)), { recursive: true });
+      fs.renameSync(hostPath(sb, from), hostPath(sb, to));
+      return { entry: entryJson(sb, to, user, true) };
+    }
+    case 'ListDir': {
+      const sp = sandboxPath(want('path'), user);
+      let depth = msg.depth === undefined ? 1 : Number(msg.depth);
+      if (!Number.isInteger(depth) || depth < 0) throw new RpcError('invalid_argument', 'depth must be a uint32');
+      if (depth === 0) depth = 1;
+      const hp = hostPath(sb, sp);
+      let st;
+      try {
+        st = fs.statSync(hp);
+      } catch (e) {
+        throw new RpcError('not_found', `path not found: ${sp}`);
+      }
+      if (!st.isDirectory()) throw new RpcError('invalid_argument', `path is not a directory: ${sp}`);
+      const entries = [];
+      const walk = (dir, level) => {
+        for (const name of fs.readdirSync(hostPath(sb, dir)).sort()) {
+          const child = path.posix.join(dir, name);
+          entries.push(entryJson(sb, child, user, true));
+          const cst = fs.lstatSync(hostPath(sb, child));
+          if (cst.isDirectory() && level < depth) walk(child, level + 1);
+        }
+      };
+      walk(sp, 1);
+      return { entries };
+    }
+    default:
+      throw new RpcError('unimplemented', `filesystem.Filesystem/${method} is not implemented by this fake`);
+  }
 }
 
 // ---- envd: HTTP API ----
@@ -1122,12 +1265,20 @@ async function handleFiles(sb, req, res, url) {
     }
     if (st.isDirectory()) return envdError(res, 400, `path '${sp}' is a directory`);
     const data = fs.readFileSync(hp);
-    res.writeHead(200, {
+    const headers = {
       'Content-Type': 'application/octet-stream',
-      'Content-Length': data.length,
       'Content-Disposition': `attachment; filename="${path.posix.basename(sp)}"`,
       Vary: 'Accept-Encoding',
-    });
+    };
+    if (wantsGzip(req.headers['accept-encoding'])) {
+      const gz = zlib.gzipSync(data);
+      headers['Content-Encoding'] = 'gzip';
+      headers['Content-Length'] = gz.length;
+      res.writeHead(200, headers);
+      return res.end(gz);
+    }
+    headers['Content-Length'] = data.length;
+    res.writeHead(200, headers);
     return res.end(data);
   }
   if (req.method !== 'POST') {
@@ -1135,8 +1286,17 @@ async function handleFiles(sb, req, res, url) {
     return envdError(res, 405, `method ${req.method} not allowed`);
   }
   const ct = req.headers['content-type'] || '';
-  const body = await readBody(req, 1024 * 1024 * 1024);
-  if (req.headers['content-encoding']) return envdError(res, 400, 'this fake does not decode Content-Encoding');
+  let body = await readBody(req, 1024 * 1024 * 1024);
+  const enc = (req.headers['content-encoding'] || 'identity').trim().toLowerCase();
+  if (enc === 'gzip') {
+    try {
+      body = zlib.gunzipSync(body);
+    } catch (e) {
+      return envdError(res, 400, `error decompressing request body: ${e.message}`);
+    }
+  } else if (enc !== 'identity') {
+    return envdError(res, 400, `error decompressing request body: unsupported Content-Encoding: ${enc}`);
+  }
   const written = [];
   const write = (sp, data) => {
     const hp = hostPath(sb, sp);
@@ -1172,6 +1332,17 @@ async function handleFiles(sb, req, res, url) {
     return envdError(res, 500, `error writing file: ${e.message}`);
   }
   return sendJson(res, 200, written);
+}
+
+// Accept-Encoding allows gzip (q > 0), as envd serves it then.
+function wantsGzip(h) {
+  if (!h) return false;
+  return h.split(',').some(part => {
+    const [name, ...params] = part.trim().toLowerCase().split(';');
+    if (name.trim() !== 'gzip') return false;
+    const q = params.map(x => x.trim()).find(x => x.startsWith('q='));
+    return !q || Number(q.slice(2)) > 0;
+  });
 }
 
 // Minimal multipart/form-data parser: [{name, filename, data}] or null.

@@ -15,6 +15,7 @@ import {
   CommandExitError,
   FileNotFoundError,
   InvalidArgumentError,
+  RateLimitError,
   SandboxNotFoundError,
   ServiceBusyError,
   TimeoutError,
@@ -307,6 +308,38 @@ try {
     await rejects(sb.files.read('/home/user/missing.txt'), FileNotFoundError, 'missing file');
   });
 
+  await check('filesystem RPCs: exists, getInfo, makeDir, list, rename, remove', async () => {
+    eq(await sb.files.exists('/workspace/m/one.txt'), true, 'exists');
+    eq(await sb.files.exists('/workspace/nope'), false, 'not exists');
+    const gi = await sb.files.getInfo('/workspace/m/one.txt');
+    eq([gi.name, gi.type, gi.path, gi.size], ['one.txt', 'file', '/workspace/m/one.txt', 1], 'getInfo');
+    assert(/^-rw/.test(gi.permissions) && gi.modifiedTime instanceof Date, 'permissions and mtime');
+    eq(await sb.files.makeDir('/workspace/newdir/deep'), true, 'makeDir');
+    eq(await sb.files.makeDir('/workspace/newdir/deep'), false, 'makeDir again (already_exists)');
+    const ls = await sb.files.list('/workspace/m');
+    eq(ls.map(e => [e.name, e.type]), [['one.txt', 'file'], ['two.txt', 'file']], 'list');
+    const deep = await sb.files.list('/workspace', { depth: 2 });
+    assert(deep.some(e => e.path === '/workspace/newdir/deep' && e.type === 'dir'), 'list depth 2');
+    assert(!deep.some(e => e.path.split('/').length > 4), 'no deeper than 2');
+    const mv = await sb.files.rename('/workspace/m/two.txt', '/workspace/moved/2.txt');
+    eq(mv.path, '/workspace/moved/2.txt', 'rename');
+    eq(await sb.files.read('/workspace/moved/2.txt'), '2', 'moved content');
+    await sb.files.remove('/workspace/moved');
+    eq(await sb.files.exists('/workspace/moved/2.txt'), false, 'removed');
+    await rejects(sb.files.list('/workspace/absent'), FileNotFoundError, 'list a missing dir');
+  });
+
+  await check('gzip: upload with Content-Encoding gzip, download with Accept-Encoding gzip', async () => {
+    const big = 'compress me '.repeat(5000);
+    await sb.files.write('/workspace/gz.txt', big, { gzip: true });
+    eq(await sb.files.read('/workspace/gz.txt', { gzip: true }), big, 'round trip');
+    const r = await request('GET', '/files?path=%2Fworkspace%2Fgz.txt', { headers: envdHeaders(sb, { 'Accept-Encoding': 'gzip' }) });
+    eq(r.headers['content-encoding'], 'gzip', 'gzip answer');
+    assert(r.body.length < big.length / 10, 'actually compressed');
+    const plain = await request('GET', '/files?path=%2Fworkspace%2Fgz.txt', { headers: envdHeaders(sb) });
+    eq([plain.headers['content-encoding'], plain.body.length], [undefined, big.length], 'identity by default');
+  });
+
   await check('Sandbox.list: metadata query and state filter', async () => {
     const other = await create({ metadata: { job: 'conf-2' } });
     const mine = await Sandbox.list(Object.assign({ query: { metadata: { job: 'conf-1', app: 'x y' } } }, conn)).nextItems();
@@ -478,6 +511,20 @@ try {
     const raw = await apiReq('POST', '/v2/sandboxes', { templateID: 'base' });
     eq(raw.status, 201, 'faults exhausted');
     cleanups.push(JSON.parse(raw.body).sandboxID);
+  });
+
+  await check('concurrency limit: create and resume beyond it -> 429 RateLimitError', async () => {
+    const running = JSON.parse((await request('GET', '/_fake/sandboxes')).body).sandboxes.filter(s => s.state === 'running' && !s.debug).length;
+    eq((await request('POST', '/_fake/limits', { body: JSON.stringify({ maxRunning: running + 1 }) })).status, 204, 'limit set');
+    const a = await create();
+    await rejects(create(), RateLimitError, 'create over the limit');
+    eq(await a.pause(), true, 'pause frees a slot');
+    const b = await create();
+    await rejects(Sandbox.connect(a.sandboxId, conn), RateLimitError, 'resume over the limit');
+    await b.kill();
+    eq(await (await Sandbox.connect(a.sandboxId, conn)).isRunning(), true, 'resume within the limit');
+    await request('POST', '/_fake/limits', { body: JSON.stringify({ maxRunning: 0 }) });
+    await a.kill();
   });
 
   await check('a paused sandbox E2B forgot -> connect SandboxNotFoundError (404)', async () => {
