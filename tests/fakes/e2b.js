@@ -6,7 +6,7 @@
 //
 // Usage:
 //   node e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N]
-//               [--envd-version V] [--max-running N]
+//               [--envd-version V] [--max-running N] [--templates a,b]
 // Prints one JSON line once listening:
 //   {"port":P,"api_url":"http://127.0.0.1:P","sandbox_url":"http://127.0.0.1:P",
 //    "domain":D,"api_key":K,"envd_port":49983,"debug_port":Q|null,"root":DIR}
@@ -69,7 +69,8 @@
 //   POST /_fake/sandboxes/<id>/forget   drop the sandbox as if E2B had lost it (404 after)
 //   POST /_fake/sandboxes/<id>/expire   its TTL expires now (pause or kill as configured)
 //   POST /_fake/sandboxes/<id>/drop     cut its open envd connections (processes go on)
-//   GET  /_fake/log                 last requests: method, path, status, sandbox (no headers)
+//   GET  /_fake/log                 last requests: method, path, status, sandbox and a few
+//                                   headers (credentials only as "(present)")
 'use strict';
 
 const http = require('http');
@@ -96,6 +97,7 @@ function parseArgs(argv) {
     debugPort: null,
     envdVersion: '0.5.7',
     maxRunning: 0,
+    templates: null, // null: any template exists
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -108,6 +110,7 @@ function parseArgs(argv) {
       case '--debug-port': opts.debugPort = Number(v); i++; break;
       case '--envd-version': opts.envdVersion = v; i++; break;
       case '--max-running': opts.maxRunning = Number(v); i++; break;
+      case '--templates': opts.templates = v.split(',').filter(Boolean); i++; break;
       default:
         usage(`unknown argument ${a}`);
     }
@@ -122,7 +125,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`e2b.js: ${msg}`);
-  console.error('usage: e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N] [--envd-version V] [--max-running N]');
+  console.error('usage: e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N] [--envd-version V] [--max-running N] [--templates a,b]');
   process.exit(2);
 }
 
@@ -363,6 +366,8 @@ function createSandbox(res, body, v2) {
   checkType(body, 'volumeMounts', 'array');
   if (autoResume && autoResume.enabled && !autoPause)
     throw new BadRequest('autoResume can only be enabled when autoPause is true');
+  if (opts.templates && !opts.templates.includes(templateID))
+    return apiError(res, 404, `template '${templateID}' not found`);
   if (overLimit(res)) return undefined;
   const now = Date.now();
   const ttl = timeout !== undefined ? timeout : v2 ? 300 : 15;
@@ -1437,6 +1442,12 @@ function serve(handler) {
   return async (req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1');
     const entry = { t: new Date().toISOString(), method: req.method, path: url.pathname, status: 0 };
+    // Headers worth asserting on; credentials only as present/absent.
+    const h = {};
+    for (const k of ['content-type', 'content-encoding', 'accept-encoding', 'connect-timeout-ms', 'keepalive-ping-interval', 'connect-protocol-version', 'e2b-sandbox-id', 'e2b-sandbox-port', 'retry-after'])
+      if (req.headers[k] !== undefined) h[k] = req.headers[k];
+    for (const k of ['x-api-key', 'x-access-token', 'authorization']) if (req.headers[k] !== undefined) h[k] = '(present)';
+    entry.headers = h;
     res.on('finish', () => {
       entry.status = res.statusCode;
     });
@@ -1487,6 +1498,10 @@ if (opts.debugPort !== null) {
 
 for (const s of [mainServer, debugServer]) {
   if (!s) continue;
+  s.on('clientError', (err, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+    else socket.destroy();
+  });
   s.timeout = 0;
   s.requestTimeout = 0;
   s.keepAliveTimeout = 5000;

@@ -142,6 +142,29 @@ async function fakeState(id) {
 // ---- checks ----
 
 try {
+  await check('request log: protocol headers recorded, credentials never', async () => {
+    await Sandbox.list(conn).nextItems();
+    const log = JSON.parse((await request('GET', '/_fake/log')).body);
+    const e = log.filter(x => x.kind === 'api' && x.path === '/v2/sandboxes').pop();
+    eq(e.headers['x-api-key'], '(present)', 'API key masked');
+    assert(!JSON.stringify(log).includes(API_KEY), 'API key never in the log');
+  });
+
+  await check('unknown template -> 404 when the fake knows its templates', async () => {
+    const f2 = spawn(process.execPath, [path.join(here, 'e2b.js'), '--root', path.join(root, 'f2'), '--templates', 'base,other'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      const line = await new Promise(resolve => f2.stdout.once('data', d => resolve(JSON.parse(d))));
+      const c = { apiKey: line.api_key, apiUrl: line.api_url, sandboxUrl: line.sandbox_url };
+      const e = await rejects(Sandbox.create('nope', c), Error, 'create');
+      eq(e.statusCode, 404, 'status');
+      const ok = await Sandbox.create('other', c);
+      eq((await ok.commands.run('echo ok')).stdout, 'ok\n', 'known template');
+    } finally {
+      f2.stdin.end();
+      await new Promise(r => (f2.exitCode !== null ? r() : f2.on('exit', r)));
+    }
+  });
+
   await check('wrong API key -> AuthenticationError; 401 body {code,message}', async () => {
     await rejects(Sandbox.create('base', Object.assign({}, conn, { apiKey: 'e2b_wrong' })), AuthenticationError, 'create');
     const r = await apiReq('GET', '/v2/sandboxes', undefined, null);
@@ -359,7 +382,8 @@ try {
 
   await check('pause -> true, again -> false; envd unreachable (502, isRunning false)', async () => {
     await sb.files.write('/home/user/keep.txt', 'survives pause');
-    const bg = await sb.commands.run('sleep 1; echo after-resume', { background: true });
+    // 2 s of short sleeps: after the resume most of it is still to run.
+    const bg = await sb.commands.run('for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.2; done; echo after-resume', { background: true });
     eq(await sb.pause(), true, 'pause');
     eq(await sb.pause(), false, 'pause again (409)');
     eq(await sb.isRunning(), false, 'isRunning');
@@ -375,6 +399,7 @@ try {
   });
 
   await check('Sandbox.connect resumes (201), files and processes survive', async () => {
+    assert(sb._bgPid, 'the pause check to have started a background process');
     const sb2 = await Sandbox.connect(sb.sandboxId, Object.assign({ timeoutMs: 60000 }, conn));
     eq(await sb2.isRunning(), true, 'running again');
     eq(await sb2.files.read('/home/user/keep.txt'), 'survives pause', 'file');
@@ -544,7 +569,16 @@ try {
   });
 
   await check('E2B_DEBUG form: SDK without control plane reaches the debug envd', async () => {
-    const d = await Sandbox.create({ debug: true, sandboxUrl: `http://127.0.0.1:${info.debug_port}` });
+    // The SDK reads E2B_DEBUG and E2B_SANDBOX_URL when a sandbox object is built.
+    process.env.E2B_DEBUG = 'true';
+    process.env.E2B_SANDBOX_URL = `http://127.0.0.1:${info.debug_port}`;
+    let d;
+    try {
+      d = await Sandbox.create();
+    } finally {
+      delete process.env.E2B_DEBUG;
+      delete process.env.E2B_SANDBOX_URL;
+    }
     eq(d.sandboxId, 'debug_sandbox_id', 'debug sandbox id');
     const r = await d.commands.run('echo dbg; pwd');
     assert(r.stdout.startsWith('dbg\n') && r.stdout.trim().endsWith('/debug_sandbox_id/home/user'), `debug run (${JSON.stringify(r.stdout)})`);
