@@ -54,7 +54,9 @@
 // snapshotted); resuming SIGCONTs them (pause with {"memory":false} kills them instead).
 //
 // Lifecycle: a running sandbox whose TTL (timeout seconds) expires is paused when created
-// with autoPause true (onTimeout "pause"), else killed. Killing removes DIR/<id>.
+// with autoPause true (onTimeout "pause"), else killed. Killing removes DIR/<id>. With
+// autoResume enabled, envd traffic to a sandbox paused with its memory resumes it (for its
+// creation timeout) instead of answering 502.
 //
 // Test hooks (no API key needed):
 //   POST /_fake/fail   {"status":503,"error_code":"sandbox_capacity_unavailable",
@@ -172,6 +174,8 @@ function newSandbox(id, fields) {
       autoPause: false,
       autoPauseMemory: true,
       autoResume: false,
+      timeoutS: 300, // creation timeout, also the TTL of an auto-resume
+      memorySnapshot: false, // the last pause kept the memory (processes)
       allowInternetAccess: undefined,
       network: undefined,
       startedAt: Date.now(),
@@ -342,7 +346,7 @@ function overLimit(res) {
   if (!opts.maxRunning) return false;
   const running = [...sandboxes.values()].filter(s => !s.debug && s.state === 'running').length;
   if (running < opts.maxRunning) return false;
-  apiError(res, 429, `You have reached the maximum number of concurrent E2B sandboxes (${opts.maxRunning}). If you need more, please contact us at 'https://e2b.dev/docs/getting-help'`);
+  if (res) apiError(res, 429, `You have reached the maximum number of concurrent E2B sandboxes (${opts.maxRunning}). If you need more, please contact us at 'https://e2b.dev/docs/getting-help'`);
   return true;
 }
 
@@ -384,12 +388,14 @@ function createSandbox(res, body, v2) {
     network,
     startedAt: now,
     endAt: now + ttl * 1000,
+    timeoutS: ttl,
   });
   return sendJson(res, 201, sandboxJson(sb));
 }
 
 function pauseSandbox(sb, keepMemory) {
   sb.state = 'paused';
+  sb.memorySnapshot = keepMemory;
   sb.pauses++;
   cutConnections(sb);
   for (const p of sb.procs.values()) {
@@ -1386,6 +1392,9 @@ function proxyNotFound(res, id) {
 
 async function handleEnvd(req, res, url, id, port) {
   const sb = sandboxes.get(id);
+  // autoResume: traffic resumes a sandbox paused with its memory, for its creation timeout.
+  if (sb && sb.state === 'paused' && sb.autoResume && sb.memorySnapshot && !overLimit(null))
+    resumeSandbox(sb, sb.timeoutS);
   if (!sb || sb.state !== 'running') {
     req.resume();
     return proxyNotFound(res, id);

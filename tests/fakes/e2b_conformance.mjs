@@ -83,7 +83,7 @@ async function check(name, fn) {
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 async function create(opts = {}) {
-  const sb = await Sandbox.create('base', Object.assign({ timeoutMs: 120000 }, conn, opts));
+  const sb = await Sandbox.create('base', Object.assign({ timeoutMs: 600000 }, conn, opts));
   cleanups.push(sb.sandboxId);
   return sb;
 }
@@ -400,7 +400,7 @@ try {
 
   await check('Sandbox.connect resumes (201), files and processes survive', async () => {
     assert(sb._bgPid, 'the pause check to have started a background process');
-    const sb2 = await Sandbox.connect(sb.sandboxId, Object.assign({ timeoutMs: 60000 }, conn));
+    const sb2 = await Sandbox.connect(sb.sandboxId, Object.assign({ timeoutMs: 600000 }, conn));
     eq(await sb2.isRunning(), true, 'running again');
     eq(await sb2.files.read('/home/user/keep.txt'), 'survives pause', 'file');
     const out = [];
@@ -550,6 +550,38 @@ try {
     eq(await (await Sandbox.connect(a.sandboxId, conn)).isRunning(), true, 'resume within the limit');
     await request('POST', '/_fake/limits', { body: JSON.stringify({ maxRunning: 0 }) });
     await a.kill();
+  });
+
+  await check('pause without memory: files survive, processes do not', async () => {
+    const c = await create();
+    await c.files.write('/workspace/cold.txt', 'disk');
+    const h = await c.commands.run('sleep 30', { background: true });
+    eq(await c.pause({ keepMemory: false }), true, 'pause');
+    const c2 = await Sandbox.connect(c.sandboxId, conn);
+    eq(await c2.files.read('/workspace/cold.txt'), 'disk', 'file');
+    eq((await c2.commands.list()).some(p => p.pid === h.pid), false, 'process gone');
+    await c2.kill();
+  });
+
+  await check('autoResume: envd traffic resumes a sandbox paused on timeout', async () => {
+    const a = await create({ timeoutMs: 1000, lifecycle: { onTimeout: 'pause', autoResume: true } });
+    await sleep(1500);
+    eq((await Sandbox.getInfo(a.sandboxId, conn)).state, 'paused', 'paused at TTL');
+    eq((await a.commands.run('echo woke')).stdout, 'woke\n', 'command on the paused sandbox');
+    eq((await Sandbox.getInfo(a.sandboxId, conn)).state, 'running', 'resumed by traffic');
+    const n = await create({ timeoutMs: 1000, lifecycle: { onTimeout: 'pause' } });
+    await sleep(1500);
+    eq(await n.isRunning(), false, 'no autoResume: still paused');
+  });
+
+  await check('a cut connection: the SDK handle fails, the command goes on, re-attach works', async () => {
+    const h = await sb.commands.run('sleep 1; echo late', { background: true });
+    eq((await request('POST', `/_fake/sandboxes/${sb.sandboxId}/drop`)).status, 204, 'drop');
+    await rejects(h.wait(), Error, 'wait on the cut stream');
+    const out = [];
+    const h2 = await sb.commands.connect(h.pid, { onStdout: d => out.push(d) });
+    eq((await h2.wait()).exitCode, 0, 'exit after re-attach');
+    eq(out.join(''), 'late\n', 'output after re-attach');
   });
 
   await check('a paused sandbox E2B forgot -> connect SandboxNotFoundError (404)', async () => {
