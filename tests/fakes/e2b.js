@@ -956,6 +956,10 @@ function startProcess(sb, msg, user) {
     deadline: null,
   };
   if (child.stdin) child.stdin.on('error', () => {});
+  child.on('error', e => {
+    emitData(p, 'stderr', Buffer.from(`e2b fake: ${e.message}\n`));
+    finishProcess(p, 127, null);
+  });
   child.stdout.on('data', c => emitData(p, 'stdout', c));
   child.stderr.on('data', c => emitData(p, 'stderr', c));
   let closed = false;
@@ -1545,13 +1549,12 @@ function listen(server, port) {
   }
 })();
 
+// No command outlives the fake, however it ends ('exit' also follows an uncaught error).
+process.on('exit', () => {
+  for (const sb of sandboxes.values()) dropProcesses(sb);
+});
+
 function stop() {
-  for (const sb of sandboxes.values()) {
-    for (const p of sb.procs.values()) {
-      if (p.stopped) signalGroup(p, 'SIGCONT');
-      signalGroup(p, 'SIGKILL');
-    }
-  }
   process.exit(0);
 }
 process.on('SIGTERM', stop);
