@@ -512,6 +512,49 @@ try {
     eq(JSON.parse(nf.body).code, 'not_found', 'Connect error code');
   });
 
+  await check('tag selector: Start with a tag, Connect and SendSignal by tag, List shows it', async () => {
+    const hdr = envdHeaders(sb, { 'Content-Type': 'application/connect+json' });
+    const ac = new AbortController();
+    const started = new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: info.port, method: 'POST', path: '/process.Process/Start', headers: hdr, signal: ac.signal },
+        res => res.once('data', () => resolve()));
+      req.on('error', e => (e.name === 'AbortError' ? undefined : reject(e)));
+      req.end(envelope({ process: { cmd: '/bin/sh', args: ['-c', 'sleep 30'] }, tag: 'job-7', stdin: false }));
+    });
+    await started;
+    ac.abort();
+    const j = envdHeaders(sb, { 'Content-Type': 'application/json' });
+    const l = JSON.parse((await request('POST', '/process.Process/List', { headers: j, body: '{}' })).body);
+    const me = l.processes.find(p => p.tag === 'job-7');
+    assert(me && me.config.cmd === '/bin/sh' && me.config.args[1] === 'sleep 30', 'listed with tag and config');
+    const conn2 = request('POST', '/process.Process/Connect', { headers: hdr, body: envelope({ process: { tag: 'job-7' } }) });
+    await sleep(200);
+    const s = await request('POST', '/process.Process/SendSignal', { headers: j, body: JSON.stringify({ process: { tag: 'job-7' }, signal: 'SIGNAL_SIGKILL' }) });
+    eq(s.status, 200, 'signal by tag');
+    const f = frames((await conn2).body);
+    eq(f[0].msg.event.start.pid, me.pid, 'Connect by tag starts with the pid');
+    eq(f[f.length - 2].msg.event.end, { exitCode: -1, status: 'signal: killed', error: 'signal: killed' }, 'end event of a killed process');
+    eq(f[f.length - 1].msg, {}, 'end-stream');
+    const nf = frames((await request('POST', '/process.Process/Connect', { headers: hdr, body: envelope({ process: { tag: 'job-7' } }) })).body);
+    eq([nf.length, nf[0].flags, nf[0].msg.error.code], [1, 2, 'not_found'], 'Connect to a finished tag');
+  });
+
+  await check('deprecated forms: GET /sandboxes lists running only; POST /resume 409/201', async () => {
+    const a = await create({ metadata: { dep: '1' } });
+    const q = '/sandboxes?metadata=' + encodeURIComponent('dep=1');
+    eq(JSON.parse((await apiReq('GET', q)).body).map(x => x.sandboxID), [a.sandboxId], 'running listed');
+    eq((await apiReq('POST', `/sandboxes/${a.sandboxId}/resume`, { timeout: 60 })).status, 409, 'resume a running sandbox');
+    await a.pause();
+    eq(JSON.parse((await apiReq('GET', q)).body).length, 0, 'paused not listed');
+    const r = await apiReq('POST', `/sandboxes/${a.sandboxId}/resume`, { timeout: 60 });
+    eq(r.status, 201, 'resume a paused sandbox');
+    eq(JSON.parse(r.body).sandboxID, a.sandboxId, 'Sandbox body');
+    eq((await apiReq('POST', `/sandboxes/nosuchsandbox/resume`, { timeout: 60 })).status, 404, 'unknown');
+    eq((await apiReq('POST', `/sandboxes/${a.sandboxId}/timeout`, {})).status, 400, 'timeout requires timeout');
+    eq((await apiReq('POST', `/sandboxes/${a.sandboxId}/timeout`, { timeout: 30 })).status, 204, 'timeout');
+    await a.kill();
+  });
+
   await check('TTL: onTimeout pause -> paused; default -> killed; setTimeout extends', async () => {
     const p = await create({ timeoutMs: 1000, lifecycle: { onTimeout: 'pause' } });
     const k = await create({ timeoutMs: 1000 });
