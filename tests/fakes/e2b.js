@@ -723,6 +723,13 @@ const CONNECT_HTTP_STATUS = {
   unauthenticated: 401,
 };
 
+// Every procedure of envd's services (an unknown one is a plain 404, as connect-go's mux
+// answers); those the fake does not implement answer Connect `unimplemented`.
+const RPC_METHODS = {
+  'process.Process': ['List', 'Connect', 'Start', 'Update', 'StreamInput', 'SendInput', 'SendSignal', 'CloseStdin'],
+  'filesystem.Filesystem': ['Stat', 'MakeDir', 'Move', 'ListDir', 'Remove', 'WatchDir', 'CreateWatcher', 'GetWatcherEvents', 'RemoveWatcher'],
+};
+
 class RpcError extends Error {
   constructor(code, message) {
     super(message);
@@ -1020,6 +1027,8 @@ async function handleStreamingRpc(sb, req, res, method) {
   }
   const body = await readBody(req);
   const stream = new Stream(req, res);
+  if (method !== 'Start' && method !== 'Connect')
+    return stream.end(new RpcError('unimplemented', `${method} is not implemented by this fake`));
   let msg;
   let user;
   try {
@@ -1425,10 +1434,15 @@ async function handleEnvd(req, res, url, id, port) {
     return sendJson(res, 200, sb.envVars);
   }
   const m = /^\/([a-z]+\.[A-Za-z]+)\/([A-Za-z]+)$/.exec(p);
-  if (m && req.method === 'POST') {
+  const known = m && RPC_METHODS[m[1]] && RPC_METHODS[m[1]].includes(m[2]);
+  if (known && req.method !== 'POST') {
+    req.resume();
+    res.writeHead(405, { Allow: 'POST', 'Content-Type': 'text/plain' });
+    return res.end('method not allowed');
+  }
+  if (known) {
     const [, service, method] = m;
-    if (service === 'process.Process' && (method === 'Start' || method === 'Connect'))
-      return handleStreamingRpc(sb, req, res, method);
+    if (['Start', 'Connect', 'StreamInput', 'WatchDir'].includes(method)) return handleStreamingRpc(sb, req, res, method);
     return handleUnaryRpc(sb, req, res, service, method);
   }
   req.resume();

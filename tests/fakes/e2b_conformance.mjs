@@ -457,6 +457,14 @@ try {
     eq(port.status, 502, 'closed port');
   });
 
+  await check('envd routing: unknown procedure 404, GET on a procedure 405, wrong codec 415', async () => {
+    const j = envdHeaders(sb, { 'Content-Type': 'application/json' });
+    eq((await request('POST', '/process.Process/Explode', { headers: j, body: '{}' })).status, 404, 'unknown procedure');
+    eq((await request('GET', '/process.Process/List', { headers: envdHeaders(sb) })).status, 405, 'GET');
+    eq((await request('POST', '/process.Process/List', { headers: envdHeaders(sb, { 'Content-Type': 'application/proto' }), body: '' })).status, 415, 'binary codec');
+    eq((await request('POST', '/process.Process/Start', { headers: j, body: '{}' })).status, 415, 'unary codec on a stream');
+  });
+
   await check('keepalive events every Keepalive-Ping-Interval seconds', async () => {
     const r = await request('POST', '/process.Process/Start', {
       headers: envdHeaders(sb, { 'Content-Type': 'application/connect+json', 'Keepalive-Ping-Interval': '1' }),
