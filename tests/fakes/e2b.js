@@ -50,6 +50,7 @@
 // and SIGKILLs the process group. SendSignal signals the whole group (envd signals the
 // process itself; the group is what a test wants to be gone). Keepalive events follow the
 // request's Keepalive-Ping-Interval (seconds, default 90), reset by every data event.
+// Back-pressure: while an attached stream does not drain, the command's pipes are not read.
 // Pausing SIGSTOPs every process group and cuts every open envd connection (the VM is
 // snapshotted); resuming SIGCONTs them (pause with {"memory":false} kills them instead).
 //
@@ -783,8 +784,10 @@ class Stream {
     });
   }
 
+  // false: the client is not keeping up (the caller may wait for the response's 'drain').
   send(msg) {
-    if (!this.done) this.res.write(envelope(0x00, msg));
+    if (this.done) return true;
+    return this.res.write(envelope(0x00, msg));
   }
 
   end(err) {
@@ -835,7 +838,7 @@ function keepaliveInterval(req) {
 
 // Attaches a stream to a process: data and end events go to it from now on.
 function subscribe(p, stream, req) {
-  const sub = { stream, timer: null, intervalS: keepaliveInterval(req) };
+  const sub = { stream, timer: null, intervalS: keepaliveInterval(req), congested: false };
   const arm = () => {
     clearTimeout(sub.timer);
     sub.timer = setTimeout(() => {
@@ -846,16 +849,35 @@ function subscribe(p, stream, req) {
   sub.arm = arm;
   arm();
   p.subs.add(sub);
-  stream.onClose = () => {
-    clearTimeout(sub.timer);
-    p.subs.delete(sub);
-  };
+  stream.onClose = () => unsubscribe(p, sub);
   return sub;
 }
 
 function unsubscribe(p, sub) {
   clearTimeout(sub.timer);
   p.subs.delete(sub);
+  if (sub.congested) uncongest(p, sub);
+}
+
+// Back-pressure as envd has it (a subscriber's send blocks the fan-out, a full pipe blocks
+// the command): while any attached stream is not draining, the pipes are not read.
+function congest(p, sub) {
+  sub.congested = true;
+  p.congested++;
+  sub.stream.res.once('drain', () => {
+    if (sub.congested) uncongest(p, sub);
+  });
+  p.child.stdout.pause();
+  p.child.stderr.pause();
+}
+
+function uncongest(p, sub) {
+  sub.congested = false;
+  p.congested--;
+  if (p.congested === 0 && !p.ended) {
+    p.child.stdout.resume();
+    p.child.stderr.resume();
+  }
 }
 
 function emitData(p, which, chunk) {
@@ -864,9 +886,10 @@ function emitData(p, which, chunk) {
     p.dropped += chunk.length;
     return;
   }
+  p.lastData = Date.now();
   const ev = { event: { data: { [which]: chunk.toString('base64') } } };
   for (const sub of p.subs) {
-    sub.stream.send(ev);
+    if (!sub.stream.send(ev) && !sub.congested) congest(p, sub);
     sub.arm();
   }
 }
@@ -958,6 +981,8 @@ function startProcess(sb, msg, user) {
     subs: new Set(),
     tail: { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) },
     dropped: 0,
+    congested: 0, // attached streams not draining
+    lastData: 0, // ms, the last output read
     stopped: false,
     ended: false,
     deadline: null,
@@ -975,10 +1000,16 @@ function startProcess(sb, msg, user) {
     finishProcess(p, code, signal);
   });
   // Like Go's cmd.Wait with pipes: the end does not wait for descendants that keep the
-  // pipes open; whatever is already readable is delivered first.
+  // pipes open; what the command wrote is delivered first (pipes quiet for 50 ms and no
+  // stream holding the reading back).
   child.on('exit', (code, signal) => {
-    setTimeout(() => {
-      if (closed) return;
+    const t = setInterval(() => {
+      if (closed) {
+        clearInterval(t);
+        return;
+      }
+      if (p.congested > 0 || Date.now() - p.lastData < 50) return;
+      clearInterval(t);
       child.stdout.destroy();
       child.stderr.destroy();
       finishProcess(p, code, signal);

@@ -465,6 +465,33 @@ try {
     eq((await request('POST', '/process.Process/Start', { headers: j, body: '{}' })).status, 415, 'unary codec on a stream');
   });
 
+  await check('back-pressure: a stream that is not read holds the command back; nothing is lost', async () => {
+    const total = 8 * 1024 * 1024;
+    const script = `head -c ${total} /dev/zero; echo done > bp-marker`;
+    let got = 0;
+    let res;
+    const ended = new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: info.port, method: 'POST', path: '/process.Process/Start',
+        headers: envdHeaders(sb, { 'Content-Type': 'application/connect+json' }) }, r => {
+        res = r;
+        r.pause(); // read nothing for now
+        const chunks = [];
+        r.on('data', c => chunks.push(c));
+        r.on('end', () => resolve(Buffer.concat(chunks)));
+      });
+      req.on('error', reject);
+      req.end(envelope({ process: { cmd: '/bin/sh', args: ['-c', script] }, stdin: false }));
+    });
+    await sleep(1500);
+    eq(await sb.files.exists('/home/user/bp-marker'), false, 'command blocked while the client does not read');
+    res.resume();
+    const f = frames(await ended);
+    for (const x of f) if (x.msg.event && x.msg.event.data) got += Buffer.from(x.msg.event.data.stdout, 'base64').length;
+    eq(got, total, 'every byte delivered');
+    eq(f[f.length - 2].msg.event.end, { exited: true, status: 'exit status 0' }, 'end event');
+    eq(await sb.files.read('/home/user/bp-marker'), 'done\n', 'finished once read');
+  });
+
   await check('keepalive events every Keepalive-Ping-Interval seconds', async () => {
     const r = await request('POST', '/process.Process/Start', {
       headers: envdHeaders(sb, { 'Content-Type': 'application/connect+json', 'Keepalive-Ping-Interval': '1' }),
