@@ -399,22 +399,23 @@ function pauseSandbox(sb, keepMemory) {
   sb.memorySnapshot = keepMemory;
   sb.pauses++;
   cutConnections(sb);
+  if (!keepMemory) return dropProcesses(sb);
   for (const p of sb.procs.values()) {
-    if (keepMemory) {
-      signalGroup(p, 'SIGSTOP');
-      p.stopped = true;
-    } else {
-      signalGroup(p, 'SIGKILL');
-    }
+    signalGroup(p, 'SIGSTOP');
+    p.stopped = true;
   }
+  return undefined;
 }
 
+// Kills every command of the sandbox and forgets them at once (a cold boot or a kill
+// leaves no process table behind; their exits come later and go nowhere).
 function dropProcesses(sb) {
   for (const p of sb.procs.values()) {
     if (p.stopped) signalGroup(p, 'SIGCONT');
     signalGroup(p, 'SIGKILL');
     p.stopped = false;
   }
+  sb.procs.clear();
 }
 
 function resumeSandbox(sb, timeoutS) {
@@ -910,7 +911,7 @@ function finishProcess(p, code, signal) {
     end.error = end.status;
   }
   p.endEvent = end;
-  p.sb.procs.delete(p.pid);
+  if (p.sb.procs.get(p.pid) === p) p.sb.procs.delete(p.pid);
   for (const sub of [...p.subs]) {
     unsubscribe(p, sub);
     sub.stream.send({ event: { end } });
