@@ -1001,15 +1001,17 @@ function startProcess(sb, msg, user) {
     finishProcess(p, code, signal);
   });
   // Like Go's cmd.Wait with pipes: the end does not wait for descendants that keep the
-  // pipes open; what the command wrote is delivered first (pipes quiet for 50 ms and no
-  // stream holding the reading back).
+  // pipes open; what the command wrote is delivered first (pipes quiet for 50 ms, or 1 s
+  // after the exit when descendants keep writing, and no stream holding the reading back).
   child.on('exit', (code, signal) => {
+    const exitedAt = Date.now();
     const t = setInterval(() => {
       if (closed) {
         clearInterval(t);
         return;
       }
-      if (p.congested > 0 || Date.now() - p.lastData < 50) return;
+      const now = Date.now();
+      if (p.congested > 0 || (now - p.lastData < 50 && now - exitedAt < 1000)) return;
       clearInterval(t);
       child.stdout.destroy();
       child.stderr.destroy();
