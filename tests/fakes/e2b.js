@@ -51,8 +51,9 @@
 // process itself; the group is what a test wants to be gone). Keepalive events follow the
 // request's Keepalive-Ping-Interval (seconds, default 90), reset by every data event.
 // Back-pressure: while an attached stream does not drain, the command's pipes are not read.
-// Pausing SIGSTOPs every process group and cuts every open envd connection (the VM is
-// snapshotted); resuming SIGCONTs them (pause with {"memory":false} kills them instead).
+// Pausing SIGSTOPs every host process of the sandbox (found by E2B_FAKE_ROOT in its
+// environment, descendants included) and cuts every open envd connection (the VM is
+// snapshotted); resuming SIGCONTs them; pause with {"memory":false} or a kill SIGKILLs them.
 //
 // Lifecycle: a running sandbox whose TTL (timeout seconds) expires is paused when created
 // with autoPause true (onTimeout "pause"), else killed. Killing removes DIR/<id>. With
@@ -394,27 +395,56 @@ function createSandbox(res, body, v2) {
   return sendJson(res, 201, sandboxJson(sb));
 }
 
+// Every host process started in the sandbox, whatever its group or parent: the ones whose
+// environment carries the sandbox's E2B_FAKE_ROOT (a VM's pause or kill reaches them all).
+function sandboxPids(sb) {
+  const mark = Buffer.from(`\0E2B_FAKE_ROOT=${sb.dir}\0`);
+  const pids = [];
+  let names;
+  try {
+    names = fs.readdirSync('/proc');
+  } catch (e) {
+    return pids;
+  }
+  for (const name of names) {
+    if (!/^[0-9]+$/.test(name)) continue;
+    try {
+      const env = Buffer.concat([Buffer.from([0]), fs.readFileSync(`/proc/${name}/environ`)]);
+      if (env.includes(mark)) pids.push(Number(name));
+    } catch (e) {
+      // gone, or not ours to read
+    }
+  }
+  return pids;
+}
+
+function signalSandbox(sb, sig) {
+  for (const p of sb.procs.values()) signalGroup(p, sig);
+  for (const pid of sandboxPids(sb)) {
+    try {
+      process.kill(pid, sig);
+    } catch (e) {
+      // exited meanwhile
+    }
+  }
+}
+
 function pauseSandbox(sb, keepMemory) {
   sb.state = 'paused';
   sb.memorySnapshot = keepMemory;
   sb.pauses++;
   cutConnections(sb);
   if (!keepMemory) return dropProcesses(sb);
-  for (const p of sb.procs.values()) {
-    signalGroup(p, 'SIGSTOP');
-    p.stopped = true;
-  }
+  signalSandbox(sb, 'SIGSTOP');
+  for (const p of sb.procs.values()) p.stopped = true;
   return undefined;
 }
 
 // Kills every command of the sandbox and forgets them at once (a cold boot or a kill
 // leaves no process table behind; their exits come later and go nowhere).
 function dropProcesses(sb) {
-  for (const p of sb.procs.values()) {
-    if (p.stopped) signalGroup(p, 'SIGCONT');
-    signalGroup(p, 'SIGKILL');
-    p.stopped = false;
-  }
+  signalSandbox(sb, 'SIGKILL');
+  for (const p of sb.procs.values()) p.stopped = false;
   sb.procs.clear();
 }
 
@@ -422,12 +452,8 @@ function resumeSandbox(sb, timeoutS) {
   sb.state = 'running';
   sb.resumes++;
   sb.endAt = Date.now() + timeoutS * 1000;
-  for (const p of sb.procs.values()) {
-    if (p.stopped) {
-      signalGroup(p, 'SIGCONT');
-      p.stopped = false;
-    }
-  }
+  signalSandbox(sb, 'SIGCONT');
+  for (const p of sb.procs.values()) p.stopped = false;
 }
 
 function killSandbox(sb) {
@@ -961,9 +987,9 @@ function startProcess(sb, msg, user) {
     LOGNAME: user,
     E2B_SANDBOX: 'true',
     E2B_SANDBOX_ID: sb.id,
-    E2B_FAKE_ROOT: sb.dir,
   };
   Object.assign(env, sb.envVars, cfg.envs || {});
+  env.E2B_FAKE_ROOT = sb.dir; // also how the fake finds the sandbox's processes
   const withStdin = msg.stdin !== false;
   // As envd does, a small sh wrapper execs the command: a missing binary is exit 127.
   const child = spawn('/bin/sh', ['-c', 'exec "$@"', '--', cfg.cmd, ...(cfg.args || [])], {

@@ -662,6 +662,28 @@ try {
     eq(out.join(''), 'late\n', 'output after re-attach');
   });
 
+  await check('background descendants freeze with a pause and die with the sandbox', async () => {
+    const d = await create();
+    await d.commands.run('(while :; do echo t >> tick; sleep 0.05; done) >/dev/null 2>&1 & echo started');
+    await sleep(300);
+    eq(await d.pause(), true, 'pause');
+    const dir = path.join(root, d.sandboxId, 'home', 'user', 'tick');
+    const n1 = fs.statSync(dir).size;
+    await sleep(500);
+    eq(fs.statSync(dir).size, n1, 'no ticks while paused');
+    const d2 = await Sandbox.connect(d.sandboxId, conn);
+    await sleep(300);
+    assert(fs.statSync(dir).size > n1, 'ticking again after the resume');
+    const mark = `E2B_FAKE_ROOT=${path.join(root, d.sandboxId)}\0`;
+    const alive = () => fs.readdirSync('/proc').filter(n => /^[0-9]+$/.test(n)).filter(n => {
+      try { return fs.readFileSync(`/proc/${n}/environ`, 'utf8').includes(mark); } catch (e) { return false; }
+    });
+    assert(alive().length > 0, 'the loop runs on the host');
+    await d2.kill();
+    await sleep(200);
+    eq(alive(), [], 'nothing of the sandbox left after kill');
+  });
+
   await check('a paused sandbox E2B forgot -> connect SandboxNotFoundError (404)', async () => {
     const f = await create();
     eq(await f.pause(), true, 'pause');
