@@ -39,7 +39,8 @@
 // absolute paths inside a command line are NOT rewritten; E2B_FAKE_ROOT=DIR/<id> is in
 // the environment for commands that need them. The environment is PATH, HOME, USER,
 // LOGNAME, E2B_SANDBOX=true, E2B_SANDBOX_ID, E2B_FAKE_ROOT, the sandbox's envVars and the
-// request's envs (nothing else of the fake's own environment leaks in).
+// request's envs, which cannot replace E2B_FAKE_ROOT (nothing else of the fake's own
+// environment leaks in).
 //
 // Processes mirror envd: the command runs in its own process group; a client that
 // disconnects from Start does not stop it; Connect re-attaches and streams a start event,
