@@ -35,7 +35,7 @@
 // sandbox's "/". Every sandbox path used by the files API and as a command's cwd maps
 // into it: "/home/user/a" -> DIR/<id>/home/user/a; relative paths and "~" resolve against
 // the user's home (/home/user for "user", the default, /root for "root"). Commands run
-// with bash on the host (no chroot): cwd and HOME point into the sandbox directory, but
+// on the host (no chroot): cwd and HOME point into the sandbox directory, but
 // absolute paths inside a command line are NOT rewritten; E2B_FAKE_ROOT=DIR/<id> is in
 // the environment for commands that need them. The environment is PATH, HOME, USER,
 // LOGNAME, E2B_SANDBOX=true, E2B_SANDBOX_ID, E2B_FAKE_ROOT, the sandbox's envVars and the
@@ -65,7 +65,7 @@
 //   POST /_fake/fail   {"status":503,"error_code":"sandbox_capacity_unavailable",
 //                       "message":"...","count":2,"retryAfter":1,"op":"create"}
 //        the next `count` control-plane requests of kind `op` (create, connect, resume,
-//        pause, kill, get, list, timeout, any; default create) answer that error, with
+//        pause, kill, get, list, timeout, refresh, any; default create) answer that error, with
 //        Retry-After when retryAfter is given.
 //   POST /_fake/limits {"maxRunning":N}  E2B's concurrency limit (0: none, the default;
 //                                   also --max-running): create/resume beyond it is 429

@@ -240,6 +240,8 @@ try {
       envs: { FOO: 'from-command', BAZ: 'z' },
     });
     eq(r.stdout, 'from-command b z true user none\n', 'env');
+    const envs = await request('GET', '/envs', { headers: envdHeaders(sb) });
+    eq(JSON.parse(envs.body), { FOO: 'from-sandbox', BAR: 'b' }, 'GET /envs: the sandbox envVars');
   });
 
   await check('cwd maps into the sandbox; missing cwd -> InvalidArgumentError', async () => {
@@ -599,6 +601,9 @@ try {
     eq((await Sandbox.getInfo(p.sandboxId, conn)).state, 'paused', 'auto-paused');
     await rejects(Sandbox.getInfo(k.sandboxId, conn), SandboxNotFoundError, 'killed at TTL');
     eq((await Sandbox.getInfo(x.sandboxId, conn)).state, 'running', 'extended');
+    eq((await request('POST', `/_fake/sandboxes/${x.sandboxId}/expire`)).status, 204, 'expire hook');
+    await sleep(300);
+    await rejects(Sandbox.getInfo(x.sandboxId, conn), SandboxNotFoundError, 'killed once expired');
   });
 
   await check('injected 503 capacity error -> ServiceBusyError; 429 + Retry-After retried by the SDK', async () => {
