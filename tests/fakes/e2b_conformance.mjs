@@ -494,6 +494,23 @@ try {
     eq(await sb.files.read('/home/user/bp-marker'), 'done\n', 'finished once read');
   });
 
+  await check('signed file URLs (downloadUrl/uploadUrl): no token needed, bad or expired signature 401', async () => {
+    const host = { Host: `49983-${sb.sandboxId}.${info.domain}` };
+    const rel = u => { const x = new URL(u); return x.pathname + x.search; };
+    const down = rel(await sb.downloadUrl('/workspace/in.txt'));
+    const g = await request('GET', down, { headers: host });
+    eq([g.status, g.body.toString()], [200, 'raw upload'], 'signed download');
+    const bad = down.replace(/signature=v1_./, m => m.slice(0, -1) + (m.endsWith('A') ? 'B' : 'A'));
+    eq((await request('GET', bad, { headers: host })).status, 401, 'tampered signature');
+    const up = rel(await sb.uploadUrl('/workspace/signed.txt', { useSignatureExpiration: 60 }));
+    const p = await request('POST', up, { headers: Object.assign({ 'Content-Type': 'application/octet-stream' }, host), body: 'signed' });
+    eq(p.status, 200, 'signed upload');
+    eq(await sb.files.read('/workspace/signed.txt'), 'signed', 'uploaded content');
+    const old = rel(await sb.downloadUrl('/workspace/in.txt', { useSignatureExpiration: -10 }));
+    eq((await request('GET', old, { headers: host })).status, 401, 'expired signature');
+    eq((await request('GET', down.replace('in.txt', 'signed.txt'), { headers: host })).status, 401, 'signature of another path');
+  });
+
   await check('keepalive events every Keepalive-Ping-Interval seconds', async () => {
     const r = await request('POST', '/process.Process/Start', {
       headers: envdHeaders(sb, { 'Content-Type': 'application/connect+json', 'Keepalive-Ping-Interval': '1' }),
