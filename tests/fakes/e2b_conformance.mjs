@@ -301,6 +301,19 @@ try {
     eq(st.processes.length, 0, 'no processes left (group killed)');
   });
 
+  await check('stdin: sendStdin and closeStdin reach the command; stdin:false is /dev/null', async () => {
+    const out = [];
+    const h = await sb.commands.run('cat; echo " eof"', { background: true, stdin: true, onStdout: d => out.push(d) });
+    await h.sendStdin('hello ');
+    await h.sendStdin(new TextEncoder().encode('bytes'));
+    await h.closeStdin();
+    eq((await h.wait()).stdout, 'hello bytes eof\n', 'stdout of cat');
+    eq((await sb.commands.run('cat; echo done')).stdout, 'done\n', 'stdin false (the SDK default) reads EOF');
+    const g = await sb.commands.run('sleep 5', { background: true });
+    await rejects(g.sendStdin('x'), Error, 'sendStdin without stdin');
+    await sb.commands.kill(g.pid);
+  });
+
   await check('command timeoutMs -> TimeoutError and the process group is killed', async () => {
     const t0 = Date.now();
     await rejects(sb.commands.run('sleep 20', { timeoutMs: 700 }), TimeoutError, 'run');
