@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -15,6 +16,8 @@
 #include "providers/lambda_microvm.h"
 #include "providers/provider.h"
 #include "tests/support/fake_proc.h"
+#include "tests/support/redis_server.h"
+#include "tests/support/worker_proc.h"
 #include "tests/support/test.h"
 
 #define IMAGE "arn:aws:lambda:eu-west-1:123456789012:microvm-image:data-app"
@@ -399,6 +402,82 @@ TEST_CASE(configuration_rules)
     CHECK(provider_find("lambda-microvm") == &lambda_microvm_provider_ops);
 }
 
+/* Waits for job id's result in the job hash; parsed (caller frees) or NULL. */
+static cJSON *wait_result(redisContext *rc, const char *id, int timeout_ms)
+{
+    char key[128];
+    snprintf(key, sizeof(key), "{lmw}:job:%s", id);
+    char *st = sync_wait_hget(rc, key, "status", timeout_ms);
+    if (!st)
+        return NULL;
+    free(st);
+    char *res = sync_hget(rc, key, "result");
+    cJSON *j = res ? cJSON_Parse(res) : NULL;
+    free(res);
+    return j;
+}
+
+static const char *jstatus(const cJSON *r)
+{
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(r, "status");
+    return cJSON_IsString(s) ? s->valuestring : "";
+}
+
+TEST_CASE(worker_two_turns_on_lambda)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    struct test_redis *srv = test_redis_start(NULL);
+    if (!srv)
+        SKIP("redis-server could not start");
+    env_setup();
+    char logp[400];
+    snprintf(logp, sizeof(logp), "%s/worker.log", dir);
+    const char *env[] = {"SANDBOX_PROVIDER=lambda-microvm", NULL};
+    struct worker_spec ws = {.url = test_redis_url(srv),
+                             .prefix = "lmw",
+                             .name = "w-lambda",
+                             .env = env,
+                             .log_path = logp};
+    pid_t w = worker_spawn(&ws);
+    redisContext *rc = sync_connect(test_redis_port(srv));
+    char job[2048];
+    snprintf(job, sizeof(job),
+             "{\"id\":\"lt-1\",\"thread\":\"lthread\",\"feature\":\"data-app\","
+             "\"tenant\":{\"organization\":\"o\",\"project\":\"p\"},\"steps\":["
+             "{\"type\":\"write\",\"files\":[{\"path\":\"%s/ws/state.txt\",\"content\":\"turn "
+             "one\"}]},{\"type\":\"run\",\"cmd\":\"cat %s/ws/state.txt\"}]}",
+             dir, dir);
+    freeReplyObject(sync_cmd(rc, "XADD {lmw}:jobs * job %s", job));
+    cJSON *r1 = wait_result(rc, "lt-1", 60000);
+    CHECK_STR(jstatus(r1), "succeeded");
+    if (r1 && strcmp(jstatus(r1), "succeeded") != 0) {
+        char *s = cJSON_Print(r1);
+        fprintf(stderr, "%s\n", s);
+        free(s);
+    }
+    snprintf(job, sizeof(job),
+             "{\"id\":\"lt-2\",\"thread\":\"lthread\",\"feature\":\"data-app\","
+             "\"tenant\":{\"organization\":\"o\",\"project\":\"p\"},\"steps\":["
+             "{\"type\":\"read\",\"path\":\"%s/ws/state.txt\"}]}",
+             dir);
+    freeReplyObject(sync_cmd(rc, "XADD {lmw}:jobs * job %s", job));
+    cJSON *r2 = wait_result(rc, "lt-2", 60000);
+    CHECK_STR(jstatus(r2), "succeeded");
+    char *txt = r2 ? cJSON_PrintUnformatted(r2) : NULL;
+    CHECK(txt && strstr(txt, "\"resumed\":true") != NULL);
+    CHECK(txt && strstr(txt, "lambda-microvm-suspended") != NULL);
+    free(txt);
+    char *st = sync_hget(rc, "{lmw}:thread:lthread", "state");
+    CHECK(st && strcmp(st, "suspended") == 0);
+    free(st);
+    cJSON_Delete(r1);
+    cJSON_Delete(r2);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 20000), 0);
+    redisFree(rc);
+    test_redis_free(srv);
+}
+
 int main(void)
 {
     base = event_base_new();
@@ -432,6 +511,7 @@ int main(void)
     RUN(throttling_retried_and_expired_reported);
     RUN(access_denied_is_not_retried);
     RUN(configuration_rules);
+    RUN(worker_two_turns_on_lambda);
     fake_proc_stop(&fake);
     char rm[300];
     snprintf(rm, sizeof(rm), "rm -rf '%s'", dir);
