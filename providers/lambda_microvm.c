@@ -1193,6 +1193,9 @@ static int lm_init(struct provider *p, int check_only, char *err, size_t errlen)
         env_err(err, errlen, "lambda-microvm: cannot create the HTTP client");
         return -1;
     }
+    /* AWS endpoints trust AWS_CA_BUNDLE as the AWS SDKs do (the microVM endpoints too). */
+    if (env_str("AWS_CA_BUNDLE", NULL))
+        http_client_set_ca(d->http, env_str("AWS_CA_BUNDLE", NULL), NULL);
     log_info(NULL, "lambda-microvm: region %s, control plane %s, credentials from %s", d->region,
              d->api, aws_creds_source(d->creds));
     return 0;

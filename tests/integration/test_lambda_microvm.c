@@ -99,6 +99,8 @@ static void env_setup(void)
     setenv("LAMBDA_MICROVM_EXECUTION_ROLE_ARN", "arn:aws:iam::123456789012:role/sandbox", 1);
     unsetenv("SANDBOX_IDLE_TIMEOUT_MS");
     unsetenv("SANDBOX_SNAPSHOT_RETENTION_MS");
+    unsetenv("LAMBDA_MICROVM_INGRESS_CONNECTOR_ARN");
+    unsetenv("LAMBDA_MICROVM_EGRESS_CONNECTOR_ARN");
 }
 
 static struct provider *new_provider(char *err, size_t errlen)
@@ -473,7 +475,14 @@ TEST_CASE(worker_two_turns_on_lambda)
     free(st);
     cJSON_Delete(r1);
     cJSON_Delete(r2);
-    CHECK_EQ_INT(worker_stop(w, SIGTERM, 20000), 0);
+    int wst = worker_stop(w, SIGTERM, 20000);
+    CHECK_EQ_INT(wst, 0);
+    if (wst != 0 || test_failed_now) { /* show why */
+        char cmd[500];
+        snprintf(cmd, sizeof(cmd), "tail -n 20 '%s' >&2", logp);
+        if (system(cmd) != 0)
+            fprintf(stderr, "  (no worker log)\n");
+    }
     redisFree(rc);
     test_redis_free(srv);
 }
