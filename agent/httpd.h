@@ -18,44 +18,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-/* ---- pure parser (no I/O; fuzzed) ---- */
-
-#define HTTPD_MAX_HEADERS 64
-
-struct httpd_head {
-    const char *method;
-    const char *target; /* raw request target, e.g. "/files?path=%2Fa" */
-    int minor_version;  /* HTTP/1.<minor> */
-    size_t nheaders;
-    struct {
-        const char *name;
-        const char *value;
-    } headers[HTTPD_MAX_HEADERS];
-};
-
-/* Parses a request head in place. `buf` holds exactly the head including the final
- * "\r\n\r\n" (bare "\n" line ends are accepted too), NUL-terminated at buf[len]; pointers in
- * *h point into buf. Returns 0, or -1 on a malformed head. */
-int httpd_parse_head(char *buf, size_t len, struct httpd_head *h);
-
-/* Case-insensitive header lookup; NULL if absent. */
-const char *httpd_head_get(const struct httpd_head *h, const char *name);
-
-/* Chunked transfer-encoding decoder state; zero-initialise. */
-struct httpd_chunked {
-    int state;
-    uint64_t remaining;
-    size_t line_len;
-};
-
-/* Decodes up to `len` bytes of chunked input; decoded bytes are passed to emit().
- * *used receives the input consumed. Returns 1 when the terminating chunk and trailers were
- * consumed (stop feeding), 0 when more input is needed, -1 on malformed input. */
-int httpd_chunked_feed(struct httpd_chunked *c, const char *in, size_t len, size_t *used,
-                       void (*emit)(void *arg, const char *data, size_t n), void *arg);
-
-/* Decodes %XX and '+' (as space) in place; returns -1 on a bad escape or an encoded NUL. */
-int httpd_url_decode(char *s);
+#include "agent/http_parse.h"
 
 /* ---- server ---- */
 

@@ -26,7 +26,7 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 mkdir -p "$out/corpus"
 flags="-g -O1 -std=c11 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined $(pkg-config --cflags libarchive libevent)"
-clang $flags -o "$out/fuzz_agent" agent/fuzz_agent.c agent/httpd.c agent/tarball.c lib/buf.c \
+clang $flags -o "$out/fuzz_agent" agent/fuzz_agent.c agent/http_parse.c agent/tarball.c lib/buf.c \
     lib/log.c lib/mask.c $(pkg-config --libs libarchive libevent libcjson)
 # seeds: a request head, a chunked body, a tar with a file, a dir and a symlink
 printf '\000GET /files?path=%%2Ftmp%%2Fa HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n' \
