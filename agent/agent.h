@@ -13,9 +13,10 @@
 #define AGENT_VERSION "1.0.0"
 
 struct agent_config {
-    char *bind;                 /* LD_AGENT_BIND, default 0.0.0.0 */
+    char *bind;                 /* LD_AGENT_BIND; default 0.0.0.0 with a token, else 127.0.0.1 */
+    int bind_explicit;          /* LD_AGENT_BIND was set */
     int port;                   /* LD_AGENT_PORT, default 8080 */
-    int hook_port;              /* LD_AGENT_HOOK_PORT, default 9000; 0 or == port: none */
+    int hook_port;              /* LD_AGENT_HOOK_PORT, default 9000; 0: no hooks */
     char *token;                /* SANDBOX_AGENT_TOKEN; NULL: no auth (upstream behaviour) */
     size_t max_json_bytes;      /* JSON request bodies (SANDBOX_AGENT_MAX_JSON_BYTES, 1 MiB) */
     uint64_t max_file_bytes;    /* POST /files body (SANDBOX_AGENT_MAX_FILE_BYTES, 4 GiB) */
@@ -35,10 +36,11 @@ struct agent {
     struct event_base *base;
     struct agent_config cfg;
     struct httpd *http;
-    char **hook_env; /* NULL-terminated "K=V" from the run hook's {"envs":{}}; may be NULL */
-    char **base_env; /* default PATH, the agent's environment, then hook_env, keys unique;
-                        rebuilt by agent_env_refresh() whenever hook_env changes */
-    size_t procs;    /* live commands + archive jobs, bounded by cfg.max_procs */
+    int hook_listener; /* httpd listener index of the hook port; -1: no hook port */
+    char **hook_env;   /* NULL-terminated "K=V" from the run hook's {"envs":{}}; may be NULL */
+    char **base_env;   /* default PATH, the agent's environment, then hook_env, keys unique;
+                          rebuilt by agent_env_refresh() whenever hook_env changes */
+    size_t procs;      /* live commands + archive jobs, bounded by cfg.max_procs */
     struct runs *runs;
     int shutting_down;
 };

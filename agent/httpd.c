@@ -68,6 +68,7 @@ struct conn {
     struct bufferevent *bev;
     struct conn *prev, *next;
     char peer[PEER_LEN];
+    int listener; /* index in srv->listeners */
     struct httpd_req *req;
     int closing;     /* close once the output is flushed */
     int in_dispatch; /* >0 while conn_process runs: frees are deferred */
@@ -499,9 +500,11 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
-    (void)l;
     (void)salen;
     struct httpd *s = arg;
+    int lidx = 0;
+    while ((size_t)lidx < s->nlisteners && s->listeners[lidx] != l)
+        lidx++;
     if (s->nconns >= s->lim.max_conns) {
         log_warn(NULL, "agent: connection limit (%zu) reached, dropping a connection",
                  s->lim.max_conns);
@@ -512,6 +515,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = xcalloc(1, sizeof(*c));
     c->srv = s;
+    c->listener = lidx;
     c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!c->bev) {
         evutil_closesocket(fd);
@@ -685,6 +689,11 @@ int64_t httpd_req_content_length(const struct httpd_req *r)
 const char *httpd_req_peer(const struct httpd_req *r)
 {
     return r->peer;
+}
+
+int httpd_req_listener(const struct httpd_req *r)
+{
+    return r->c->listener;
 }
 
 struct event_base *httpd_req_base(const struct httpd_req *r)

@@ -56,6 +56,9 @@ size_t httpd_req_query_all(struct httpd_req *r, const char *name, const char **o
 /* Declared body length, -1 when chunked, 0 when none. */
 int64_t httpd_req_content_length(const struct httpd_req *r);
 const char *httpd_req_peer(const struct httpd_req *r);
+/* Which listener accepted the request's connection: its index in the order of the
+ * httpd_listen() calls, from 0. */
+int httpd_req_listener(const struct httpd_req *r);
 struct event_base *httpd_req_base(const struct httpd_req *r);
 
 /* on_drain: the output fell below out_high/2 (resume producing). on_close: the client went

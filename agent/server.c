@@ -2,6 +2,7 @@
  * lifecycle hooks, POST /exec, GET|POST|DELETE /files. */
 #include "agent/agent.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -92,9 +93,78 @@ static char *env_entry(const char *key, const cJSON *v)
     return buf_detach(&b);
 }
 
-/* Adds a JSON object of name -> string (numbers and booleans are stringified, null skipped). */
-static int env_merge_json(char ***envp, size_t *n, size_t *cap, const cJSON *envs, char *err,
-                          size_t errlen)
+/* Why a lifecycle hook may not set `name`, or NULL when it may. A hook is not authenticated
+ * (AWS delivers it without our token), so it may set only plain variables: a shell identifier
+ * that steers no loader, shell, interpreter or search path. */
+static const char *hook_env_refusal(const char *name)
+{
+    static const char *const exact[] = {"ENV",
+                                        "IFS",
+                                        "CDPATH",
+                                        "SHELLOPTS",
+                                        "BASHOPTS",
+                                        "GLOBIGNORE",
+                                        "PS4",
+                                        "PROMPT_COMMAND",
+                                        "HOME",
+                                        "SHELL",
+                                        "TMPDIR",
+                                        "PWD",
+                                        "OLDPWD",
+                                        "HISTFILE",
+                                        "INPUTRC",
+                                        "HOSTALIASES",
+                                        "RES_OPTIONS",
+                                        "LOCALDOMAIN",
+                                        "NODE_OPTIONS",
+                                        "PERL5OPT",
+                                        "PERL5DB",
+                                        "RUBYOPT",
+                                        "JAVA_TOOL_OPTIONS",
+                                        "_JAVA_OPTIONS",
+                                        "JDK_JAVA_OPTIONS",
+                                        "GIT_SSH",
+                                        "GIT_SSH_COMMAND",
+                                        "GIT_ASKPASS",
+                                        "SSH_ASKPASS",
+                                        "EDITOR",
+                                        "VISUAL",
+                                        "PAGER",
+                                        "SSL_CERT_FILE",
+                                        "SSL_CERT_DIR",
+                                        "CURL_CA_BUNDLE",
+                                        "REQUESTS_CA_BUNDLE",
+                                        "NODE_EXTRA_CA_CERTS",
+                                        "TZDIR"};
+    static const char *const prefix[] = {
+        "LD_",  "BASH_", "DYLD_",       "PYTHON",         "MALLOC_",    "GLIBC_",  "GCONV_", "PERL",
+        "RUBY", "GIT_",  "NPM_CONFIG_", "SANDBOX_AGENT_", "LIGHTDASH_", "LOCPATH", "NLSPATH"};
+    if (!(isalpha((unsigned char)name[0]) || name[0] == '_'))
+        return "not a shell variable name";
+    for (const char *p = name; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '_'))
+            return "not a shell variable name";
+    char up[256];
+    size_t n = strlen(name);
+    if (n >= sizeof(up))
+        return "name too long";
+    for (size_t i = 0; i <= n; i++)
+        up[i] = (char)toupper((unsigned char)name[i]);
+    if (strstr(up, "PATH"))
+        return "a search path";
+    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
+        if (strcmp(up, exact[i]) == 0)
+            return "shell-, loader- or interpreter-sensitive";
+    for (size_t i = 0; i < sizeof(prefix) / sizeof(prefix[0]); i++)
+        if (strncmp(up, prefix[i], strlen(prefix[i])) == 0)
+            return "shell-, loader- or interpreter-sensitive";
+    return NULL;
+}
+
+/* Adds a JSON object of name -> string (numbers and booleans are stringified, null skipped).
+ * from_hook: names refused by hook_env_refusal() fail the whole merge. */
+static int env_merge_json(char ***envp, size_t *n, size_t *cap, const cJSON *envs, int from_hook,
+                          char *err, size_t errlen)
 {
     if (!envs || cJSON_IsNull(envs))
         return 0;
@@ -109,6 +179,14 @@ static int env_merge_json(char ***envp, size_t *n, size_t *cap, const cJSON *env
             continue;
         if (!v->string[0] || strchr(v->string, '=')) {
             snprintf(err, errlen, "bad environment variable name");
+            return -1;
+        }
+        const char *why = from_hook ? hook_env_refusal(v->string) : NULL;
+        if (why) {
+            snprintf(err, errlen,
+                     "\"envs.%.64s\" may not be set by a hook (%s); a hook may set only plain "
+                     "variables, never loader-, shell- or path-sensitive ones",
+                     v->string, why);
             return -1;
         }
         char *kv = env_entry(v->string, v);
@@ -146,7 +224,7 @@ char **agent_env_build(const struct agent *a, const cJSON *envs, char *err, size
     for (size_t i = 0; i < n; i++)
         envp[i] = xstrdup(a->base_env[i]);
     envp[n] = NULL;
-    if (env_merge_json(&envp, &n, &cap, envs, err, errlen) != 0) {
+    if (env_merge_json(&envp, &n, &cap, envs, 0, err, errlen) != 0) {
         agent_env_free(envp);
         return NULL;
     }
@@ -224,6 +302,8 @@ static void route_ready(struct agent *a, struct httpd_req *req)
     httpd_reply(req, 200, "application/json", body, sizeof(body) - 1);
 }
 
+/* The run hook's body: {"envs":{...}} sets variables every later command starts with. Other
+ * payloads (AWS's runHookPayload format is not specified) are accepted and ignored. */
 static void hook_run_body(struct httpd_req *req, void *arg)
 {
     struct agent *a = arg;
@@ -234,16 +314,18 @@ static void hook_run_body(struct httpd_req *req, void *arg)
     if (cJSON_IsObject(envs)) {
         char **envp = NULL;
         size_t n = 0, cap = 0;
-        char err[128];
-        if (env_merge_json(&envp, &n, &cap, envs, err, sizeof(err)) == 0) {
-            agent_env_free(a->hook_env);
-            a->hook_env = envp;
-            agent_env_refresh(a);
-            log_info(NULL, "agent: run hook set %zu environment variable(s)", n);
-        } else {
+        char err[256];
+        if (env_merge_json(&envp, &n, &cap, envs, 1, err, sizeof(err)) != 0) {
             agent_env_free(envp);
-            log_warn(NULL, "agent: run hook payload ignored: %s", err);
+            log_warn(NULL, "agent: run hook refused: %s", err);
+            agent_reply_error(req, 400, "run hook: %s", err);
+            cJSON_Delete(j);
+            return;
         }
+        agent_env_free(a->hook_env);
+        a->hook_env = envp;
+        agent_env_refresh(a);
+        log_info(NULL, "agent: run hook set %zu environment variable(s)", n);
     } else if (len) {
         log_warn(NULL, "agent: run hook payload without an \"envs\" object ignored");
     }
@@ -629,8 +711,12 @@ void agent_handle(struct httpd_req *req, void *arg)
         route_ready(a, req);
         return;
     }
-    if (strncmp(path, HOOK_PREFIX, sizeof(HOOK_PREFIX) - 1) == 0) {
-        route_hook(a, req, path + sizeof(HOOK_PREFIX) - 1);
+    if (a->hook_listener >= 0 && httpd_req_listener(req) == a->hook_listener) {
+        /* the hook port: lifecycle hooks (unauthenticated, as AWS sends them) and nothing else */
+        if (strncmp(path, HOOK_PREFIX, sizeof(HOOK_PREFIX) - 1) == 0)
+            route_hook(a, req, path + sizeof(HOOK_PREFIX) - 1);
+        else
+            httpd_reply_text(req, 404, "not found");
         return;
     }
     if (!auth_ok(a, req)) {
@@ -682,14 +768,29 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof(*cfg));
     uint64_t v;
-    const char *s = getenv("LD_AGENT_BIND");
-    cfg->bind = xstrdup(s && *s ? s : "0.0.0.0");
+    const char *s = getenv("SANDBOX_AGENT_TOKEN");
+    if (s && *s) {
+        cfg->token = xstrdup(s);
+        mask_add(log_mask(), s);
+    }
+    unsetenv("SANDBOX_AGENT_TOKEN");
+    /* without a token nothing but the bind address protects the agent: loopback unless told */
+    s = getenv("LD_AGENT_BIND");
+    cfg->bind_explicit = s && *s;
+    cfg->bind = xstrdup(cfg->bind_explicit ? s : cfg->token ? "0.0.0.0" : "127.0.0.1");
     if (env_u64("LD_AGENT_PORT", 8080, 0, 65535, &v, err, errlen))
         return -1;
     cfg->port = (int)v;
     if (env_u64("LD_AGENT_HOOK_PORT", 9000, 0, 65535, &v, err, errlen))
         return -1;
     cfg->hook_port = (int)v;
+    if (cfg->hook_port && cfg->hook_port == cfg->port) {
+        snprintf(err, errlen,
+                 "LD_AGENT_HOOK_PORT: must differ from LD_AGENT_PORT (%d): lifecycle hooks are "
+                 "served on their own port only; 0 turns them off",
+                 cfg->port);
+        return -1;
+    }
     if (env_u64("SANDBOX_AGENT_MAX_JSON_BYTES", 1 << 20, 1024, 1ULL << 30, &v, err, errlen))
         return -1;
     cfg->max_json_bytes = (size_t)v;
@@ -727,12 +828,6 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
         buf_printf(&b, "%s/sandbox-agent-%d", tmp && *tmp ? tmp : "/tmp", (int)getpid());
         cfg->spool_dir = buf_detach(&b);
     }
-    s = getenv("SANDBOX_AGENT_TOKEN");
-    if (s && *s) {
-        cfg->token = xstrdup(s);
-        mask_add(log_mask(), s);
-    }
-    unsetenv("SANDBOX_AGENT_TOKEN");
     return 0;
 }
 
