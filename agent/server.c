@@ -561,31 +561,54 @@ static void files_get_pump(struct httpd_req *req, void *arg)
     }
 }
 
-static void files_get(struct agent *a, struct httpd_req *req, const char *path)
+/* Opens path without ever blocking (O_NONBLOCK: a FIFO with no peer would block open() or
+ * read() and with it the whole loop) and keeps it only if it is a regular file. Returns the fd
+ * (blocking again) with *st filled, or -1 with the reply sent. */
+static int open_regular(struct httpd_req *req, const char *path, int flags, struct stat *st)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    int fd = open(path, flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0666);
     if (fd < 0) {
         int e = errno;
-        httpd_reply_text(req, e == ENOENT || e == ENOTDIR ? 404 : 500, strerror(e));
-        return;
+        if (e == ENXIO) /* a FIFO or socket without a peer */
+            agent_reply_error(req, 400, "%s is not a regular file", path);
+        else
+            httpd_reply_text(req,
+                             e == ENOENT || e == ENOTDIR ? 404
+                             : e == EISDIR               ? 400
+                                                         : 500,
+                             strerror(e));
+        return -1;
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-        int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    if (fstat(fd, st) != 0) {
+        int e = errno;
         close(fd);
         httpd_reply_text(req, 500, strerror(e));
-        return;
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        agent_reply_error(req, 400, "%s is not a regular file", path);
+        return -1;
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
+static void files_get(struct agent *a, struct httpd_req *req, const char *path)
+{
+    struct stat st;
+    int fd = open_regular(req, path, O_RDONLY, &st);
+    if (fd < 0)
+        return;
     struct file_job *f = xcalloc(1, sizeof(*f));
     f->a = a;
     f->req = req;
     f->fd = fd;
     f->path = xstrdup(path);
-    f->regular = S_ISREG(st.st_mode);
-    f->left = f->regular ? (uint64_t)st.st_size : 0;
+    f->regular = 1;
+    f->left = (uint64_t)st.st_size;
     httpd_req_set_callbacks(req, files_get_pump, files_on_close, f);
-    httpd_reply_start(req, 200, "application/octet-stream", f->regular ? (int64_t)st.st_size : -1);
+    httpd_reply_start(req, 200, "application/octet-stream", (int64_t)st.st_size);
     files_get_pump(req, f);
 }
 
@@ -658,9 +681,13 @@ static void files_post(struct agent *a, struct httpd_req *req, const char *path)
         httpd_reply_text(req, 500, strerror(errno));
         return;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0666);
-    if (fd < 0) {
+    struct stat st;
+    int fd = open_regular(req, path, O_WRONLY | O_CREAT, &st);
+    if (fd < 0)
+        return;
+    if (ftruncate(fd, 0) != 0) { /* truncated only once known to be a regular file */
         httpd_reply_text(req, 500, strerror(errno));
+        close(fd);
         return;
     }
     struct file_job *f = xcalloc(1, sizeof(*f));
