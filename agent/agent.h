@@ -26,7 +26,9 @@ struct agent_config {
     char *spool_dir;            /* SANDBOX_AGENT_SPOOL_DIR, default $TMPDIR/sandbox-agent-<pid> */
     uint64_t run_retain_ms;     /* finished runs kept (SANDBOX_AGENT_RUN_RETAIN_MS, 1 h) */
     size_t max_runs_kept;       /* finished + running runs remembered (.._MAX_RUNS_KEPT, 256) */
-    uint64_t extract_max_bytes; /* archive in: file bytes (.._EXTRACT_MAX_BYTES, 16 GiB) */
+    uint64_t extract_max_bytes; /* archive in: file bytes (.._EXTRACT_MAX_BYTES, 4 GiB) */
+    uint64_t extract_max_ratio; /* archive in: file bytes per archive byte, plus 32 MiB
+                                   (.._EXTRACT_MAX_RATIO, 100; 0: off) */
     uint64_t extract_max_entries; /* archive in: entries (.._EXTRACT_MAX_ENTRIES, 1000000) */
 };
 

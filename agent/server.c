@@ -839,8 +839,11 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
     if (env_u64("SANDBOX_AGENT_MAX_RUNS_KEPT", 256, 1, 1000000, &v, err, errlen))
         return -1;
     cfg->max_runs_kept = (size_t)v;
-    if (env_u64("SANDBOX_AGENT_EXTRACT_MAX_BYTES", 16ULL << 30, 0, UINT64_MAX / 2,
+    if (env_u64("SANDBOX_AGENT_EXTRACT_MAX_BYTES", 4ULL << 30, 0, UINT64_MAX / 2,
                 &cfg->extract_max_bytes, err, errlen))
+        return -1;
+    if (env_u64("SANDBOX_AGENT_EXTRACT_MAX_RATIO", 100, 0, 1000000, &cfg->extract_max_ratio, err,
+                errlen))
         return -1;
     if (env_u64("SANDBOX_AGENT_EXTRACT_MAX_ENTRIES", 1000000, 1, UINT64_MAX / 2,
                 &cfg->extract_max_entries, err, errlen))
