@@ -22,6 +22,8 @@ struct agent_config {
     uint64_t max_file_bytes;    /* POST /files body (SANDBOX_AGENT_MAX_FILE_BYTES, 4 GiB) */
     size_t max_procs;           /* concurrent commands, runs and archive jobs (.._MAX_PROCS, 64) */
     size_t max_conns;           /* open connections (SANDBOX_AGENT_MAX_CONNS, 512) */
+    uint64_t header_timeout_ms; /* a request head's time to arrive (.._HEADER_TIMEOUT_MS, 15 s) */
+    uint64_t idle_timeout_ms;   /* keep-alive without a request (.._IDLE_TIMEOUT_MS, 60 s) */
     uint64_t spool_max_bytes;   /* per run output kept for re-attach (.._SPOOL_MAX_BYTES, 64 MiB) */
     char *spool_dir;            /* SANDBOX_AGENT_SPOOL_DIR, default $TMPDIR/sandbox-agent-<pid> */
     uint64_t run_retain_ms;     /* finished runs kept (SANDBOX_AGENT_RUN_RETAIN_MS, 1 h) */

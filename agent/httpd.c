@@ -70,14 +70,27 @@ struct conn {
     char peer[PEER_LEN];
     int listener; /* index in srv->listeners */
     struct httpd_req *req;
-    int closing;     /* close once the output is flushed */
-    int in_dispatch; /* >0 while conn_process runs: frees are deferred */
+    struct event *timer; /* pending while no request is dispatched: see timer_kind */
+    int timer_kind;      /* TIMER_* */
+    int trusted;         /* a request on it passed authentication: never evicted */
+    int closing;         /* close once the output is flushed */
+    int in_dispatch;     /* >0 while conn_process runs: frees are deferred */
     int dead;
 };
+
+enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER };
+
+/* Request lines logged per second at most (level http); the rest are counted. */
+#define REQ_LOG_PER_SEC 50
 
 struct httpd {
     struct event_base *base;
     struct httpd_limits lim;
+    time_t log_window; /* second of the request-log budget */
+    unsigned log_in_window;
+    unsigned long log_suppressed;
+    time_t warn_window; /* second of the last "connection limit" warning */
+    unsigned long refused;
     httpd_handler_fn handler;
     void *arg;
     struct evconnlistener *listeners[4];
@@ -99,10 +112,29 @@ static double ms_since(const struct timespec *t0)
 
 static void req_log(const struct httpd_req *r, const char *outcome)
 {
-    /* one line per request: never bodies, never headers (they may carry the token) */
-    log_info(NULL, "agent request: %s %s %d %" PRIu64 "B %.2fms%s%s peer=%s", r->head.method,
-             r->head.target, r->status, r->bytes_out, ms_since(&r->t0), outcome ? " " : "",
-             outcome ? outcome : "", r->peer);
+    /* one line per request at level http, at most REQ_LOG_PER_SEC a second (a pipelining client
+     * must not turn into gigabytes of log); never bodies, never headers (they may carry the
+     * token) */
+    if (!log_enabled(LOG_HTTP))
+        return;
+    struct httpd *s = r->c->srv;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec != s->log_window) {
+        if (s->log_suppressed)
+            log_emit(LOG_HTTP, NULL, "agent: %lu request line(s) not logged (over %d/s)",
+                     s->log_suppressed, REQ_LOG_PER_SEC);
+        s->log_window = now.tv_sec;
+        s->log_in_window = 0;
+        s->log_suppressed = 0;
+    }
+    if (++s->log_in_window > REQ_LOG_PER_SEC) {
+        s->log_suppressed++;
+        return;
+    }
+    log_emit(LOG_HTTP, NULL, "agent request: %s %s %d %" PRIu64 "B %.2fms%s%s peer=%s",
+             r->head.method, r->head.target, r->status, r->bytes_out, ms_since(&r->t0),
+             outcome ? " " : "", outcome ? outcome : "", r->peer);
 }
 
 static void req_free(struct httpd_req *r)
@@ -158,19 +190,62 @@ static void conn_free(struct httpd *s, struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    if (c->timer)
+        event_free(c->timer);
     bufferevent_free(c->bev);
     free(c);
 }
 
+static void conn_timer_set(struct conn *c, int kind)
+{
+    uint64_t ms = kind == TIMER_IDLE ? c->srv->lim.idle_timeout_ms : c->srv->lim.header_timeout_ms;
+    c->timer_kind = kind;
+    if (kind == TIMER_NONE) {
+        event_del(c->timer);
+        return;
+    }
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+static void conn_close_when_flushed(struct conn *c);
+
+/* Header timeout (a head must arrive whole within it), idle timeout (between requests) and
+ * linger (a closing connection whose client does not read its last reply). */
+static void conn_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    if (c->req || c->dead)
+        return;
+    if (c->timer_kind == TIMER_HEADER && !c->closing &&
+        evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 &&
+        evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        static const char msg[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                                  "Connection: close\r\n\r\n";
+        bufferevent_write(c->bev, msg, sizeof(msg) - 1);
+        conn_close_when_flushed(c);
+        return;
+    }
+    conn_kill(c, NULL);
+}
+
+/* Reading pauses while the input holds a head and a body window, or, between requests, while
+ * replies already queued exceed pipeline_out_max (a client that sends and never reads). */
 static void conn_update_read(struct conn *c)
 {
     if (c->dead || c->closing)
         return;
     size_t in = evbuffer_get_length(bufferevent_get_input(c->bev));
-    if (in >= c->srv->lim.max_head_bytes + c->srv->lim.body_high)
+    size_t out = evbuffer_get_length(bufferevent_get_output(c->bev));
+    if (in >= c->srv->lim.max_head_bytes + c->srv->lim.body_high ||
+        (!c->req && out > c->srv->lim.pipeline_out_max))
         bufferevent_disable(c->bev, EV_READ);
     else
         bufferevent_enable(c->bev, EV_READ);
+    if (!c->req && in > 0 && c->timer_kind != TIMER_HEADER)
+        conn_timer_set(c, TIMER_HEADER); /* the head's clock starts with its first byte */
 }
 
 static void conn_close_when_flushed(struct conn *c)
@@ -179,6 +254,8 @@ static void conn_close_when_flushed(struct conn *c)
     bufferevent_disable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         conn_kill(c, NULL);
+    else
+        conn_timer_set(c, TIMER_LINGER);
 }
 
 static const char *reason(int status)
@@ -247,9 +324,12 @@ static void req_maybe_finish(struct conn *c, struct httpd_req *r)
     c->req = NULL;
     int keep = r->keepalive;
     req_free(r);
-    if (!keep)
+    if (!keep) {
         conn_close_when_flushed(c);
-    else if (!c->in_dispatch)
+        return;
+    }
+    conn_timer_set(c, TIMER_IDLE);
+    if (!c->in_dispatch)
         conn_process(c);
 }
 
@@ -353,6 +433,7 @@ static int conn_read_head(struct conn *c)
         }
         return 0;
     }
+    conn_timer_set(c, TIMER_NONE); /* the handler owns the pace from here */
     struct httpd_req *r = xcalloc(1, sizeof(*r));
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
     r->c = c;
@@ -404,6 +485,8 @@ static void conn_process(struct conn *c)
     c->in_dispatch++;
     while (!c->dead && !c->closing) {
         if (!c->req) {
+            if (evbuffer_get_length(bufferevent_get_output(c->bev)) > c->srv->lim.pipeline_out_max)
+                break; /* the client reads its replies first; conn_write_cb resumes */
             if (conn_read_head(c) <= 0)
                 break;
             continue;
@@ -475,6 +558,10 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         return;
     }
     struct httpd_req *r = c->req;
+    if (!r && !c->closing && !c->in_dispatch && left <= c->srv->lim.pipeline_out_max) {
+        conn_process(c); /* replies drained: read the next pipelined requests */
+        return;
+    }
     if (r && r->reply == REPLY_STARTED && r->on_drain && left <= c->srv->lim.out_high / 2) {
         c->in_dispatch++;
         r->on_drain(r, r->cb_arg);
@@ -506,10 +593,27 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     while ((size_t)lidx < s->nlisteners && s->listeners[lidx] != l)
         lidx++;
     if (s->nconns >= s->lim.max_conns) {
-        log_warn(NULL, "agent: connection limit (%zu) reached, dropping a connection",
-                 s->lim.max_conns);
-        evutil_closesocket(fd);
-        return;
+        /* full: make room by closing the oldest connection that is between requests and never
+         * authenticated (a half-sent head counts), so stalled strangers cannot lock out the
+         * worker; the newest connections are at the head of the list */
+        struct conn *victim = NULL;
+        for (struct conn *v = s->conns; v; v = v->next)
+            if (!v->trusted && !v->req && !v->dead)
+                victim = v;
+        if (victim) {
+            conn_kill(victim, NULL);
+        } else {
+            s->refused++;
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec != s->warn_window) {
+                s->warn_window = now.tv_sec;
+                log_warn(NULL, "agent: connection limit (%zu) reached, %lu connection(s) refused",
+                         s->lim.max_conns, s->refused);
+            }
+            evutil_closesocket(fd);
+            return;
+        }
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -545,6 +649,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     bufferevent_setwatermark(c->bev, EV_WRITE, s->lim.out_high / 2, 0);
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->timer = evtimer_new(s->base, conn_timeout_cb, c);
+    conn_timer_set(c, TIMER_HEADER); /* the first head is due within the header timeout */
 }
 
 struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
@@ -561,6 +667,12 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
         s->lim.out_high = 1024 * 1024;
     if (!s->lim.body_high)
         s->lim.body_high = 1024 * 1024;
+    if (!s->lim.pipeline_out_max)
+        s->lim.pipeline_out_max = 64 * 1024;
+    if (!s->lim.header_timeout_ms)
+        s->lim.header_timeout_ms = 15000;
+    if (!s->lim.idle_timeout_ms)
+        s->lim.idle_timeout_ms = 60000;
     s->handler = handler;
     s->arg = arg;
     return s;
@@ -684,6 +796,11 @@ size_t httpd_req_query_all(struct httpd_req *r, const char *name, const char **o
 int64_t httpd_req_content_length(const struct httpd_req *r)
 {
     return r->clen;
+}
+
+void httpd_req_set_trusted(struct httpd_req *r)
+{
+    r->c->trusted = 1;
 }
 
 const char *httpd_req_peer(const struct httpd_req *r)

@@ -25,11 +25,18 @@
 struct httpd;
 struct httpd_req;
 
+/* Zero fields take the defaults in brackets. */
 struct httpd_limits {
-    size_t max_head_bytes; /* request line + headers; 431 above */
-    size_t max_conns;      /* accepted connections beyond this are closed at once */
-    size_t out_high;       /* httpd_reply_pending() above this means "stop producing" */
-    size_t body_high;      /* streamed body: socket reads pause above this many bytes */
+    size_t max_head_bytes;   /* request line + headers; 431 above [16 KiB] */
+    size_t max_conns;        /* at the cap, a new connection closes the oldest idle untrusted
+                                one (see httpd_req_set_trusted), else is closed itself [512] */
+    size_t out_high;         /* httpd_reply_pending() above this means "stop producing" [1 MiB] */
+    size_t body_high;        /* streamed body: socket reads pause above this many bytes [1 MiB] */
+    size_t pipeline_out_max; /* no new request is read while more unsent reply bytes than this
+                                are queued [64 KiB] */
+    uint64_t header_timeout_ms; /* a request head must be complete this long after the connection
+                                   opens or its first byte arrives; 408 and close [15 s] */
+    uint64_t idle_timeout_ms;   /* a keep-alive connection with no request closes [60 s] */
 };
 
 typedef void (*httpd_handler_fn)(struct httpd_req *req, void *arg);
@@ -56,6 +63,8 @@ size_t httpd_req_query_all(struct httpd_req *r, const char *name, const char **o
 /* Declared body length, -1 when chunked, 0 when none. */
 int64_t httpd_req_content_length(const struct httpd_req *r);
 const char *httpd_req_peer(const struct httpd_req *r);
+/* The connection carried an authenticated request: it is never evicted to make room. */
+void httpd_req_set_trusted(struct httpd_req *r);
 /* Which listener accepted the request's connection: its index in the order of the
  * httpd_listen() calls, from 0. */
 int httpd_req_listener(const struct httpd_req *r);

@@ -88,7 +88,9 @@ int main(int argc, char **argv)
         log_error(NULL, "agent: cannot set up the event loop");
         goto out;
     }
-    struct httpd_limits lim = {.max_conns = a.cfg.max_conns};
+    struct httpd_limits lim = {.max_conns = a.cfg.max_conns,
+                               .header_timeout_ms = a.cfg.header_timeout_ms,
+                               .idle_timeout_ms = a.cfg.idle_timeout_ms};
     a.http = httpd_new(a.base, &lim, agent_handle, &a);
     a.runs = runs_new(&a);
     int bound = 0;

@@ -751,6 +751,8 @@ void agent_handle(struct httpd_req *req, void *arg)
         agent_reply_error(req, 401, "missing or wrong bearer token");
         return;
     }
+    if (a->cfg.token)
+        httpd_req_set_trusted(req);
     if (a->shutting_down) {
         agent_reply_error(req, 503, "agent is shutting down");
         return;
@@ -830,6 +832,12 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
     if (env_u64("SANDBOX_AGENT_MAX_CONNS", 512, 4, 100000, &v, err, errlen))
         return -1;
     cfg->max_conns = (size_t)v;
+    if (env_u64("SANDBOX_AGENT_HEADER_TIMEOUT_MS", 15000, 100, 3600 * 1000, &cfg->header_timeout_ms,
+                err, errlen))
+        return -1;
+    if (env_u64("SANDBOX_AGENT_IDLE_TIMEOUT_MS", 60000, 100, 24 * 3600 * 1000,
+                &cfg->idle_timeout_ms, err, errlen))
+        return -1;
     if (env_u64("SANDBOX_AGENT_SPOOL_MAX_BYTES", 64ULL << 20, 4096, UINT64_MAX / 2,
                 &cfg->spool_max_bytes, err, errlen))
         return -1;
