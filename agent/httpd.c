@@ -584,14 +584,9 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         conn_kill(c, (what & BEV_EVENT_EOF) ? "client-closed" : "connection-error");
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-                      void *arg)
+/* Takes fd as a connection of listener lidx; peer names it in logs. 0, or -1 (fd closed). */
+static int conn_add(struct httpd *s, evutil_socket_t fd, int lidx, const char *peer)
 {
-    (void)salen;
-    struct httpd *s = arg;
-    int lidx = 0;
-    while ((size_t)lidx < s->nlisteners && s->listeners[lidx] != l)
-        lidx++;
     if (s->nconns >= s->lim.max_conns) {
         /* full: make room by closing the oldest connection that is between requests and never
          * authenticated (a half-sent head counts), so stalled strangers cannot lock out the
@@ -612,11 +607,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
                          s->lim.max_conns, s->refused);
             }
             evutil_closesocket(fd);
-            return;
+            return -1;
         }
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = xcalloc(1, sizeof(*c));
     c->srv = s;
     c->listener = lidx;
@@ -624,21 +617,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     if (!c->bev) {
         evutil_closesocket(fd);
         free(c);
-        return;
+        return -1;
     }
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in4 = (const struct sockaddr_in *)(const void *)sa;
-        char a[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &in4->sin_addr, a, sizeof(a));
-        snprintf(c->peer, sizeof(c->peer), "%s:%d", a, ntohs(in4->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
-        char a[INET6_ADDRSTRLEN];
-        inet_ntop(AF_INET6, &in6->sin6_addr, a, sizeof(a));
-        snprintf(c->peer, sizeof(c->peer), "[%s]:%d", a, ntohs(in6->sin6_port));
-    } else {
-        snprintf(c->peer, sizeof(c->peer), "local");
-    }
+    snprintf(c->peer, sizeof(c->peer), "%s", peer);
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
@@ -651,6 +632,40 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     c->timer = evtimer_new(s->base, conn_timeout_cb, c);
     conn_timer_set(c, TIMER_HEADER); /* the first head is due within the header timeout */
+    return 0;
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    (void)salen;
+    struct httpd *s = arg;
+    int lidx = 0;
+    while ((size_t)lidx < s->nlisteners && s->listeners[lidx] != l)
+        lidx++;
+    char peer[PEER_LEN];
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)(const void *)sa;
+        char a[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &in4->sin_addr, a, sizeof(a));
+        snprintf(peer, sizeof(peer), "%s:%d", a, ntohs(in4->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        char a[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &in6->sin6_addr, a, sizeof(a));
+        snprintf(peer, sizeof(peer), "[%s]:%d", a, ntohs(in6->sin6_port));
+    } else {
+        snprintf(peer, sizeof(peer), "local");
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    conn_add(s, fd, lidx, peer);
+}
+
+int httpd_adopt(struct httpd *s, evutil_socket_t fd, const char *peer)
+{
+    evutil_make_socket_nonblocking(fd);
+    return conn_add(s, fd, (int)s->nlisteners, peer ? peer : "local");
 }
 
 struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
