@@ -98,47 +98,15 @@ static char *env_entry(const char *key, const cJSON *v)
  * that steers no loader, shell, interpreter or search path. */
 static const char *hook_env_refusal(const char *name)
 {
-    static const char *const exact[] = {"ENV",
-                                        "IFS",
-                                        "CDPATH",
-                                        "SHELLOPTS",
-                                        "BASHOPTS",
-                                        "GLOBIGNORE",
-                                        "PS4",
-                                        "PROMPT_COMMAND",
-                                        "HOME",
-                                        "SHELL",
-                                        "TMPDIR",
-                                        "PWD",
-                                        "OLDPWD",
-                                        "HISTFILE",
-                                        "INPUTRC",
-                                        "HOSTALIASES",
-                                        "RES_OPTIONS",
-                                        "LOCALDOMAIN",
-                                        "NODE_OPTIONS",
-                                        "PERL5OPT",
-                                        "PERL5DB",
-                                        "RUBYOPT",
-                                        "JAVA_TOOL_OPTIONS",
-                                        "_JAVA_OPTIONS",
-                                        "JDK_JAVA_OPTIONS",
-                                        "GIT_SSH",
-                                        "GIT_SSH_COMMAND",
-                                        "GIT_ASKPASS",
-                                        "SSH_ASKPASS",
-                                        "EDITOR",
-                                        "VISUAL",
-                                        "PAGER",
-                                        "SSL_CERT_FILE",
-                                        "SSL_CERT_DIR",
-                                        "CURL_CA_BUNDLE",
-                                        "REQUESTS_CA_BUNDLE",
-                                        "NODE_EXTRA_CA_CERTS",
-                                        "TZDIR"};
-    static const char *const prefix[] = {
-        "LD_",  "BASH_", "DYLD_",       "PYTHON",         "MALLOC_",    "GLIBC_",  "GCONV_", "PERL",
-        "RUBY", "GIT_",  "NPM_CONFIG_", "SANDBOX_AGENT_", "LIGHTDASH_", "LOCPATH", "NLSPATH"};
+    /* space-separated, with a space at both ends */
+    static const char exact[] =
+        " ENV IFS CDPATH SHELLOPTS BASHOPTS GLOBIGNORE PS4 PROMPT_COMMAND HOME SHELL TMPDIR PWD"
+        " OLDPWD HISTFILE INPUTRC HOSTALIASES RES_OPTIONS LOCALDOMAIN NODE_OPTIONS PERL5OPT"
+        " PERL5DB RUBYOPT JAVA_TOOL_OPTIONS _JAVA_OPTIONS JDK_JAVA_OPTIONS GIT_SSH"
+        " GIT_SSH_COMMAND GIT_ASKPASS SSH_ASKPASS EDITOR VISUAL PAGER SSL_CERT_FILE SSL_CERT_DIR"
+        " CURL_CA_BUNDLE REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS TZDIR ";
+    static const char prefixes[] = " LD_ BASH_ DYLD_ PYTHON MALLOC_ GLIBC_ GCONV_ PERL RUBY GIT_"
+                                   " NPM_CONFIG_ SANDBOX_AGENT_ LIGHTDASH_ LOCPATH NLSPATH ";
     if (!(isalpha((unsigned char)name[0]) || name[0] == '_'))
         return "not a shell variable name";
     for (const char *p = name; *p; p++)
@@ -146,18 +114,22 @@ static const char *hook_env_refusal(const char *name)
             return "not a shell variable name";
     char up[256];
     size_t n = strlen(name);
-    if (n >= sizeof(up))
+    if (n + 2 >= sizeof(up))
         return "name too long";
-    for (size_t i = 0; i <= n; i++)
-        up[i] = (char)toupper((unsigned char)name[i]);
+    up[0] = ' ';
+    for (size_t i = 0; i < n; i++)
+        up[i + 1] = (char)toupper((unsigned char)name[i]);
+    up[n + 1] = ' ';
+    up[n + 2] = '\0';
     if (strstr(up, "PATH"))
         return "a search path";
-    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
-        if (strcmp(up, exact[i]) == 0)
+    if (strstr(exact, up))
+        return "shell-, loader- or interpreter-sensitive";
+    for (const char *p = prefixes + 1; *p; p = strchr(p, ' ') + 1) {
+        size_t k = (size_t)(strchr(p, ' ') - p);
+        if (strncmp(up + 1, p, k) == 0)
             return "shell-, loader- or interpreter-sensitive";
-    for (size_t i = 0; i < sizeof(prefix) / sizeof(prefix[0]); i++)
-        if (strncmp(up, prefix[i], strlen(prefix[i])) == 0)
-            return "shell-, loader- or interpreter-sensitive";
+    }
     return NULL;
 }
 
