@@ -635,6 +635,7 @@ static int conn_add(struct httpd *s, evutil_socket_t fd, int lidx, const char *p
     return 0;
 }
 
+/* cppcheck-suppress constParameter ; the listener callback type fixes the signature */
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
