@@ -19,10 +19,10 @@
 #include <openssl/rand.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
 #include "providers/s3.h"
-#include "worker/config.h"
 
 #define DK_API           "/v1.41"
 #define DK_LABEL         "sandbox-worker"
@@ -2387,13 +2387,13 @@ static int dk_init(struct provider *p, int check_only, char *err, size_t errlen)
 {
     struct dk_prov *d = p->priv;
     const char *ne = getenv("NODE_ENV");
-    if ((ne && strcmp(ne, "production") == 0) || (p->cfg && p->cfg->production)) {
+    if ((ne && strcmp(ne, "production") == 0) || p->settings.production) {
         snprintf(err, errlen,
                  "SANDBOX_PROVIDER: docker is for local development and refuses "
                  "to run with NODE_ENV=production");
         return -1;
     }
-    const char *host = config_env_str("DOCKER_HOST", "unix:///var/run/docker.sock");
+    const char *host = env_str("DOCKER_HOST", "unix:///var/run/docker.sock");
     if (strncmp(host, "unix://", 7) != 0 || !host[7]) {
         snprintf(err, errlen, "DOCKER_HOST: only unix:// sockets are supported, got \"%s\"", host);
         return -1;
@@ -2403,34 +2403,33 @@ static int dk_init(struct provider *p, int check_only, char *err, size_t errlen)
         return -1;
     }
     dk_copy(d->sock, sizeof(d->sock), host + 7);
-    const char *img = config_env_str("SANDBOX_DOCKER_IMAGE", "lightdash-sandbox:local");
-    const char *img2 =
-        config_env_str("SANDBOX_AI_WRITEBACK_DOCKER_IMAGE", "lightdash-ai-writeback:local");
+    const char *img = env_str("SANDBOX_DOCKER_IMAGE", "lightdash-sandbox:local");
+    const char *img2 = env_str("SANDBOX_AI_WRITEBACK_DOCKER_IMAGE", "lightdash-ai-writeback:local");
     if (strlen(img) >= sizeof(d->image[0]) || strlen(img2) >= sizeof(d->image[1])) {
         snprintf(err, errlen, "SANDBOX_DOCKER_IMAGE: name too long");
         return -1;
     }
     dk_copy(d->image[0], sizeof(d->image[0]), img);
     dk_copy(d->image[1], sizeof(d->image[1]), img2);
-    const char *net = config_env_str("SANDBOX_DOCKER_NETWORK", "none");
+    const char *net = env_str("SANDBOX_DOCKER_NETWORK", "none");
     if (strlen(net) >= sizeof(d->network)) {
         snprintf(err, errlen, "SANDBOX_DOCKER_NETWORK: name too long");
         return -1;
     }
     dk_copy(d->network, sizeof(d->network), net);
-    if (config_env_int64("SANDBOX_DOCKER_PIDS_LIMIT", 512, 1, 1 << 22, &d->pids, err, errlen) ||
-        config_env_int64("SANDBOX_DOCKER_MEMORY_BYTES", 2147483648LL, 6 * 1024 * 1024,
-                         INT64_MAX / 2, &d->memory, err, errlen) ||
-        config_env_int64("SANDBOX_DOCKER_NANO_CPUS", 2000000000LL, 10000000, 1024000000000LL,
-                         &d->nano_cpus, err, errlen))
+    if (env_int64("SANDBOX_DOCKER_PIDS_LIMIT", 512, 1, 1 << 22, &d->pids, err, errlen) ||
+        env_int64("SANDBOX_DOCKER_MEMORY_BYTES", 2147483648LL, 6 * 1024 * 1024, INT64_MAX / 2,
+                  &d->memory, err, errlen) ||
+        env_int64("SANDBOX_DOCKER_NANO_CPUS", 2000000000LL, 10000000, 1024000000000LL,
+                  &d->nano_cpus, err, errlen))
         return -1;
-    const char *dir = config_env_str("SANDBOX_SNAPSHOT_DIR", "./snapshots");
+    const char *dir = env_str("SANDBOX_SNAPSHOT_DIR", "./snapshots");
     if (strlen(dir) >= sizeof(d->snapdir) - 100) {
         snprintf(err, errlen, "SANDBOX_SNAPSHOT_DIR: path too long");
         return -1;
     }
     dk_copy(d->snapdir, sizeof(d->snapdir), dir);
-    const char *comp = config_env_str("SANDBOX_SNAPSHOT_COMPRESSION", "zstd");
+    const char *comp = env_str("SANDBOX_SNAPSHOT_COMPRESSION", "zstd");
     if (strcmp(comp, "zstd") != 0 && strcmp(comp, "gzip") != 0) {
         snprintf(err, errlen, "SANDBOX_SNAPSHOT_COMPRESSION: must be zstd or gzip, got \"%s\"",
                  comp);

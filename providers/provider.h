@@ -18,8 +18,6 @@
 #include <cjson/cJSON.h>
 #include <event2/event.h>
 
-struct config;
-
 enum provider_cap {
     PROVIDER_CAP_NATIVE_SUSPEND = 1u << 0, /* suspend keeps memory/disk without a tar snapshot */
     PROVIDER_CAP_REATTACH = 1u << 1,       /* a running command survives a worker crash */
@@ -28,10 +26,16 @@ enum provider_cap {
 
 enum sandbox_feature { SANDBOX_DATA_APP = 0, SANDBOX_AI_WRITEBACK };
 
+/* What the worker tells every backend. Strings are borrowed: they outlive the provider. */
+struct provider_settings {
+    const char *worker_name; /* WORKER_NAME: tags sandboxes so a sweep can find its own */
+    int production;          /* NODE_ENV=production: development-only backends refuse */
+};
+
 struct provider {
     const struct provider_ops *ops;
     struct event_base *base;
-    const struct config *cfg;
+    struct provider_settings settings;
     void *priv; /* ops->priv_size bytes, zeroed */
 };
 
@@ -92,6 +96,11 @@ typedef void (*provider_upload_fn)(void *arg, int rc, uint64_t bytes, const char
 /* Opaque handle of a running exec, valid until its on_exit has run. */
 typedef struct provider_exec provider_exec;
 
+/* Required: name, create, resume, exec, exec_kill, write_file, read_file, suspend, destroy,
+ * release (provider_register refuses a table without them). Optional (NULL): init, cleanup,
+ * delete_snapshot (default: nothing to delete, reports success), archive_upload and
+ * archive_restore (default: report that the backend has no object store). The core calls
+ * backends only through the provider_*() wrappers below, which hold those defaults. */
 struct provider_ops {
     const char *name;
     unsigned caps;
@@ -145,16 +154,44 @@ struct provider_ops {
                             provider_done_fn done, void *arg);
 };
 
-/* Registry: the product's backends. Tests may add their own (e.g. a scripted provider). */
+/* Registry: the product's backends. Tests may add their own (e.g. a scripted provider).
+ * provider_register returns -1 (and registers nothing) when a required op is missing. */
 const struct provider_ops *provider_find(const char *name);
-void provider_register(const struct provider_ops *ops);
+int provider_register(const struct provider_ops *ops);
 /* Comma-separated names, for error messages. Static storage. */
 const char *provider_names(void);
 
-/* Instance lifecycle. provider_new returns NULL with err on init failure. */
+/* Instance lifecycle. provider_new returns NULL with err on init failure. settings is
+ * copied; its strings are borrowed and must outlive the provider. */
 struct provider *provider_new(const struct provider_ops *ops, struct event_base *base,
-                              const struct config *cfg, int check_only, char *err, size_t errlen);
+                              const struct provider_settings *settings, int check_only, char *err,
+                              size_t errlen);
 void provider_free(struct provider *p);
+
+/* The way into a backend: each wrapper calls the op, or its default when the op is optional
+ * and absent (defaults report through the loop, never from inside the call). */
+const char *provider_name(const struct provider *p);
+unsigned provider_caps(const struct provider *p);
+void provider_create(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,
+                     void *arg);
+void provider_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                     provider_sandbox_fn done, void *arg);
+provider_exec *provider_exec_start(struct sandbox *sb, const struct exec_req *req,
+                                   const struct exec_cbs *cbs, char *err, size_t errlen);
+void provider_exec_kill(struct sandbox *sb, provider_exec *ex);
+void provider_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
+                         int mode, provider_done_fn done, void *arg);
+void provider_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
+                        void *arg);
+void provider_suspend(struct sandbox *sb, provider_ref_fn done, void *arg);
+void provider_destroy(struct sandbox *sb, provider_done_fn done, void *arg);
+void provider_delete_snapshot(struct provider *p, const cJSON *ref, provider_done_fn done,
+                              void *arg);
+void provider_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
+                             provider_upload_fn done, void *arg);
+void provider_archive_restore(struct sandbox *sb, const char *key, const char *dest,
+                              provider_done_fn done, void *arg);
+/* Frees the sandbox handle (no remote calls). NULL is a no-op. */
 void provider_sandbox_release(struct sandbox *sb);
 
 #endif

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 
 #define DEFAULT_PROVIDER  "e2b"
 #define DEFAULT_REDIS_URL "redis://127.0.0.1:6379"
@@ -19,7 +20,6 @@
 #define WORKER_NAME_MAX   128
 #define PROVIDER_MAX      64
 #define ENV_NAME_MAX      128
-#define QUOTE_MAX         64 /* bytes of a bad value shown in a message */
 
 static const char *const level_names[] = {"error", "warn", "info", "http", "debug"};
 static const char *const format_names[] = {"plain", "json", "pretty"};
@@ -56,123 +56,6 @@ static const struct int_var int_vars[] = {
 };
 #undef F
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    /* One line, always. */
-    for (char *p = err; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
-}
-
-/* `"value"` for a message: escaped (\" \\ \xNN) and cut at QUOTE_MAX bytes with "...". */
-static void quote(const char *s, char *out, size_t outlen)
-{
-    struct buf b;
-    buf_init(&b);
-    buf_putc(&b, '"');
-    size_t i = 0;
-    for (; i < QUOTE_MAX && s[i]; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            buf_printf(&b, "\\%c", c);
-        else if (c < 0x20 || c > 0x7e)
-            buf_printf(&b, "\\x%02x", c);
-        else
-            buf_putc(&b, (char)c);
-    }
-    if (s[i])
-        buf_puts(&b, "...");
-    buf_putc(&b, '"');
-    snprintf(out, outlen, "%s", b.data);
-    buf_release(&b);
-}
-
-/* Strict decimal: optional '-', digits, no spaces or '+', no overflow. */
-static int parse_i64(const char *s, int64_t *out)
-{
-    const char *p = s[0] == '-' ? s + 1 : s;
-    if (*p < '0' || *p > '9')
-        return -1;
-    for (const char *q = p; *q; q++)
-        if (*q < '0' || *q > '9')
-            return -1;
-    errno = 0;
-    char *end = NULL;
-    long long v = strtoll(s, &end, 10);
-    if (errno != 0 || !end || *end)
-        return -1;
-    *out = (int64_t)v;
-    return 0;
-}
-
-static int parse_bool(const char *s, int *out)
-{
-    static const char *const yes[] = {"true", "1", "yes"};
-    static const char *const no[] = {"false", "0", "no"};
-    for (size_t i = 0; i < 3; i++) {
-        if (strcasecmp(s, yes[i]) == 0) {
-            *out = 1;
-            return 0;
-        }
-        if (strcasecmp(s, no[i]) == 0) {
-            *out = 0;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-const char *config_env_str(const char *name, const char *def)
-{
-    const char *s = getenv(name);
-    return s && *s ? s : def;
-}
-
-int config_env_int64(const char *name, int64_t def, int64_t min, int64_t max, int64_t *out,
-                     char *err, size_t errlen)
-{
-    const char *s = config_env_str(name, NULL);
-    int64_t v;
-    if (!s) {
-        *out = def;
-        return 0;
-    }
-    if (parse_i64(s, &v) != 0 || v < min || v > max) {
-        char q[QUOTE_MAX * 4 + 8];
-        quote(s, q, sizeof q);
-        set_err(err, errlen, "%s: must be an integer between %lld and %lld, got %s", name,
-                (long long)min, (long long)max, q);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int config_env_bool(const char *name, int def, int *out, char *err, size_t errlen)
-{
-    const char *s = config_env_str(name, NULL);
-    if (!s) {
-        *out = def;
-        return 0;
-    }
-    if (parse_bool(s, out) != 0) {
-        char q[QUOTE_MAX * 4 + 8];
-        quote(s, q, sizeof q);
-        set_err(err, errlen, "%s: must be one of true, false, 1, 0, yes, no, got %s", name, q);
-        return -1;
-    }
-    return 0;
-}
-
 static int is_name_char(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -183,15 +66,15 @@ static int is_name_char(unsigned char c)
 static int load_name(const char *var, const char *def, size_t max, char **out, char *err,
                      size_t errlen)
 {
-    const char *s = config_env_str(var, def);
+    const char *s = env_str(var, def);
     size_t n = strlen(s);
     int ok = n >= 1 && n <= max;
     for (size_t i = 0; ok && i < n; i++)
         ok = is_name_char((unsigned char)s[i]);
     if (!ok) {
-        char q[QUOTE_MAX * 4 + 8];
-        quote(s, q, sizeof q);
-        set_err(err, errlen, "%s: must be 1..%zu characters of A-Z a-z 0-9 _ . : -, got %s", var,
+        char q[ENV_QUOTE_LEN];
+        env_quote(s, q, sizeof q);
+        env_err(err, errlen, "%s: must be 1..%zu characters of A-Z a-z 0-9 _ . : -, got %s", var,
                 max, q);
         return -1;
     }
@@ -220,45 +103,10 @@ static char *default_worker_name(void)
     return buf_detach(&b);
 }
 
-/* Userinfo of a URL "scheme://[user[:password]@]rest": sets [*pw, *pwend) to the password
- * (the whole userinfo when it has no ':'); 0 when there is none. The userinfo ends at the
- * last '@', so a password holding an unescaped '@' or '/' is still found whole. */
-static int url_password_span(const char *url, const char **pw, const char **pwend)
-{
-    const char *s = strstr(url, "://");
-    if (!s)
-        return 0;
-    s += 3;
-    const char *at = strrchr(s, '@');
-    if (!at)
-        return 0;
-    const char *colon = memchr(s, ':', (size_t)(at - s));
-    *pw = colon ? colon + 1 : s;
-    *pwend = at;
-    return *pwend > *pw;
-}
-
-char *config_url_redact(const char *url)
-{
-    const char *pw, *pwend;
-    struct buf b;
-    buf_init(&b);
-    if (!url)
-        return buf_detach(&b);
-    if (!url_password_span(url, &pw, &pwend)) {
-        buf_puts(&b, url);
-        return buf_detach(&b);
-    }
-    buf_append(&b, url, (size_t)(pw - url));
-    buf_puts(&b, "***");
-    buf_puts(&b, pwend);
-    return buf_detach(&b);
-}
-
 static int load_redis(struct config *c, char *err, size_t errlen)
 {
     char why[256] = "";
-    c->redis_url = xstrdup(config_env_str("REDIS_URL", DEFAULT_REDIS_URL));
+    c->redis_url = xstrdup(env_str("REDIS_URL", DEFAULT_REDIS_URL));
     if (redis_url_parse(c->redis_url, &c->redis, why, sizeof why) == 0)
         return 0;
     memset(&c->redis, 0, sizeof c->redis);
@@ -267,7 +115,7 @@ static int load_redis(struct config *c, char *err, size_t errlen)
     struct buf b;
     buf_init(&b);
     buf_puts(&b, why[0] ? why : "invalid URL");
-    if (url_password_span(c->redis_url, &pw, &pwend)) {
+    if (env_url_password_span(c->redis_url, &pw, &pwend)) {
         struct buf m;
         size_t n = (size_t)(pwend - pw);
         char *secret = xstrndup(pw, n);
@@ -286,7 +134,7 @@ static int load_redis(struct config *c, char *err, size_t errlen)
         b = m;
         free(secret);
     }
-    set_err(err, errlen, "REDIS_URL: %s", b.data);
+    env_err(err, errlen, "REDIS_URL: %s", b.data);
     buf_release(&b);
     return -1;
 }
@@ -300,7 +148,7 @@ static int load_http(struct config *c, char *err, size_t errlen)
     const char *host = NULL, *port = NULL;
     size_t hostlen = 0;
     const char *why = NULL;
-    char q[QUOTE_MAX * 4 + 8];
+    char q[ENV_QUOTE_LEN];
 
     c->http_addr = xstrdup(s);
     c->http_host = NULL;
@@ -353,7 +201,7 @@ static int load_http(struct config *c, char *err, size_t errlen)
         goto bad;
     }
     int64_t p;
-    if (parse_i64(port, &p) != 0 || p < 0 || p > 65535) {
+    if (env_parse_i64(port, &p) != 0 || p < 0 || p > 65535) {
         why = "port must be an integer between 0 and 65535";
         goto bad;
     }
@@ -361,15 +209,15 @@ static int load_http(struct config *c, char *err, size_t errlen)
     c->http_port = (int)p;
     return 0;
 bad:
-    quote(s, q, sizeof q);
-    set_err(err, errlen, "WORKER_HTTP_ADDR: %s, got %s", why, q);
+    env_quote(s, q, sizeof q);
+    env_err(err, errlen, "WORKER_HTTP_ADDR: %s, got %s", why, q);
     return -1;
 }
 
 /* Comma-separated variable names; spaces around names are ignored; "none" = empty list. */
 static int load_inherit(struct config *c, char *err, size_t errlen)
 {
-    const char *s = config_env_str("SANDBOX_INHERIT_ENV_ALLOW", DEFAULT_INHERIT);
+    const char *s = env_str("SANDBOX_INHERIT_ENV_ALLOW", DEFAULT_INHERIT);
     size_t cap = 1;
     for (const char *p = s; *p; p++)
         cap += *p == ',';
@@ -393,9 +241,9 @@ static int load_inherit(struct config *c, char *err, size_t errlen)
             ok = (ch >= 'A' && ch <= 'Z') || ch == '_' || (i > 0 && ch >= '0' && ch <= '9');
         }
         if (!ok) {
-            char q[QUOTE_MAX * 4 + 8];
-            quote(s, q, sizeof q);
-            set_err(err, errlen,
+            char q[ENV_QUOTE_LEN];
+            env_quote(s, q, sizeof q);
+            env_err(err, errlen,
                     "SANDBOX_INHERIT_ENV_ALLOW: must be a comma-separated list of variable "
                     "names ([A-Z_][A-Z0-9_]*) or none, got %s",
                     q);
@@ -413,24 +261,24 @@ static int load_inherit(struct config *c, char *err, size_t errlen)
 static int load_logging(struct config *c, char *err, size_t errlen)
 {
     char lower[32];
-    char q[QUOTE_MAX * 4 + 8];
-    const char *s = config_env_str("LIGHTDASH_LOG_LEVEL", "info");
+    char q[ENV_QUOTE_LEN];
+    const char *s = env_str("LIGHTDASH_LOG_LEVEL", "info");
     snprintf(lower, sizeof lower, "%s", s);
     for (char *p = lower; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
     if (strlen(s) >= sizeof lower || log_level_parse(lower, &c->log_level) != 0) {
-        quote(s, q, sizeof q);
-        set_err(err, errlen,
+        env_quote(s, q, sizeof q);
+        env_err(err, errlen,
                 "LIGHTDASH_LOG_LEVEL: must be one of error, warn, info, http, debug, got %s", q);
         return -1;
     }
-    s = config_env_str("LIGHTDASH_LOG_FORMAT", "pretty");
+    s = env_str("LIGHTDASH_LOG_FORMAT", "pretty");
     snprintf(lower, sizeof lower, "%s", s);
     for (char *p = lower; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
     if (strlen(s) >= sizeof lower || log_format_parse(lower, &c->log_format) != 0) {
-        quote(s, q, sizeof q);
-        set_err(err, errlen, "LIGHTDASH_LOG_FORMAT: must be one of json, plain, pretty, got %s", q);
+        env_quote(s, q, sizeof q);
+        env_err(err, errlen, "LIGHTDASH_LOG_FORMAT: must be one of json, plain, pretty, got %s", q);
         return -1;
     }
     return 0;
@@ -441,7 +289,7 @@ static int load_ints(struct config *c, char *err, size_t errlen)
     for (size_t i = 0; i < sizeof int_vars / sizeof *int_vars; i++) {
         const struct int_var *iv = &int_vars[i];
         int64_t v;
-        if (config_env_int64(iv->name, iv->def, iv->min, iv->max, &v, err, errlen) != 0)
+        if (env_int64(iv->name, iv->def, iv->min, iv->max, &v, err, errlen) != 0)
             return -1;
         char *field = (char *)c + iv->off;
         switch (iv->type) {
@@ -461,7 +309,7 @@ static int load_ints(struct config *c, char *err, size_t errlen)
         }
     }
     if (c->retry_max_ms < c->retry_base_ms) {
-        set_err(err, errlen,
+        env_err(err, errlen,
                 "WORKER_RETRY_MAX_MS: must be at least WORKER_RETRY_BASE_MS (%d), got \"%d\"",
                 c->retry_base_ms, c->retry_max_ms);
         return -1;
@@ -471,15 +319,15 @@ static int load_ints(struct config *c, char *err, size_t errlen)
 
 static int load_provider(struct config *c, char *err, size_t errlen)
 {
-    const char *s = config_env_str("SANDBOX_PROVIDER", DEFAULT_PROVIDER);
+    const char *s = env_str("SANDBOX_PROVIDER", DEFAULT_PROVIDER);
     size_t n = strlen(s);
     int ok = n >= 1 && n <= PROVIDER_MAX;
     for (size_t i = 0; ok && i < n; i++)
         ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-';
     if (!ok) {
-        char q[QUOTE_MAX * 4 + 8];
-        quote(s, q, sizeof q);
-        set_err(err, errlen,
+        char q[ENV_QUOTE_LEN];
+        env_quote(s, q, sizeof q);
+        env_err(err, errlen,
                 "SANDBOX_PROVIDER: must be a provider name such as e2b, lambda-microvm, "
                 "azure-container-sessions or docker, got %s",
                 q);
@@ -491,18 +339,18 @@ static int load_provider(struct config *c, char *err, size_t errlen)
 
 static int load_tls(struct config *c, char *err, size_t errlen)
 {
-    const char *ca = config_env_str("REDIS_TLS_CA_FILE", NULL);
+    const char *ca = env_str("REDIS_TLS_CA_FILE", NULL);
     if (ca) {
         if (access(ca, R_OK) != 0) {
-            char q[QUOTE_MAX * 4 + 8];
+            char q[ENV_QUOTE_LEN];
             int e = errno;
-            quote(ca, q, sizeof q);
-            set_err(err, errlen, "REDIS_TLS_CA_FILE: cannot read %s: %s", q, strerror(e));
+            env_quote(ca, q, sizeof q);
+            env_err(err, errlen, "REDIS_TLS_CA_FILE: cannot read %s: %s", q, strerror(e));
             return -1;
         }
         c->redis_tls_ca_file = xstrdup(ca);
     }
-    return config_env_bool("REDIS_TLS_INSECURE", 0, &c->redis_tls_insecure, err, errlen);
+    return env_bool("REDIS_TLS_INSECURE", 0, &c->redis_tls_insecure, err, errlen);
 }
 
 int config_load(struct config *c, char *err, size_t errlen)
@@ -517,7 +365,7 @@ int config_load(struct config *c, char *err, size_t errlen)
         load_http(c, err, errlen) != 0 || load_inherit(c, err, errlen) != 0 ||
         load_logging(c, err, errlen) != 0)
         goto fail;
-    if (config_env_str("WORKER_NAME", NULL)) {
+    if (env_str("WORKER_NAME", NULL)) {
         if (load_name("WORKER_NAME", NULL, WORKER_NAME_MAX, &c->worker_name, err, errlen) != 0)
             goto fail;
     } else {
@@ -557,7 +405,7 @@ void config_release(struct config *c)
 
 void config_dump(const struct config *c, FILE *out)
 {
-    char *url = config_url_redact(c->redis_url);
+    char *url = env_url_redact(c->redis_url);
     fprintf(out, "SANDBOX_PROVIDER=%s\n", c->provider ? c->provider : "");
     fprintf(out, "REDIS_URL=%s\n", url);
     fprintf(out, "REDIS_TLS_CA_FILE=%s\n", c->redis_tls_ca_file ? c->redis_tls_ca_file : "");
@@ -608,4 +456,16 @@ void config_dump(const struct config *c, FILE *out)
             (unsigned)c->log_format <= LOG_FMT_PRETTY ? format_names[c->log_format] : "?");
     fprintf(out, "NODE_ENV=%s\n", c->production ? "production" : "(not production)");
     free(url);
+}
+
+struct redis_opts config_redis_opts(const struct config *c)
+{
+    struct redis_opts o = {
+        .url = &c->redis,
+        .tls_ca_file = c->redis_tls_ca_file,
+        .tls_insecure = c->redis_tls_insecure,
+        .connect_timeout_ms = c->redis_connect_timeout_ms,
+        .command_timeout_ms = c->redis_command_timeout_ms,
+    };
+    return o;
 }

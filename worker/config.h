@@ -64,21 +64,9 @@ struct config {
  * On failure c is released. */
 int config_load(struct config *c, char *err, size_t errlen);
 void config_release(struct config *c);
+/* The Redis connection options of c (borrowing c's strings). */
+struct redis_opts config_redis_opts(const struct config *c);
 /* Writes the effective configuration, secrets masked, one "NAME=value" per line. */
 void config_dump(const struct config *c, FILE *out);
-
-/* Helpers for providers validating their own variables (same message style).
- * config_env_int64: absent or empty → def; not an integer in [min,max] → -1 with err. */
-int config_env_int64(const char *name, int64_t def, int64_t min, int64_t max, int64_t *out,
-                     char *err, size_t errlen);
-/* Absent or empty → def (may be NULL). Returned pointer is getenv's or def. */
-const char *config_env_str(const char *name, const char *def);
-/* true/false/1/0/yes/no, case-insensitive; absent or empty → def. */
-int config_env_bool(const char *name, int def, int *out, char *err, size_t errlen);
-
-/* A copy of url (malloc'd, caller frees) with the password of its userinfo replaced by "***"
- * ("redis://user:***@host:6379/0"; a userinfo without ':' is masked whole). url may be NULL
- * (returns ""). */
-char *config_url_redact(const char *url);
 
 #endif

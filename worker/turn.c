@@ -14,6 +14,7 @@
 #include "lib/log.h"
 #include "lib/mask.h"
 #include "worker/job.h"
+#include "worker/turn.h"
 #include "worker/worker.h"
 
 #define POISON_DELIVERIES 10   /* a turn never begun after this many deliveries is dead */
@@ -206,15 +207,15 @@ static void published(void *arg, int rc)
         metric_inc(w->m_fenced, NULL, 1);
         log_warn(&t->lc, "result not published: the lease moved to another worker");
     } else if (t->new_snapshot && t->old_snapshot && *t->old_snapshot &&
-               strcmp(t->new_snapshot, t->old_snapshot) != 0 && w->prov->ops->delete_snapshot &&
-               t->old_provider && strcmp(t->old_provider, w->prov->ops->name) == 0) {
+               strcmp(t->new_snapshot, t->old_snapshot) != 0 && t->old_provider &&
+               strcmp(t->old_provider, provider_name(w->prov)) == 0) {
         /* The thread has moved on to the new snapshot: the old one can go. */
         cJSON *ref = cJSON_Parse(t->old_snapshot);
         if (ref) {
             struct snap_del *sd = xcalloc(1, sizeof(*sd));
             sd->w = w;
             sd->ref = xstrdup(t->old_snapshot);
-            w->prov->ops->delete_snapshot(w->prov, ref, snapshot_deleted, sd);
+            provider_delete_snapshot(w->prov, ref, snapshot_deleted, sd);
             cJSON_Delete(ref);
         }
     }
@@ -298,7 +299,7 @@ static char *build_result(struct turn *t, const char *status)
     }
     if (t->thread_state) {
         cJSON *sb = cJSON_AddObjectToObject(r, "sandbox");
-        cJSON_AddStringToObject(sb, "provider", w->prov->ops->name);
+        cJSON_AddStringToObject(sb, "provider", provider_name(w->prov));
         cJSON_AddStringToObject(sb, "state", t->thread_state);
         cJSON_AddBoolToObject(sb, "resumed", t->resumed);
         if (t->sb || t->new_snapshot) {
@@ -356,7 +357,7 @@ static void publish(struct turn *t, const char *status, enum queue_mode mode,
         .thread_state = t->thread_state,
         .sandbox_id = t->sb ? t->sb->id : "",
         .snapshot_json = t->new_snapshot ? t->new_snapshot : "",
-        .provider = w->prov->ops->name,
+        .provider = provider_name(w->prov),
     };
     queue_complete(w->q, &c, published, t);
     free(result);
@@ -440,9 +441,8 @@ static void suspended(void *arg, int rc, const cJSON *ref, const char *err)
     set_error(t, "suspend_failed", "suspend failed: %s", err ? err : "unknown error");
     if (!t->status)
         t->status = "failed";
-    const struct provider_ops *ops = t->w->prov->ops;
-    if (!(ops->caps & PROVIDER_CAP_NATIVE_SUSPEND)) {
-        ops->destroy(t->sb, destroyed_after_failed_suspend, t);
+    if (!(provider_caps(t->w->prov) & PROVIDER_CAP_NATIVE_SUSPEND)) {
+        provider_destroy(t->sb, destroyed_after_failed_suspend, t);
         return;
     }
     /* A native suspend failed: the sandbox may still hold the state; leave it for the
@@ -473,11 +473,10 @@ static void finish(struct turn *t)
         finished(t);
         return;
     }
-    const struct provider_ops *ops = t->w->prov->ops;
     if (t->job->after == JOB_AFTER_DESTROY)
-        ops->destroy(t->sb, destroyed, t);
+        provider_destroy(t->sb, destroyed, t);
     else
-        ops->suspend(t->sb, suspended, t);
+        provider_suspend(t->sb, suspended, t);
 }
 
 /* ---- steps ---- */
@@ -599,7 +598,7 @@ static void write_next_file(struct turn *t)
         return;
     }
     const struct job_file *f = &js->files[t->file];
-    t->w->prov->ops->write_file(t->sb, f->path, f->data, f->len, f->mode, file_written, t);
+    provider_write_file(t->sb, f->path, f->data, f->len, f->mode, file_written, t);
 }
 
 static void file_written(void *arg, int rc, const char *err)
@@ -719,7 +718,6 @@ static void build_env(struct turn *t, const struct job_step *js)
 static void start_step(struct turn *t)
 {
     const struct job_step *js = &t->job->steps[t->step];
-    const struct provider_ops *ops = t->w->prov->ops;
     struct step_result *sr = &t->sr[t->step];
     t->step_started = now_ms();
     char step[24];
@@ -735,7 +733,7 @@ static void start_step(struct turn *t)
         return;
     case STEP_READ: {
         size_t max = js->max_bytes ? js->max_bytes : t->w->cfg.read_cap_bytes;
-        ops->read_file(t->sb, js->path, max + 1, file_read, t);
+        provider_read_file(t->sb, js->path, max + 1, file_read, t);
         return;
     }
     case STEP_RUN: {
@@ -749,7 +747,7 @@ static void start_step(struct turn *t)
         };
         struct exec_cbs cbs = {on_output, on_exec_exit, t};
         char err[256] = "";
-        t->ex = ops->exec(t->sb, &req, &cbs, err, sizeof(err));
+        t->ex = provider_exec_start(t->sb, &req, &cbs, err, sizeof(err));
         if (!t->ex) {
             sr->error = xstrdup(err[0] ? err : "exec failed");
             step_done(t, SS_ERROR);
@@ -758,16 +756,10 @@ static void start_step(struct turn *t)
     }
     case STEP_UPLOAD:
     case STEP_RESTORE:
-        if (!ops->archive_upload || !ops->archive_restore) {
-            step_error(t,
-                       "the %s provider cannot archive: %s steps need a provider with an "
-                       "object store",
-                       ops->name, job_step_kind_name(js->kind));
-        } else if (js->kind == STEP_UPLOAD) {
-            ops->archive_upload(t->sb, (const char *const *)js->paths, js->key, uploaded, t);
-        } else {
-            ops->archive_restore(t->sb, js->key, js->dest, restored, t);
-        }
+        if (js->kind == STEP_UPLOAD)
+            provider_archive_upload(t->sb, (const char *const *)js->paths, js->key, uploaded, t);
+        else
+            provider_archive_restore(t->sb, js->key, js->dest, restored, t);
         return;
     }
 }
@@ -796,7 +788,7 @@ static void turn_abort(struct turn *t, enum turn_abort why)
         return;
     t->abort = why;
     if (t->ex)
-        t->w->prov->ops->exec_kill(t->ex);
+        provider_exec_kill(t->sb, t->ex);
 }
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -884,20 +876,19 @@ static void destroy_snapshot_done(void *arg, int rc, const char *err)
 static void acquire(struct turn *t)
 {
     struct worker *w = t->w;
-    const struct provider_ops *ops = w->prov->ops;
     int64_t budget = t->job->deadline_ms ? t->job->deadline_ms : w->cfg.turn_timeout_ms;
     t->deadline = evtimer_new(w->base, deadline_cb, t);
     struct timeval tv = {(time_t)(budget / 1000), (suseconds_t)((budget % 1000) * 1000)};
     evtimer_add(t->deadline, &tv);
     int has_snapshot = t->old_snapshot && *t->old_snapshot && t->old_state &&
                        strcmp(t->old_state, "suspended") == 0 && t->old_provider &&
-                       strcmp(t->old_provider, ops->name) == 0;
+                       strcmp(t->old_provider, provider_name(w->prov)) == 0;
     if (t->job->op == JOB_OP_DESTROY) {
         t->sr = xcalloc(1, sizeof(*t->sr));
         t->t_acquired = now_ms();
         cJSON *ref = has_snapshot ? cJSON_Parse(t->old_snapshot) : NULL;
-        if (ref && ops->delete_snapshot) {
-            ops->delete_snapshot(w->prov, ref, destroy_snapshot_done, t);
+        if (ref) {
+            provider_delete_snapshot(w->prov, ref, destroy_snapshot_done, t);
             cJSON_Delete(ref);
             return;
         }
@@ -920,10 +911,10 @@ static void acquire(struct turn *t)
     cJSON *ref = has_snapshot ? cJSON_Parse(t->old_snapshot) : NULL;
     if (ref) {
         t->resumed = 1;
-        ops->resume(w->prov, &spec, ref, acquired, t);
+        provider_resume(w->prov, &spec, ref, acquired, t);
         cJSON_Delete(ref);
     } else {
-        ops->create(w->prov, &spec, acquired, t);
+        provider_create(w->prov, &spec, acquired, t);
     }
 }
 

@@ -12,6 +12,7 @@
 
 #include "lib/log.h"
 #include "worker/status.h"
+#include "worker/turn.h"
 
 /* After the grace period, interrupted turns get this long to suspend and publish. */
 #define HARD_STOP_MS 15000
@@ -252,7 +253,9 @@ int worker_main(int argc, char **argv)
     if (check_provider(&w.cfg, &ops) != 0)
         goto out;
     w.base = event_base_new();
-    w.prov = provider_new(ops, w.base, &w.cfg, check, err, sizeof(err));
+    struct provider_settings ps = {.worker_name = w.cfg.worker_name,
+                                   .production = w.cfg.production};
+    w.prov = provider_new(ops, w.base, &ps, check, err, sizeof(err));
     if (!w.prov) {
         fprintf(stderr, "%s\n", err);
         goto out;
@@ -268,11 +271,7 @@ int worker_main(int argc, char **argv)
     w.m = metrics_new();
     register_metrics(&w);
     struct queue_opts qo = {
-        .url = &w.cfg.redis,
-        .tls_ca_file = w.cfg.redis_tls_ca_file,
-        .tls_insecure = w.cfg.redis_tls_insecure,
-        .connect_timeout_ms = w.cfg.redis_connect_timeout_ms,
-        .command_timeout_ms = w.cfg.redis_command_timeout_ms,
+        .redis = config_redis_opts(&w.cfg),
         .prefix = w.cfg.prefix,
         .consumer = w.cfg.worker_name,
         .lease_ms = w.cfg.lease_ms,

@@ -35,12 +35,6 @@ struct worker {
  * SIGTERM/SIGINT has drained. Returns the process exit status. */
 int worker_main(int argc, char **argv);
 
-/* Turn lifecycle (turn.c). turn_start takes ownership of d. */
-void turn_start(struct worker *w, struct queue_delivery *d);
-void turn_lease_lost(struct worker *w, const char *entry);
-void turn_cancel_entry(struct worker *w, const char *entry);
-/* Interrupts every turn in flight (shutdown grace expired). */
-void turn_interrupt_all(struct worker *w);
 /* Called by turn.c when a turn is gone (slot free). */
 void worker_turn_finished(struct worker *w);
 

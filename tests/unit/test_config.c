@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "tests/support/test.h"
 #include "worker/config.h"
 
@@ -393,10 +394,10 @@ TEST_CASE(redis_password_masked)
         free(d);
         config_release(&c);
     }
-    char *r = config_url_redact("redis://u:p@ss/w@rd@h:1/0");
+    char *r = env_url_redact("redis://u:p@ss/w@rd@h:1/0");
     CHECK_STR(r, "redis://u:***@h:1/0");
     free(r);
-    r = config_url_redact(NULL);
+    r = env_url_redact(NULL);
     CHECK_STR(r, "");
     free(r);
     clear_env();
@@ -420,7 +421,7 @@ TEST_CASE(booleans)
 
         int v = -1;
         setenv("TEST_CFG_BOOL", cases[i].text, 1);
-        CHECK_EQ_INT(config_env_bool("TEST_CFG_BOOL", 7, &v, err, sizeof err), 0);
+        CHECK_EQ_INT(env_bool("TEST_CFG_BOOL", 7, &v, err, sizeof err), 0);
         CHECK_EQ_INT(v, cases[i].value);
     }
     static const char *const bad[] = {"on", "off", "y", "t", "2", "truee", " true", "-1"};
@@ -428,7 +429,7 @@ TEST_CASE(booleans)
         char err[512];
         int v;
         setenv("TEST_CFG_BOOL", bad[i], 1);
-        CHECK_EQ_INT(config_env_bool("TEST_CFG_BOOL", 0, &v, err, sizeof err), -1);
+        CHECK_EQ_INT(env_bool("TEST_CFG_BOOL", 0, &v, err, sizeof err), -1);
         CHECK(strncmp(err, "TEST_CFG_BOOL: must be one of true, false, 1, 0, yes, no, got ", 62) ==
               0);
     }
@@ -483,26 +484,26 @@ TEST_CASE(env_helpers)
     char err[512];
     int64_t v = 0;
     clear_env();
-    CHECK_EQ_INT(config_env_int64("TEST_CFG_INT", 42, 0, 100, &v, err, sizeof err), 0);
+    CHECK_EQ_INT(env_int64("TEST_CFG_INT", 42, 0, 100, &v, err, sizeof err), 0);
     CHECK_EQ_INT(v, 42);
     setenv("TEST_CFG_INT", "-7", 1);
-    CHECK_EQ_INT(config_env_int64("TEST_CFG_INT", 42, -10, 100, &v, err, sizeof err), 0);
+    CHECK_EQ_INT(env_int64("TEST_CFG_INT", 42, -10, 100, &v, err, sizeof err), 0);
     CHECK_EQ_INT(v, -7);
     setenv("TEST_CFG_INT", "9223372036854775807", 1);
-    CHECK_EQ_INT(config_env_int64("TEST_CFG_INT", 0, 0, INT64_MAX, &v, err, sizeof err), 0);
+    CHECK_EQ_INT(env_int64("TEST_CFG_INT", 0, 0, INT64_MAX, &v, err, sizeof err), 0);
     CHECK_EQ_INT(v, INT64_MAX);
     setenv("TEST_CFG_INT", "9223372036854775808", 1);
-    CHECK_EQ_INT(config_env_int64("TEST_CFG_INT", 0, 0, INT64_MAX, &v, err, sizeof err), -1);
+    CHECK_EQ_INT(env_int64("TEST_CFG_INT", 0, 0, INT64_MAX, &v, err, sizeof err), -1);
     setenv("TEST_CFG_INT", "101", 1);
-    CHECK_EQ_INT(config_env_int64("TEST_CFG_INT", 42, 0, 100, &v, err, sizeof err), -1);
+    CHECK_EQ_INT(env_int64("TEST_CFG_INT", 42, 0, 100, &v, err, sizeof err), -1);
     CHECK_STR(err, "TEST_CFG_INT: must be an integer between 0 and 100, got \"101\"");
 
-    CHECK(config_env_str("TEST_CFG_STR", NULL) == NULL);
-    CHECK_STR(config_env_str("TEST_CFG_STR", "dflt"), "dflt");
+    CHECK(env_str("TEST_CFG_STR", NULL) == NULL);
+    CHECK_STR(env_str("TEST_CFG_STR", "dflt"), "dflt");
     setenv("TEST_CFG_STR", "", 1);
-    CHECK_STR(config_env_str("TEST_CFG_STR", "dflt"), "dflt");
+    CHECK_STR(env_str("TEST_CFG_STR", "dflt"), "dflt");
     setenv("TEST_CFG_STR", "val", 1);
-    CHECK_STR(config_env_str("TEST_CFG_STR", "dflt"), "val");
+    CHECK_STR(env_str("TEST_CFG_STR", "dflt"), "val");
     clear_env();
 }
 

@@ -25,9 +25,10 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
-#include "queue/client.h"
+#include "ctl/client.h"
 #include "worker/config.h"
 #include "worker/job.h"
 
@@ -881,7 +882,7 @@ static void ready(void *arg, int ok, const char *err)
 {
     struct ctl *x = arg;
     if (!ok) {
-        char *url = config_url_redact(x->cfg.redis_url);
+        char *url = env_url_redact(x->cfg.redis_url);
         fprintf(stderr, "sandboxctl: cannot connect to Redis at %s: %s\n", url, err);
         free(url);
         finish(x, EXIT_REDIS);
@@ -1025,11 +1026,7 @@ int main(int argc, char **argv)
         goto out;
     }
     struct client_opts co = {
-        .url = &x.cfg.redis,
-        .tls_ca_file = x.cfg.redis_tls_ca_file,
-        .tls_insecure = x.cfg.redis_tls_insecure,
-        .connect_timeout_ms = x.cfg.redis_connect_timeout_ms,
-        .command_timeout_ms = x.cfg.redis_command_timeout_ms,
+        .redis = config_redis_opts(&x.cfg),
         .prefix = x.cfg.prefix,
         .job_ttl_s = x.cfg.job_ttl_s,
     };

@@ -1,0 +1,223 @@
+#include "providers/provider.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/buf.h"
+#include "providers/docker.h"
+
+#define REGISTRY_MAX 16
+
+/* Built-in backends are added here as they land. */
+static const struct provider_ops *registry[REGISTRY_MAX] = {&docker_provider_ops};
+
+static int provider_complete(const struct provider_ops *o)
+{
+    return o->name && o->create && o->resume && o->exec && o->exec_kill && o->write_file &&
+           o->read_file && o->suspend && o->destroy && o->release;
+}
+
+int provider_register(const struct provider_ops *ops)
+{
+    if (!provider_complete(ops))
+        return -1;
+    for (int i = 0; i < REGISTRY_MAX; i++) {
+        if (registry[i] == ops)
+            return 0;
+        if (!registry[i]) {
+            registry[i] = ops;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const struct provider_ops *provider_find(const char *name)
+{
+    for (int i = 0; i < REGISTRY_MAX && registry[i]; i++)
+        if (strcmp(registry[i]->name, name) == 0)
+            return registry[i];
+    return NULL;
+}
+
+const char *provider_names(void)
+{
+    static char names[256];
+    size_t off = 0;
+    names[0] = '\0';
+    for (int i = 0; i < REGISTRY_MAX && registry[i]; i++)
+        off += (size_t)snprintf(names + off, sizeof(names) - off, "%s%s", i ? ", " : "",
+                                registry[i]->name);
+    return off ? names : "(none)";
+}
+
+struct provider *provider_new(const struct provider_ops *ops, struct event_base *base,
+                              const struct provider_settings *settings, int check_only, char *err,
+                              size_t errlen)
+{
+    if (!provider_complete(ops)) {
+        snprintf(err, errlen, "provider %s: ops table lacks a required op",
+                 ops->name ? ops->name : "(unnamed)");
+        return NULL;
+    }
+    struct provider *p = xcalloc(1, sizeof(*p));
+    p->ops = ops;
+    p->base = base;
+    if (settings)
+        p->settings = *settings;
+    p->priv = ops->priv_size ? xcalloc(1, ops->priv_size) : NULL;
+    if (ops->init && ops->init(p, check_only, err, errlen) != 0) {
+        free(p->priv);
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void provider_free(struct provider *p)
+{
+    if (!p)
+        return;
+    if (p->ops->cleanup)
+        p->ops->cleanup(p);
+    free(p->priv);
+    free(p);
+}
+
+const char *provider_name(const struct provider *p)
+{
+    return p->ops->name;
+}
+
+unsigned provider_caps(const struct provider *p)
+{
+    return p->ops->caps;
+}
+
+void provider_create(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,
+                     void *arg)
+{
+    p->ops->create(p, spec, done, arg);
+}
+
+void provider_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                     provider_sandbox_fn done, void *arg)
+{
+    p->ops->resume(p, spec, ref, done, arg);
+}
+
+provider_exec *provider_exec_start(struct sandbox *sb, const struct exec_req *req,
+                                   const struct exec_cbs *cbs, char *err, size_t errlen)
+{
+    return sb->prov->ops->exec(sb, req, cbs, err, errlen);
+}
+
+void provider_exec_kill(struct sandbox *sb, provider_exec *ex)
+{
+    sb->prov->ops->exec_kill(ex);
+}
+
+void provider_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
+                         int mode, provider_done_fn done, void *arg)
+{
+    sb->prov->ops->write_file(sb, path, data, len, mode, done, arg);
+}
+
+void provider_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
+                        void *arg)
+{
+    sb->prov->ops->read_file(sb, path, max, done, arg);
+}
+
+void provider_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
+{
+    sb->prov->ops->suspend(sb, done, arg);
+}
+
+void provider_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
+{
+    sb->prov->ops->destroy(sb, done, arg);
+}
+
+/* ---- defaults of the optional ops: report once, from the loop ---- */
+
+struct provider_deferred {
+    provider_done_fn done;
+    provider_upload_fn uploaded;
+    void *arg;
+    int rc;
+    char err[256];
+};
+
+static void provider_deferred_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct provider_deferred *d = arg;
+    if (d->uploaded)
+        d->uploaded(d->arg, d->rc, 0, NULL, d->err);
+    else
+        d->done(d->arg, d->rc, d->rc == 0 ? NULL : d->err);
+    free(d);
+}
+
+static void provider_defer(struct provider *p, struct provider_deferred *d)
+{
+    if (event_base_once(p->base, -1, EV_TIMEOUT, provider_deferred_cb, d, NULL) != 0) {
+        /* Out of memory in libevent: report now rather than never. */
+        provider_deferred_cb(-1, 0, d);
+    }
+}
+
+static void provider_no_store(struct sandbox *sb, provider_done_fn done, provider_upload_fn up,
+                              void *arg)
+{
+    struct provider_deferred *d = xcalloc(1, sizeof(*d));
+    d->done = done;
+    d->uploaded = up;
+    d->arg = arg;
+    d->rc = -1;
+    snprintf(d->err, sizeof(d->err),
+             "the %s provider cannot archive: upload and restore steps need a provider with an "
+             "object store",
+             sb->prov->ops->name);
+    provider_defer(sb->prov, d);
+}
+
+void provider_delete_snapshot(struct provider *p, const cJSON *ref, provider_done_fn done,
+                              void *arg)
+{
+    if (p->ops->delete_snapshot) {
+        p->ops->delete_snapshot(p, ref, done, arg);
+        return;
+    }
+    struct provider_deferred *d = xcalloc(1, sizeof(*d));
+    d->done = done;
+    d->arg = arg;
+    provider_defer(p, d);
+}
+
+void provider_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
+                             provider_upload_fn done, void *arg)
+{
+    if (sb->prov->ops->archive_upload)
+        sb->prov->ops->archive_upload(sb, paths, key, done, arg);
+    else
+        provider_no_store(sb, NULL, done, arg);
+}
+
+void provider_archive_restore(struct sandbox *sb, const char *key, const char *dest,
+                              provider_done_fn done, void *arg)
+{
+    if (sb->prov->ops->archive_restore)
+        sb->prov->ops->archive_restore(sb, key, dest, done, arg);
+    else
+        provider_no_store(sb, done, NULL, arg);
+}
+
+void provider_sandbox_release(struct sandbox *sb)
+{
+    if (sb)
+        sb->prov->ops->release(sb);
+}
