@@ -2,6 +2,8 @@
  * extracted into an empty scratch root; afterwards nothing may exist beside the root but the
  * sentinel, the sentinel must be unchanged and not hard-linked, and (unless the input asked for
  * external symlinks, bit 0 of its first byte) no symlink in the root may resolve outside it.
+ * Bit 1 of the first byte makes the extractor resolve links with its component-wise walk only
+ * (as on kernels without openat2).
  * The oracle resolves links with realpath(3), independently of the extractor's own checks.
  * Layout under $FUZZ_AGENT_DIR (else a fresh directory under $TMPDIR, removed at exit):
  *   box/root      the extraction root (the working directory)
@@ -218,7 +220,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct tarball_in_opts o = {.max_bytes = 1 << 20,
                                 .max_entries = 1000,
                                 .max_ratio = 100,
-                                .allow_external_symlinks = g_external_ok};
+                                .allow_external_symlinks = g_external_ok,
+                                .walk_only = (data[0] >> 1) & 1};
     struct tarball_in_stats st;
     char err[256];
     if (chdir(g_root) != 0)

@@ -497,9 +497,11 @@ static int walk_escapes(int rootfd, const char *path, int follow_last)
 /* 1 when resolving `path` under rootfd leaves the tree, 0 when it stays inside or ends at a
  * missing component (then the rest is checked as text). openat2(RESOLVE_BENEATH) where the
  * kernel has it (Linux 5.6+), else the walk above. */
-static int resolves_outside(int rootfd, const char *path, int follow_last)
+static int resolves_outside(int rootfd, const char *path, int follow_last, int walk_only)
 {
 #ifdef SYS_openat2
+    if (walk_only)
+        return walk_escapes(rootfd, path, follow_last);
     struct open_how how;
     memset(&how, 0, sizeof(how));
     how.flags = O_PATH | O_CLOEXEC | (follow_last ? 0 : O_NOFOLLOW);
@@ -589,17 +591,18 @@ static void link_list_release(struct link_list *l)
 /* Links made early can point outside once later entries exist ("v -> b/c/../.." before
  * "b -> ."): every recorded link that is a symlink and now resolves outside is removed.
  * Returns the number removed; the first one's path goes to err. */
-static size_t recheck_links(int rootfd, const struct link_list *l, char *err, size_t errlen)
+static size_t recheck_links(int rootfd, const struct link_list *l, int walk_only, char *err,
+                            size_t errlen)
 {
     size_t removed = 0;
     for (size_t i = 0; i < l->n; i++) {
         const char *path = l->v[i];
         struct stat st;
         /* the parents are real directories (libarchive refuses to write through a symlink) */
-        if (resolves_outside(rootfd, path, 0) ||
+        if (resolves_outside(rootfd, path, 0, walk_only) ||
             fstatat(rootfd, path, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISLNK(st.st_mode))
             continue;
-        if (!resolves_outside(rootfd, path, 1))
+        if (!resolves_outside(rootfd, path, 1, walk_only))
             continue;
         unlinkat(rootfd, path, 0);
         if (!removed++)
@@ -689,7 +692,7 @@ static int extract(struct archive *in, const struct tarball_in_opts *o, struct t
             if (!o->allow_external_symlinks) {
                 /* the text is fine; what is on disk decides ("a -> ." makes "a/a/.." mean "..") */
                 char *tp = link_target_path(path, t);
-                int outside = resolves_outside(rootfd, tp, 1);
+                int outside = resolves_outside(rootfd, tp, 1, o->walk_only);
                 free(tp);
                 if (outside) {
                     snprintf(err, errlen, "refused symlink \"%s\": resolves outside the tree",
@@ -788,7 +791,7 @@ static int extract(struct archive *in, const struct tarball_in_opts *o, struct t
 out:
     if (links.n) {
         char lerr[512];
-        if (recheck_links(rootfd, &links, lerr, sizeof(lerr)) && rc == TARBALL_OK) {
+        if (recheck_links(rootfd, &links, o->walk_only, lerr, sizeof(lerr)) && rc == TARBALL_OK) {
             snprintf(err, errlen, "%s", lerr);
             rc = TARBALL_E_INVALID;
         }

@@ -48,6 +48,8 @@ struct tarball_in_opts {
     int allow_external_symlinks; /* 1: symlinks may point outside the tree (never written
                                     through); 0: such symlinks are refused, judged by what they
                                     resolve to on disk, also after later entries */
+    int walk_only; /* resolve links with the component-wise walk even where openat2 exists (the
+                      path taken on kernels without it; for tests) */
 };
 
 struct tarball_in_stats {
