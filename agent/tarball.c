@@ -550,12 +550,9 @@ static int hardlink_target_ok(int rootfd, const char *target)
         }
         buf_printf(&prefix, "%s%.*s", prefix.len ? "/" : "", (int)n, s);
         struct stat st;
-        if (fstatat(rootfd, prefix.data, &st, AT_SYMLINK_NOFOLLOW) != 0)
-            ok = 0;
-        else if (e && !S_ISDIR(st.st_mode))
-            ok = 0; /* a symlink (or file) in the middle */
-        else if (!e && S_ISDIR(st.st_mode))
-            ok = 0;
+        /* missing, a symlink (or file) in the middle, or a directory at the end */
+        ok = fstatat(rootfd, prefix.data, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+             (e ? S_ISDIR(st.st_mode) : !S_ISDIR(st.st_mode));
         s += n + (e ? 1 : 0);
     }
     if (!prefix.len)
