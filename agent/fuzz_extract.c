@@ -175,6 +175,8 @@ static int check_entry(const char *path, const struct stat *st, int flag, struct
 static int in_list(const char *name, const char *list)
 {
     char word[NAME_MAX + 3];
+    if (strchr(name, ' '))
+        return 0;
     snprintf(word, sizeof(word), " %s ", name);
     return strstr(list, word) != NULL;
 }
