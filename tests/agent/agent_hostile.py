@@ -177,8 +177,20 @@ def test_slow_headers():
             st = repr(e)
         check(st == 200, "slow: the trusted connection was not evicted (%r)" % (st,))
         trusted.close()
+        # unauthenticated hook bodies trickled forever do not lock the worker out either
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", a.hook_port))
+            s.sendall(b"POST " + HOOK.encode() + b"run HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 1000\r\n\r\n{")
+            socks.append(s)
+        time.sleep(0.2)
+        try:
+            st, _, _ = a.req("POST", "/exec", {"cmd": "true"}, headers=AUTH, timeout=5)
+        except OSError as e:
+            st = repr(e)
+        check(st == 200, "slow: served while trickled hook bodies fill the cap (%r)" % (st,))
         # the stalled heads are closed by the header timeout
-        s = socks[-1]
+        s = socks[39]  # the newest half-sent head
         s.settimeout(6)
         t0 = time.time()
         try:
