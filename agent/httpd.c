@@ -588,13 +588,22 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 static int conn_add(struct httpd *s, evutil_socket_t fd, int lidx, const char *peer)
 {
     if (s->nconns >= s->lim.max_conns) {
-        /* full: make room by closing the oldest connection that is between requests and never
-         * authenticated (a half-sent head counts), so stalled strangers cannot lock out the
-         * worker; the newest connections are at the head of the list */
-        struct conn *victim = NULL;
-        for (struct conn *v = s->conns; v; v = v->next)
-            if (!v->trusted && !v->req && !v->dead)
+        /* full: make room by closing the oldest connection that never authenticated and is
+         * between requests (a half-sent head counts), else the oldest such one still receiving
+         * a request body it has not been answered on (an unauthenticated hook body trickled
+         * byte by byte); so stalled strangers cannot lock out the worker. The newest
+         * connections are at the head of the list. */
+        struct conn *victim = NULL, *receiving = NULL;
+        for (struct conn *v = s->conns; v; v = v->next) {
+            if (v->trusted || v->dead)
+                continue;
+            if (!v->req)
                 victim = v;
+            else if (v->req->reply == REPLY_NONE && !v->req->body_done)
+                receiving = v;
+        }
+        if (!victim)
+            victim = receiving;
         if (victim) {
             conn_kill(victim, NULL);
         } else {

@@ -28,8 +28,10 @@ struct httpd_req;
 /* Zero fields take the defaults in brackets. */
 struct httpd_limits {
     size_t max_head_bytes;   /* request line + headers; 431 above [16 KiB] */
-    size_t max_conns;        /* at the cap, a new connection closes the oldest idle untrusted
-                                one (see httpd_req_set_trusted), else is closed itself [512] */
+    size_t max_conns;        /* at the cap, a new connection closes the oldest untrusted one
+                                (see httpd_req_set_trusted) that is idle, else the oldest
+                                untrusted one still receiving an unanswered body, else is
+                                closed itself [512] */
     size_t out_high;         /* httpd_reply_pending() above this means "stop producing" [1 MiB] */
     size_t body_high;        /* streamed body: socket reads pause above this many bytes [1 MiB] */
     size_t pipeline_out_max; /* no new request is read while more unsent reply bytes than this
