@@ -23,14 +23,14 @@
 #include "lib/http.h"
 #include "lib/log.h"
 #include "providers/s3.h"
+#include "providers/tarstream.h"
 
 #define DK_API           "/v1.41"
 #define DK_LABEL         "sandbox-worker"
 #define DK_CONNECT_MS    10000
-#define DK_CALL_MS       120000     /* control calls (create, inspect, delete) */
-#define DK_KILL_GRACE_MS 15000      /* stream still open this long after a kill: give up on it */
-#define DK_META_MAX      (1u << 20) /* pax / GNU long-name entries kept while filtering a tar */
-#define DK_OBJ_KEY_MAX   1024       /* bytes of an archive object key */
+#define DK_CALL_MS       120000 /* control calls (create, inspect, delete) */
+#define DK_KILL_GRACE_MS 15000  /* stream still open this long after a kill: give up on it */
+#define DK_OBJ_KEY_MAX   1024   /* bytes of an archive object key */
 
 struct dk_prov {
     http_client *http;
@@ -183,115 +183,6 @@ static void dk_call(struct provider *p, const char *method, const char *path, co
         snprintf(c->err, sizeof(c->err), "docker: %s", e);
         dk_defer(p->base, dk_call_failed, c);
     }
-}
-
-/* ---- tar stream scanner: 512-byte blocks, headers and padded data ---- */
-
-enum { TS_KEEP = 0, TS_SKIP = 1, TS_ERR = -1 };
-
-struct tarscan {
-    unsigned char hdr[512];
-    size_t hlen;
-    uint64_t data_left, pad_left;
-    int skip;
-    int eof; /* end-of-archive block seen: the rest is ignored */
-    /* Called with each complete header; returns TS_KEEP, TS_SKIP (entry dropped) or TS_ERR. */
-    int (*on_header)(void *arg, const unsigned char *hdr, uint64_t size);
-    /* Entry data of kept entries (without padding); -1 stops. */
-    int (*on_data)(void *arg, const char *p, size_t n);
-    /* Padding of kept entries (n zero bytes); may be NULL. */
-    int (*on_pad)(void *arg, size_t n);
-    void *arg;
-};
-
-static uint64_t tar_num(const unsigned char *f, size_t n)
-{
-    uint64_t v = 0;
-    if (f[0] & 0x80) { /* base-256 */
-        for (size_t i = 1; i < n; i++)
-            v = (v << 8) | f[i];
-        return v;
-    }
-    for (size_t i = 0; i < n && f[i]; i++) {
-        if (f[i] >= '0' && f[i] <= '7')
-            v = (v << 3) | (uint64_t)(f[i] - '0');
-    }
-    return v;
-}
-
-/* Feeds n bytes; 0, or -1 when a callback stopped. */
-static int tarscan_feed(struct tarscan *t, const char *p, size_t n)
-{
-    while (n > 0 && !t->eof) {
-        if (t->data_left > 0) {
-            size_t k = n < t->data_left ? n : (size_t)t->data_left;
-            if (!t->skip && t->on_data(t->arg, p, k) != 0)
-                return -1;
-            t->data_left -= k;
-            p += k;
-            n -= k;
-            continue;
-        }
-        if (t->pad_left > 0) {
-            size_t k = n < t->pad_left ? n : (size_t)t->pad_left;
-            if (!t->skip && t->on_pad && t->on_pad(t->arg, k) != 0)
-                return -1;
-            t->pad_left -= k;
-            p += k;
-            n -= k;
-            continue;
-        }
-        size_t k = sizeof(t->hdr) - t->hlen;
-        if (k > n)
-            k = n;
-        memcpy(t->hdr + t->hlen, p, k);
-        t->hlen += k;
-        p += k;
-        n -= k;
-        if (t->hlen < sizeof(t->hdr))
-            break;
-        t->hlen = 0;
-        int zero = 1;
-        for (size_t i = 0; i < sizeof(t->hdr) && zero; i++)
-            zero = t->hdr[i] == 0;
-        if (zero) {
-            t->eof = 1;
-            break;
-        }
-        uint64_t size = tar_num(t->hdr + 124, 12);
-        char type = (char)t->hdr[156];
-        if (type == '1' || type == '2' || type == '3' || type == '4' || type == '5' || type == '6')
-            size = 0; /* no data blocks for links, devices, directories, fifos */
-        int r = t->on_header(t->arg, t->hdr, size);
-        if (r == TS_ERR)
-            return -1;
-        t->skip = r == TS_SKIP;
-        t->data_left = size;
-        t->pad_left = (512 - size % 512) % 512;
-    }
-    return 0;
-}
-
-/* Entry name of a ustar header (prefix/name). */
-static void tar_ustar_name(const unsigned char *h, char *out, size_t cap)
-{
-    char name[101], prefix[156];
-    memcpy(name, h, 100);
-    name[100] = '\0';
-    memcpy(prefix, h + 345, 155);
-    prefix[155] = '\0';
-    if (memcmp(h + 257, "ustar", 5) == 0 && prefix[0])
-        snprintf(out, cap, "%s/%s", prefix, name);
-    else
-        snprintf(out, cap, "%s", name);
-}
-
-static void tar_field(char *dst, size_t cap, const unsigned char *f, size_t n)
-{
-    size_t k = 0;
-    while (k < n && f[k])
-        k++;
-    snprintf(dst, cap, "%.*s", (int)k, (const char *)f);
 }
 
 /* ---- create / resume ---- */
@@ -1178,7 +1069,8 @@ struct dk_read {
     char *path;
     size_t max;
     struct buf data;
-    struct tarscan ts;
+    tar_reader *tr;
+    uint64_t left; /* data bytes of the entry still to come */
     int entries;
     int complete;  /* first entry fully seen (or max reached) */
     char *link_to; /* the path was a symlink: read this path next */
@@ -1186,38 +1078,33 @@ struct dk_read {
     char err[512];
 };
 
-static int rd_header(void *arg, const unsigned char *hdr, uint64_t size)
+static int rd_entry(void *arg, const struct tar_entry *e)
 {
-    (void)size;
     struct dk_read *r = arg;
-    char type = (char)hdr[156];
-    if (type == 'x' || type == 'g' || type == 'L' || type == 'K')
-        return TS_SKIP;
     if (r->entries++ > 0) {
         r->complete = 1;
-        return TS_SKIP;
+        return TAR_SKIP;
     }
-    if (type == '2') { /* a symlink: follow it like cat would */
-        char target[101];
-        tar_field(target, sizeof(target), hdr + 157, 100);
+    if (e->type == '2') { /* a symlink: follow it like cat would */
         const char *slash = strrchr(r->path, '/');
         struct buf b;
         buf_init(&b);
-        if (target[0] != '/' && slash)
+        if (e->linkname[0] != '/' && slash)
             buf_printf(&b, "%.*s/", (int)(slash - r->path), r->path);
-        buf_puts(&b, target);
+        buf_puts(&b, e->linkname);
         free(r->link_to);
         r->link_to = buf_detach(&b);
         r->complete = 1;
-        return TS_SKIP;
+        return TAR_SKIP;
     }
-    if (type != '0' && type != '\0' && type != '7') {
+    if (e->type != '0' && e->type != '7') {
         snprintf(r->err, sizeof(r->err), "docker: read file %s: not a regular file", r->path);
-        return TS_ERR;
+        return TAR_STOP;
     }
-    if (size == 0)
+    r->left = e->size;
+    if (e->size == 0)
         r->complete = 1;
-    return TS_KEEP;
+    return TAR_KEEP;
 }
 
 static int rd_data(void *arg, const char *p, size_t n)
@@ -1225,7 +1112,8 @@ static int rd_data(void *arg, const char *p, size_t n)
     struct dk_read *r = arg;
     size_t room = r->max - r->data.len;
     buf_append(&r->data, p, n < room ? n : room);
-    if (r->data.len >= r->max || r->ts.data_left == n)
+    r->left -= n;
+    if (r->data.len >= r->max || r->left == 0)
         r->complete = 1;
     return 0;
 }
@@ -1240,8 +1128,12 @@ static int rd_on_data(void *arg, http_request *req, const char *data, size_t len
     }
     if (r->complete)
         return HTTP_DATA_OK; /* after the entry: drain */
-    if (tarscan_feed(&r->ts, data, len) != 0)
+    if (tar_reader_feed(r->tr, data, len) != 0) {
+        if (!r->err[0])
+            snprintf(r->err, sizeof(r->err), "docker: read file %s: %s", r->path,
+                     tar_reader_error(r->tr));
         return HTTP_DATA_ABORT;
+    }
     if (r->complete)
         http_request_cancel(req);
     return HTTP_DATA_OK;
@@ -1283,6 +1175,7 @@ static void rd_done(void *arg, http_request *req, const struct http_result *res)
     else
         r->done(r->arg, 0, r->data.data ? r->data.data : "", r->data.len, NULL);
     buf_release(&r->data);
+    tar_reader_free(r->tr);
     free(r->path);
     free(r->link_to);
     free(r);
@@ -1305,10 +1198,12 @@ static int rd_start(struct dk_read *r)
     buf_clear(&r->data);
     r->entries = 0;
     r->complete = 0;
-    memset(&r->ts, 0, sizeof(r->ts));
-    r->ts.on_header = rd_header;
-    r->ts.on_data = rd_data;
-    r->ts.arg = r;
+    r->left = 0;
+    if (!r->tr) {
+        struct tar_reader_cbs cbs = {.on_entry = rd_entry, .on_data = rd_data};
+        r->tr = tar_reader_new(&cbs, r);
+    }
+    tar_reader_reset(r->tr);
     struct buf p;
     buf_init(&p);
     buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
@@ -1358,10 +1253,8 @@ struct dk_susp {
     EVP_MD_CTX *sha; /* archive_upload: SHA-256 of the stored (compressed) bytes */
     uint64_t stored; /* compressed bytes handed to the sink */
     struct archive *wr;
-    struct tarscan ts;
+    tar_writer *tw;   /* the engine's archives → one filtered tar → sp_emit */
     char prefix[520]; /* parent of the current include path, without the leading '/' */
-    struct buf meta;  /* pending pax / long-name entries (raw blocks) */
-    int meta_collect; /* the current entry's data goes to meta */
     uint64_t bytes;
     int removing;
     /* S3 sink: compressed bytes wait in pending while the upload is blocked; the archive
@@ -1383,8 +1276,10 @@ static void dk_free_list(char **l)
     free(l);
 }
 
-static int sp_emit(struct dk_susp *s, const void *p, size_t n)
+/* The filtered tar's sink: into the compressor. */
+static int sp_emit(void *arg, const void *p, size_t n)
 {
+    struct dk_susp *s = arg;
     if (n == 0)
         return 0;
     if (archive_write_data(s->wr, p, n) != (la_ssize_t)n) {
@@ -1394,197 +1289,6 @@ static int sp_emit(struct dk_susp *s, const void *p, size_t n)
     }
     s->bytes += n;
     return 0;
-}
-
-/* Does pattern match name[from..to) for some component range? Excludes follow tar's rules:
- * a pattern with a leading '/' is anchored at the root ("/workspace/node_modules"), one
- * without matches any run of whole components ("node_modules", "*.log"); shell wildcards. */
-static int sp_match(const char *pat, const char *name)
-{
-    int anchored = pat[0] == '/';
-    while (*pat == '/')
-        pat++;
-    size_t n = strlen(name);
-    char tmp[1024];
-    if (n >= sizeof(tmp))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && name[i - 1] != '/')
-            continue; /* ranges start at a component */
-        if (anchored && i > 0)
-            break;
-        for (size_t j = i + 1; j <= n; j++) {
-            if (j < n && name[j] != '/')
-                continue; /* and end at one */
-            memcpy(tmp, name + i, j - i);
-            tmp[j - i] = '\0';
-            if (fnmatch(pat, tmp, FNM_PATHNAME | FNM_PERIOD) == 0)
-                return 1;
-        }
-    }
-    return 0;
-}
-
-static int sp_excluded(const struct dk_susp *s, const char *name)
-{
-    char clean[1024];
-    snprintf(clean, sizeof(clean), "%s", name);
-    size_t nl = strlen(clean);
-    while (nl > 0 && clean[nl - 1] == '/')
-        clean[--nl] = '\0';
-    for (char *const *e = s->excl; e && *e; e++)
-        if (sp_match(*e, clean))
-            return 1;
-    return 0;
-}
-
-/* Appends one pax record "<len> key=value\n" (len counts the whole record). */
-static void pax_record(struct buf *b, const char *key, const char *val)
-{
-    size_t base = 1 + strlen(key) + 1 + strlen(val) + 1, len = base + 1;
-    while (len != base + (size_t)snprintf(NULL, 0, "%zu", len))
-        len = base + (size_t)snprintf(NULL, 0, "%zu", len);
-    buf_printf(b, "%zu %s=%s\n", len, key, val);
-}
-
-/* Emits a pax extended header carrying records. */
-static int sp_emit_pax(struct dk_susp *s, const struct buf *rec)
-{
-    unsigned char h[512];
-    memset(h, 0, sizeof(h));
-    snprintf((char *)h, 100, "././@PaxHeader");
-    snprintf((char *)h + 100, 8, "%07o", 0644);
-    snprintf((char *)h + 108, 8, "%07o", 0);
-    snprintf((char *)h + 116, 8, "%07o", 0);
-    snprintf((char *)h + 124, 12, "%011zo", rec->len);
-    snprintf((char *)h + 136, 12, "%011o", 0);
-    h[156] = 'x';
-    static const unsigned char magic[8] = {'u', 's', 't', 'a', 'r', 0, '0', '0'};
-    memcpy(h + 257, magic, sizeof(magic)); /* magic and version */
-    memset(h + 148, ' ', 8);
-    unsigned sum = 0;
-    for (size_t i = 0; i < sizeof(h); i++)
-        sum += h[i];
-    snprintf((char *)h + 148, 8, "%06o", sum);
-    static const char zeros[512];
-    return sp_emit(s, h, sizeof(h)) || sp_emit(s, rec->data, rec->len) ||
-           sp_emit(s, zeros, (512 - rec->len % 512) % 512);
-}
-
-/* The entry's name and link target from the pending meta entries and its header, with the
- * include's parent prefixed; other pax records are kept in rec. */
-static void sp_names(struct dk_susp *s, const unsigned char *hdr, struct buf *rec, char **name,
-                     char **link)
-{
-    char *pname = NULL, *plink = NULL;
-    for (size_t off = 0; off + 512 <= s->meta.len;) {
-        const unsigned char *h = (const unsigned char *)s->meta.data + off;
-        size_t sz = (size_t)tar_num(h + 124, 12);
-        const char *d = s->meta.data + off + 512;
-        if (off + 512 + sz > s->meta.len)
-            break;
-        if (h[156] == 'x') {
-            for (size_t r = 0; r < sz;) {
-                char *end;
-                unsigned long len = strtoul(d + r, &end, 10);
-                if (len == 0 || r + len > sz || *end != ' ')
-                    break;
-                const char *kv = end + 1;
-                size_t kvlen = (size_t)(d + r + len - kv);
-                if (kvlen > 5 && strncmp(kv, "path=", 5) == 0) {
-                    free(pname);
-                    pname = xstrndup(kv + 5, kvlen - 6);
-                } else if (kvlen > 9 && strncmp(kv, "linkpath=", 9) == 0) {
-                    free(plink);
-                    plink = xstrndup(kv + 9, kvlen - 10);
-                } else {
-                    buf_append(rec, d + r, len);
-                }
-                r += len;
-            }
-        } else if (h[156] == 'L' || h[156] == 'K') {
-            size_t k = sz;
-            while (k > 0 && d[k - 1] == '\0')
-                k--;
-            char **dst = h[156] == 'L' ? &pname : &plink;
-            free(*dst);
-            *dst = xstrndup(d, k);
-        }
-        off += 512 + sz + (512 - sz % 512) % 512;
-    }
-    char ustar[520], ulink[101];
-    tar_ustar_name(hdr, ustar, sizeof(ustar));
-    tar_field(ulink, sizeof(ulink), hdr + 157, 100);
-    struct buf b;
-    buf_init(&b);
-    buf_printf(&b, "%s%s%s", s->prefix, s->prefix[0] ? "/" : "", pname ? pname : ustar);
-    *name = buf_detach(&b);
-    *link = NULL;
-    if (hdr[156] == '1') { /* hard links name an archive path: prefix it too */
-        buf_printf(&b, "%s%s%s", s->prefix, s->prefix[0] ? "/" : "", plink ? plink : ulink);
-        *link = buf_detach(&b);
-    } else if (plink) {
-        pax_record(rec, "linkpath", plink);
-    }
-    buf_release(&b);
-    free(pname);
-    free(plink);
-}
-
-static int sp_header(void *arg, const unsigned char *hdr, uint64_t size)
-{
-    struct dk_susp *s = arg;
-    char type = (char)hdr[156];
-    if (type == 'x' || type == 'L' || type == 'K') {
-        if (s->meta.len + 1024 + size > DK_META_MAX) {
-            snprintf(s->err, sizeof(s->err), "docker: snapshot: extended header too large");
-            return TS_ERR;
-        }
-        buf_append(&s->meta, hdr, 512);
-        s->meta_collect = 1;
-        return TS_KEEP;
-    }
-    s->meta_collect = 0;
-    struct buf rec;
-    buf_init(&rec);
-    char *name = NULL, *link = NULL;
-    sp_names(s, hdr, &rec, &name, &link);
-    int rc = 0, skip = sp_excluded(s, name);
-    if (!skip && !s->prefix[0]) { /* top-level include: the entries pass unchanged */
-        rc = sp_emit(s, s->meta.data, s->meta.len) || sp_emit(s, hdr, 512);
-    } else if (!skip) { /* deeper include: one pax header names the entry from the root */
-        pax_record(&rec, "path", name);
-        if (link)
-            pax_record(&rec, "linkpath", link);
-        rc = sp_emit_pax(s, &rec) || sp_emit(s, hdr, 512);
-    }
-    free(name);
-    free(link);
-    buf_release(&rec);
-    buf_clear(&s->meta);
-    if (rc)
-        return TS_ERR;
-    return skip ? TS_SKIP : TS_KEEP;
-}
-
-static int sp_data(void *arg, const char *p, size_t n)
-{
-    struct dk_susp *s = arg;
-    if (!s->meta_collect)
-        return sp_emit(s, p, n);
-    buf_append(&s->meta, p, n);
-    return 0;
-}
-
-static int sp_pad(void *arg, size_t n)
-{
-    struct dk_susp *s = arg;
-    static const char zeros[512];
-    if (s->meta_collect) {
-        buf_append(&s->meta, zeros, n);
-        return 0;
-    }
-    return sp_emit(s, zeros, n);
 }
 
 static void sp_next(struct dk_susp *s);
@@ -1620,7 +1324,7 @@ static void sp_finish(struct dk_susp *s)
         s->done(s->arg, 0, ref, NULL);
         cJSON_Delete(ref);
     }
-    buf_release(&s->meta);
+    tar_writer_free(s->tw);
     buf_release(&s->pending);
     EVP_MD_CTX_free(s->sha);
     dk_free_list(s->own_incl);
@@ -1699,8 +1403,12 @@ static int sp_on_data(void *arg, http_request *req, const char *data, size_t len
         if (f < 0)
             return HTTP_DATA_ABORT; /* the upload's done callback says why */
     }
-    if (tarscan_feed(&s->ts, data, len) != 0)
+    if (tar_writer_feed(s->tw, data, len) != 0) {
+        if (!s->err[0])
+            snprintf(s->err, sizeof(s->err), "docker: %s of %s: %s", s->what, s->incl[s->cur],
+                     tar_writer_error(s->tw));
         return HTTP_DATA_ABORT;
+    }
     if (s->up && sp_flush(s) < 0)
         return HTTP_DATA_ABORT;
     return HTTP_DATA_OK;
@@ -1781,9 +1489,9 @@ static void sp_got(void *arg, http_request *req, const struct http_result *res)
         else if (res->status != 200 && res->status != 404)
             snprintf(s->err, sizeof(s->err), "docker: %s of %s: HTTP %ld", s->what, s->incl[s->cur],
                      res->status);
-        else if (res->status == 200 && !s->ts.eof && (s->ts.hlen || s->ts.data_left))
-            snprintf(s->err, sizeof(s->err), "docker: %s of %s: truncated archive", s->what,
-                     s->incl[s->cur]);
+        else if (res->status == 200 && tar_writer_end_input(s->tw) != 0)
+            snprintf(s->err, sizeof(s->err), "docker: %s of %s: %s", s->what, s->incl[s->cur],
+                     tar_writer_error(s->tw));
     }
     if (s->err[0]) {
         sp_fail(s);
@@ -1797,17 +1505,14 @@ static void sp_next(struct dk_susp *s)
 {
     struct dk_prov *d = s->sb->prov->priv;
     if (s->cur < s->ninc) {
-        memset(&s->ts, 0, sizeof(s->ts));
-        s->ts.on_header = sp_header;
-        s->ts.on_data = sp_data;
-        s->ts.on_pad = sp_pad;
-        s->ts.arg = s;
         const char *inc = s->incl[s->cur], *slash = strrchr(inc, '/');
         if (s->up_done) /* uploads keep the engine's names: the path's last component */
             s->prefix[0] = '\0';
         else
             snprintf(s->prefix, sizeof(s->prefix), "%.*s",
                      (int)(slash - inc > 0 ? slash - inc - 1 : 0), inc + 1);
+        tar_writer_next_input(s->tw);
+        tar_writer_set_prefix(s->tw, s->prefix);
         struct buf p;
         buf_init(&p);
         buf_printf(&p, "/containers/%s/archive?path=", s->sb->id);
@@ -1827,8 +1532,7 @@ static void sp_next(struct dk_susp *s)
         return;
     }
     /* All paths archived: end-of-archive, close the compressor, publish the file. */
-    static const char eoa[1024];
-    if (sp_emit(s, eoa, sizeof(eoa)) != 0 || archive_write_close(s->wr) != ARCHIVE_OK) {
+    if (tar_writer_finish(s->tw) != 0 || archive_write_close(s->wr) != ARCHIVE_OK) {
         if (!s->err[0])
             snprintf(s->err, sizeof(s->err), "docker: writing %s: %s", s->what,
                      archive_error_string(s->wr));
@@ -1915,6 +1619,8 @@ static char **dk_copy_list(const char *const *l, int strip_slash)
  * callback when use_sink (S3, or an upload's own file), else the file tmp_path. */
 static void sp_open(struct dk_susp *s, int use_sink)
 {
+    s->tw = tar_writer_new(sp_emit, s);
+    tar_writer_set_exclude(s->tw, (const char *const *)s->excl);
     struct archive_entry *e = archive_entry_new();
     s->wr = archive_write_new();
     archive_write_set_format_raw(s->wr);
@@ -1963,7 +1669,6 @@ static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
     s->what = "snapshot";
     s->fd = -1;
     s->gzip = d->gzip;
-    buf_init(&s->meta);
     s->incl = x->incl;
     s->excl = x->excl;
     while (s->incl[s->ninc])
@@ -2047,7 +1752,6 @@ static void dk_archive_upload(struct sandbox *sb, const char *const *paths, cons
     s->arg = arg;
     s->what = "upload";
     s->fd = -1;
-    buf_init(&s->meta);
     buf_init(&s->pending);
     s->own_incl = dk_copy_list(paths, 0);
     s->incl = s->own_incl;
