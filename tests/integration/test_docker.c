@@ -17,7 +17,7 @@
 #include "providers/docker.h"
 #include "providers/provider.h"
 #include "providers/s3.h"
-#include "tests/support/s3_server.h"
+#include "tests/support/s3_fixture.h"
 #include "tests/support/test.h"
 
 #define IMAGE "sandbox-worker-test:local"
@@ -735,27 +735,13 @@ TEST_CASE(gzip_snapshot)
     provider_free(p);
 }
 
-static const char *const s3_vars[] = {
-    "S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_FORCE_PATH_STYLE",
-    "S3_REGION",   NULL};
-
-static void s3_env(const struct s3_server *srv, const char *secret)
-{
-    setenv("S3_ENDPOINT", srv->endpoint, 1);
-    setenv("S3_BUCKET", "snapshots", 1);
-    setenv("S3_ACCESS_KEY", "S3RVER", 1);
-    setenv("S3_SECRET_KEY", secret, 1);
-    setenv("S3_FORCE_PATH_STYLE", "true", 1);
-    setenv("S3_REGION", "us-east-1", 1);
-}
-
 TEST_CASE(s3_snapshots)
 {
     if (g_skip)
         SKIP(g_skip);
-    struct s3_server srv;
+    struct s3_fixture fx;
     char why[512] = "";
-    int st = s3_server_start(&srv, "snapshots", why, sizeof(why));
+    int st = s3_fixture_start(&fx, "snapshots", why, sizeof(why));
     if (st == 1)
         SKIP(why);
     CHECK_EQ_INT(st, 0);
@@ -764,7 +750,6 @@ TEST_CASE(s3_snapshots)
         return;
     }
     char err[512] = "";
-    s3_env(&srv, "S3RVER");
     struct provider *p = new_prov(err, sizeof(err));
     CHECK(p != NULL);
     struct sandbox *sb = p ? create_sb(p, "t-s3") : NULL;
@@ -805,9 +790,9 @@ TEST_CASE(s3_snapshots)
         /* a failing upload (wrong secret) reports a clear error and leaves the sandbox
          * running, so the thread keeps its previous snapshot */
         struct provider *bad = NULL;
-        s3_env(&srv, "wrong-secret");
+        s3_fixture_set_secret("wrong-secret");
         bad = new_prov(err, sizeof(err));
-        s3_env(&srv, "S3RVER");
+        s3_fixture_set_secret("S3RVER");
         CHECK(bad != NULL);
         if (bad) {
             struct sandbox view = *a.sb;
@@ -835,10 +820,9 @@ TEST_CASE(s3_snapshots)
     }
     cJSON_Delete(s.ref);
 out:
-    for (int i = 0; s3_vars[i]; i++)
-        unsetenv(s3_vars[i]);
+    s3_fixture_unset_env();
     provider_free(p);
-    s3_server_stop(&srv);
+    s3_fixture_stop(&fx);
 }
 
 /* ---- archive objects (upload / restore steps) ---- */
@@ -1107,9 +1091,9 @@ TEST_CASE(archive_s3)
 {
     if (g_skip)
         SKIP(g_skip);
-    struct s3_server srv;
+    struct s3_fixture fx;
     char why[512] = "";
-    int st = s3_server_start(&srv, "snapshots", why, sizeof(why));
+    int st = s3_fixture_start(&fx, "snapshots", why, sizeof(why));
     if (st == 1)
         SKIP(why);
     CHECK_EQ_INT(st, 0);
@@ -1118,7 +1102,6 @@ TEST_CASE(archive_s3)
         return;
     }
     char err[512] = "";
-    s3_env(&srv, "S3RVER");
     struct provider *p = new_prov(err, sizeof(err));
     CHECK(p != NULL);
     struct sandbox *sb = p ? create_sb(p, "t-arch-s3") : NULL;
@@ -1166,10 +1149,62 @@ TEST_CASE(archive_s3)
     CHECK_STR(out, "0");
     destroy_sb(sb);
 out:
-    for (int i = 0; s3_vars[i]; i++)
-        unsetenv(s3_vars[i]);
+    s3_fixture_unset_env();
     provider_free(p);
-    s3_server_stop(&srv);
+    s3_fixture_stop(&fx);
+}
+
+/* The snapshots' namespace "sandboxes" is refused for user objects: the key itself (a file
+ * named "sandboxes" in the folder would make every later snapshot folder impossible) and
+ * every key below it. */
+TEST_CASE(reserved_sandboxes_key)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    struct provider *p = new_prov(err, sizeof(err));
+    CHECK(p != NULL);
+    struct sandbox *sb = p ? create_sb(p, "t-reserved") : NULL;
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    struct run w = {0};
+    run_cmd(sb, &w, "mkdir -p /workspace/d && echo x > /workspace/d/f", NULL, NULL, 0);
+    CHECK_EQ_INT(w.code, 0);
+    run_free(&w);
+    static const char *const paths[] = {"/workspace/d", NULL};
+    static const char *const keys[] = {
+        "sandboxes", "sandboxes/x.tar.zst", "sandboxes/00000000-0000-4000-8000-000000000000",
+        "x/y.tmp",   ".download-1",         NULL};
+    for (int i = 0; keys[i]; i++) {
+        struct upl u;
+        upload(sb, paths, keys[i], &u);
+        CHECK_EQ_INT(u.rc, -1);
+        CHECK(strstr(u.err, "reserved") != NULL);
+        if (u.rc == 0)
+            printf("  key \"%s\" was accepted\n", keys[i]);
+    }
+    char path[512];
+    snprintf(path, sizeof(path), "%s/sandboxes", g_snapdir);
+    struct stat st;
+    CHECK(stat(path, &st) != 0 || S_ISDIR(st.st_mode)); /* no object where snapshots go */
+    /* and snapshots still work */
+    struct done s = {0};
+    p->ops->suspend(sb, ref_cb, &s);
+    CHECK(wait_for(&s.done, 120000) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    if (s.rc)
+        printf("  suspend: %s\n", s.err);
+    provider_sandbox_release(sb);
+    if (s.ref) {
+        struct done del = {0};
+        p->ops->delete_snapshot(p, s.ref, done_cb, &del);
+        CHECK(wait_for(&del.done, 10000) == 0);
+    }
+    cJSON_Delete(s.ref);
+    unlink(path); /* what an accepting provider left behind */
+    provider_free(p);
 }
 
 TEST_CASE(nothing_left_behind)
@@ -1228,6 +1263,7 @@ int main(void)
     RUN(s3_snapshots);
     RUN(archive_local);
     RUN(archive_s3);
+    RUN(reserved_sandboxes_key);
     RUN(nothing_left_behind);
 
     if (!g_skip) { /* remove anything a failed test left */
