@@ -10,6 +10,7 @@
 
 #include "providers/docker.h"
 #include "tests/support/provider_contract.h"
+#include "tests/support/s3_fixture.h"
 #include "tests/support/scripted_provider.h"
 #include "tests/support/test.h"
 
@@ -63,6 +64,29 @@ static const struct contract_backend docker_backend = {
         },
 };
 
+/* docker with its objects in S3 (s3rver): archives and snapshots take the S3 path. */
+static struct s3_fixture g_fx;
+static char g_fx_why[512];
+
+static const char *docker_s3_setup(void *ctx)
+{
+    const char *why = docker_setup(ctx);
+    if (why)
+        return why;
+    int st = s3_fixture_start(&g_fx, "snapshots", g_fx_why, sizeof(g_fx_why));
+    if (st == 0)
+        return NULL;
+    if (st < 0) /* a broken fixture is a failure, not a skip */
+        test_fail(__FILE__, __LINE__, "s3rver: %s", g_fx_why);
+    return g_fx_why;
+}
+
+static void docker_s3_teardown(void *ctx)
+{
+    (void)ctx;
+    s3_fixture_stop(&g_fx);
+}
+
 /* ---- scripted ---- */
 
 static const struct contract_backend scripted_backend = {
@@ -92,6 +116,11 @@ int main(void)
              getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
     provider_contract_run(&scripted_backend);
     provider_contract_run(&docker_backend);
+    struct contract_backend docker_s3 = docker_backend;
+    docker_s3.name = "docker-s3";
+    docker_s3.setup = docker_s3_setup;
+    docker_s3.teardown = docker_s3_teardown;
+    provider_contract_run(&docker_s3);
     char cmd[512];
     snprintf(cmd, sizeof(cmd),
              "docker ps -aq --filter label=sandbox-worker.worker=contract 2>/dev/null | "
