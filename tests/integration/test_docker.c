@@ -517,7 +517,127 @@ TEST_CASE(hardening_in_inspect)
              "[\"ALL\"] [\"no-new-privileges\"] 77 2147483648 2000000000 none t-hard job-1 %s",
              g_worker);
     CHECK_STR(out, want);
+    /* not root; swap no larger than the memory limit; open files and processes bounded */
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{.Config.User}} {{.HostConfig.MemorySwap}} {{json "
+             ".HostConfig.Ulimits}} {{.HostConfig.ReadonlyRootfs}}' %s",
+             sb->id);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "1000:1000 2147483648 [{\"Name\":\"nofile\",\"Hard\":4096,\"Soft\":4096},"
+                   "{\"Name\":\"nproc\",\"Hard\":4096,\"Soft\":4096}] false");
+    struct run r = {0};
+    run_cmd(sb, &r,
+            "id -u; ulimit -n; touch /workspace/w && echo ws-writable; "
+            "touch /etc/x 2>/dev/null || echo etc-refused",
+            NULL, NULL, 0);
+    CHECK_STR(r.out.data, "1000\n4096\nws-writable\netc-refused\n");
+    run_free(&r);
+    /* files written through the engine belong to the sandbox's user */
+    struct done w = {0};
+    p->ops->write_file(sb, "/workspace/sub/f.txt", "x", 1, 0644, done_cb, &w);
+    CHECK(wait_for(&w.done, 60000) == 0);
+    CHECK_EQ_INT(w.rc, 0);
+    struct run o = {0};
+    run_cmd(sb, &o,
+            "stat -c '%u %U' /workspace/sub/f.txt; echo y >> /workspace/sub/f.txt && cat "
+            "/workspace/sub/f.txt",
+            NULL, NULL, 0);
+    CHECK_STR(o.out.data, "1000 UNKNOWN\nx\ny\n");
+    run_free(&o);
     destroy_sb(sb);
+    provider_free(p);
+
+    /* the user is configurable */
+    setenv("SANDBOX_DOCKER_USER", "4321:4321", 1);
+    p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_USER");
+    sb = p ? create_sb(p, "t-hard-user") : NULL;
+    if (sb) {
+        struct run u = {0};
+        run_cmd(sb, &u, "id -u; touch /workspace/w && echo ok", NULL, NULL, 0);
+        CHECK_STR(u.out.data, "4321\nok\n");
+        run_free(&u);
+        destroy_sb(sb);
+    }
+    provider_free(p);
+    setenv("SANDBOX_DOCKER_USER", "bad user", 1);
+    p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_USER");
+    CHECK(p == NULL && strstr(err, "SANDBOX_DOCKER_USER") != NULL);
+    provider_free(p);
+}
+
+/* SANDBOX_DOCKER_READ_ONLY_ROOT: the root filesystem is read-only; /tmp is a tmpfs and each
+ * workspace include a writable volume; files, snapshots and resumes work as before. */
+TEST_CASE(read_only_root)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    setenv("SANDBOX_DOCKER_READ_ONLY_ROOT", "true", 1);
+    struct provider *p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_READ_ONLY_ROOT");
+    CHECK(p != NULL);
+    struct sandbox *sb = p ? create_sb(p, "t-ro") : NULL;
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    char cmd[512], out[1024];
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.Tmpfs}} "
+             "{{range .Mounts}}{{.Destination}},{{end}}' %s",
+             sb->id);
+    sh_out(out, sizeof(out), cmd);
+    CHECK(strncmp(out, "true {\"/tmp\":", 13) == 0);
+    CHECK(strstr(out, "/workspace,") && strstr(out, "/data,") && strstr(out, "/srv/deep/app,"));
+    if (test_failed_now)
+        printf("  inspect: %s\n", out);
+    struct run r = {0};
+    run_cmd(sb, &r,
+            "id -u; touch /etc/x 2>/dev/null || echo root-ro; touch /tmp/t && echo tmp-ok; "
+            "mkdir -p /workspace/src && echo hello > /workspace/src/a.txt && echo ws-ok; "
+            "echo d > /data/d.txt && echo data-ok",
+            NULL, NULL, 0);
+    CHECK_STR(r.out.data, "1000\nroot-ro\ntmp-ok\nws-ok\ndata-ok\n");
+    run_free(&r);
+    struct done w = {0};
+    p->ops->write_file(sb, "/workspace/deep/f.bin", "\0\1\2", 3, 0600, done_cb, &w);
+    CHECK(wait_for(&w.done, 60000) == 0);
+    CHECK_EQ_INT(w.rc, 0);
+    if (w.rc)
+        printf("  write_file: %s\n", w.err);
+    struct done s = {0};
+    p->ops->suspend(sb, ref_cb, &s);
+    CHECK(wait_for(&s.done, 120000) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    if (s.rc)
+        printf("  suspend: %s\n", s.err);
+    provider_sandbox_release(sb);
+    struct acq a = {0};
+    if (s.ref) {
+        p->ops->resume(p, spec_for("t-ro"), s.ref, acq_cb, &a);
+        CHECK(wait_for(&a.done, 120000) == 0);
+        CHECK(a.sb != NULL);
+        if (!a.sb)
+            printf("  resume: %s\n", a.err);
+    }
+    if (a.sb) {
+        struct run c = {0};
+        run_cmd(a.sb, &c,
+                "cat /workspace/src/a.txt /data/d.txt; od -An -tx1 /workspace/deep/f.bin; "
+                "echo more >> /workspace/src/a.txt && echo writable",
+                NULL, NULL, 0);
+        CHECK_STR(c.out.data, "hello\nd\n 00 01 02\nwritable\n");
+        run_free(&c);
+        destroy_sb(a.sb);
+    }
+    if (s.ref) {
+        struct done del = {0};
+        p->ops->delete_snapshot(p, s.ref, done_cb, &del);
+        CHECK(wait_for(&del.done, 10000) == 0);
+    }
+    cJSON_Delete(s.ref);
     provider_free(p);
 }
 
@@ -1259,6 +1379,7 @@ int main(void)
     RUN(timeout_and_kill_tree);
     RUN(files_round_trip);
     RUN(hardening_in_inspect);
+    RUN(read_only_root);
     RUN(suspend_resume);
     RUN(gzip_snapshot);
     RUN(s3_snapshots);
