@@ -39,19 +39,24 @@ struct dk_prov {
     char network[128];
     int64_t pids, memory, nano_cpus;
     objstore *store; /* snapshots and upload/restore objects: S3 or SANDBOX_SNAPSHOT_DIR */
+    char user[65];   /* SANDBOX_DOCKER_USER; "" = the image's non-root user, else 1000:1000 */
+    int64_t nofile, nproc;
+    int read_only;               /* SANDBOX_DOCKER_READ_ONLY_ROOT */
+    int64_t tmp_bytes, ws_bytes; /* read-only root: tmpfs /tmp and each include's volume */
 };
 
 struct dk_sb {
     unsigned exec_seq;
-    char **incl; /* workspace include paths (absolute), NULL-terminated */
-    char **excl; /* workspace exclude patterns, NULL-terminated */
+    long uid, gid; /* the sandbox's user when numeric, else -1 (files the engine writes) */
+    char **incl;   /* workspace include paths (absolute), NULL-terminated */
+    char **excl;   /* workspace exclude patterns, NULL-terminated */
 };
 
 static char **dk_copy_list(const char *const *l, int strip_slash);
 static void dk_free_list(char **l);
 typedef void (*dk_pipe_fn)(void *arg, const char *err);
 static void dk_pipe_start(struct provider *p, const char *cid, const char *key, const char *dest,
-                          const char *what, dk_pipe_fn done, void *arg);
+                          const char *strip, const char *what, dk_pipe_fn done, void *arg);
 
 /* ---- small helpers ---- */
 
@@ -187,7 +192,7 @@ static void dk_call(struct provider *p, const char *method, const char *path, co
 
 /* ---- create / resume ---- */
 
-enum acq_phase { ACQ_IMAGE, ACQ_CREATE, ACQ_START, ACQ_RESTORE, ACQ_CLEANUP };
+enum acq_phase { ACQ_IMAGE, ACQ_CREATE, ACQ_PREPARE, ACQ_START, ACQ_RESTORE, ACQ_CLEANUP };
 
 struct dk_acq {
     struct provider *p;
@@ -195,7 +200,10 @@ struct dk_acq {
     void *arg;
     enum acq_phase phase;
     char image[256];
+    cJSON *create; /* the create request, completed once the image's user is known */
     char *create_body;
+    long uid, gid;      /* see struct dk_sb */
+    size_t restore_idx; /* read-only root: the include being restored */
     char cid[128];
     char *snap_key;      /* resume: the snapshot's object key */
     char **incl, **excl; /* handed to the sandbox */
@@ -203,6 +211,8 @@ struct dk_acq {
 };
 
 static void acq_step(struct dk_acq *a);
+static void acq_complete_body(struct dk_acq *a, const char *image_json);
+static void acq_prepare(struct dk_acq *a);
 
 static void acq_finish(struct dk_acq *a)
 {
@@ -212,6 +222,8 @@ static void acq_finish(struct dk_acq *a)
         sb->prov = a->p;
         dk_copy(sb->id, sizeof(sb->id), a->cid);
         struct dk_sb *x = xcalloc(1, sizeof(*x));
+        x->uid = a->uid;
+        x->gid = a->gid;
         x->incl = a->incl;
         x->excl = a->excl;
         a->incl = a->excl = NULL;
@@ -220,6 +232,7 @@ static void acq_finish(struct dk_acq *a)
     dk_free_list(a->incl);
     dk_free_list(a->excl);
     a->done(a->arg, sb, a->err[0] ? a->err : NULL);
+    cJSON_Delete(a->create);
     free(a->create_body);
     free(a->snap_key);
     free(a);
@@ -269,6 +282,7 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
             acq_fail(a);
             return;
         }
+        acq_complete_body(a, body);
         a->phase = ACQ_CREATE;
         break;
     case ACQ_CREATE: {
@@ -287,9 +301,17 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
         }
         dk_copy(a->cid, sizeof(a->cid), id);
         cJSON_Delete(j);
-        a->phase = ACQ_START;
+        a->phase = ACQ_PREPARE;
         break;
     }
+    case ACQ_PREPARE:
+        if (status != 200) {
+            dk_http_err(a->err, sizeof(a->err), "preparing the workspace", status, body);
+            acq_fail(a);
+            return;
+        }
+        a->phase = ACQ_START;
+        break;
     case ACQ_START:
         if (status != 204 && status != 304) {
             dk_http_err(a->err, sizeof(a->err), "container start", status, body);
@@ -309,21 +331,34 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
     acq_step(a);
 }
 
+static void acq_restore(struct dk_acq *a);
+
 static void acq_restored(void *arg, const char *err)
 {
     struct dk_acq *a = arg;
+    struct dk_prov *d = a->p->priv;
     if (err) {
         snprintf(a->err, sizeof(a->err), "%s", err);
         acq_fail(a);
+    } else if (d->read_only && a->incl[a->restore_idx]) {
+        acq_restore(a);
     } else {
         acq_finish(a);
     }
 }
 
-/* The snapshot streams from the object store, decompressed, into the container's root. */
+/* The snapshot streams from the object store, decompressed, into the container's root. With
+ * a read-only root the engine only writes into volumes: one pass per include, its entries
+ * renamed relative to it. */
 static void acq_restore(struct dk_acq *a)
 {
-    dk_pipe_start(a->p, a->cid, a->snap_key, "/", "restoring snapshot", acq_restored, a);
+    struct dk_prov *d = a->p->priv;
+    if (!d->read_only) {
+        dk_pipe_start(a->p, a->cid, a->snap_key, "/", NULL, "restoring snapshot", acq_restored, a);
+        return;
+    }
+    const char *inc = a->incl[a->restore_idx++];
+    dk_pipe_start(a->p, a->cid, a->snap_key, inc, inc + 1, "restoring snapshot", acq_restored, a);
 }
 
 static void acq_step(struct dk_acq *a)
@@ -343,6 +378,9 @@ static void acq_step(struct dk_acq *a)
     case ACQ_CREATE:
         dk_call(a->p, "POST", "/containers/create", a->create_body, acq_resp, a);
         break;
+    case ACQ_PREPARE:
+        acq_prepare(a);
+        break;
     case ACQ_START:
         snprintf(path, sizeof(path), "/containers/%s/start", a->cid);
         dk_call(a->p, "POST", path, NULL, acq_resp, a);
@@ -355,7 +393,7 @@ static void acq_step(struct dk_acq *a)
     }
 }
 
-static char *dk_create_body(struct dk_prov *d, const struct sandbox_spec *spec, const char *image)
+static cJSON *dk_create_body(struct dk_prov *d, const struct sandbox_spec *spec, const char *image)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "Image", image);
@@ -383,13 +421,172 @@ static char *dk_create_body(struct dk_prov *d, const struct sandbox_spec *spec, 
     cJSON_AddItemToArray(sec, cJSON_CreateString("no-new-privileges"));
     cJSON_AddNumberToObject(hc, "PidsLimit", (double)d->pids);
     cJSON_AddNumberToObject(hc, "Memory", (double)d->memory);
+    cJSON_AddNumberToObject(hc, "MemorySwap", (double)d->memory); /* no swap beyond it */
     cJSON_AddNumberToObject(hc, "NanoCpus", (double)d->nano_cpus);
     cJSON_AddStringToObject(hc, "NetworkMode", d->network);
-    char *s = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    if (!s)
+    cJSON *ul = cJSON_AddArrayToObject(hc, "Ulimits");
+    static const char *const names[] = {"nofile", "nproc"};
+    for (int i = 0; i < 2; i++) {
+        cJSON *u = cJSON_CreateObject();
+        cJSON_AddStringToObject(u, "Name", names[i]);
+        cJSON_AddNumberToObject(u, "Soft", (double)(i ? d->nproc : d->nofile));
+        cJSON_AddNumberToObject(u, "Hard", (double)(i ? d->nproc : d->nofile));
+        cJSON_AddItemToArray(ul, u);
+    }
+    return j;
+}
+
+/* "uid[:gid]" with decimal numbers: 0 and the ids; -1 otherwise (a user name). */
+static int dk_parse_user(const char *u, long *uid, long *gid)
+{
+    char *end;
+    if (!(*u >= '0' && *u <= '9'))
+        return -1;
+    *uid = strtol(u, &end, 10);
+    *gid = *uid;
+    if (*end == ':') {
+        if (!(end[1] >= '0' && end[1] <= '9'))
+            return -1;
+        *gid = strtol(end + 1, &end, 10);
+    }
+    return *end ? -1 : 0;
+}
+
+static int dk_is_root(const char *u)
+{
+    long uid, gid;
+    return strcmp(u, "root") == 0 || strncmp(u, "root:", 5) == 0 ||
+           (dk_parse_user(u, &uid, &gid) == 0 && uid == 0);
+}
+
+/* The image is known: who runs in the sandbox (SANDBOX_DOCKER_USER, else the image's own
+ * non-root user, else 1000:1000) and, with a read-only root, its writable places. */
+static void acq_complete_body(struct dk_acq *a, const char *image_json)
+{
+    struct dk_prov *d = a->p->priv;
+    cJSON *img = cJSON_Parse(image_json);
+    const char *iu = dk_jstr(cJSON_GetObjectItemCaseSensitive(img, "Config"), "User");
+    const char *user = d->user[0] ? d->user : "1000:1000";
+    int image_user = !d->user[0] && iu && iu[0] && !dk_is_root(iu);
+    if (image_user)
+        user = iu; /* left to the image: not in the request */
+    else
+        cJSON_AddStringToObject(a->create, "User", user);
+    if (dk_parse_user(user, &a->uid, &a->gid) != 0)
+        a->uid = a->gid = -1;
+    if (d->read_only) {
+        cJSON *hc = cJSON_GetObjectItemCaseSensitive(a->create, "HostConfig");
+        cJSON_AddBoolToObject(hc, "ReadonlyRootfs", 1);
+        cJSON *tmpfs = cJSON_AddObjectToObject(hc, "Tmpfs");
+        char opt[160];
+        snprintf(opt, sizeof(opt), "rw,nosuid,nodev,size=%lld", (long long)d->tmp_bytes);
+        cJSON_AddStringToObject(tmpfs, "/tmp", opt);
+        /* each include is an anonymous volume on tmpfs owned by the user (the engine writes
+         * into volumes only, and a tmpfs takes the owner as an option); removed with the
+         * container */
+        cJSON *mounts = cJSON_AddArrayToObject(hc, "Mounts");
+        for (char **i = a->incl; *i; i++) {
+            cJSON *m = cJSON_CreateObject();
+            cJSON_AddStringToObject(m, "Type", "volume");
+            cJSON_AddStringToObject(m, "Target", *i);
+            cJSON *vo = cJSON_AddObjectToObject(m, "VolumeOptions");
+            cJSON *dc = cJSON_AddObjectToObject(vo, "DriverConfig");
+            cJSON_AddStringToObject(dc, "Name", "local");
+            cJSON *o = cJSON_AddObjectToObject(dc, "Options");
+            cJSON_AddStringToObject(o, "type", "tmpfs");
+            cJSON_AddStringToObject(o, "device", "tmpfs");
+            if (a->uid >= 0)
+                snprintf(opt, sizeof(opt), "uid=%ld,gid=%ld,mode=0755,size=%lld", a->uid, a->gid,
+                         (long long)d->ws_bytes);
+            else
+                snprintf(opt, sizeof(opt), "mode=01777,size=%lld", (long long)d->ws_bytes);
+            cJSON_AddStringToObject(o, "o", opt);
+            cJSON_AddItemToArray(mounts, m);
+        }
+    }
+    cJSON_Delete(img);
+    a->create_body = cJSON_PrintUnformatted(a->create);
+    if (!a->create_body)
         abort();
-    return s;
+}
+
+static void acq_prepared(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_acq *a = arg;
+    acq_resp(a, res->status, res->body->data ? res->body->data : "", res->code ? res->error : NULL);
+}
+
+static la_ssize_t dk_tar_buf_write(struct archive *ar, void *arg, const void *p, size_t n)
+{
+    (void)ar;
+    buf_append(arg, p, n);
+    return (la_ssize_t)n;
+}
+
+/* A tar of directory entries (absolute paths, NULL-terminated) owned by uid:gid, mode 0755.
+ * 0, or -1 with err. */
+static int dk_dirs_tar(char *const *dirs, long uid, long gid, struct buf *out, char *err,
+                       size_t errlen)
+{
+    struct archive *ar = archive_write_new();
+    archive_write_set_format_pax_restricted(ar);
+    archive_write_set_bytes_in_last_block(ar, 1);
+    int ok = archive_write_open(ar, out, NULL, dk_tar_buf_write, NULL) == ARCHIVE_OK;
+    for (char *const *i = dirs; ok && *i; i++) {
+        struct archive_entry *e = archive_entry_new();
+        archive_entry_set_pathname(e, *i + 1);
+        archive_entry_set_filetype(e, AE_IFDIR);
+        archive_entry_set_perm(e, 0755);
+        archive_entry_set_uid(e, uid);
+        archive_entry_set_gid(e, gid);
+        archive_entry_set_mtime(e, time(NULL), 0);
+        ok = archive_write_header(ar, e) == ARCHIVE_OK;
+        archive_entry_free(e);
+    }
+    ok = ok && archive_write_close(ar) == ARCHIVE_OK;
+    if (!ok)
+        snprintf(err, errlen, "%s", archive_error_string(ar));
+    archive_write_free(ar);
+    return ok ? 0 : -1;
+}
+
+/* PUT of a small tar into "/" of container cid; cb gets the collected answer. */
+static int dk_put_root(struct dk_prov *d, const char *cid, const struct buf *tar,
+                       void (*cb)(void *, http_request *, const struct http_result *), void *arg,
+                       char *err, size_t errlen)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s/archive?path=/", cid);
+    http_request *r = dk_req(d, "PUT", path, DK_CALL_MS);
+    http_request_add_header(r, "Content-Type", "application/x-tar");
+    http_request_set_body(r, tar->data, tar->len);
+    struct http_callbacks hcb = {.on_done = cb};
+    http_request_set_callbacks(r, &hcb, arg);
+    return http_request_start(r, err, errlen);
+}
+
+/* Before the start: the include folders are created owned by the sandbox's user (a tar of
+ * directory entries into "/"), so a non-root user can write its workspace. Skipped with a
+ * read-only root (the volumes carry the owner) or a named user (its uid is unknown here: the
+ * image prepares its folders). */
+static void acq_prepare(struct dk_acq *a)
+{
+    struct dk_prov *d = a->p->priv;
+    if (d->read_only || a->uid < 0) {
+        acq_resp(a, 200, "", NULL); /* called from a loop callback: no re-entrance */
+        return;
+    }
+    struct buf tar;
+    buf_init(&tar);
+    char e[256];
+    if (dk_dirs_tar(a->incl, a->uid, a->gid, &tar, e, sizeof(e)) != 0)
+        snprintf(a->err, sizeof(a->err), "docker: preparing the workspace: %s", e);
+    else if (dk_put_root(d, a->cid, &tar, acq_prepared, a, e, sizeof(e)) != 0)
+        snprintf(a->err, sizeof(a->err), "docker: %s", e);
+    buf_release(&tar);
+    if (a->err[0])
+        acq_fail(a);
 }
 
 static struct dk_acq *acq_new(struct provider *p, const struct sandbox_spec *spec,
@@ -401,7 +598,8 @@ static struct dk_acq *acq_new(struct provider *p, const struct sandbox_spec *spe
     a->done = done;
     a->arg = arg;
     dk_copy(a->image, sizeof(a->image), d->image[spec->feature == SANDBOX_AI_WRITEBACK ? 1 : 0]);
-    a->create_body = dk_create_body(d, spec, a->image);
+    a->create = dk_create_body(d, spec, a->image);
+    a->uid = a->gid = -1;
     static const char *const def_incl[] = {"/workspace", NULL};
     a->incl = dk_copy_list(
         spec->workspace_include && spec->workspace_include[0] ? spec->workspace_include : def_incl,
@@ -904,6 +1102,11 @@ static void dk_write_file(struct sandbox *sb, const char *path, const char *data
     archive_entry_set_pathname(e, slash + 1);
     archive_entry_set_filetype(e, AE_IFREG);
     archive_entry_set_perm(e, (mode_t)(mode > 0 ? mode & 07777 : 0644));
+    const struct dk_sb *xs = sb->priv;
+    if (xs->uid >= 0) { /* the file belongs to the sandbox's user, not to root */
+        archive_entry_set_uid(e, xs->uid);
+        archive_entry_set_gid(e, xs->gid);
+    }
     archive_entry_set_size(e, (la_int64_t)len);
     archive_entry_set_mtime(e, time(NULL), 0);
     ok = ok && archive_write_header(a, e) == ARCHIVE_OK;
@@ -1419,6 +1622,7 @@ static void dk_archive_upload(struct sandbox *sb, const char *const *paths, cons
 
 struct dk_pipe {
     objstore_reader *rd; /* until its done callback ran */
+    tar_writer *tw;      /* strip: the object's entries below one folder, renamed from it */
     http_request *req;   /* until its on_done ran */
     struct buf pend;     /* decompressed bytes for the request body */
     size_t off;
@@ -1429,10 +1633,22 @@ struct dk_pipe {
     char err[512];
 };
 
-static int pipe_sink(void *arg, const char *p, size_t n)
+static int pipe_tar_out(void *arg, const void *p, size_t n)
 {
     struct dk_pipe *x = arg;
     buf_append(&x->pend, p, n);
+    return 0;
+}
+
+static int pipe_sink(void *arg, const char *p, size_t n)
+{
+    struct dk_pipe *x = arg;
+    if (!x->tw) {
+        buf_append(&x->pend, p, n);
+    } else if (tar_writer_feed(x->tw, p, n) != 0) {
+        snprintf(x->err, sizeof(x->err), "docker: %s: %s", x->what, tar_writer_error(x->tw));
+        return OBJSTORE_ERROR;
+    }
     if (x->send_paused && x->req) {
         x->send_paused = 0;
         http_request_resume_send(x->req);
@@ -1473,8 +1689,10 @@ static void pipe_rd_done(void *arg, int rc, const char *err)
     struct dk_pipe *x = arg;
     x->rd = NULL;
     x->rd_done = 1;
-    if (rc != 0)
+    if (rc != 0 && !x->err[0])
         snprintf(x->err, sizeof(x->err), "%s", err ? err : "reading the object failed");
+    if (!x->err[0] && x->tw && (tar_writer_end_input(x->tw) != 0 || tar_writer_finish(x->tw) != 0))
+        snprintf(x->err, sizeof(x->err), "docker: %s: %s", x->what, tar_writer_error(x->tw));
     if (x->send_paused && x->req) {
         x->send_paused = 0;
         http_request_resume_send(x->req);
@@ -1498,20 +1716,26 @@ static void pipe_put_done(void *arg, http_request *req, const struct http_result
         dk_http_err(x->err, sizeof(x->err), x->what, res->status, res->body->data);
     }
     x->done(x->arg, x->err[0] ? x->err : NULL);
+    tar_writer_free(x->tw);
     buf_release(&x->pend);
     free(x);
 }
 
-/* Streams object key, decompressed, into PUT /containers/<cid>/archive?path=<dest>. done
+/* Streams object key, decompressed, into PUT /containers/<cid>/archive?path=<dest> (with
+ * strip: only the entries below that folder, named relative to it). done
  * runs once: from the loop, or at once when the request cannot start (callers are loop
  * callbacks themselves). */
 static void dk_pipe_start(struct provider *p, const char *cid, const char *key, const char *dest,
-                          const char *what, dk_pipe_fn done, void *arg)
+                          const char *strip, const char *what, dk_pipe_fn done, void *arg)
 {
     struct dk_prov *d = p->priv;
     struct dk_pipe *x = xcalloc(1, sizeof(*x));
     x->done = done;
     x->arg = arg;
+    if (strip) {
+        x->tw = tar_writer_new(pipe_tar_out, x);
+        tar_writer_set_strip(x->tw, strip);
+    }
     snprintf(x->what, sizeof(x->what), "%s", what);
     buf_init(&x->pend);
     struct buf path;
@@ -1528,6 +1752,7 @@ static void dk_pipe_start(struct provider *p, const char *cid, const char *key, 
     if (http_request_start(req, e, sizeof(e)) != 0) {
         snprintf(x->err, sizeof(x->err), "docker: %s: %s", what, e);
         done(arg, x->err);
+        tar_writer_free(x->tw);
         buf_release(&x->pend);
         free(x);
         return;
@@ -1573,7 +1798,7 @@ static void rs_put(struct dk_rest *r)
 {
     char what[400];
     snprintf(what, sizeof(what), "restore of %.150s into %.200s", r->key, r->dest);
-    dk_pipe_start(r->sb->prov, r->sb->id, r->key, r->dest, what, rs_piped, r);
+    dk_pipe_start(r->sb->prov, r->sb->id, r->key, r->dest, NULL, what, rs_piped, r);
 }
 
 static void rs_mkdir_done(void *arg, int ok, const char *err)
@@ -1587,12 +1812,51 @@ static void rs_mkdir_done(void *arg, int ok, const char *err)
     rs_put(r);
 }
 
+static void rs_made(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_rest *r = arg;
+    if (res->code != 0)
+        snprintf(r->err, sizeof(r->err), "docker: restore: creating %.300s: %s", r->dest,
+                 res->error);
+    else if (res->status != 200)
+        dk_http_err(r->err, sizeof(r->err), "restore: creating the destination", res->status,
+                    res->body->data);
+    if (r->err[0])
+        rs_finish(r);
+    else
+        rs_put(r);
+}
+
+/* A missing destination is created by the engine (into "/", owned by the sandbox's user), so
+ * it may lie where the user cannot create folders itself; -1 when that cannot apply (a
+ * read-only root, a named user): then mkdir -p runs in the sandbox. */
+static int rs_mkdir_engine(struct dk_rest *r)
+{
+    struct dk_prov *d = r->sb->prov->priv;
+    const struct dk_sb *x = r->sb->priv;
+    if (d->read_only || x->uid < 0)
+        return -1;
+    char *dirs[] = {r->dest, NULL};
+    struct buf tar;
+    buf_init(&tar);
+    char e[256];
+    int rc = dk_dirs_tar(dirs, x->uid, x->gid, &tar, e, sizeof(e)) == 0 &&
+                     dk_put_root(d, r->sb->id, &tar, rs_made, r, e, sizeof(e)) == 0
+                 ? 0
+                 : -1;
+    buf_release(&tar);
+    return rc;
+}
+
 static void rs_stat_resp(void *arg, long status, const char *body, const char *err)
 {
     struct dk_rest *r = arg;
     if (err) {
         dk_copy(r->err, sizeof(r->err), err);
-    } else if (status == 404) { /* dest is missing: create it */
+    } else if (status == 404 && rs_mkdir_engine(r) == 0) { /* created by the engine */
+        return;
+    } else if (status == 404) { /* dest is missing: create it from inside */
         struct buf cmd;
         buf_init(&cmd);
         buf_puts(&cmd, "mkdir -p -- ");
@@ -1757,6 +2021,22 @@ static int dk_init(struct provider *p, int check_only, char *err, size_t errlen)
                   &d->memory, err, errlen) ||
         env_int64("SANDBOX_DOCKER_NANO_CPUS", 2000000000LL, 10000000, 1024000000000LL,
                   &d->nano_cpus, err, errlen))
+        return -1;
+    const char *user = env_str("SANDBOX_DOCKER_USER", "");
+    if (strlen(user) >= sizeof(d->user) || strcspn(user, " \t\r\n\"'") != strlen(user)) {
+        snprintf(err, errlen,
+                 "SANDBOX_DOCKER_USER: must be a user name or uid[:gid] of at most "
+                 "64 characters without spaces or quotes");
+        return -1;
+    }
+    dk_copy(d->user, sizeof(d->user), user);
+    if (env_int64("SANDBOX_DOCKER_NOFILE", 4096, 64, 1048576, &d->nofile, err, errlen) ||
+        env_int64("SANDBOX_DOCKER_NPROC", 4096, 16, 4194304, &d->nproc, err, errlen) ||
+        env_bool("SANDBOX_DOCKER_READ_ONLY_ROOT", 0, &d->read_only, err, errlen) ||
+        env_int64("SANDBOX_DOCKER_TMP_BYTES", 268435456LL, 1048576, INT64_MAX / 2, &d->tmp_bytes,
+                  err, errlen) ||
+        env_int64("SANDBOX_DOCKER_WORKSPACE_BYTES", 1073741824LL, 1048576, INT64_MAX / 2,
+                  &d->ws_bytes, err, errlen))
         return -1;
     d->store = objstore_new_from_env(p->base, "docker", check_only, err, errlen);
     if (!d->store)

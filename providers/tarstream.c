@@ -348,6 +348,7 @@ struct tar_writer {
     void *arg;
     tar_reader *rd;
     char *prefix;
+    char *strip;
     const char *const *excl;
     uint64_t data_left; /* of the kept entry being copied */
     size_t pad_after;
@@ -404,27 +405,37 @@ static int wr_emit_pax(tar_writer *w, const struct buf *rec)
 static int wr_entry(void *arg, const struct tar_entry *e)
 {
     tar_writer *w = arg;
+    const char *ename = e->name, *elink = e->linkname;
+    if (w->strip) { /* only below the folder, renamed from it */
+        size_t k = strlen(w->strip);
+        if (strncmp(ename, w->strip, k) != 0 || ename[k] != '/' || !ename[k + 1])
+            return TAR_SKIP;
+        ename += k + 1;
+        if (e->type == '1' && strncmp(elink, w->strip, k) == 0 && elink[k] == '/')
+            elink += k + 1;
+    }
     struct buf name, rec;
     buf_init(&name);
     buf_init(&rec);
-    int pre = w->prefix && w->prefix[0];
-    if (pre)
+    int pre = (w->prefix && w->prefix[0]) || w->strip;
+    if (w->prefix && w->prefix[0])
         buf_printf(&name, "%s/", w->prefix);
-    buf_puts(&name, e->name);
+    buf_puts(&name, ename);
     int rc = TAR_SKIP;
     if (!tar_excluded(w->excl, name.data)) {
         rc = TAR_KEEP;
         buf_append(&rec, e->pax, e->pax_len);
         if (pre || e->extended) {
             tar_pax_record(&rec, "path", name.data);
-            if (e->type == '1' && pre) { /* hard links name an archive path: prefix it too */
+            if (e->type == '1' && w->prefix && w->prefix[0]) { /* hard links name an
+                                                                * archive path: prefix it */
                 struct buf l;
                 buf_init(&l);
-                buf_printf(&l, "%s/%s", w->prefix, e->linkname);
+                buf_printf(&l, "%s/%s", w->prefix, elink);
                 tar_pax_record(&rec, "linkpath", l.data);
                 buf_release(&l);
-            } else if (e->linkname[0] && (e->extended || e->type == '1')) {
-                tar_pax_record(&rec, "linkpath", e->linkname);
+            } else if (elink[0] && (e->extended || e->type == '1')) {
+                tar_pax_record(&rec, "linkpath", elink);
             }
         }
         if ((rec.len && wr_emit_pax(w, &rec) != 0) || wr_emit(w, e->hdr, TAR_BLOCK) != 0) {
@@ -467,6 +478,7 @@ void tar_writer_free(tar_writer *w)
         return;
     tar_reader_free(w->rd);
     free(w->prefix);
+    free(w->strip);
     free(w);
 }
 
@@ -474,6 +486,12 @@ void tar_writer_set_prefix(tar_writer *w, const char *prefix)
 {
     free(w->prefix);
     w->prefix = prefix && prefix[0] ? xstrdup(prefix) : NULL;
+}
+
+void tar_writer_set_strip(tar_writer *w, const char *strip)
+{
+    free(w->strip);
+    w->strip = strip && strip[0] ? xstrdup(strip) : NULL;
 }
 
 void tar_writer_set_exclude(tar_writer *w, const char *const *exclude)

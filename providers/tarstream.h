@@ -78,6 +78,10 @@ void tar_writer_free(tar_writer *w);
 /* Entries of the next input are named "<prefix>/<name>" ("" or NULL: unchanged). Hard-link
  * targets (archive paths) are prefixed too; symlink targets are not. Copied. */
 void tar_writer_set_prefix(tar_writer *w, const char *prefix);
+/* Keeps only the entries below the folder strip ("workspace" or "srv/app", no slashes at the
+ * ends), named relative to it (the folder's own entry is dropped); hard-link targets are
+ * renamed the same way. Applied before the prefix. Copied; NULL: keep everything. */
+void tar_writer_set_strip(tar_writer *w, const char *strip);
 /* Exclude patterns (see tar_excluded), NULL-terminated; borrowed until tar_writer_free. */
 void tar_writer_set_exclude(tar_writer *w, const char *const *exclude);
 /* Begins the next input archive (resets the parser; entries keep flowing to the sink). */
