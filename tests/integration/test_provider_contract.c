@@ -123,9 +123,9 @@ int main(void)
     provider_contract_run(&docker_s3);
     char cmd[512];
     snprintf(cmd, sizeof(cmd),
-             "docker ps -aq --filter label=sandbox-worker.worker=contract 2>/dev/null | "
+             "docker ps -aq --filter label=sandbox-worker.worker=%s 2>/dev/null | "
              "xargs -r docker rm -f >/dev/null 2>&1; rm -rf '%s'",
-             g_snapdir);
+             provider_contract_worker(), g_snapdir);
     if (system(cmd) != 0)
         fprintf(stderr, "cleanup failed\n");
     return test_report();
