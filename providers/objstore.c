@@ -356,10 +356,10 @@ static void wr_up_drain(void *arg)
     int f = wr_flush(w);
     if (f != 0)
         return; /* blocked again: another drain comes; failed: the upload's done says why */
-    if (w->finishing) {
+    if (w->finishing == 1) { /* the tail is handed over: complete the upload */
         w->finishing = 2;
         s3_upload_finish(w->up);
-    } else if (w->owe_drain) {
+    } else if (!w->finishing && w->owe_drain) {
         w->owe_drain = 0;
         if (w->drain)
             w->drain(w->arg);
