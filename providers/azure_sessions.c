@@ -464,6 +464,11 @@ static size_t in_source(void *arg, char *dst, size_t cap)
         if (n->off == n->pend.len) {
             n->pend.len = 0;
             n->off = 0;
+        } else if (n->off >= (1u << 16) && n->off * 2 >= n->pend.len) {
+            /* drop what was sent, or the buffer keeps the whole object */
+            memmove(n->pend.data, n->pend.data + n->off, n->pend.len - n->off);
+            n->pend.len -= n->off;
+            n->off = 0;
         }
         if (n->paused && n->pend.len - n->off <= AZS_IN_HIGH / 2 && n->r) {
             n->paused = 0;
