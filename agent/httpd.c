@@ -753,11 +753,17 @@ int httpd_listen(struct httpd *s, const char *addr, int port, int *bound_port, c
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
     char spec[128];
-    snprintf(spec, sizeof(spec), strchr(addr, ':') ? "[%s]:%d" : "%s:%d", addr, port);
+    /* libevent refuses port 0 in the text: parse with a placeholder, then set the port. */
+    snprintf(spec, sizeof(spec), strchr(addr, ':') ? "[%s]:1" : "%s:1", addr);
     if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) != 0) {
-        snprintf(err, errlen, "bad listen address %s", spec);
+        snprintf(err, errlen, "bad listen address %s", addr);
         return -1;
     }
+    if (ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)port);
+    snprintf(spec, sizeof(spec), strchr(addr, ':') ? "[%s]:%d" : "%s:%d", addr, port);
     struct evconnlistener *l = evconnlistener_new_bind(
         s->base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
         128, (struct sockaddr *)&ss, sslen);
