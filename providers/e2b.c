@@ -1332,8 +1332,9 @@ static void e2b_write_file(struct sandbox *sb, const char *path, const char *dat
     w->path = xstrdup(path ? path : "");
     sb_hold(sb);
     const char *slash = strrchr(w->path, '/');
-    if (!w->path[0] || (slash && !slash[1])) {
-        snprintf(w->err, sizeof(w->err), "e2b: write: \"%s\" is not a file path", w->path);
+    if (w->path[0] != '/' || !slash[1]) {
+        snprintf(w->err, sizeof(w->err), "e2b: write: \"%s\" is not an absolute file path",
+                 w->path);
         e2b_defer(sb->prov->base, wr_failed_early, w);
         return;
     }
@@ -1459,6 +1460,11 @@ static void e2b_read_file(struct sandbox *sb, const char *path, size_t max, prov
     r->path = xstrdup(path ? path : "");
     buf_init(&r->data);
     sb_hold(sb);
+    if (r->path[0] != '/') {
+        snprintf(r->err, sizeof(r->err), "e2b: read: \"%s\" is not an absolute file path", r->path);
+        e2b_defer(sb->prov->base, rd_failed_early, r);
+        return;
+    }
     struct buf q;
     buf_init(&q);
     files_path(&q, sb, r->path);
