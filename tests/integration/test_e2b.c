@@ -499,8 +499,9 @@ TEST_CASE(timeout_and_kill)
     struct xres x;
     xres_init(&x);
     double t0 = now_s();
-    /* A tree: a background child and a foreground sleep, both must go. */
-    run_cmd(sb, &x, "sleep 971.5 & sleep 972.5; echo not-reached", NULL, NULL, 500);
+    /* A tree: a child in a session of its own (out of reach of a process-group kill) and a
+     * foreground sleep; both must go. */
+    run_cmd(sb, &x, "setsid sleep 971.5 & sleep 972.5; echo not-reached", NULL, NULL, 500);
     double took = now_s() - t0;
     CHECK_EQ_INT(x.status, EXEC_TIMEOUT);
     CHECK(took < 10);
@@ -510,7 +511,7 @@ TEST_CASE(timeout_and_kill)
     xres_init(&x);
     x.kill_on_output = 1;
     t0 = now_s();
-    run_cmd(sb, &x, "echo started; sleep 973.5 & sleep 974.5", NULL, NULL, 0);
+    run_cmd(sb, &x, "echo started; setsid sleep 973.5 & sleep 974.5", NULL, NULL, 0);
     CHECK_EQ_INT(x.status, EXEC_KILLED);
     CHECK(now_s() - t0 < 10);
     CHECK_STR(x.out.data, "started\n");
@@ -911,6 +912,17 @@ TEST_CASE(worker_two_turns)
     CHECK_STR(st, "paused");
     free(st);
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 15000), 0);
+    /* The worker's whole log (debug level) never shows the API key. */
+    FILE *f = fopen(logp, "r");
+    CHECK(f != NULL);
+    if (f) {
+        static char text[1 << 20];
+        size_t n = fread(text, 1, sizeof(text) - 1, f);
+        fclose(f);
+        text[n] = '\0';
+        CHECK(n > 0 && strstr(text, "e2b") != NULL);
+        CHECK(strstr(text, fake.api_key) == NULL);
+    }
     redisFree(rc);
     test_redis_free(srv);
 }
