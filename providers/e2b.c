@@ -405,7 +405,7 @@ static struct sandbox *sb_from_json(struct provider *p, const cJSON *j, const ch
 {
     struct e2b_prov *e = p->priv;
     const char *id = e2b_jstr(j, "sandboxID");
-    if (!e2b_id_ok(id) || (want_id && strcmp(id, want_id) != 0)) {
+    if (!id || !e2b_id_ok(id) || (want_id && strcmp(id, want_id) != 0)) {
         snprintf(err, errlen, "e2b: the API answered without a valid sandboxID");
         return NULL;
     }
@@ -558,7 +558,7 @@ static void acq_connect(struct provider *p, const char *id, int resume, provider
     a->done = done;
     a->arg = arg;
     a->resume = resume;
-    if (!e2b_id_ok(id)) {
+    if (!id || !e2b_id_ok(id)) {
         snprintf(a->err, sizeof(a->err), "e2b: not a sandbox id: must be 1..%d of [A-Za-z0-9_-]",
                  E2B_ID_MAX);
         e2b_defer(p->base, acq_failed_early, a);
@@ -688,7 +688,7 @@ static void kill_sandbox(struct provider *p, const char *id, provider_done_fn do
     o->p = p;
     o->done = done;
     o->arg = arg;
-    if (!e2b_id_ok(id)) {
+    if (!id || !e2b_id_ok(id)) {
         o->rc = -1;
         snprintf(o->err, sizeof(o->err),
                  "e2b: snapshot reference is not {\"kind\":\"e2b-paused\",\"sandboxId\":\"…\"}");
