@@ -143,6 +143,9 @@ static int e2b_version_lt(const char *v, int a, int b, int c)
 
 /* ---- control plane calls: retries with backoff, one prepared message ---- */
 
+#define E2B_CALL_CREATE    1u /* not idempotent: transport errors retried only before connecting */
+#define E2B_CALL_RETRY_409 2u /* 409 (e.g. a pause still in progress) is worth another try */
+
 /* status: the final HTTP status (0: no answer); json: the parsed body (may be NULL); err:
  * NULL on 2xx, else a one-line message naming what failed (no secrets). */
 typedef void (*e2b_resp_fn)(void *arg, long status, const cJSON *json, const char *err);
@@ -154,7 +157,7 @@ struct e2b_call {
     char *path; /* after api_url, e.g. "/sandboxes/x/pause" */
     char *body; /* JSON or NULL */
     char what[160];
-    int create; /* not idempotent: transport errors only retried before connecting */
+    unsigned flags; /* E2B_CALL_* */
     int attempt;
     int start_failed;
     struct event *timer;
@@ -237,7 +240,7 @@ static void call_done(void *arg, http_request *req, const struct http_result *re
 
     if (res->code != 0) {
         /* 6: name not resolved, 7: could not connect: nothing reached E2B. */
-        retry = !c->create || res->code == 6 || res->code == 7;
+        retry = !(c->flags & E2B_CALL_CREATE) || res->code == 6 || res->code == 7;
         e2b_server_text(text, sizeof(text), res->error);
     } else {
         if (res->body->len)
@@ -253,7 +256,8 @@ static void call_done(void *arg, http_request *req, const struct http_result *re
             msg = res->body->data; /* a proxy's plain text */
         e2b_server_text(text, sizeof(text), msg);
         retry = res->status == 429 || res->status == 502 || res->status == 503 ||
-                res->status == 504 || call_capacity_code(code);
+                res->status == 504 || call_capacity_code(code) ||
+                (res->status == 409 && (c->flags & E2B_CALL_RETRY_409));
     }
     if (retry && c->attempt < e->attempts) {
         long d =
@@ -321,11 +325,11 @@ static void call_start(struct e2b_call *c)
 /* Starts one control-plane call; fn runs exactly once, from the loop (never, when the
  * provider is freed first). body is copied (may be NULL). */
 static void e2b_call(struct provider *p, const char *method, const char *path, const char *body,
-                     int create, e2b_resp_fn fn, void *arg, const char *what_fmt, ...)
+                     unsigned flags, e2b_resp_fn fn, void *arg, const char *what_fmt, ...)
     __attribute__((format(printf, 8, 9)));
 
 static void e2b_call(struct provider *p, const char *method, const char *path, const char *body,
-                     int create, e2b_resp_fn fn, void *arg, const char *what_fmt, ...)
+                     unsigned flags, e2b_resp_fn fn, void *arg, const char *what_fmt, ...)
 {
     struct e2b_prov *e = p->priv;
     struct e2b_call *c = xcalloc(1, sizeof(*c));
@@ -333,7 +337,7 @@ static void e2b_call(struct provider *p, const char *method, const char *path, c
     snprintf(c->method, sizeof(c->method), "%s", method);
     c->path = xstrdup(path);
     c->body = body ? xstrdup(body) : NULL;
-    c->create = create;
+    c->flags = flags;
     c->fn = fn;
     c->arg = arg;
     va_list ap;
@@ -483,7 +487,8 @@ static void acq_created(void *arg, long status, const cJSON *json, const char *e
     if (status == 404 && !a->v1) {
         /* An API without the v2 route: the original create. */
         a->v1 = 1;
-        e2b_call(a->p, "POST", "/sandboxes", a->body, 1, acq_created, a, "create sandbox");
+        e2b_call(a->p, "POST", "/sandboxes", a->body, E2B_CALL_CREATE, acq_created, a,
+                 "create sandbox");
         return;
     }
     if (err) {
@@ -524,7 +529,8 @@ static void e2b_create(struct provider *p, const struct sandbox_spec *spec,
     cJSON_Delete(j);
     if (!a->body)
         abort();
-    e2b_call(p, "POST", "/v2/sandboxes", a->body, 1, acq_created, a, "create sandbox");
+    e2b_call(p, "POST", "/v2/sandboxes", a->body, E2B_CALL_CREATE, acq_created, a,
+             "create sandbox");
 }
 
 static void acq_connected(void *arg, long status, const cJSON *json, const char *err)
@@ -568,7 +574,7 @@ static void acq_connect(struct provider *p, const char *id, int resume, provider
     char path[192], body[64];
     snprintf(path, sizeof(path), "/sandboxes/%s/connect", id);
     snprintf(body, sizeof(body), "{\"timeout\":%" PRId64 "}", e->timeout_s);
-    e2b_call(p, "POST", path, body, 0, acq_connected, a, "%s sandbox %s",
+    e2b_call(p, "POST", path, body, E2B_CALL_RETRY_409, acq_connected, a, "%s sandbox %s",
              resume ? "resume" : "connect", id);
 }
 

@@ -27,11 +27,11 @@
  * (204; 409 "already paused" is success) and reports {"kind":"e2b-paused","sandboxId":…};
  * resume connects (POST /sandboxes/{id}/connect with the timeout; 200 running, 201 resumed);
  * a 404 there fails with "sandbox … expired" (E2B no longer has it; the thread must start
- * over). Destroy and delete_snapshot kill (404: already gone, success). 429, 502, 503, 504
- * and the capacity errors (sandbox_capacity_unavailable, sandbox_placement_timeout) are
- * retried; 400, 401, 403 and the rest are reported at once. Transport errors are retried
- * except for create, where only a connection that was never made is (a lost answer could
- * hide a created sandbox).
+ * over); a 409 there (a pause still in progress) is retried. Destroy and delete_snapshot kill (404:
+ * already gone, success). 429, 502, 503, 504 and the capacity errors (sandbox_capacity_unavailable,
+ * sandbox_placement_timeout) are retried; 400, 401, 403 and the rest are reported at once.
+ * Transport errors are retried except for create, where only a connection that was never made is (a
+ * lost answer could hide a created sandbox).
  *
  * envd: commands run as /bin/bash -l -c <cmd> with cwd and envs through the Connect-JSON
  * streaming RPC process.Process/Start (Keepalive-Ping-Interval 50 s); stdout and stderr

@@ -411,6 +411,39 @@ TEST_CASE(config)
     set_fake_env();
 }
 
+/* Runs the real binary's --check-config with SANDBOX_PROVIDER unset; exit status, output. */
+static int check_config(const char *env, char *out, size_t outlen)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "env -u SANDBOX_PROVIDER -u E2B_API_KEY -u E2B_API_URL -u E2B_SANDBOX_URL "
+             "REDIS_URL=redis://127.0.0.1:1 %s ./%s/sandbox-worker --check-config 2>&1",
+             env, getenv("BUILD") ? getenv("BUILD") : "build");
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, outlen - 1, p);
+    out[n] = '\0';
+    return pclose(p);
+}
+
+TEST_CASE(check_config_default_provider)
+{
+    char out[4096];
+    /* e2b is the default: with its key set, the configuration is complete. */
+    CHECK_EQ_INT(check_config("E2B_API_KEY=e2b_check_secret_77", out, sizeof(out)), 0);
+    CHECK(strstr(out, "SANDBOX_PROVIDER=e2b") != NULL);
+    CHECK(strstr(out, "configuration ok") != NULL);
+    CHECK(strstr(out, "e2b_check_secret_77") == NULL);
+    /* Without it, one line naming the variable. */
+    CHECK(check_config("", out, sizeof(out)) != 0);
+    CHECK(strncmp(out, "E2B_API_KEY: required", 21) == 0);
+    CHECK(check_config("E2B_API_KEY=k E2B_TEMPLATE_NAME='a b'", out, sizeof(out)) != 0);
+    CHECK(strncmp(out, "E2B_TEMPLATE_NAME:", 18) == 0);
+    CHECK(check_config("E2B_API_KEY=k SANDBOX_SNAPSHOT_RETENTION_MS=-5", out, sizeof(out)) != 0);
+    CHECK(strncmp(out, "SANDBOX_SNAPSHOT_RETENTION_MS:", 30) == 0);
+}
+
 TEST_CASE(exec_streams_and_codes)
 {
     if (!fake_up)
@@ -743,6 +776,24 @@ TEST_CASE(capacity_retried)
     if (sb)
         CHECK_EQ_INT(destroy(sb), 0);
 
+    /* A connect that meets a 409 (the sandbox still pausing) is tried again. */
+    sb = create(prov, NULL, 0);
+    CHECK(sb != NULL);
+    if (sb) {
+        char *ref = NULL, err[1024];
+        CHECK_EQ_INT(suspend(sb, &ref), 0);
+        provider_sandbox_release(sb);
+        mark = log_len();
+        CHECK(hook("/_fake/fail", "{\"status\":409,\"count\":1,\"op\":\"connect\"}"));
+        sb = resume(ref, err, sizeof(err));
+        CHECK(sb != NULL);
+        CHECK_EQ_INT(log_count(mark, "POST", "/sandboxes/", 409), 1);
+        CHECK_EQ_INT(log_count(mark, "POST", "/sandboxes/", 201), 1);
+        free(ref);
+        if (sb)
+            CHECK_EQ_INT(destroy(sb), 0);
+    }
+
     /* Attempts are bounded: E2B_RETRY_ATTEMPTS (5) then a clear error. */
     mark = log_len();
     CHECK(hook("/_fake/fail", "{\"status\":503,\"error_code\":\"sandbox_capacity_unavailable\","
@@ -953,6 +1004,7 @@ int main(void)
     }
     if (prov)
         RUN(config);
+    RUN(check_config_default_provider);
     RUN(exec_streams_and_codes);
     RUN(timeout_and_kill);
     RUN(reattach_by_pid);
