@@ -11,11 +11,19 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <cjson/cJSON.h>
+#include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #include "lib/buf.h"
 #include "lib/log.h"
+#include "providers/connect.h"
 #include "providers/e2b.h"
 #include "tests/support/e2b_server.h"
 #include "tests/support/redis_server.h"
@@ -655,6 +663,180 @@ TEST_CASE(files)
     CHECK_EQ_INT(destroy(sb), 0);
 }
 
+/* ---- a canned envd: exact response bodies for the stream's corner cases ---- */
+
+static struct {
+    int status;
+    struct buf body;
+    struct buf req; /* the last request body */
+    char token[256], keepalive[32], ctype[128], sandbox_id[128];
+} canned;
+
+static void canned_cb(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    buf_clear(&canned.req);
+    buf_reserve(&canned.req, n);
+    evbuffer_remove(in, canned.req.data, n);
+    canned.req.len = n;
+    canned.req.data[n] = '\0';
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    const char *v;
+    snprintf(canned.token, sizeof(canned.token), "%s",
+             (v = evhttp_find_header(h, "X-Access-Token")) ? v : "");
+    snprintf(canned.keepalive, sizeof(canned.keepalive), "%s",
+             (v = evhttp_find_header(h, "Keepalive-Ping-Interval")) ? v : "");
+    snprintf(canned.ctype, sizeof(canned.ctype), "%s",
+             (v = evhttp_find_header(h, "Content-Type")) ? v : "");
+    snprintf(canned.sandbox_id, sizeof(canned.sandbox_id), "%s",
+             (v = evhttp_find_header(h, "E2b-Sandbox-Id")) ? v : "");
+    struct evbuffer *out = evbuffer_new();
+    evbuffer_add(out, canned.body.data, canned.body.len);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      canned.status == 200 ? "application/connect+json" : "application/json");
+    evhttp_send_reply(req, canned.status, "x", out);
+    evbuffer_free(out);
+}
+
+static void canned_msg(unsigned flags, const char *json)
+{
+    connect_envelope_append(&canned.body, flags, json, strlen(json));
+}
+
+static void canned_set(int status, const char *const *events, const char *end_stream)
+{
+    canned.status = status;
+    buf_clear(&canned.body);
+    for (size_t i = 0; events && events[i]; i++)
+        canned_msg(0, events[i]);
+    if (end_stream)
+        canned_msg(CONNECT_FLAG_END_STREAM, end_stream);
+}
+
+TEST_CASE(envd_stream_edges)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    struct evhttp *http = evhttp_new(base);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(http, "127.0.0.1", 0);
+    CHECK(bs != NULL);
+    if (!bs) {
+        evhttp_free(http);
+        return;
+    }
+    evhttp_set_gencb(http, canned_cb, NULL);
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof(sa);
+    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl);
+    char url[64], err[512];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", ntohs(sa.sin_port));
+    buf_init(&canned.body);
+    buf_init(&canned.req);
+    /* The control plane is the fake; every envd call goes to the canned server. */
+    setenv("E2B_SANDBOX_URL", url, 1);
+    struct provider *p = make_provider(fake.api_key, err, sizeof(err));
+    setenv("E2B_SANDBOX_URL", fake.url, 1);
+    struct sandbox *sb = p ? create(p, NULL, 0) : NULL;
+    CHECK(sb != NULL);
+    if (!sb)
+        goto out;
+
+    /* exitCode omitted (proto3 default 0), keepalives between, the request as the SDK sends it. */
+    static const char *const ok[] = {
+        "{\"event\":{\"start\":{\"pid\":7}}}",
+        "{\"event\":{\"keepalive\":{}}}",
+        "{\"event\":{\"data\":{\"stdout\":\"aGk=\"}}}",
+        "{\"event\":{\"data\":{\"stderr\":\"AP8K\"}}}",
+        "{\"event\":{\"end\":{\"exited\":true,\"status\":\"exit status 0\"}}}",
+        NULL};
+    canned_set(200, ok, "{}");
+    static const char *const env[] = {"A=1", "B=x=y", NULL};
+    struct xres x;
+    xres_init(&x);
+    run_cmd(sb, &x, "echo hi", "/home/user", env, 0);
+    CHECK_EQ_INT(x.status, EXEC_EXITED);
+    CHECK_EQ_INT(x.code, 0);
+    CHECK_STR(x.out.data, "hi");
+    CHECK(x.err.len == 3 && memcmp(x.err.data, "\0\xff\n", 3) == 0);
+    CHECK_STR(canned.keepalive, "50");
+    CHECK_STR(canned.ctype, "application/connect+json");
+    CHECK_STR(canned.sandbox_id, sb->id);
+    CHECK(canned.token[0] != '\0');
+    CHECK(canned.req.len > 5 && canned.req.data[0] == 0);
+    if (canned.req.len > 5) {
+        uint32_t n = (uint32_t)(unsigned char)canned.req.data[1] << 24 |
+                     (uint32_t)(unsigned char)canned.req.data[2] << 16 |
+                     (uint32_t)(unsigned char)canned.req.data[3] << 8 |
+                     (unsigned char)canned.req.data[4];
+        CHECK_EQ_INT(n, canned.req.len - 5);
+        CHECK_STR(canned.req.data + 5,
+                  "{\"process\":{\"cmd\":\"/bin/bash\",\"args\":[\"-l\",\"-c\",\"echo hi\"],"
+                  "\"envs\":{\"A\":\"1\",\"B\":\"x=y\"},\"cwd\":\"/home/user\"},\"stdin\":false}");
+    }
+    xres_release(&x);
+
+    /* A signal death reported by envd: 128 + signal. */
+    static const char *const sig[] = {
+        "{\"event\":{\"start\":{\"pid\":7}}}",
+        "{\"event\":{\"end\":{\"exitCode\":-1,\"status\":\"signal: terminated\"}}}", NULL};
+    canned_set(200, sig, "{}");
+    xres_init(&x);
+    run_cmd(sb, &x, "x", NULL, NULL, 0);
+    CHECK_EQ_INT(x.status, EXEC_EXITED);
+    CHECK_EQ_INT(x.code, 143);
+    xres_release(&x);
+
+    /* The failures, each with its own clear message. */
+    static const char *const started[] = {"{\"event\":{\"start\":{\"pid\":7}}}", NULL};
+    static const char *const bad64[] = {"{\"event\":{\"data\":{\"stdout\":\"a$==\"}}}", NULL};
+    struct {
+        int status;
+        const char *const *events;
+        const char *end;
+        const char *want;
+    } fails[] = {
+        {200, started, NULL, "without its end-of-stream envelope"},
+        {200, started, "{}", "without an end event"},
+        {200, started, "{\"error\":{\"code\":\"unavailable\",\"message\":\"sandbox timed out\"}}",
+         "envd: unavailable: sandbox timed out"},
+        {200, bad64, "{}", "not base64"},
+        {200, started, "not json", "not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof(fails) / sizeof(fails[0]); i++) {
+        canned_set(fails[i].status, fails[i].events, fails[i].end);
+        xres_init(&x);
+        run_cmd(sb, &x, "x", NULL, NULL, 0);
+        CHECK_EQ_INT(x.status, EXEC_ERROR);
+        if (!strstr(x.msg, fails[i].want))
+            test_fail(__FILE__, __LINE__, "case %zu: \"%s\" lacks \"%s\"", i, x.msg, fails[i].want);
+        xres_release(&x);
+    }
+    /* A compressed envelope (never negotiated) and an HTTP error before the stream. */
+    canned_set(200, NULL, NULL);
+    connect_envelope_append(&canned.body, CONNECT_FLAG_COMPRESSED, "xx", 2);
+    xres_init(&x);
+    run_cmd(sb, &x, "x", NULL, NULL, 0);
+    CHECK_EQ_INT(x.status, EXEC_ERROR);
+    CHECK(strstr(x.msg, "compressed") != NULL);
+    xres_release(&x);
+    canned.status = 401;
+    buf_clear(&canned.body);
+    buf_puts(&canned.body, "{\"message\":\"invalid access token\",\"code\":401}");
+    xres_init(&x);
+    run_cmd(sb, &x, "x", NULL, NULL, 0);
+    CHECK_EQ_INT(x.status, EXEC_ERROR);
+    CHECK(strstr(x.msg, "HTTP 401: invalid access token") != NULL);
+    xres_release(&x);
+    CHECK_EQ_INT(destroy(sb), 0);
+out:
+    provider_free(p);
+    evhttp_free(http);
+    buf_release(&canned.body);
+    buf_release(&canned.req);
+}
+
 TEST_CASE(suspend_resume_destroy)
 {
     if (!fake_up)
@@ -1009,6 +1191,7 @@ int main(void)
     RUN(timeout_and_kill);
     RUN(reattach_by_pid);
     RUN(files);
+    RUN(envd_stream_edges);
     RUN(suspend_resume_destroy);
     RUN(expired_sandbox);
     RUN(capacity_retried);
