@@ -774,6 +774,7 @@ struct provider_exec {
     int64_t pid;     /* from the start event; 0 before */
     int kill_reason; /* 0, EXEC_TIMEOUT or EXEC_KILLED */
     int kill_sent;
+    int gave_up;     /* the stream was cancelled after the grace period */
     int simple_kill; /* internal helper: SendSignal only, no tree-kill helper */
     int have_end, exit_code;
     int end_error; /* the end-of-stream envelope carried an error */
@@ -842,6 +843,13 @@ static void ex_end_event(provider_exec *ex, const cJSON *end)
 }
 
 static void ex_send_kill(provider_exec *ex);
+
+/* After a kill: the stream should end within E2B_KILL_GRACE_MS, else it is given up. */
+static void ex_arm_grace(provider_exec *ex)
+{
+    struct timeval tv = {E2B_KILL_GRACE_MS / 1000, 0};
+    evtimer_add(ex->timer, &tv);
+}
 
 static int ex_msg(void *arg, unsigned flags, const char *data, size_t len)
 {
@@ -937,7 +945,7 @@ static void ex_stream_done(void *arg, http_request *req, const struct http_resul
     } else if (res->code != 0 && ex->err[0]) {
         ex_finish(ex, EXEC_ERROR, -1); /* our own abort: a malformed stream */
     } else if (res->code != 0) {
-        if (kr && ex->kill_sent) {
+        if (kr && (ex->kill_sent || ex->gave_up)) {
             ex_finish(ex, (enum exec_status)kr, 137); /* given up after the grace period */
             return;
         }
@@ -974,7 +982,9 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
     if (!ex->kill_reason) {
         ex->kill_reason = EXEC_TIMEOUT;
         ex_send_kill(ex);
+        ex_arm_grace(ex); /* also when no pid came yet: the stream is given up in time */
     } else if (ex->stream) {
+        ex->gave_up = 1;
         log_warn(NULL,
                  "e2b: exec %" PRId64 " in sandbox %s still streaming %d ms after the kill; "
                  "detaching",
@@ -1227,8 +1237,6 @@ static void ex_send_kill(provider_exec *ex)
         e2b_run(ex->sb, cmd.data, NULL, 1, killer_tree_done, k);
         buf_release(&cmd);
     }
-    struct timeval tv = {E2B_KILL_GRACE_MS / 1000, 0};
-    evtimer_add(ex->timer, &tv);
 }
 
 static void e2b_exec_kill(provider_exec *ex)
@@ -1236,8 +1244,8 @@ static void e2b_exec_kill(provider_exec *ex)
     if (ex->kill_reason)
         return;
     ex->kill_reason = EXEC_KILLED;
-    evtimer_del(ex->timer);
-    ex_send_kill(ex);
+    ex_send_kill(ex); /* without a pid yet: sent when the start event brings it */
+    ex_arm_grace(ex);
 }
 
 /* ---- files ---- */

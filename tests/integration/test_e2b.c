@@ -597,6 +597,21 @@ TEST_CASE(reattach_by_pid)
     CHECK(strstr(x.msg, "broke") != NULL);
     xres_release(&x);
 
+    /* As another worker would: a new handle on the running sandbox, then attach by pid. */
+    struct res r;
+    res_init(&r);
+    int mark = log_len();
+    e2b_sandbox_connect(prov, sb->id, got_sandbox, &r);
+    run_until(&r.done, 30);
+    CHECK(r.sb != NULL);
+    CHECK_EQ_INT(log_count(mark, "POST", "/sandboxes/", 200), 1); /* running: 200 */
+    res_release(&r);
+    if (!r.sb) {
+        destroy(sb);
+        return;
+    }
+    provider_sandbox_release(sb);
+    sb = r.sb;
     xres_init(&x);
     x.ex = e2b_exec_attach(sb, pid, &cbs, err, sizeof(err));
     CHECK(x.ex != NULL);
