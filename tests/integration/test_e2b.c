@@ -631,6 +631,45 @@ TEST_CASE(reattach_by_pid)
     CHECK_EQ_INT(destroy(sb), 0);
 }
 
+TEST_CASE(long_turn_keeps_timeout)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    /* A 2 s sandbox timeout and a 3.5 s command: the held sandbox's timeout is extended (every
+     * half timeout), so E2B does not pause it under the running command. */
+    char err[512];
+    setenv("SANDBOX_IDLE_TIMEOUT_MS", "2000", 1);
+    struct provider *p = make_provider(fake.api_key, err, sizeof(err));
+    setenv("SANDBOX_IDLE_TIMEOUT_MS", "60000", 1);
+    CHECK(p != NULL);
+    struct sandbox *sb = p ? create(p, NULL, 0) : NULL;
+    CHECK(sb != NULL);
+    if (sb) {
+        int mark = log_len();
+        struct xres x;
+        xres_init(&x);
+        run_cmd(sb, &x, "sleep 3.5; echo survived", NULL, NULL, 0);
+        CHECK_EQ_INT(x.status, EXEC_EXITED);
+        CHECK_STR(x.out.data, "survived\n");
+        xres_release(&x);
+        CHECK(log_count(mark, "POST", "/sandboxes/", 204) >= 2); /* .../timeout */
+        char *st = fake_state(sb->id);
+        CHECK_STR(st, "running");
+        free(st);
+        /* Released (as after a turn), nothing extends it any more: E2B pauses it. */
+        char id[128];
+        snprintf(id, sizeof(id), "%s", sb->id);
+        provider_sandbox_release(sb);
+        sleep_ms(2600);
+        st = fake_state(id);
+        CHECK_STR(st, "paused");
+        free(st);
+        snprintf(err, sizeof(err), "/_fake/sandboxes/%s/forget", id);
+        CHECK(hook(err, "{}"));
+    }
+    provider_free(p);
+}
+
 TEST_CASE(files)
 {
     if (!fake_up)
@@ -1205,6 +1244,7 @@ int main(void)
     RUN(exec_streams_and_codes);
     RUN(timeout_and_kill);
     RUN(reattach_by_pid);
+    RUN(long_turn_keeps_timeout);
     RUN(files);
     RUN(envd_stream_edges);
     RUN(suspend_resume_destroy);
