@@ -131,9 +131,17 @@ static void e2b_server_text(char *out, size_t cap, const char *s)
 /* "a.b.c" < "x.y.z"? Missing parts count as 0; an unparsable version counts as new. */
 static int e2b_version_lt(const char *v, int a, int b, int c)
 {
-    int x[3] = {0, 0, 0};
-    if (!v || sscanf(v, "%d.%d.%d", &x[0], &x[1], &x[2]) < 1)
+    long x[3] = {0, 0, 0};
+    if (!v || *v < '0' || *v > '9')
         return 0;
+    const char *p = v;
+    for (int i = 0; i < 3; i++) {
+        char *end;
+        x[i] = strtol(p, &end, 10);
+        if (*end != '.')
+            break;
+        p = end + 1;
+    }
     if (x[0] != a)
         return x[0] < a;
     if (x[1] != b)
@@ -1176,7 +1184,6 @@ static const char e2b_tree_kill[] =
 struct e2b_killer {
     struct sandbox *sb;
     int64_t pid;
-    struct buf resp;
 };
 
 static void killer_signalled(void *arg, http_request *req, const struct http_result *res)
@@ -1439,7 +1446,7 @@ static void rd_done(void *arg, http_request *req, const struct http_result *res)
 {
     (void)req;
     struct e2b_read *r = arg;
-    if (r->full) {
+    if (r->full || (res->code == 0 && res->status == 200)) {
         rd_finish(r, 0);
     } else if (res->code != 0) {
         snprintf(r->err, sizeof(r->err), "e2b: read %s: %s", r->path, res->error);
@@ -1447,12 +1454,10 @@ static void rd_done(void *arg, http_request *req, const struct http_result *res)
     } else if (res->status == 404) {
         snprintf(r->err, sizeof(r->err), "e2b: read %s: no such file", r->path);
         rd_finish(r, -1);
-    } else if (res->status != 200) {
+    } else {
         envd_http_err(r->err, sizeof(r->err), "read file", r->sb, res->status, r->data.data,
                       r->data.len);
         rd_finish(r, -1);
-    } else {
-        rd_finish(r, 0);
     }
 }
 
@@ -1511,12 +1516,12 @@ static int e2b_chars_ok(const char *s, const char *extra)
 /* An http(s) base URL into *out (malloc'd, trailing '/' removed); -1 with err. */
 static int e2b_url(const char *name, const char *v, char **out, char *err, size_t errlen)
 {
-    char q[ENV_QUOTE_LEN];
     size_t n = strlen(v);
     int ok = (strncmp(v, "http://", 7) == 0 && n > 7) || (strncmp(v, "https://", 8) == 0 && n > 8);
     for (size_t i = 0; ok && i < n; i++)
         ok = (unsigned char)v[i] > 0x20 && (unsigned char)v[i] < 0x7f && v[i] != '?' && v[i] != '#';
     if (!ok || n > 512) {
+        char q[ENV_QUOTE_LEN];
         env_quote(v, q, sizeof(q));
         env_err(err, errlen, "%s: must be an http:// or https:// URL without query, got %s", name,
                 q);
@@ -1574,7 +1579,6 @@ static void e2b_free_config(struct e2b_prov *e)
 static int e2b_init(struct provider *p, int check_only, char *err, size_t errlen)
 {
     struct e2b_prov *e = p->priv;
-    char q[ENV_QUOTE_LEN];
     const char *key = env_str("E2B_API_KEY", NULL);
     if (!key) {
         env_err(err, errlen,
@@ -1591,6 +1595,7 @@ static int e2b_init(struct provider *p, int check_only, char *err, size_t errlen
     const char *domain = env_str("E2B_DOMAIN", "e2b.app");
     if (strlen(domain) > 200 || !e2b_chars_ok(domain, ".-:") || domain[0] == '.' ||
         domain[0] == '-') {
+        char q[ENV_QUOTE_LEN];
         env_quote(domain, q, sizeof(q));
         env_err(err, errlen, "E2B_DOMAIN: must be a domain name such as e2b.app, got %s", q);
         return -1;
@@ -1648,8 +1653,14 @@ static void e2b_cleanup(struct provider *p)
     struct e2b_prov *e = p->priv;
     http_client_free(e->http); /* no callback runs after this */
     e->http = NULL;
-    while (e->calls)
-        call_free(e->calls);
+    struct e2b_call *c = e->calls;
+    e->calls = NULL;
+    while (c) {
+        struct e2b_call *next = c->next;
+        c->pprev = NULL; /* the list is gone: nothing to unlink */
+        call_free(c);
+        c = next;
+    }
     if (e->api_key)
         mask_remove(log_mask(), e->api_key);
     e2b_free_config(e);
