@@ -1639,9 +1639,12 @@ static int e2b_init(struct provider *p, int check_only, char *err, size_t errlen
     e->api_key = xstrdup(key);
     e->seed = (unsigned)time(NULL) ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)e;
     mask_add(log_mask(), e->api_key);
-    if (!check_only)
+    if (!check_only) {
+        char *shown = env_url_redact(e->api_url); /* a password in the URL is not logged */
         log_info(NULL, "e2b: API %s, templates %s and %s, timeout %" PRId64 " s (pause on timeout)",
-                 e->api_url, e->template_id[0], e->template_id[1], e->timeout_s);
+                 shown, e->template_id[0], e->template_id[1], e->timeout_s);
+        free(shown);
+    }
     return 0;
 fail:
     e2b_free_config(e);
