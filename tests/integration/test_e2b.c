@@ -465,6 +465,31 @@ TEST_CASE(exec_streams_and_codes)
     char *st = fake_state(sb->id);
     CHECK_STR(st, "running");
     free(st);
+    /* What the create asked for, as the fake recorded it. */
+    char *body = NULL;
+    e2b_server_call(&fake, "GET", "/_fake/sandboxes", NULL, &body);
+    cJSON *all = cJSON_Parse(body);
+    free(body);
+    const cJSON *e, *me = NULL;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(all, "sandboxes"))
+    {
+        const char *sid = cJSON_GetStringValue(cJSON_GetObjectItem(e, "sandboxID"));
+        if (sid && strcmp(sid, sb->id) == 0)
+            me = e;
+    }
+    CHECK(me != NULL);
+    const cJSON *md = cJSON_GetObjectItem(me, "metadata");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(me, "templateID")),
+              "lightdash/lightdash-data-app");
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(me, "secure")));
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(me, "autoPause")));
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(md, "thread")), "th-1");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(md, "job")), "job-1");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(md, "worker")), "w-test");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(md, "organization")), "org-1");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(md, "project")), "proj-1");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(md, "feature")), "data-app");
+    cJSON_Delete(all);
 
     /* Interleaved streams keep their order. */
     struct xres x;
@@ -1064,6 +1089,47 @@ TEST_CASE(v1_create_fallback)
     }
 }
 
+TEST_CASE(writeback_template)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    char err[512];
+    setenv("E2B_AI_WRITEBACK_TEMPLATE_TAG", "v1.2.3", 1);
+    struct provider *p = make_provider(fake.api_key, err, sizeof(err));
+    unsetenv("E2B_AI_WRITEBACK_TEMPLATE_TAG");
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox_spec wb = spec;
+    wb.feature = SANDBOX_AI_WRITEBACK;
+    struct res r;
+    res_init(&r);
+    provider_create(p, &wb, got_sandbox, &r);
+    run_until(&r.done, 30);
+    CHECK(r.sb != NULL);
+    if (r.sb) {
+        char *body = NULL;
+        e2b_server_call(&fake, "GET", "/_fake/sandboxes", NULL, &body);
+        cJSON *all = cJSON_Parse(body);
+        free(body);
+        const cJSON *e;
+        int found = 0;
+        cJSON_ArrayForEach(e, cJSON_GetObjectItem(all, "sandboxes"))
+        {
+            const char *sid = cJSON_GetStringValue(cJSON_GetObjectItem(e, "sandboxID"));
+            const char *tpl = cJSON_GetStringValue(cJSON_GetObjectItem(e, "templateID"));
+            if (sid && strcmp(sid, r.sb->id) == 0 && tpl &&
+                strcmp(tpl, "lightdash/lightdash-ai-writeback:v1.2.3") == 0)
+                found = 1;
+        }
+        CHECK(found);
+        cJSON_Delete(all);
+        CHECK_EQ_INT(destroy(r.sb), 0);
+    }
+    res_release(&r);
+    provider_free(p);
+}
+
 TEST_CASE(wrong_key_not_retried)
 {
     if (!fake_up)
@@ -1251,6 +1317,7 @@ int main(void)
     RUN(expired_sandbox);
     RUN(capacity_retried);
     RUN(v1_create_fallback);
+    RUN(writeback_template);
     RUN(wrong_key_not_retried);
     RUN(no_secret_in_errors);
     RUN(worker_two_turns);
