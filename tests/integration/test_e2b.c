@@ -1130,6 +1130,45 @@ TEST_CASE(writeback_template)
     provider_free(p);
 }
 
+TEST_CASE(old_envd)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    /* envd 0.3.0: multipart uploads and the user named explicitly. */
+    struct e2b_server old;
+    char why[512], err[512];
+    if (e2b_server_start_envd(&old, "0.3.0", why, sizeof(why)) != 0) {
+        test_fail(__FILE__, __LINE__, "second fake: %s", why);
+        return;
+    }
+    setenv("E2B_API_URL", old.url, 1);
+    setenv("E2B_SANDBOX_URL", old.url, 1);
+    struct provider *p = make_provider(old.api_key, err, sizeof(err));
+    set_fake_env();
+    struct sandbox *sb = p ? create(p, NULL, 0) : NULL;
+    CHECK(sb != NULL);
+    if (sb) {
+        char bin[5000];
+        for (size_t i = 0; i < sizeof(bin); i++)
+            bin[i] = (char)(i % 251);
+        memcpy(bin + 100, "\r\n--sandbox-worker", 19); /* boundary-like bytes in the data */
+        CHECK_EQ_INT(sb_write(sb, "/home/user/m/bin.dat", bin, sizeof(bin), 0644), 0);
+        struct buf got;
+        buf_init(&got);
+        CHECK_EQ_INT(sb_read(sb, "/home/user/m/bin.dat", 1 << 20, &got, err, sizeof(err)), 0);
+        CHECK(got.len == sizeof(bin) && memcmp(got.data, bin, sizeof(bin)) == 0);
+        buf_release(&got);
+        struct xres x;
+        xres_init(&x);
+        run_cmd(sb, &x, "echo \"$USER\"", NULL, NULL, 0);
+        CHECK_STR(x.out.data, "user\n");
+        xres_release(&x);
+        CHECK_EQ_INT(destroy(sb), 0);
+    }
+    provider_free(p);
+    e2b_server_stop(&old);
+}
+
 TEST_CASE(wrong_key_not_retried)
 {
     if (!fake_up)
@@ -1318,6 +1357,7 @@ int main(void)
     RUN(capacity_retried);
     RUN(v1_create_fallback);
     RUN(writeback_template);
+    RUN(old_envd);
     RUN(wrong_key_not_retried);
     RUN(no_secret_in_errors);
     RUN(worker_two_turns);

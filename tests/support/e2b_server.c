@@ -45,6 +45,11 @@ static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *
 
 int e2b_server_start(struct e2b_server *s, char *why, size_t whylen)
 {
+    return e2b_server_start_envd(s, NULL, why, whylen);
+}
+
+int e2b_server_start_envd(struct e2b_server *s, const char *envd_version, char *why, size_t whylen)
+{
     int in[2] = {-1, -1}, out[2] = {-1, -1};
     char line[1024] = "";
     size_t used = 0;
@@ -82,7 +87,11 @@ int e2b_server_start(struct e2b_server *s, char *why, size_t whylen)
         close(in[1]);
         close(out[0]);
         close(out[1]);
-        execlp("node", "node", SCRIPT, "--root", s->dir, "--port", "0", (char *)NULL);
+        if (envd_version)
+            execlp("node", "node", SCRIPT, "--root", s->dir, "--port", "0", "--envd-version",
+                   envd_version, (char *)NULL);
+        else
+            execlp("node", "node", SCRIPT, "--root", s->dir, "--port", "0", (char *)NULL);
         _exit(127);
     }
     close(in[0]);

@@ -19,6 +19,8 @@ struct e2b_server {
 /* Returns 0 when running; 1 when it cannot run here (node missing: why says so); -1 on
  * failure (why says what). */
 int e2b_server_start(struct e2b_server *s, char *why, size_t whylen);
+/* The same with the envd version the fake reports for its sandboxes (NULL: its default). */
+int e2b_server_start_envd(struct e2b_server *s, const char *envd_version, char *why, size_t whylen);
 /* Stops the fake (waits up to 10 s, then SIGKILL) and removes its directory. */
 void e2b_server_stop(struct e2b_server *s);
 /* Blocking request to the fake (method "GET"/"POST", path like "/_fake/log", body JSON or
