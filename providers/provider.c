@@ -70,6 +70,8 @@ struct provider *provider_new(const struct provider_ops *ops, struct event_base 
         p->settings = *settings;
     p->priv = ops->priv_size ? xcalloc(1, ops->priv_size) : NULL;
     if (ops->init && ops->init(p, check_only, err, errlen) != 0) {
+        if (ops->cleanup)
+            ops->cleanup(p);
         free(p->priv);
         free(p);
         return NULL;

@@ -6,7 +6,7 @@
 //
 // Usage:
 //   node e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N]
-//               [--envd-version V] [--max-running N]
+//               [--envd-version V] [--max-running N] [--templates a,b]
 // Prints one JSON line once listening:
 //   {"port":P,"api_url":"http://127.0.0.1:P","sandbox_url":"http://127.0.0.1:P",
 //    "domain":D,"api_key":K,"envd_port":49983,"debug_port":Q|null,"root":DIR}
@@ -35,11 +35,12 @@
 // sandbox's "/". Every sandbox path used by the files API and as a command's cwd maps
 // into it: "/home/user/a" -> DIR/<id>/home/user/a; relative paths and "~" resolve against
 // the user's home (/home/user for "user", the default, /root for "root"). Commands run
-// with bash on the host (no chroot): cwd and HOME point into the sandbox directory, but
+// on the host (no chroot): cwd and HOME point into the sandbox directory, but
 // absolute paths inside a command line are NOT rewritten; E2B_FAKE_ROOT=DIR/<id> is in
 // the environment for commands that need them. The environment is PATH, HOME, USER,
 // LOGNAME, E2B_SANDBOX=true, E2B_SANDBOX_ID, E2B_FAKE_ROOT, the sandbox's envVars and the
-// request's envs (nothing else of the fake's own environment leaks in).
+// request's envs, which cannot replace E2B_FAKE_ROOT (nothing else of the fake's own
+// environment leaks in).
 //
 // Processes mirror envd: the command runs in its own process group; a client that
 // disconnects from Start does not stop it; Connect re-attaches and streams a start event,
@@ -50,17 +51,21 @@
 // and SIGKILLs the process group. SendSignal signals the whole group (envd signals the
 // process itself; the group is what a test wants to be gone). Keepalive events follow the
 // request's Keepalive-Ping-Interval (seconds, default 90), reset by every data event.
-// Pausing SIGSTOPs every process group and cuts every open envd connection (the VM is
-// snapshotted); resuming SIGCONTs them (pause with {"memory":false} kills them instead).
+// Back-pressure: while an attached stream does not drain, the command's pipes are not read.
+// Pausing SIGSTOPs every host process of the sandbox (found by E2B_FAKE_ROOT in its
+// environment, descendants included) and cuts every open envd connection (the VM is
+// snapshotted); resuming SIGCONTs them; pause with {"memory":false} or a kill SIGKILLs them.
 //
 // Lifecycle: a running sandbox whose TTL (timeout seconds) expires is paused when created
-// with autoPause true (onTimeout "pause"), else killed. Killing removes DIR/<id>.
+// with autoPause true (onTimeout "pause"), else killed. Killing removes DIR/<id>. With
+// autoResume enabled, envd traffic to a sandbox paused with its memory resumes it (for its
+// creation timeout) instead of answering 502.
 //
 // Test hooks (no API key needed):
 //   POST /_fake/fail   {"status":503,"error_code":"sandbox_capacity_unavailable",
 //                       "message":"...","count":2,"retryAfter":1,"op":"create"}
 //        the next `count` control-plane requests of kind `op` (create, connect, resume,
-//        pause, kill, get, list, timeout, any; default create) answer that error, with
+//        pause, kill, get, list, timeout, refresh, any; default create) answer that error, with
 //        Retry-After when retryAfter is given.
 //   POST /_fake/limits {"maxRunning":N}  E2B's concurrency limit (0: none, the default;
 //                                   also --max-running): create/resume beyond it is 429
@@ -69,7 +74,8 @@
 //   POST /_fake/sandboxes/<id>/forget   drop the sandbox as if E2B had lost it (404 after)
 //   POST /_fake/sandboxes/<id>/expire   its TTL expires now (pause or kill as configured)
 //   POST /_fake/sandboxes/<id>/drop     cut its open envd connections (processes go on)
-//   GET  /_fake/log                 last requests: method, path, status, sandbox (no headers)
+//   GET  /_fake/log                 last requests: method, path, status, sandbox and a few
+//                                   headers (credentials only as "(present)")
 'use strict';
 
 const http = require('http');
@@ -96,6 +102,7 @@ function parseArgs(argv) {
     debugPort: null,
     envdVersion: '0.5.7',
     maxRunning: 0,
+    templates: null, // null: any template exists
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -108,6 +115,7 @@ function parseArgs(argv) {
       case '--debug-port': opts.debugPort = Number(v); i++; break;
       case '--envd-version': opts.envdVersion = v; i++; break;
       case '--max-running': opts.maxRunning = Number(v); i++; break;
+      case '--templates': opts.templates = v.split(',').filter(Boolean); i++; break;
       default:
         usage(`unknown argument ${a}`);
     }
@@ -122,7 +130,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`e2b.js: ${msg}`);
-  console.error('usage: e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N] [--envd-version V] [--max-running N]');
+  console.error('usage: e2b.js --root DIR [--port 0] [--api-key K] [--domain D] [--debug-port N] [--envd-version V] [--max-running N] [--templates a,b]');
   process.exit(2);
 }
 
@@ -169,6 +177,8 @@ function newSandbox(id, fields) {
       autoPause: false,
       autoPauseMemory: true,
       autoResume: false,
+      timeoutS: 300, // creation timeout, also the TTL of an auto-resume
+      memorySnapshot: false, // the last pause kept the memory (processes)
       allowInternetAccess: undefined,
       network: undefined,
       startedAt: Date.now(),
@@ -339,7 +349,7 @@ function overLimit(res) {
   if (!opts.maxRunning) return false;
   const running = [...sandboxes.values()].filter(s => !s.debug && s.state === 'running').length;
   if (running < opts.maxRunning) return false;
-  apiError(res, 429, `You have reached the maximum number of concurrent E2B sandboxes (${opts.maxRunning}). If you need more, please contact us at 'https://e2b.dev/docs/getting-help'`);
+  if (res) apiError(res, 429, `You have reached the maximum number of concurrent E2B sandboxes (${opts.maxRunning}). If you need more, please contact us at 'https://e2b.dev/docs/getting-help'`);
   return true;
 }
 
@@ -363,6 +373,8 @@ function createSandbox(res, body, v2) {
   checkType(body, 'volumeMounts', 'array');
   if (autoResume && autoResume.enabled && !autoPause)
     throw new BadRequest('autoResume can only be enabled when autoPause is true');
+  if (opts.templates && !opts.templates.includes(templateID))
+    return apiError(res, 404, `template '${templateID}' not found`);
   if (overLimit(res)) return undefined;
   const now = Date.now();
   const ttl = timeout !== undefined ? timeout : v2 ? 300 : 15;
@@ -379,42 +391,70 @@ function createSandbox(res, body, v2) {
     network,
     startedAt: now,
     endAt: now + ttl * 1000,
+    timeoutS: ttl,
   });
   return sendJson(res, 201, sandboxJson(sb));
 }
 
-function pauseSandbox(sb, keepMemory) {
-  sb.state = 'paused';
-  sb.pauses++;
-  cutConnections(sb);
-  for (const p of sb.procs.values()) {
-    if (keepMemory) {
-      signalGroup(p, 'SIGSTOP');
-      p.stopped = true;
-    } else {
-      signalGroup(p, 'SIGKILL');
+// Every host process started in the sandbox, whatever its group or parent: the ones whose
+// environment carries the sandbox's E2B_FAKE_ROOT (a VM's pause or kill reaches them all).
+function sandboxPids(sb) {
+  const mark = Buffer.from(`\0E2B_FAKE_ROOT=${sb.dir}\0`);
+  const pids = [];
+  let names;
+  try {
+    names = fs.readdirSync('/proc');
+  } catch (e) {
+    return pids;
+  }
+  for (const name of names) {
+    if (!/^[0-9]+$/.test(name)) continue;
+    try {
+      const env = Buffer.concat([Buffer.from([0]), fs.readFileSync(`/proc/${name}/environ`)]);
+      if (env.includes(mark)) pids.push(Number(name));
+    } catch (e) {
+      // gone, or not ours to read
+    }
+  }
+  return pids;
+}
+
+function signalSandbox(sb, sig) {
+  for (const p of sb.procs.values()) signalGroup(p, sig);
+  for (const pid of sandboxPids(sb)) {
+    try {
+      process.kill(pid, sig);
+    } catch (e) {
+      // exited meanwhile
     }
   }
 }
 
+function pauseSandbox(sb, keepMemory) {
+  sb.state = 'paused';
+  sb.memorySnapshot = keepMemory;
+  sb.pauses++;
+  cutConnections(sb);
+  if (!keepMemory) return dropProcesses(sb);
+  signalSandbox(sb, 'SIGSTOP');
+  for (const p of sb.procs.values()) p.stopped = true;
+  return undefined;
+}
+
+// Kills every command of the sandbox and forgets them at once (a cold boot or a kill
+// leaves no process table behind; their exits come later and go nowhere).
 function dropProcesses(sb) {
-  for (const p of sb.procs.values()) {
-    if (p.stopped) signalGroup(p, 'SIGCONT');
-    signalGroup(p, 'SIGKILL');
-    p.stopped = false;
-  }
+  signalSandbox(sb, 'SIGKILL');
+  for (const p of sb.procs.values()) p.stopped = false;
+  sb.procs.clear();
 }
 
 function resumeSandbox(sb, timeoutS) {
   sb.state = 'running';
   sb.resumes++;
   sb.endAt = Date.now() + timeoutS * 1000;
-  for (const p of sb.procs.values()) {
-    if (p.stopped) {
-      signalGroup(p, 'SIGCONT');
-      p.stopped = false;
-    }
-  }
+  signalSandbox(sb, 'SIGCONT');
+  for (const p of sb.procs.values()) p.stopped = false;
 }
 
 function killSandbox(sb) {
@@ -712,6 +752,13 @@ const CONNECT_HTTP_STATUS = {
   unauthenticated: 401,
 };
 
+// Every procedure of envd's services (an unknown one is a plain 404, as connect-go's mux
+// answers); those the fake does not implement answer Connect `unimplemented`.
+const RPC_METHODS = {
+  'process.Process': ['List', 'Connect', 'Start', 'Update', 'StreamInput', 'SendInput', 'SendSignal', 'CloseStdin'],
+  'filesystem.Filesystem': ['Stat', 'MakeDir', 'Move', 'ListDir', 'Remove', 'WatchDir', 'CreateWatcher', 'GetWatcherEvents', 'RemoveWatcher'],
+};
+
 class RpcError extends Error {
   constructor(code, message) {
     super(message);
@@ -765,8 +812,10 @@ class Stream {
     });
   }
 
+  // false: the client is not keeping up (the caller may wait for the response's 'drain').
   send(msg) {
-    if (!this.done) this.res.write(envelope(0x00, msg));
+    if (this.done) return true;
+    return this.res.write(envelope(0x00, msg));
   }
 
   end(err) {
@@ -817,7 +866,7 @@ function keepaliveInterval(req) {
 
 // Attaches a stream to a process: data and end events go to it from now on.
 function subscribe(p, stream, req) {
-  const sub = { stream, timer: null, intervalS: keepaliveInterval(req) };
+  const sub = { stream, timer: null, intervalS: keepaliveInterval(req), congested: false };
   const arm = () => {
     clearTimeout(sub.timer);
     sub.timer = setTimeout(() => {
@@ -828,16 +877,35 @@ function subscribe(p, stream, req) {
   sub.arm = arm;
   arm();
   p.subs.add(sub);
-  stream.onClose = () => {
-    clearTimeout(sub.timer);
-    p.subs.delete(sub);
-  };
+  stream.onClose = () => unsubscribe(p, sub);
   return sub;
 }
 
 function unsubscribe(p, sub) {
   clearTimeout(sub.timer);
   p.subs.delete(sub);
+  if (sub.congested) uncongest(p, sub);
+}
+
+// Back-pressure as envd has it (a subscriber's send blocks the fan-out, a full pipe blocks
+// the command): while any attached stream is not draining, the pipes are not read.
+function congest(p, sub) {
+  sub.congested = true;
+  p.congested++;
+  sub.stream.res.once('drain', () => {
+    if (sub.congested) uncongest(p, sub);
+  });
+  p.child.stdout.pause();
+  p.child.stderr.pause();
+}
+
+function uncongest(p, sub) {
+  sub.congested = false;
+  p.congested--;
+  if (p.congested === 0 && !p.ended) {
+    p.child.stdout.resume();
+    p.child.stderr.resume();
+  }
 }
 
 function emitData(p, which, chunk) {
@@ -846,9 +914,10 @@ function emitData(p, which, chunk) {
     p.dropped += chunk.length;
     return;
   }
+  p.lastData = Date.now();
   const ev = { event: { data: { [which]: chunk.toString('base64') } } };
   for (const sub of p.subs) {
-    sub.stream.send(ev);
+    if (!sub.stream.send(ev) && !sub.congested) congest(p, sub);
     sub.arm();
   }
 }
@@ -869,7 +938,7 @@ function finishProcess(p, code, signal) {
     end.error = end.status;
   }
   p.endEvent = end;
-  p.sb.procs.delete(p.pid);
+  if (p.sb.procs.get(p.pid) === p) p.sb.procs.delete(p.pid);
   for (const sub of [...p.subs]) {
     unsubscribe(p, sub);
     sub.stream.send({ event: { end } });
@@ -919,9 +988,9 @@ function startProcess(sb, msg, user) {
     LOGNAME: user,
     E2B_SANDBOX: 'true',
     E2B_SANDBOX_ID: sb.id,
-    E2B_FAKE_ROOT: sb.dir,
   };
   Object.assign(env, sb.envVars, cfg.envs || {});
+  env.E2B_FAKE_ROOT = sb.dir; // also how the fake finds the sandbox's processes
   const withStdin = msg.stdin !== false;
   // As envd does, a small sh wrapper execs the command: a missing binary is exit 127.
   const child = spawn('/bin/sh', ['-c', 'exec "$@"', '--', cfg.cmd, ...(cfg.args || [])], {
@@ -940,11 +1009,17 @@ function startProcess(sb, msg, user) {
     subs: new Set(),
     tail: { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) },
     dropped: 0,
+    congested: 0, // attached streams not draining
+    lastData: 0, // ms, the last output read
     stopped: false,
     ended: false,
     deadline: null,
   };
   if (child.stdin) child.stdin.on('error', () => {});
+  child.on('error', e => {
+    emitData(p, 'stderr', Buffer.from(`e2b fake: ${e.message}\n`));
+    finishProcess(p, 127, null);
+  });
   child.stdout.on('data', c => emitData(p, 'stdout', c));
   child.stderr.on('data', c => emitData(p, 'stderr', c));
   let closed = false;
@@ -953,10 +1028,18 @@ function startProcess(sb, msg, user) {
     finishProcess(p, code, signal);
   });
   // Like Go's cmd.Wait with pipes: the end does not wait for descendants that keep the
-  // pipes open; whatever is already readable is delivered first.
+  // pipes open; what the command wrote is delivered first (pipes quiet for 50 ms, or 1 s
+  // after the exit when descendants keep writing, and no stream holding the reading back).
   child.on('exit', (code, signal) => {
-    setTimeout(() => {
-      if (closed) return;
+    const exitedAt = Date.now();
+    const t = setInterval(() => {
+      if (closed) {
+        clearInterval(t);
+        return;
+      }
+      const now = Date.now();
+      if (p.congested > 0 || (now - p.lastData < 50 && now - exitedAt < 1000)) return;
+      clearInterval(t);
       child.stdout.destroy();
       child.stderr.destroy();
       finishProcess(p, code, signal);
@@ -1005,6 +1088,8 @@ async function handleStreamingRpc(sb, req, res, method) {
   }
   const body = await readBody(req);
   const stream = new Stream(req, res);
+  if (method !== 'Start' && method !== 'Connect')
+    return stream.end(new RpcError('unimplemented', `${method} is not implemented by this fake`));
   let msg;
   let user;
   try {
@@ -1381,6 +1466,9 @@ function proxyNotFound(res, id) {
 
 async function handleEnvd(req, res, url, id, port) {
   const sb = sandboxes.get(id);
+  // autoResume: traffic resumes a sandbox paused with its memory, for its creation timeout.
+  if (sb && sb.state === 'paused' && sb.autoResume && sb.memorySnapshot && !overLimit(null))
+    resumeSandbox(sb, sb.timeoutS);
   if (!sb || sb.state !== 'running') {
     req.resume();
     return proxyNotFound(res, id);
@@ -1407,10 +1495,15 @@ async function handleEnvd(req, res, url, id, port) {
     return sendJson(res, 200, sb.envVars);
   }
   const m = /^\/([a-z]+\.[A-Za-z]+)\/([A-Za-z]+)$/.exec(p);
-  if (m && req.method === 'POST') {
+  const known = m && RPC_METHODS[m[1]] && RPC_METHODS[m[1]].includes(m[2]);
+  if (known && req.method !== 'POST') {
+    req.resume();
+    res.writeHead(405, { Allow: 'POST', 'Content-Type': 'text/plain' });
+    return res.end('method not allowed');
+  }
+  if (known) {
     const [, service, method] = m;
-    if (service === 'process.Process' && (method === 'Start' || method === 'Connect'))
-      return handleStreamingRpc(sb, req, res, method);
+    if (['Start', 'Connect', 'StreamInput', 'WatchDir'].includes(method)) return handleStreamingRpc(sb, req, res, method);
     return handleUnaryRpc(sb, req, res, service, method);
   }
   req.resume();
@@ -1437,6 +1530,12 @@ function serve(handler) {
   return async (req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1');
     const entry = { t: new Date().toISOString(), method: req.method, path: url.pathname, status: 0 };
+    // Headers worth asserting on; credentials only as present/absent.
+    const h = {};
+    for (const k of ['content-type', 'content-encoding', 'accept-encoding', 'connect-timeout-ms', 'keepalive-ping-interval', 'connect-protocol-version', 'e2b-sandbox-id', 'e2b-sandbox-port', 'retry-after'])
+      if (req.headers[k] !== undefined) h[k] = req.headers[k];
+    for (const k of ['x-api-key', 'x-access-token', 'authorization']) if (req.headers[k] !== undefined) h[k] = '(present)';
+    entry.headers = h;
     res.on('finish', () => {
       entry.status = res.statusCode;
     });
@@ -1487,6 +1586,10 @@ if (opts.debugPort !== null) {
 
 for (const s of [mainServer, debugServer]) {
   if (!s) continue;
+  s.on('clientError', (err, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+    else socket.destroy();
+  });
   s.timeout = 0;
   s.requestTimeout = 0;
   s.keepAliveTimeout = 5000;
@@ -1521,13 +1624,12 @@ function listen(server, port) {
   }
 })();
 
+// No command outlives the fake, however it ends ('exit' also follows an uncaught error).
+process.on('exit', () => {
+  for (const sb of sandboxes.values()) dropProcesses(sb);
+});
+
 function stop() {
-  for (const sb of sandboxes.values()) {
-    for (const p of sb.procs.values()) {
-      if (p.stopped) signalGroup(p, 'SIGCONT');
-      signalGroup(p, 'SIGKILL');
-    }
-  }
   process.exit(0);
 }
 process.on('SIGTERM', stop);

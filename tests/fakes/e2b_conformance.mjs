@@ -83,7 +83,7 @@ async function check(name, fn) {
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 async function create(opts = {}) {
-  const sb = await Sandbox.create('base', Object.assign({ timeoutMs: 120000 }, conn, opts));
+  const sb = await Sandbox.create('base', Object.assign({ timeoutMs: 600000 }, conn, opts));
   cleanups.push(sb.sandboxId);
   return sb;
 }
@@ -142,6 +142,29 @@ async function fakeState(id) {
 // ---- checks ----
 
 try {
+  await check('request log: protocol headers recorded, credentials never', async () => {
+    await Sandbox.list(conn).nextItems();
+    const log = JSON.parse((await request('GET', '/_fake/log')).body);
+    const e = log.filter(x => x.kind === 'api' && x.path === '/v2/sandboxes').pop();
+    eq(e.headers['x-api-key'], '(present)', 'API key masked');
+    assert(!JSON.stringify(log).includes(API_KEY), 'API key never in the log');
+  });
+
+  await check('unknown template -> 404 when the fake knows its templates', async () => {
+    const f2 = spawn(process.execPath, [path.join(here, 'e2b.js'), '--root', path.join(root, 'f2'), '--templates', 'base,other'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      const line = await new Promise(resolve => f2.stdout.once('data', d => resolve(JSON.parse(d))));
+      const c = { apiKey: line.api_key, apiUrl: line.api_url, sandboxUrl: line.sandbox_url };
+      const e = await rejects(Sandbox.create('nope', c), Error, 'create');
+      eq(e.statusCode, 404, 'status');
+      const ok = await Sandbox.create('other', c);
+      eq((await ok.commands.run('echo ok')).stdout, 'ok\n', 'known template');
+    } finally {
+      f2.stdin.end();
+      await new Promise(r => (f2.exitCode !== null ? r() : f2.on('exit', r)));
+    }
+  });
+
   await check('wrong API key -> AuthenticationError; 401 body {code,message}', async () => {
     await rejects(Sandbox.create('base', Object.assign({}, conn, { apiKey: 'e2b_wrong' })), AuthenticationError, 'create');
     const r = await apiReq('GET', '/v2/sandboxes', undefined, null);
@@ -217,6 +240,8 @@ try {
       envs: { FOO: 'from-command', BAZ: 'z' },
     });
     eq(r.stdout, 'from-command b z true user none\n', 'env');
+    const envs = await request('GET', '/envs', { headers: envdHeaders(sb) });
+    eq(JSON.parse(envs.body), { FOO: 'from-sandbox', BAR: 'b' }, 'GET /envs: the sandbox envVars');
   });
 
   await check('cwd maps into the sandbox; missing cwd -> InvalidArgumentError', async () => {
@@ -274,6 +299,19 @@ try {
     eq(await sb.commands.kill(h.pid), false, 'second kill');
     const st = await fakeState(sb.sandboxId);
     eq(st.processes.length, 0, 'no processes left (group killed)');
+  });
+
+  await check('stdin: sendStdin and closeStdin reach the command; stdin:false is /dev/null', async () => {
+    const out = [];
+    const h = await sb.commands.run('cat; echo " eof"', { background: true, stdin: true, onStdout: d => out.push(d) });
+    await h.sendStdin('hello ');
+    await h.sendStdin(new TextEncoder().encode('bytes'));
+    await h.closeStdin();
+    eq((await h.wait()).stdout, 'hello bytes eof\n', 'stdout of cat');
+    eq((await sb.commands.run('cat; echo done')).stdout, 'done\n', 'stdin false (the SDK default) reads EOF');
+    const g = await sb.commands.run('sleep 5', { background: true });
+    await rejects(g.sendStdin('x'), Error, 'sendStdin without stdin');
+    await sb.commands.kill(g.pid);
   });
 
   await check('command timeoutMs -> TimeoutError and the process group is killed', async () => {
@@ -359,7 +397,8 @@ try {
 
   await check('pause -> true, again -> false; envd unreachable (502, isRunning false)', async () => {
     await sb.files.write('/home/user/keep.txt', 'survives pause');
-    const bg = await sb.commands.run('sleep 1; echo after-resume', { background: true });
+    // 2 s of short sleeps: after the resume most of it is still to run.
+    const bg = await sb.commands.run('for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.2; done; echo after-resume', { background: true });
     eq(await sb.pause(), true, 'pause');
     eq(await sb.pause(), false, 'pause again (409)');
     eq(await sb.isRunning(), false, 'isRunning');
@@ -375,7 +414,8 @@ try {
   });
 
   await check('Sandbox.connect resumes (201), files and processes survive', async () => {
-    const sb2 = await Sandbox.connect(sb.sandboxId, Object.assign({ timeoutMs: 60000 }, conn));
+    assert(sb._bgPid, 'the pause check to have started a background process');
+    const sb2 = await Sandbox.connect(sb.sandboxId, Object.assign({ timeoutMs: 600000 }, conn));
     eq(await sb2.isRunning(), true, 'running again');
     eq(await sb2.files.read('/home/user/keep.txt'), 'survives pause', 'file');
     const out = [];
@@ -430,6 +470,58 @@ try {
     eq((await request('GET', '/health', { headers: { Host: h.Host } })).status, 204, 'health needs no token');
     const port = await request('GET', '/health', { headers: { Host: `8080-${sb.sandboxId}.${info.domain}` } });
     eq(port.status, 502, 'closed port');
+  });
+
+  await check('envd routing: unknown procedure 404, GET on a procedure 405, wrong codec 415', async () => {
+    const j = envdHeaders(sb, { 'Content-Type': 'application/json' });
+    eq((await request('POST', '/process.Process/Explode', { headers: j, body: '{}' })).status, 404, 'unknown procedure');
+    eq((await request('GET', '/process.Process/List', { headers: envdHeaders(sb) })).status, 405, 'GET');
+    eq((await request('POST', '/process.Process/List', { headers: envdHeaders(sb, { 'Content-Type': 'application/proto' }), body: '' })).status, 415, 'binary codec');
+    eq((await request('POST', '/process.Process/Start', { headers: j, body: '{}' })).status, 415, 'unary codec on a stream');
+  });
+
+  await check('back-pressure: a stream that is not read holds the command back; nothing is lost', async () => {
+    const total = 8 * 1024 * 1024;
+    const script = `head -c ${total} /dev/zero; echo done > bp-marker`;
+    let got = 0;
+    let res;
+    const ended = new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: info.port, method: 'POST', path: '/process.Process/Start',
+        headers: envdHeaders(sb, { 'Content-Type': 'application/connect+json' }) }, r => {
+        res = r;
+        r.pause(); // read nothing for now
+        const chunks = [];
+        r.on('data', c => chunks.push(c));
+        r.on('end', () => resolve(Buffer.concat(chunks)));
+      });
+      req.on('error', reject);
+      req.end(envelope({ process: { cmd: '/bin/sh', args: ['-c', script] }, stdin: false }));
+    });
+    await sleep(1500);
+    eq(await sb.files.exists('/home/user/bp-marker'), false, 'command blocked while the client does not read');
+    res.resume();
+    const f = frames(await ended);
+    for (const x of f) if (x.msg.event && x.msg.event.data) got += Buffer.from(x.msg.event.data.stdout, 'base64').length;
+    eq(got, total, 'every byte delivered');
+    eq(f[f.length - 2].msg.event.end, { exited: true, status: 'exit status 0' }, 'end event');
+    eq(await sb.files.read('/home/user/bp-marker'), 'done\n', 'finished once read');
+  });
+
+  await check('signed file URLs (downloadUrl/uploadUrl): no token needed, bad or expired signature 401', async () => {
+    const host = { Host: `49983-${sb.sandboxId}.${info.domain}` };
+    const rel = u => { const x = new URL(u); return x.pathname + x.search; };
+    const down = rel(await sb.downloadUrl('/workspace/in.txt'));
+    const g = await request('GET', down, { headers: host });
+    eq([g.status, g.body.toString()], [200, 'raw upload'], 'signed download');
+    const bad = down.replace(/signature=v1_./, m => m.slice(0, -1) + (m.endsWith('A') ? 'B' : 'A'));
+    eq((await request('GET', bad, { headers: host })).status, 401, 'tampered signature');
+    const up = rel(await sb.uploadUrl('/workspace/signed.txt', { useSignatureExpiration: 60 }));
+    const p = await request('POST', up, { headers: Object.assign({ 'Content-Type': 'application/octet-stream' }, host), body: 'signed' });
+    eq(p.status, 200, 'signed upload');
+    eq(await sb.files.read('/workspace/signed.txt'), 'signed', 'uploaded content');
+    const old = rel(await sb.downloadUrl('/workspace/in.txt', { useSignatureExpiration: -10 }));
+    eq((await request('GET', old, { headers: host })).status, 401, 'expired signature');
+    eq((await request('GET', down.replace('in.txt', 'signed.txt'), { headers: host })).status, 401, 'signature of another path');
   });
 
   await check('keepalive events every Keepalive-Ping-Interval seconds', async () => {
@@ -487,6 +579,49 @@ try {
     eq(JSON.parse(nf.body).code, 'not_found', 'Connect error code');
   });
 
+  await check('tag selector: Start with a tag, Connect and SendSignal by tag, List shows it', async () => {
+    const hdr = envdHeaders(sb, { 'Content-Type': 'application/connect+json' });
+    const ac = new AbortController();
+    const started = new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: info.port, method: 'POST', path: '/process.Process/Start', headers: hdr, signal: ac.signal },
+        res => res.once('data', () => resolve()));
+      req.on('error', e => (e.name === 'AbortError' ? undefined : reject(e)));
+      req.end(envelope({ process: { cmd: '/bin/sh', args: ['-c', 'sleep 30'] }, tag: 'job-7', stdin: false }));
+    });
+    await started;
+    ac.abort();
+    const j = envdHeaders(sb, { 'Content-Type': 'application/json' });
+    const l = JSON.parse((await request('POST', '/process.Process/List', { headers: j, body: '{}' })).body);
+    const me = l.processes.find(p => p.tag === 'job-7');
+    assert(me && me.config.cmd === '/bin/sh' && me.config.args[1] === 'sleep 30', 'listed with tag and config');
+    const conn2 = request('POST', '/process.Process/Connect', { headers: hdr, body: envelope({ process: { tag: 'job-7' } }) });
+    await sleep(200);
+    const s = await request('POST', '/process.Process/SendSignal', { headers: j, body: JSON.stringify({ process: { tag: 'job-7' }, signal: 'SIGNAL_SIGKILL' }) });
+    eq(s.status, 200, 'signal by tag');
+    const f = frames((await conn2).body);
+    eq(f[0].msg.event.start.pid, me.pid, 'Connect by tag starts with the pid');
+    eq(f[f.length - 2].msg.event.end, { exitCode: -1, status: 'signal: killed', error: 'signal: killed' }, 'end event of a killed process');
+    eq(f[f.length - 1].msg, {}, 'end-stream');
+    const nf = frames((await request('POST', '/process.Process/Connect', { headers: hdr, body: envelope({ process: { tag: 'job-7' } }) })).body);
+    eq([nf.length, nf[0].flags, nf[0].msg.error.code], [1, 2, 'not_found'], 'Connect to a finished tag');
+  });
+
+  await check('deprecated forms: GET /sandboxes lists running only; POST /resume 409/201', async () => {
+    const a = await create({ metadata: { dep: '1' } });
+    const q = '/sandboxes?metadata=' + encodeURIComponent('dep=1');
+    eq(JSON.parse((await apiReq('GET', q)).body).map(x => x.sandboxID), [a.sandboxId], 'running listed');
+    eq((await apiReq('POST', `/sandboxes/${a.sandboxId}/resume`, { timeout: 60 })).status, 409, 'resume a running sandbox');
+    await a.pause();
+    eq(JSON.parse((await apiReq('GET', q)).body).length, 0, 'paused not listed');
+    const r = await apiReq('POST', `/sandboxes/${a.sandboxId}/resume`, { timeout: 60 });
+    eq(r.status, 201, 'resume a paused sandbox');
+    eq(JSON.parse(r.body).sandboxID, a.sandboxId, 'Sandbox body');
+    eq((await apiReq('POST', `/sandboxes/nosuchsandbox/resume`, { timeout: 60 })).status, 404, 'unknown');
+    eq((await apiReq('POST', `/sandboxes/${a.sandboxId}/timeout`, {})).status, 400, 'timeout requires timeout');
+    eq((await apiReq('POST', `/sandboxes/${a.sandboxId}/timeout`, { timeout: 30 })).status, 204, 'timeout');
+    await a.kill();
+  });
+
   await check('TTL: onTimeout pause -> paused; default -> killed; setTimeout extends', async () => {
     const p = await create({ timeoutMs: 1000, lifecycle: { onTimeout: 'pause' } });
     const k = await create({ timeoutMs: 1000 });
@@ -496,6 +631,9 @@ try {
     eq((await Sandbox.getInfo(p.sandboxId, conn)).state, 'paused', 'auto-paused');
     await rejects(Sandbox.getInfo(k.sandboxId, conn), SandboxNotFoundError, 'killed at TTL');
     eq((await Sandbox.getInfo(x.sandboxId, conn)).state, 'running', 'extended');
+    eq((await request('POST', `/_fake/sandboxes/${x.sandboxId}/expire`)).status, 204, 'expire hook');
+    await sleep(300);
+    await rejects(Sandbox.getInfo(x.sandboxId, conn), SandboxNotFoundError, 'killed once expired');
   });
 
   await check('injected 503 capacity error -> ServiceBusyError; 429 + Retry-After retried by the SDK', async () => {
@@ -527,6 +665,60 @@ try {
     await a.kill();
   });
 
+  await check('pause without memory: files survive, processes do not', async () => {
+    const c = await create();
+    await c.files.write('/workspace/cold.txt', 'disk');
+    const h = await c.commands.run('sleep 30', { background: true });
+    eq(await c.pause({ keepMemory: false }), true, 'pause');
+    const c2 = await Sandbox.connect(c.sandboxId, conn);
+    eq(await c2.files.read('/workspace/cold.txt'), 'disk', 'file');
+    eq((await c2.commands.list()).some(p => p.pid === h.pid), false, 'process gone');
+    await c2.kill();
+  });
+
+  await check('autoResume: envd traffic resumes a sandbox paused on timeout', async () => {
+    const a = await create({ timeoutMs: 1000, lifecycle: { onTimeout: 'pause', autoResume: true } });
+    await sleep(1500);
+    eq((await Sandbox.getInfo(a.sandboxId, conn)).state, 'paused', 'paused at TTL');
+    eq((await a.commands.run('echo woke')).stdout, 'woke\n', 'command on the paused sandbox');
+    eq((await Sandbox.getInfo(a.sandboxId, conn)).state, 'running', 'resumed by traffic');
+    const n = await create({ timeoutMs: 1000, lifecycle: { onTimeout: 'pause' } });
+    await sleep(1500);
+    eq(await n.isRunning(), false, 'no autoResume: still paused');
+  });
+
+  await check('a cut connection: the SDK handle fails, the command goes on, re-attach works', async () => {
+    const h = await sb.commands.run('sleep 1; echo late', { background: true });
+    eq((await request('POST', `/_fake/sandboxes/${sb.sandboxId}/drop`)).status, 204, 'drop');
+    await rejects(h.wait(), Error, 'wait on the cut stream');
+    const out = [];
+    const h2 = await sb.commands.connect(h.pid, { onStdout: d => out.push(d) });
+    eq((await h2.wait()).exitCode, 0, 'exit after re-attach');
+    eq(out.join(''), 'late\n', 'output after re-attach');
+  });
+
+  await check('background descendants freeze with a pause and die with the sandbox', async () => {
+    const d = await create();
+    await d.commands.run('(while :; do echo t >> tick; sleep 0.05; done) >/dev/null 2>&1 & echo started');
+    await sleep(300);
+    eq(await d.pause(), true, 'pause');
+    const dir = path.join(root, d.sandboxId, 'home', 'user', 'tick');
+    const n1 = fs.statSync(dir).size;
+    await sleep(500);
+    eq(fs.statSync(dir).size, n1, 'no ticks while paused');
+    const d2 = await Sandbox.connect(d.sandboxId, conn);
+    await sleep(300);
+    assert(fs.statSync(dir).size > n1, 'ticking again after the resume');
+    const mark = `E2B_FAKE_ROOT=${path.join(root, d.sandboxId)}\0`;
+    const alive = () => fs.readdirSync('/proc').filter(n => /^[0-9]+$/.test(n)).filter(n => {
+      try { return fs.readFileSync(`/proc/${n}/environ`, 'utf8').includes(mark); } catch (e) { return false; }
+    });
+    assert(alive().length > 0, 'the loop runs on the host');
+    await d2.kill();
+    await sleep(200);
+    eq(alive(), [], 'nothing of the sandbox left after kill');
+  });
+
   await check('a paused sandbox E2B forgot -> connect SandboxNotFoundError (404)', async () => {
     const f = await create();
     eq(await f.pause(), true, 'pause');
@@ -544,7 +736,16 @@ try {
   });
 
   await check('E2B_DEBUG form: SDK without control plane reaches the debug envd', async () => {
-    const d = await Sandbox.create({ debug: true, sandboxUrl: `http://127.0.0.1:${info.debug_port}` });
+    // The SDK reads E2B_DEBUG and E2B_SANDBOX_URL when a sandbox object is built.
+    process.env.E2B_DEBUG = 'true';
+    process.env.E2B_SANDBOX_URL = `http://127.0.0.1:${info.debug_port}`;
+    let d;
+    try {
+      d = await Sandbox.create();
+    } finally {
+      delete process.env.E2B_DEBUG;
+      delete process.env.E2B_SANDBOX_URL;
+    }
     eq(d.sandboxId, 'debug_sandbox_id', 'debug sandbox id');
     const r = await d.commands.run('echo dbg; pwd');
     assert(r.stdout.startsWith('dbg\n') && r.stdout.trim().endsWith('/debug_sandbox_id/home/user'), `debug run (${JSON.stringify(r.stdout)})`);

@@ -16,7 +16,13 @@ if [ ! -f tests/fakes/node_modules/e2b/package.json ]; then
     echo "  skipped: npm package e2b not installed (npm install --prefix tests/fakes)"
     exit 0
 fi
-echo "  e2b SDK $(node -p 'require("./tests/fakes/node_modules/e2b/package.json").version')"
+# The SDK wants Node >= 20.18.1 (its package.json engines); older ones cannot load it.
+if ! node -e 'const [a, b, c] = process.versions.node.split(".").map(Number);
+process.exit(a > 20 || (a === 20 && (b > 18 || (b === 18 && c >= 1))) ? 0 : 1)'; then
+    echo "  skipped: node $(node --version) is older than the e2b SDK needs (20.18.1)"
+    exit 0
+fi
+echo "  e2b SDK $(node -p 'require("./tests/fakes/node_modules/e2b/package.json").version'), node $(node --version)"
 if ! timeout 300 node tests/fakes/e2b_conformance.mjs; then
     echo "test_e2b_fake: FAILED"
     exit 1
