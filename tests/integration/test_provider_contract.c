@@ -13,6 +13,7 @@
 #include "providers/e2b.h"
 #include "tests/support/e2b_server.h"
 #include "tests/support/provider_contract.h"
+#include "tests/support/s3_fixture.h"
 #include "tests/support/scripted_provider.h"
 #include "tests/support/test.h"
 
@@ -107,6 +108,29 @@ static const struct contract_backend e2b_backend = {
     .op_timeout_ms = 60000,
 };
 
+/* docker with its objects in S3 (s3rver): archives and snapshots take the S3 path. */
+static struct s3_fixture g_fx;
+static char g_fx_why[512];
+
+static const char *docker_s3_setup(void *ctx)
+{
+    const char *why = docker_setup(ctx);
+    if (why)
+        return why;
+    int st = s3_fixture_start(&g_fx, "snapshots", g_fx_why, sizeof(g_fx_why));
+    if (st == 0)
+        return NULL;
+    if (st < 0) /* a broken fixture is a failure, not a skip */
+        test_fail(__FILE__, __LINE__, "s3rver: %s", g_fx_why);
+    return g_fx_why;
+}
+
+static void docker_s3_teardown(void *ctx)
+{
+    (void)ctx;
+    s3_fixture_stop(&g_fx);
+}
+
 /* ---- scripted ---- */
 
 static const struct contract_backend scripted_backend = {
@@ -136,6 +160,11 @@ int main(void)
              getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
     provider_contract_run(&scripted_backend);
     provider_contract_run(&docker_backend);
+    struct contract_backend docker_s3 = docker_backend;
+    docker_s3.name = "docker-s3";
+    docker_s3.setup = docker_s3_setup;
+    docker_s3.teardown = docker_s3_teardown;
+    provider_contract_run(&docker_s3);
     provider_contract_run(&e2b_backend);
     if (g_e2b_state > 0)
         e2b_server_stop(&g_e2b);
