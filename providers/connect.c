@@ -30,12 +30,16 @@ static int dec_fail(struct connect_decoder *d, const char *why)
     return -1;
 }
 
+/* 0, CONNECT_HOLD or -1 (the callback's answer). */
 static int dec_deliver(struct connect_decoder *d, unsigned flags, const char *p, size_t n)
 {
     d->envelopes++;
     if (flags & CONNECT_FLAG_END_STREAM)
         d->ended = 1;
-    if (d->fn(d->arg, flags, p, n) != 0) {
+    int rc = d->fn(d->arg, flags, p, n);
+    if (rc == CONNECT_HOLD)
+        return CONNECT_HOLD;
+    if (rc != 0) {
         d->failed = 1;
         d->err[0] = '\0';
         return -1;
@@ -64,6 +68,21 @@ static int dec_start(struct connect_decoder *d)
 
 int connect_decoder_feed(struct connect_decoder *d, const char *data, size_t len)
 {
+    for (;;) {
+        size_t used;
+        int rc = connect_decoder_feed_some(d, data, len, &used);
+        if (rc != CONNECT_HOLD)
+            return rc;
+        data += used;
+        len -= used;
+    }
+}
+
+int connect_decoder_feed_some(struct connect_decoder *d, const char *data, size_t len, size_t *used)
+{
+    const size_t total = len;
+    int rc;
+    *used = 0;
     if (d->failed)
         return -1;
     while (len > 0) {
@@ -81,10 +100,12 @@ int connect_decoder_feed(struct connect_decoder *d, const char *data, size_t len
                     size_t n = d->need;
                     d->in_msg = 0;
                     d->need = 0;
-                    if (dec_deliver(d, d->prefix[0], data, n) != 0)
-                        return -1;
                     data += n;
                     len -= n;
+                    if ((rc = dec_deliver(d, d->prefix[0], data - n, n)) != 0) {
+                        *used = total - len;
+                        return rc;
+                    }
                 }
                 continue;
             }
@@ -111,10 +132,14 @@ int connect_decoder_feed(struct connect_decoder *d, const char *data, size_t len
                 break;
         }
         d->in_msg = 0;
-        if (dec_deliver(d, d->prefix[0], d->msg.data ? d->msg.data : "", d->msg.len) != 0)
-            return -1;
+        rc = dec_deliver(d, d->prefix[0], d->msg.data ? d->msg.data : "", d->msg.len);
         buf_clear(&d->msg);
+        if (rc != 0) {
+            *used = total - len;
+            return rc;
+        }
     }
+    *used = total;
     return 0;
 }
 

@@ -19,8 +19,10 @@
 #define CONNECT_PREFIX_LEN      5
 
 /* One complete envelope; data is valid only during the call (not NUL-terminated when it
- * points into the caller's chunk). Returns 0 to go on, -1 to stop the decoder (feed then
- * returns -1 and keeps failing). */
+ * points into the caller's chunk). Returns 0 to go on, CONNECT_HOLD to have
+ * connect_decoder_feed_some stop right after this envelope (backpressure; feed ignores it),
+ * or -1 to stop the decoder (feed then returns -1 and keeps failing). */
+#define CONNECT_HOLD 1
 typedef int (*connect_msg_fn)(void *arg, unsigned flags, const char *data, size_t len);
 
 /* Embed by value; connect_decoder_init before use, connect_decoder_release after. */
@@ -44,6 +46,11 @@ void connect_decoder_release(struct connect_decoder *d);
 /* Feeds len bytes. 0, or -1 when the stream is malformed (err says why: a compressed or
  * oversized envelope, bytes after the end-of-stream envelope) or a callback returned -1. */
 int connect_decoder_feed(struct connect_decoder *d, const char *data, size_t len);
+/* The same, stopping after an envelope whose callback returned CONNECT_HOLD: returns
+ * CONNECT_HOLD with *used the bytes consumed (the caller feeds the rest later), 0 with *used
+ * == len when everything was consumed, or -1. */
+int connect_decoder_feed_some(struct connect_decoder *d, const char *data, size_t len,
+                              size_t *used);
 /* 1 when no envelope is partially read (the body may end here). */
 int connect_decoder_at_boundary(const struct connect_decoder *d);
 

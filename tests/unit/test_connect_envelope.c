@@ -13,6 +13,7 @@
 struct seen {
     struct buf log;
     int stop_after; /* > 0: return -1 from the n-th envelope */
+    int hold_at;    /* > 0: return CONNECT_HOLD from the n-th envelope */
     int count;
 };
 
@@ -23,6 +24,8 @@ static int on_msg(void *arg, unsigned flags, const char *data, size_t len)
     buf_printf(&s->log, "%u:", flags);
     buf_append(&s->log, data, len);
     buf_putc(&s->log, '|');
+    if (s->hold_at && s->count == s->hold_at)
+        return CONNECT_HOLD;
     return s->stop_after && s->count == s->stop_after ? -1 : 0;
 }
 
@@ -212,6 +215,58 @@ TEST_CASE(callback_stops)
     buf_release(&b);
 }
 
+TEST_CASE(hold_stops_after_the_envelope)
+{
+    struct buf b;
+    size_t elen;
+    const char *e = expected_log(&elen);
+    build_stream(&b);
+    const size_t after2 = 5 + 29 + 5 + 5; /* end of the second envelope */
+    /* Split at every offset; the second envelope asks to hold. */
+    for (size_t i = 0; i <= b.len; i++) {
+        struct seen s;
+        struct connect_decoder d;
+        size_t used, off = 0;
+        seen_init(&s);
+        s.hold_at = 2;
+        connect_decoder_init(&d, 1024, on_msg, &s);
+        int rc = connect_decoder_feed_some(&d, b.data, i, &used);
+        int holds = 0;
+        for (;;) {
+            if (rc == CONNECT_HOLD) {
+                holds++;
+                if (off + used != after2)
+                    test_fail(__FILE__, __LINE__, "split %zu: held at %zu, want %zu", i, off + used,
+                              after2);
+            } else if (rc != 0) {
+                break;
+            }
+            off += used;
+            if (off == b.len)
+                break;
+            size_t end = off < i ? i : b.len;
+            rc = connect_decoder_feed_some(&d, b.data + off, end - off, &used);
+        }
+        if (rc < 0 || holds != 1 || s.log.len != elen || memcmp(s.log.data, e, elen) != 0) {
+            test_fail(__FILE__, __LINE__, "split %zu: rc %d, holds %d", i, rc, holds);
+            i = b.len + 1;
+        }
+        connect_decoder_release(&d);
+        buf_release(&s.log);
+    }
+    /* connect_decoder_feed ignores the hold. */
+    struct seen s;
+    struct connect_decoder d;
+    seen_init(&s);
+    s.hold_at = 1;
+    connect_decoder_init(&d, 1024, on_msg, &s);
+    CHECK_EQ_INT(connect_decoder_feed(&d, b.data, b.len), 0);
+    CHECK_EQ_INT(s.log.len, elen);
+    connect_decoder_release(&d);
+    buf_release(&s.log);
+    buf_release(&b);
+}
+
 int main(void)
 {
     RUN(encode_reference_examples);
@@ -220,5 +275,6 @@ int main(void)
     RUN(truncated_stream_is_not_at_boundary);
     RUN(refusals);
     RUN(callback_stops);
+    RUN(hold_stops_after_the_envelope);
     return test_report();
 }
