@@ -18,6 +18,7 @@
 #include "lib/log.h"
 #include "lib/mask.h"
 #include "providers/connect.h"
+#include "providers/objstore.h"
 
 #define E2B_ENVD_PORT       49983
 #define E2B_CONNECT_MS      10000
@@ -45,6 +46,7 @@ struct e2b_prov {
     int64_t attempts, retry_base_ms, request_ms;
     unsigned seed;
     struct e2b_call *calls; /* started or waiting to retry; freed by cleanup */
+    objstore *store;        /* archives: when S3_* or SANDBOX_SNAPSHOT_DIR is set, else NULL */
 };
 
 struct e2b_sb {
@@ -124,6 +126,8 @@ static void e2b_server_text(char *out, size_t cap, const char *s)
     size_t k = 0;
     for (const char *c = m; *c && k + 1 < cap && k < 300; c++)
         out[k++] = (*c == '\n' || *c == '\r' || *c == '\t') ? ' ' : *c;
+    while (k > 0 && out[k - 1] == ' ')
+        k--;
     out[k] = '\0';
     free(m);
 }
@@ -782,6 +786,8 @@ struct provider_exec {
     int64_t pid;     /* from the start event; 0 before */
     int kill_reason; /* 0, EXEC_TIMEOUT or EXEC_KILLED */
     int kill_sent;
+    int hold;        /* an internal consumer asked to stop reading (ex_hold) */
+    size_t skip;     /* bytes of the paused chunk the decoder already took */
     int gave_up;     /* the stream was cancelled after the grace period */
     int simple_kill; /* internal helper: SendSignal only, no tree-kill helper */
     int have_end, exit_code;
@@ -910,7 +916,7 @@ static int ex_msg(void *arg, unsigned flags, const char *data, size_t len)
         ex_end_event(ex, x);
     } /* keepalive and pty events carry nothing for us */
     cJSON_Delete(j);
-    return rc;
+    return rc == 0 && ex->hold ? CONNECT_HOLD : rc;
 }
 
 static void ex_on_headers(void *arg, http_request *req, long status)
@@ -931,13 +937,37 @@ static int ex_on_data(void *arg, http_request *req, const char *data, size_t len
                            : E2B_ERR_BODY_MAX - ex->errbody.len);
         return HTTP_DATA_OK;
     }
-    if (connect_decoder_feed(&ex->dec, data, len) != 0) {
+    /* After a pause the same chunk comes again: skip what the decoder already took. */
+    size_t off = ex->skip < len ? ex->skip : len, used;
+    int rc = connect_decoder_feed_some(&ex->dec, data + off, len - off, &used);
+    if (rc < 0) {
         if (ex->dec.err[0])
             snprintf(ex->err, sizeof(ex->err), "e2b: exec: malformed stream from envd: %s",
                      ex->dec.err);
         return HTTP_DATA_ABORT;
     }
+    if (rc == CONNECT_HOLD) {
+        ex->skip = off + used;
+        return HTTP_DATA_PAUSE; /* until ex_unhold */
+    }
+    ex->skip = 0;
     return HTTP_DATA_OK;
+}
+
+/* Backpressure for internal consumers (archives): called from on_output, stops reading the
+ * stream after the current event until ex_unhold. */
+static void ex_hold(provider_exec *ex)
+{
+    ex->hold = 1;
+}
+
+static void ex_unhold(provider_exec *ex)
+{
+    if (!ex->hold)
+        return;
+    ex->hold = 0;
+    if (ex->stream)
+        http_request_resume_recv(ex->stream);
 }
 
 static void ex_stream_done(void *arg, http_request *req, const struct http_result *res)
@@ -1499,6 +1529,391 @@ static void e2b_read_file(struct sandbox *sb, const char *path, size_t max, prov
     }
 }
 
+/* ---- archives: tar in the sandbox, streamed through the object store ---- */
+
+/* Paths in archive commands are spelled "$R"'<absolute path>' with R the working directory
+ * "/" (as $PWD): the same words work in a sandbox and where "/" is mapped elsewhere. */
+static void arch_path(struct buf *b, const char *abs)
+{
+    buf_puts(b, "\"$R\"");
+    e2b_shquote(b, abs);
+}
+
+/* An absolute path without "." or ".." segments, not "/" itself. */
+static int arch_path_ok(const char *p)
+{
+    if (!p || p[0] != '/' || !p[1] || strlen(p) > 4096)
+        return 0;
+    for (const char *s = p; *s;) {
+        while (*s == '/')
+            s++;
+        size_t n = strcspn(s, "/");
+        if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+            return 0;
+        s += n;
+    }
+    return 1;
+}
+
+struct e2b_arch {
+    struct sandbox *sb;
+    provider_upload_fn uploaded;
+    provider_done_fn restored;
+    void *arg;
+    objstore_writer *w;
+    objstore_reader *rd;
+    provider_exec *ex;
+    struct buf errtail; /* tar's stderr, first bytes */
+    /* restore: the object's bytes on their way into the upload request */
+    http_request *up;
+    struct buf pending;
+    int reader_blocked, send_paused, read_over, read_rc;
+    char *dest, *tmp;
+    int rc;
+    int finished_exec, store_done;
+    uint64_t bytes;
+    char sha[65];
+    char err[512];
+};
+
+static void arch_finish(struct e2b_arch *a)
+{
+    struct sandbox *sb = a->sb;
+    if (a->uploaded)
+        a->uploaded(a->arg, a->rc, a->rc ? 0 : a->bytes, a->rc ? NULL : a->sha,
+                    a->rc ? a->err : NULL);
+    else
+        a->restored(a->arg, a->rc, a->rc ? a->err : NULL);
+    buf_release(&a->errtail);
+    buf_release(&a->pending);
+    free(a->dest);
+    free(a->tmp);
+    free(a);
+    sb_drop(sb);
+}
+
+static void arch_fail_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    arch_finish(arg);
+}
+
+static struct e2b_arch *arch_new(struct sandbox *sb, void *arg)
+{
+    struct e2b_arch *a = xcalloc(1, sizeof(*a));
+    a->sb = sb;
+    a->arg = arg;
+    buf_init(&a->errtail);
+    buf_init(&a->pending);
+    sb_hold(sb);
+    return a;
+}
+
+/* Reports a failure found before anything started ("e2b: <op>: <detail>"), from the loop. */
+static void arch_fail_early(struct e2b_arch *a, const char *op, const char *detail)
+{
+    a->rc = -1;
+    snprintf(a->err, sizeof(a->err), "e2b: %s: %s", op, detail);
+    e2b_defer(a->sb->prov->base, arch_fail_cb, a);
+}
+
+static void arch_stderr(struct e2b_arch *a, const char *data, size_t len)
+{
+    if (a->errtail.len < 300)
+        buf_append(&a->errtail, data, len < 300 - a->errtail.len ? len : 300 - a->errtail.len);
+}
+
+/* -- upload: tar -c in the sandbox → objstore writer -- */
+
+static void up_maybe_finish(struct e2b_arch *a)
+{
+    if (a->finished_exec && a->store_done)
+        arch_finish(a);
+}
+
+static void up_written(void *arg, int rc, uint64_t bytes, const char *sha256_hex, const char *err)
+{
+    struct e2b_arch *a = arg;
+    a->w = NULL;
+    a->store_done = 1;
+    if (rc == 0) {
+        a->bytes = bytes;
+        snprintf(a->sha, sizeof(a->sha), "%s", sha256_hex ? sha256_hex : "");
+    } else if (!a->rc) {
+        a->rc = -1;
+        snprintf(a->err, sizeof(a->err), "%s", err ? err : "e2b: upload: the store failed");
+    }
+    if (!a->finished_exec && a->ex)
+        e2b_exec_kill(a->ex); /* the store gave up: stop tar */
+    up_maybe_finish(a);
+}
+
+static void up_drain(void *arg)
+{
+    struct e2b_arch *a = arg;
+    if (a->ex)
+        ex_unhold(a->ex);
+}
+
+static void up_output(void *arg, enum exec_stream stream, const char *data, size_t len)
+{
+    struct e2b_arch *a = arg;
+    if (stream == EXEC_STDERR) {
+        arch_stderr(a, data, len);
+        return;
+    }
+    if (!a->w)
+        return; /* the store failed: tar is being killed */
+    int rc = objstore_write(a->w, data, len);
+    if (rc == OBJSTORE_BLOCKED)
+        ex_hold(a->ex);
+}
+
+static void up_exit(void *arg, enum exec_status st, int code, const char *err)
+{
+    struct e2b_arch *a = arg;
+    a->ex = NULL;
+    a->finished_exec = 1;
+    if (a->store_done) { /* the store failed first and said why */
+        up_maybe_finish(a);
+        return;
+    }
+    if (st == EXEC_EXITED && code == 0) {
+        objstore_writer_finish(a->w); /* up_written reports */
+        return;
+    }
+    char text[320];
+    e2b_server_text(text, sizeof(text), a->errtail.data);
+    a->rc = -1;
+    if (st == EXEC_EXITED)
+        snprintf(a->err, sizeof(a->err), "e2b: upload: tar exited with %d%s%s", code,
+                 text[0] ? ": " : "", text);
+    else
+        snprintf(a->err, sizeof(a->err), "e2b: upload: %s", err ? err : "tar did not finish");
+    objstore_writer_abort(a->w);
+    a->w = NULL;
+    a->store_done = 1;
+    up_maybe_finish(a);
+}
+
+static void e2b_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
+                               provider_upload_fn done, void *arg)
+{
+    struct e2b_prov *e = sb->prov->priv;
+    struct e2b_arch *a = arch_new(sb, arg);
+    a->uploaded = done;
+    char kerr[256];
+    if (!e->store) {
+        arch_fail_early(a, "upload",
+                        "no object store is configured (set S3_* or "
+                        "SANDBOX_SNAPSHOT_DIR)");
+        return;
+    }
+    if (!key || objstore_user_key_check(key, kerr, sizeof(kerr)) != 0) {
+        arch_fail_early(a, "upload", key ? kerr : "no key");
+        return;
+    }
+    struct buf cmd;
+    buf_init(&cmd);
+    buf_puts(&cmd, "R=$PWD; R=${R%/}; exec tar -cf -");
+    for (size_t i = 0; paths && paths[i]; i++) {
+        if (!arch_path_ok(paths[i])) {
+            buf_release(&cmd);
+            char m[300];
+            snprintf(m, sizeof(m), "%.200s: must be an absolute path below /", paths[i]);
+            arch_fail_early(a, "upload", m);
+            return;
+        }
+        const char *slash = strrchr(paths[i], '/');
+        char *dir = xstrndup(paths[i], (size_t)(slash - paths[i]));
+        buf_puts(&cmd, " -C ");
+        arch_path(&cmd, dir[0] ? dir : "/");
+        buf_putc(&cmd, ' ');
+        e2b_shquote(&cmd, slash + 1);
+        free(dir);
+    }
+    if (!paths || !paths[0]) {
+        buf_release(&cmd);
+        arch_fail_early(a, "upload", "no paths");
+        return;
+    }
+    char err[256];
+    a->w = objstore_writer_new(e->store, key, objstore_compression_for_key(key), up_written,
+                               up_drain, a, err, sizeof(err));
+    if (!a->w) {
+        buf_release(&cmd);
+        arch_fail_early(a, "upload", err);
+        return;
+    }
+    struct exec_req req = {.cmd = cmd.data, .cwd = "/"};
+    struct exec_cbs cbs = {.on_output = up_output, .on_exit = up_exit, .arg = a};
+    a->ex = exec_start(sb, &req, &cbs, 0, err, sizeof(err));
+    buf_release(&cmd);
+    if (!a->ex) {
+        objstore_writer_abort(a->w);
+        a->w = NULL;
+        arch_fail_early(a, "upload", err);
+    }
+}
+
+/* -- restore: objstore reader → upload of the tar into dest → tar -x there -- */
+
+#define RS_HIGH (1u << 20) /* pending bytes over which the reader is paused */
+#define RS_LOW  (256u << 10)
+
+static void rs_extracted(void *arg, int rc, const char *err)
+{
+    struct e2b_arch *a = arg;
+    if (rc != 0) {
+        a->rc = -1;
+        snprintf(a->err, sizeof(a->err), "e2b: restore into %s: %s", a->dest,
+                 err ? err : "tar failed");
+    }
+    arch_finish(a);
+}
+
+static void rs_uploaded(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct e2b_arch *a = arg;
+    a->up = NULL;
+    if (a->rd) { /* the upload ended first: stop reading */
+        objstore_reader_cancel(a->rd);
+        a->rd = NULL;
+    }
+    if (a->read_over && a->read_rc != 0) {
+        a->rc = -1; /* the reader's message is already in err */
+    } else if (res->code != 0 || res->status != 200) {
+        a->rc = -1;
+        if (res->code != 0)
+            snprintf(a->err, sizeof(a->err), "e2b: restore: uploading the archive: %s", res->error);
+        else
+            envd_http_err(a->err, sizeof(a->err), "restore", a->sb, res->status, res->body->data,
+                          res->body->len);
+    }
+    if (a->rc) {
+        arch_finish(a);
+        return;
+    }
+    const char *base = strrchr(a->tmp, '/') + 1;
+    struct buf cmd;
+    buf_init(&cmd);
+    buf_puts(&cmd, "R=$PWD; R=${R%/}; cd ");
+    arch_path(&cmd, a->dest);
+    buf_puts(&cmd, " || exit 1; tar -xf ");
+    e2b_shquote(&cmd, base);
+    buf_puts(&cmd, "; s=$?; rm -f ");
+    e2b_shquote(&cmd, base);
+    buf_puts(&cmd, "; exit $s");
+    e2b_run(a->sb, cmd.data, "/", 0, rs_extracted, a);
+    buf_release(&cmd);
+}
+
+static size_t rs_body(void *arg, char *dst, size_t cap)
+{
+    struct e2b_arch *a = arg;
+    if (a->pending.len == 0) {
+        if (a->read_over)
+            return a->read_rc == 0 ? 0 : HTTP_READ_ABORT;
+        a->send_paused = 1;
+        return HTTP_READ_PAUSE;
+    }
+    size_t n = a->pending.len < cap ? a->pending.len : cap;
+    memcpy(dst, a->pending.data, n);
+    buf_consume(&a->pending, n);
+    if (a->reader_blocked && a->pending.len < RS_LOW && a->rd) {
+        a->reader_blocked = 0;
+        objstore_reader_resume(a->rd);
+    }
+    return n;
+}
+
+static void rs_wake_sender(struct e2b_arch *a)
+{
+    if (a->send_paused && a->up) {
+        a->send_paused = 0;
+        http_request_resume_send(a->up);
+    }
+}
+
+static int rs_sink(void *arg, const char *p, size_t n)
+{
+    struct e2b_arch *a = arg;
+    buf_append(&a->pending, p, n);
+    rs_wake_sender(a);
+    if (a->pending.len >= RS_HIGH) {
+        a->reader_blocked = 1;
+        return OBJSTORE_BLOCKED;
+    }
+    return OBJSTORE_OK;
+}
+
+static void rs_read(void *arg, int rc, const char *err)
+{
+    struct e2b_arch *a = arg;
+    a->rd = NULL;
+    a->read_over = 1;
+    a->read_rc = rc;
+    if (rc != 0)
+        snprintf(a->err, sizeof(a->err), "%s", err ? err : "e2b: restore: reading failed");
+    rs_wake_sender(a);
+}
+
+static void e2b_archive_restore(struct sandbox *sb, const char *key, const char *dest,
+                                provider_done_fn done, void *arg)
+{
+    struct e2b_prov *e = sb->prov->priv;
+    struct e2b_arch *a = arch_new(sb, arg);
+    a->restored = done;
+    char kerr[256];
+    if (!e->store) {
+        arch_fail_early(a, "restore",
+                        "no object store is configured (set S3_* or "
+                        "SANDBOX_SNAPSHOT_DIR)");
+        return;
+    }
+    if (!key || objstore_user_key_check(key, kerr, sizeof(kerr)) != 0) {
+        arch_fail_early(a, "restore", key ? kerr : "no key");
+        return;
+    }
+    if (!arch_path_ok(dest)) {
+        char m[300];
+        snprintf(m, sizeof(m), "%.200s: must be an absolute path below /", dest ? dest : "(none)");
+        arch_fail_early(a, "restore", m);
+        return;
+    }
+    a->dest = xstrdup(dest);
+    unsigned char rnd[8];
+    struct buf t;
+    buf_init(&t);
+    buf_printf(&t, "%s/.sandbox-restore-", dest);
+    for (size_t i = 0; i < sizeof(rnd); i++) {
+        rnd[i] = (unsigned char)rand_r(&e->seed);
+        buf_printf(&t, "%02x", rnd[i]);
+    }
+    buf_puts(&t, ".tar");
+    a->tmp = buf_detach(&t);
+    /* The archive goes to a file in dest (envd creates dest on the way), then tar -x. */
+    struct buf q;
+    buf_init(&q);
+    files_path(&q, sb, a->tmp);
+    a->up = envd_req(sb, "POST", q.data);
+    buf_release(&q);
+    http_request_add_header(a->up, "Content-Type", "application/octet-stream");
+    http_request_set_body_stream(a->up, rs_body, a, -1);
+    http_request_set_body_cap(a->up, 64 * 1024);
+    struct http_callbacks cb = {.on_done = rs_uploaded};
+    http_request_set_callbacks(a->up, &cb, a);
+    char err[256];
+    if (http_request_start(a->up, err, sizeof(err)) != 0) {
+        a->up = NULL;
+        arch_fail_early(a, "restore", err);
+        return;
+    }
+    a->rd = objstore_reader_new(e->store, key, rs_sink, rs_read, a);
+}
+
 /* ---- init ---- */
 
 /* Characters allowed in a variable's value: printable ASCII and, with allow, nothing else. */
@@ -1629,6 +2044,19 @@ static int e2b_init(struct provider *p, int check_only, char *err, size_t errlen
         env_int64("E2B_REQUEST_TIMEOUT_MS", 60000, 1000, 600000, &e->request_ms, err, errlen))
         goto fail;
     e->timeout_s = (idle_ms + 999) / 1000;
+    /* Archives need an object store; one is set up only when configured (e2b's own
+     * snapshots are native pauses and need none). */
+    static const char *const store_vars[] = {
+        "S3_ENDPOINT",   "S3_BUCKET",        "S3_REGION",           "S3_ACCESS_KEY",
+        "S3_SECRET_KEY", "S3_SESSION_TOKEN", "S3_FORCE_PATH_STYLE", "SANDBOX_SNAPSHOT_DIR"};
+    int want_store = 0;
+    for (size_t i = 0; i < sizeof(store_vars) / sizeof(store_vars[0]); i++)
+        want_store |= env_str(store_vars[i], NULL) != NULL;
+    if (want_store) {
+        e->store = objstore_new_from_env(p->base, "e2b", check_only, err, errlen);
+        if (!e->store)
+            goto fail;
+    }
     if (!check_only) {
         e->http = http_client_new(p->base);
         if (!e->http) {
@@ -1647,6 +2075,8 @@ static int e2b_init(struct provider *p, int check_only, char *err, size_t errlen
     }
     return 0;
 fail:
+    objstore_free(e->store);
+    e->store = NULL;
     e2b_free_config(e);
     return -1;
 }
@@ -1654,6 +2084,8 @@ fail:
 static void e2b_cleanup(struct provider *p)
 {
     struct e2b_prov *e = p->priv;
+    objstore_free(e->store);
+    e->store = NULL;
     http_client_free(e->http); /* no callback runs after this */
     e->http = NULL;
     struct e2b_call *c = e->calls;
@@ -1671,7 +2103,7 @@ static void e2b_cleanup(struct provider *p)
 
 const struct provider_ops e2b_provider_ops = {
     .name = "e2b",
-    .caps = PROVIDER_CAP_NATIVE_SUSPEND | PROVIDER_CAP_REATTACH,
+    .caps = PROVIDER_CAP_NATIVE_SUSPEND | PROVIDER_CAP_REATTACH | PROVIDER_CAP_ARCHIVE,
     .priv_size = sizeof(struct e2b_prov),
     .init = e2b_init,
     .cleanup = e2b_cleanup,
@@ -1685,4 +2117,6 @@ const struct provider_ops e2b_provider_ops = {
     .destroy = e2b_destroy,
     .delete_snapshot = e2b_delete_snapshot,
     .release = e2b_release,
+    .archive_upload = e2b_archive_upload,
+    .archive_restore = e2b_archive_restore,
 };

@@ -83,6 +83,7 @@ static const char *e2b_setup(void *ctx)
     setenv("E2B_API_KEY", g_e2b.api_key, 1);
     setenv("E2B_API_URL", g_e2b.url, 1);
     setenv("E2B_SANDBOX_URL", g_e2b.url, 1);
+    setenv("SANDBOX_SNAPSHOT_DIR", g_snapdir, 1); /* archives: the folder store */
     return NULL;
 }
 
