@@ -27,6 +27,7 @@
 #include "providers/e2b.h"
 #include "tests/support/e2b_server.h"
 #include "tests/support/redis_server.h"
+#include "tests/support/s3_fixture.h"
 #include "tests/support/test.h"
 #include "tests/support/worker_proc.h"
 
@@ -1169,6 +1170,111 @@ TEST_CASE(old_envd)
     e2b_server_stop(&old);
 }
 
+struct up_res {
+    int done, rc;
+    uint64_t bytes;
+    char sha[65], err[512];
+};
+
+static void got_upload(void *arg, int rc, uint64_t bytes, const char *sha, const char *err)
+{
+    struct up_res *u = arg;
+    u->done = 1;
+    u->rc = rc;
+    u->bytes = bytes;
+    snprintf(u->sha, sizeof(u->sha), "%s", sha ? sha : "");
+    snprintf(u->err, sizeof(u->err), "%s", err ? err : "");
+    note_err(err);
+}
+
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = 0;
+    while (f && fgets(line, sizeof(line), f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+TEST_CASE(archives_s3)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    struct s3_fixture fx;
+    char why[512], err[512];
+    int st = s3_fixture_start(&fx, "objects", why, sizeof(why));
+    if (st == 1)
+        SKIP(why);
+    CHECK_EQ_INT(st, 0);
+    if (st != 0)
+        return;
+    struct provider *p = make_provider(fake.api_key, err, sizeof(err));
+    CHECK(p != NULL);
+    struct sandbox *sb = p ? create(p, NULL, 0) : NULL;
+    CHECK(sb != NULL);
+    if (sb) {
+        /* 24 MB that does not compress (several S3 parts), plus a small file in a subfolder. */
+        struct xres x;
+        xres_init(&x);
+        CHECK_EQ_INT(sb_write(sb, "/home/user/arch/dist/sub/small.txt", "small\n", 6, 0644), 0);
+        run_cmd(sb, &x, "head -c 24000000 /dev/urandom > big.bin", "/home/user/arch/dist", NULL, 0);
+        CHECK_EQ_INT(x.code, 0);
+        xres_release(&x);
+        long rss0 = rss_kb();
+        const char *paths[] = {"/home/user/arch/dist", NULL};
+        struct up_res u = {0};
+        provider_archive_upload(sb, paths, "t/dist.tar.zst", got_upload, &u);
+        run_until(&u.done, 120);
+        CHECK_EQ_INT(u.rc, 0);
+        if (u.rc)
+            printf("  upload: %s\n", u.err);
+        CHECK(u.bytes > 24000000);
+        CHECK_EQ_INT(strlen(u.sha), 64);
+        printf("  24 MB archived to S3: %llu bytes stored, RSS grew %ld kB\n",
+               (unsigned long long)u.bytes, rss_kb() - rss0);
+        struct res r;
+        res_init(&r);
+        provider_archive_restore(sb, "t/dist.tar.zst", "/home/user/arch/restored", got_done, &r);
+        run_until(&r.done, 120);
+        CHECK_EQ_INT(r.rc, 0);
+        if (r.rc)
+            printf("  restore: %s\n", r.err);
+        res_release(&r);
+        xres_init(&x);
+        run_cmd(sb, &x,
+                "cmp dist/big.bin restored/dist/big.bin && cat restored/dist/sub/small.txt && "
+                "ls -A restored",
+                "/home/user/arch", NULL, 0);
+        CHECK_EQ_INT(x.code, 0);
+        CHECK_STR(x.out.data, "small\ndist\n"); /* the temporary tar is gone */
+        xres_release(&x);
+        /* Errors: a reserved key, a relative destination, a missing object. */
+        struct up_res u2 = {0};
+        provider_archive_upload(sb, paths, "sandboxes/x", got_upload, &u2);
+        run_until(&u2.done, 30);
+        CHECK_EQ_INT(u2.rc, -1);
+        res_init(&r);
+        provider_archive_restore(sb, "t/dist.tar.zst", "relative", got_done, &r);
+        run_until(&r.done, 30);
+        CHECK_EQ_INT(r.rc, -1);
+        CHECK(strstr(r.err, "absolute") != NULL);
+        res_release(&r);
+        res_init(&r);
+        provider_archive_restore(sb, "t/none.tar.zst", "/home/user/arch/x", got_done, &r);
+        run_until(&r.done, 30);
+        CHECK_EQ_INT(r.rc, -1);
+        CHECK(strstr(r.err, "no such object") != NULL);
+        res_release(&r);
+        CHECK_EQ_INT(destroy(sb), 0);
+    }
+    provider_free(p);
+    s3_fixture_stop(&fx);
+}
+
 TEST_CASE(wrong_key_not_retried)
 {
     if (!fake_up)
@@ -1358,6 +1464,7 @@ int main(void)
     RUN(v1_create_fallback);
     RUN(writeback_template);
     RUN(old_envd);
+    RUN(archives_s3);
     RUN(wrong_key_not_retried);
     RUN(no_secret_in_errors);
     RUN(worker_two_turns);
