@@ -41,8 +41,14 @@
  * (application/octet-stream, multipart for envd older than 0.5.7); a mode other than 0644 is
  * applied afterwards with chmod. envd older than 0.4.0 gets the user "user" explicitly.
  *
- * Archives (upload/restore steps) are not implemented: the wrappers report that this
- * backend has no object store. */
+ * Archives (upload/restore steps, PROVIDER_CAP_ARCHIVE) go through the object store
+ * (providers/objstore.h), set up only when S3_* or SANDBOX_SNAPSHOT_DIR is configured (else
+ * they fail saying so). Upload runs `tar -cf -` in the sandbox (each path stored under its last
+ * component) and streams its output into the store, holding the envd stream while the store
+ * answers "blocked"; a missing path fails with tar's message. Restore streams the object
+ * (decompressed) into a temporary file in dest through /files, then runs `tar -xf` there
+ * and removes the file. Paths in these commands are spelled from the working directory "/"
+ * ("$PWD"), so they also work where a sandbox's "/" is a directory of the host. */
 #ifndef SW_PROVIDERS_E2B_H
 #define SW_PROVIDERS_E2B_H
 
