@@ -440,10 +440,20 @@ static struct sandbox *sb_from_json(struct provider *p, const cJSON *j, const ch
     x->multipart = e2b_version_lt(ver, 0, 5, 7);
     struct buf b;
     buf_init(&b);
+    /* As the SDK: E2B's own domains route https://sandbox.<domain> by the E2b-Sandbox-Id and
+     * E2b-Sandbox-Port headers (one connection pool for every sandbox); other domains by
+     * the per-port host. */
+    static const char *const routed[] = {"e2b.app", "e2b.dev", "e2b.pro", "e2b-staging.dev"};
+    const char *dom = domain ? domain : e->domain;
+    int by_header = 0;
+    for (size_t i = 0; i < sizeof(routed) / sizeof(routed[0]); i++)
+        by_header |= strcmp(dom, routed[i]) == 0;
     if (e->sandbox_url)
         buf_puts(&b, e->sandbox_url);
+    else if (by_header)
+        buf_printf(&b, "https://sandbox.%s", dom);
     else
-        buf_printf(&b, "https://%d-%s.%s", E2B_ENVD_PORT, id, domain ? domain : e->domain);
+        buf_printf(&b, "https://%d-%s.%s", E2B_ENVD_PORT, id, dom);
     x->base = buf_detach(&b);
     x->refresh = event_new(p->base, -1, EV_PERSIST, refresh_cb, sb);
     if (!x->refresh)

@@ -1,9 +1,12 @@
 /* The e2b provider against the E2B fake (tests/fakes/e2b.js: control plane and envd, real
- * processes): create, exec (streaming order, byte-exact binary output, exit codes, env and
- * cwd, timeout, kill of the whole tree, re-attach), files (binary, modes, caps, missing),
- * suspend → resume keeping files, destroy, an expired sandbox, capacity errors retried,
- * Retry-After, the v1 create fallback, a wrong API key (not retried), no secret in any
- * error; and a real worker running a two-turn conversation on SANDBOX_PROVIDER=e2b. */
+ * processes): configuration and --check-config with the default provider, create (body and
+ * metadata), exec (streaming order, byte-exact binary output, exit codes, env and cwd,
+ * timeout, kill of the whole tree, re-attach by pid), a turn longer than the sandbox
+ * timeout, files (binary, modes, caps, missing), a canned envd for the stream's corner
+ * cases, suspend → resume keeping files, destroy, an expired sandbox, capacity errors and
+ * 409s retried, Retry-After, the v1 create fallback, old envd versions, archives through S3,
+ * a wrong API key (not retried), no secret in any error; and a real worker running a
+ * two-turn conversation on SANDBOX_PROVIDER=e2b. Skipped with a message without node. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
