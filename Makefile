@@ -59,7 +59,7 @@ ifneq ($(AGENT_SRC),)
 BINS += $(BUILD)/sandbox-agent
 endif
 
-.PHONY: all test check bench install clean format format-check lint hdr-check demo fuzz-agent
+.PHONY: all test check bench install clean format format-check lint hdr-check demo fuzz fuzz-agent
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -95,9 +95,12 @@ bench: $(BINS) $(BENCH_BIN)
 
 check: test lint format-check hdr-check fuzz-agent
 
-# Bounded libFuzzer run of the agent's request parsing and archive extraction (clang).
-fuzz-agent:
+# Bounded libFuzzer runs of the agent (clang): request parsing, archive extraction with an
+# escape oracle, the connection code; FUZZ_SECONDS per target (default 30, 0: replay the
+# corpora only), FUZZ_TARGETS to pick some.
+fuzz:
 	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-30} sh tests/agent/fuzz.sh
+fuzz-agent: fuzz
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,style,performance,portability \

@@ -13,19 +13,24 @@
 #define AGENT_VERSION "1.0.0"
 
 struct agent_config {
-    char *bind;                 /* LD_AGENT_BIND, default 0.0.0.0 */
+    char *bind;                 /* LD_AGENT_BIND; default 0.0.0.0 with a token, else 127.0.0.1 */
+    int bind_explicit;          /* LD_AGENT_BIND was set */
     int port;                   /* LD_AGENT_PORT, default 8080 */
-    int hook_port;              /* LD_AGENT_HOOK_PORT, default 9000; 0 or == port: none */
+    int hook_port;              /* LD_AGENT_HOOK_PORT, default 9000; 0: no hooks */
     char *token;                /* SANDBOX_AGENT_TOKEN; NULL: no auth (upstream behaviour) */
     size_t max_json_bytes;      /* JSON request bodies (SANDBOX_AGENT_MAX_JSON_BYTES, 1 MiB) */
     uint64_t max_file_bytes;    /* POST /files body (SANDBOX_AGENT_MAX_FILE_BYTES, 4 GiB) */
     size_t max_procs;           /* concurrent commands, runs and archive jobs (.._MAX_PROCS, 64) */
     size_t max_conns;           /* open connections (SANDBOX_AGENT_MAX_CONNS, 512) */
+    uint64_t header_timeout_ms; /* a request head's time to arrive (.._HEADER_TIMEOUT_MS, 15 s) */
+    uint64_t idle_timeout_ms;   /* keep-alive without a request (.._IDLE_TIMEOUT_MS, 60 s) */
     uint64_t spool_max_bytes;   /* per run output kept for re-attach (.._SPOOL_MAX_BYTES, 64 MiB) */
     char *spool_dir;            /* SANDBOX_AGENT_SPOOL_DIR, default $TMPDIR/sandbox-agent-<pid> */
     uint64_t run_retain_ms;     /* finished runs kept (SANDBOX_AGENT_RUN_RETAIN_MS, 1 h) */
     size_t max_runs_kept;       /* finished + running runs remembered (.._MAX_RUNS_KEPT, 256) */
-    uint64_t extract_max_bytes; /* archive in: file bytes (.._EXTRACT_MAX_BYTES, 16 GiB) */
+    uint64_t extract_max_bytes; /* archive in: file bytes (.._EXTRACT_MAX_BYTES, 4 GiB) */
+    uint64_t extract_max_ratio; /* archive in: file bytes per archive byte, plus 32 MiB
+                                   (.._EXTRACT_MAX_RATIO, 100; 0: off) */
     uint64_t extract_max_entries; /* archive in: entries (.._EXTRACT_MAX_ENTRIES, 1000000) */
 };
 
@@ -35,10 +40,11 @@ struct agent {
     struct event_base *base;
     struct agent_config cfg;
     struct httpd *http;
-    char **hook_env; /* NULL-terminated "K=V" from the run hook's {"envs":{}}; may be NULL */
-    char **base_env; /* default PATH, the agent's environment, then hook_env, keys unique;
-                        rebuilt by agent_env_refresh() whenever hook_env changes */
-    size_t procs;    /* live commands + archive jobs, bounded by cfg.max_procs */
+    int hook_listener; /* httpd listener index of the hook port; -1: no hook port */
+    char **hook_env;   /* NULL-terminated "K=V" from the run hook's {"envs":{}}; may be NULL */
+    char **base_env;   /* default PATH, the agent's environment, then hook_env, keys unique;
+                          rebuilt by agent_env_refresh() whenever hook_env changes */
+    size_t procs;      /* live commands + archive jobs, bounded by cfg.max_procs */
     struct runs *runs;
     int shutting_down;
 };

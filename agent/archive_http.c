@@ -528,6 +528,7 @@ static void archive_in(struct agent *a, struct httpd_req *req)
     struct in_args ia = {.target = target};
     ia.o.max_bytes = a->cfg.extract_max_bytes;
     ia.o.max_entries = a->cfg.extract_max_entries;
+    ia.o.max_ratio = a->cfg.extract_max_ratio;
     ia.o.allow_external_symlinks = query_flag(req, "allowExternalSymlinks");
     const char *mb = httpd_req_query(req, "maxBytes");
     if (mb) {

@@ -1,16 +1,11 @@
-/* libFuzzer target: the agent's request-head parser, the chunked body decoder, query decoding
- * and the archive extraction path (into a private scratch directory).
- * The first input byte picks the target; see tests/agent/fuzz.sh. */
-#include <ftw.h>
+/* libFuzzer target: the agent's request parsing (agent/http_parse.c): request heads with their
+ * framing rules, the chunked body decoder fed in pieces, query decoding. The first input byte
+ * picks the parser. Run by tests/agent/fuzz.sh; seeds in tests/agent/corpus/parse. */
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "agent/httpd.h"
-#include "agent/tarball.h"
+#include "agent/http_parse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -30,7 +25,15 @@ static void fuzz_head(const uint8_t *data, size_t size)
     buf[size] = '\0';
     struct httpd_head h;
     if (httpd_parse_head(buf, size, &h) == 0) {
-        (void)httpd_head_get(&h, "Content-Length");
+        int64_t clen;
+        enum httpd_framing f = httpd_head_framing(&h, &clen);
+        /* the framing contract: chunked is -1, a length is positive, none is 0 */
+        if ((f == HTTPD_FRAME_CHUNKED && clen != -1) || (f == HTTPD_FRAME_LENGTH && clen <= 0) ||
+            (f == HTTPD_FRAME_NONE && clen != 0))
+            abort();
+        if (f != HTTPD_FRAME_BAD && (httpd_head_count(&h, "Content-Length") > 1 ||
+                                     httpd_head_count(&h, "Transfer-Encoding") > 1))
+            abort();
         char *t = strdup(h.target);
         httpd_url_decode(t);
         free(t);
@@ -40,67 +43,25 @@ static void fuzz_head(const uint8_t *data, size_t size)
 
 static void fuzz_chunked(const uint8_t *data, size_t size)
 {
-    /* feed in two pieces to exercise the resumable state machine */
-    struct httpd_chunked c;
-    memset(&c, 0, sizeof(c));
-    size_t split = size ? data[0] % (size + 1) : 0, used = 0;
-    int rc = httpd_chunked_feed(&c, (const char *)data, split, &used, sink, NULL);
-    if (rc == 0 && used == split)
-        httpd_chunked_feed(&c, (const char *)data + split, size - split, &used, sink, NULL);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    if (ftw->level > 0)
-        remove(path);
-    return 0;
-}
-
-static char g_own_dir[4096]; /* scratch directory this process created (removed at exit) */
-
-static void remove_own_dir(void)
-{
-    if (!g_own_dir[0] || chdir(g_own_dir) != 0)
-        return;
-    nftw(".", rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (chdir("/") == 0)
-        rmdir(g_own_dir);
-}
-
-/* Extraction happens in $FUZZ_AGENT_DIR (an existing directory the caller owns and removes,
- * see tests/agent/fuzz.sh), else in a fresh directory under $TMPDIR that is removed at a
- * normal exit. */
-static void enter_scratch(void)
-{
-    const char *dir = getenv("FUZZ_AGENT_DIR");
-    if (!dir || !*dir) {
-        const char *tmp = getenv("TMPDIR");
-        snprintf(g_own_dir, sizeof(g_own_dir), "%s/fuzz-agent-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-        if (!mkdtemp(g_own_dir))
-            abort();
-        atexit(remove_own_dir);
-        dir = g_own_dir;
+    /* fed in pieces (sizes from the first byte) to exercise the resumable state machine; the
+     * decoded length must not depend on where the input was split */
+    struct httpd_chunked c1, c2;
+    memset(&c1, 0, sizeof(c1));
+    memset(&c2, 0, sizeof(c2));
+    size_t step = size ? (size_t)data[0] % 7 + 1 : 1;
+    size_t used = 0, off = 0;
+    g_sink = 0;
+    int rc1 = httpd_chunked_feed(&c1, (const char *)data, size, &used, sink, NULL);
+    size_t whole = g_sink, used1 = used;
+    g_sink = 0;
+    int rc2 = 0;
+    while (off < size && rc2 == 0) {
+        size_t n = size - off < step ? size - off : step;
+        rc2 = httpd_chunked_feed(&c2, (const char *)data + off, n, &used, sink, NULL);
+        off += used;
     }
-    if (chdir(dir) != 0)
+    if (rc1 != rc2 || (rc1 >= 0 && (g_sink != whole || off != used1)))
         abort();
-}
-
-static void fuzz_extract(const uint8_t *data, size_t size)
-{
-    static int entered;
-    if (!entered) {
-        enter_scratch();
-        entered = 1;
-    }
-    struct tarball_in_opts o = {
-        .max_bytes = 1 << 20, .max_entries = 1000, .allow_external_symlinks = size & 1};
-    struct tarball_in_stats st;
-    char err[256];
-    tarball_extract_mem(data, size, &o, &st, err, sizeof(err));
-    /* the scratch tree is reset so every input starts from an empty directory */
-    nftw(".", rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -114,9 +75,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 1:
         fuzz_chunked(data + 1, size - 1);
         break;
-    default:
-        fuzz_extract(data + 1, size - 1);
+    default: {
+        char *s = malloc(size);
+        memcpy(s, data + 1, size - 1);
+        s[size - 1] = '\0';
+        httpd_url_decode(s);
+        free(s);
         break;
+    }
     }
     return 0;
 }

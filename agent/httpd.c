@@ -19,248 +19,6 @@
 #include "lib/buf.h"
 #include "lib/log.h"
 
-/* ---------------------------------------------------------------- parser */
-
-static int is_tchar(int ch)
-{
-    return isalnum(ch) || (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
-/* Splits off one line ending in "\r\n" or "\n"; returns the next line or NULL at the end. */
-static char *next_line(char *p, char *end, char **line_end)
-{
-    char *nl = memchr(p, '\n', (size_t)(end - p));
-    if (!nl)
-        return NULL;
-    char *e = nl;
-    if (e > p && e[-1] == '\r')
-        e--;
-    *e = '\0';
-    *line_end = e;
-    return nl + 1;
-}
-
-int httpd_parse_head(char *buf, size_t len, struct httpd_head *h)
-{
-    char *p = buf, *end = buf + len, *le;
-    memset(h, 0, sizeof(*h));
-    if (memchr(buf, '\0', len))
-        return -1;
-    char *next = next_line(p, end, &le);
-    if (!next)
-        return -1;
-    /* request line: METHOD SP target SP HTTP/1.x */
-    char *sp1 = strchr(p, ' ');
-    if (!sp1 || sp1 == p)
-        return -1;
-    *sp1 = '\0';
-    for (char *m = p; *m; m++)
-        if (!is_tchar((unsigned char)*m))
-            return -1;
-    h->method = p;
-    char *target = sp1 + 1;
-    char *sp2 = strchr(target, ' ');
-    if (!sp2 || sp2 == target)
-        return -1;
-    *sp2 = '\0';
-    for (char *t = target; *t; t++)
-        if ((unsigned char)*t <= 0x20 || (unsigned char)*t == 0x7f)
-            return -1;
-    h->target = target;
-    const char *ver = sp2 + 1;
-    if (strncmp(ver, "HTTP/1.", 7) != 0 || (ver[7] != '0' && ver[7] != '1') || ver[8] != '\0')
-        return -1;
-    h->minor_version = ver[7] - '0';
-    p = next;
-    while (p < end) {
-        next = next_line(p, end, &le);
-        if (!next)
-            return -1;
-        if (le == p) /* empty line: end of head */
-            return next == end ? 0 : -1;
-        if (*p == ' ' || *p == '\t') /* obsolete line folding */
-            return -1;
-        char *colon = strchr(p, ':');
-        if (!colon || colon == p)
-            return -1;
-        for (char *n = p; n < colon; n++)
-            if (!is_tchar((unsigned char)*n))
-                return -1;
-        *colon = '\0';
-        char *v = colon + 1;
-        while (*v == ' ' || *v == '\t')
-            v++;
-        char *ve = le;
-        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-            ve--;
-        *ve = '\0';
-        for (char *q = v; *q; q++)
-            if (((unsigned char)*q < 0x20 && *q != '\t') || (unsigned char)*q == 0x7f)
-                return -1;
-        if (h->nheaders == HTTPD_MAX_HEADERS)
-            return -1;
-        h->headers[h->nheaders].name = p;
-        h->headers[h->nheaders].value = v;
-        h->nheaders++;
-        p = next;
-    }
-    return -1;
-}
-
-const char *httpd_head_get(const struct httpd_head *h, const char *name)
-{
-    for (size_t i = 0; i < h->nheaders; i++)
-        if (strcasecmp(h->headers[i].name, name) == 0)
-            return h->headers[i].value;
-    return NULL;
-}
-
-enum { CH_SIZE, CH_EXT, CH_SIZE_LF, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER, CH_DONE };
-
-#define CHUNK_LINE_MAX 4096
-
-int httpd_chunked_feed(struct httpd_chunked *c, const char *in, size_t len, size_t *used,
-                       void (*emit)(void *arg, const char *data, size_t n), void *arg)
-{
-    size_t i = 0;
-    int rc = 0;
-    while (i < len && c->state != CH_DONE) {
-        char ch = in[i];
-        switch (c->state) {
-        case CH_SIZE:
-            if (c->line_len == 0 && !isxdigit((unsigned char)ch)) { /* a size needs a digit */
-                rc = -1;
-                goto out;
-            }
-            if (isxdigit((unsigned char)ch)) {
-                if (c->remaining >> 59) { /* would overflow 64 bits */
-                    rc = -1;
-                    goto out;
-                }
-                int d = isdigit((unsigned char)ch) ? ch - '0' : (tolower(ch) - 'a' + 10);
-                c->remaining = c->remaining * 16 + (uint64_t)d;
-                c->line_len++;
-            } else if (ch == ';' || ch == ' ' || ch == '\t') {
-                c->state = CH_EXT;
-            } else if (ch == '\r') {
-                c->state = CH_SIZE_LF;
-            } else if (ch == '\n') {
-                c->state = c->remaining ? CH_DATA : CH_TRAILER;
-                c->line_len = 0;
-            } else {
-                rc = -1;
-                goto out;
-            }
-            i++;
-            break;
-        case CH_EXT:
-            if (++c->line_len > CHUNK_LINE_MAX) {
-                rc = -1;
-                goto out;
-            }
-            if (ch == '\r')
-                c->state = CH_SIZE_LF;
-            else if (ch == '\n') {
-                c->state = c->remaining ? CH_DATA : CH_TRAILER;
-                c->line_len = 0;
-            }
-            i++;
-            break;
-        case CH_SIZE_LF:
-            if (ch != '\n') {
-                rc = -1;
-                goto out;
-            }
-            c->state = c->remaining ? CH_DATA : CH_TRAILER;
-            c->line_len = 0;
-            i++;
-            break;
-        case CH_DATA: {
-            size_t n = len - i;
-            if ((uint64_t)n > c->remaining)
-                n = (size_t)c->remaining;
-            emit(arg, in + i, n);
-            i += n;
-            c->remaining -= n;
-            if (c->remaining == 0)
-                c->state = CH_DATA_CR;
-            break;
-        }
-        case CH_DATA_CR:
-            if (ch == '\r')
-                c->state = CH_DATA_LF;
-            else if (ch == '\n')
-                c->state = CH_SIZE;
-            else {
-                rc = -1;
-                goto out;
-            }
-            i++;
-            break;
-        case CH_DATA_LF:
-            if (ch != '\n') {
-                rc = -1;
-                goto out;
-            }
-            c->state = CH_SIZE;
-            i++;
-            break;
-        case CH_TRAILER:
-            /* trailer lines are skipped; an empty line ends the body */
-            if (ch == '\n') {
-                if (c->line_len == 0)
-                    c->state = CH_DONE;
-                c->line_len = 0;
-            } else if (ch != '\r' || c->line_len > 0) {
-                if (++c->line_len > CHUNK_LINE_MAX) {
-                    rc = -1;
-                    goto out;
-                }
-            }
-            i++;
-            break;
-        default:
-            rc = -1;
-            goto out;
-        }
-    }
-    if (c->state == CH_DONE)
-        rc = 1;
-out:
-    *used = i;
-    return rc;
-}
-
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    ch = tolower(ch);
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    return -1;
-}
-
-int httpd_url_decode(char *s)
-{
-    char *w = s;
-    for (const char *r = s; *r; r++) {
-        if (*r == '%') {
-            int hi = hexval((unsigned char)r[1]), lo = hi < 0 ? -1 : hexval((unsigned char)r[2]);
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-                return -1;
-            *w++ = (char)(hi * 16 + lo);
-            r += 2;
-        } else if (*r == '+') {
-            *w++ = ' ';
-        } else {
-            *w++ = *r;
-        }
-    }
-    *w = '\0';
-    return 0;
-}
-
 /* ---------------------------------------------------------------- server */
 
 enum body_mode { BODY_UNSET, BODY_BUFFER, BODY_STREAM };
@@ -310,15 +68,29 @@ struct conn {
     struct bufferevent *bev;
     struct conn *prev, *next;
     char peer[PEER_LEN];
+    int listener; /* index in srv->listeners */
     struct httpd_req *req;
-    int closing;     /* close once the output is flushed */
-    int in_dispatch; /* >0 while conn_process runs: frees are deferred */
+    struct event *timer; /* pending while no request is dispatched: see timer_kind */
+    int timer_kind;      /* TIMER_* */
+    int trusted;         /* a request on it passed authentication: never evicted */
+    int closing;         /* close once the output is flushed */
+    int in_dispatch;     /* >0 while conn_process runs: frees are deferred */
     int dead;
 };
+
+enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_LINGER };
+
+/* Request lines logged per second at most (level http); the rest are counted. */
+#define REQ_LOG_PER_SEC 50
 
 struct httpd {
     struct event_base *base;
     struct httpd_limits lim;
+    time_t log_window; /* second of the request-log budget */
+    unsigned log_in_window;
+    unsigned long log_suppressed;
+    time_t warn_window; /* second of the last "connection limit" warning */
+    unsigned long refused;
     httpd_handler_fn handler;
     void *arg;
     struct evconnlistener *listeners[4];
@@ -340,10 +112,29 @@ static double ms_since(const struct timespec *t0)
 
 static void req_log(const struct httpd_req *r, const char *outcome)
 {
-    /* one line per request: never bodies, never headers (they may carry the token) */
-    log_info(NULL, "agent request: %s %s %d %" PRIu64 "B %.2fms%s%s peer=%s", r->head.method,
-             r->head.target, r->status, r->bytes_out, ms_since(&r->t0), outcome ? " " : "",
-             outcome ? outcome : "", r->peer);
+    /* one line per request at level http, at most REQ_LOG_PER_SEC a second (a pipelining client
+     * must not turn into gigabytes of log); never bodies, never headers (they may carry the
+     * token) */
+    if (!log_enabled(LOG_HTTP))
+        return;
+    struct httpd *s = r->c->srv;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec != s->log_window) {
+        if (s->log_suppressed)
+            log_emit(LOG_HTTP, NULL, "agent: %lu request line(s) not logged (over %d/s)",
+                     s->log_suppressed, REQ_LOG_PER_SEC);
+        s->log_window = now.tv_sec;
+        s->log_in_window = 0;
+        s->log_suppressed = 0;
+    }
+    if (++s->log_in_window > REQ_LOG_PER_SEC) {
+        s->log_suppressed++;
+        return;
+    }
+    log_emit(LOG_HTTP, NULL, "agent request: %s %s %d %" PRIu64 "B %.2fms%s%s peer=%s",
+             r->head.method, r->head.target, r->status, r->bytes_out, ms_since(&r->t0),
+             outcome ? " " : "", outcome ? outcome : "", r->peer);
 }
 
 static void req_free(struct httpd_req *r)
@@ -399,19 +190,62 @@ static void conn_free(struct httpd *s, struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    if (c->timer)
+        event_free(c->timer);
     bufferevent_free(c->bev);
     free(c);
 }
 
+static void conn_timer_set(struct conn *c, int kind)
+{
+    uint64_t ms = kind == TIMER_IDLE ? c->srv->lim.idle_timeout_ms : c->srv->lim.header_timeout_ms;
+    c->timer_kind = kind;
+    if (kind == TIMER_NONE) {
+        event_del(c->timer);
+        return;
+    }
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+static void conn_close_when_flushed(struct conn *c);
+
+/* Header timeout (a head must arrive whole within it), idle timeout (between requests) and
+ * linger (a closing connection whose client does not read its last reply). */
+static void conn_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    if (c->req || c->dead)
+        return;
+    if (c->timer_kind == TIMER_HEADER && !c->closing &&
+        evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 &&
+        evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        static const char msg[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                                  "Connection: close\r\n\r\n";
+        bufferevent_write(c->bev, msg, sizeof(msg) - 1);
+        conn_close_when_flushed(c);
+        return;
+    }
+    conn_kill(c, NULL);
+}
+
+/* Reading pauses while the input holds a head and a body window, or, between requests, while
+ * replies already queued exceed pipeline_out_max (a client that sends and never reads). */
 static void conn_update_read(struct conn *c)
 {
     if (c->dead || c->closing)
         return;
     size_t in = evbuffer_get_length(bufferevent_get_input(c->bev));
-    if (in >= c->srv->lim.max_head_bytes + c->srv->lim.body_high)
+    size_t out = evbuffer_get_length(bufferevent_get_output(c->bev));
+    if (in >= c->srv->lim.max_head_bytes + c->srv->lim.body_high ||
+        (!c->req && out > c->srv->lim.pipeline_out_max))
         bufferevent_disable(c->bev, EV_READ);
     else
         bufferevent_enable(c->bev, EV_READ);
+    if (!c->req && in > 0 && c->timer_kind != TIMER_HEADER)
+        conn_timer_set(c, TIMER_HEADER); /* the head's clock starts with its first byte */
 }
 
 static void conn_close_when_flushed(struct conn *c)
@@ -420,6 +254,8 @@ static void conn_close_when_flushed(struct conn *c)
     bufferevent_disable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         conn_kill(c, NULL);
+    else
+        conn_timer_set(c, TIMER_LINGER);
 }
 
 static const char *reason(int status)
@@ -488,9 +324,12 @@ static void req_maybe_finish(struct conn *c, struct httpd_req *r)
     c->req = NULL;
     int keep = r->keepalive;
     req_free(r);
-    if (!keep)
+    if (!keep) {
         conn_close_when_flushed(c);
-    else if (!c->in_dispatch)
+        return;
+    }
+    conn_timer_set(c, TIMER_IDLE);
+    if (!c->in_dispatch)
         conn_process(c);
 }
 
@@ -594,6 +433,7 @@ static int conn_read_head(struct conn *c)
         }
         return 0;
     }
+    conn_timer_set(c, TIMER_NONE); /* the handler owns the pace from here */
     struct httpd_req *r = xcalloc(1, sizeof(*r));
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
     r->c = c;
@@ -620,22 +460,11 @@ static int conn_read_head(struct conn *c)
     if (conn_hdr && strcasestr(conn_hdr, "keep-alive"))
         r->keepalive = 1;
     r->head_only = strcmp(r->head.method, "HEAD") == 0;
-    const char *te = httpd_head_get(&r->head, "Transfer-Encoding");
-    const char *cl = httpd_head_get(&r->head, "Content-Length");
-    int bad = 0;
-    if (te) {
-        if (strcasecmp(te, "chunked") != 0 || cl)
-            bad = 1; /* only plain chunked; both headers is request smuggling */
-        r->clen = -1;
-    } else if (cl) {
-        char *e;
-        errno = 0;
-        unsigned long long v = strtoull(cl, &e, 10);
-        if (!isdigit((unsigned char)*cl) || *e || errno || v > INT64_MAX)
-            bad = 1;
-        r->clen = (int64_t)v;
-        r->body_left = v;
-    }
+    int bad = httpd_head_framing(&r->head, &r->clen) == HTTPD_FRAME_BAD;
+    if (r->clen > 0)
+        r->body_left = (uint64_t)r->clen;
+    if (bad)
+        r->clen = 0;
     if (r->clen == 0)
         r->body_done = 1;
     const char *exp = httpd_head_get(&r->head, "Expect");
@@ -656,6 +485,8 @@ static void conn_process(struct conn *c)
     c->in_dispatch++;
     while (!c->dead && !c->closing) {
         if (!c->req) {
+            if (evbuffer_get_length(bufferevent_get_output(c->bev)) > c->srv->lim.pipeline_out_max)
+                break; /* the client reads its replies first; conn_write_cb resumes */
             if (conn_read_head(c) <= 0)
                 break;
             continue;
@@ -727,6 +558,10 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         return;
     }
     struct httpd_req *r = c->req;
+    if (!r && !c->closing && !c->in_dispatch && left <= c->srv->lim.pipeline_out_max) {
+        conn_process(c); /* replies drained: read the next pipelined requests */
+        return;
+    }
     if (r && r->reply == REPLY_STARTED && r->on_drain && left <= c->srv->lim.out_high / 2) {
         c->in_dispatch++;
         r->on_drain(r, r->cb_arg);
@@ -749,41 +584,51 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         conn_kill(c, (what & BEV_EVENT_EOF) ? "client-closed" : "connection-error");
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-                      void *arg)
+/* Takes fd as a connection of listener lidx; peer names it in logs. 0, or -1 (fd closed). */
+static int conn_add(struct httpd *s, evutil_socket_t fd, int lidx, const char *peer)
 {
-    (void)l;
-    (void)salen;
-    struct httpd *s = arg;
     if (s->nconns >= s->lim.max_conns) {
-        log_warn(NULL, "agent: connection limit (%zu) reached, dropping a connection",
-                 s->lim.max_conns);
-        evutil_closesocket(fd);
-        return;
+        /* full: make room by closing the oldest connection that never authenticated and is
+         * between requests (a half-sent head counts), else the oldest such one still receiving
+         * a request body it has not been answered on (an unauthenticated hook body trickled
+         * byte by byte); so stalled strangers cannot lock out the worker. The newest
+         * connections are at the head of the list. */
+        struct conn *victim = NULL, *receiving = NULL;
+        for (struct conn *v = s->conns; v; v = v->next) {
+            if (v->trusted || v->dead)
+                continue;
+            if (!v->req)
+                victim = v;
+            else if (v->req->reply == REPLY_NONE && !v->req->body_done)
+                receiving = v;
+        }
+        if (!victim)
+            victim = receiving;
+        if (victim) {
+            conn_kill(victim, NULL);
+        } else {
+            s->refused++;
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec != s->warn_window) {
+                s->warn_window = now.tv_sec;
+                log_warn(NULL, "agent: connection limit (%zu) reached, %lu connection(s) refused",
+                         s->lim.max_conns, s->refused);
+            }
+            evutil_closesocket(fd);
+            return -1;
+        }
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = xcalloc(1, sizeof(*c));
     c->srv = s;
+    c->listener = lidx;
     c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!c->bev) {
         evutil_closesocket(fd);
         free(c);
-        return;
+        return -1;
     }
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in4 = (const struct sockaddr_in *)(const void *)sa;
-        char a[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &in4->sin_addr, a, sizeof(a));
-        snprintf(c->peer, sizeof(c->peer), "%s:%d", a, ntohs(in4->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
-        char a[INET6_ADDRSTRLEN];
-        inet_ntop(AF_INET6, &in6->sin6_addr, a, sizeof(a));
-        snprintf(c->peer, sizeof(c->peer), "[%s]:%d", a, ntohs(in6->sin6_port));
-    } else {
-        snprintf(c->peer, sizeof(c->peer), "local");
-    }
+    snprintf(c->peer, sizeof(c->peer), "%s", peer);
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
@@ -794,6 +639,43 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     bufferevent_setwatermark(c->bev, EV_WRITE, s->lim.out_high / 2, 0);
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->timer = evtimer_new(s->base, conn_timeout_cb, c);
+    conn_timer_set(c, TIMER_HEADER); /* the first head is due within the header timeout */
+    return 0;
+}
+
+/* cppcheck-suppress constParameter ; the listener callback type fixes the signature */
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    (void)salen;
+    struct httpd *s = arg;
+    int lidx = 0;
+    while ((size_t)lidx < s->nlisteners && s->listeners[lidx] != l)
+        lidx++;
+    char peer[PEER_LEN];
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)(const void *)sa;
+        char a[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &in4->sin_addr, a, sizeof(a));
+        snprintf(peer, sizeof(peer), "%s:%d", a, ntohs(in4->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        char a[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &in6->sin6_addr, a, sizeof(a));
+        snprintf(peer, sizeof(peer), "[%s]:%d", a, ntohs(in6->sin6_port));
+    } else {
+        snprintf(peer, sizeof(peer), "local");
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    conn_add(s, fd, lidx, peer);
+}
+
+int httpd_adopt(struct httpd *s, evutil_socket_t fd, const char *peer)
+{
+    evutil_make_socket_nonblocking(fd);
+    return conn_add(s, fd, (int)s->nlisteners, peer ? peer : "local");
 }
 
 struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
@@ -810,6 +692,12 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
         s->lim.out_high = 1024 * 1024;
     if (!s->lim.body_high)
         s->lim.body_high = 1024 * 1024;
+    if (!s->lim.pipeline_out_max)
+        s->lim.pipeline_out_max = 64 * 1024;
+    if (!s->lim.header_timeout_ms)
+        s->lim.header_timeout_ms = 15000;
+    if (!s->lim.idle_timeout_ms)
+        s->lim.idle_timeout_ms = 60000;
     s->handler = handler;
     s->arg = arg;
     return s;
@@ -935,9 +823,19 @@ int64_t httpd_req_content_length(const struct httpd_req *r)
     return r->clen;
 }
 
+void httpd_req_set_trusted(struct httpd_req *r)
+{
+    r->c->trusted = 1;
+}
+
 const char *httpd_req_peer(const struct httpd_req *r)
 {
     return r->peer;
+}
+
+int httpd_req_listener(const struct httpd_req *r)
+{
+    return r->c->listener;
 }
 
 struct event_base *httpd_req_base(const struct httpd_req *r)

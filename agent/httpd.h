@@ -18,55 +18,27 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-/* ---- pure parser (no I/O; fuzzed) ---- */
-
-#define HTTPD_MAX_HEADERS 64
-
-struct httpd_head {
-    const char *method;
-    const char *target; /* raw request target, e.g. "/files?path=%2Fa" */
-    int minor_version;  /* HTTP/1.<minor> */
-    size_t nheaders;
-    struct {
-        const char *name;
-        const char *value;
-    } headers[HTTPD_MAX_HEADERS];
-};
-
-/* Parses a request head in place. `buf` holds exactly the head including the final
- * "\r\n\r\n" (bare "\n" line ends are accepted too), NUL-terminated at buf[len]; pointers in
- * *h point into buf. Returns 0, or -1 on a malformed head. */
-int httpd_parse_head(char *buf, size_t len, struct httpd_head *h);
-
-/* Case-insensitive header lookup; NULL if absent. */
-const char *httpd_head_get(const struct httpd_head *h, const char *name);
-
-/* Chunked transfer-encoding decoder state; zero-initialise. */
-struct httpd_chunked {
-    int state;
-    uint64_t remaining;
-    size_t line_len;
-};
-
-/* Decodes up to `len` bytes of chunked input; decoded bytes are passed to emit().
- * *used receives the input consumed. Returns 1 when the terminating chunk and trailers were
- * consumed (stop feeding), 0 when more input is needed, -1 on malformed input. */
-int httpd_chunked_feed(struct httpd_chunked *c, const char *in, size_t len, size_t *used,
-                       void (*emit)(void *arg, const char *data, size_t n), void *arg);
-
-/* Decodes %XX and '+' (as space) in place; returns -1 on a bad escape or an encoded NUL. */
-int httpd_url_decode(char *s);
+#include "agent/http_parse.h"
 
 /* ---- server ---- */
 
 struct httpd;
 struct httpd_req;
 
+/* Zero fields take the defaults in brackets. */
 struct httpd_limits {
-    size_t max_head_bytes; /* request line + headers; 431 above */
-    size_t max_conns;      /* accepted connections beyond this are closed at once */
-    size_t out_high;       /* httpd_reply_pending() above this means "stop producing" */
-    size_t body_high;      /* streamed body: socket reads pause above this many bytes */
+    size_t max_head_bytes;   /* request line + headers; 431 above [16 KiB] */
+    size_t max_conns;        /* at the cap, a new connection closes the oldest untrusted one
+                                (see httpd_req_set_trusted) that is idle, else the oldest
+                                untrusted one still receiving an unanswered body, else is
+                                closed itself [512] */
+    size_t out_high;         /* httpd_reply_pending() above this means "stop producing" [1 MiB] */
+    size_t body_high;        /* streamed body: socket reads pause above this many bytes [1 MiB] */
+    size_t pipeline_out_max; /* no new request is read while more unsent reply bytes than this
+                                are queued [64 KiB] */
+    uint64_t header_timeout_ms; /* a request head must be complete this long after the connection
+                                   opens or its first byte arrives; 408 and close [15 s] */
+    uint64_t idle_timeout_ms;   /* a keep-alive connection with no request closes [60 s] */
 };
 
 typedef void (*httpd_handler_fn)(struct httpd_req *req, void *arg);
@@ -78,6 +50,10 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
 /* Listens on addr:port (port 0 picks one; see httpd_bound_port). 0 / -1 with err. */
 int httpd_listen(struct httpd *s, const char *addr, int port, int *bound_port, char *err,
                  size_t errlen);
+/* Serves an already connected stream socket (e.g. one end of a socketpair) as if accepted;
+ * the server owns fd from here, also on failure. Its listener index is the number of
+ * listeners at the time. 0, or -1 (connection cap reached with nothing to evict). */
+int httpd_adopt(struct httpd *s, evutil_socket_t fd, const char *peer);
 /* Closes listeners and every connection (on_close runs for live requests). */
 void httpd_free(struct httpd *s);
 size_t httpd_conn_count(const struct httpd *s);
@@ -93,6 +69,11 @@ size_t httpd_req_query_all(struct httpd_req *r, const char *name, const char **o
 /* Declared body length, -1 when chunked, 0 when none. */
 int64_t httpd_req_content_length(const struct httpd_req *r);
 const char *httpd_req_peer(const struct httpd_req *r);
+/* The connection carried an authenticated request: it is never evicted to make room. */
+void httpd_req_set_trusted(struct httpd_req *r);
+/* Which listener accepted the request's connection: its index in the order of the
+ * httpd_listen() calls, from 0. */
+int httpd_req_listener(const struct httpd_req *r);
 struct event_base *httpd_req_base(const struct httpd_req *r);
 
 /* on_drain: the output fell below out_high/2 (resume producing). on_close: the client went

@@ -2,7 +2,9 @@
 # Builds a minimal sandbox image for local use and imports it into Docker (no registry needed):
 # the sandbox-agent binary, the shared libraries it needs (found with ldd), /bin/sh and
 # coreutils from busybox-static when installed (else the host's dash and its libraries),
-# the agent as the entrypoint on :8080.
+# the agent as the entrypoint on :8080. The agent binds loopback unless told otherwise, which a
+# container cannot be reached on: the image says LD_AGENT_BIND=0.0.0.0; whoever starts the
+# container passes SANDBOX_AGENT_TOKEN (without one the agent warns that it is open).
 #   agent/image.sh [BUILD_DIR] [IMAGE_NAME]     (defaults: build, lightdash-sandbox:local)
 set -eu
 BUILD=${1:-${BUILD:-build}}
@@ -53,7 +55,7 @@ printf 'root:x:0:\nuser:x:1000:\n' >"$root/etc/group"
 
 tar -C "$root" -c . | docker import \
     -c 'ENTRYPOINT ["/usr/local/bin/sandbox-agent"]' \
-    -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin LD_AGENT_PORT=8080 HOME=/home/user' \
+    -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin LD_AGENT_PORT=8080 LD_AGENT_BIND=0.0.0.0 HOME=/home/user' \
     -c 'WORKDIR /home/user' \
     -c 'EXPOSE 8080 9000' \
     - "$IMAGE"

@@ -1,5 +1,6 @@
 /* sandbox-agent: the exec agent inside every sandbox image (see DESIGN §7).
- * Environment: LD_AGENT_PORT (8080), LD_AGENT_HOOK_PORT (9000), LD_AGENT_BIND (0.0.0.0),
+ * Environment: LD_AGENT_PORT (8080), LD_AGENT_HOOK_PORT (9000), LD_AGENT_BIND (0.0.0.0 with a
+ * token, 127.0.0.1 without),
  * SANDBOX_AGENT_TOKEN (optional bearer token), SANDBOX_AGENT_* limits (agent.h),
  * LIGHTDASH_LOG_LEVEL, LIGHTDASH_LOG_FORMAT. */
 #include <malloc.h>
@@ -87,7 +88,9 @@ int main(int argc, char **argv)
         log_error(NULL, "agent: cannot set up the event loop");
         goto out;
     }
-    struct httpd_limits lim = {.max_conns = a.cfg.max_conns};
+    struct httpd_limits lim = {.max_conns = a.cfg.max_conns,
+                               .header_timeout_ms = a.cfg.header_timeout_ms,
+                               .idle_timeout_ms = a.cfg.idle_timeout_ms};
     a.http = httpd_new(a.base, &lim, agent_handle, &a);
     a.runs = runs_new(&a);
     int bound = 0;
@@ -96,17 +99,29 @@ int main(int argc, char **argv)
         goto out;
     }
     int hook_bound = 0;
-    if (a.cfg.hook_port && a.cfg.hook_port != a.cfg.port &&
-        httpd_listen(a.http, a.cfg.bind, a.cfg.hook_port, &hook_bound, err, sizeof(err)) != 0) {
-        log_error(NULL, "agent: LD_AGENT_HOOK_PORT: %s", err);
-        goto out;
+    a.hook_listener = -1;
+    if (a.cfg.hook_port) {
+        if (httpd_listen(a.http, a.cfg.bind, a.cfg.hook_port, &hook_bound, err, sizeof(err)) != 0) {
+            log_error(NULL, "agent: LD_AGENT_HOOK_PORT: %s", err);
+            goto out;
+        }
+        a.hook_listener = 1; /* the second listener */
     }
     sigterm = evsignal_new(a.base, SIGTERM, on_signal, &a);
     sigint = evsignal_new(a.base, SIGINT, on_signal, &a);
     evsignal_add(sigterm, NULL);
     evsignal_add(sigint, NULL);
-    log_info(NULL, "agent: sandbox-agent %s listening on %s:%d (hooks :%d), auth %s", AGENT_VERSION,
-             a.cfg.bind, bound, hook_bound ? hook_bound : bound, a.cfg.token ? "on" : "off");
+    char hooks[32] = "off";
+    if (hook_bound)
+        snprintf(hooks, sizeof(hooks), ":%d", hook_bound);
+    log_info(NULL, "agent: sandbox-agent %s listening on %s:%d (hooks %s), auth %s", AGENT_VERSION,
+             a.cfg.bind, bound, hooks, a.cfg.token ? "on" : "off");
+    if (!a.cfg.token)
+        log_warn(NULL,
+                 "agent: no SANDBOX_AGENT_TOKEN: every route is open to whoever reaches %s:%d "
+                 "(%s)",
+                 a.cfg.bind, bound,
+                 a.cfg.bind_explicit ? "LD_AGENT_BIND set" : "bound to loopback only");
     event_base_dispatch(a.base);
     rc = 0;
 out:

@@ -2,6 +2,7 @@
  * lifecycle hooks, POST /exec, GET|POST|DELETE /files. */
 #include "agent/agent.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -92,9 +93,50 @@ static char *env_entry(const char *key, const cJSON *v)
     return buf_detach(&b);
 }
 
-/* Adds a JSON object of name -> string (numbers and booleans are stringified, null skipped). */
-static int env_merge_json(char ***envp, size_t *n, size_t *cap, const cJSON *envs, char *err,
-                          size_t errlen)
+/* Why a lifecycle hook may not set `name`, or NULL when it may. A hook is not authenticated
+ * (AWS delivers it without our token), so it may set only plain variables: a shell identifier
+ * that steers no loader, shell, interpreter or search path. */
+static const char *hook_env_refusal(const char *name)
+{
+    /* space-separated, with a space at both ends */
+    static const char exact[] =
+        " ENV IFS CDPATH SHELLOPTS BASHOPTS GLOBIGNORE PS4 PROMPT_COMMAND HOME SHELL TMPDIR PWD"
+        " OLDPWD HISTFILE INPUTRC HOSTALIASES RES_OPTIONS LOCALDOMAIN NODE_OPTIONS PERL5OPT"
+        " PERL5DB RUBYOPT JAVA_TOOL_OPTIONS _JAVA_OPTIONS JDK_JAVA_OPTIONS GIT_SSH"
+        " GIT_SSH_COMMAND GIT_ASKPASS SSH_ASKPASS EDITOR VISUAL PAGER SSL_CERT_FILE SSL_CERT_DIR"
+        " CURL_CA_BUNDLE REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS TZDIR ";
+    static const char prefixes[] = " LD_ BASH_ DYLD_ PYTHON MALLOC_ GLIBC_ GCONV_ PERL RUBY GIT_"
+                                   " NPM_CONFIG_ SANDBOX_AGENT_ LIGHTDASH_ LOCPATH NLSPATH ";
+    if (!(isalpha((unsigned char)name[0]) || name[0] == '_'))
+        return "not a shell variable name";
+    for (const char *p = name; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '_'))
+            return "not a shell variable name";
+    char up[256];
+    size_t n = strlen(name);
+    if (n + 2 >= sizeof(up))
+        return "name too long";
+    up[0] = ' ';
+    for (size_t i = 0; i < n; i++)
+        up[i + 1] = (char)toupper((unsigned char)name[i]);
+    up[n + 1] = ' ';
+    up[n + 2] = '\0';
+    if (strstr(up, "PATH"))
+        return "a search path";
+    if (strstr(exact, up))
+        return "shell-, loader- or interpreter-sensitive";
+    for (const char *p = prefixes + 1; *p; p = strchr(p, ' ') + 1) {
+        size_t k = (size_t)(strchr(p, ' ') - p);
+        if (strncmp(up + 1, p, k) == 0)
+            return "shell-, loader- or interpreter-sensitive";
+    }
+    return NULL;
+}
+
+/* Adds a JSON object of name -> string (numbers and booleans are stringified, null skipped).
+ * from_hook: names refused by hook_env_refusal() fail the whole merge. */
+static int env_merge_json(char ***envp, size_t *n, size_t *cap, const cJSON *envs, int from_hook,
+                          char *err, size_t errlen)
 {
     if (!envs || cJSON_IsNull(envs))
         return 0;
@@ -109,6 +151,14 @@ static int env_merge_json(char ***envp, size_t *n, size_t *cap, const cJSON *env
             continue;
         if (!v->string[0] || strchr(v->string, '=')) {
             snprintf(err, errlen, "bad environment variable name");
+            return -1;
+        }
+        const char *why = from_hook ? hook_env_refusal(v->string) : NULL;
+        if (why) {
+            snprintf(err, errlen,
+                     "\"envs.%.64s\" may not be set by a hook (%s); a hook may set only plain "
+                     "variables, never loader-, shell- or path-sensitive ones",
+                     v->string, why);
             return -1;
         }
         char *kv = env_entry(v->string, v);
@@ -146,7 +196,7 @@ char **agent_env_build(const struct agent *a, const cJSON *envs, char *err, size
     for (size_t i = 0; i < n; i++)
         envp[i] = xstrdup(a->base_env[i]);
     envp[n] = NULL;
-    if (env_merge_json(&envp, &n, &cap, envs, err, errlen) != 0) {
+    if (env_merge_json(&envp, &n, &cap, envs, 0, err, errlen) != 0) {
         agent_env_free(envp);
         return NULL;
     }
@@ -224,6 +274,8 @@ static void route_ready(struct agent *a, struct httpd_req *req)
     httpd_reply(req, 200, "application/json", body, sizeof(body) - 1);
 }
 
+/* The run hook's body: {"envs":{...}} sets variables every later command starts with. Other
+ * payloads (AWS's runHookPayload format is not specified) are accepted and ignored. */
 static void hook_run_body(struct httpd_req *req, void *arg)
 {
     struct agent *a = arg;
@@ -234,16 +286,18 @@ static void hook_run_body(struct httpd_req *req, void *arg)
     if (cJSON_IsObject(envs)) {
         char **envp = NULL;
         size_t n = 0, cap = 0;
-        char err[128];
-        if (env_merge_json(&envp, &n, &cap, envs, err, sizeof(err)) == 0) {
-            agent_env_free(a->hook_env);
-            a->hook_env = envp;
-            agent_env_refresh(a);
-            log_info(NULL, "agent: run hook set %zu environment variable(s)", n);
-        } else {
+        char err[256];
+        if (env_merge_json(&envp, &n, &cap, envs, 1, err, sizeof(err)) != 0) {
             agent_env_free(envp);
-            log_warn(NULL, "agent: run hook payload ignored: %s", err);
+            log_warn(NULL, "agent: run hook refused: %s", err);
+            agent_reply_error(req, 400, "run hook: %s", err);
+            cJSON_Delete(j);
+            return;
         }
+        agent_env_free(a->hook_env);
+        a->hook_env = envp;
+        agent_env_refresh(a);
+        log_info(NULL, "agent: run hook set %zu environment variable(s)", n);
     } else if (len) {
         log_warn(NULL, "agent: run hook payload without an \"envs\" object ignored");
     }
@@ -479,31 +533,54 @@ static void files_get_pump(struct httpd_req *req, void *arg)
     }
 }
 
-static void files_get(struct agent *a, struct httpd_req *req, const char *path)
+/* Opens path without ever blocking (O_NONBLOCK: a FIFO with no peer would block open() or
+ * read() and with it the whole loop) and keeps it only if it is a regular file. Returns the fd
+ * (blocking again) with *st filled, or -1 with the reply sent. */
+static int open_regular(struct httpd_req *req, const char *path, int flags, struct stat *st)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    int fd = open(path, flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0666);
     if (fd < 0) {
         int e = errno;
-        httpd_reply_text(req, e == ENOENT || e == ENOTDIR ? 404 : 500, strerror(e));
-        return;
+        if (e == ENXIO) /* a FIFO or socket without a peer */
+            agent_reply_error(req, 400, "%s is not a regular file", path);
+        else
+            httpd_reply_text(req,
+                             e == ENOENT || e == ENOTDIR ? 404
+                             : e == EISDIR               ? 400
+                                                         : 500,
+                             strerror(e));
+        return -1;
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-        int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    if (fstat(fd, st) != 0) {
+        int e = errno;
         close(fd);
         httpd_reply_text(req, 500, strerror(e));
-        return;
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        agent_reply_error(req, 400, "%s is not a regular file", path);
+        return -1;
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
+static void files_get(struct agent *a, struct httpd_req *req, const char *path)
+{
+    struct stat st;
+    int fd = open_regular(req, path, O_RDONLY, &st);
+    if (fd < 0)
+        return;
     struct file_job *f = xcalloc(1, sizeof(*f));
     f->a = a;
     f->req = req;
     f->fd = fd;
     f->path = xstrdup(path);
-    f->regular = S_ISREG(st.st_mode);
-    f->left = f->regular ? (uint64_t)st.st_size : 0;
+    f->regular = 1;
+    f->left = (uint64_t)st.st_size;
     httpd_req_set_callbacks(req, files_get_pump, files_on_close, f);
-    httpd_reply_start(req, 200, "application/octet-stream", f->regular ? (int64_t)st.st_size : -1);
+    httpd_reply_start(req, 200, "application/octet-stream", (int64_t)st.st_size);
     files_get_pump(req, f);
 }
 
@@ -576,9 +653,13 @@ static void files_post(struct agent *a, struct httpd_req *req, const char *path)
         httpd_reply_text(req, 500, strerror(errno));
         return;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0666);
-    if (fd < 0) {
+    struct stat st;
+    int fd = open_regular(req, path, O_WRONLY | O_CREAT, &st);
+    if (fd < 0)
+        return;
+    if (ftruncate(fd, 0) != 0) { /* truncated only once known to be a regular file */
         httpd_reply_text(req, 500, strerror(errno));
+        close(fd);
         return;
     }
     struct file_job *f = xcalloc(1, sizeof(*f));
@@ -629,8 +710,12 @@ void agent_handle(struct httpd_req *req, void *arg)
         route_ready(a, req);
         return;
     }
-    if (strncmp(path, HOOK_PREFIX, sizeof(HOOK_PREFIX) - 1) == 0) {
-        route_hook(a, req, path + sizeof(HOOK_PREFIX) - 1);
+    if (a->hook_listener >= 0 && httpd_req_listener(req) == a->hook_listener) {
+        /* the hook port: lifecycle hooks (unauthenticated, as AWS sends them) and nothing else */
+        if (strncmp(path, HOOK_PREFIX, sizeof(HOOK_PREFIX) - 1) == 0)
+            route_hook(a, req, path + sizeof(HOOK_PREFIX) - 1);
+        else
+            httpd_reply_text(req, 404, "not found");
         return;
     }
     if (!auth_ok(a, req)) {
@@ -638,6 +723,8 @@ void agent_handle(struct httpd_req *req, void *arg)
         agent_reply_error(req, 401, "missing or wrong bearer token");
         return;
     }
+    if (a->cfg.token)
+        httpd_req_set_trusted(req);
     if (a->shutting_down) {
         agent_reply_error(req, 503, "agent is shutting down");
         return;
@@ -682,14 +769,29 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof(*cfg));
     uint64_t v;
-    const char *s = getenv("LD_AGENT_BIND");
-    cfg->bind = xstrdup(s && *s ? s : "0.0.0.0");
+    const char *s = getenv("SANDBOX_AGENT_TOKEN");
+    if (s && *s) {
+        cfg->token = xstrdup(s);
+        mask_add(log_mask(), s);
+    }
+    unsetenv("SANDBOX_AGENT_TOKEN");
+    /* without a token nothing but the bind address protects the agent: loopback unless told */
+    s = getenv("LD_AGENT_BIND");
+    cfg->bind_explicit = s && *s;
+    cfg->bind = xstrdup(cfg->bind_explicit ? s : cfg->token ? "0.0.0.0" : "127.0.0.1");
     if (env_u64("LD_AGENT_PORT", 8080, 0, 65535, &v, err, errlen))
         return -1;
     cfg->port = (int)v;
     if (env_u64("LD_AGENT_HOOK_PORT", 9000, 0, 65535, &v, err, errlen))
         return -1;
     cfg->hook_port = (int)v;
+    if (cfg->hook_port && cfg->hook_port == cfg->port) {
+        snprintf(err, errlen,
+                 "LD_AGENT_HOOK_PORT: must differ from LD_AGENT_PORT (%d): lifecycle hooks are "
+                 "served on their own port only; 0 turns them off",
+                 cfg->port);
+        return -1;
+    }
     if (env_u64("SANDBOX_AGENT_MAX_JSON_BYTES", 1 << 20, 1024, 1ULL << 30, &v, err, errlen))
         return -1;
     cfg->max_json_bytes = (size_t)v;
@@ -702,6 +804,12 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
     if (env_u64("SANDBOX_AGENT_MAX_CONNS", 512, 4, 100000, &v, err, errlen))
         return -1;
     cfg->max_conns = (size_t)v;
+    if (env_u64("SANDBOX_AGENT_HEADER_TIMEOUT_MS", 15000, 100, 3600 * 1000, &cfg->header_timeout_ms,
+                err, errlen))
+        return -1;
+    if (env_u64("SANDBOX_AGENT_IDLE_TIMEOUT_MS", 60000, 100, 24 * 3600 * 1000,
+                &cfg->idle_timeout_ms, err, errlen))
+        return -1;
     if (env_u64("SANDBOX_AGENT_SPOOL_MAX_BYTES", 64ULL << 20, 4096, UINT64_MAX / 2,
                 &cfg->spool_max_bytes, err, errlen))
         return -1;
@@ -711,8 +819,11 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
     if (env_u64("SANDBOX_AGENT_MAX_RUNS_KEPT", 256, 1, 1000000, &v, err, errlen))
         return -1;
     cfg->max_runs_kept = (size_t)v;
-    if (env_u64("SANDBOX_AGENT_EXTRACT_MAX_BYTES", 16ULL << 30, 0, UINT64_MAX / 2,
+    if (env_u64("SANDBOX_AGENT_EXTRACT_MAX_BYTES", 4ULL << 30, 0, UINT64_MAX / 2,
                 &cfg->extract_max_bytes, err, errlen))
+        return -1;
+    if (env_u64("SANDBOX_AGENT_EXTRACT_MAX_RATIO", 100, 0, 1000000, &cfg->extract_max_ratio, err,
+                errlen))
         return -1;
     if (env_u64("SANDBOX_AGENT_EXTRACT_MAX_ENTRIES", 1000000, 1, UINT64_MAX / 2,
                 &cfg->extract_max_entries, err, errlen))
@@ -727,12 +838,6 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
         buf_printf(&b, "%s/sandbox-agent-%d", tmp && *tmp ? tmp : "/tmp", (int)getpid());
         cfg->spool_dir = buf_detach(&b);
     }
-    s = getenv("SANDBOX_AGENT_TOKEN");
-    if (s && *s) {
-        cfg->token = xstrdup(s);
-        mask_add(log_mask(), s);
-    }
-    unsetenv("SANDBOX_AGENT_TOKEN");
     return 0;
 }
 

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <dlfcn.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -45,6 +47,7 @@
     X(archive_entry_size_is_set)                                                                   \
     X(archive_entry_symlink)                                                                       \
     X(archive_error_string)                                                                        \
+    X(archive_filter_bytes)                                                                        \
     X(archive_read_data_block)                                                                     \
     X(archive_read_free)                                                                           \
     X(archive_read_new)                                                                            \
@@ -120,6 +123,7 @@ static int la_load(char *err, size_t errlen)
 #define archive_entry_size_is_set               (la.p_archive_entry_size_is_set)
 #define archive_entry_symlink                   (la.p_archive_entry_symlink)
 #define archive_error_string                    (la.p_archive_error_string)
+#define archive_filter_bytes                    (la.p_archive_filter_bytes)
 #define archive_read_data_block                 (la.p_archive_read_data_block)
 #define archive_read_free                       (la.p_archive_read_free)
 #define archive_read_new                        (la.p_archive_read_new)
@@ -415,11 +419,207 @@ static int link_escapes(const char *entry, const char *target)
     return 0;
 }
 
+/* Resolution on disk. A symlink's meaning depends on what the tree holds when it is followed
+ * ("a -> ." turns "a/a/a/../.." into "../.."), so text checks alone cannot tell where it points.
+ * Paths below are relative to the extraction root, opened as rootfd. */
+
+#define MAX_LINK_HOPS 40 /* the kernel's own limit */
+
+/* Walks `path` component by component as the kernel would, following the symlinks it finds on
+ * disk (the last component only with follow_last). Returns 1 when the walk leaves the tree (a
+ * ".." above the root, or an absolute link), 0 otherwise. From a missing component on, the
+ * rest is taken as text: a later mkdir must not turn "missing/../.." into an escape. */
+static int walk_escapes(int rootfd, const char *path, int follow_last)
+{
+    struct buf cur, pending;
+    buf_init(&cur);
+    buf_init(&pending);
+    buf_puts(&pending, path);
+    int depth = 0, hops = 0, missing = 0, escapes = 0;
+    while (pending.len) {
+        char *p = pending.data;
+        char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        char name[NAME_MAX + 1];
+        int last = !slash;
+        if (n > NAME_MAX)
+            break; /* ENAMETOOLONG: nothing can be reached */
+        memcpy(name, p, n);
+        name[n] = '\0';
+        size_t consumed = slash ? n + 1 : n;
+        memmove(pending.data, pending.data + consumed, pending.len - consumed + 1);
+        pending.len -= consumed;
+        if (!n || strcmp(name, ".") == 0)
+            continue;
+        if (strcmp(name, "..") == 0) {
+            if (depth == 0) {
+                escapes = 1;
+                break;
+            }
+            char *up = strrchr(cur.data, '/');
+            cur.len = up ? (size_t)(up - cur.data) : 0;
+            cur.data[cur.len] = '\0';
+            depth--;
+            continue;
+        }
+        size_t mark = cur.len;
+        buf_printf(&cur, "%s%s", mark ? "/" : "", name);
+        struct stat st;
+        if (!missing && fstatat(rootfd, cur.data, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            missing = 1;
+        if (!missing && S_ISLNK(st.st_mode) && (!last || follow_last)) {
+            char target[PATH_MAX];
+            ssize_t k = readlinkat(rootfd, cur.data, target, sizeof(target) - 1);
+            cur.len = mark;
+            cur.data[mark] = '\0';
+            if (k <= 0 || ++hops > MAX_LINK_HOPS)
+                break; /* unreadable or a loop: the kernel would stop here too */
+            target[k] = '\0';
+            if (target[0] == '/') {
+                escapes = 1;
+                break;
+            }
+            struct buf next;
+            buf_init(&next);
+            buf_printf(&next, "%s%s%s", target, pending.len ? "/" : "",
+                       pending.len ? pending.data : "");
+            buf_release(&pending);
+            pending = next;
+            continue;
+        }
+        depth++;
+    }
+    buf_release(&cur);
+    buf_release(&pending);
+    return escapes;
+}
+
+/* 1 when resolving `path` under rootfd leaves the tree, 0 when it stays inside or ends at a
+ * missing component (then the rest is checked as text). openat2(RESOLVE_BENEATH) where the
+ * kernel has it (Linux 5.6+), else the walk above. */
+static int resolves_outside(int rootfd, const char *path, int follow_last, int walk_only)
+{
+#ifdef SYS_openat2
+    if (walk_only)
+        return walk_escapes(rootfd, path, follow_last);
+    struct open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = O_PATH | O_CLOEXEC | (follow_last ? 0 : O_NOFOLLOW);
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        long fd = syscall(SYS_openat2, rootfd, path, &how, sizeof(how));
+        if (fd >= 0) {
+            close((int)fd);
+            return 0;
+        }
+        if (errno == EXDEV)
+            return 1;
+        if (errno != EAGAIN) /* ENOSYS, EPERM (seccomp), ENOENT, ELOOP, ...: walk */
+            break;
+    }
+#endif
+    return walk_escapes(rootfd, path, follow_last);
+}
+
+/* "dir/of/entry" + "/" + target: where a symlink at `entry` points, relative to the root. */
+static char *link_target_path(const char *entry, const char *target)
+{
+    struct buf b;
+    buf_init(&b);
+    const char *slash = strrchr(entry, '/');
+    if (slash)
+        buf_printf(&b, "%.*s/", (int)(slash - entry), entry);
+    buf_puts(&b, target);
+    return buf_detach(&b);
+}
+
+/* A hard link's target must be an existing non-directory inside the tree, reached through real
+ * directories only (a symlink on the way could lead anywhere). */
+static int hardlink_target_ok(int rootfd, const char *target)
+{
+    struct buf prefix;
+    buf_init(&prefix);
+    int ok = 1;
+    const char *s = target;
+    while (ok && *s) {
+        const char *e = strchr(s, '/');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        if (n == 0 || (n == 1 && s[0] == '.')) {
+            s += n + (e ? 1 : 0);
+            continue;
+        }
+        buf_printf(&prefix, "%s%.*s", prefix.len ? "/" : "", (int)n, s);
+        struct stat st;
+        /* missing, a symlink (or file) in the middle, or a directory at the end */
+        ok = fstatat(rootfd, prefix.data, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+             (e ? S_ISDIR(st.st_mode) : !S_ISDIR(st.st_mode));
+        s += n + (e ? 1 : 0);
+    }
+    if (!prefix.len)
+        ok = 0;
+    buf_release(&prefix);
+    return ok;
+}
+
+/* Paths of the links this extraction made (symlinks, and hard links, which may be symlinks
+ * too), checked again once the whole tree is there. */
+struct link_list {
+    char **v;
+    size_t n, cap;
+};
+
+static void link_list_add(struct link_list *l, const char *path)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
+    }
+    l->v[l->n++] = xstrdup(path);
+}
+
+static void link_list_release(struct link_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    memset(l, 0, sizeof(*l));
+}
+
+/* Links made early can point outside once later entries exist ("v -> b/c/../.." before
+ * "b -> ."): every recorded link that is a symlink and now resolves outside is removed.
+ * Returns the number removed; the first one's path goes to err. */
+static size_t recheck_links(int rootfd, const struct link_list *l, int walk_only, char *err,
+                            size_t errlen)
+{
+    size_t removed = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        const char *path = l->v[i];
+        struct stat st;
+        /* the parents are real directories (libarchive refuses to write through a symlink) */
+        if (resolves_outside(rootfd, path, 0, walk_only) ||
+            fstatat(rootfd, path, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISLNK(st.st_mode))
+            continue;
+        if (!resolves_outside(rootfd, path, 1, walk_only))
+            continue;
+        unlinkat(rootfd, path, 0);
+        if (!removed++)
+            snprintf(err, errlen, "refused symlink \"%s\": resolves outside the tree", path);
+    }
+    return removed;
+}
+
 static int extract(struct archive *in, const struct tarball_in_opts *o, struct tarball_in_stats *st,
                    char *err, size_t errlen)
 {
     int rc = TARBALL_OK;
     memset(st, 0, sizeof(*st));
+    struct link_list links = {0};
+    char *partial = NULL; /* the file whose data is being written; removed if that fails */
+    int rootfd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) {
+        snprintf(err, errlen, "open the target: %s", strerror(errno));
+        return TARBALL_E_IO;
+    }
     struct archive *out = archive_write_disk_new();
     archive_write_disk_set_options(
         out, ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NODOTDOT |
@@ -467,12 +667,36 @@ static int extract(struct archive *in, const struct tarball_in_opts *o, struct t
             char *h = xstrdup(hl);
             archive_entry_copy_hardlink(e, h);
             free(h);
+            hl = archive_entry_hardlink(e);
+            if (!hardlink_target_ok(rootfd, hl)) {
+                snprintf(err, errlen,
+                         "refused hardlink \"%s\": target \"%s\" is not a file reached "
+                         "through directories of the tree",
+                         path, hl);
+                rc = TARBALL_E_INVALID;
+                goto out;
+            }
+            /* data on a link entry would be written through the link: the target's content
+             * is the target's own (libarchive would truncate it to the entry's size) */
+            archive_entry_set_size(e, 0);
         } else if (type == AE_IFLNK) {
             const char *t = archive_entry_symlink(e);
             if (!t || !*t || (!o->allow_external_symlinks && link_escapes(path, t))) {
                 snprintf(err, errlen, "refused symlink \"%s\": target escapes the tree", path);
                 rc = TARBALL_E_INVALID;
                 goto out;
+            }
+            if (!o->allow_external_symlinks) {
+                /* the text is fine; what is on disk decides ("a -> ." makes "a/a/.." mean "..") */
+                char *tp = link_target_path(path, t);
+                int outside = resolves_outside(rootfd, tp, 1, o->walk_only);
+                free(tp);
+                if (outside) {
+                    snprintf(err, errlen, "refused symlink \"%s\": resolves outside the tree",
+                             path);
+                    rc = TARBALL_E_INVALID;
+                    goto out;
+                }
             }
         } else if (type != AE_IFREG && type != AE_IFDIR) {
             snprintf(err, errlen, "refused entry \"%s\": not a file, directory or link", path);
@@ -499,6 +723,8 @@ static int extract(struct archive *in, const struct tarball_in_opts *o, struct t
             rc = TARBALL_E_INVALID;
             goto out;
         }
+        if ((hl || type == AE_IFLNK) && !o->allow_external_symlinks)
+            link_list_add(&links, path);
         if (hl || type != AE_IFREG) {
             if (archive_write_finish_entry(out) < ARCHIVE_WARN) {
                 snprintf(err, errlen, "write %s: %s", path, archive_error_string(out));
@@ -507,6 +733,7 @@ static int extract(struct archive *in, const struct tarball_in_opts *o, struct t
             }
             continue;
         }
+        partial = xstrdup(path);
         for (;;) {
             const void *buf;
             size_t n;
@@ -525,6 +752,20 @@ static int extract(struct archive *in, const struct tarball_in_opts *o, struct t
                 rc = TARBALL_E_LIMIT;
                 goto out;
             }
+            if (o->max_ratio) {
+                /* bytes out per archive byte in: a small bomb stops early, whatever max_bytes */
+                uint64_t in_bytes = (uint64_t)archive_filter_bytes(in, -1);
+                uint64_t allowed = in_bytes > (UINT64_MAX - TARBALL_RATIO_SLACK) / o->max_ratio
+                                       ? UINT64_MAX
+                                       : in_bytes * o->max_ratio + TARBALL_RATIO_SLACK;
+                if (n > allowed || st->bytes > allowed - n) {
+                    snprintf(err, errlen,
+                             "archive expands more than %llu times its size (%llu bytes read)",
+                             (unsigned long long)o->max_ratio, (unsigned long long)in_bytes);
+                    rc = TARBALL_E_LIMIT;
+                    goto out;
+                }
+            }
             st->bytes += n;
             if (archive_write_data_block(out, buf, n, off) < ARCHIVE_WARN) {
                 snprintf(err, errlen, "write %s: %s", path, archive_error_string(out));
@@ -537,13 +778,27 @@ static int extract(struct archive *in, const struct tarball_in_opts *o, struct t
             rc = TARBALL_E_IO;
             goto out;
         }
+        free(partial);
+        partial = NULL;
     }
     if (archive_write_close(out) != ARCHIVE_OK) {
         snprintf(err, errlen, "finish: %s", archive_error_string(out));
         rc = TARBALL_E_IO;
     }
 out:
+    if (links.n) {
+        char lerr[512];
+        if (recheck_links(rootfd, &links, o->walk_only, lerr, sizeof(lerr)) && rc == TARBALL_OK) {
+            snprintf(err, errlen, "%s", lerr);
+            rc = TARBALL_E_INVALID;
+        }
+    }
     archive_write_free(out);
+    if (partial) /* a cut-short file must not pass for a whole one (libarchive sizes it) */
+        unlinkat(rootfd, partial, 0);
+    free(partial);
+    link_list_release(&links);
+    close(rootfd);
     return rc;
 }
 

@@ -37,11 +37,19 @@ int tarball_write(int out_fd, const struct tarball_out_opts *o, char *err, size_
  * absolute, no ".." component. */
 int tarball_relpath_ok(const char *p);
 
+/* Expansion allowance on top of max_ratio: an archive of a few KiB may still hold this much. */
+#define TARBALL_RATIO_SLACK (32ULL << 20)
+
 struct tarball_in_opts {
     uint64_t max_bytes;   /* total file data; above it extraction stops with TARBALL_E_LIMIT */
     uint64_t max_entries; /* same for the entry count */
+    uint64_t max_ratio;   /* file data may be at most max_ratio * archive bytes read +
+                             TARBALL_RATIO_SLACK (TARBALL_E_LIMIT above); 0: no ratio limit */
     int allow_external_symlinks; /* 1: symlinks may point outside the tree (never written
-                                    through); 0: such symlinks are refused */
+                                    through); 0: such symlinks are refused, judged by what they
+                                    resolve to on disk, also after later entries */
+    int walk_only; /* resolve links with the component-wise walk even where openat2 exists (the
+                      path taken on kernels without it; for tests) */
 };
 
 struct tarball_in_stats {
@@ -53,7 +61,10 @@ enum { TARBALL_OK = 0, TARBALL_E_INVALID = -1, TARBALL_E_LIMIT = -2, TARBALL_E_I
 
 /* Extracts a tar (any compression libarchive detects) read from fd, or from memory, into the
  * current working directory. Refuses absolute paths, ".." components, writing through
- * symlinks, links that escape the tree, devices/fifos/sockets; strips set-id bits.
+ * symlinks, links that escape the tree (resolved on disk: openat2 RESOLVE_BENEATH, else a
+ * component-wise walk; links that escape only once later entries exist are removed at the
+ * end), hard links to anything but a file reached through real directories,
+ * devices/fifos/sockets; ignores data on hard-link entries; strips set-id bits.
  * Returns TARBALL_OK or a TARBALL_E_* code with err; entries before the failure stay. */
 int tarball_extract_fd(int fd, const struct tarball_in_opts *o, struct tarball_in_stats *st,
                        char *err, size_t errlen);

@@ -1,22 +1,15 @@
 /* The `docker` provider: containers of the local Docker Engine (see docker.h). */
 #include "providers/docker.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <archive.h>
 #include <archive_entry.h>
 #include <event2/event.h>
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "lib/buf.h"
 #include "lib/env.h"
@@ -30,7 +23,6 @@
 #define DK_CONNECT_MS    10000
 #define DK_CALL_MS       120000 /* control calls (create, inspect, delete) */
 #define DK_KILL_GRACE_MS 15000  /* stream still open this long after a kill: give up on it */
-#define DK_OBJ_KEY_MAX   1024   /* bytes of an archive object key */
 
 struct dk_prov {
     http_client *http;

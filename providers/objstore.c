@@ -309,28 +309,39 @@ static void wr_fail_later(objstore_writer *w)
     evtimer_add(w->ev, &zero);
 }
 
-/* The compressor's output: hashed, then written to the file or queued for the upload. */
-static la_ssize_t wr_sink(struct archive *a, void *arg, const void *p, size_t n)
+/* Bytes to store (the compressor's output, or the caller's as given): hashed, then written
+ * to the file or queued for the upload. 0, or -1 with w->err. */
+static int wr_store(objstore_writer *w, const void *p, size_t n)
 {
-    objstore_writer *w = arg;
     if (EVP_DigestUpdate(w->sha, p, n) != 1) {
-        archive_set_error(a, EIO, "SHA-256 failed");
+        snprintf(w->err, sizeof(w->err), "%s: SHA-256 failed", w->o->who);
         return -1;
     }
     w->stored += n;
     if (w->fd < 0) {
         buf_append(&w->pending, p, n);
-        return (la_ssize_t)n;
+        return 0;
     }
     for (size_t off = 0; off < n;) {
         ssize_t k = write(w->fd, (const char *)p + off, n - off);
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0) {
-            archive_set_error(a, errno ? errno : EIO, "%s: %s", w->tmp_path, strerror(errno));
+            snprintf(w->err, sizeof(w->err), "%s: %.300s: %s", w->o->who, w->tmp_path,
+                     k == 0 ? "short write" : strerror(errno));
             return -1;
         }
         off += (size_t)k;
+    }
+    return 0;
+}
+
+static la_ssize_t wr_sink(struct archive *a, void *arg, const void *p, size_t n)
+{
+    objstore_writer *w = arg;
+    if (wr_store(w, p, n) != 0) {
+        archive_set_error(a, EIO, "%s", w->err);
+        return -1;
     }
     return (la_ssize_t)n;
 }
@@ -356,10 +367,10 @@ static void wr_up_drain(void *arg)
     int f = wr_flush(w);
     if (f != 0)
         return; /* blocked again: another drain comes; failed: the upload's done says why */
-    if (w->finishing) {
+    if (w->finishing == 1) { /* the tail is handed over: complete the upload */
         w->finishing = 2;
         s3_upload_finish(w->up);
-    } else if (w->owe_drain) {
+    } else if (!w->finishing && w->owe_drain) {
         w->owe_drain = 0;
         if (w->drain)
             w->drain(w->arg);
@@ -409,7 +420,7 @@ objstore_writer *objstore_writer_new(objstore *o, const char *key, enum objstore
                      strerror(errno));
         free(dir);
     }
-    if (!w->err[0]) {
+    if (!w->err[0] && c != OBJSTORE_AS_IS) {
         struct archive_entry *e = archive_entry_new();
         w->wr = archive_write_new();
         archive_write_set_format_raw(w->wr);
@@ -446,8 +457,9 @@ objstore_writer *objstore_writer_new(objstore *o, const char *key, enum objstore
     if (o->s3) {
         w->up = s3_upload_start(o->s3, key, wr_up_done, w);
         s3_upload_set_drain(w->up, wr_up_drain);
-        s3_upload_set_content_type(w->up,
-                                   c == OBJSTORE_GZIP ? "application/gzip" : "application/zstd");
+        s3_upload_set_content_type(w->up, c == OBJSTORE_GZIP   ? "application/gzip"
+                                          : c == OBJSTORE_ZSTD ? "application/zstd"
+                                                               : "application/octet-stream");
     }
     return w;
 }
@@ -458,7 +470,12 @@ int objstore_write(objstore_writer *w, const void *p, size_t n)
         return OBJSTORE_ERROR;
     if (n == 0)
         return OBJSTORE_OK;
-    if (archive_write_data(w->wr, p, n) != (la_ssize_t)n) {
+    if (!w->wr) { /* stored as given */
+        if (wr_store(w, p, n) != 0) {
+            wr_fail_later(w);
+            return OBJSTORE_ERROR;
+        }
+    } else if (archive_write_data(w->wr, p, n) != (la_ssize_t)n) {
         snprintf(w->err, sizeof(w->err), "%s: writing %.300s: %s", w->o->who, w->key,
                  archive_error_string(w->wr));
         wr_fail_later(w);
@@ -482,11 +499,12 @@ void objstore_writer_finish(objstore_writer *w)
     if (w->failed || w->finishing)
         return;
     w->finishing = 1;
-    int closed = archive_write_close(w->wr) == ARCHIVE_OK;
+    int closed = !w->wr || archive_write_close(w->wr) == ARCHIVE_OK;
     if (!closed)
         snprintf(w->err, sizeof(w->err), "%s: writing %.300s: %s", w->o->who, w->key,
                  archive_error_string(w->wr));
-    archive_write_free(w->wr);
+    if (w->wr)
+        archive_write_free(w->wr);
     w->wr = NULL;
     if (!closed) {
         wr_fail_later(w);
@@ -821,7 +839,15 @@ static void rd_s3_done(void *arg, const struct s3_result *res)
 objstore_reader *objstore_reader_new(objstore *o, const char *key, objstore_sink_fn sink,
                                      objstore_read_fn done, void *arg)
 {
+    return objstore_reader_new_as_is(o, key, 0, sink, done, arg);
+}
+
+objstore_reader *objstore_reader_new_as_is(objstore *o, const char *key, int as_is,
+                                           objstore_sink_fn sink, objstore_read_fn done, void *arg)
+{
     objstore_reader *r = xcalloc(1, sizeof(*r));
+    if (as_is)
+        r->kind = DEC_RAW;
     r->o = o;
     r->sink = sink;
     r->done = done;

@@ -50,7 +50,9 @@ typedef struct objstore_reader objstore_reader;
 
 #define OBJSTORE_KEY_MAX 1024 /* bytes of a user object key */
 
-enum objstore_compression { OBJSTORE_ZSTD = 0, OBJSTORE_GZIP };
+/* OBJSTORE_AS_IS stores the bytes as given (still hashed): for streams the sandbox already
+ * compressed, e.g. the agent's archive out with compression "zstd". */
+enum objstore_compression { OBJSTORE_ZSTD = 0, OBJSTORE_GZIP, OBJSTORE_AS_IS };
 
 /* objstore_write / sink answers. */
 enum { OBJSTORE_OK = 0, OBJSTORE_BLOCKED = 1, OBJSTORE_ERROR = -1 };
@@ -116,6 +118,10 @@ typedef void (*objstore_read_fn)(void *arg, int rc, const char *err);
 
 objstore_reader *objstore_reader_new(objstore *o, const char *key, objstore_sink_fn sink,
                                      objstore_read_fn done, void *arg);
+/* as_is: the stored bytes unchanged (no decompression), e.g. for a sandbox that extracts
+ * compressed archives itself (the agent's archive in). objstore_reader_new is as_is = 0. */
+objstore_reader *objstore_reader_new_as_is(objstore *o, const char *key, int as_is,
+                                           objstore_sink_fn sink, objstore_read_fn done, void *arg);
 void objstore_reader_resume(objstore_reader *r);
 /* Stops reading; done never runs. Not from inside done. */
 void objstore_reader_cancel(objstore_reader *r);

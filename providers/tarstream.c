@@ -236,12 +236,12 @@ static int reader_header(tar_reader *r)
     r->pad_left = (TAR_BLOCK - size % TAR_BLOCK) % TAR_BLOCK;
     r->skip = 0;
     if (type == 'x' || type == 'L' || type == 'K') {
-        r->meta_len += TAR_BLOCK + size;
-        if (r->meta_len > TAR_META_MAX) {
+        if (size > TAR_META_MAX || r->meta_len + TAR_BLOCK + size > TAR_META_MAX) {
             tar_reader_set_error(r, "extended header too large (over %u bytes)", TAR_META_MAX);
             return -1;
         }
-        r->meta_type = type;
+        r->meta_len += TAR_BLOCK + (size_t)size;
+        r->meta_type = (unsigned char)type;
         return size == 0 ? reader_meta_done(r) : 0;
     }
     if (type == 'g') { /* global pax header: not carried over */

@@ -144,11 +144,12 @@ def test_ready_and_hooks(a):
     st, h, body = a.req("GET", "/ready")
     j = json.loads(body)
     check(st == 200 and j["status"] == "ok" and "runs" in j["capabilities"], "/ready JSON")
-    for port in (a.port, a.hook_port):
-        for name in ("ready", "validate", "run", "resume", "suspend", "terminate"):
-            for m in ("GET", "POST"):
-                st, h, body = a.req(m, "/aws/lambda-microvms/runtime/v1/" + name, port=port)
-                check(st == 200 and body == b"ok", "hook %s %s on %d" % (m, name, port))
+    for name in ("ready", "validate", "run", "resume", "suspend", "terminate"):
+        for m in ("GET", "POST"):
+            st, h, body = a.req(m, "/aws/lambda-microvms/runtime/v1/" + name, port=a.hook_port)
+            check(st == 200 and body == b"ok", "hook %s %s on the hook port" % (m, name))
+        st, _, _ = a.req("POST", "/aws/lambda-microvms/runtime/v1/" + name)
+        check(st == 404, "hook %s not served on the main port" % name)
     st, _, _ = a.req("POST", "/aws/lambda-microvms/runtime/v1/run",
                      {"envs": {"HOOK_VAR": "from-hook"}}, port=a.hook_port)
     check(st == 200, "run hook with envs")

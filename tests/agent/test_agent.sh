@@ -1,6 +1,7 @@
 #!/bin/sh
 # Black-box tests of sandbox-agent (the real binary on free loopback ports, driven over HTTP).
-# AGENT_PREFIX (e.g. "valgrind -q --error-exitcode=99") runs the agent under a tool.
+# AGENT_PREFIX (e.g. "valgrind -q --error-exitcode=99") runs the agent under a tool;
+# AGENT_TEST_SCRIPT picks the driver in this folder (default agent_blackbox.py).
 # Everything the tests create lives in one private directory (TMPDIR for the driver), removed
 # on every exit path, also if the driver itself is killed.
 BUILD=${BUILD:-build}
@@ -28,7 +29,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
-TMPDIR="$work" python3 "$here/agent_blackbox.py" "$agent" &
+TMPDIR="$work" python3 "$here/${AGENT_TEST_SCRIPT:-agent_blackbox.py}" "$agent" &
 pid=$!
 wait "$pid"
 rc=$?

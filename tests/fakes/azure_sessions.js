@@ -7,7 +7,7 @@
 // Usage: node azure_sessions.js --agent PATH --root DIR [--pools data-app,ai-writeback]
 //            [--tls-cert F --tls-key F] [--tenant T] [--client-id C] [--client-secret S]
 //            [--federated-token-file F] [--identity-header H] [--token-ttl SECONDS]
-//            [--cooldown-s N] [--max-sessions N]
+//            [--cooldown-s N] [--max-sessions N] [--private-dir DIR]
 // Prints one JSON line once listening:
 //   {"login":"https://127.0.0.1:N","metadata":"http://127.0.0.1:N","pools":{"data-app":"https://127.0.0.1:N",…}}
 // (https when --tls-cert is given: MSAL refuses an http authority). Stops on SIGTERM/SIGINT
@@ -62,6 +62,10 @@ const IDENTITY_HEADER = arg('identity-header', 'fake-identity-header');
 const TOKEN_TTL = Number(arg('token-ttl', '3599'));
 const COOLDOWN_S = Number(arg('cooldown-s', '300'));
 const MAX_SESSIONS = Number(arg('max-sessions', '0'));
+// Each session sees its own empty DIR (a tmpfs in a private mount namespace; needs root and
+// util-linux unshare), as a real session has its own disk: what the worker restores there
+// must come from its snapshot, not from a previous session.
+const PRIVATE_DIR = arg('private-dir');
 const AUDIENCE = 'https://dynamicsessions.io';
 if (!AGENT || !ROOT) {
   console.error('usage: azure_sessions.js --agent PATH --root DIR ...');
@@ -259,7 +263,11 @@ async function allocate(pool, identifier) {
     fs.mkdirSync(s.dir, { recursive: true });
     s.port = await freePort();
     const hookPort = await freePort();
-    s.proc = spawn(AGENT, [], {
+    const [cmd, argv] = PRIVATE_DIR
+      ? ['unshare', ['-m', '--propagation', 'private', 'sh', '-c',
+          'mkdir -p "$1" && mount -t tmpfs tmpfs "$1" && exec "$0"', AGENT, PRIVATE_DIR]]
+      : [AGENT, []];
+    s.proc = spawn(cmd, argv, {
       cwd: s.dir,
       env: {
         PATH: process.env.PATH, HOME: s.dir, LD_AGENT_BIND: '127.0.0.1', LD_AGENT_PORT: String(s.port),

@@ -171,9 +171,9 @@ int main(void)
         e2b_server_stop(&g_e2b);
     char cmd[512];
     snprintf(cmd, sizeof(cmd),
-             "docker ps -aq --filter label=sandbox-worker.worker=contract 2>/dev/null | "
+             "docker ps -aq --filter label=sandbox-worker.worker=%s 2>/dev/null | "
              "xargs -r docker rm -f >/dev/null 2>&1; rm -rf '%s'",
-             g_snapdir);
+             provider_contract_worker(), g_snapdir);
     if (system(cmd) != 0)
         fprintf(stderr, "cleanup failed\n");
     return test_report();

@@ -20,6 +20,16 @@ struct ct {
     char ws[256];
 };
 
+/* Sandboxes are tagged with this worker name ("contract-<pid>"), so parallel runs on one
+ * host (several checkouts) never clean up each other's. */
+const char *provider_contract_worker(void)
+{
+    static char name[32];
+    if (!name[0])
+        snprintf(name, sizeof(name), "contract-%d", (int)getpid());
+    return name;
+}
+
 static long ct_now_ms(void)
 {
     struct timeval tv;
@@ -204,7 +214,7 @@ static struct sandbox *ct_create(struct ct *c, const char *thread)
     const char *incl[] = {c->ws, NULL};
     struct sandbox_spec spec = {.thread = thread,
                                 .job = "contract-job",
-                                .worker = "contract",
+                                .worker = provider_contract_worker(),
                                 .organization = "org-contract",
                                 .project = "proj-contract",
                                 .feature = SANDBOX_DATA_APP,
@@ -503,7 +513,7 @@ static void case_suspend_resume(struct ct *c, struct sandbox *sb)
     const char *incl[] = {c->ws, NULL};
     struct sandbox_spec spec = {.thread = "contract-snap",
                                 .job = "contract-job-2",
-                                .worker = "contract",
+                                .worker = provider_contract_worker(),
                                 .feature = SANDBOX_DATA_APP,
                                 .workspace_include = incl};
     struct ct_done a = {0};

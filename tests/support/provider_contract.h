@@ -50,6 +50,9 @@ struct contract_backend {
     long op_timeout_ms; /* how long any one operation may take; 0: 120000 */
 };
 
+/* The worker name the contract's sandboxes carry ("contract-<pid>"): clean up by it. */
+const char *provider_contract_worker(void);
+
 /* Runs every contract case against b as test cases of the tests/support/test.h harness.
  * The process must ignore SIGPIPE. */
 void provider_contract_run(const struct contract_backend *b);

@@ -448,6 +448,52 @@ TEST_CASE(local_bad_objects)
     objstore_free(o);
 }
 
+/* Bytes the sandbox compressed itself are stored as given and can be read back as given, or
+ * decompressed. */
+TEST_CASE(local_as_is)
+{
+    objstore *o = new_store();
+    CHECK(o != NULL);
+    if (!o)
+        return;
+    struct buf data, blob;
+    make_data(&data, 2u << 20, 0);
+    char raw[512], cmd[1200];
+    snprintf(raw, sizeof(raw), "%s/raw.bin", g_dir);
+    FILE *f = fopen(raw, "wb");
+    CHECK(f && fwrite(data.data, 1, data.len, f) == data.len);
+    if (f)
+        fclose(f);
+    snprintf(cmd, sizeof(cmd), "zstd -q -3 -c '%s' > '%s.zst'", raw, raw);
+    CHECK_EQ_INT(system(cmd), 0);
+    snprintf(cmd, sizeof(cmd), "%s.zst", raw);
+    CHECK_EQ_INT(slurp(cmd, &blob), 0);
+    struct wr w;
+    store_data(o, "t/asis.tar.zst", OBJSTORE_AS_IS, &blob, &w);
+    CHECK_EQ_INT(w.rc, 0);
+    char sha[65];
+    sha_hex(blob.data, blob.len, sha);
+    CHECK_STR(w.sha, sha);
+    CHECK(w.bytes == blob.len);
+    struct rd r;
+    memset(&r, 0, sizeof(r));
+    buf_init(&r.out);
+    r.resume = evtimer_new(g_base, rd_resume_cb, &r);
+    r.r = objstore_reader_new_as_is(o, "t/asis.tar.zst", 1, rd_sink, rd_done, &r);
+    CHECK(wait_for(&r.done, 60000) == 0);
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(r.out.len == blob.len && memcmp(r.out.data, blob.data, blob.len) == 0);
+    event_free(r.resume);
+    buf_release(&r.out);
+    read_obj(o, "t/asis.tar.zst", 0, &r); /* the ordinary reader decompresses it */
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(r.out.len == data.len && memcmp(r.out.data, data.data, data.len) == 0);
+    buf_release(&r.out);
+    buf_release(&blob);
+    buf_release(&data);
+    objstore_free(o);
+}
+
 static void del_done(void *arg, int rc, const char *err)
 {
     int *d = arg;
@@ -614,6 +660,7 @@ int main(void)
     RUN(snapshot_keys_and_refs);
     RUN(local_round_trip);
     RUN(local_bad_objects);
+    RUN(local_as_is);
     RUN(local_snapshot_delete);
     RUN(s3_round_trip);
     char cmd[300];

@@ -331,6 +331,30 @@ TEST_CASE(writer_prefix_renames_with_pax)
     buf_release(&out);
 }
 
+TEST_CASE(writer_strip_keeps_one_folder)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    struct buf in, out;
+    CHECK_EQ_INT(make_archive("pax", &in), 0);
+    buf_init(&out);
+    tar_writer *w = tar_writer_new(sink_buf, &out);
+    tar_writer_set_strip(w, "ws/src");
+    CHECK_EQ_INT(tar_writer_feed(w, in.data, in.len), 0);
+    CHECK_EQ_INT(tar_writer_end_input(w), 0);
+    CHECK_EQ_INT(tar_writer_finish(w), 0);
+    tar_writer_free(w);
+    CHECK_EQ_INT(spit("strip.tar", &out), 0);
+    struct buf list;
+    gnu_list("strip.tar", &list);
+    CHECK_STR(list.data, "a.txt\nkeep.log\nnode_modules\nnode_modules/q\nnode_modules/q/k.js\n");
+    CHECK_EQ_INT(sh("rm -rf z && mkdir z && tar -xf strip.tar -C z && cmp z/a.txt ws/src/a.txt"),
+                 0);
+    buf_release(&list);
+    buf_release(&out);
+    buf_release(&in);
+}
+
 TEST_CASE(matching_rules)
 {
     CHECK(tar_match("node_modules", "workspace/a/node_modules/x.js"));
@@ -373,6 +397,7 @@ int main(void)
     RUN(truncated_and_corrupt_input);
     RUN(writer_excludes_at_any_depth);
     RUN(writer_prefix_renames_with_pax);
+    RUN(writer_strip_keeps_one_folder);
     sh("rm -rf '%s'");
     return test_report();
 }
