@@ -1654,8 +1654,10 @@ static void up_written(void *arg, int rc, uint64_t bytes, const char *sha256_hex
         a->rc = -1;
         snprintf(a->err, sizeof(a->err), "%s", err ? err : "e2b: upload: the store failed");
     }
-    if (!a->finished_exec && a->ex)
+    if (!a->finished_exec && a->ex) {
         e2b_exec_kill(a->ex); /* the store gave up: stop tar */
+        ex_unhold(a->ex);     /* and read the rest (dropped) so the stream can end */
+    }
     up_maybe_finish(a);
 }
 
