@@ -1,6 +1,7 @@
 /* The provider contract (tests/support/provider_contract.h) against every backend that runs
- * here: the scripted test provider, and docker (Docker exec against the real dockerd; skipped
- * with a message when docker or the test image is unavailable). A new backend adds one
+ * here: the scripted test provider, docker (Docker exec against the real dockerd; skipped
+ * with a message when docker or the test image is unavailable) and e2b (against the E2B fake;
+ * skipped when node is missing). A new backend adds one
  * contract_backend below (its fake started by its setup hook) and one provider_contract_run. */
 #include <signal.h>
 #include <stdio.h>
@@ -9,6 +10,8 @@
 #include <unistd.h>
 
 #include "providers/docker.h"
+#include "providers/e2b.h"
+#include "tests/support/e2b_server.h"
 #include "tests/support/provider_contract.h"
 #include "tests/support/s3_fixture.h"
 #include "tests/support/scripted_provider.h"
@@ -62,6 +65,48 @@ static const struct contract_backend docker_backend = {
             .tree_count = "ps | grep -c '[s]leep 30'",
             .sleep_1s = "sleep 1; echo done",
         },
+};
+
+/* ---- e2b: the E2B fake (tests/fakes/e2b.js), started once ---- */
+
+static struct e2b_server g_e2b;
+static int g_e2b_state; /* 0 not tried, 1 running, -1 cannot run */
+static char g_e2b_why[512];
+
+static const char *e2b_setup(void *ctx)
+{
+    (void)ctx;
+    if (g_e2b_state == 0)
+        g_e2b_state = e2b_server_start(&g_e2b, g_e2b_why, sizeof(g_e2b_why)) == 0 ? 1 : -1;
+    if (g_e2b_state < 0)
+        return g_e2b_why;
+    setenv("E2B_API_KEY", g_e2b.api_key, 1);
+    setenv("E2B_API_URL", g_e2b.url, 1);
+    setenv("E2B_SANDBOX_URL", g_e2b.url, 1);
+    setenv("SANDBOX_SNAPSHOT_DIR", g_snapdir, 1); /* archives: the folder store */
+    return NULL;
+}
+
+/* The fake runs commands as host processes in the sandbox's directory: absolute paths in a
+ * command line go through $E2B_FAKE_ROOT, and processes are counted host-wide (distinct
+ * sleep lengths keep other backends' sleepers out of the count). */
+static const struct contract_backend e2b_backend = {
+    .name = "e2b",
+    .ops = &e2b_provider_ops,
+    .setup = e2b_setup,
+    .workspace = "/home/user/workspace",
+    .cmd =
+        {
+            .streams = "echo out1; echo err1 >&2; exit 3",
+            .slow = "echo first; sleep 2; echo second",
+            .env_foo = "echo \"$FOO\"",
+            .cat = "f() { cat \"$E2B_FAKE_ROOT$1\"; }; f",
+            .sigterm = "kill -TERM $$",
+            .hang_tree = "sh -c 'sleep 311' & echo started; sleep 312; echo never",
+            .tree_count = "ps -eo args | grep -c '[s]leep 31[12]'",
+            .sleep_1s = "sleep 1; echo done",
+        },
+    .op_timeout_ms = 60000,
 };
 
 /* docker with its objects in S3 (s3rver): archives and snapshots take the S3 path. */
@@ -121,6 +166,9 @@ int main(void)
     docker_s3.setup = docker_s3_setup;
     docker_s3.teardown = docker_s3_teardown;
     provider_contract_run(&docker_s3);
+    provider_contract_run(&e2b_backend);
+    if (g_e2b_state > 0)
+        e2b_server_stop(&g_e2b);
     char cmd[512];
     snprintf(cmd, sizeof(cmd),
              "docker ps -aq --filter label=sandbox-worker.worker=%s 2>/dev/null | "
