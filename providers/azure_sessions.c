@@ -24,7 +24,6 @@
 #include "providers/objstore.h"
 #include "providers/sigv4.h"
 
-#define AZS_ALLOC_MS      120000     /* first request until the session's agent answers */
 #define AZS_STOP_MS       30000      /* stopSession request */
 #define AZS_IN_HIGH       (1u << 20) /* restore: bytes buffered before the reader pauses */
 #define AZS_DEFAULT_API   "2025-02-02-preview"
@@ -36,6 +35,8 @@ struct azs_prov {
     objstore *store;
     char *pool[2]; /* by enum sandbox_feature; no trailing slash */
     char *api_version;
+    int64_t acquire_ms; /* first request until the session's agent answers (404 while the
+                         * pool is at its session limit, 429, 5xx retried meanwhile) */
 };
 
 static struct azs_prov *azs_of(struct provider *p)
@@ -562,7 +563,7 @@ struct azs_acq {
     provider_sandbox_fn done;
     void *arg;
     char *key; /* snapshot to restore, or NULL */
-    int64_t deadline;
+    int64_t deadline, wait_ms;
     struct event *timer;
     char err[400];
 };
@@ -615,12 +616,16 @@ static void acq_ready(void *arg, int rc, const char *err)
     }
     if (azs_now_ms() > a->deadline) {
         snprintf(a->err, sizeof(a->err),
-                 "azure-container-sessions: session %s not ready after %d s: %s", a->s->sb.id,
-                 AZS_ALLOC_MS / 1000, err ? err : "");
+                 "azure-container-sessions: session %s not ready after %lld ms (a 404 means the "
+                 "pool is at its session limit): %s",
+                 a->s->sb.id, (long long)azs_of(a->p)->acquire_ms, err ? err : "");
         acq_end(a);
         return;
     }
-    struct timeval tv = {0, 250000};
+    /* exponential backoff with full jitter, 100 ms .. 4 s */
+    int64_t ms = 50 + random() % (a->wait_ms + 1);
+    a->wait_ms = a->wait_ms * 2 > 4000 ? 4000 : a->wait_ms * 2;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
     evtimer_add(a->timer, &tv);
 }
 
@@ -648,7 +653,8 @@ static void azs_acquire(struct provider *p, const struct sandbox_spec *spec, con
     a->done = done;
     a->arg = arg;
     a->key = key ? xstrdup(key) : NULL;
-    a->deadline = azs_now_ms() + AZS_ALLOC_MS;
+    a->deadline = azs_now_ms() + azs_of(p)->acquire_ms;
+    a->wait_ms = 100;
     a->timer = evtimer_new(p->base, acq_timer_cb, a);
     char err[300];
     a->s = azs_sb_new(p, spec, err, sizeof(err));
@@ -1123,6 +1129,9 @@ static int azs_init(struct provider *p, int check_only, char *err, size_t errlen
         return -1;
     }
     d->api_version = xstrdup(api);
+    if (env_int64("AZURE_CONTAINER_SESSIONS_ACQUIRE_TIMEOUT_MS", 120000, 1000, 3600000,
+                  &d->acquire_ms, err, errlen) != 0)
+        return -1;
     const char *scope = env_str("AZURE_CONTAINER_SESSIONS_TOKEN_SCOPE", AZS_DEFAULT_SCOPE);
     if (strncmp(scope, "https://", 8) != 0 && strncmp(scope, "api://", 6) != 0) {
         char q[ENV_QUOTE_LEN];

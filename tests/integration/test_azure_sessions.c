@@ -11,6 +11,9 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <curl/curl.h>
+
+#include "lib/buf.h"
 
 #include "providers/azure_sessions.h"
 #include "tests/support/fake_proc.h"
@@ -23,8 +26,10 @@
 #define TENANT "72f988bf-86f1-41af-91ab-2d7cd011db47"
 #define CLIENT "11111111-2222-3333-4444-555555555555"
 
-static struct fake_proc fake;
+static struct fake_proc fake, gw;
 static char pool_app[128], pool_wb[128], login[128];
+static char gw_app[128], gw_wb[128], gw_login[128], gw_meta[128];
+static char ca_pem[400], srv_pem[400], srv_key[400];
 static char ws[300], scratch[256];
 static const char *skip_why;
 static char why_buf[600];
@@ -108,6 +113,21 @@ TEST_CASE(worker_two_turns_on_azure)
     st = sync_wait_hget(rc, "{azw}:job:az-2", "status", 90000);
     CHECK(st && strcmp(st, "succeeded") == 0);
     free(st);
+    /* turn 3 appends and reads back: the second turn's session state came back again */
+    snprintf(job, sizeof(job),
+             "{\"id\":\"az-3\",\"thread\":\"athread\",\"feature\":\"ai-writeback\","
+             "\"tenant\":{\"organization\":\"o\",\"project\":\"p\"},"
+             "\"workspace\":{\"include\":[\"%s\"]},\"steps\":["
+             "{\"type\":\"run\",\"cmd\":\"echo ' and three' >> %s/state.txt\"},"
+             "{\"type\":\"read\",\"path\":\"%s/state.txt\"}]}",
+             ws, ws, ws);
+    freeReplyObject(sync_cmd(rc, "XADD {azw}:jobs * job %s", job));
+    st = sync_wait_hget(rc, "{azw}:job:az-3", "status", 90000);
+    CHECK(st && strcmp(st, "succeeded") == 0);
+    free(st);
+    char *res3 = sync_hget(rc, "{azw}:job:az-3", "result");
+    CHECK(res3 && strstr(res3, "turn one and three") != NULL);
+    free(res3);
     char *res = sync_hget(rc, "{azw}:job:az-2", "result");
     /* "turn one" read back in a new session: it came from the snapshot in S3 */
     CHECK(res && strstr(res, "turn one") != NULL);
@@ -194,6 +214,159 @@ TEST_CASE(configuration_rules)
     event_base_free(base);
 }
 
+/* A CA and a 127.0.0.1 certificate made here: the fakes serve TLS (the Entra authority must be
+ * https) and the worker trusts the CA through SSL_CERT_FILE. */
+static int make_ca(void)
+{
+    snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", scratch);
+    snprintf(srv_pem, sizeof(srv_pem), "%s/server.pem", scratch);
+    snprintf(srv_key, sizeof(srv_key), "%s/server.key", scratch);
+    char cmd[2400];
+    snprintf(cmd, sizeof(cmd),
+             "( cd '%s' && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=test CA' "
+             "-keyout ca.key -out ca.pem && openssl req -newkey rsa:2048 -nodes -subj "
+             "'/CN=127.0.0.1' -keyout server.key -out server.csr && printf "
+             "'subjectAltName=IP:127.0.0.1\\n' > san.ext && openssl x509 -req -in server.csr "
+             "-CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem "
+             ") >/dev/null 2>&1",
+             scratch);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static size_t sink_buf(void *p, size_t sz, size_t n, void *arg)
+{
+    buf_append(arg, p, sz * n);
+    return sz * n;
+}
+
+/* A blocking call to the gateway fake's control endpoints (test side only). */
+static long gw_call(const char *method, const char *path, struct buf *out)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "%s%s", gw_meta, path);
+    CURL *h = curl_easy_init();
+    long status = 0;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    if (strcmp(method, "POST") == 0)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sink_buf);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, out);
+    if (curl_easy_perform(h) == CURLE_OK)
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(h);
+    return status;
+}
+
+struct ex {
+    int done, code;
+    enum exec_status st;
+    struct buf out;
+    char err[300];
+    struct event_base *base;
+    int expire_at_line; /* expire every token when this many lines have arrived */
+    int lines;
+};
+
+static void ex_out(void *arg, enum exec_stream s, const char *d, size_t n)
+{
+    struct ex *e = arg;
+    if (s != EXEC_STDOUT)
+        return;
+    buf_append(&e->out, d, n);
+    for (size_t i = 0; i < n; i++)
+        if (d[i] == '\n' && ++e->lines == e->expire_at_line) {
+            struct buf b;
+            buf_init(&b);
+            gw_call("POST", "/_fake/expire-tokens", &b);
+            buf_release(&b);
+        }
+}
+
+static void ex_exit(void *arg, enum exec_status st, int code, const char *err)
+{
+    struct ex *e = arg;
+    e->done = 1;
+    e->st = st;
+    e->code = code;
+    snprintf(e->err, sizeof(e->err), "%s", err ? err : "");
+}
+
+/* The gateway fake cuts every request after 2 s and allows one session per pool. */
+static void env_gateway(void)
+{
+    env_base();
+    setenv("AZURE_CONTAINER_SESSIONS_DATA_APP_POOL_ENDPOINT", gw_app, 1);
+    setenv("AZURE_CONTAINER_SESSIONS_AI_WRITEBACK_POOL_ENDPOINT", gw_wb, 1);
+    setenv("AZURE_AUTHORITY_HOST", gw_login, 1);
+}
+
+TEST_CASE(gateway_cuts_token_expiry_and_pool_limit)
+{
+    if (skip_why)
+        SKIP(skip_why);
+    if (azure_setup(NULL))
+        SKIP(why_buf);
+    env_gateway();
+    setenv("AZURE_CONTAINER_SESSIONS_ACQUIRE_TIMEOUT_MS", "3000", 1);
+    struct event_base *base = event_base_new();
+    char err[512] = "";
+    struct provider *p =
+        provider_new(&azure_sessions_provider_ops, base, NULL, 0, err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        goto out;
+    const struct sandbox_spec spec = {.thread = "t", .job = "j", .feature = SANDBOX_DATA_APP};
+    struct got g = {0};
+    provider_create(p, &spec, on_sb, &g);
+    while (!g.done)
+        event_base_loop(base, EVLOOP_ONCE);
+    CHECK_STR(g.err, "");
+    if (g.sb) {
+        /* 7 s of output through a gateway that cuts at 2 s, every token expired after line 3:
+         * the run is picked up again where it stopped, nothing lost or repeated. */
+        struct ex e = {.base = base, .expire_at_line = 3};
+        buf_init(&e.out);
+        struct exec_req req = {
+            .cmd = "i=1; while [ $i -le 14 ]; do echo line-$i; sleep 0.5; i=$((i+1)); done",
+            .timeout_ms = 60000};
+        struct exec_cbs cbs = {ex_out, ex_exit, &e};
+        char why[256];
+        CHECK(provider_exec_start(g.sb, &req, &cbs, why, sizeof(why)) != NULL);
+        while (!e.done)
+            event_base_loop(base, EVLOOP_ONCE);
+        CHECK_EQ_INT(e.st, EXEC_EXITED);
+        CHECK_EQ_INT(e.code, 0);
+        struct buf want;
+        buf_init(&want);
+        for (int i = 1; i <= 14; i++)
+            buf_printf(&want, "line-%d\n", i);
+        CHECK(e.out.len == want.len && memcmp(e.out.data, want.data, want.len) == 0);
+        buf_release(&want);
+        buf_release(&e.out);
+        struct buf b;
+        buf_init(&b);
+        gw_call("GET", "/_fake/requests", &b);
+        CHECK(b.data && strstr(b.data, "\"cut\":")); /* the gateway did cut */
+        buf_release(&b);
+
+        /* The pool holds one session: a second sandbox gets 404s until the bound. */
+        struct got g2 = {0};
+        provider_create(p, &spec, on_sb, &g2);
+        while (!g2.done)
+            event_base_loop(base, EVLOOP_ONCE);
+        CHECK(g2.sb == NULL);
+        CHECK(strstr(g2.err, "session limit") != NULL && strstr(g2.err, "404") != NULL);
+        provider_sandbox_release(g2.sb);
+        provider_sandbox_release(g.sb);
+    }
+    provider_free(p);
+out:
+    unsetenv("AZURE_CONTAINER_SESSIONS_ACQUIRE_TIMEOUT_MS");
+    event_base_free(base);
+    azure_teardown(NULL);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -214,11 +387,26 @@ int main(void)
     } else if (access(agent, X_OK) != 0) {
         skip_why = "sandbox-agent not built";
     } else {
-        char root[300];
+        char root[300], root2[300];
         snprintf(root, sizeof(root), "%s/sessions", scratch);
-        const char *args[] = {"--agent", agent, "--root", root, "--private-dir", ws, NULL};
+        snprintf(root2, sizeof(root2), "%s/gw-sessions", scratch);
+        if (make_ca() != 0) {
+            fprintf(stderr, "could not make a test CA with openssl\n");
+            return 1;
+        }
+        setenv("SSL_CERT_FILE", ca_pem, 1);
+        const char *args[] = {"--agent",       agent,   "--root",     root,
+                              "--private-dir", ws,      "--tls-cert", srv_pem,
+                              "--tls-key",     srv_key, NULL};
+        const char *gargs[] = {
+            "--agent",   agent,   "--root",          root2, "--tls-cert",     srv_pem,
+            "--tls-key", srv_key, "--max-request-s", "2",   "--max-sessions", "1",
+            NULL};
         const char *needs[] = {NULL};
         int rc = fake_proc_start(&fake, "tests/fakes/azure_sessions.js", args, needs, why_buf,
+                                 sizeof(why_buf));
+        if (rc == 0)
+            rc = fake_proc_start(&gw, "tests/fakes/azure_sessions.js", gargs, needs, why_buf,
                                  sizeof(why_buf));
         if (rc < 0) {
             fprintf(stderr, "azure fake: %s\n", why_buf);
@@ -230,6 +418,10 @@ int main(void)
             fake_proc_field(&fake, "login", login, sizeof(login));
             fake_proc_field(&fake, "data-app", pool_app, sizeof(pool_app));
             fake_proc_field(&fake, "ai-writeback", pool_wb, sizeof(pool_wb));
+            fake_proc_field(&gw, "login", gw_login, sizeof(gw_login));
+            fake_proc_field(&gw, "metadata", gw_meta, sizeof(gw_meta));
+            fake_proc_field(&gw, "data-app", gw_app, sizeof(gw_app));
+            fake_proc_field(&gw, "ai-writeback", gw_wb, sizeof(gw_wb));
         }
     }
     static struct contract_backend azure = {
@@ -254,8 +446,10 @@ int main(void)
     provider_contract_run(&azure);
     RUN(worker_two_turns_on_azure);
     RUN(refused_credentials_fail_clearly);
+    RUN(gateway_cuts_token_expiry_and_pool_limit);
     RUN(configuration_rules);
     fake_proc_stop(&fake);
+    fake_proc_stop(&gw);
     char rm[300];
     snprintf(rm, sizeof(rm), "rm -rf '%s'", scratch);
     if (system(rm) != 0)
