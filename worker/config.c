@@ -10,6 +10,7 @@
 
 #include "lib/buf.h"
 #include "lib/env.h"
+#include "lib/mask.h"
 
 #define DEFAULT_PROVIDER  "e2b"
 #define DEFAULT_REDIS_URL "redis://127.0.0.1:6379"
@@ -251,6 +252,15 @@ static int load_inherit(struct config *c, char *err, size_t errlen)
             return -1;
         }
         c->inherit_env_allow[n++] = xstrndup(p, len);
+        /* An inherited value is masked like a secret: one too short to mask is refused. */
+        const char *val = getenv(c->inherit_env_allow[n - 1]);
+        if (val && *val && strlen(val) < MASK_MIN_LEN) {
+            env_err(err, errlen,
+                    "SANDBOX_INHERIT_ENV_ALLOW: the value of %s is shorter than %d bytes and "
+                    "could not be masked; set a longer value or leave the name out",
+                    c->inherit_env_allow[n - 1], MASK_MIN_LEN);
+            return -1;
+        }
         if (!e)
             break;
         p = e + 1;

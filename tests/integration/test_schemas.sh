@@ -68,6 +68,8 @@ echo "{$j,\"steps\":[{\"type\":\"read\",\"path\":\"/a/../etc/passwd\"}]}" >"$dir
 echo "{$j,\"steps\":[{\"type\":\"run\",\"cmd\":\"x\",\"files\":[]}]}" >"$dir/job-bad/run-with-files.json"
 echo "{$j,\"max_attempts\":0}" >"$dir/job-bad/attempts-zero.json"
 echo "{$j,\"secrets\":{\"lower\":\"v\"}}" >"$dir/job-bad/secret-name.json"
+echo "{$j,\"secrets\":{\"PIN\":\"123\"}}" >"$dir/job-bad/secret-short.json"
+echo "{$j,\"secrets\":{\"PIN\":\"***\"}}" >"$dir/job-bad/secret-masked.json"
 echo "{$j,\"steps\":[{\"type\":\"write\",\"files\":[{\"path\":\"/x\",\"content\":\"\",\"mode\":\"0999\"}]}]}" >"$dir/job-bad/mode.json"
 echo "{$j,\"steps\":[{\"type\":\"upload\",\"paths\":[\"/w\"],\"key\":\"/abs\"}]}" >"$dir/job-bad/key-slash.json"
 echo "{$j,\"deadline_ms\":1.5}" >"$dir/job-bad/deadline-fraction.json"

@@ -352,6 +352,16 @@ TEST_CASE(bad_values_name_the_variable)
     CHECK_EQ_INT(config_load(&c, err, sizeof err), -1);
     CHECK(strncmp(err, "WORKER_READ_CAP_BYTES: must be at most WORKER_MAX_RESULT_BYTES", 62) == 0);
     clear_env();
+    /* An inheritable value too short to be masked. */
+    setenv("SANDBOX_INHERIT_ENV_ALLOW", "TEST_CFG_STR", 1);
+    setenv("TEST_CFG_STR", "abc", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), -1);
+    CHECK(strncmp(err, "SANDBOX_INHERIT_ENV_ALLOW: the value of TEST_CFG_STR", 52) == 0);
+    CHECK(strstr(err, "abc") == NULL);
+    setenv("TEST_CFG_STR", "abcd", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), 0);
+    config_release(&c);
+    clear_env();
 }
 
 TEST_CASE(redis_password_masked)
