@@ -247,6 +247,18 @@ static void emit_output(struct turn *t, int si, int final)
 
 /* ---- lifecycle ---- */
 
+/* Frees a run step's "NAME=value" list; the values may be secrets, so they are wiped. */
+static void free_envv(char **envv)
+{
+    for (size_t i = 0; envv && envv[i]; i++) {
+        volatile char *p = envv[i];
+        while (*p)
+            *p++ = 0;
+        free(envv[i]);
+    }
+    free(envv);
+}
+
 static void turn_free(struct turn *t)
 {
     struct worker *w = t->w;
@@ -277,9 +289,7 @@ static void turn_free(struct turn *t)
         }
     }
     free(t->sr);
-    for (size_t i = 0; t->envv && t->envv[i]; i++)
-        free(t->envv[i]);
-    free(t->envv);
+    free_envv(t->envv);
     if (t->sb)
         provider_sandbox_release(t->sb);
     cJSON_Delete(t->files);
@@ -813,9 +823,7 @@ static void restored(void *arg, int rc, const char *err)
 
 static void build_env(struct turn *t, const struct job_step *js)
 {
-    for (size_t i = 0; t->envv && t->envv[i]; i++)
-        free(t->envv[i]);
-    free(t->envv);
+    free_envv(t->envv);
     size_t n = t->job->nsecrets + js->nenv + 1;
     for (size_t i = 0; t->job->inherit_env && t->job->inherit_env[i]; i++)
         n++;
