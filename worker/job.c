@@ -960,7 +960,7 @@ char *job_redact_secrets(const char *json, size_t len, size_t *outlen)
     cJSON *secrets =
         cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "secrets") : NULL;
     int changed = 0;
-    if (cJSON_IsObject(secrets)) {
+    if (secrets && cJSON_IsObject(secrets)) {
         for (cJSON *m = secrets->child; m; m = m->next) {
             if (cJSON_IsString(m) && strcmp(m->valuestring, MASK_TEXT) == 0)
                 continue;

@@ -783,19 +783,19 @@ static void dead_listed(void *arg, int rc, const struct client_record *entries, 
         if (x->json) {
             /* The job text with its secrets masked, also for dead letters written before
              * the worker masked them itself. */
-            struct client_field f[64];
+            struct client_field *f = xcalloc(e->n ? e->n : 1, sizeof(*f));
             char *masked = NULL;
-            size_t nf = e->n < 64 ? e->n : 64;
-            for (size_t k = 0; k < nf; k++) {
+            for (size_t k = 0; k < e->n; k++) {
                 f[k] = e->f[k];
                 if (!masked && strcmp(f[k].name, "job") == 0) {
                     masked = job_redact_secrets(f[k].value, f[k].value_len, &f[k].value_len);
                     f[k].value = masked;
                 }
             }
-            struct client_record shown = {e->id, nf, f};
+            struct client_record shown = {e->id, e->n, f};
             print_event_json(&shown);
             free(masked);
+            free(f);
             continue;
         }
         static const char *const shown[] = {"id", "thread", "reason"};
