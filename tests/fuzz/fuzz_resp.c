@@ -149,6 +149,8 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
 static void begun(void *arg, enum queue_begin_status st, const struct queue_thread *th)
 {
     (void)arg;
+    if (trace)
+        fprintf(stderr, "fake redis: begin status %d\n", (int)st);
     if (st == QB_OK && th) {
         size_t n = 0;
         n += th->state ? strlen(th->state) : 0;
@@ -167,6 +169,8 @@ static void on_delivery(void *arg, struct queue_delivery *d)
     struct job_error err;
     static const struct job_limits lim = {.max_job_bytes = 1024 * 1024,
                                           .max_result_bytes = 1024 * 1024};
+    if (trace)
+        fprintf(stderr, "fake redis: delivery %s (%zu bytes)\n", d->entry, d->len);
     if (d->payload && job_parse(d->payload, d->len, &lim, &j, &err) == 0) {
         struct queue_begin_req req = {
             .entry = d->entry,
