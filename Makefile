@@ -35,8 +35,8 @@ override LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
 # Every .c in a module folder is part of the core library, except the mains.
-CORE_SRC := $(wildcard lib/*.c queue/*.c providers/*.c worker/*.c)
-MAIN_SRC := worker/main.c worker/sandboxctl.c
+CORE_SRC := $(wildcard lib/*.c queue/*.c providers/*.c worker/*.c ctl/*.c)
+MAIN_SRC := worker/main.c ctl/sandboxctl.c
 CORE_SRC := $(filter-out $(MAIN_SRC),$(CORE_SRC))
 AGENT_SRC := $(filter-out agent/fuzz_%.c,$(wildcard agent/*.c))
 TEST_SUPPORT_SRC := $(wildcard tests/support/*.c)
@@ -52,7 +52,7 @@ BENCH_BIN := $(patsubst %.c,$(BUILD)/%,$(BENCH_SRC))
 CORE_LIB := $(BUILD)/libsandbox.a
 
 BINS := $(BUILD)/sandbox-worker
-ifneq ($(wildcard worker/sandboxctl.c),)
+ifneq ($(wildcard ctl/sandboxctl.c),)
 BINS += $(BUILD)/sandboxctl
 endif
 ifneq ($(AGENT_SRC),)
@@ -74,7 +74,7 @@ $(CORE_LIB): $(CORE_OBJ)
 $(BUILD)/sandbox-worker: $(BUILD)/worker/main.o $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/sandboxctl: $(BUILD)/worker/sandboxctl.o $(CORE_LIB)
+$(BUILD)/sandboxctl: $(BUILD)/ctl/sandboxctl.o $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # --as-needed: the agent uses none of libcurl, OpenSSL or hiredis, so it does not load them.
@@ -108,7 +108,7 @@ fuzz-worker:
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,style,performance,portability \
 		--inline-suppr --suppress=missingIncludeSystem -I. \
-		lib queue providers worker agent
+		lib queue providers worker ctl agent
 	clang-tidy --quiet $(CORE_SRC) $(MAIN_SRC) $(AGENT_SRC) -- $(filter-out -MMD -MP,$(CFLAGS))
 
 FORMAT_FILES = $(shell git ls-files '*.c' '*.h')
@@ -118,7 +118,7 @@ format-check:
 	clang-format --dry-run --Werror $(FORMAT_FILES)
 
 hdr-check:
-	@for h in $$(git ls-files 'lib/*.h' 'queue/*.h' 'providers/*.h' 'worker/*.h' 'agent/*.h'); do \
+	@for h in $$(git ls-files 'lib/*.h' 'queue/*.h' 'providers/*.h' 'worker/*.h' 'ctl/*.h' 'agent/*.h'); do \
 		echo "#include \"$$h\"" | $(CC) $(filter-out -MMD -MP,$(CFLAGS)) -x c -fsyntax-only - || exit 1; \
 	done; echo "headers are self-contained"
 

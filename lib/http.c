@@ -19,6 +19,7 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/env.h"
 #include "lib/log.h"
 
 #define HTTP_DEFAULT_CONNECT_MS 10000L
@@ -50,6 +51,7 @@ struct http_client {
     int depth;        /* > 0 while one of our event handlers runs */
     int free_pending; /* http_client_free called at depth > 0: no more user callbacks */
     struct http_client_stats stats;
+    char *ca_file, *ca_dir; /* trust for TLS peers; NULL: libcurl's default store */
 };
 
 struct http_request {
@@ -605,6 +607,8 @@ http_client *http_client_new(struct event_base *base)
         return NULL;
     http_client *c = xcalloc(1, sizeof(*c));
     c->base = base;
+    c->ca_file = dup_or_null(env_str("SSL_CERT_FILE", NULL));
+    c->ca_dir = dup_or_null(env_str("SSL_CERT_DIR", NULL));
     c->multi = curl_multi_init();
     c->timer = evtimer_new(base, timer_event_cb, c);
     c->kick = evtimer_new(base, kick_cb, c);
@@ -646,6 +650,8 @@ static void client_destroy(http_client *c)
         event_free(c->timer);
     if (c->kick)
         event_free(c->kick);
+    free(c->ca_file);
+    free(c->ca_dir);
     free(c);
     curl_global_cleanup();
 }
@@ -760,6 +766,18 @@ void http_request_set_recv_buffer(http_request *req, long bytes)
     req->recv_buffer = bytes;
 }
 
+void http_client_set_ca(http_client *c, const char *ca_file, const char *ca_dir)
+{
+    if (ca_file && *ca_file) {
+        free(c->ca_file);
+        c->ca_file = xstrdup(ca_file);
+    }
+    if (ca_dir && *ca_dir) {
+        free(c->ca_dir);
+        c->ca_dir = xstrdup(ca_dir);
+    }
+}
+
 void http_request_set_tls(http_request *req, int verify, const char *ca_file)
 {
     req->tls_verify = verify ? 1 : 0;
@@ -870,8 +888,10 @@ static const char *req_setup(http_request *r, CURLcode *rc)
     SET(CURLOPT_WRITEDATA, (void *)r);
     SET(CURLOPT_SSL_VERIFYPEER, (long)r->tls_verify);
     SET(CURLOPT_SSL_VERIFYHOST, r->tls_verify ? 2L : 0L);
-    if (r->ca_file)
-        SET(CURLOPT_CAINFO, r->ca_file);
+    if (r->ca_file || r->c->ca_file)
+        SET(CURLOPT_CAINFO, r->ca_file ? r->ca_file : r->c->ca_file);
+    if (r->c->ca_dir)
+        SET(CURLOPT_CAPATH, r->c->ca_dir);
     if (r->unix_path)
         SET(CURLOPT_UNIX_SOCKET_PATH, r->unix_path);
     if (r->recv_buffer > 0)

@@ -12,7 +12,11 @@
  * transfer is paused, which would break the memory bound). Redirects are not followed.
  * The process must ignore SIGPIPE (transfers run with CURLOPT_NOSIGNAL).
  * Header values are never logged. At debug level there is one line per request: method, URL
- * without userinfo, query or fragment, status, result and duration. */
+ * without userinfo, query or fragment, status, result and duration.
+ * TLS trust, read by http_client_new as OpenSSL-based tools do: SSL_CERT_FILE names a CA bundle
+ * used instead of libcurl's built-in one, SSL_CERT_DIR a hashed CA directory (openssl rehash)
+ * searched as well. http_client_set_ca overrides them per client (AWS_CA_BUNDLE for the AWS
+ * clients), http_request_set_tls the file per request. */
 #ifndef SW_HTTP_H
 #define SW_HTTP_H
 
@@ -117,7 +121,11 @@ void http_request_set_low_speed(http_request *req, long bytes_per_s, long second
 /* Receive buffer in bytes (libcurl's CURLOPT_BUFFERSIZE, 1 KiB..10 MiB; default 16 KiB):
  * larger means fewer, bigger on_data calls for bulk downloads. */
 void http_request_set_recv_buffer(http_request *req, long bytes);
-/* TLS peer and host verification is on by default; ca_file may be NULL (system store). */
+/* CA bundle file and/or hashed CA directory for every later request of this client, replacing
+ * SSL_CERT_FILE / SSL_CERT_DIR; NULL or "" keeps the current one. Copied. */
+void http_client_set_ca(http_client *c, const char *ca_file, const char *ca_dir);
+/* TLS peer and host verification is on by default; ca_file may be NULL (the client's CA: see
+ * http_client_set_ca, else the system store). */
 void http_request_set_tls(http_request *req, int verify, const char *ca_file);
 /* CURLOPT_AWS_SIGV4 passthrough, e.g. "aws:amz:us-east-1:s3"; signs with user/password. */
 void http_request_set_aws_sigv4(http_request *req, const char *param);

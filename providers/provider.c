@@ -6,11 +6,13 @@
 
 #include "lib/buf.h"
 #include "providers/docker.h"
+#include "providers/lambda_microvm.h"
 
 #define REGISTRY_MAX 16
 
 /* Built-in backends are added here as they land. */
-static const struct provider_ops *registry[REGISTRY_MAX] = {&docker_provider_ops};
+static const struct provider_ops *registry[REGISTRY_MAX] = {&docker_provider_ops,
+                                                            &lambda_microvm_provider_ops};
 
 static int provider_complete(const struct provider_ops *o)
 {
@@ -68,6 +70,8 @@ struct provider *provider_new(const struct provider_ops *ops, struct event_base 
         p->settings = *settings;
     p->priv = ops->priv_size ? xcalloc(1, ops->priv_size) : NULL;
     if (ops->init && ops->init(p, check_only, err, errlen) != 0) {
+        if (ops->cleanup)
+            ops->cleanup(p);
         free(p->priv);
         free(p);
         return NULL;

@@ -106,9 +106,11 @@ struct provider_ops {
     unsigned caps;
     size_t priv_size;
 
-    /* Validates configuration (from cfg and the environment) and prepares clients.
+    /* Validates configuration (p->settings and the environment) and prepares clients.
      * check_only: validate and return without contacting anything. 0 / -1 with err. */
     int (*init)(struct provider *p, int check_only, char *err, size_t errlen);
+    /* Releases what init set up; also called after a failed init, so it must cope with a
+     * partly initialised ->priv (zeroed where init did not get to). */
     void (*cleanup)(struct provider *p);
 
     void (*create)(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,

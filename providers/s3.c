@@ -14,6 +14,7 @@
 #include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
+#include "providers/aws_creds.h"
 #include "providers/sigv4.h"
 
 #define RESP_CAP  ((size_t)1 << 20) /* bytes of an error/XML response body we keep */
@@ -39,6 +40,8 @@ struct s3 {
     char *hostport; /* endpoint host[:port] */
     char *prefix;   /* endpoint path without trailing "/", usually "" */
     unsigned seed;  /* backoff jitter */
+    aws_creds *creds;
+    int own_creds; /* creds built by s3_new (else borrowed from cfg) */
     struct s3_op *ops;
     struct s3_upload *uploads;
 };
@@ -62,6 +65,8 @@ struct s3_op {
     s3_done_fn done;
     void *arg;
     int attempt;
+    int cred_failures;     /* credential fetches that failed for this operation */
+    aws_creds_wait *cwait; /* waiting for credentials before signing */
     struct event *timer;
     http_request *hr;
     struct buf resp;
@@ -118,12 +123,6 @@ static int env_true(const char *v, int *out)
         return 0;
     }
     return -1;
-}
-
-static const char *env(const char *name)
-{
-    const char *v = getenv(name);
-    return v && *v ? v : NULL;
 }
 
 static char *dup_or_null(const char *s)
@@ -204,7 +203,10 @@ void s3_config_release(struct s3_config *cfg)
     if (cfg->secret_key)
         memset(cfg->secret_key, 0, strlen(cfg->secret_key));
     free(cfg->secret_key);
+    if (cfg->session_token)
+        memset(cfg->session_token, 0, strlen(cfg->session_token));
     free(cfg->session_token);
+    free(cfg->ca_file);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -218,25 +220,25 @@ int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen)
 
     memset(cfg, 0, sizeof(*cfg));
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        any = any || env(names[i]) != NULL;
+        any = any || env_str(names[i], NULL) != NULL;
     if (!any)
         return 0;
-    if (!env("S3_BUCKET")) {
+    if (!env_str("S3_BUCKET", NULL)) {
         snprintf(err, errlen, "S3_BUCKET: required when S3_* object storage is configured");
         goto fail;
     }
-    cfg->bucket = xstrdup(env("S3_BUCKET"));
-    v = env("S3_REGION");
+    cfg->bucket = xstrdup(env_str("S3_BUCKET", NULL));
+    v = env_str("S3_REGION", NULL);
     if (!v)
-        v = env("AWS_REGION");
+        v = env_str("AWS_REGION", NULL);
     if (!v)
-        v = env("AWS_DEFAULT_REGION");
+        v = env_str("AWS_DEFAULT_REGION", NULL);
     cfg->region = xstrdup(v ? v : "us-east-1");
-    v = env("S3_ENDPOINT");
+    v = env_str("S3_ENDPOINT", NULL);
     if (!v)
-        v = env("AWS_ENDPOINT_URL_S3");
+        v = env_str("AWS_ENDPOINT_URL_S3", NULL);
     if (!v)
-        v = env("AWS_ENDPOINT_URL");
+        v = env_str("AWS_ENDPOINT_URL", NULL);
     if (v) {
         if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0) {
             /* No credentials in messages: a password is masked, and a value with no
@@ -257,13 +259,13 @@ int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen)
         buf_printf(&b, "https://s3.%s.amazonaws.com", cfg->region);
         cfg->endpoint = buf_detach(&b);
     }
-    v = env("S3_FORCE_PATH_STYLE");
+    v = env_str("S3_FORCE_PATH_STYLE", NULL);
     if (v && env_true(v, &cfg->force_path_style) != 0) {
         snprintf(err, errlen, "S3_FORCE_PATH_STYLE: \"%s\" is not true or false", v);
         goto fail;
     }
-    ak = env("S3_ACCESS_KEY");
-    sk = env("S3_SECRET_KEY");
+    ak = env_str("S3_ACCESS_KEY", NULL);
+    sk = env_str("S3_SECRET_KEY", NULL);
     if (ak || sk) {
         if (!ak || !sk) {
             snprintf(err, errlen, "%s: required together with %s",
@@ -271,22 +273,15 @@ int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen)
                      ak ? "S3_ACCESS_KEY" : "S3_SECRET_KEY");
             goto fail;
         }
-        cfg->session_token = dup_or_null(env("S3_SESSION_TOKEN"));
+        cfg->session_token = dup_or_null(env_str("S3_SESSION_TOKEN", NULL));
+        cfg->access_key = xstrdup(ak);
+        cfg->secret_key = xstrdup(sk);
     } else {
-        ak = env("AWS_ACCESS_KEY_ID");
-        sk = env("AWS_SECRET_ACCESS_KEY");
-        if (!ak || !sk) {
-            snprintf(err, errlen,
-                     "S3_ACCESS_KEY: not set, and the AWS credential chain found no %s "
-                     "(only the environment is read; shared credential files, web identity and "
-                     "instance metadata are not supported yet)",
-                     ak ? "AWS_SECRET_ACCESS_KEY" : "AWS_ACCESS_KEY_ID");
+        /* access_key stays NULL: s3_new signs with the AWS credential chain; check it now */
+        struct aws_creds_opts o = {.env_prefix = "S3", .region = cfg->region};
+        if (aws_creds_check(&o, err, errlen) != 0)
             goto fail;
-        }
-        cfg->session_token = dup_or_null(env("AWS_SESSION_TOKEN"));
     }
-    cfg->access_key = xstrdup(ak);
-    cfg->secret_key = xstrdup(sk);
     return 1;
 fail:
     s3_config_release(cfg);
@@ -299,10 +294,14 @@ s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size
 {
     s3 *c;
     const char *ep, *rest, *slash;
+    int fixed, from_env;
 
-    if (!cfg->bucket || !*cfg->bucket || !cfg->access_key || !cfg->secret_key || !cfg->region ||
-        !cfg->endpoint) {
-        snprintf(err, errlen, "s3: bucket, region, endpoint and credentials are required");
+    if (!cfg->bucket || !*cfg->bucket || !cfg->region || !cfg->endpoint) {
+        snprintf(err, errlen, "s3: bucket, region and endpoint are required");
+        return NULL;
+    }
+    if ((cfg->access_key && *cfg->access_key) != (cfg->secret_key && *cfg->secret_key)) {
+        snprintf(err, errlen, "s3: access key and secret key go together");
         return NULL;
     }
     if (cfg->part_size && cfg->part_size < S3_MIN_PART_SIZE) {
@@ -335,9 +334,12 @@ s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size
     c->cfg.endpoint = xstrdup(cfg->endpoint);
     c->cfg.region = xstrdup(cfg->region);
     c->cfg.bucket = xstrdup(cfg->bucket);
-    c->cfg.access_key = xstrdup(cfg->access_key);
-    c->cfg.secret_key = xstrdup(cfg->secret_key);
-    c->cfg.session_token = dup_or_null(cfg->session_token);
+    c->cfg.access_key = NULL; /* kept by the credential chain */
+    c->cfg.secret_key = NULL;
+    c->cfg.session_token = NULL;
+    c->cfg.ca_file = dup_or_null(cfg->ca_file ? cfg->ca_file : env_str("AWS_CA_BUNDLE", NULL));
+    if (c->cfg.ca_file)
+        http_client_set_ca(c->http, c->cfg.ca_file, NULL);
     if (!c->cfg.part_size)
         c->cfg.part_size = S3_DEFAULT_PART_SIZE;
     if (c->cfg.parts_in_flight <= 0)
@@ -349,10 +351,39 @@ s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size
     if (c->cfg.retry_max_ms <= 0)
         c->cfg.retry_max_ms = 10000;
     c->seed = (unsigned)time(NULL) ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
-    mask_add(log_mask(), c->cfg.secret_key);
-    if (c->cfg.session_token)
-        mask_add(log_mask(), c->cfg.session_token);
+    fixed = cfg->access_key && *cfg->access_key;
+    /* keys s3_config_from_env read are named as such in the log */
+    from_env = fixed && env_str("S3_ACCESS_KEY", NULL) &&
+               strcmp(env_str("S3_ACCESS_KEY", NULL), cfg->access_key) == 0;
+    if (fixed || !cfg->creds) {
+        struct aws_creds_opts o = {.env_prefix = "S3",
+                                   .access_key_id = fixed ? cfg->access_key : NULL,
+                                   .secret_access_key = fixed ? cfg->secret_key : NULL,
+                                   .session_token = fixed ? cfg->session_token : NULL,
+                                   .fixed_source = from_env ? "environment (S3_ACCESS_KEY)" : NULL,
+                                   .region = cfg->region,
+                                   .ca_file = c->cfg.ca_file};
+        char why[512];
+        c->creds = aws_creds_new(base, &o, why, sizeof(why));
+        if (!c->creds) {
+            snprintf(err, errlen, "%s", why);
+            c->creds = NULL;
+            s3_free(c);
+            return NULL;
+        }
+        c->own_creds = 1;
+    } else {
+        c->creds = cfg->creds;
+    }
+    c->cfg.creds = NULL;
+    log_info(NULL, "S3 bucket %s at %s; credentials from %s", c->cfg.bucket, c->cfg.endpoint,
+             aws_creds_source(c->creds));
     return c;
+}
+
+const char *s3_credentials_source(const s3 *c)
+{
+    return aws_creds_source(c->creds);
 }
 
 const char *s3_bucket(const s3 *c)
@@ -420,6 +451,7 @@ static void op_unlink(s3_op *op)
 
 static void op_free(s3_op *op)
 {
+    aws_creds_cancel(op->cwait);
     if (op->timer)
         event_free(op->timer);
     free(op->key);
@@ -472,10 +504,47 @@ static void op_fail_local(s3_op *op, const char *why)
     op_finish(op, 0, "", msg);
 }
 
+static void op_send(s3_op *op, const struct aws_credentials *cr);
+static long backoff_ms(s3 *c, int attempt);
+
+/* Credentials arrived (or failed) for an operation that waited for them. A failure is retried
+ * like a transport error, within max_attempts. */
+static void op_creds_cb(void *arg, const struct aws_credentials *cr, const char *error)
+{
+    s3_op *op = arg;
+    char msg[ERR_LEN];
+
+    op->cwait = NULL;
+    if (cr) {
+        op_send(op, cr);
+        return;
+    }
+    op->cred_failures++;
+    if (op->attempt + op->cred_failures < op->c->cfg.max_attempts) {
+        long d = backoff_ms(op->c, op->attempt + op->cred_failures);
+        log_debug(NULL, "S3 %s %s: %s; retrying in %ld ms", op_names[op->kind], op->key, error, d);
+        op_schedule(op, d);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "S3 %s %s: %s", op_names[op->kind], op->key, error);
+    op_finish(op, 0, "", msg);
+}
+
+/* Signs with the cached credentials, or waits for the chain's refresh first. */
 static void op_attempt(s3_op *op)
 {
+    const struct aws_credentials *cr = aws_creds_peek(op->c->creds);
+
+    if (cr)
+        op_send(op, cr);
+    else
+        op->cwait = aws_creds_get(op->c->creds, op_creds_cb, op);
+}
+
+static void op_send(s3_op *op, const struct aws_credentials *cr)
+{
     s3 *c = op->c;
-    struct sigv4_creds creds = {c->cfg.access_key, c->cfg.secret_key, c->cfg.session_token};
+    struct sigv4_creds creds = {cr->access_key_id, cr->secret_access_key, cr->session_token};
     struct sigv4_header hs[4];
     size_t nh = 0;
     struct sigv4_signed sig;
@@ -685,6 +754,10 @@ static void on_done_cb(void *arg, http_request *req, const struct http_result *r
         if (!*code && res->status == 404)
             snprintf(code, sizeof(code), "NotFound");
         retry = retryable(res->status, code);
+        /* expired session credentials: fetch new ones and try again (not for static keys) */
+        if (!strcmp(code, "ExpiredToken") || !strcmp(code, "TokenRefreshRequired") ||
+            !strcmp(code, "InvalidToken"))
+            retry = aws_creds_invalidate(op->c->creds);
     }
     if (ok) {
         op_finish(op, 1, "", "");
@@ -1201,9 +1274,8 @@ void s3_free(s3 *c)
         up->c = NULL;
         upload_free(up);
     }
-    mask_remove(log_mask(), c->cfg.secret_key);
-    if (c->cfg.session_token)
-        mask_remove(log_mask(), c->cfg.session_token);
+    if (c->own_creds)
+        aws_creds_free(c->creds);
     s3_config_release(&c->cfg);
     free(c->scheme);
     free(c->hostport);

@@ -11,11 +11,12 @@
  *
  * Configuration (s3_config_from_env): Lightdash's S3_ENDPOINT, S3_REGION, S3_BUCKET,
  * S3_ACCESS_KEY, S3_SECRET_KEY, S3_FORCE_PATH_STYLE, plus S3_SESSION_TOKEN. Without
- * S3_ACCESS_KEY the AWS chain is tried: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
- * AWS_SESSION_TOKEN from the environment only (shared credentials files, web identity, ECS and
- * instance metadata are not implemented yet). Without S3_ENDPOINT: AWS_ENDPOINT_URL_S3, then
+ * S3_ACCESS_KEY, requests are signed with credentials from the AWS credential chain
+ * (providers/aws_creds.h: environment, web identity, shared files, container, instance
+ * metadata), refreshed before they expire. Without S3_ENDPOINT: AWS_ENDPOINT_URL_S3, then
  * AWS_ENDPOINT_URL, then https://s3.<region>.amazonaws.com. Region: S3_REGION, AWS_REGION,
- * AWS_DEFAULT_REGION, then us-east-1. */
+ * AWS_DEFAULT_REGION, then us-east-1. TLS: AWS_CA_BUNDLE names the CA bundle for the endpoint
+ * (else SSL_CERT_FILE / SSL_CERT_DIR, see lib/http.h). */
 #ifndef SW_PROVIDERS_S3_H
 #define SW_PROVIDERS_S3_H
 
@@ -24,6 +25,7 @@
 
 struct event_base;
 struct log_ctx;
+struct aws_creds;
 
 typedef struct s3 s3;
 typedef struct s3_op s3_op;
@@ -37,8 +39,8 @@ struct s3_config {
     char *endpoint;          /* "https://host[:port]"; never NULL after from_env */
     char *region;            /* "us-east-1" */
     char *bucket;            /* required */
-    char *access_key;        /* required */
-    char *secret_key;        /* required */
+    char *access_key;        /* fixed credentials; NULL: the AWS credential chain */
+    char *secret_key;        /* required with access_key */
     char *session_token;     /* may be NULL */
     int force_path_style;    /* 1: <endpoint>/<bucket>/<key>; 0: <bucket>.<endpoint host>/<key> */
     size_t part_size;        /* multipart part size in bytes; 0 = default; >= S3_MIN_PART_SIZE */
@@ -47,11 +49,16 @@ struct s3_config {
     long retry_base_ms;      /* first backoff cap; 0 = default 200 */
     long retry_max_ms;       /* backoff cap; 0 = default 10000 */
     long request_timeout_ms; /* total per attempt; 0 = default 0 (none; low-speed limit instead) */
+    char *ca_file;           /* CA bundle for the endpoint; NULL: AWS_CA_BUNDLE, else lib/http's */
+    struct aws_creds *creds; /* borrowed chain used when access_key is NULL (not freed by
+                              * s3_config_release; must outlive the client); NULL: s3_new builds
+                              * and owns one from the environment */
 };
 
 /* Reads the environment into cfg (zeroed first). Returns 1 when S3 is configured, 0 when no
  * S3_* variable is set at all (the caller falls back to local snapshots), -1 on a bad or
- * incomplete configuration with one line in err naming the variable. */
+ * incomplete configuration with one line in err naming the variable (the AWS credential
+ * chain's variables included, when S3_ACCESS_KEY is not set: aws_creds_check). */
 int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen);
 void s3_config_release(struct s3_config *cfg);
 
@@ -73,9 +80,12 @@ typedef void (*s3_done_fn)(void *arg, const struct s3_result *res);
 enum { S3_DATA_OK = 0, S3_DATA_PAUSE = 1, S3_DATA_ABORT = -1 };
 typedef int (*s3_data_fn)(void *arg, const char *data, size_t len);
 
-/* cfg is copied; base is borrowed and must outlive the client. The client owns its HTTP client.
- * The secret and the token are added to the log mask. NULL with err on a bad configuration. */
+/* cfg is copied; base is borrowed and must outlive the client. The client owns its HTTP client
+ * and, unless cfg->creds is given, its credential chain. The secret and the token are added to
+ * the log mask. NULL with err on a bad configuration (the credential chain's included). */
 s3 *s3_new(struct event_base *base, const struct s3_config *cfg, char *err, size_t errlen);
+/* Where the credentials come from, for logs (aws_creds_source()); never a secret. */
+const char *s3_credentials_source(const s3 *c);
 /* Aborts every operation and upload without calling any callback (no AbortMultipartUpload is
  * sent), then frees. NULL is a no-op. */
 void s3_free(s3 *c);

@@ -1,5 +1,6 @@
 /* AWS Signature Version 4: canonical request, string to sign, signing key, Authorization. */
 #include "providers/sigv4.h"
+#include "lib/hex.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -61,23 +62,12 @@ void sigv4_uri_encode(struct buf *out, const char *s, size_t n, int keep_slash)
     }
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Appends s[0..n) with %XX escapes decoded; a malformed escape is kept literally. */
 static void uri_decode(struct buf *out, const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            buf_putc(out, (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2])));
+        if (s[i] == '%' && i + 2 < n && hex_digit(s[i + 1]) >= 0 && hex_digit(s[i + 2]) >= 0) {
+            buf_putc(out, (char)(hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2])));
             i += 2;
         } else {
             buf_putc(out, s[i]);

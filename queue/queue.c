@@ -861,14 +861,8 @@ queue *queue_new(struct event_base *base, const struct queue_opts *opts,
     q->drain_ev = evtimer_new(base, drained_cb, q);
     q->tick = event_new(base, -1, EV_PERSIST, tick_cb, q);
 
-    struct redis_opts ro = {
-        .url = opts->url,
-        .connect_timeout_ms = opts->connect_timeout_ms,
-        .command_timeout_ms = opts->command_timeout_ms,
-        .tls_ca_file = opts->tls_ca_file,
-        .tls_insecure = opts->tls_insecure,
-        .name = q->o.consumer,
-    };
+    struct redis_opts ro = opts->redis;
+    ro.name = q->o.consumer;
     q->wr = redis_new(base, &ro, state_cb, q, err, errlen);
     if (q->wr)
         q->rd = redis_new(base, &ro, state_cb, q, err, errlen);

@@ -42,11 +42,7 @@ struct queue_cbs {
 };
 
 struct queue_opts {
-    const struct redis_url *url;
-    const char *tls_ca_file;
-    int tls_insecure;
-    int connect_timeout_ms;
-    int command_timeout_ms;
+    struct redis_opts redis; /* both connections; name is set to consumer */
     const char *prefix;
     const char *consumer; /* this worker's consumer name */
     int lease_ms;         /* entries idle longer are reclaimed by any worker */

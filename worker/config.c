@@ -475,3 +475,15 @@ void config_dump(const struct config *c, FILE *out)
     fprintf(out, "NODE_ENV=%s\n", c->production ? "production" : "(not production)");
     free(url);
 }
+
+struct redis_opts config_redis_opts(const struct config *c)
+{
+    struct redis_opts o = {
+        .url = &c->redis,
+        .tls_ca_file = c->redis_tls_ca_file,
+        .tls_insecure = c->redis_tls_insecure,
+        .connect_timeout_ms = c->redis_connect_timeout_ms,
+        .command_timeout_ms = c->redis_command_timeout_ms,
+    };
+    return o;
+}

@@ -68,6 +68,8 @@ struct config {
  * On failure c is released. */
 int config_load(struct config *c, char *err, size_t errlen);
 void config_release(struct config *c);
+/* The Redis connection options of c (borrowing c's strings). */
+struct redis_opts config_redis_opts(const struct config *c);
 /* Writes the effective configuration, secrets masked, one "NAME=value" per line. */
 void config_dump(const struct config *c, FILE *out);
 

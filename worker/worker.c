@@ -271,11 +271,7 @@ int worker_main(int argc, char **argv)
     w.m = metrics_new();
     register_metrics(&w);
     struct queue_opts qo = {
-        .url = &w.cfg.redis,
-        .tls_ca_file = w.cfg.redis_tls_ca_file,
-        .tls_insecure = w.cfg.redis_tls_insecure,
-        .connect_timeout_ms = w.cfg.redis_connect_timeout_ms,
-        .command_timeout_ms = w.cfg.redis_command_timeout_ms,
+        .redis = config_redis_opts(&w.cfg),
         .prefix = w.cfg.prefix,
         .consumer = w.cfg.worker_name,
         .lease_ms = w.cfg.lease_ms,

@@ -482,6 +482,13 @@ TEST_CASE(config_from_env)
 
     setenv("S3_FORCE_PATH_STYLE", "true", 1);
     CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), 1);
+    {
+        s3 *c = s3_new(base, &cfg, err, sizeof(err));
+        CHECK(c != NULL);
+        if (c)
+            CHECK_STR(s3_credentials_source(c), "environment (S3_ACCESS_KEY)");
+        s3_free(c);
+    }
     CHECK_STR(cfg.endpoint, "http://minio:9000");
     CHECK_STR(cfg.region, "us-east-1");
     CHECK_STR(cfg.access_key, "ak");
@@ -489,23 +496,38 @@ TEST_CASE(config_from_env)
     CHECK(cfg.session_token == NULL);
     s3_config_release(&cfg);
 
-    /* AWS chain fallback (environment) and AWS endpoint/region names. */
+    /* Without S3_ACCESS_KEY the client signs with the AWS credential chain (its own tests are
+     * tests/integration/test_aws_creds.c); AWS endpoint/region names. */
     unsetenv("S3_ACCESS_KEY");
     unsetenv("S3_SECRET_KEY");
     unsetenv("S3_ENDPOINT");
-    CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), -1);
-    CHECK(strncmp(err, "S3_ACCESS_KEY:", 14) == 0);
-    CHECK(strstr(err, "AWS_ACCESS_KEY_ID") != NULL);
     setenv("AWS_ACCESS_KEY_ID", "AKIA", 1);
     setenv("AWS_SECRET_ACCESS_KEY", "secret", 1);
     setenv("AWS_SESSION_TOKEN", "tok", 1);
     setenv("AWS_REGION", "eu-west-1", 1);
     CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), 1);
-    CHECK_STR(cfg.access_key, "AKIA");
-    CHECK_STR(cfg.session_token, "tok");
+    CHECK(cfg.access_key == NULL);
+    CHECK(cfg.session_token == NULL);
     CHECK_STR(cfg.region, "eu-west-1");
     CHECK_STR(cfg.endpoint, "https://s3.eu-west-1.amazonaws.com");
+    {
+        s3 *c = s3_new(base, &cfg, err, sizeof(err));
+        CHECK(c != NULL);
+        if (c)
+            CHECK_STR(s3_credentials_source(c), "environment (AWS_ACCESS_KEY_ID)");
+        s3_free(c);
+        /* a half-set pair is refused at s3_new, naming the variable */
+        unsetenv("AWS_SECRET_ACCESS_KEY");
+        c = s3_new(base, &cfg, err, sizeof(err));
+        CHECK(c == NULL);
+        CHECK(strncmp(err, "AWS_SECRET_ACCESS_KEY:", 22) == 0);
+        s3_free(c);
+    }
     s3_config_release(&cfg);
+    /* ... and already by s3_config_from_env */
+    CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), -1);
+    CHECK(strncmp(err, "AWS_SECRET_ACCESS_KEY:", 22) == 0);
+    setenv("AWS_SECRET_ACCESS_KEY", "secret", 1);
 
     setenv("S3_ENDPOINT", "minio:9000", 1);
     CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), -1);

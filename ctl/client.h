@@ -9,8 +9,8 @@
  * runs. Records and strings handed to callbacks are valid only during the callback.
  * Operations issued while the connection is down fail (rc -1, err set); the connection
  * itself reconnects in the background. */
-#ifndef SW_QUEUE_CLIENT_H
-#define SW_QUEUE_CLIENT_H
+#ifndef SW_CTL_CLIENT_H
+#define SW_CTL_CLIENT_H
 
 #include <stddef.h>
 
@@ -21,13 +21,9 @@
 typedef struct client client;
 
 struct client_opts {
-    const struct redis_url *url; /* copied */
-    const char *tls_ca_file;     /* may be NULL */
-    int tls_insecure;
-    int connect_timeout_ms; /* 0: redis.h default */
-    int command_timeout_ms; /* 0: redis.h default */
-    const char *prefix;     /* key prefix (hash tag), e.g. "sandbox"; copied */
-    int job_ttl_s;          /* TTL of a job hash written here (enqueue, replay); 0: 604800 */
+    struct redis_opts redis; /* the connection; name defaults to "sandboxctl" */
+    const char *prefix;      /* key prefix (hash tag), e.g. "sandbox"; copied */
+    int job_ttl_s;           /* TTL of a job hash written here (enqueue, replay); 0: 604800 */
 };
 
 /* ok 1: the connection is ready (reported once). ok 0: the first connection attempt failed,

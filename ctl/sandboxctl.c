@@ -28,7 +28,7 @@
 #include "lib/env.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
-#include "queue/client.h"
+#include "ctl/client.h"
 #include "worker/config.h"
 #include "worker/job.h"
 
@@ -1042,11 +1042,7 @@ int main(int argc, char **argv)
         goto out;
     }
     struct client_opts co = {
-        .url = &x.cfg.redis,
-        .tls_ca_file = x.cfg.redis_tls_ca_file,
-        .tls_insecure = x.cfg.redis_tls_insecure,
-        .connect_timeout_ms = x.cfg.redis_connect_timeout_ms,
-        .command_timeout_ms = x.cfg.redis_command_timeout_ms,
+        .redis = config_redis_opts(&x.cfg),
         .prefix = x.cfg.prefix,
         .job_ttl_s = x.cfg.job_ttl_s,
     };

@@ -1,9 +1,9 @@
-/* Producer/operator operations over queue/redis.h. See queue/client.h.
+/* Producer/operator operations over queue/redis.h. See ctl/client.h.
  *
  * Every operation is a struct op linked into the client while in flight. Replies arrive in
  * redis.h callbacks; an op whose client was freed (op->c == NULL) only frees itself, so a
  * reply after client_free never reaches the caller. */
-#include "queue/client.h"
+#include "ctl/client.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,14 +351,9 @@ client *client_new(struct event_base *base, const struct client_opts *opts,
     c->job_ttl_s = opts->job_ttl_s > 0 ? opts->job_ttl_s : DEFAULT_JOB_TTL_S;
     c->ready_cb = ready_cb;
     c->ready_arg = arg;
-    struct redis_opts ro = {
-        .url = opts->url,
-        .connect_timeout_ms = opts->connect_timeout_ms,
-        .command_timeout_ms = opts->command_timeout_ms,
-        .tls_ca_file = opts->tls_ca_file,
-        .tls_insecure = opts->tls_insecure,
-        .name = "sandboxctl",
-    };
+    struct redis_opts ro = opts->redis;
+    if (!ro.name)
+        ro.name = "sandboxctl";
     c->r = redis_new(base, &ro, state_cb, c, err, errlen);
     if (!c->r) {
         free(c->prefix);
