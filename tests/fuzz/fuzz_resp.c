@@ -212,14 +212,24 @@ static void on_ready(void *arg, int ready)
     (void)ready;
 }
 
+static char sock_dir[64];
+
+/* The socket and its directory go when the fuzzer exits. */
+static void cleanup(void)
+{
+    unlink(sock_path);
+    rmdir(sock_dir);
+}
+
 static void setup(void)
 {
     trace = getenv("FUZZ_RESP_TRACE") != NULL;
     log_setup(trace ? LOG_DEBUG : LOG_ERROR, LOG_FMT_PLAIN, fopen("/dev/null", "w"));
-    char dir[] = "/tmp/fuzz-resp-XXXXXX";
-    if (!mkdtemp(dir))
+    snprintf(sock_dir, sizeof sock_dir, "/tmp/fuzz-resp-XXXXXX");
+    if (!mkdtemp(sock_dir))
         abort();
-    snprintf(sock_path, sizeof sock_path, "%s/redis.sock", dir);
+    snprintf(sock_path, sizeof sock_path, "%s/redis.sock", sock_dir);
+    atexit(cleanup);
     snprintf(url_text, sizeof url_text, "unix://%s", sock_path);
     listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
@@ -244,9 +254,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (redis_url_parse(url_text, &url, err, sizeof err) != 0)
         abort();
     struct queue_opts o = {
-        .url = &url,
-        .connect_timeout_ms = 1000,
-        .command_timeout_ms = 1000,
+        .redis = {.url = &url, .connect_timeout_ms = 1000, .command_timeout_ms = 1000},
         .prefix = "fz",
         .consumer = "fuzz",
         .lease_ms = 30000,
@@ -276,5 +284,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     event_free(lev);
     event_base_free(f.base);
+    /* Connections left in the backlog belong to this run: the next starts clean. */
+    for (int fd; (fd = accept(listen_fd, NULL, NULL)) >= 0;)
+        close(fd);
     return 0;
 }
