@@ -20,13 +20,6 @@
 
 #define POISON_DELIVERIES 10   /* a turn never begun after this many deliveries is dead */
 #define BUSY_DELAY_MS     1000 /* thread busy: retry the job this much later */
-/* Result size accounting (bytes of JSON): what a result holds besides content is reserved
- * up front, per result and per step (name, status, numbers, an error of at most
- * TEXT_MAX bytes, which JSON escaping at most doubles). Content (output tails, read files,
- * upload entries) is charged as it is added. */
-#define RESULT_RESERVE      (32 * 1024)
-#define RESULT_RESERVE_STEP (3 * 1024)
-#define TEXT_MAX            1024 /* an error message in a result, bytes */
 
 enum turn_abort { AB_NONE = 0, AB_CANCEL, AB_TIMEOUT, AB_LEASE, AB_SHUTDOWN };
 
@@ -113,6 +106,14 @@ static void set_error(struct turn *t, const char *code, const char *fmt, ...)
 }
 
 /* ---- result content and size ---- */
+
+/* Result size accounting (bytes of JSON): what a result holds besides content is reserved
+ * up front, per result and per step (name, status, numbers, an error of at most
+ * TEXT_MAX bytes, which JSON escaping at most doubles). Content (output tails, read files,
+ * upload entries) is charged as it is added. */
+#define RESULT_RESERVE      (32 * 1024)
+#define RESULT_RESERVE_STEP (3 * 1024)
+#define TEXT_MAX            1024 /* an error message in a result, bytes */
 
 /* 1 when data can go into a result as a JSON string: valid UTF-8 without NUL (a C string
  * ends there), and not longer escaped than base64 (text full of control bytes). */
