@@ -3,7 +3,8 @@
 # FUZZ_SECONDS (default 60) from its seed corpus in tests/fuzz/corpus/<target>, after
 # replaying the regression inputs in tests/fuzz/regress/<target>. New inputs go to a scratch
 # copy of the corpus (the repository's seeds are not changed); a crash is left as
-# $BUILD/fuzz/crash-* and fails the run: add it to tests/fuzz/regress/<target>/.
+# $BUILD/fuzz/crash-* (oom-*, leak-*, timeout-*) and fails the run: add it to
+# tests/fuzz/regress/<target>/.
 set -e
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 BUILD=${BUILD:-build}
@@ -26,6 +27,11 @@ for t in job resp; do
     "$out/fuzz_$t" -artifact_prefix="$out/" -max_total_time="$FUZZ_SECONDS" -max_len=65536 \
         -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "$scratch/$t" 2>&1 |
         grep -E '^(stat::|#[0-9]+ +DONE|Done|==|SUMMARY|INFO: Running)|ERROR' || true
-    ls "$out"/crash-* "$out"/leak-* "$out"/timeout-* >/dev/null 2>&1 && exit 1
+    for f in "$out"/crash-* "$out"/leak-* "$out"/timeout-* "$out"/oom-*; do
+        if [ -e "$f" ]; then
+            echo "fuzz_$t failed: $f"
+            exit 1
+        fi
+    done
 done
 exit 0

@@ -13,7 +13,7 @@ for t in job resp; do
     n=0
     for f in tests/fuzz/corpus/$t/* tests/fuzz/regress/$t/*; do
         [ -f "$f" ] || continue
-        "$BUILD/fuzz/fuzz_$t" -runs=1 "$f" >/dev/null 2>&1 || {
+        "$BUILD/fuzz/fuzz_$t" -runs=1 -rss_limit_mb=2048 "$f" >/dev/null 2>&1 || {
             echo "FAIL: fuzz_$t on $f"
             "$BUILD/fuzz/fuzz_$t" -runs=1 "$f" 2>&1 | tail -20
             exit 1
