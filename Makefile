@@ -59,7 +59,8 @@ ifneq ($(AGENT_SRC),)
 BINS += $(BUILD)/sandbox-agent
 endif
 
-.PHONY: all test check bench install clean format format-check lint hdr-check demo fuzz fuzz-agent
+.PHONY: all test check bench install clean format format-check lint hdr-check demo fuzz fuzz-agent \
+	fuzz-worker
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -101,6 +102,11 @@ check: test lint format-check hdr-check fuzz-agent
 fuzz:
 	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-30} sh tests/agent/fuzz.sh
 fuzz-agent: fuzz
+
+# Bounded libFuzzer runs of the worker's job parser and of the RESP replies it consumes
+# (clang), each FUZZ_SECONDS (default 60); crashes go to tests/fuzz/regress/.
+fuzz-worker:
+	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-60} sh tests/fuzz/run.sh
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,style,performance,portability \

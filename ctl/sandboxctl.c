@@ -348,6 +348,8 @@ static int prepare_enqueue(struct ctl *x)
         .max_job_bytes = x->cfg.max_job_bytes,
         .max_deadline_ms = x->cfg.turn_timeout_ms,
         .inherit_allow = (const char *const *)x->cfg.inherit_env_allow,
+        .read_cap_bytes = x->cfg.read_cap_bytes,
+        .max_result_bytes = x->cfg.max_result_bytes,
     };
     struct job *job = NULL;
     struct job_error jerr;
@@ -779,7 +781,21 @@ static void dead_listed(void *arg, int rc, const struct client_record *entries, 
     for (size_t i = 0; i < n; i++) {
         const struct client_record *e = &entries[i];
         if (x->json) {
-            print_event_json(e);
+            /* The job text with its secrets masked, also for dead letters written before
+             * the worker masked them itself. */
+            struct client_field *f = xcalloc(e->n ? e->n : 1, sizeof(*f));
+            char *masked = NULL;
+            for (size_t k = 0; k < e->n; k++) {
+                f[k] = e->f[k];
+                if (!masked && strcmp(f[k].name, "job") == 0) {
+                    masked = job_redact_secrets(f[k].value, f[k].value_len, &f[k].value_len);
+                    f[k].value = masked;
+                }
+            }
+            struct client_record shown = {e->id, e->n, f};
+            print_event_json(&shown);
+            free(masked);
+            free(f);
             continue;
         }
         static const char *const shown[] = {"id", "thread", "reason"};

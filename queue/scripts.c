@@ -61,7 +61,7 @@ static const char begin_lua[] =
 /* KEYS: jobs, results, job hash, thread hash, events, delayed, dead
  * ARGV: 1 group, 2 consumer, 3 entry, 4 delivery count, 5 job id ("" when unknown),
  *       6 thread id, 7 status, 8 result json, 9 now ms, 10 mode final|retry|dead,
- *       11 retry member, 12 retry at ms, 13 dead reason, 14 results maxlen,
+ *       11 retry member, 12 retry at ms, 13 dead reason, 14 results (and dead) maxlen,
  *       15 events maxlen, 16 events ttl s, 17 job ttl s, 18 update thread 0|1,
  *       19 thread state, 20 sandbox id, 21 snapshot json, 22 provider, 23 job payload,
  *       24 error code
@@ -106,8 +106,8 @@ static const char complete_lua[] =
     "    redis.call('EXPIRE', KEYS[5], ARGV[16])\n"
     "  end\n"
     "  if ARGV[10] == 'dead' then\n"
-    "    redis.call('XADD', KEYS[7], '*', 'id', ARGV[5], 'thread', ARGV[6], 'entry', ARGV[3],\n"
-    "               'reason', ARGV[13], 'job', ARGV[23])\n"
+    "    redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[14], '*', 'id', ARGV[5],\n"
+    "               'thread', ARGV[6], 'entry', ARGV[3], 'reason', ARGV[13], 'job', ARGV[23])\n"
     "  end\n"
     "end\n"
     "redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"

@@ -121,6 +121,43 @@ static long long results_for(const char *id)
     return n;
 }
 
+/* The result of the {p}:results entry for stream entry `entry` (parsed; caller frees), or
+ * NULL when there is none within timeout_ms. Rejected entries are found this way only. */
+static cJSON *result_for_entry(const char *entry, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        redisReply *r = sync_cmd(rc, "XRANGE %s - +", k_results);
+        cJSON *j = NULL;
+        for (size_t i = 0; i < r->elements && !j; i++) {
+            redisReply *f = r->element[i]->element[1];
+            const char *e = NULL, *res = NULL;
+            for (size_t k = 0; k + 1 < f->elements; k += 2) {
+                if (strcmp(f->element[k]->str, "entry") == 0)
+                    e = f->element[k + 1]->str;
+                if (strcmp(f->element[k]->str, "result") == 0)
+                    res = f->element[k + 1]->str;
+            }
+            if (e && res && strcmp(e, entry) == 0)
+                j = cJSON_Parse(res);
+        }
+        freeReplyObject(r);
+        if (j)
+            return j;
+        sleep_ms(50);
+    }
+    return NULL;
+}
+
+/* XADDs a job and returns its stream entry id (static buffer). */
+static const char *xadd_job_entry(const char *json)
+{
+    static char entry[64];
+    redisReply *x = sync_cmd(rc, "XADD %s * job %s", k_jobs, json);
+    snprintf(entry, sizeof(entry), "%s", x->str ? x->str : "");
+    freeReplyObject(x);
+    return entry;
+}
+
 static long long pending(void)
 {
     redisReply *r = sync_cmd(rc, "XPENDING %s workers", k_jobs);
@@ -239,8 +276,12 @@ TEST_CASE(invalid_jobs_rejected)
          "steps[0].type"},
     };
     size_t n = sizeof(bad) / sizeof(bad[0]);
-    for (size_t i = 0; i < n; i++)
-        xadd_job(bad[i][0]);
+    char b2_entry[64] = "";
+    for (size_t i = 0; i < n; i++) {
+        const char *e = xadd_job_entry(bad[i][0]);
+        if (i == 1)
+            snprintf(b2_entry, sizeof(b2_entry), "%s", e);
+    }
     /* An entry without a job field, and an oversized job. */
     freeReplyObject(sync_cmd(rc, "XADD %s * nojob 1", k_jobs));
     size_t big = 9 * 1024 * 1024;
@@ -270,10 +311,13 @@ TEST_CASE(invalid_jobs_rejected)
             printf("  reason %zu: %s\n", i, reason);
     }
     freeReplyObject(d);
-    cJSON *r = wait_result("b2", 1000);
+    /* Rejected entries are recorded under their stream entry, never under the id they carry. */
+    cJSON *r = result_for_entry(b2_entry, 1000);
     CHECK(r && strcmp(jstr(r, "status"), "rejected") == 0);
     CHECK(r && strcmp(jstr(r, "error.code"), "invalid_job") == 0);
+    CHECK(r && strcmp(jstr(r, "id"), "") == 0 && strcmp(jstr(r, "entry"), b2_entry) == 0);
     cJSON_Delete(r);
+    CHECK_EQ_INT(sync_int(rc, "EXISTS %s", key("job", "b2")), 0);
     CHECK_EQ_INT(pending(), 0);
 
     /* Tenant mismatch: thread tt belongs to org1 after a first job; org2 is refused. */
@@ -797,6 +841,250 @@ TEST_CASE(output_tail_capped)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+/* ---- hostile input ---- */
+
+/* The output cap cuts through a secret: the tail must hold none of it (masked before the
+ * trim), and the events none either. */
+TEST_CASE(tail_cap_never_splits_a_secret)
+{
+    new_prefix("tailsecret");
+    static const char *const env[] = {"WORKER_OUTPUT_CAP_BYTES=1024", NULL};
+    pid_t w = spawn("w1", env, 0);
+    static const char secret[] = "tok-0123456789abcdefghijklmnopqrstuv"; /* 36 bytes */
+    char pad[1001];
+    memset(pad, 'x', 1000);
+    pad[1000] = '\0';
+    char steps[2048], extra[128];
+    /* secret (36) + 1000 x + "\n": the last 1024 raw bytes start 13 bytes into the secret. */
+    snprintf(steps, sizeof(steps), "{\"type\":\"run\",\"cmd\":\"out %s%s\"}", secret, pad);
+    snprintf(extra, sizeof(extra), "\"secrets\":{\"TOK\":\"%s\"}", secret);
+    xadd_job(job_json("ts1", "thts", steps, extra));
+    cJSON *r = wait_result("ts1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    char *res = sync_hget(rc, key("job", "ts1"), "result");
+    const char *tail_of_secret = secret + sizeof(secret) - 1 - 16;
+    CHECK(res && !strstr(res, tail_of_secret));
+    if (res && strstr(res, tail_of_secret))
+        printf("  the result holds the secret's end: %s\n", strstr(res, tail_of_secret));
+    free(res);
+    const cJSON *st = r ? cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0) : NULL;
+    const char *out = st ? jstr(st, "stdout") : NULL;
+    CHECK(out && strncmp(out, "***xxx", 6) == 0);
+    CHECK(st && cJSON_GetObjectItem(st, "stdout_bytes")->valuedouble == 1037);
+    cJSON_Delete(r);
+    char *text = NULL;
+    free(event_types("ts1", &text));
+    CHECK(text && !strstr(text, tail_of_secret));
+    free(text);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+static long long dead_with_entry_field(const char *field, const char *value)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE %s - +", k_dead);
+    long long n = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        for (size_t k = 0; k + 1 < f->elements; k += 2)
+            if (strcmp(f->element[k]->str, field) == 0 &&
+                strcmp(f->element[k + 1]->str, value) == 0)
+                n++;
+    }
+    freeReplyObject(r);
+    return n;
+}
+
+/* An invalid entry carrying another job's id is recorded under its own stream entry id:
+ * it neither ends a running job nor makes a later valid job a duplicate. */
+TEST_CASE(invalid_entry_never_touches_a_job)
+{
+    new_prefix("rejid");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(
+        job_json("v1", "thv", "{\"type\":\"run\",\"cmd\":\"out began;sleep 1500;out ok\"}", NULL));
+    char *ph = sync_wait_hget(rc, key("job", "v1"), "phase", 20000);
+    free(ph);
+    static const char bad1[] =
+        "{\"id\":\"v1\",\"thread\":\"thv\",\"feature\":\"data-app\",\"tenant\":"
+        "{\"organization\":\"org1\",\"project\":\"proj1\"},\"bogus\":1}";
+    redisReply *x = sync_cmd(rc, "XADD %s * job %s", k_jobs, bad1);
+    char bad_entry[64];
+    snprintf(bad_entry, sizeof(bad_entry), "%s", x->str);
+    freeReplyObject(x);
+    for (int waited = 0; waited < 10000 && sync_int(rc, "XLEN %s", k_dead) < 1; waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_dead), 1);
+    /* The running job is untouched by the rejection. */
+    char *st = sync_hget(rc, key("job", "v1"), "status");
+    CHECK(st == NULL);
+    free(st);
+    cJSON *r = wait_result("v1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    sleep_ms(300);
+    CHECK_EQ_INT(results_for("v1"), 1);
+    char *types = event_types("v1", NULL);
+    CHECK(types && strstr(types, "done|") && !strstr(strstr(types, "done|") + 5, "done|"));
+    free(types);
+    /* The rejection: a result and a dead letter under the stream entry, no job id. */
+    CHECK_EQ_INT(dead_with_entry_field("entry", bad_entry), 1);
+    CHECK_EQ_INT(dead_with_entry_field("id", "v1"), 0);
+    CHECK_EQ_INT(results_for(""), 1);
+
+    /* Arriving first, an invalid entry does not make the valid job a duplicate. */
+    static const char bad2[] =
+        "{\"id\":\"v2\",\"thread\":\"thv\",\"feature\":\"data-app\",\"tenant\":"
+        "{\"organization\":\"org1\",\"project\":\"proj1\"},\"steps\":[{\"type\":\"teleport\"}]}";
+    xadd_job(bad2);
+    for (int waited = 0; waited < 10000 && sync_int(rc, "XLEN %s", k_dead) < 2; waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(sync_int(rc, "EXISTS %s", key("job", "v2")), 0);
+    CHECK_EQ_INT(sync_int(rc, "EXISTS %s", key("events", "v2")), 0);
+    xadd_job(job_json("v2", "thv", "{\"type\":\"run\",\"cmd\":\"out second\"}", NULL));
+    r = wait_result("v2", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("v2"), 1);
+    CHECK_EQ_INT(pending(), 0);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* Output and files that are not UTF-8 reach the result base64-encoded, so the result is
+ * valid JSON text; UTF-8 text stays text even when the cap cuts a character. */
+TEST_CASE(non_utf8_output_encoded)
+{
+    new_prefix("utf8");
+    static const char *const env[] = {"WORKER_OUTPUT_CAP_BYTES=1024", NULL};
+    pid_t w = spawn("w1", env, 0);
+    /* /bin.dat = "ok\xff\xfe!" (no NUL); /u.txt = "x", 599 x "é", "y": 1200 bytes, whose
+     * last 1024 start inside an "é". */
+    char eacute[1300] = "x";
+    for (int i = 0; i < 599; i++)
+        strcat(eacute, "\xc3\xa9");
+    strcat(eacute, "y");
+    char steps[4096];
+    snprintf(steps, sizeof(steps),
+             "{\"type\":\"write\",\"files\":[{\"path\":\"/bin.dat\",\"content\":\"b2v//iE=\","
+             "\"encoding\":\"base64\"},{\"path\":\"/u.txt\",\"content\":\"%s\"}]},"
+             "{\"type\":\"run\",\"cmd\":\"cat /bin.dat\"},"
+             "{\"type\":\"run\",\"cmd\":\"cat /u.txt\"},"
+             "{\"type\":\"read\",\"path\":\"/bin.dat\"}",
+             eacute);
+    xadd_job(job_json("u1", "thu", steps, NULL));
+    cJSON *r = wait_result("u1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    char *res = sync_hget(rc, key("job", "u1"), "result");
+    CHECK(res && !strstr(res, "\xff"));
+    free(res);
+    const cJSON *steps_a = r ? cJSON_GetObjectItem(r, "steps") : NULL;
+    const cJSON *s1 = cJSON_GetArrayItem(steps_a, 1), *s2 = cJSON_GetArrayItem(steps_a, 2);
+    CHECK(s1 && jstr(s1, "stdout_encoding") && strcmp(jstr(s1, "stdout_encoding"), "base64") == 0);
+    CHECK(s1 && jstr(s1, "stdout") && strcmp(jstr(s1, "stdout"), "b2v//iE=") == 0);
+    const char *u = s2 ? jstr(s2, "stdout") : NULL;
+    CHECK(s2 && !cJSON_GetObjectItem(s2, "stdout_encoding"));
+    CHECK(u && strlen(u) == 1023 && strncmp(u, "\xc3\xa9", 2) == 0 && u[1022] == 'y');
+    const cJSON *f = r ? cJSON_GetArrayItem(cJSON_GetObjectItem(r, "files"), 0) : NULL;
+    CHECK(f && strcmp(jstr(f, "encoding"), "base64") == 0);
+    CHECK(f && strcmp(jstr(f, "content"), "b2v//iE=") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* WORKER_MAX_RESULT_BYTES: tails shrink to what is left, a read that does not fit fails its
+ * step, and the result is published within the limit. */
+TEST_CASE(result_size_capped)
+{
+    new_prefix("rescap");
+    static const char *const env[] = {"WORKER_MAX_RESULT_BYTES=1048576",
+                                      "WORKER_OUTPUT_CAP_BYTES=400000", NULL};
+    pid_t w = spawn("w1", env, 0);
+    size_t n = 500000;
+    char *steps = malloc(n + 1024), *p = steps;
+    p += sprintf(p, "{\"type\":\"write\",\"files\":[{\"path\":\"/big\",\"content\":\"");
+    memset(p, 'a', n);
+    p += n;
+    sprintf(p, "\"}]},{\"type\":\"run\",\"cmd\":\"cat /big\"},{\"type\":\"run\",\"cmd\":\"cat "
+               "/big\"},{\"type\":\"read\",\"path\":\"/big\",\"max_bytes\":400000}");
+    char *job = malloc(n + 2048);
+    snprintf(job, n + 2048,
+             "{\"id\":\"rc1\",\"thread\":\"thrc\",\"feature\":\"data-app\",\"tenant\":"
+             "{\"organization\":\"org1\",\"project\":\"proj1\"},\"steps\":[%s]}",
+             steps);
+    xadd_job(job);
+    free(job);
+    free(steps);
+    cJSON *r = wait_result("rc1", 30000);
+    CHECK(r && strcmp(jstr(r, "status"), "failed") == 0);
+    CHECK(r && jstr(r, "error.code") && strcmp(jstr(r, "error.code"), "step_error") == 0);
+    char *res = sync_hget(rc, key("job", "rc1"), "result");
+    CHECK(res && strlen(res) <= 1048576);
+    if (res)
+        printf("  result: %zu bytes\n", strlen(res));
+    free(res);
+    const cJSON *sa = r ? cJSON_GetObjectItem(r, "steps") : NULL;
+    const cJSON *s1 = cJSON_GetArrayItem(sa, 1), *s2 = cJSON_GetArrayItem(sa, 2),
+                *s3 = cJSON_GetArrayItem(sa, 3);
+    /* 1 MiB less the reserve leaves 1003520 bytes. The first tail keeps its 400000 bytes;
+     * the second gets half of what is then left (1003520 - 400002 - 2 for the empty stderr,
+     * halved: 301758) less its quotes; the read (400000) no longer fits. */
+    CHECK(s1 && jstr(s1, "stdout") && strlen(jstr(s1, "stdout")) == 400000);
+    CHECK(s2 && jstr(s2, "stdout") && strlen(jstr(s2, "stdout")) == 301756);
+    CHECK(s2 && cJSON_IsTrue(cJSON_GetObjectItem(s2, "stdout_truncated")));
+    CHECK(s3 && strcmp(jstr(s3, "status"), "error") == 0);
+    CHECK(s3 && jstr(s3, "error") && strstr(jstr(s3, "error"), "WORKER_MAX_RESULT_BYTES"));
+    cJSON_Delete(r);
+    /* Read caps that cannot fit are refused before anything runs. */
+    const char *e2 =
+        xadd_job_entry(job_json("rc2", "thrc2",
+                                "{\"type\":\"read\",\"path\":\"/a\",\"max_bytes\":600000},"
+                                "{\"type\":\"read\",\"path\":\"/b\",\"max_bytes\":600000}",
+                                NULL));
+    r = result_for_entry(e2, 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "rejected") == 0);
+    CHECK(r && jstr(r, "error.message") && strstr(jstr(r, "error.message"), "steps[1].max_bytes"));
+    if (r && !strstr(jstr(r, "error.message"), "steps[1].max_bytes"))
+        printf("  rc2: %s\n", jstr(r, "error.message"));
+    cJSON_Delete(r);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* Dead letters keep no secret in clear, and the dead stream is capped. */
+TEST_CASE(dead_letters_masked_and_capped)
+{
+    new_prefix("deadmask");
+    static const char secret[] = "dead-Secret-0a1b2c3d4e";
+    static const char *const env[] = {"WORKER_RESULTS_MAXLEN=3", NULL};
+    freeReplyObject(sync_cmd(rc, "CONFIG SET stream-node-max-entries 2"));
+    pid_t w = spawn("w1", env, 0);
+    char extra[128];
+    snprintf(extra, sizeof(extra), "\"secrets\":{\"TOK\":\"%s\"},\"bogus\":true", secret);
+    for (int i = 0; i < 12; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dm%d", i);
+        xadd_job(job_json(id, "thdm", "", extra));
+    }
+    for (int waited = 0; waited < 20000 && pending() != 0; waited += 50)
+        sleep_ms(50);
+    sleep_ms(200);
+    CHECK_EQ_INT(pending(), 0);
+    long long n = sync_int(rc, "XLEN %s", k_dead);
+    CHECK(n >= 3 && n < 12);
+    printf("  dead stream: %lld entries after 12 dead letters (MAXLEN ~ 3)\n", n);
+    redisReply *d = sync_cmd(rc, "XRANGE %s - +", k_dead);
+    int masked = 0;
+    for (size_t i = 0; i < d->elements; i++) {
+        redisReply *f = d->element[i]->element[1];
+        for (size_t k = 0; k < f->elements; k++) {
+            CHECK(strstr(f->element[k]->str, secret) == NULL);
+            masked += strstr(f->element[k]->str, "\"TOK\":\"***\"") != NULL;
+        }
+    }
+    CHECK_EQ_INT(masked, (long long)d->elements);
+    freeReplyObject(d);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET stream-node-max-entries 100"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -979,6 +1267,11 @@ int main(void)
     RUN(upload_and_restore);
     RUN(failed_suspend_keeps_previous_snapshot);
     RUN(output_tail_capped);
+    RUN(tail_cap_never_splits_a_secret);
+    RUN(invalid_entry_never_touches_a_job);
+    RUN(non_utf8_output_encoded);
+    RUN(result_size_capped);
+    RUN(dead_letters_masked_and_capped);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);
