@@ -102,7 +102,7 @@ static void emit(struct turn *t, const char *const *fields)
 {
     if (!t->job_id[0] || t->abort == AB_LEASE)
         return;
-    queue_event(t->w->q, t->job_id, fields, NULL);
+    queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, fields, NULL);
 }
 
 static void emit_output(struct turn *t, int si, int final)
@@ -126,7 +126,7 @@ static void emit_output(struct turn *t, int si, int final)
                                 step,   "stream",    si ? "stderr" : "stdout",
                                 "data", masked.data, NULL};
         size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
-        queue_event(t->w->q, t->job_id, fields, lens);
+        queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, fields, lens);
     }
     buf_release(&masked);
 }
@@ -199,13 +199,19 @@ static void snapshot_deleted(void *arg, int rc, const char *err)
     free(sd);
 }
 
+/* Only QC_PUBLISHED lets the thread move on: until Redis confirms the new snapshot, the
+ * thread hash names the old one, which must stay. */
 static void published(void *arg, int rc)
 {
     struct turn *t = arg;
     struct worker *w = t->w;
-    if (rc == 1) {
+    if (rc == QC_FENCED) {
         metric_inc(w->m_fenced, NULL, 1);
         log_warn(&t->lc, "result not published: the lease moved to another worker");
+    } else if (rc == QC_DUPLICATE) {
+        log_warn(&t->lc, "result not published: job %s already has a result", t->job_id);
+    } else if (rc != QC_PUBLISHED) {
+        log_warn(&t->lc, "result not confirmed by Redis before shutdown; the entry stays pending");
     } else if (t->new_snapshot && t->old_snapshot && *t->old_snapshot &&
                strcmp(t->new_snapshot, t->old_snapshot) != 0 && t->old_provider &&
                strcmp(t->old_provider, provider_name(w->prov)) == 0) {
@@ -393,7 +399,7 @@ static void publish_retry_or_dead(struct turn *t)
         .status = "retrying",
         .result_json = result,
         .mode = QUEUE_RETRY,
-        .retry_at_ms = now_ms() + delay,
+        .retry_delay_ms = delay,
         .next_attempt = t->d->attempt + 1,
         .payload = t->d->payload,
         .payload_len = t->d->len,

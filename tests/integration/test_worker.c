@@ -797,6 +797,200 @@ TEST_CASE(output_tail_capped)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+/* Redis refuses writes (OOM) while a turn completes: the error reply is not a publish. The
+ * completion is retried until Redis accepts it, and the thread's previous snapshot is kept
+ * until then (the next turn resumes from what the thread hash names). */
+TEST_CASE(oom_during_completion_retried)
+{
+    new_prefix("oomdone");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(job_json("o1", "tho",
+                      "{\"type\":\"write\",\"files\":[{\"path\":\"/v\",\"content\":\"one\"}]}",
+                      NULL));
+    cJSON *r = wait_result("o1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    xadd_job(job_json("o2", "tho", "{\"type\":\"run\",\"cmd\":\"sleep 1000;cat /v\"}", NULL));
+    char *phase = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(phase);
+        phase = sync_hget(rc, key("job", "o2"), "phase");
+        if (phase && strcmp(phase, "running") == 0)
+            break;
+        sleep_ms(20);
+    }
+    CHECK_STR(phase, "running");
+    free(phase);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory 1"));
+    sleep_ms(3000); /* the turn ends after 1 s; its completion meets OOM */
+    char *st = sync_hget(rc, key("job", "o2"), "status");
+    CHECK(st == NULL);
+    free(st);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory 0"));
+    r = wait_result("o2", 10000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && strcmp(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0), "stdout"),
+                      "one") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("o2"), 1);
+    /* The thread's snapshot is the new one, and it resumes. */
+    xadd_job(job_json("o3", "tho", "{\"type\":\"run\",\"cmd\":\"cat /v\"}", NULL));
+    r = wait_result("o3", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && strcmp(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0), "stdout"),
+                      "one") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(pending(), 0);
+    CHECK(file_contains(log_path("w1"), "OOM"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* A transient error (OOM) on the begin script is retried, never a final "failed". */
+TEST_CASE(oom_during_begin_retried)
+{
+    new_prefix("oombegin");
+    pid_t w = spawn("w1", NULL, 0);
+    for (int waited = 0; waited < 10000 && !file_contains(log_path("w1"), "queue ready");
+         waited += 50)
+        sleep_ms(50);
+    sleep_ms(300); /* the reader is blocked in XREADGROUP */
+    /* The entry lands and maxmemory drops in one transaction: the blocked read is served
+     * (XREADGROUP is not refused on OOM), the begin script is refused. */
+    freeReplyObject(sync_cmd(rc, "MULTI"));
+    freeReplyObject(
+        sync_cmd(rc, "XADD %s * job %s", k_jobs,
+                 job_json("b1", "thb", "{\"type\":\"run\",\"cmd\":\"out ran\"}", NULL)));
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory 1"));
+    freeReplyObject(sync_cmd(rc, "EXEC"));
+    sleep_ms(1500);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory 0"));
+    cJSON *r = wait_result("b1", 10000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("b1"), 1);
+    CHECK(file_contains(log_path("w1"), "OOM"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* A job id that has a terminal result is never written again: not by a malformed duplicate
+ * (rejected), not by a duplicate delivered too often (poison). */
+TEST_CASE(finished_result_never_overwritten)
+{
+    new_prefix("final");
+    pid_t w = spawn("w1", short_lease, 0);
+    xadd_job(job_json("f1", "thf", "{\"type\":\"run\",\"cmd\":\"out ok\"}", NULL));
+    cJSON *r = wait_result("f1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    char *before = sync_hget(rc, key("job", "f1"), "result");
+    /* A malformed duplicate: same id, an unknown field. */
+    xadd_job("{\"id\":\"f1\",\"thread\":\"thf\",\"feature\":\"data-app\",\"tenant\":"
+             "{\"organization\":\"org1\",\"project\":\"proj1\"},\"bogus\":1}");
+    for (int waited = 0; waited < 10000 && sync_int(rc, "XLEN %s", k_dead) < 1; waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_dead), 1);
+    /* A duplicate that a dead consumer held for 11 deliveries: the poison path. */
+    redisReply *x = sync_cmd(rc, "XADD %s * job %s", k_jobs,
+                             job_json("f1", "thf", "{\"type\":\"run\",\"cmd\":\"out ok\"}", NULL));
+    char entry[64];
+    snprintf(entry, sizeof(entry), "%s", x->str);
+    freeReplyObject(x);
+    freeReplyObject(
+        sync_cmd(rc, "XCLAIM %s workers ghost 0 %s RETRYCOUNT 11 FORCE", k_jobs, entry));
+    for (int waited = 0; waited < 15000 && pending() != 0; waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(pending(), 0);
+    char *status = sync_hget(rc, key("job", "f1"), "status");
+    CHECK_STR(status, "succeeded");
+    free(status);
+    char *after = sync_hget(rc, key("job", "f1"), "result");
+    CHECK(before && after && strcmp(before, after) == 0);
+    free(before);
+    free(after);
+    CHECK_EQ_INT(results_for("f1"), 1);
+    char *types = event_types("f1", NULL);
+    CHECK_STR(types, "started|step_started|output|step_finished|done|");
+    free(types);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* Redis restarts while a turn runs on a live worker. After the restart the entry looks idle
+ * far longer than the lease (here forced to 60 s: the outage, or a clock behind); a worker
+ * that connects now must leave it to its owner, who renews first after reconnecting. */
+TEST_CASE(restart_owner_renews_first)
+{
+    new_prefix("owner");
+    static const char *const lease6[] = {"WORKER_LEASE_MS=6000", NULL};
+    pid_t w1 = spawn("w1", lease6, 0);
+    xadd_job(job_json("o1", "tho1", "{\"type\":\"run\",\"cmd\":\"sleep 3000;out done\"}", NULL));
+    char *entry = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        char *ph = sync_hget(rc, key("job", "o1"), "phase");
+        int running = ph && strcmp(ph, "running") == 0;
+        free(ph);
+        if (running) {
+            entry = sync_hget(rc, key("job", "o1"), "entry");
+            break;
+        }
+        sleep_ms(20);
+    }
+    CHECK(entry != NULL);
+    redisFree(rc);
+    test_redis_kill(srv);
+    CHECK_EQ_INT(test_redis_restart(srv), 0);
+    rc = sync_connect(test_redis_port(srv));
+    freeReplyObject(
+        sync_cmd(rc, "XCLAIM %s workers w1 0 %s IDLE 60000 JUSTID", k_jobs, entry ? entry : "0-0"));
+    pid_t w2 = spawn("w2", lease6, 0);
+    cJSON *r = wait_result("o1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && strcmp(jstr(r, "worker"), "w1") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("o1"), 1);
+    CHECK(!file_contains(log_path("w2"), "reclaimed entry"));
+    free(entry);
+    CHECK_EQ_INT(worker_stop(w1, SIGTERM, 10000), 0);
+    CHECK_EQ_INT(worker_stop(w2, SIGTERM, 10000), 0);
+}
+
+/* A worker whose renewals stop being confirmed (writes paused) stops its turn on its own
+ * before the lease runs out: the running step is killed, nothing more is written for it,
+ * and the job ends as "lost" (never a result from the cut-off worker). */
+TEST_CASE(self_fencing_without_renewals)
+{
+    new_prefix("selffence");
+    pid_t w = spawn("w1", short_lease, 0);
+    xadd_job(job_json("s1", "ths1",
+                      "{\"type\":\"run\",\"cmd\":\"out before;sleep 6000;out after\"}", NULL));
+    char *ph = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(ph);
+        ph = sync_hget(rc, key("job", "s1"), "phase");
+        if (ph && strcmp(ph, "running") == 0)
+            break;
+        sleep_ms(20);
+    }
+    CHECK_STR(ph, "running");
+    free(ph);
+    sleep_ms(300);
+    freeReplyObject(sync_cmd(rc, "CLIENT PAUSE 4000 WRITE"));
+    sleep_ms(4200);
+    CHECK(file_contains(log_path("w1"), "lease expired locally"));
+    cJSON *r = wait_result("s1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "lost") == 0);
+    cJSON_Delete(r);
+    sleep_ms(3000); /* the stale turn's step would have printed by now */
+    char *text = NULL;
+    char *types = event_types("s1", &text);
+    CHECK(strstr(text, "before") != NULL);
+    CHECK(strstr(text, "after") == NULL);
+    CHECK(strstr(types, "done|") && strcmp(strstr(types, "done|"), "done|") == 0);
+    free(types);
+    free(text);
+    CHECK_EQ_INT(results_for("s1"), 1);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -979,6 +1173,11 @@ int main(void)
     RUN(upload_and_restore);
     RUN(failed_suspend_keeps_previous_snapshot);
     RUN(output_tail_capped);
+    RUN(oom_during_completion_retried);
+    RUN(oom_during_begin_retried);
+    RUN(finished_result_never_overwritten);
+    RUN(restart_owner_renews_first);
+    RUN(self_fencing_without_renewals);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);
