@@ -397,6 +397,7 @@ static struct queue_delivery *delivery_from(const redisReply *id, long long toke
     d->token = token;
     d->attempt = 1;
     d->enqueued_ms = entry_ms(d->entry);
+    memcpy(d->order, d->entry, sizeof(d->order));
     if (fields && fields->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 1 < fields->elements; i += 2) {
             const redisReply *f = fields->element[i], *v = fields->element[i + 1];
@@ -405,6 +406,10 @@ static struct queue_delivery *delivery_from(const redisReply *id, long long toke
             if (f->len == 3 && memcmp(f->str, "job", 3) == 0 && !d->payload) {
                 d->payload = xstrndup(v->str, v->len);
                 d->len = v->len;
+            } else if (f->len == 5 && memcmp(f->str, "order", 5) == 0 &&
+                       v->len < sizeof(d->order)) {
+                memcpy(d->order, v->str, v->len);
+                d->order[v->len] = '\0';
             } else if (f->len == 7 && memcmp(f->str, "attempt", 7) == 0) {
                 long a = strtol(v->str, NULL, 10);
                 d->attempt = a > 0 && a < 1000000 ? (int)a : 1;
@@ -481,6 +486,7 @@ static void hand_back(queue *q, struct queue_delivery *d)
     cmd_add(&sc->c, d->entry);
     cmd_addn(&sc->c, d->payload, d->len);
     cmd_addll(&sc->c, d->attempt);
+    cmd_add(&sc->c, d->order);
     sc->cb = handback_reply;
     sc->arg = d;
     q->handbacks++;
@@ -921,14 +927,16 @@ void queue_begin(queue *q, const struct queue_begin_req *req, queue_begin_fn cb,
     struct script_call *sc = script_new(q, q->wr, SCRIPT_BEGIN, 5);
     char *k_job = keys_job(q->o.prefix, req->job_id);
     char *k_thread = keys_thread(q->o.prefix, req->thread_id);
+    char *k_threadq = keys_threadq(q->o.prefix, req->thread_id);
     char *k_cancel = keys_cancel(q->o.prefix, req->job_id);
     cmd_add(&sc->c, q->k_jobs);
     cmd_add(&sc->c, k_job);
     cmd_add(&sc->c, k_thread);
-    cmd_add(&sc->c, q->k_delayed);
+    cmd_add(&sc->c, k_threadq);
     cmd_add(&sc->c, k_cancel);
     free(k_job);
     free(k_thread);
+    free(k_threadq);
     free(k_cancel);
     cmd_add(&sc->c, QUEUE_GROUP);
     cmd_add(&sc->c, q->o.consumer);
@@ -938,14 +946,9 @@ void queue_begin(queue *q, const struct queue_begin_req *req, queue_begin_fn cb,
     cmd_add(&sc->c, req->thread_id);
     cmd_add(&sc->c, req->organization);
     cmd_add(&sc->c, req->project);
-    cmd_add(&sc->c, "0"); /* unused: the script reads Redis TIME */
-    struct buf member;
-    buf_init(&member);
-    buf_printf(&member, "%d\n", req->attempt);
-    buf_append(&member, req->payload, req->payload_len);
-    cmd_addn(&sc->c, member.data, member.len);
-    buf_release(&member);
-    cmd_addll(&sc->c, req->busy_delay_ms);
+    cmd_add(&sc->c, req->order && *req->order ? req->order : req->entry);
+    cmd_addn(&sc->c, req->payload ? req->payload : "", req->payload ? req->payload_len : 0);
+    cmd_add(&sc->c, "0"); /* unused */
     cmd_addll(&sc->c, req->attempt);
     sc->retry = 1;
     sc->retry_errors = RETRY_TRANSIENT;
@@ -989,10 +992,11 @@ void queue_complete(queue *q, const struct queue_completion *c, queue_complete_f
     cc->arg = arg;
     const char *job = c->job_id ? c->job_id : "";
     const char *thread = c->thread_id ? c->thread_id : "";
-    struct script_call *sc = script_new(q, q->wr, SCRIPT_COMPLETE, 7);
+    struct script_call *sc = script_new(q, q->wr, SCRIPT_COMPLETE, 8);
     char *k_job = keys_job(q->o.prefix, job);
     char *k_thread = keys_thread(q->o.prefix, thread);
     char *k_events = keys_events(q->o.prefix, job);
+    char *k_threadq = keys_threadq(q->o.prefix, thread);
     cmd_add(&sc->c, q->k_jobs);
     cmd_add(&sc->c, q->k_results);
     cmd_add(&sc->c, k_job);
@@ -1000,9 +1004,11 @@ void queue_complete(queue *q, const struct queue_completion *c, queue_complete_f
     cmd_add(&sc->c, k_events);
     cmd_add(&sc->c, q->k_delayed);
     cmd_add(&sc->c, q->k_dead);
+    cmd_add(&sc->c, k_threadq);
     free(k_job);
     free(k_thread);
     free(k_events);
+    free(k_threadq);
     cmd_add(&sc->c, QUEUE_GROUP);
     cmd_add(&sc->c, q->o.consumer);
     cmd_add(&sc->c, c->entry);

@@ -23,6 +23,8 @@ struct queue_delivery {
     long long token;     /* delivery count when we got it: the fencing token */
     int attempt;         /* 1 for a first run; retries carry attempt+1 */
     int64_t enqueued_ms; /* from the entry id */
+    char order[48];      /* the job's first entry id (field "order"; else entry): its place
+                          * among its thread's jobs */
     char *payload;       /* the "job" field (may be NULL when the entry lacks it) */
     size_t len;
     int reclaimed; /* came from XAUTOCLAIM (a previous owner stopped renewing) */
@@ -83,7 +85,8 @@ enum queue_begin_status {
     QB_CANCELLED, /* cancel key set before start */
     QB_STARTED,   /* a previous delivery had started this turn */
     QB_TENANT,    /* the thread belongs to another tenant */
-    QB_BUSY,      /* thread busy: job requeued through the delayed set; acked */
+    QB_BUSY,      /* thread busy (or an earlier job of it waits): job parked in the thread
+                   * queue, released by the holder's completion; acked */
     QB_ERROR,     /* Redis unavailable; the caller may retry */
 };
 
@@ -101,10 +104,10 @@ struct queue_begin_req {
     const char *thread_id;
     const char *organization;
     const char *project;
-    const char *payload; /* for the busy requeue */
+    const char *order;   /* delivery's order ("" or NULL: the entry id) */
+    const char *payload; /* parked as is when the thread is busy */
     size_t payload_len;
     int attempt;
-    int busy_delay_ms;
 };
 
 /* thread is valid only during the callback (QB_OK only). */

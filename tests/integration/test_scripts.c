@@ -23,16 +23,26 @@ static const char *reply_head(redisReply *r)
 
 static redisReply *begin(const char *token)
 {
-    const char *argv[] = {"EVAL",        scripts_source(SCRIPT_BEGIN),
-                          "5",           JOBS,
-                          "{s}:job:j1",  "{s}:thread:t1",
-                          "{s}:delayed", "{s}:cancel:j1",
-                          "workers",     "c1",
-                          entry,         token,
-                          "j1",          "t1",
-                          "org",         "proj",
-                          "1000",        "1\n{}",
-                          "1000",        "1"};
+    const char *argv[] = {"EVAL",
+                          scripts_source(SCRIPT_BEGIN),
+                          "5",
+                          JOBS,
+                          "{s}:job:j1",
+                          "{s}:thread:t1",
+                          "{s}:threadq:t1",
+                          "{s}:cancel:j1",
+                          "workers",
+                          "c1",
+                          entry,
+                          token,
+                          "j1",
+                          "t1",
+                          "org",
+                          "proj",
+                          "",
+                          "{}",
+                          "0",
+                          "1"};
     return redisCommandArgv(rc, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
 }
 
@@ -42,7 +52,7 @@ static redisReply *complete_mode(const char *who, const char *token, const char 
 {
     const char *argv[] = {"EVAL",
                           scripts_source(SCRIPT_COMPLETE),
-                          "7",
+                          "8",
                           JOBS,
                           "{s}:results",
                           "{s}:job:j1",
@@ -50,6 +60,7 @@ static redisReply *complete_mode(const char *who, const char *token, const char 
                           "{s}:events:j1",
                           "{s}:delayed",
                           "{s}:dead",
+                          "{s}:threadq:t1",
                           "workers",
                           who,
                           entry,

@@ -991,6 +991,106 @@ TEST_CASE(self_fencing_without_renewals)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+/* Jobs of a busy thread wait in the thread's queue (not the delayed set) and run one at a
+ * time in enqueue order, whichever worker reads them; each parked job goes back to the
+ * stream exactly once, when the turn before it completes. */
+TEST_CASE(thread_turns_in_order)
+{
+    new_prefix("order");
+    pid_t w[3];
+    for (int i = 0; i < 3; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "w%d", i + 1);
+        w[i] = spawn(name, NULL, 0);
+    }
+    /* after: destroy, since the scripted provider keeps snapshots in its own process */
+    static const char destroy[] = "\"after\":\"destroy\"";
+    xadd_job(job_json("q0", "ord", "{\"type\":\"run\",\"cmd\":\"sleep 2000;out 0\"}", destroy));
+    char *ph = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(ph);
+        ph = sync_hget(rc, key("job", "q0"), "phase");
+        if (ph && strcmp(ph, "running") == 0)
+            break;
+        sleep_ms(20);
+    }
+    CHECK_STR(ph, "running");
+    free(ph);
+    enum { N = 6 };
+    for (int i = 1; i < N; i++) {
+        char id[8], cmd[64];
+        snprintf(id, sizeof(id), "q%d", i);
+        snprintf(cmd, sizeof(cmd), "{\"type\":\"run\",\"cmd\":\"sleep 100;out %d\"}", i);
+        xadd_job(job_json(id, "ord", cmd, destroy));
+    }
+    sleep_ms(800);
+    CHECK_EQ_INT(sync_int(rc, "ZCARD {%s}:delayed", pfx), 0);
+    CHECK_EQ_INT(sync_int(rc, "ZCARD %s", key("threadq", "ord")), N - 1);
+    char *p1 = sync_hget(rc, key("job", "q1"), "phase");
+    CHECK_STR(p1, "parked");
+    free(p1);
+    long long prev_finished = 0;
+    for (int i = 0; i < N; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "q%d", i);
+        cJSON *r = wait_result(id, 30000);
+        CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+        cJSON_Delete(r);
+        char *st = sync_hget(rc, key("job", id), "started_at");
+        char *fi = sync_hget(rc, key("job", id), "finished_at");
+        CHECK(st && fi && atoll(st) >= prev_finished);
+        if (st && atoll(st) < prev_finished)
+            printf("  %s started %lld before the previous turn finished (%lld)\n", id, atoll(st),
+                   prev_finished);
+        prev_finished = fi ? atoll(fi) : prev_finished;
+        free(st);
+        free(fi);
+    }
+    /* N entries from the producer, one release per parked job, nothing else. */
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_jobs), 2 * N - 1);
+    CHECK_EQ_INT(pending(), 0);
+    CHECK_EQ_INT(sync_int(rc, "EXISTS %s", key("threadq", "ord")), 0);
+    char *lock = sync_hget(rc, key("thread", "ord"), "lock_job");
+    CHECK(lock == NULL);
+    free(lock);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(worker_stop(w[i], SIGTERM, 10000), 0);
+}
+
+/* The worker checks what Redis must provide (docs/configuration.md) and warns; a server that
+ * refuses CONFIG (as managed services do) gets one warning saying so, and the worker runs. */
+TEST_CASE(redis_requirements_checked)
+{
+    new_prefix("reqs");
+    freeReplyObject(sync_cmd(rc, "CONFIG SET appendfsync everysec"));
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory-policy allkeys-lru"));
+    pid_t w = spawn("w1", NULL, 0);
+    for (int waited = 0; waited < 10000 && !file_contains(log_path("w1"), "queue ready");
+         waited += 50)
+        sleep_ms(50);
+    sleep_ms(300);
+    CHECK(file_contains(log_path("w1"), "appendfsync is everysec"));
+    CHECK(file_contains(log_path("w1"), "maxmemory-policy is allkeys-lru"));
+    CHECK(!file_contains(log_path("w1"), "appendonly is"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET appendfsync always"));
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory-policy noeviction"));
+
+    /* A user without CONFIG: the worker says it could not check, and still runs jobs. */
+    freeReplyObject(sync_cmd(rc, "ACL SETUSER managed on >pw ~* &* +@all -config"));
+    char url[128];
+    snprintf(url, sizeof(url), "redis://managed:pw@127.0.0.1:%d", test_redis_port(srv));
+    struct worker_spec ws = {.url = url, .prefix = pfx, .name = "w2", .log_path = log_path("w2")};
+    w = worker_spawn(&ws);
+    xadd_job(job_json("m1", "thm", "{\"type\":\"run\",\"cmd\":\"out x\"}", NULL));
+    cJSON *r = wait_result("m1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    CHECK(file_contains(log_path("w2"), "cannot check Redis persistence settings"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+    freeReplyObject(sync_cmd(rc, "ACL DELUSER managed"));
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -1178,6 +1278,8 @@ int main(void)
     RUN(finished_result_never_overwritten);
     RUN(restart_owner_renews_first);
     RUN(self_fencing_without_renewals);
+    RUN(thread_turns_in_order);
+    RUN(redis_requirements_checked);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);
