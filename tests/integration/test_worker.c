@@ -1091,6 +1091,33 @@ TEST_CASE(redis_requirements_checked)
     freeReplyObject(sync_cmd(rc, "ACL DELUSER managed"));
 }
 
+/* A cancel that arrives while the sandbox is being suspended (the steps are done) leaves
+ * the turn's result as it was. */
+TEST_CASE(cancel_while_suspending)
+{
+    new_prefix("cancelsusp");
+    static const char *const env[] = {"SCRIPTED_SUSPEND_DELAY_MS=2500", NULL};
+    pid_t w = spawn("w1", env, 0);
+    xadd_job(job_json("cs1", "thcs", "{\"type\":\"run\",\"cmd\":\"out finished\"}", NULL));
+    char *types = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(types);
+        types = event_types("cs1", NULL);
+        if (strstr(types, "step_finished"))
+            break;
+        sleep_ms(20);
+    }
+    CHECK(types && strstr(types, "step_finished"));
+    free(types);
+    freeReplyObject(sync_cmd(rc, "SET %s 1 EX 600", key("cancel", "cs1")));
+    cJSON *r = wait_result("cs1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && jstr(r, "error.code") == NULL);
+    cJSON_Delete(r);
+    CHECK(file_contains(log_path("w1"), "cancel requested after the steps finished"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -1280,6 +1307,7 @@ int main(void)
     RUN(self_fencing_without_renewals);
     RUN(thread_turns_in_order);
     RUN(redis_requirements_checked);
+    RUN(cancel_while_suspending);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);

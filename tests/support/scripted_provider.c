@@ -444,7 +444,8 @@ static void sc_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
     files_copy(&s->f, &((struct ssb *)sb->priv)->f);
     s->next = snaps;
     snaps = s;
-    struct later *l = later_new(sb->prov->base, call_ref, 0);
+    const char *delay = getenv("SCRIPTED_SUSPEND_DELAY_MS");
+    struct later *l = later_new(sb->prov->base, call_ref, delay ? atoi(delay) : 0);
     l->cb.reff = done;
     l->arg = arg;
     l->ref = cJSON_CreateObject();

@@ -18,7 +18,8 @@
  * back at DEST/NAME; an unknown key fails.
  *
  * SCRIPTED_EXEC_LOG=path: every exec appends "<job> <worker> <pid> <monotonic µs>" as one
- * line (one O_APPEND write), the ground truth of which turns ran where (tests/chaos). */
+ * line (one O_APPEND write), the ground truth of which turns ran where (tests/chaos).
+ * SCRIPTED_SUSPEND_DELAY_MS=N: a successful suspend completes N ms later. */
 #ifndef SW_TESTS_SCRIPTED_PROVIDER_H
 #define SW_TESTS_SCRIPTED_PROVIDER_H
 
