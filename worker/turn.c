@@ -205,6 +205,8 @@ static void snapshot_deleted(void *arg, int rc, const char *err)
     struct snap_del *sd = arg;
     if (rc != 0)
         log_warn(NULL, "could not delete previous snapshot %s: %s", sd->ref, err ? err : "");
+    else
+        log_info(NULL, "deleted previous snapshot %s", sd->ref);
     free(sd->ref);
     free(sd);
 }

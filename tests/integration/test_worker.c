@@ -1118,6 +1118,44 @@ TEST_CASE(cancel_while_suspending)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+/* A destroy job deletes the thread's snapshot only once Redis confirmed the thread is
+ * destroyed: while its completion is refused, the snapshot (still named by the thread hash)
+ * stays. */
+TEST_CASE(destroy_deletes_snapshot_after_publish)
+{
+    new_prefix("destroy");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(job_json("d1", "thd", "{\"type\":\"run\",\"cmd\":\"out x\"}", NULL));
+    cJSON *r = wait_result("d1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    /* The results stream of the wrong type: every completion fails before writing. */
+    freeReplyObject(sync_cmd(rc, "DEL %s", k_results));
+    freeReplyObject(sync_cmd(rc, "SET %s not-a-stream", k_results));
+    xadd_job("{\"id\":\"d2\",\"thread\":\"thd\",\"feature\":\"data-app\",\"op\":\"destroy\","
+             "\"tenant\":{\"organization\":\"org1\",\"project\":\"proj1\"}}");
+    char *ph = sync_wait_hget(rc, key("job", "d2"), "phase", 20000);
+    free(ph);
+    sleep_ms(1500);
+    CHECK(file_contains(log_path("w1"), "WRONGTYPE"));
+    CHECK(!file_contains(log_path("w1"), "deleted previous snapshot"));
+    char *state = sync_hget(rc, key("thread", "thd"), "state");
+    CHECK_STR(state, "suspended");
+    free(state);
+    freeReplyObject(sync_cmd(rc, "DEL %s", k_results));
+    r = wait_result("d2", 10000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    state = sync_hget(rc, key("thread", "thd"), "state");
+    CHECK_STR(state, "destroyed");
+    free(state);
+    for (int waited = 0;
+         waited < 5000 && !file_contains(log_path("w1"), "deleted previous snapshot"); waited += 50)
+        sleep_ms(50);
+    CHECK(file_contains(log_path("w1"), "deleted previous snapshot"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -1308,6 +1346,7 @@ int main(void)
     RUN(thread_turns_in_order);
     RUN(redis_requirements_checked);
     RUN(cancel_while_suspending);
+    RUN(destroy_deletes_snapshot_after_publish);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);
