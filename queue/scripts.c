@@ -19,7 +19,10 @@
  * KEYS[TQ] (members "<order>\n<attempt>\n<job id>\n<job json>", all scored 0, so the set
  * is ordered by <order>: the zero-padded id of the job's first stream entry, i.e. enqueue
  * order). The completion of the holder hands the lock to the first parked job by adding it
- * back to the stream. */
+ * back to the stream, unless an earlier job of the thread is pending and not begun (read by
+ * a worker that died, say): then the lock is just freed, that job takes it when it begins,
+ * and its completion releases the parked one. Finding those scans the pending entries
+ * (at most 1000) and decodes their jobs. */
 #define THREAD_LOCK_LUA                                                                            \
     "local pfx = string.sub(KEYS[1], 1, #KEYS[1] - 4)\n"                                           \
     "local function padded(id)\n"                                                                  \
@@ -35,15 +38,37 @@
     "  return le and le ~= '' and\n"                                                               \
     "         #redis.call('XPENDING', KEYS[1], ARGV[1], le, le, 1) > 0\n"                          \
     "end\n"                                                                                        \
+    "local function job_of(e)\n"                                                                   \
+    "  local r = redis.call('XRANGE', KEYS[1], e, e)\n"                                            \
+    "  local f, js, ord = r[1] and r[1][2] or {}, nil, nil\n"                                      \
+    "  for k = 1, #f - 1, 2 do\n"                                                                  \
+    "    if f[k] == 'job' then js = f[k + 1] elseif f[k] == 'order' then ord = f[k + 1] end\n"     \
+    "  end\n"                                                                                      \
+    "  if not js then return nil end\n"                                                            \
+    "  local ok, d = pcall(cjson.decode, js)\n"                                                    \
+    "  if not ok or type(d) ~= 'table' then return nil end\n"                                      \
+    "  return d.thread, d.id, padded(ord) or padded(e)\n"                                          \
+    "end\n"                                                                                        \
+    "local function earlier_pending(thread, jid, order)\n"                                         \
+    "  for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000)) do\n"          \
+    "    if p[1] ~= ARGV[3] then\n"                                                                \
+    "      local th, id, o = job_of(p[1])\n"                                                       \
+    "      if th == thread and id ~= jid and o and o < order then return true end\n"               \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  return false\n"                                                                             \
+    "end\n"                                                                                        \
     "local function release_next(th, tq)\n"                                                        \
     "  local h = redis.call('ZRANGE', tq, 0, 0)\n"                                                 \
-    "  if #h == 0 then\n"                                                                          \
+    "  local o, att, jid, js\n"                                                                    \
+    "  if #h > 0 then\n"                                                                           \
+    "    o, att, jid, js = string.match(h[1], '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n(.*)$')\n"     \
+    "  end\n"                                                                                      \
+    "  if not o or earlier_pending(ARGV[6], jid, o) then\n"                                        \
     "    redis.call('HDEL', th, 'lock_entry', 'lock_job')\n"                                       \
     "    return\n"                                                                                 \
     "  end\n"                                                                                      \
     "  redis.call('ZREM', tq, h[1])\n"                                                             \
-    "  local o, att, jid, js = string.match(h[1], '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n(.*)$')\n" \
-    "  if not o then return end\n"                                                                 \
     "  local a, b = string.match(o, '^(%d+)-(%d+)$')\n"                                            \
     "  local id = redis.call('XADD', KEYS[1], '*', 'job', js, 'attempt', att, 'order',\n"          \
     "                        string.format('%.0f-%.0f', tonumber(a), tonumber(b)))\n"              \
@@ -123,22 +148,7 @@ static const char begin_lua[] =
     "      release_next(KEYS[3], KEYS[4])\n"
     "    end\n"
     "  end\n"
-    "  if not busy then\n"
-    "    local ep = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '(' .. ARGV[3], 100)\n"
-    "    for _, e in ipairs(ep) do\n"
-    "      local r = redis.call('XRANGE', KEYS[1], e[1], e[1])\n"
-    "      local f = r[1] and r[1][2] or {}\n"
-    "      for k = 1, #f - 1, 2 do\n"
-    "        if f[k] == 'job' then\n"
-    "          local ok, d = pcall(cjson.decode, f[k + 1])\n"
-    "          if ok and type(d) == 'table' and d.thread == ARGV[6] and d.id ~= ARGV[5] then\n"
-    "            busy = true\n"
-    "          end\n"
-    "        end\n"
-    "      end\n"
-    "      if busy then break end\n"
-    "    end\n"
-    "  end\n"
+    "  if not busy then busy = earlier_pending(ARGV[6], ARGV[5], order) end\n"
     "  if busy then\n"
     "    redis.call('ZADD', KEYS[4], 0, order .. '\\n' .. ARGV[12] .. '\\n' .. ARGV[5] .. '\\n' "
     "..\n"

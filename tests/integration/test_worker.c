@@ -1156,6 +1156,49 @@ TEST_CASE(destroy_deletes_snapshot_after_publish)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+/* An earlier job of the thread read by a worker that died before beginning it goes before a
+ * later parked job: the running turn's completion frees the thread instead of releasing the
+ * parked job, the earlier one runs once reclaimed, and its completion releases the next. */
+TEST_CASE(earlier_unbegun_job_goes_first)
+{
+    new_prefix("earlier");
+    pid_t w = spawn("w1", short_lease, 0);
+    xadd_job(job_json("e1", "the", "{\"type\":\"run\",\"cmd\":\"sleep 1500;out 1\"}", NULL));
+    char *ph = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(ph);
+        ph = sync_hget(rc, key("job", "e1"), "phase");
+        if (ph && strcmp(ph, "running") == 0)
+            break;
+        sleep_ms(20);
+    }
+    CHECK_STR(ph, "running");
+    free(ph);
+    /* e2 lands and a consumer that then dies reads it, in one transaction. */
+    freeReplyObject(sync_cmd(rc, "MULTI"));
+    freeReplyObject(sync_cmd(rc, "XADD %s * job %s", k_jobs,
+                             job_json("e2", "the", "{\"type\":\"run\",\"cmd\":\"out 2\"}", NULL)));
+    freeReplyObject(sync_cmd(rc, "XREADGROUP GROUP workers ghost COUNT 1 STREAMS %s >", k_jobs));
+    freeReplyObject(sync_cmd(rc, "EXEC"));
+    xadd_job(job_json("e3", "the", "{\"type\":\"run\",\"cmd\":\"out 3\"}", NULL));
+    long long prev = 0;
+    for (int i = 1; i <= 3; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "e%d", i);
+        cJSON *r = wait_result(id, 20000);
+        CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+        cJSON_Delete(r);
+        char *st = sync_hget(rc, key("job", id), "started_at");
+        char *fi = sync_hget(rc, key("job", id), "finished_at");
+        CHECK(st && atoll(st) >= prev);
+        prev = fi ? atoll(fi) : prev;
+        free(st);
+        free(fi);
+    }
+    CHECK_EQ_INT(pending(), 0);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -1344,6 +1387,7 @@ int main(void)
     RUN(restart_owner_renews_first);
     RUN(self_fencing_without_renewals);
     RUN(thread_turns_in_order);
+    RUN(earlier_unbegun_job_goes_first);
     RUN(redis_requirements_checked);
     RUN(cancel_while_suspending);
     RUN(destroy_deletes_snapshot_after_publish);
