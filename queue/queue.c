@@ -202,6 +202,11 @@ int queue_ready(const queue *q, char *why, size_t whylen)
                  redis_last_error(q->rd)[0] ? redis_last_error(q->rd) : "connecting");
         return 0;
     }
+    if (redis_get_state(q->rn) != REDIS_READY) {
+        snprintf(why, whylen, "redis (renewals): %s",
+                 redis_last_error(q->rn)[0] ? redis_last_error(q->rn) : "connecting");
+        return 0;
+    }
     if (!q->group_ready) {
         snprintf(why, whylen, "consumer group not created yet");
         return 0;

@@ -54,6 +54,7 @@ struct turn {
     int64_t t_start, t_acquired, t_steps_done, t_finished; /* monotonic ms */
     int64_t t_start_wall;                                  /* for queued_ms */
     int delete_old_snapshot; /* destroy job: the thread's snapshot goes once published */
+    int cancel_ignored;      /* a cancel came after the steps: logged once, ignored */
     struct sandbox *sb;
     int resumed;
     char *old_state, *old_snapshot, *old_provider;
@@ -841,7 +842,9 @@ void turn_cancel_entry(struct worker *w, const char *entry)
 {
     struct turn *t = find_turn(w, entry);
     if (t && t->finishing) {
-        log_info(&t->lc, "cancel requested after the steps finished; the turn's result stands");
+        if (!t->cancel_ignored)
+            log_info(&t->lc, "cancel requested after the steps finished; the turn's result stands");
+        t->cancel_ignored = 1; /* the cancel key is seen again at every renewal */
         return;
     }
     if (t && !t->abort) {
