@@ -209,7 +209,17 @@ TEST_CASE(retry_replay_and_duplicate)
     CHECK_STR(reply_head(r), "ok");
     freeReplyObject(r);
     CHECK_EQ_INT(sync_int(rc, "ZCARD {s}:delayed"), 1);
-    /* Due by Redis TIME: 0 ms delay from the script's own clock. */
+    /* Times are Redis TIME (the callers pass no clock): started_at and the retry's due time
+     * (0 ms delay here) are within a few seconds of the server's TIME. */
+    redisReply *tm = sync_cmd(rc, "TIME");
+    long long now = atoll(tm->element[0]->str) * 1000 + atoll(tm->element[1]->str) / 1000;
+    freeReplyObject(tm);
+    char *started = sync_hget(rc, "{s}:job:j1", "started_at");
+    CHECK(started && llabs(atoll(started) - now) < 5000);
+    free(started);
+    redisReply *due = sync_cmd(rc, "ZRANGE {s}:delayed 0 0 WITHSCORES");
+    CHECK(due->elements == 2 && llabs(atoll(due->element[1]->str) - now) < 5000);
+    freeReplyObject(due);
     char *phase = sync_hget(rc, "{s}:job:j1", "phase");
     CHECK_STR(phase, "retrying");
     free(phase);
