@@ -33,6 +33,7 @@ int main(int argc, char **argv)
         .enqueue_ms = 60000,
         .kill_every_ms = 3000,
         .redis_restarts = 2,
+        .oom_windows = 3,
         .lease_ms = 3000,
         .timeout_ms = 240000,
     };

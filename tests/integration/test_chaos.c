@@ -1,6 +1,6 @@
 /* A bounded chaos run for make test (make chaos runs the long one): 3 workers, 40 turns on
  * 6 threads enqueued over 12 s, a worker SIGKILLed every ~3 s, Redis killed and restarted
- * once. CHAOS_SEED=N repeats a schedule. */
+ * once and refusing writes (OOM) once. CHAOS_SEED=N repeats a schedule. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -21,6 +21,7 @@ TEST_CASE(chaos_bounded)
         .enqueue_ms = 12000,
         .kill_every_ms = 3000,
         .redis_restarts = 1,
+        .oom_windows = 1,
         .lease_ms = 3000,
         .timeout_ms = 90000,
     };

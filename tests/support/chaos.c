@@ -24,7 +24,7 @@ struct chaos {
     char exec_log[512];
     struct cw *w;
     int gen;
-    int kills, restarts;
+    int kills, restarts, ooms;
     int failures; /* checks failed */
 };
 
@@ -93,6 +93,15 @@ static void redis_bounce(struct chaos *c)
     }
     c->rc = sync_connect(test_redis_port(c->srv));
     c->restarts++;
+}
+
+/* Redis refuses every write for a while (as when it hits maxmemory with noeviction). */
+static void oom_window(struct chaos *c)
+{
+    freeReplyObject(sync_cmd(c->rc, "CONFIG SET maxmemory 1"));
+    sleep_ms(300 + (int)rnd(c, 1200));
+    freeReplyObject(sync_cmd(c->rc, "CONFIG SET maxmemory 0"));
+    c->ooms++;
 }
 
 static int job_done(struct chaos *c, int k)
@@ -241,9 +250,9 @@ int chaos_run(const struct chaos_opts *o)
     struct chaos cs = {.o = o, .rng = 0x9e3779b97f4a7c15ULL ^ o->seed};
     struct chaos *c = &cs;
     printf("chaos: seed %u: %d workers x %d slots, %d jobs on %d threads, a kill every ~%d ms, "
-           "%d redis restarts, lease %d ms\n",
+           "%d redis restarts, %d OOM windows, lease %d ms\n",
            o->seed, o->workers, o->concurrency, o->jobs, o->threads, o->kill_every_ms,
-           o->redis_restarts, o->lease_ms);
+           o->redis_restarts, o->oom_windows, o->lease_ms);
     fflush(stdout);
     c->srv = test_redis_start(NULL);
     if (!c->srv)
@@ -259,7 +268,11 @@ int chaos_run(const struct chaos_opts *o)
     for (int i = 0; i < o->redis_restarts; i++)
         restart_at[i] = start + (long long)o->enqueue_ms * (i + 1) / (o->redis_restarts + 1) +
                         (long long)rnd(c, 500);
-    int enqueued = 0, next_restart = 0, done_upto = 0;
+    long long *oom_at = calloc((size_t)o->oom_windows + 1, sizeof(long long));
+    for (int i = 0; i < o->oom_windows; i++)
+        oom_at[i] = start + (long long)o->enqueue_ms * (4 * i + 1) / (4 * o->oom_windows) +
+                    (long long)rnd(c, 700);
+    int enqueued = 0, next_restart = 0, next_oom = 0, done_upto = 0;
     for (;;) {
         long long now = mono_ms(), el = now - start;
         int due = o->enqueue_ms > 0 ? (int)((long long)o->jobs * el / o->enqueue_ms) : o->jobs;
@@ -280,6 +293,12 @@ int chaos_run(const struct chaos_opts *o)
             printf("chaos: %5lld ms: redis back\n", mono_ms() - start);
             next_restart++;
         }
+        if (next_oom < o->oom_windows && now >= oom_at[next_oom]) {
+            printf("chaos: %5lld ms: redis refuses writes (OOM)\n", el);
+            oom_window(c);
+            printf("chaos: %5lld ms: redis takes writes again\n", mono_ms() - start);
+            next_oom++;
+        }
         while (done_upto < enqueued && job_done(c, done_upto))
             done_upto++;
         if (enqueued == o->jobs && done_upto == o->jobs)
@@ -293,14 +312,16 @@ int chaos_run(const struct chaos_opts *o)
     /* Let acknowledgements settle (a worker killed at the end holds entries for a lease). */
     for (int waited = 0; waited < 4 * o->lease_ms && pending_count(c) != 0; waited += 100)
         sleep_ms(100);
-    printf("chaos: all jobs finished after %lld ms (%d kills, %d redis restarts)\n",
-           mono_ms() - start, c->kills, c->restarts);
+    printf("chaos: all jobs finished after %lld ms (%d kills, %d redis restarts, %d OOM "
+           "windows)\n",
+           mono_ms() - start, c->kills, c->restarts, c->ooms);
     for (int i = 0; i < o->workers; i++)
         if (worker_stop(c->w[i].pid, SIGTERM, 15000) != 0)
             FAILF("worker %s did not stop cleanly", c->w[i].name);
     check(c);
     printf("chaos: seed %u: %s\n", o->seed, c->failures ? "FAILED" : "all checks passed");
     free(restart_at);
+    free(oom_at);
     free(c->w);
     redisFree(c->rc);
     if (c->failures) {
