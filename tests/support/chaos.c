@@ -219,6 +219,19 @@ static void check(struct chaos *c)
     }
     printf("chaos: %zu turns ran, none twice: %s; threads in enqueue order: %s\n", nex,
            twice ? "NO" : "yes", order_bad ? "NO" : "yes");
+    /* The attempt each turn ran at (the job hash keeps the attempt of the last begin). */
+    int by_attempt[4] = {0};
+    for (int k = 0; k < n; k++) {
+        if (!execs[k])
+            continue;
+        r = sync_cmd(c->rc, "HGET {" PFX "}:job:c%d attempt", k);
+        int a = r->type == REDIS_REPLY_STRING ? atoi(r->str) : 0;
+        freeReplyObject(r);
+        if (a > 0)
+            by_attempt[a <= 3 ? a - 1 : 3]++;
+    }
+    printf("chaos: turns by attempt: 1: %d, 2: %d, 3+: %d\n", by_attempt[0], by_attempt[1],
+           by_attempt[2] + by_attempt[3]);
     free(last);
     free(ex);
     free(execs);
