@@ -137,3 +137,10 @@ clean:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 .SECONDARY:
+
+# Delivery under faults: worker processes SIGKILLed, Redis killed and restarted, then checks
+# (tests/support/chaos.h). make chaos CHAOS_ARGS="--seed N --workers N --jobs N --threads N
+# --seconds N"; a bounded run is part of make test (tests/integration/test_chaos.c).
+.PHONY: chaos
+chaos: $(BUILD)/tests/chaos/chaos
+	./$(BUILD)/tests/chaos/chaos $(CHAOS_ARGS)

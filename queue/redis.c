@@ -981,3 +981,17 @@ void redis_drop(redis *r)
     }
     leave(r);
 }
+
+int redis_error_transient(const char *msg)
+{
+    static const char *const words[] = {"READONLY",    "BUSY",       "OOM",       "LOADING",
+                                        "TRYAGAIN",    "MOVED",      "ASK",       "MASTERDOWN",
+                                        "CLUSTERDOWN", "NOREPLICAS", "UNBLOCKED", NULL};
+    if (!msg)
+        return 0;
+    size_t n = strcspn(msg, " \r\n");
+    for (size_t i = 0; words[i]; i++)
+        if (strlen(words[i]) == n && strncmp(msg, words[i], n) == 0)
+            return 1;
+    return 0;
+}

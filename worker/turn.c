@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -18,8 +19,7 @@
 #include "worker/turn.h"
 #include "worker/worker.h"
 
-#define POISON_DELIVERIES 10   /* a turn never begun after this many deliveries is dead */
-#define BUSY_DELAY_MS     1000 /* thread busy: retry the job this much later */
+#define POISON_DELIVERIES 10 /* a turn never begun after this many deliveries is dead */
 
 enum turn_abort { AB_NONE = 0, AB_CANCEL, AB_TIMEOUT, AB_LEASE, AB_SHUTDOWN };
 
@@ -57,9 +57,11 @@ struct turn {
     struct log_ctx lc;
     char job_id[129], thread_id[129];
     int tracked;
-    int begun; /* publish names the thread (the complete script frees its lock if ours) */
     enum turn_abort abort;
-    int64_t t_start, t_acquired, t_steps_done, t_finished;
+    int64_t t_start, t_acquired, t_steps_done, t_finished; /* monotonic ms */
+    int64_t t_start_wall;                                  /* for queued_ms */
+    int delete_old_snapshot; /* destroy job: the thread's snapshot goes once published */
+    int cancel_ignored;      /* a cancel came after the steps: logged once, ignored */
     struct sandbox *sb;
     int resumed;
     char *old_state, *old_snapshot, *old_provider;
@@ -81,7 +83,16 @@ struct turn {
     struct event *deadline;
 };
 
+/* Durations: monotonic. */
 static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wall clock: only to compare with the entry id's time (queued_ms). */
+static int64_t wall_ms(void)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -193,7 +204,7 @@ static void emit(struct turn *t, const char *const *fields)
 {
     if (!t->job_id[0] || t->abort == AB_LEASE)
         return;
-    queue_event(t->w->q, t->job_id, fields, NULL);
+    queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, fields, NULL);
 }
 
 /* Cuts tail to its cap, then past a cut UTF-8 character. */
@@ -241,7 +252,7 @@ static void emit_output(struct turn *t, int si, int final)
                                 step,   "stream",    si ? "stderr" : "stdout",
                                 "data", masked.data, NULL};
         size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
-        queue_event(t->w->q, t->job_id, fields, lens);
+        queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, fields, lens);
     }
     buf_release(&masked);
 }
@@ -320,20 +331,29 @@ static void snapshot_deleted(void *arg, int rc, const char *err)
     struct snap_del *sd = arg;
     if (rc != 0)
         log_warn(NULL, "could not delete previous snapshot %s: %s", sd->ref, err ? err : "");
+    else
+        log_info(NULL, "deleted previous snapshot %s", sd->ref);
     free(sd->ref);
     free(sd);
 }
 
+/* Only QC_PUBLISHED lets the thread move on: until Redis confirms the new snapshot, the
+ * thread hash names the old one, which must stay. */
 static void published(void *arg, int rc)
 {
     struct turn *t = arg;
     struct worker *w = t->w;
-    if (rc == 1) {
+    if (rc == QC_FENCED) {
         metric_inc(w->m_fenced, NULL, 1);
         log_warn(&t->lc, "result not published: the lease moved to another worker");
-    } else if (t->new_snapshot && t->old_snapshot && *t->old_snapshot &&
-               strcmp(t->new_snapshot, t->old_snapshot) != 0 && t->old_provider &&
-               strcmp(t->old_provider, provider_name(w->prov)) == 0) {
+    } else if (rc == QC_DUPLICATE) {
+        log_warn(&t->lc, "result not published: job %s already has a result", t->job_id);
+    } else if (rc != QC_PUBLISHED) {
+        log_warn(&t->lc, "result not confirmed by Redis before shutdown; the entry stays pending");
+    } else if (t->old_snapshot && *t->old_snapshot && t->old_provider &&
+               strcmp(t->old_provider, provider_name(w->prov)) == 0 &&
+               (t->delete_old_snapshot ||
+                (t->new_snapshot && strcmp(t->new_snapshot, t->old_snapshot) != 0))) {
         /* The thread has moved on to the new snapshot: the old one can go. */
         cJSON *ref = cJSON_Parse(t->old_snapshot);
         if (ref) {
@@ -435,7 +455,9 @@ static char *build_result(struct turn *t, const char *status, int slim)
     cJSON *tm = cJSON_AddObjectToObject(r, "timings");
     int64_t end = now_ms();
     int64_t start = t->t_start ? t->t_start : end;
-    cJSON_AddNumberToObject(tm, "queued_ms", (double)(start - t->d->enqueued_ms));
+    int64_t start_wall = t->t_start_wall ? t->t_start_wall : wall_ms();
+    int64_t queued = start_wall - t->d->enqueued_ms;
+    cJSON_AddNumberToObject(tm, "queued_ms", (double)(queued > 0 ? queued : 0));
     if (t->t_acquired)
         cJSON_AddNumberToObject(tm, "acquire_ms", (double)(t->t_acquired - start));
     if (t->t_steps_done && t->t_acquired)
@@ -482,7 +504,7 @@ static void publish(struct turn *t, const char *status, enum queue_mode mode,
         .entry = t->d->entry,
         .token = t->d->token,
         .job_id = t->job_id,
-        .thread_id = t->begun ? t->thread_id : "",
+        .thread_id = t->thread_id,
         .status = status,
         .result_json = result,
         .mode = mode,
@@ -527,11 +549,11 @@ static void publish_retry_or_dead(struct turn *t)
         .entry = t->d->entry,
         .token = t->d->token,
         .job_id = t->job_id,
-        .thread_id = t->begun ? t->thread_id : "",
+        .thread_id = t->thread_id,
         .status = "retrying",
         .result_json = result,
         .mode = QUEUE_RETRY,
-        .retry_at_ms = now_ms() + delay,
+        .retry_delay_ms = delay,
         .next_attempt = t->d->attempt + 1,
         .payload = t->d->payload,
         .payload_len = t->d->len,
@@ -977,6 +999,12 @@ void turn_lease_lost(struct worker *w, const char *entry)
 void turn_cancel_entry(struct worker *w, const char *entry)
 {
     struct turn *t = find_turn(w, entry);
+    if (t && t->finishing) {
+        if (!t->cancel_ignored)
+            log_info(&t->lc, "cancel requested after the steps finished; the turn's result stands");
+        t->cancel_ignored = 1; /* the cancel key is seen again at every renewal */
+        return;
+    }
     if (t && !t->abort) {
         log_info(&t->lc, "cancel requested");
         set_error(t, "cancelled", "cancelled by the producer");
@@ -1020,17 +1048,6 @@ static void acquired(void *arg, struct sandbox *sb, const char *err)
     next_step(t);
 }
 
-static void destroy_snapshot_done(void *arg, int rc, const char *err)
-{
-    struct turn *t = arg;
-    if (rc != 0) {
-        set_error(t, "destroy_failed", "deleting the snapshot failed: %s", err ? err : "");
-        t->status = "failed";
-    }
-    t->thread_state = "destroyed";
-    finish(t);
-}
-
 static void acquire(struct turn *t)
 {
     struct worker *w = t->w;
@@ -1042,15 +1059,11 @@ static void acquire(struct turn *t)
                        strcmp(t->old_state, "suspended") == 0 && t->old_provider &&
                        strcmp(t->old_provider, provider_name(w->prov)) == 0;
     if (t->job->op == JOB_OP_DESTROY) {
+        /* The thread is marked destroyed first; its snapshot is deleted only once Redis
+         * confirmed that (published), so a failed publish leaves a resumable thread. */
         t->sr = xcalloc(1, sizeof(*t->sr));
         t->t_acquired = now_ms();
-        cJSON *ref = has_snapshot ? cJSON_Parse(t->old_snapshot) : NULL;
-        if (ref) {
-            provider_delete_snapshot(w->prov, ref, destroy_snapshot_done, t);
-            cJSON_Delete(ref);
-            return;
-        }
-        cJSON_Delete(ref);
+        t->delete_old_snapshot = has_snapshot;
         t->thread_state = "destroyed";
         finish(t);
         return;
@@ -1083,8 +1096,8 @@ static void begun(void *arg, enum queue_begin_status st, const struct queue_thre
     struct turn *t = arg;
     switch (st) {
     case QB_OK:
-        t->begun = 1;
         t->t_start = now_ms();
+        t->t_start_wall = wall_ms();
         t->old_state = th->state ? xstrdup(th->state) : NULL;
         t->old_snapshot = th->snapshot ? xstrdup(th->snapshot) : NULL;
         t->old_provider = th->provider ? xstrdup(th->provider) : NULL;
@@ -1106,19 +1119,17 @@ static void begun(void *arg, enum queue_begin_status st, const struct queue_thre
         turn_free(t);
         return;
     case QB_BUSY:
-        log_debug(&t->lc, "thread busy; job requeued");
+        log_debug(&t->lc, "thread busy; job parked until the running turn completes");
         turn_free(t);
         return;
     case QB_CANCELLED:
         set_error(t, "cancelled", "cancelled before it started");
-        t->begun = 1; /* no lock was taken; the completion only releases our own */
         publish(t, "cancelled", QUEUE_FINAL, NULL);
         return;
     case QB_STARTED:
         set_error(t, "worker_lost",
                   "a previous delivery started this turn and its worker stopped renewing the "
                   "lease; the turn is not run again");
-        t->begun = 1;
         publish(t, "lost", QUEUE_FINAL, NULL);
         return;
     case QB_TENANT:
@@ -1213,7 +1224,7 @@ void turn_start(struct worker *w, struct queue_delivery *d)
         .payload = d->payload,
         .payload_len = d->len,
         .attempt = d->attempt,
-        .busy_delay_ms = BUSY_DELAY_MS,
+        .order = d->order,
     };
     queue_begin(w->q, &req, begun, t);
 }
