@@ -169,16 +169,17 @@ static const char begin_lua[] =
  * ARGV: 1 group, 2 consumer, 3 entry, 4 delivery count, 5 job id ("" when unknown),
  *       6 thread id ("" when unknown), 7 status, 8 result json, 9 (unused), 10 mode
  *       final|retry|dead, 11 retry member, 12 retry delay ms (from now, Redis TIME),
- *       13 dead reason, 14 results (and dead) maxlen, 15 events maxlen, 16 events ttl s, 17 job ttl
- * s, 18 update thread 0|1, 19 thread state, 20 sandbox id, 21 snapshot json, 22 provider, 23 job
- * payload, 24 error code The thread lock: a retry keeps it (the job goes on holding its thread
- * while it waits); any other completion of the holder hands it to the first parked job; a
- * completion naming a thread whose lock is free also releases the first parked job (none is left
- * waiting). Returns "ok", "fenced" (the entry is not ours at this delivery count: nothing written)
- * or "duplicate" (the job id already has a terminal result, or runs under another live entry: its
- * job hash, results and events are left alone; the entry is acked, and a dead-letter completion
- * still writes its {p}:dead entry). A replay of our own completion (its reply was lost to a
- * disconnect) answers "ok": the job hash already shows it. */
+ *       13 dead reason, 14 results (and dead) maxlen, 15 events maxlen, 16 events ttl s,
+ *       17 job ttl s, 18 update thread 0|1, 19 thread state, 20 sandbox id, 21 snapshot
+ *       json, 22 provider, 23 job payload, 24 error code
+ * The thread lock: a retry keeps it (the job goes on holding its thread while it waits); any
+ * other completion of the holder hands it to the first parked job; a completion naming a
+ * thread whose lock is free also releases the first parked job (none is left waiting).
+ * Returns "ok", "fenced" (the entry is not ours at this delivery count: nothing written) or
+ * "duplicate" (the job id already has a terminal result, or runs under another live entry:
+ * its job hash, results and events are left alone; the entry is acked, and a dead-letter
+ * completion still writes its {p}:dead entry). A replay of our own completion (its reply was
+ * lost to a disconnect) answers "ok": the job hash already shows it. */
 static const char complete_lua[] =
     "#!lua\n" THREAD_LOCK_LUA "local hasjob = ARGV[5] ~= ''\n"
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
