@@ -117,7 +117,7 @@ export interface ReadFile {
   encoding: "utf8" | "base64";
   content: string;
   bytes: number;
-  truncated?: boolean;
+  truncated?: true;
 }
 
 export interface Upload {
