@@ -136,3 +136,35 @@ describe("schema drift", () => {
     }
   });
 });
+
+describe("README", () => {
+  it("its TypeScript examples type-check against the package", () => {
+    const tsc = join(pkgDir, "node_modules", "typescript", "bin", "tsc");
+    const md = readFileSync(join(pkgDir, "README.md"), "utf8");
+    const blocks = [...md.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+    assert.ok(blocks.length >= 2, "README has the quick start and the writeback example");
+    const dir = mkdtempSync(join(pkgDir, "test", ".drift-"));
+    const decl =
+      "declare const orgUuid: string, projectUuid: string, organizationUuid: string,\n" +
+      "  conversationUuid: string, githubToken: string;\n" +
+      "declare const logger: { info(...a: unknown[]): void; debug(...a: unknown[]): void;\n" +
+      "  warn(...a: unknown[]): void };\n";
+    try {
+      const files = blocks.map((b, i) => {
+        const f = join(dir, `readme${i}.ts`);
+        const src = b.replaceAll('"@sandbox-worker/client"', '"../../src/index.js"');
+        writeFileSync(f, `${decl}${src}\nexport {};\n`);
+        return f;
+      });
+      try {
+        execFileSync(process.execPath, [tsc, "--noEmit", "--strict", "--target", "ES2022",
+          "--module", "ES2022", "--moduleResolution", "Bundler", "--types", "node", ...files],
+          { cwd: pkgDir, encoding: "utf8" });
+      } catch (e) {
+        assert.fail(`README example does not type-check:\n${e.stdout}${e.stderr}`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
