@@ -15,7 +15,7 @@ BUILD ?= build
 OPTIMIZATION ?= -O2
 WERROR ?= 1
 
-PKGS := hiredis libevent libevent_openssl libcurl libcjson libarchive openssl
+PKGS := hiredis libevent libevent_openssl libcurl libcjson libarchive openssl libzstd zlib
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS))
 PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS))
 

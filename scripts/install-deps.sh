@@ -12,7 +12,7 @@ fi
 
 PKGS="build-essential pkg-config git ca-certificates curl openssl
 libhiredis-dev libevent-dev libcurl4-openssl-dev libcjson-dev libarchive-dev libssl-dev
-libzstd-dev zstd redis-server redis-tools docker.io busybox-static
+libzstd-dev zlib1g-dev zstd redis-server redis-tools docker.io busybox-static
 clang clang-format clang-tidy cppcheck valgrind libclang-rt-14-dev python3"
 # Node.js may come from elsewhere than Debian (its npm then conflicts with Debian's npm
 # package): install Debian's only when the commands are missing.

@@ -44,6 +44,7 @@ struct provider_exec {
     char **env;
     struct event *timer, *deadline;
     int done;
+    int killing; /* exec_kill armed the timer: the script stops here */
 };
 
 static struct scripted_stats stats;
@@ -278,7 +279,7 @@ static void emit_line(struct provider_exec *ex, enum exec_stream s, const char *
 static void exec_step(struct provider_exec *ex)
 {
     struct ssb *s = ex->sb->priv;
-    while (*ex->pos) {
+    while (*ex->pos && !ex->killing) {
         char *end = strchr(ex->pos, ';');
         size_t n = end ? (size_t)(end - ex->pos) : strlen(ex->pos);
         char *d = xstrndup(ex->pos, n);
@@ -310,7 +311,8 @@ static void exec_step(struct provider_exec *ex)
             int ms = w[0] == 's' ? atoi(argp) : 24 * 3600 * 1000;
             free(d);
             struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-            evtimer_add(ex->timer, &tv);
+            if (!ex->killing) /* killed from an output callback: the kill timer stays */
+                evtimer_add(ex->timer, &tv);
             return;
         } else if (strcmp(w, "exit") == 0) {
             int code = atoi(argp);
@@ -325,7 +327,8 @@ static void exec_step(struct provider_exec *ex)
         }
         free(d);
     }
-    exec_finish(ex, EXEC_EXITED, 0, NULL);
+    if (!ex->killing)
+        exec_finish(ex, EXEC_EXITED, 0, NULL);
 }
 
 static provider_exec *sc_exec(struct sandbox *sb, const struct exec_req *req,
@@ -367,6 +370,7 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg)
 static void sc_exec_kill(provider_exec *ex)
 {
     stats.killed++;
+    ex->killing = 1;
     /* Report through the loop, never inside the caller. */
     event_del(ex->timer);
     event_assign(ex->timer, ex->sb->prov->base, -1, 0, kill_cb, ex);
@@ -378,12 +382,17 @@ static void sc_write_file(struct sandbox *sb, const char *path, const char *data
                           int mode, provider_done_fn done, void *arg)
 {
     (void)mode;
-    struct sfile *f = files_get(&((struct ssb *)sb->priv)->f, path, 1);
-    buf_clear(&f->data);
-    buf_append(&f->data, data, len);
     struct later *l = later_new(sb->prov->base, call_done, 0);
     l->cb.done = done;
     l->arg = arg;
+    if (!path || path[0] != '/') { /* as real sandboxes: paths are absolute */
+        l->rc = -1;
+        l->err = xstrdup("write file: path must be absolute");
+        return;
+    }
+    struct sfile *f = files_get(&((struct ssb *)sb->priv)->f, path, 1);
+    buf_clear(&f->data);
+    buf_append(&f->data, data, len);
 }
 
 static void sc_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
