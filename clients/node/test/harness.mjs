@@ -122,10 +122,15 @@ export class Worker {
     return existsSync(this.log) ? readFileSync(this.log, "utf8") : "";
   }
 
+  /** SIGTERM, wait, remove its files. Throws when the log holds a sanitizer report (the
+   * helper built with SANITIZE=address,undefined). */
   async stop() {
     this.proc.kill("SIGTERM");
     await waitExit(this.proc, 15000);
+    const log = this.logText();
     rmSync(this.dir, { recursive: true, force: true });
+    const m = /(ERROR: (Address|Leak)Sanitizer|runtime error:)[\s\S]{0,3000}/.exec(log);
+    if (m) throw new Error(`sanitizer report in the worker log:\n${m[0]}`);
   }
 }
 
