@@ -107,7 +107,7 @@ static void emit_typed(struct turn *t, const char *const *fields, const size_t *
     const char *f[2 * 8 + 3];
     size_t l[2 * 8 + 2], n = 0;
     cJSON *o = cJSON_CreateObject();
-    for (; fields[n] && n < 2 * 8; n += 2) {
+    for (; n < 2 * 8 && fields[n]; n += 2) {
         const char *k = fields[n], *v = fields[n + 1];
         f[n] = k;
         f[n + 1] = v;

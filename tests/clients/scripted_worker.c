@@ -14,6 +14,6 @@ int main(int argc, char **argv)
     provider_register(&scripted_provider_ops);
     const char *fc = getenv("SCRIPTED_FAIL_CREATE");
     if (fc)
-        scripted_stats()->fail_create = atoi(fc);
+        scripted_stats()->fail_create = (int)strtol(fc, NULL, 10);
     return worker_main(argc, argv);
 }
