@@ -36,7 +36,7 @@ endif
 
 # Every .c in a module folder is part of the core library, except the mains.
 CORE_SRC := $(wildcard lib/*.c queue/*.c providers/*.c worker/*.c ctl/*.c)
-MAIN_SRC := worker/main.c ctl/sandboxctl.c
+MAIN_SRC := worker/main.c ctl/sandboxctl.c ctl/dump_scripts.c
 CORE_SRC := $(filter-out $(MAIN_SRC),$(CORE_SRC))
 AGENT_SRC := $(filter-out agent/fuzz_%.c,$(wildcard agent/*.c))
 TEST_SUPPORT_SRC := $(wildcard tests/support/*.c)
@@ -77,6 +77,11 @@ $(BUILD)/sandbox-worker: $(BUILD)/worker/main.o $(CORE_LIB)
 $(BUILD)/sandboxctl: $(BUILD)/ctl/sandboxctl.o $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# Prints the Lua scripts and key patterns as JSON; clients/node generates its script module
+# from it (one source of truth for the scripts).
+$(BUILD)/dump_scripts: $(BUILD)/ctl/dump_scripts.o $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 # --as-needed: the agent uses none of libcurl, OpenSSL or hiredis, so it does not load them.
 $(BUILD)/sandbox-agent: $(AGENT_OBJ) $(CORE_LIB)
 	$(CC) $(LDFLAGS) -Wl,--as-needed -o $@ $^ $(LDLIBS)
@@ -88,7 +93,10 @@ $(BUILD)/tests/bench/%: $(BUILD)/tests/bench/%.o $(SUPPORT_OBJ) $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # tests/run.sh runs every test binary and script, prints skips, and fails on any failure.
-test: $(BINS) $(TEST_BIN)
+# Helpers the Node client's tests use (tests/clients/test_node_client.sh).
+CLIENT_TEST_BIN := $(BUILD)/dump_scripts $(BUILD)/tests/clients/scripted_worker
+
+test: $(BINS) $(TEST_BIN) $(CLIENT_TEST_BIN)
 	BUILD=$(BUILD) ./tests/run.sh
 
 bench: $(BINS) $(BENCH_BIN)

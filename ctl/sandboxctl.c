@@ -443,6 +443,16 @@ static void print_event_json(const struct client_record *e)
     for (size_t i = 0; i < e->n; i++) {
         const struct client_field *f = &e->f[i];
         cJSON *item = NULL;
+        if (strcmp(f->name, "event") == 0) { /* typed members replace the flat strings */
+            cJSON *ev = cJSON_ParseWithLength(f->value, f->value_len);
+            for (cJSON *m = ev ? ev->child : NULL; m; m = m->next) {
+                cJSON *dup = cJSON_Duplicate(m, 1);
+                if (!cJSON_ReplaceItemInObjectCaseSensitive(o, m->string, dup))
+                    cJSON_AddItemToObject(o, m->string, dup);
+            }
+            cJSON_Delete(ev);
+            continue;
+        }
         if (strcmp(f->name, "result") == 0)
             item = cJSON_ParseWithLength(f->value, f->value_len);
         if (!item)
@@ -455,7 +465,8 @@ static void print_event_json(const struct client_record *e)
     cJSON_Delete(o);
 }
 
-/* "<type> k=v ..." for every field but type/data/result; done and retry add error=<code>. */
+/* "<type> k=v ..." for every field but type/data/result/event; done and retry add
+ * error=<code>. */
 static void print_event_line(struct ctl *x, const struct client_record *e, const char *type)
 {
     if (!x->stdout_nl)
@@ -463,7 +474,8 @@ static void print_event_line(struct ctl *x, const struct client_record *e, const
     fputs(type, stdout);
     for (size_t i = 0; i < e->n; i++) {
         const struct client_field *f = &e->f[i];
-        if (!strcmp(f->name, "type") || !strcmp(f->name, "data") || !strcmp(f->name, "result"))
+        if (!strcmp(f->name, "type") || !strcmp(f->name, "data") || !strcmp(f->name, "result") ||
+            !strcmp(f->name, "event"))
             continue;
         printf(" %s=", f->name);
         put_value(stdout, f->value, f->value_len);

@@ -37,3 +37,9 @@ if [ -f tests/fakes/package.json ] && command -v npm >/dev/null 2>&1; then
         npm install --prefix tests/fakes --no-audit --no-fund --loglevel=error
     fi
 fi
+
+# The Node client's build and test packages (typescript, ioredis, @types/node). Scripts are
+# skipped: its build needs the C tree built first (tests/clients/test_node_client.sh runs it).
+if [ -f clients/node/package.json ] && command -v npm >/dev/null 2>&1; then
+    npm ci --prefix clients/node --ignore-scripts --no-audit --no-fund --loglevel=error
+fi

@@ -200,11 +200,47 @@ static void result_charge(struct turn *t, size_t n)
 
 /* ---- events ---- */
 
+/* Every event also carries field "event": its members as one JSON object with their JSON types
+ * ("step" and "exit_code" numbers, "resumed" a boolean), except an output event's "data",
+ * which stays raw bytes in its own field only. The flat fields stay for older consumers.
+ * fields: name/value pairs ending at a NULL name, at most 8 pairs; lens as for queue_event. */
+static void emit_typed(struct turn *t, const char *const *fields, const size_t *lens)
+{
+    const char *f[2 * 8 + 3];
+    size_t l[2 * 8 + 2], n = 0;
+    cJSON *o = cJSON_CreateObject();
+    for (; n < 2 * 8 && fields[n]; n += 2) {
+        const char *k = fields[n], *v = fields[n + 1];
+        f[n] = k;
+        f[n + 1] = v;
+        l[n] = lens ? lens[n] : strlen(k);
+        l[n + 1] = lens ? lens[n + 1] : strlen(v);
+        if (!strcmp(k, "step") || !strcmp(k, "exit_code"))
+            cJSON_AddNumberToObject(o, k, strtod(v, NULL));
+        else if (!strcmp(k, "resumed"))
+            cJSON_AddBoolToObject(o, k, !strcmp(v, "true"));
+        else if (strcmp(k, "data") != 0)
+            cJSON_AddStringToObject(o, k, v);
+    }
+    char *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (json) {
+        f[n] = "event";
+        f[n + 1] = json;
+        l[n] = 5;
+        l[n + 1] = strlen(json);
+        n += 2;
+    }
+    f[n] = NULL;
+    queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, f, l);
+    free(json);
+}
+
 static void emit(struct turn *t, const char *const *fields)
 {
     if (!t->job_id[0] || t->abort == AB_LEASE)
         return;
-    queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, fields, NULL);
+    emit_typed(t, fields, NULL);
 }
 
 /* Cuts tail to its cap, then past a cut UTF-8 character. */
@@ -252,7 +288,7 @@ static void emit_output(struct turn *t, int si, int final)
                                 step,   "stream",    si ? "stderr" : "stdout",
                                 "data", masked.data, NULL};
         size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
-        queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, fields, lens);
+        emit_typed(t, fields, lens);
     }
     buf_release(&masked);
 }
