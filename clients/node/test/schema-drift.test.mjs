@@ -21,7 +21,7 @@ const jobs = [
   [true, "minimal", base],
   [true, "every step type", {
     ...base, feature: "ai-writeback", op: "turn", after: "destroy", deadline_ms: 60000,
-    max_attempts: 2, secrets: { GITHUB_TOKEN: "x" }, inherit_env: ["ANTHROPIC_API_KEY"],
+    max_attempts: 2, secrets: { GITHUB_TOKEN: "ghs_example" }, inherit_env: ["ANTHROPIC_API_KEY"],
     workspace: { include: ["/workspace"], exclude: ["node_modules"] },
     steps: [
       { type: "write", name: "w", when: "fresh",
@@ -48,6 +48,7 @@ const jobs = [
   [false, "bad after", { ...base, after: "pause" }],
   [false, "boolean as string", { ...base, steps: [{ type: "run", cmd: "x", allow_failure: "true" }] }],
   [false, "secret not a string", { ...base, secrets: { A: 1 } }],
+  [false, "secret shorter than 4 bytes", { ...base, secrets: { A: "abc" } }],
 ];
 
 const timings = { queued_ms: 3, total_ms: 9 };
