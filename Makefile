@@ -60,7 +60,7 @@ BINS += $(BUILD)/sandbox-agent
 endif
 
 .PHONY: all test check bench install clean format format-check lint hdr-check demo fuzz fuzz-agent \
-	fuzz-worker
+	fuzz-worker fuzz-connect
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -104,17 +104,21 @@ bench: $(BINS) $(BENCH_BIN)
 
 check: test lint format-check hdr-check fuzz-agent
 
-# Bounded libFuzzer runs of the agent (clang): request parsing, archive extraction with an
-# escape oracle, the connection code; FUZZ_SECONDS per target (default 30, 0: replay the
-# corpora only), FUZZ_TARGETS to pick some.
-fuzz:
+# Every fuzz target, each for a bounded time (clang).
+fuzz: fuzz-agent fuzz-worker fuzz-connect
+# The agent: request parsing, archive extraction with an escape oracle, the connection code;
+# FUZZ_SECONDS per target (default 30, 0: replay the corpora only), FUZZ_TARGETS to pick some.
+fuzz-agent:
 	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-30} sh tests/agent/fuzz.sh
-fuzz-agent: fuzz
 
 # Bounded libFuzzer runs of the worker's job parser and of the RESP replies it consumes
 # (clang), each FUZZ_SECONDS (default 60); crashes go to tests/fuzz/regress/.
 fuzz-worker:
 	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-60} sh tests/fuzz/run.sh
+
+# The E2B envd Connect envelope decoder (any split decodes as the whole input).
+fuzz-connect:
+	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-30} sh tests/fuzz/fuzz_connect.sh
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,style,performance,portability \

@@ -30,7 +30,6 @@
 #define LM_BACKOFF_MS     200    /* full-jitter base */
 #define LM_BACKOFF_MAX_MS 10000  /* and cap */
 #define LM_REQUEST_MS     30000  /* one control-plane request */
-#define LM_RUNNING_MS     120000 /* RunMicrovm / ResumeMicrovm until RUNNING */
 #define LM_AGENT_MS       60000  /* RUNNING until the agent answers /ready */
 #define LM_SUSPEND_MS     120000 /* SuspendMicrovm until SUSPENDED */
 #define LM_TOKEN_MINUTES  60     /* the service's maximum */
@@ -50,6 +49,7 @@ struct lm_prov {
     char *image[2];
     char *role, *ingress, *egress, *agent_token;
     int64_t idle_s, retention_s;
+    int64_t start_ms;      /* RunMicrovm / ResumeMicrovm until RUNNING */
     struct lm_call *calls; /* in flight, for cleanup */
 };
 
@@ -499,6 +499,17 @@ struct lm_acq {
 
 static void acq_next(struct lm_acq *a);
 
+static void lm_terminate(struct provider *p, const char *id, provider_done_fn done, void *arg);
+
+static void acq_terminated(void *arg, int rc, const char *err)
+{
+    char *id = arg;
+    if (rc != 0)
+        log_warn(NULL, "lambda-microvm: microVM %s not terminated after a failed start: %s", id,
+                 err ? err : "");
+    free(id);
+}
+
 static void acq_end(void *arg)
 {
     struct lm_acq *a = arg;
@@ -507,6 +518,10 @@ static void acq_end(void *arg)
         lm_release(&a->sb->sb);
         a->sb = NULL;
     }
+    /* A microVM we ran but could not use is terminated, not left to its idle policy (a
+     * resumed one stays: it still holds the thread's state). */
+    if (a->err[0] && !a->resuming && a->id[0])
+        lm_terminate(a->p, a->id, acq_terminated, xstrdup(a->id));
     if (a->sb)
         sb = &a->sb->sb;
     a->done(a->arg, sb, a->err[0] ? a->err : NULL);
@@ -651,8 +666,8 @@ static void acq_got(void *arg, long status, const char *type, const cJSON *body,
         return;
     }
     if (lm_now_ms() > a->deadline) {
-        acq_fail(a, "lambda-microvm: microVM %s still %s after %d s", a->id, state,
-                 LM_RUNNING_MS / 1000);
+        acq_fail(a, "lambda-microvm: microVM %s still %s after %lld ms", a->id, state,
+                 (long long)lm_of(a->p)->start_ms);
         return;
     }
     if (strcmp(state, "SUSPENDED") == 0 && a->phase != LM_RESUME) {
@@ -693,7 +708,7 @@ static struct lm_acq *acq_new(struct provider *p, provider_sandbox_fn done, void
     a->done = done;
     a->arg = arg;
     a->poll_ms = 100;
-    a->deadline = lm_now_ms() + LM_RUNNING_MS;
+    a->deadline = lm_now_ms() + lm_of(p)->start_ms;
     a->timer = evtimer_new(p->base, acq_timer_cb, a);
     return a;
 }
@@ -1156,6 +1171,9 @@ static int lm_init(struct provider *p, int check_only, char *err, size_t errlen)
                   errlen))
         return -1;
     d->idle_s = idle_ms / 1000;
+    if (env_int64("LAMBDA_MICROVM_START_TIMEOUT_MS", 120000, 1000, 3600000, &d->start_ms, err,
+                  errlen))
+        return -1;
     d->retention_s = keep_ms / 1000;
     const char *ep = env_str("AWS_ENDPOINT_URL_LAMBDA_MICROVMS", env_str("AWS_ENDPOINT_URL", NULL));
     struct buf api;

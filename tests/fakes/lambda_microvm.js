@@ -6,6 +6,7 @@
 //
 // Usage: node lambda_microvm.js --agent PATH --root DIR [--port N] [--region R]
 //            [--access-key K] [--secret-key S] [--time-scale F] [--agent-token T]
+//            [--plain-agent]  (the upstream Node agent in the microVMs instead of --agent)
 // Prints one JSON line {"port":N,"endpoint":"http://127.0.0.1:N"} once listening; stops on
 // SIGTERM/SIGINT or when stdin closes, killing every agent it started.
 //
@@ -38,6 +39,7 @@
 //   POST /_fake/expire-tokens/{id}          every token of that microVM stops working
 //   POST /_fake/forget/{id}                 the microVM is gone (404 from now on)
 //   GET  /_fake/requests                    count of control-plane requests per operation
+//   POST /_fake/stall-next                  the next RunMicrovm's microVM stays PENDING
 'use strict';
 
 const http = require('http');
@@ -58,7 +60,10 @@ const ACCESS_KEY = arg('access-key', 'AKIDLAMBDAFAKE');
 const SECRET_KEY = arg('secret-key', 'lambda-fake-secret');
 const SCALE = Number(arg('time-scale', '1'));
 const AGENT_TOKEN = arg('agent-token', '');
-if (!AGENT || !ROOT) {
+// The microVMs run the upstream Node agent's plain protocol (tests/fakes/plain_agent.js)
+// instead of sandbox-agent; it serves its hooks on its one port.
+const PLAIN_AGENT = process.argv.includes('--plain-agent');
+if ((!AGENT && !PLAIN_AGENT) || !ROOT) {
   console.error('usage: lambda_microvm.js --agent PATH --root DIR [--port N] ...');
   process.exit(2);
 }
@@ -67,6 +72,7 @@ const API = '/2025-09-09';
 const vms = new Map(); // id -> vm
 const byClientToken = new Map(); // clientToken -> {id, body}
 const faults = []; // {op, status, type, count, retryAfter, message}
+let stallNext = 0; // microVMs to leave PENDING forever (a start that never completes)
 const requests = {};
 
 class ApiError extends Error {
@@ -245,7 +251,7 @@ const hook = (vm, name, body) =>
 
 async function bootVm(vm, payload) {
   vm.agentPort = await freePort();
-  vm.hookPort = await freePort();
+  vm.hookPort = PLAIN_AGENT ? vm.agentPort : await freePort();
   const env = {
     PATH: process.env.PATH,
     HOME: vm.dir,
@@ -256,7 +262,13 @@ async function bootVm(vm, payload) {
     SANDBOX_AGENT_SPOOL_DIR: path.join(vm.dir, '.agent-spool'),
   };
   if (AGENT_TOKEN) env.SANDBOX_AGENT_TOKEN = AGENT_TOKEN;
-  vm.proc = spawn(AGENT, [], { cwd: vm.dir, env, stdio: ['ignore', 'ignore', 'inherit'] });
+  vm.proc = PLAIN_AGENT
+    ? spawn(process.execPath, [path.join(__dirname, 'plain_agent.js'), String(vm.agentPort)], {
+        cwd: vm.dir,
+        env,
+        stdio: ['pipe', 'ignore', 'inherit'], // it stops when its stdin closes
+      })
+    : spawn(AGENT, [], { cwd: vm.dir, env, stdio: ['ignore', 'ignore', 'inherit'] });
   vm.proc.on('exit', () => {
     if (vm.state !== 'TERMINATED' && vm.state !== 'TERMINATING') {
       vm.stateReason = 'the microVM stopped unexpectedly';
@@ -517,6 +529,10 @@ async function runMicrovm(b) {
   vms.set(id, vm);
   if (b.clientToken) byClientToken.set(b.clientToken, { id, body: b });
   vm.lifetimeTimer = setTimeout(() => terminate(vm), vm.maximumDurationInSeconds * 1000 * SCALE);
+  if (stallNext > 0) {
+    stallNext--;
+    return publicVm(vm);
+  }
   bootVm(vm, b.runHookPayload).catch((e) => {
     vm.stateReason = String(e);
     terminate(vm);
@@ -635,6 +651,10 @@ function fakeControl(req, res, body) {
     })));
   }
   if (req.method === 'GET' && u.pathname === '/_fake/requests') return sendJson(res, 200, requests);
+  if (req.method === 'POST' && u.pathname === '/_fake/stall-next') {
+    stallNext++;
+    return sendJson(res, 200, {});
+  }
   let m = /^\/_fake\/expire-tokens\/(.+)$/.exec(u.pathname);
   if (req.method === 'POST' && m) {
     const vm = vms.get(m[1]);

@@ -182,7 +182,7 @@ static void on_delivery(void *arg, struct queue_delivery *d)
             .payload = d->payload,
             .payload_len = d->len,
             .attempt = d->attempt,
-            .busy_delay_ms = 1000,
+            .order = d->order,
         };
         queue_track(f->q, d->entry, j->id);
         queue_begin(f->q, &req, begun, f);

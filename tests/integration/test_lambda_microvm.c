@@ -16,6 +16,7 @@
 #include "providers/lambda_microvm.h"
 #include "providers/provider.h"
 #include "tests/support/fake_proc.h"
+#include "tests/support/provider_contract.h"
 #include "tests/support/redis_server.h"
 #include "tests/support/worker_proc.h"
 #include "tests/support/test.h"
@@ -23,8 +24,9 @@
 #define IMAGE "arn:aws:lambda:eu-west-1:123456789012:microvm-image:data-app"
 
 static struct event_base *base;
-static struct fake_proc fake;
-static char api[128], dir[256], agent_path[512];
+static struct fake_proc fake, plainfake;
+static char api[128], api_plain[128], dir[256], agent_path[512], contract_ws[320];
+static int plain_up;
 static int fake_up;
 static char fake_why[512];
 
@@ -247,6 +249,14 @@ TEST_CASE(conversation_survives_suspend)
     buf_release(&e.out);
     buf_release(&e.errout);
 
+    /* A process that runs on through the suspend (the microVM is frozen, not restarted). */
+    char bg[600];
+    snprintf(bg, sizeof(bg),
+             "setsid sh -c 'sleep 3937' >/dev/null 2>&1 < /dev/null & echo $! > '%s/bg.pid'", dir);
+    CHECK_EQ_INT(run_cmd(g.sb, bg, &e), 0);
+    CHECK_EQ_INT(e.code, 0);
+    buf_release(&e.out);
+    buf_release(&e.errout);
     struct got_done s = {0};
     provider_suspend(g.sb, on_ref, &s);
     run_until(&s.done, 30);
@@ -268,6 +278,11 @@ TEST_CASE(conversation_survives_suspend)
         CHECK_EQ_INT(rd.rc, 0);
         CHECK(rd.data.len == sizeof(body) - 1 && memcmp(rd.data.data, body, rd.data.len) == 0);
         buf_release(&rd.data);
+        snprintf(bg, sizeof(bg), "kill -0 $(cat '%s/bg.pid') && echo alive", dir);
+        CHECK_EQ_INT(run_cmd(r.sb, bg, &e), 0);
+        CHECK(e.out.data && strcmp(e.out.data, "alive\n") == 0);
+        buf_release(&e.out);
+        buf_release(&e.errout);
 
         /* The proxy forgets every token: the next request is re-authorised (401/403 → mint). */
         int minted = fake_count("CreateMicrovmAuthToken");
@@ -487,6 +502,113 @@ TEST_CASE(worker_two_turns_on_lambda)
     test_redis_free(srv);
 }
 
+/* A microVM that never reaches RUNNING: a clear failure within the start timeout, and the
+ * microVM is terminated rather than left behind. */
+TEST_CASE(start_timeout_terminates_the_microvm)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    env_setup();
+    setenv("LAMBDA_MICROVM_START_TIMEOUT_MS", "1500", 1);
+    char err[512] = "";
+    struct provider *p = new_provider(err, sizeof(err));
+    if (!p)
+        return;
+    struct buf b;
+    buf_init(&b);
+    CHECK_EQ_INT(http_call("POST", "/_fake/stall-next", "", &b), 200);
+    buf_release(&b);
+    struct got_sb g = {0};
+    provider_create(p, &spec, on_sb, &g);
+    run_until(&g.done, 20);
+    CHECK(g.sb == NULL);
+    CHECK(strstr(g.err, "still PENDING") != NULL);
+    /* the terminate goes out after the failure is reported: give it a moment */
+    int terminated = 0;
+    for (int i = 0; i < 100 && !terminated; i++) {
+        struct event *t = evtimer_new(base, stop_cb, NULL);
+        struct timeval tv = {0, 20000};
+        evtimer_add(t, &tv);
+        event_base_dispatch(base);
+        event_free(t);
+        buf_init(&b);
+        http_call("GET", "/_fake/microvms", NULL, &b);
+        terminated = b.data && strstr(b.data, "\"state\":\"PENDING\"") == NULL;
+        buf_release(&b);
+    }
+    CHECK(terminated);
+    unsetenv("LAMBDA_MICROVM_START_TIMEOUT_MS");
+    provider_free(p);
+}
+
+/* The upstream Node agent (plain protocol: no runs, no archives) in the microVMs: the agent
+ * client degrades and exec, files, suspend and resume still work. */
+TEST_CASE(plain_upstream_agent)
+{
+    if (!plain_up)
+        SKIP(fake_why);
+    env_setup();
+    setenv("AWS_ENDPOINT_URL_LAMBDA_MICROVMS", api_plain, 1);
+    char err[512] = "";
+    struct provider *p = new_provider(err, sizeof(err));
+    if (!p)
+        return;
+    struct got_sb g = {0};
+    provider_create(p, &spec, on_sb, &g);
+    run_until(&g.done, 30);
+    CHECK_STR(g.err, "");
+    if (g.sb) {
+        struct got_exec e;
+        CHECK_EQ_INT(run_cmd(g.sb, "printf plain; exit 4", &e), 0);
+        CHECK_EQ_INT(e.st, EXEC_EXITED);
+        CHECK_EQ_INT(e.code, 4);
+        CHECK(e.out.data && strcmp(e.out.data, "plain") == 0);
+        buf_release(&e.out);
+        buf_release(&e.errout);
+        char path[400];
+        snprintf(path, sizeof(path), "%s/plain/f.txt", dir);
+        struct got_done w = {0};
+        provider_write_file(g.sb, path, "hello", 5, 0644, on_done, &w);
+        run_until(&w.done, 20);
+        CHECK_EQ_INT(w.rc, 0);
+        struct got_done s = {0};
+        provider_suspend(g.sb, on_ref, &s);
+        run_until(&s.done, 30);
+        CHECK_EQ_INT(s.rc, 0);
+        provider_sandbox_release(g.sb);
+        cJSON *ref = s.ref ? cJSON_Parse(s.ref) : NULL;
+        struct got_sb r = {0};
+        provider_resume(p, &spec, ref, on_sb, &r);
+        run_until(&r.done, 30);
+        CHECK_STR(r.err, "");
+        if (r.sb) {
+            struct got_done rd = {0};
+            buf_init(&rd.data);
+            provider_read_file(r.sb, path, 100, on_data, &rd);
+            run_until(&rd.done, 20);
+            CHECK(rd.data.len == 5 && memcmp(rd.data.data, "hello", 5) == 0);
+            buf_release(&rd.data);
+            struct got_done d = {0};
+            provider_destroy(r.sb, on_done, &d);
+            run_until(&d.done, 20);
+            CHECK_EQ_INT(d.rc, 0);
+            provider_sandbox_release(r.sb);
+        }
+        cJSON_Delete(ref);
+        free(s.ref);
+    }
+    provider_free(p);
+}
+
+static const char *lambda_setup(void *ctx)
+{
+    (void)ctx;
+    if (!fake_up)
+        return fake_why;
+    env_setup();
+    return NULL;
+}
+
 int main(void)
 {
     base = event_base_new();
@@ -515,13 +637,42 @@ int main(void)
         fake_up = rc == 0;
         if (fake_up)
             fake_proc_field(&fake, "endpoint", api, sizeof(api));
+        const char *pargs[] = {"--plain-agent", "--root", dir, "--time-scale", "0.01", NULL};
+        if (fake_up && fake_proc_start(&plainfake, "tests/fakes/lambda_microvm.js", pargs, needs,
+                                       fake_why, sizeof(fake_why)) == 0) {
+            plain_up = 1;
+            fake_proc_field(&plainfake, "endpoint", api_plain, sizeof(api_plain));
+        }
     }
+    snprintf(contract_ws, sizeof(contract_ws), "%s/contract-ws", dir);
+    static struct contract_backend lambda = {
+        .name = "lambda",
+        .ops = &lambda_microvm_provider_ops,
+        .setup = lambda_setup,
+        .cmd =
+            {
+                .streams = "echo out1; echo err1 >&2; exit 3",
+                .slow = "echo first; sleep 2; echo second",
+                .env_foo = "echo \"$FOO\"",
+                .cat = "cat",
+                .sigterm = "kill -TERM $$",
+                .hang_tree = "sh -c 'sleep 3927' & echo started; sleep 3928; echo never",
+                .tree_count = "pgrep -f 'sleep 392[78]' | wc -l",
+                .sleep_1s = "sleep 1; echo done",
+            },
+        .op_timeout_ms = 60000,
+    };
+    lambda.workspace = contract_ws;
+    provider_contract_run(&lambda);
     RUN(conversation_survives_suspend);
     RUN(throttling_retried_and_expired_reported);
     RUN(access_denied_is_not_retried);
     RUN(configuration_rules);
     RUN(worker_two_turns_on_lambda);
+    RUN(start_timeout_terminates_the_microvm);
+    RUN(plain_upstream_agent);
     fake_proc_stop(&fake);
+    fake_proc_stop(&plainfake);
     char rm[300];
     snprintf(rm, sizeof(rm), "rm -rf '%s'", dir);
     if (system(rm) != 0)
