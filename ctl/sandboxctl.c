@@ -112,7 +112,8 @@ static const struct command commands[] = {
      run_stats},
     {"dead", "[list | replay ENTRY]", 0, 2, dead_opts,
      "list (default): prints dead-letter entries, oldest first (--count N, default 100;\n"
-     "--after ENTRY to page; --json with the job text).\n"
+     "--after ENTRY to page; --json: one object per line, \"entry\" the dead-letter entry\n"
+     "id, \"job_entry\" the jobs stream entry it came from, \"job\" the job text).\n"
      "replay ENTRY: puts the entry's job back on the jobs stream as attempt 1, resets the\n"
      "job's state hash and events, and deletes the dead entry. Exit 1 when there is no such\n"
      "entry or the job id is queued or running again.",
@@ -434,18 +435,24 @@ static void follow_done(struct ctl *x, const char *status, const char *result, s
     finish(x, status_ok(status) ? EXIT_OK : EXIT_NOTOK);
 }
 
+/* {"entry": <the record's stream entry id>, <field>: <value>...}. A field itself named
+ * "entry" (a dead letter's jobs-stream entry) is written as "job_entry": one key, one
+ * meaning, so `jq .entry` is always the id to pass back (dead replay, watch --from). */
 static void print_event_json(const struct client_record *e)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "entry", e->id);
     for (size_t i = 0; i < e->n; i++) {
         const struct client_field *f = &e->f[i];
+        const char *name = strcmp(f->name, "entry") == 0 ? "job_entry" : f->name;
         cJSON *item = NULL;
         if (strcmp(f->name, "result") == 0)
             item = cJSON_ParseWithLength(f->value, f->value_len);
         if (!item)
             item = cJSON_CreateString(f->value);
-        cJSON_AddItemToObject(o, f->name, item);
+        if (cJSON_GetObjectItemCaseSensitive(o, name)) /* repeated field: the last wins */
+            cJSON_DeleteItemFromObjectCaseSensitive(o, name);
+        cJSON_AddItemToObject(o, name, item);
     }
     char *s = cJSON_PrintUnformatted(o);
     puts(s);

@@ -632,6 +632,17 @@ TEST_CASE(dead_list_replay)
     CTL(&r, NULL, "dead", "list", "--count", "1", "--json");
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strstr(r.out.data, "\"job\":\"{\\\"id\\\":\\\"jd\\\"") && !strstr(r.out.data, e2));
+    /* One "entry" key, naming the dead-letter entry `dead replay` takes; the jobs stream
+     * entry the job came from is "job_entry". A duplicate key makes jq (last wins) hand a
+     * script the wrong id. */
+    {
+        const char *k = strstr(r.out.data, "\"entry\":");
+        CHECK(k && !strstr(k + 1, "\"entry\":"));
+        cJSON *o = cJSON_Parse(r.out.data);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "entry")), e1);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "job_entry")), "1-1");
+        cJSON_Delete(o);
+    }
     show("dead list json", &r);
     run_release(&r);
 
