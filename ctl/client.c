@@ -12,6 +12,7 @@
 #include "lib/buf.h"
 #include "queue/cmd.h"
 #include "queue/keys.h"
+#include "queue/registry.h"
 #include "queue/scripts.h"
 
 #define DEFAULT_JOB_TTL_S 604800
@@ -56,6 +57,8 @@ enum op_kind {
     OP_DEAD_LIST,
     OP_REPLAY_READ,
     OP_REPLAY,
+    OP_LIST, /* workers, jobs: entries callback */
+    OP_DONE, /* pause, resume: done callback */
 };
 
 struct op;
@@ -151,12 +154,14 @@ static void op_error(struct op *op, const char *err)
         break;
     case OP_EVENTS:
     case OP_DEAD_LIST:
+    case OP_LIST:
         op->cb.entries(op->arg, -1, NULL, 0, err);
         break;
     case OP_HASH:
         op->cb.hash(op->arg, -1, NULL, err);
         break;
     case OP_CANCEL:
+    case OP_DONE:
         op->cb.done(op->arg, -1, err);
         break;
     case OP_STATS:
@@ -833,4 +838,159 @@ void client_dead_replay(client *c, const char *dead_entry, client_replay_fn cb, 
     cmd_add(&op->a, dead_entry);
     free(k);
     send_args(op, replay_read_reply, op, 0);
+}
+
+/* ---- workers, pause, job listings ---- */
+
+/* KEYS: workers index.  ARGV: worker hash key prefix "{p}:worker:".
+ * Returns [[name, [field, value…]]…] of live workers (hash not expired), by name. */
+static const char workers_lua[] = "local out = {}\n"
+                                  "for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
+                                  "  local h = redis.call('HGETALL', ARGV[1] .. n)\n"
+                                  "  if #h > 0 then out[#out + 1] = {n, h} end\n"
+                                  "end\n"
+                                  "return out\n";
+
+void client_workers_list(client *c, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_LIST, arg);
+    op->cb.entries = cb;
+    char *k = registry_key_workers(c->prefix);
+    char *base = registry_key_worker(c->prefix, "");
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, workers_lua);
+    cmd_add(&op->a, "1");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, base);
+    free(k);
+    free(base);
+    send_args(op, entries_reply, op, 0);
+}
+
+void client_queue_pause(client *c, int paused, client_done_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_DONE, arg);
+    op->cb.done = cb;
+    char *k = registry_key_paused(c->prefix);
+    cmd_add(&op->a, paused ? "SET" : "DEL");
+    cmd_add(&op->a, k);
+    if (paused)
+        cmd_add(&op->a, "1");
+    free(k);
+    send_args(op, done_reply, op, 0);
+}
+
+/* KEYS: jobs, delayed, results.
+ * ARGV: state (queued | running | delayed | finished), count, thread filter, worker filter
+ * ("" for none), job hash key prefix "{p}:job:", scan limit (entries examined at most).
+ * Returns [[job id, [field, value…]]…]. Job hashes are read under the same hash tag. */
+static const char jobs_lua[] =
+    "local st, n, th, wk, jb, limit = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5],\n"
+    "  tonumber(ARGV[6])\n"
+    "local out, scanned = {}, 0\n"
+    "local function map(f) local m = {} for i = 1, #f, 2 do m[f[i]] = f[i + 1] end return m end\n"
+    "local function str(v) if type(v) == 'string' then return v end return '' end\n"
+    "local function job(text)\n"
+    "  local ok, j = pcall(cjson.decode, text or '')\n"
+    "  if ok and type(j) == 'table' then return str(j.id), str(j.thread) end\n"
+    "  return '', ''\n"
+    "end\n"
+    "local names = {'state', 'thread', 'entry', 'attempt', 'worker', 'phase', 'status',\n"
+    "  'idle_ms', 'deliveries', 'started_at', 'due_at', 'finished_at'}\n"
+    "local function add(id, t)\n"
+    "  if th ~= '' and t.thread ~= th then return end\n"
+    "  if wk ~= '' and t.worker ~= wk then return end\n"
+    "  t.state = st\n"
+    "  local f = {}\n"
+    "  for _, k in ipairs(names) do\n"
+    "    if t[k] ~= nil and t[k] ~= '' then f[#f + 1] = k; f[#f + 1] = tostring(t[k]) end\n"
+    "  end\n"
+    "  out[#out + 1] = {id, f}\n"
+    "end\n"
+    "if st == 'queued' then\n"
+    "  local last = '0-0'\n"
+    "  local ok, gs = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])\n"
+    "  if ok then for _, g in ipairs(gs) do\n"
+    "    local m = map(g) if m['name'] == 'workers' then last = m['last-delivered-id'] end\n"
+    "  end end\n"
+    "  local start = '(' .. last\n"
+    "  while #out < n and scanned < limit do\n"
+    "    local e = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 100)\n"
+    "    if #e == 0 then break end\n"
+    "    for _, x in ipairs(e) do\n"
+    "      scanned = scanned + 1\n"
+    "      start = '(' .. x[1]\n"
+    "      local m = map(x[2])\n"
+    "      local id, thread = job(m['job'])\n"
+    "      add(id, {thread = thread, entry = x[1], attempt = m['attempt'] or '1'})\n"
+    "      if #out >= n then break end\n"
+    "    end\n"
+    "  end\n"
+    "elseif st == 'running' then\n"
+    "  local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], 'workers', '-', '+', limit)\n"
+    "  if not ok then p = {} end\n"
+    "  for _, x in ipairs(p) do\n"
+    "    if #out >= n then break end\n"
+    "    local e = redis.call('XRANGE', KEYS[1], x[1], x[1])\n"
+    "    local m = e[1] and map(e[1][2]) or {}\n"
+    "    local id, thread = job(m['job'])\n"
+    "    local h = {}\n"
+    "    if id ~= '' then h = redis.call('HMGET', jb .. id, 'phase', 'started_at', 'attempt') end\n"
+    "    add(id, {thread = thread, entry = x[1], worker = x[2], idle_ms = x[3],\n"
+    "             deliveries = x[4], phase = h[1] or 'delivered', started_at = h[2],\n"
+    "             attempt = h[3] or m['attempt'] or '1'})\n"
+    "  end\n"
+    "elseif st == 'delayed' then\n"
+    "  local z = redis.call('ZRANGE', KEYS[2], 0, limit - 1, 'WITHSCORES')\n"
+    "  for i = 1, #z, 2 do\n"
+    "    if #out >= n then break end\n"
+    "    local v = z[i]\n"
+    "    local nl = string.find(v, '\\n', 1, true)\n"
+    "    local attempt, text = '', v\n"
+    "    if nl then attempt = string.sub(v, 1, nl - 1); text = string.sub(v, nl + 1) end\n"
+    "    local id, thread = job(text)\n"
+    "    add(id, {thread = thread, attempt = attempt, due_at = z[i + 1]})\n"
+    "  end\n"
+    "elseif st == 'finished' then\n"
+    "  local start = '+'\n"
+    "  while #out < n and scanned < limit do\n"
+    "    local e = redis.call('XREVRANGE', KEYS[3], start, '-', 'COUNT', 100)\n"
+    "    if #e == 0 then break end\n"
+    "    for _, x in ipairs(e) do\n"
+    "      scanned = scanned + 1\n"
+    "      start = '(' .. x[1]\n"
+    "      local m = map(x[2])\n"
+    "      local worker = ''\n"
+    "      local ok, r = pcall(cjson.decode, m['result'] or '')\n"
+    "      if ok and type(r) == 'table' then worker = str(r.worker) end\n"
+    "      add(m['id'] or '', {thread = m['thread'], entry = x[1], status = m['status'],\n"
+    "                          worker = worker})\n"
+    "      if #out >= n then break end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+void client_jobs_list(client *c, const char *state, const char *thread, const char *worker,
+                      int count, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_LIST, arg);
+    op->cb.entries = cb;
+    char *keys[3] = {keys_jobs(c->prefix), keys_delayed(c->prefix), keys_results(c->prefix)};
+    char *jb = keys_job(c->prefix, "");
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, jobs_lua);
+    cmd_add(&op->a, "3");
+    for (int i = 0; i < 3; i++) {
+        cmd_add(&op->a, keys[i]);
+        free(keys[i]);
+    }
+    cmd_add(&op->a, state);
+    cmd_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
+    cmd_add(&op->a, thread ? thread : "");
+    cmd_add(&op->a, worker ? worker : "");
+    cmd_add(&op->a, jb);
+    cmd_addll(&op->a, CLIENT_SCAN_LIMIT);
+    free(jb);
+    send_args(op, entries_reply, op, 0);
 }

@@ -135,4 +135,25 @@ typedef void (*client_replay_fn)(void *arg, enum client_replay_status st, const 
  * XDEL the dead entry. */
 void client_dead_replay(client *c, const char *dead_entry, client_replay_fn cb, void *arg);
 
+/* ---- workers, pause, job listings ---- */
+
+/* Live workers from the registry (queue/registry.h): record id = worker name, fields name,
+ * version, provider, host, pid, concurrency, in_flight, state, started_at, heartbeat_at. */
+void client_workers_list(client *c, client_entries_fn cb, void *arg);
+/* paused 1: SET {p}:paused (workers read no new jobs; in-flight turns finish); 0: DEL. */
+void client_queue_pause(client *c, int paused, client_done_fn cb, void *arg);
+
+/* Entries examined at most by one listing (so a long stream never blocks Redis for long). */
+#define CLIENT_SCAN_LIMIT 10000
+/* Jobs in one state, at most count (0: 100), optionally only those of thread / worker (NULL
+ * or "": any). Record id = job id ("" when the entry's job text has none); fields: state,
+ * thread, and by state:
+ *   queued    entry, attempt                 (in the stream, not yet delivered; oldest first)
+ *   running   entry, worker, phase, attempt, idle_ms, deliveries, started_at
+ *             (delivered, not acknowledged: the group's pending entries)
+ *   delayed   attempt, due_at                (retries waiting; earliest first)
+ *   finished  entry, status, worker          (the results stream, newest first) */
+void client_jobs_list(client *c, const char *state, const char *thread, const char *worker,
+                      int count, client_entries_fn cb, void *arg);
+
 #endif

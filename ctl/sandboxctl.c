@@ -43,6 +43,10 @@
 #define ID_MAX         128
 #define MAX_POSITIONAL 2
 
+#ifndef SANDBOX_WORKER_VERSION
+#define SANDBOX_WORKER_VERSION "0.1.0"
+#endif
+
 /* ---- command table and usage ---- */
 
 struct ctl;
@@ -62,7 +66,9 @@ static const char *const json_opts[] = {"json", NULL};
 /* "name" is a flag; "name=PLACEHOLDER" takes a value. */
 static const char *const follow_opts[] = {"timeout-ms=N", "json", "from=ENTRY", NULL};
 static const char *const wait_opts[] = {"timeout-ms=N", NULL};
-static const char *const cancel_opts[] = {"ttl-s=N", NULL};
+static const char *const cancel_opts[] = {"ttl-s=N", "force", NULL};
+static const char *const jobs_opts[] = {"state=STATE", "thread=T", "worker=W",
+                                        "count=N",     "json",     NULL};
 static const char *const dead_opts[] = {"count=N", "after=ENTRY", "json", NULL};
 
 static void run_enqueue(struct ctl *x);
@@ -73,6 +79,9 @@ static void run_job(struct ctl *x);
 static void run_thread(struct ctl *x);
 static void run_stats(struct ctl *x);
 static void run_dead(struct ctl *x);
+static void run_jobs(struct ctl *x);
+static void run_workers(struct ctl *x);
+static void run_queue(struct ctl *x);
 
 static const struct command commands[] = {
     {"enqueue", "[FILE|-]", 0, 1, json_opts,
@@ -96,7 +105,9 @@ static const struct command commands[] = {
     {"cancel", "JOB", 1, 1, cancel_opts,
      "Sets the job's cancel key (expires after --ttl-s N, default WORKER_JOB_TTL_S). A queued\n"
      "job is cancelled when a worker picks it up, a running one at the worker's next lease\n"
-     "renewal; the result then says \"cancelled\". Exit 1 when the job already finished.",
+     "renewal; the result then says \"cancelled\". Exit 1 when the job already finished, or\n"
+     "when it is unknown (no job hash: never enqueued through `enqueue`, or expired); --force\n"
+     "sets the key anyway (a job a producer added with a plain XADD has no hash yet).",
      run_cancel},
     {"job", "JOB", 1, 1, no_opts,
      "Prints the job's state hash as a JSON object (the result field as JSON).\n"
@@ -118,6 +129,25 @@ static const struct command commands[] = {
      "job's state hash and events, and deletes the dead entry. Exit 1 when there is no such\n"
      "entry or the job id is queued or running again.",
      run_dead},
+    {"jobs", "[ls]", 0, 1, jobs_opts,
+     "ls (default): lists jobs in one --state (default queued), at most --count N (default\n"
+     "100), optionally only --thread T or --worker W:\n"
+     "  queued    in the stream, not yet read by any worker (oldest first)\n"
+     "  running   read and not yet acknowledged: worker, phase, idle time, deliveries\n"
+     "  delayed   retries waiting for their backoff (due time, earliest first)\n"
+     "  finished  the results stream, newest first (status, worker)\n"
+     "One line per job; --json: one object per line {\"id\", \"state\", \"thread\", ...}.",
+     run_jobs},
+    {"workers", "[ls]", 0, 1, json_opts,
+     "ls (default): the live workers (each heartbeats every 2 s; an entry expires after 10 s\n"
+     "without one): name, state (running, paused, draining), in-flight turns / concurrency,\n"
+     "seconds since the last heartbeat, version, provider, host. --json: one object per line.",
+     run_workers},
+    {"queue", "pause | resume", 1, 1, json_opts,
+     "pause: sets the queue's pause flag: workers stop reading new jobs within a heartbeat\n"
+     "(2 s); turns in flight finish, retries and dead letters go on. resume: clears it.\n"
+     "Producers can still enqueue while paused; `stats` shows the flag.",
+     run_queue},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -129,9 +159,18 @@ static const char env_help[] =
     "Exit status: 0 ok, 1 not succeeded / refused / not found, 2 usage or invalid input,\n"
     "3 timed out waiting, 4 Redis error.\n";
 
+static const char global_help[] =
+    "Global options (anywhere on the line): -u, --redis-url URL (instead of REDIS_URL),\n"
+    "--prefix P (instead of SANDBOX_QUEUE_PREFIX), --version, --help.\n"
+    "--json output: one JSON document per line (one object per listed item); keys are the\n"
+    "protocol's field names; integers are numbers.\n";
+
 static void usage_all(FILE *out)
 {
-    fprintf(out, "usage: sandboxctl COMMAND [ARGS] [OPTIONS]\n\ncommands:\n");
+    fprintf(out,
+            "usage: sandboxctl [-u URL] [--prefix P] COMMAND [ARGS] [OPTIONS]\n\n%s\n"
+            "commands:\n",
+            global_help);
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].args);
     fprintf(out, "\n`sandboxctl COMMAND --help` describes one command.\n\n%s", env_help);
@@ -662,6 +701,14 @@ static void cancel_job_read(void *arg, int rc, const struct client_record *h, co
         finish(x, EXIT_NOTOK);
         return;
     }
+    if (h->n == 0 && !opt_get(x, "force")) {
+        fprintf(stderr,
+                "sandboxctl: no job %s (never enqueued through sandboxctl/the client, or "
+                "expired); --force sets the cancel key anyway\n",
+                x->pos[0]);
+        finish(x, EXIT_NOTOK);
+        return;
+    }
     if (h->n == 0)
         printf("cancel requested for job %s (unknown here: the key is set anyway and expires "
                "in %lld s)\n",
@@ -883,6 +930,210 @@ static void run_dead(struct ctl *x)
     client_dead_list(x->c, opt_get(x, "after"), (int)count, dead_listed, x);
 }
 
+/* ---- jobs, workers, queue ---- */
+
+static const char *const job_states[] = {"queued", "running", "delayed", "finished", NULL};
+
+/* Prints records as one JSON object per line: {"<id_key>": id, "<field>": value...}; values
+ * that are decimal integers become numbers. */
+static void print_records_json(const struct client_record *e, size_t n, const char *id_key)
+{
+    for (size_t i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, id_key, e[i].id);
+        for (size_t k = 0; k < e[i].n; k++) {
+            const struct client_field *f = &e[i].f[k];
+            int64_t v;
+            if (strcmp(f->name, "entry") != 0 && strcmp(f->name, "name") != 0 &&
+                parse_num(f->value, 0, INT64_MAX, &v) == 0)
+                cJSON_AddNumberToObject(o, f->name, (double)v);
+            else
+                cJSON_AddStringToObject(o, f->name, f->value);
+        }
+        char *s = cJSON_PrintUnformatted(o);
+        puts(s);
+        free(s);
+        cJSON_Delete(o);
+    }
+}
+
+static const char *rec(const struct client_record *e, const char *name)
+{
+    const char *v = client_record_get(e, name, NULL);
+    return v && *v ? v : "-";
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* "12.3s ago" / "in 4.0s" from a Unix ms field; "-" when absent. */
+static void put_age(const struct client_record *e, const char *name, char *out, size_t len)
+{
+    const char *v = client_record_get(e, name, NULL);
+    int64_t t;
+    if (!v || parse_num(v, 0, INT64_MAX, &t) != 0) {
+        snprintf(out, len, "-");
+        return;
+    }
+    int64_t d = wall_ms() - t;
+    if (d >= 0)
+        snprintf(out, len, "%.1fs", (double)d / 1000);
+    else
+        snprintf(out, len, "in %.1fs", (double)-d / 1000);
+}
+
+static void jobs_listed(void *arg, int rc, const struct client_record *e, size_t n, const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "jobs ls", err);
+        return;
+    }
+    if (x->json) {
+        print_records_json(e, n, "id");
+        finish(x, EXIT_OK);
+        return;
+    }
+    const char *st = opt_get(x, "state") ? opt_get(x, "state") : "queued";
+    for (size_t i = 0; i < n; i++) {
+        char age[32];
+        const char *id = *e[i].id ? e[i].id : "(no id)";
+        if (strcmp(st, "queued") == 0) {
+            printf("%s thread=%s entry=%s attempt=%s\n", id, rec(&e[i], "thread"),
+                   rec(&e[i], "entry"), rec(&e[i], "attempt"));
+        } else if (strcmp(st, "running") == 0) {
+            put_age(&e[i], "started_at", age, sizeof(age));
+            printf("%s thread=%s worker=%s phase=%s attempt=%s elapsed=%s idle_ms=%s "
+                   "deliveries=%s\n",
+                   id, rec(&e[i], "thread"), rec(&e[i], "worker"), rec(&e[i], "phase"),
+                   rec(&e[i], "attempt"), age, rec(&e[i], "idle_ms"), rec(&e[i], "deliveries"));
+        } else if (strcmp(st, "delayed") == 0) {
+            put_age(&e[i], "due_at", age, sizeof(age));
+            printf("%s thread=%s attempt=%s due=%s\n", id, rec(&e[i], "thread"),
+                   rec(&e[i], "attempt"), age);
+        } else {
+            printf("%s thread=%s status=%s worker=%s entry=%s\n", id, rec(&e[i], "thread"),
+                   rec(&e[i], "status"), rec(&e[i], "worker"), rec(&e[i], "entry"));
+        }
+    }
+    finish(x, EXIT_OK);
+}
+
+static int prepare_jobs(struct ctl *x)
+{
+    if (x->npos && strcmp(x->pos[0], "ls") != 0) {
+        fprintf(stderr, "sandboxctl: jobs: unknown subcommand \"%s\" (ls)\n", x->pos[0]);
+        return -1;
+    }
+    const char *st = opt_get(x, "state");
+    int known = st == NULL;
+    for (const char *const *s = job_states; st && *s; s++)
+        known |= strcmp(st, *s) == 0;
+    if (!known) {
+        fprintf(stderr,
+                "sandboxctl: --state: must be queued, running, delayed or finished, got "
+                "\"%s\"\n",
+                st);
+        return -1;
+    }
+    const char *ids[] = {opt_get(x, "thread"), opt_get(x, "worker")};
+    for (size_t i = 0; i < 2; i++) {
+        if (ids[i] && !id_ok(ids[i])) {
+            fprintf(stderr, "sandboxctl: --%s: not a valid id: \"%s\"\n", i ? "worker" : "thread",
+                    ids[i]);
+            return -1;
+        }
+    }
+    int64_t v;
+    const char *count = opt_get(x, "count");
+    if (count && parse_num(count, 1, CLIENT_SCAN_LIMIT, &v) != 0) {
+        fprintf(stderr, "sandboxctl: --count: must be an integer 1..%d, got \"%s\"\n",
+                CLIENT_SCAN_LIMIT, count);
+        return -1;
+    }
+    return 0;
+}
+
+static void run_jobs(struct ctl *x)
+{
+    int64_t count = 100;
+    const char *c = opt_get(x, "count");
+    if (c)
+        parse_num(c, 1, CLIENT_SCAN_LIMIT, &count);
+    const char *st = opt_get(x, "state");
+    client_jobs_list(x->c, st ? st : "queued", opt_get(x, "thread"), opt_get(x, "worker"),
+                     (int)count, jobs_listed, x);
+}
+
+static void workers_listed(void *arg, int rc, const struct client_record *e, size_t n,
+                           const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "workers ls", err);
+        return;
+    }
+    if (x->json) {
+        print_records_json(e, n, "name");
+        finish(x, EXIT_OK);
+        return;
+    }
+    if (n == 0)
+        printf("no live workers\n");
+    for (size_t i = 0; i < n; i++) {
+        char beat[32], up[32];
+        put_age(&e[i], "heartbeat_at", beat, sizeof(beat));
+        put_age(&e[i], "started_at", up, sizeof(up));
+        printf("%s state=%s in_flight=%s/%s heartbeat=%s ago up=%s version=%s provider=%s "
+               "host=%s pid=%s\n",
+               e[i].id, rec(&e[i], "state"), rec(&e[i], "in_flight"), rec(&e[i], "concurrency"),
+               beat, up, rec(&e[i], "version"), rec(&e[i], "provider"), rec(&e[i], "host"),
+               rec(&e[i], "pid"));
+    }
+    finish(x, EXIT_OK);
+}
+
+static void run_workers(struct ctl *x)
+{
+    client_workers_list(x->c, workers_listed, x);
+}
+
+static void queue_set(void *arg, int rc, const char *err)
+{
+    struct ctl *x = arg;
+    int pause = strcmp(x->pos[0], "pause") == 0;
+    if (rc != 0) {
+        fail_redis(x, pause ? "queue pause" : "queue resume", err);
+        return;
+    }
+    if (x->json)
+        printf("{\"paused\":%s}\n", pause ? "true" : "false");
+    else
+        printf(pause ? "queue {%s} paused: workers read no new jobs; turns in flight finish\n"
+                     : "queue {%s} resumed\n",
+               x->cfg.prefix);
+    finish(x, EXIT_OK);
+}
+
+static int prepare_queue(struct ctl *x)
+{
+    if (strcmp(x->pos[0], "pause") != 0 && strcmp(x->pos[0], "resume") != 0) {
+        fprintf(stderr, "sandboxctl: queue: unknown subcommand \"%s\" (pause or resume)\n",
+                x->pos[0]);
+        return -1;
+    }
+    return 0;
+}
+
+static void run_queue(struct ctl *x)
+{
+    client_queue_pause(x->c, strcmp(x->pos[0], "pause") == 0, queue_set, x);
+}
+
 /* ---- main ---- */
 
 static void ready(void *arg, int ok, const char *err)
@@ -979,6 +1230,14 @@ static int prepare(struct ctl *x)
         return prepare_follow(x);
     if (strcmp(name, "dead") == 0)
         return prepare_dead(x);
+    if (strcmp(name, "jobs") == 0)
+        return prepare_jobs(x);
+    if (strcmp(name, "queue") == 0)
+        return prepare_queue(x);
+    if (strcmp(name, "workers") == 0 && x->npos && strcmp(x->pos[0], "ls") != 0) {
+        fprintf(stderr, "sandboxctl: workers: unknown subcommand \"%s\" (ls)\n", x->pos[0]);
+        return -1;
+    }
     if (strcmp(name, "cancel") == 0) {
         x->ttl_s = x->cfg.job_ttl_s;
         const char *t = opt_get(x, "ttl-s");
@@ -999,8 +1258,47 @@ int main(int argc, char **argv)
     char err[512] = "";
     int cfg_loaded = 0;
 
+    /* Global options, taken out of argv wherever they are (before a "--"). They override the
+     * environment the configuration is read from. */
+    int gargc = 1;
+    char **gargv = xcalloc((size_t)argc + 1, sizeof(*gargv));
+    gargv[0] = argv[0];
+    int dashdash = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = NULL, *var = NULL;
+        if (!dashdash && strcmp(a, "--") == 0)
+            dashdash = 1;
+        if (!dashdash && strcmp(a, "--version") == 0) {
+            printf("sandboxctl %s\n", SANDBOX_WORKER_VERSION);
+            free(gargv);
+            return EXIT_OK;
+        }
+        if (!dashdash &&
+            (strcmp(a, "-u") == 0 || strcmp(a, "--redis-url") == 0 || strcmp(a, "--prefix") == 0)) {
+            var = strcmp(a, "--prefix") == 0 ? "SANDBOX_QUEUE_PREFIX" : "REDIS_URL";
+            if (i + 1 >= argc) {
+                fprintf(stderr, "sandboxctl: %s needs a value\n", a);
+                free(gargv);
+                return EXIT_USAGE;
+            }
+            val = argv[++i];
+        } else if (!dashdash && strncmp(a, "--redis-url=", 12) == 0) {
+            var = "REDIS_URL", val = a + 12;
+        } else if (!dashdash && strncmp(a, "--prefix=", 9) == 0) {
+            var = "SANDBOX_QUEUE_PREFIX", val = a + 9;
+        }
+        if (var) {
+            setenv(var, val, 1);
+            continue;
+        }
+        gargv[gargc++] = argv[i];
+    }
+    argc = gargc;
+    argv = gargv;
+
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
+        free(gargv);
         usage_all(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : EXIT_OK;
     }
@@ -1009,6 +1307,7 @@ int main(int argc, char **argv)
             x.cmd = &commands[i];
     if (!x.cmd) {
         fprintf(stderr, "sandboxctl: unknown command \"%s\" (see sandboxctl --help)\n", argv[1]);
+        free(gargv);
         return EXIT_USAGE;
     }
     int rc = parse_args(&x, argc - 2, argv + 2);
@@ -1059,5 +1358,6 @@ out:
     buf_release(&x.job_text);
     if (cfg_loaded)
         config_release(&x.cfg);
+    free(gargv);
     return x.exit_code;
 }

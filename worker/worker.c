@@ -37,6 +37,7 @@ static void on_delivery(void *arg, struct queue_delivery *d)
     struct worker *w = arg;
     w->inflight++;
     metric_set(w->m_inflight, NULL, w->inflight);
+    registry_set_inflight(w->reg, w->inflight);
     turn_start(w, d);
 }
 
@@ -58,11 +59,37 @@ static void on_ready(void *arg, int ready)
     log_info(NULL, "queue %s", ready ? "ready" : "not ready");
 }
 
-/* Exits the loop once draining, with no turn in flight and the queue quiet. */
+static void registry_left(void *arg)
+{
+    struct worker *w = arg;
+    event_base_loopexit(w->base, NULL);
+}
+
+/* Exits the loop once draining, with no turn in flight and the queue quiet (after taking
+ * this worker out of the registry). */
 static void maybe_exit(struct worker *w)
 {
-    if (w->draining && w->inflight == 0 && w->queue_quiet)
+    if (!w->draining || w->inflight != 0 || !w->queue_quiet || w->leaving)
+        return;
+    w->leaving = 1;
+    if (w->reg)
+        registry_leave(w->reg, registry_left, w);
+    else
         event_base_loopexit(w->base, NULL);
+}
+
+/* Free slots the reader may fill: none while paused or draining. */
+static int free_slots(const struct worker *w)
+{
+    return w->paused || w->draining ? 0 : w->cfg.concurrency - w->inflight;
+}
+
+static void on_pause(void *arg, int paused)
+{
+    struct worker *w = arg;
+    w->paused = paused;
+    if (!w->draining)
+        queue_set_capacity(w->q, free_slots(w));
 }
 
 static void queue_drained(void *arg)
@@ -76,11 +103,12 @@ void worker_turn_finished(struct worker *w)
 {
     w->inflight--;
     metric_set(w->m_inflight, NULL, w->inflight);
+    registry_set_inflight(w->reg, w->inflight);
     if (w->draining) {
         maybe_exit(w);
         return;
     }
-    queue_set_capacity(w->q, w->cfg.concurrency - w->inflight);
+    queue_set_capacity(w->q, free_slots(w));
 }
 
 static int ready_fn(void *arg, char *why, size_t whylen)
@@ -133,6 +161,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     log_info(NULL, "signal %d: draining (%d turn(s) in flight, grace %d ms)", (int)sig, w->inflight,
              w->cfg.shutdown_grace_ms);
     w->draining = 1;
+    registry_set_state(w->reg, "draining");
     queue_set_capacity(w->q, 0);
     queue_drain(w->q, queue_drained, w);
     if (w->inflight == 0)
@@ -286,7 +315,22 @@ int worker_main(int argc, char **argv)
         log_error(NULL, "%s", err);
         goto out;
     }
-    queue_set_capacity(w.q, w.cfg.concurrency);
+    struct registry_opts ro = {
+        .redis = config_redis_opts(&w.cfg),
+        .prefix = w.cfg.prefix,
+        .name = w.cfg.worker_name,
+        .version = SANDBOX_WORKER_VERSION,
+        .provider = ops->name,
+        .concurrency = w.cfg.concurrency,
+    };
+    w.reg = registry_new(w.base, &ro, on_pause, &w, err, sizeof(err));
+    if (!w.reg) {
+        log_error(NULL, "%s", err);
+        goto out;
+    }
+    /* No reads until the registry has read the pause flag once (on_pause). */
+    w.paused = 1;
+    queue_set_capacity(w.q, 0);
     if (w.cfg.http_host) {
         st = status_server_new(w.base, w.cfg.http_host, w.cfg.http_port, w.m, ready_fn, &w, err,
                                sizeof(err));
@@ -319,6 +363,7 @@ out:
     if (w.hard_stop)
         event_free(w.hard_stop);
     status_server_free(st);
+    registry_free(w.reg);
     queue_free(w.q);
     provider_free(w.prov);
     metrics_free(w.m);

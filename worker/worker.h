@@ -9,6 +9,7 @@
 #include "lib/metrics.h"
 #include "providers/provider.h"
 #include "queue/queue.h"
+#include "queue/registry.h"
 #include "worker/config.h"
 
 struct turn;
@@ -23,6 +24,9 @@ struct worker {
     int inflight;
     int draining;
     int queue_quiet;         /* draining and the queue delivers nothing any more */
+    registry *reg;           /* this worker's entry in {p}:workers; the pause flag */
+    int paused;              /* {p}:paused is set: read no new jobs */
+    int leaving;             /* registry_leave sent; the loop exits when it is done */
     struct event *grace;     /* shutdown grace expiry */
     struct event *hard_stop; /* exit even if interrupted turns cannot publish */
     /* metrics */

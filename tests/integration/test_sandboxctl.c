@@ -426,7 +426,14 @@ TEST_CASE(cancel)
     long long ttl = cli_int("TTL " P ":cancel:j1");
     CHECK(ttl > 600000 && ttl <= 604800); /* default: WORKER_JOB_TTL_S */
 
+    /* An unknown id is an error, not a silent success; --force sets the key anyway. */
     CTL(&r, NULL, "cancel", "jx", "--ttl-s", "60");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "no job jx"));
+    show("cancel unknown", &r);
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("EXISTS " P ":cancel:jx"), 0);
+    CTL(&r, NULL, "cancel", "jx", "--ttl-s", "60", "--force");
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strstr(r.out.data, "unknown here"));
     run_release(&r);
@@ -840,6 +847,162 @@ TEST_CASE(wait_survives_redis_restart)
     run_release(&r);
 }
 
+/* Runs the CLI until its stdout contains want (polls every 200 ms up to timeout_ms); 1 when
+ * it did. The last run is left in r. */
+static int ctl_until(struct run *r, const char *want, int timeout_ms, const char *const *args)
+{
+    int64_t end = mono_ms() + timeout_ms;
+    for (;;) {
+        ctl(r, NULL, args);
+        if (r->rc == 0 && strstr(r->out.data, want))
+            return 1;
+        if (mono_ms() > end)
+            return 0;
+        run_release(r);
+        sleep_ms(200);
+    }
+}
+
+#define CTL_UNTIL(r, want, ms, ...) ctl_until(r, want, ms, (const char *const[]){__VA_ARGS__, NULL})
+
+/* A real worker registers itself; pause stops it reading (a job stays queued, a running one
+ * finishes), resume lets it run; jobs ls shows each state with its filters. */
+TEST_CASE(workers_pause_and_jobs)
+{
+    ctl_prefix = "ctlops";
+    char log[300];
+    snprintf(log, sizeof(log), "%s/worker-ops.log", job_dir);
+    struct worker_spec ws = {
+        .url = test_redis_url(srv), .prefix = "ctlops", .name = "w-ops", .log_path = log};
+    pid_t w = worker_spawn(&ws);
+    CHECK(w > 0);
+    if (w <= 0) {
+        ctl_prefix = "ctltest";
+        return;
+    }
+    struct run r;
+    CHECK(CTL_UNTIL(&r, "\"name\":\"w-ops\"", 10000, "workers", "ls", "--json"));
+    cJSON *o = cJSON_Parse(r.out.data);
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "state")), "running");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "provider")), "scripted");
+    CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(o, "concurrency")));
+    CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(o, "heartbeat_at")));
+    CHECK(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "version")) != NULL);
+    cJSON_Delete(o);
+    show("workers ls json", &r);
+    run_release(&r);
+    long long ttl = cli_int("PTTL {ctlops}:worker:w-ops");
+    CHECK(ttl > 0 && ttl <= 10000);
+
+    /* A long turn running, then pause: it goes on; a new job stays queued. */
+    const char *slow = "{\"id\":\"p1\",\"thread\":\"tp1\",\"feature\":\"data-app\",\"tenant\":{"
+                       "\"organization\":\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\","
+                       "\"cmd\":\"sleep 6000; out slow done\"}]}";
+    CTL(&r, slow, "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CHECK(CTL_UNTIL(&r, "p1 thread=tp1 worker=w-ops phase=running", 10000, "jobs", "ls", "--state",
+                    "running"));
+    show("jobs running", &r);
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "ls", "--state", "running", "--worker", "w-other");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "");
+    run_release(&r);
+
+    CTL(&r, NULL, "queue", "pause");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "paused"));
+    run_release(&r);
+    CHECK(CTL_UNTIL(&r, "w-ops state=paused in_flight=1/", 10000, "workers"));
+    show("workers paused", &r);
+    run_release(&r);
+    CTL(&r,
+        "{\"id\":\"p2\",\"thread\":\"tp2\",\"feature\":\"data-app\",\"tenant\":{"
+        "\"organization\":\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\",\"cmd\":"
+        "\"out fast\"}]}",
+        "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    /* The running turn finishes while paused. */
+    CTL(&r, NULL, "wait", "p1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    sleep_ms(2500); /* more than a heartbeat and a read round: p2 must still be queued */
+    CTL(&r, NULL, "jobs", "ls", "--state", "queued", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    o = cJSON_Parse(r.out.data);
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "id")), "p2");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "state")), "queued");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "thread")), "tp2");
+    cJSON_Delete(o);
+    show("jobs queued while paused", &r);
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "ls", "--state", "queued", "--thread", "tp1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "");
+    run_release(&r);
+    char *s = cli("HGET {ctlops}:job:p2 phase");
+    CHECK_STR(s, "queued");
+    free(s);
+
+    CTL(&r, NULL, "queue", "resume");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "wait", "p2", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "ls", "--state", "finished");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "p2 thread=tp2 status=succeeded worker=w-ops") &&
+          strstr(r.out.data, "p1 thread=tp1 status=succeeded worker=w-ops"));
+    CHECK(strstr(r.out.data, "p2") < strstr(r.out.data, "p1")); /* newest first */
+    show("jobs finished", &r);
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "ls", "--state", "bogus");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+
+    /* A drained worker takes itself out of the registry. */
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 30000), 0);
+    CTL(&r, NULL, "workers", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(!strstr(r.out.data, "w-ops"));
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("EXISTS {ctlops}:worker:w-ops"), 0);
+    if (test_failed_now)
+        printf("  worker log: %s\n", log);
+    ctl_prefix = "ctltest";
+}
+
+/* Global options override the environment. */
+TEST_CASE(global_options)
+{
+    struct run r;
+    CTL(&r, NULL, "--version");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strncmp(r.out.data, "sandboxctl ", 11) == 0);
+    run_release(&r);
+    cli0("DEL {ctlglob}:dead");
+    cli0("XADD {ctlglob}:dead * id g1 reason r job x");
+    /* The environment names prefix ctltest and a dead port; the flags win. */
+    struct proc p;
+    const char *const args[] = {"--prefix",          "ctlglob", "dead", "-u",
+                                test_redis_url(srv), "--json",  NULL};
+    CHECK(proc_start(&p, "redis://127.0.0.1:1", args) == 0);
+    proc_finish(&p, NULL, &r);
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"id\":\"g1\""));
+    show("global options", &r);
+    run_release(&r);
+    CTL(&r, NULL, "stats", "--redis-url=redis://127.0.0.1:1", "--prefix=ctlglob");
+    CHECK_EQ_INT(r.rc, 4);
+    run_release(&r);
+    CTL(&r, NULL, "stats", "-u");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+}
+
 static int find_ctl(const char *argv0)
 {
     /* The test binary is BUILD/tests/integration/test_sandboxctl; the CLI is BUILD/sandboxctl. */
@@ -880,6 +1043,8 @@ int main(int argc, char **argv)
     RUN(show_job_and_thread);
     RUN(wait_survives_redis_restart);
     RUN(end_to_end_with_worker);
+    RUN(workers_pause_and_jobs);
+    RUN(global_options);
     test_redis_free(srv);
     return test_report();
 }
