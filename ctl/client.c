@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/buf.h"
 #include "queue/cmd.h"
@@ -17,7 +18,7 @@
 
 #define DEFAULT_JOB_TTL_S 604800
 #define DEFAULT_COUNT     100
-#define STATS_CMDS        7
+#define STATS_CMDS        10
 
 /* KEYS: dead, jobs, job hash, events, cancel
  * ARGV: dead entry id, job id the caller read from that entry ("" when none), job ttl s
@@ -592,7 +593,10 @@ enum stats_cmd {
     ST_ZCARD,
     ST_NEXT,
     ST_DEAD,
-    ST_RESULTS
+    ST_RESULTS,
+    ST_PENDING, /* XPENDING summary: the oldest pending entry */
+    ST_PAUSED,
+    ST_WORKERS,
 };
 
 static long long int_of(const redisReply *r)
@@ -673,6 +677,17 @@ static void stats_fill(struct op *op, int idx, const redisReply *reply)
     case ST_RESULTS:
         st->results = int_of(reply);
         break;
+    case ST_PENDING:
+        /* [count, smallest id, greatest id, [[consumer, count]…]]; ids nil when empty */
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2 && is_str(reply->element[1]))
+            st->oldest_pending_ms = strtoll(reply->element[1]->str, NULL, 10);
+        break;
+    case ST_PAUSED:
+        st->paused = int_of(reply) > 0;
+        break;
+    case ST_WORKERS:
+        st->workers = int_of(reply);
+        break;
     }
 }
 
@@ -689,7 +704,8 @@ static void stats_reply(redis *r, const redisReply *reply, void *arg)
     }
     if (!op->failed) {
         const char *why = reply_problem(op->c, reply);
-        if (why && !((s->idx == ST_GROUPS || s->idx == ST_CONSUMERS) && is_missing_error(reply))) {
+        if (why && !((s->idx == ST_GROUPS || s->idx == ST_CONSUMERS || s->idx == ST_PENDING) &&
+                     is_missing_error(reply))) {
             op->failed = 1;
             free(op->err);
             op->err = xstrdup(why);
@@ -720,7 +736,11 @@ void client_stats(client *c, client_stats_fn cb, void *arg)
     op->cb.stats = cb;
     op->st.consumers = op->st.pending = op->st.lag = -1;
     op->st.delayed_next_ms = -1;
+    op->st.oldest_pending_ms = -1;
     char *k_jobs = keys_jobs(c->prefix), *k_delayed = keys_delayed(c->prefix);
+    char *k_paused = registry_key_paused(c->prefix), *k_workers = registry_key_workers(c->prefix);
+    char min_score[32];
+    snprintf(min_score, sizeof(min_score), "%lld", (long long)(time(NULL) - 10) * 1000);
     char *k_dead = keys_dead(c->prefix), *k_results = keys_results(c->prefix);
     const char *cmds[STATS_CMDS][7] = {
         [ST_XLEN_JOBS] = {"XLEN", k_jobs, NULL},
@@ -730,6 +750,9 @@ void client_stats(client *c, client_stats_fn cb, void *arg)
         [ST_NEXT] = {"ZRANGE", k_delayed, "0", "0", "WITHSCORES", NULL},
         [ST_DEAD] = {"XLEN", k_dead, NULL},
         [ST_RESULTS] = {"XLEN", k_results, NULL},
+        [ST_PENDING] = {"XPENDING", k_jobs, QUEUE_GROUP, NULL},
+        [ST_PAUSED] = {"EXISTS", k_paused, NULL},
+        [ST_WORKERS] = {"ZCOUNT", k_workers, min_score, "+inf", NULL},
     };
     /* Every sub-command is counted before any is sent: replies never arrive inside
      * redis_commandv, but a send failure must not leave the count short. */
@@ -753,6 +776,8 @@ void client_stats(client *c, client_stats_fn cb, void *arg)
     free(k_delayed);
     free(k_dead);
     free(k_results);
+    free(k_paused);
+    free(k_workers);
 }
 
 /* ---- dead-letter replay ---- */

@@ -98,16 +98,19 @@ struct client_consumer {
 
 /* Counts are -1 when Redis could not tell (e.g. lag after XDEL/XTRIM). */
 struct client_stats {
-    long long jobs;             /* XLEN {p}:jobs (entries are kept after XACK until trimmed) */
-    int group;                  /* 1 when the "workers" group exists */
-    long long consumers;        /* group consumers */
-    long long pending;          /* group PEL size: delivered, not acknowledged (in flight) */
-    long long lag;              /* entries not yet delivered to the group */
-    const char *last_delivered; /* group last-delivered-id; "" without a group */
-    long long delayed;          /* ZCARD {p}:delayed: retries waiting for their backoff */
-    long long delayed_next_ms;  /* unix ms of the earliest retry; -1 when none */
-    long long dead;             /* XLEN {p}:dead */
-    long long results;          /* XLEN {p}:results */
+    long long jobs;              /* XLEN {p}:jobs (entries are kept after XACK until trimmed) */
+    int group;                   /* 1 when the "workers" group exists */
+    long long consumers;         /* group consumers */
+    long long pending;           /* group PEL size: delivered, not acknowledged (in flight) */
+    long long lag;               /* entries not yet delivered to the group */
+    const char *last_delivered;  /* group last-delivered-id; "" without a group */
+    long long delayed;           /* ZCARD {p}:delayed: retries waiting for their backoff */
+    long long delayed_next_ms;   /* unix ms of the earliest retry; -1 when none */
+    long long dead;              /* XLEN {p}:dead */
+    long long results;           /* XLEN {p}:results */
+    long long oldest_pending_ms; /* unix ms of the oldest in-flight entry's id; -1 when none */
+    int paused;                  /* {p}:paused exists */
+    long long workers;           /* workers with a heartbeat in the last 10 s */
     size_t nconsumers;
     const struct client_consumer *consumer;
 };

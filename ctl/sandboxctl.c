@@ -765,6 +765,8 @@ static void run_thread(struct ctl *x)
     client_thread_get(x->c, x->pos[0], thread_hash_read, x);
 }
 
+static int64_t wall_ms(void);
+
 /* ---- stats ---- */
 
 static void stats_read(void *arg, int rc, const struct client_stats *st, const char *err)
@@ -786,6 +788,11 @@ static void stats_read(void *arg, int rc, const struct client_stats *st, const c
         cJSON_AddNumberToObject(o, "delayed_next_ms", (double)st->delayed_next_ms);
         cJSON_AddNumberToObject(o, "dead", (double)st->dead);
         cJSON_AddNumberToObject(o, "results", (double)st->results);
+        cJSON_AddBoolToObject(o, "paused", st->paused);
+        cJSON_AddNumberToObject(o, "workers", (double)st->workers);
+        cJSON_AddNumberToObject(
+            o, "oldest_pending_age_ms",
+            st->oldest_pending_ms < 0 ? -1 : (double)(wall_ms() - st->oldest_pending_ms));
         cJSON *cs = cJSON_AddArrayToObject(o, "consumer");
         for (size_t i = 0; i < st->nconsumers; i++) {
             cJSON *c = cJSON_CreateObject();
@@ -808,6 +815,13 @@ static void stats_read(void *arg, int rc, const struct client_stats *st, const c
         printf("delayed_next_ms %lld\n", st->delayed_next_ms);
         printf("dead %lld\n", st->dead);
         printf("results %lld\n", st->results);
+        printf("paused %s\n", st->paused ? "yes" : "no");
+        printf("workers %lld\n", st->workers);
+        if (st->oldest_pending_ms < 0)
+            printf("oldest_pending_age_s -\n");
+        else
+            printf("oldest_pending_age_s %.1f\n",
+                   (double)(wall_ms() - st->oldest_pending_ms) / 1000);
         for (size_t i = 0; i < st->nconsumers; i++)
             printf("consumer %s pending=%lld idle_ms=%lld\n", st->consumer[i].name,
                    st->consumer[i].pending, st->consumer[i].idle_ms);

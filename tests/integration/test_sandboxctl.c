@@ -584,12 +584,20 @@ TEST_CASE(stats_numbers)
                           "delayed_next_ms 1700000000000\n",
                           "dead 1\n",
                           "results 2\n",
+                          "paused no\n",
+                          "workers 0\n",
                           "consumer w1 pending=1 idle_ms="};
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         if (!strstr(r.out.data, want[i])) {
             printf("  missing: %s", want[i]);
             CHECK(0);
         }
+    {
+        /* The one pending entry was added a moment ago. */
+        const char *age = strstr(r.out.data, "oldest_pending_age_s ");
+        double v = age ? strtod(age + 21, NULL) : -1;
+        CHECK(age && v >= 0 && v < 60);
+    }
     show("stats", &r);
     run_release(&r);
 
@@ -916,6 +924,10 @@ TEST_CASE(workers_pause_and_jobs)
     run_release(&r);
     CHECK(CTL_UNTIL(&r, "w-ops state=paused in_flight=1/", 10000, "workers"));
     show("workers paused", &r);
+    run_release(&r);
+    CTL(&r, NULL, "stats");
+    CHECK(strstr(r.out.data, "paused yes\n") && strstr(r.out.data, "workers 1\n"));
+    show("stats paused", &r);
     run_release(&r);
     CTL(&r,
         "{\"id\":\"p2\",\"thread\":\"tp2\",\"feature\":\"data-app\",\"tenant\":{"
