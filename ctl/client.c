@@ -58,8 +58,11 @@ enum op_kind {
     OP_DEAD_LIST,
     OP_REPLAY_READ,
     OP_REPLAY,
-    OP_LIST, /* workers, jobs: entries callback */
-    OP_DONE, /* pause, resume: done callback */
+    OP_LIST,    /* workers, jobs: entries callback */
+    OP_DONE,    /* pause, resume: done callback */
+    OP_COUNT,   /* purges: count callback */
+    OP_RETRY,   /* retry: replay callback */
+    OP_THREADS, /* SCAN rounds, then the hashes: entries callback */
 };
 
 struct op;
@@ -81,6 +84,7 @@ struct op {
         client_done_fn done;
         client_stats_fn stats;
         client_replay_fn replay;
+        client_count_fn count;
     } cb;
     void *arg;
     struct cmd a;       /* kept for the EVAL fallback */
@@ -95,6 +99,10 @@ struct op {
     struct client_consumer *consumers;
     char **consumer_names; /* owned; consumers[i].name points here */
     char *last_delivered;
+    /* threads ls: thread keys found so far by SCAN */
+    char **keys;
+    size_t nkeys, capkeys;
+    char cursor[32];
 };
 
 struct client {
@@ -143,6 +151,9 @@ static void op_free(struct op *op)
     free(op->consumer_names);
     free(op->consumers);
     free(op->last_delivered);
+    for (size_t i = 0; i < op->nkeys; i++)
+        free(op->keys[i]);
+    free(op->keys);
     free(op);
 }
 
@@ -156,6 +167,7 @@ static void op_error(struct op *op, const char *err)
     case OP_EVENTS:
     case OP_DEAD_LIST:
     case OP_LIST:
+    case OP_THREADS:
         op->cb.entries(op->arg, -1, NULL, 0, err);
         break;
     case OP_HASH:
@@ -168,8 +180,12 @@ static void op_error(struct op *op, const char *err)
     case OP_STATS:
         op->cb.stats(op->arg, -1, NULL, err);
         break;
+    case OP_COUNT:
+        op->cb.count(op->arg, -1, 0, err);
+        break;
     case OP_REPLAY_READ:
     case OP_REPLAY:
+    case OP_RETRY:
         op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", err);
         break;
     }
@@ -1018,4 +1034,275 @@ void client_jobs_list(client *c, const char *state, const char *thread, const ch
     cmd_addll(&op->a, CLIENT_SCAN_LIMIT);
     free(jb);
     send_args(op, entries_reply, op, 0);
+}
+
+/* ---- retry, purges, dead show, threads ---- */
+
+/* KEYS: jobs, job hash, events, cancel.  ARGV: job ttl s.
+ * A finished job that failed, timed out, was lost or cancelled runs again: its job text is
+ * read back from its {p}:jobs entry and added again with attempt + 1; the job hash is reset
+ * to "queued", its events and cancel key deleted. Returns {"retried", entry, attempt} |
+ * {"missing"} | {"state", status or phase} | {"gone"} (the entry was trimmed). */
+static const char retry_lua[] =
+    "local h = redis.call('HMGET', KEYS[2], 'status', 'phase', 'entry', 'attempt')\n"
+    "if not h[1] and not h[2] then return {'missing'} end\n"
+    "local st = h[1] or ''\n"
+    "if st ~= 'failed' and st ~= 'timeout' and st ~= 'lost' and st ~= 'cancelled' then\n"
+    "  if st == '' then st = h[2] or '' end\n"
+    "  return {'state', st}\n"
+    "end\n"
+    "if not h[3] or h[3] == '' then return {'gone'} end\n"
+    "local e = redis.call('XRANGE', KEYS[1], h[3], h[3])\n"
+    "if #e == 0 then return {'gone'} end\n"
+    "local job = false\n"
+    "for i = 1, #e[1][2], 2 do if e[1][2][i] == 'job' then job = e[1][2][i + 1] end end\n"
+    "if not job then return {'gone'} end\n"
+    "local attempt = tostring((tonumber(h[4]) or 1) + 1)\n"
+    "local new = redis.call('XADD', KEYS[1], '*', 'job', job, 'attempt', attempt)\n"
+    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])\n"
+    "redis.call('HSET', KEYS[2], 'phase', 'queued', 'entry', new, 'attempt', attempt)\n"
+    "redis.call('EXPIRE', KEYS[2], ARGV[1])\n"
+    "return {'retried', new, attempt}\n";
+
+static void retry_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = op_answered(arg, reply);
+    if (!op)
+        return;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 || !is_str(reply->element[0])) {
+        op_error(op, "retry script: unexpected reply");
+        return;
+    }
+    const char *what = reply->element[0]->str;
+    const char *e1 = reply->elements > 1 && is_str(reply->element[1]) ? reply->element[1]->str : "";
+    const char *e2 = reply->elements > 2 && is_str(reply->element[2]) ? reply->element[2]->str : "";
+    if (strcmp(what, "retried") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_OK, e2, e1);
+    else if (strcmp(what, "missing") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_MISSING, "", "");
+    else if (strcmp(what, "gone") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_NO_JOB, "", "");
+    else if (strcmp(what, "state") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_ACTIVE, "", e1);
+    else
+        op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", "retry script: unexpected reply");
+    op_free(op);
+}
+
+void client_retry(client *c, const char *job_id, client_replay_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_RETRY, arg);
+    op->cb.replay = cb;
+    char *keys[4] = {keys_jobs(c->prefix), keys_job(c->prefix, job_id),
+                     keys_events(c->prefix, job_id), keys_cancel(c->prefix, job_id)};
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, retry_lua);
+    cmd_add(&op->a, "4");
+    for (int i = 0; i < 4; i++) {
+        cmd_add(&op->a, keys[i]);
+        free(keys[i]);
+    }
+    cmd_addll(&op->a, c->job_ttl_s);
+    send_args(op, retry_reply, op, 0);
+}
+
+static void count_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = op_answered(arg, reply);
+    if (!op)
+        return;
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        op_error(op, "unexpected reply to a purge");
+        return;
+    }
+    op->cb.count(op->arg, 0, reply->integer, NULL);
+    op_free(op);
+}
+
+/* KEYS: dead. Returns how many entries were deleted. */
+static const char dead_purge_lua[] = "local n = redis.call('XLEN', KEYS[1])\n"
+                                     "redis.call('DEL', KEYS[1])\n"
+                                     "return n\n";
+
+void client_dead_purge(client *c, client_count_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_COUNT, arg);
+    op->cb.count = cb;
+    char *k = keys_dead(c->prefix);
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, dead_purge_lua);
+    cmd_add(&op->a, "1");
+    cmd_add(&op->a, k);
+    free(k);
+    send_args(op, count_reply, op, 0);
+}
+
+/* KEYS: jobs.  ARGV: job hash key prefix "{p}:job:", limit.
+ * Deletes the entries no worker has read yet (after the group's last delivered id; all of
+ * them without a group), at most limit, and the job hashes of those still "queued" (so their
+ * ids can be enqueued again). Returns the number of entries deleted. */
+static const char purge_queued_lua[] =
+    "local last = '0-0'\n"
+    "local ok, gs = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])\n"
+    "if ok then for _, g in ipairs(gs) do\n"
+    "  local m = {} for i = 1, #g, 2 do m[g[i]] = g[i + 1] end\n"
+    "  if m['name'] == 'workers' then last = m['last-delivered-id'] end\n"
+    "end end\n"
+    "local n, limit = 0, tonumber(ARGV[2])\n"
+    "while n < limit do\n"
+    "  local e = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 100)\n"
+    "  if #e == 0 then break end\n"
+    "  for _, x in ipairs(e) do\n"
+    "    last = x[1]\n"
+    "    for i = 1, #x[2], 2 do\n"
+    "      if x[2][i] == 'job' then\n"
+    "        local ok2, j = pcall(cjson.decode, x[2][i + 1])\n"
+    "        if ok2 and type(j) == 'table' and type(j.id) == 'string' then\n"
+    "          local k = ARGV[1] .. j.id\n"
+    "          if redis.call('HGET', k, 'phase') == 'queued' then redis.call('DEL', k) end\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "    redis.call('XDEL', KEYS[1], x[1])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+void client_queue_purge(client *c, client_count_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_COUNT, arg);
+    op->cb.count = cb;
+    char *k = keys_jobs(c->prefix), *jb = keys_job(c->prefix, "");
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, purge_queued_lua);
+    cmd_add(&op->a, "1");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, jb);
+    cmd_addll(&op->a, 1000000);
+    free(k);
+    free(jb);
+    send_args(op, count_reply, op, 0);
+}
+
+void client_dead_get(client *c, const char *dead_entry, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_LIST, arg);
+    op->cb.entries = cb;
+    char *k = keys_dead(c->prefix);
+    cmd_add(&op->a, "XRANGE");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, dead_entry);
+    cmd_add(&op->a, dead_entry);
+    free(k);
+    send_args(op, entries_reply, op, 0);
+}
+
+/* Returns [[thread id, [field, value…]]…] for the thread hash keys given (ARGV[1]: the key
+ * prefix "{p}:thread:", stripped for the id). */
+static const char threads_lua[] = "local out = {}\n"
+                                  "for _, k in ipairs(KEYS) do\n"
+                                  "  local h = redis.call('HGETALL', k)\n"
+                                  "  if #h > 0 then\n"
+                                  "    out[#out + 1] = {string.sub(k, #ARGV[1] + 1), h}\n"
+                                  "  end\n"
+                                  "end\n"
+                                  "return out\n";
+
+static void threads_scan(struct op *op);
+
+static int key_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void threads_scan_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = op_answered(arg, reply);
+    if (!op)
+        return;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || !is_str(reply->element[0]) ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        op_error(op, "SCAN: unexpected reply");
+        return;
+    }
+    const redisReply *ks = reply->element[1];
+    for (size_t i = 0; i < ks->elements && op->nkeys < CLIENT_SCAN_LIMIT; i++) {
+        if (!is_str(ks->element[i]))
+            continue;
+        if (op->nkeys == op->capkeys) {
+            op->capkeys = op->capkeys ? op->capkeys * 2 : 64;
+            char **nk = xcalloc(op->capkeys, sizeof(*nk));
+            if (op->nkeys)
+                memcpy(nk, op->keys, op->nkeys * sizeof(*nk));
+            free(op->keys);
+            op->keys = nk;
+        }
+        op->keys[op->nkeys++] = xstrdup(ks->element[i]->str);
+    }
+    snprintf(op->cursor, sizeof(op->cursor), "%s", reply->element[0]->str);
+    if (strcmp(op->cursor, "0") != 0 && op->nkeys < CLIENT_SCAN_LIMIT) {
+        threads_scan(op);
+        return;
+    }
+    if (op->nkeys == 0) {
+        op->cb.entries(op->arg, 0, NULL, 0, NULL);
+        op_free(op);
+        return;
+    }
+    /* SCAN may return a key twice: sort, drop repeats, then read the hashes at once. */
+    qsort(op->keys, op->nkeys, sizeof(*op->keys), key_cmp);
+    cmd_release(&op->a);
+    memset(&op->a, 0, sizeof(op->a));
+    char *prefix = keys_thread(op->c->prefix, "");
+    size_t uniq = 0;
+    for (size_t i = 0; i < op->nkeys; i++)
+        if (i == 0 || strcmp(op->keys[i], op->keys[i - 1]) != 0)
+            uniq++;
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, threads_lua);
+    cmd_addll(&op->a, (long long)uniq);
+    for (size_t i = 0; i < op->nkeys; i++)
+        if (i == 0 || strcmp(op->keys[i], op->keys[i - 1]) != 0)
+            cmd_add(&op->a, op->keys[i]);
+    cmd_add(&op->a, prefix);
+    free(prefix);
+    op->kind = OP_LIST;
+    send_args(op, entries_reply, op, 0);
+}
+
+static void threads_scan(struct op *op)
+{
+    cmd_release(&op->a);
+    memset(&op->a, 0, sizeof(op->a));
+    char *prefix = keys_thread(op->c->prefix, "");
+    struct buf pat;
+    buf_init(&pat);
+    /* The hash tag's braces are literal in a MATCH pattern only when escaped. */
+    for (const char *p = prefix; *p; p++) {
+        if (*p == '*' || *p == '?' || *p == '[' || *p == ']' || *p == '\\')
+            buf_putc(&pat, '\\');
+        buf_putc(&pat, *p);
+    }
+    buf_putc(&pat, '*');
+    cmd_add(&op->a, "SCAN");
+    cmd_add(&op->a, op->cursor);
+    cmd_add(&op->a, "MATCH");
+    cmd_add(&op->a, pat.data);
+    cmd_add(&op->a, "COUNT");
+    cmd_add(&op->a, "1000");
+    buf_release(&pat);
+    free(prefix);
+    send_args(op, threads_scan_reply, op, 0);
+}
+
+void client_threads_list(client *c, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_THREADS, arg);
+    op->cb.entries = cb;
+    snprintf(op->cursor, sizeof(op->cursor), "0");
+    threads_scan(op);
 }

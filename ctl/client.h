@@ -148,6 +148,9 @@ void client_queue_pause(client *c, int paused, client_done_fn cb, void *arg);
 
 /* Entries examined at most by one listing (so a long stream never blocks Redis for long). */
 #define CLIENT_SCAN_LIMIT 10000
+
+/* rc 0: n items affected; -1: err. */
+typedef void (*client_count_fn)(void *arg, int rc, long long n, const char *err);
 /* Jobs in one state, at most count (0: 100), optionally only those of thread / worker (NULL
  * or "": any). Record id = job id ("" when the entry's job text has none); fields: state,
  * thread, and by state:
@@ -158,5 +161,22 @@ void client_queue_pause(client *c, int paused, client_done_fn cb, void *arg);
  *   finished  entry, status, worker          (the results stream, newest first) */
 void client_jobs_list(client *c, const char *state, const char *thread, const char *worker,
                       int count, client_entries_fn cb, void *arg);
+
+/* Runs a finished job again, explicitly: one whose status is failed, timeout, lost or
+ * cancelled is added to {p}:jobs again (its text read back from its jobs-stream entry) with
+ * attempt + 1; its job hash is reset to "queued", its events and cancel key deleted.
+ * Reported through client_replay_fn: OK (job: the new attempt, entry: the new entry),
+ * MISSING (no job hash), ACTIVE (entry: the status or phase that forbids it), NO_JOB (the
+ * jobs-stream entry was trimmed), ERROR. */
+void client_retry(client *c, const char *job_id, client_replay_fn cb, void *arg);
+/* One dead-letter entry (n 0 when there is none). */
+void client_dead_get(client *c, const char *dead_entry, client_entries_fn cb, void *arg);
+/* Deletes every dead letter; n: how many there were. */
+void client_dead_purge(client *c, client_count_fn cb, void *arg);
+/* Deletes the jobs no worker has read yet (and their "queued" job hashes); n: how many. */
+void client_queue_purge(client *c, client_count_fn cb, void *arg);
+/* Every thread hash (SCAN, at most CLIENT_SCAN_LIMIT), sorted by id: record id = thread id,
+ * fields as in the hash (organization, project, provider, sandbox_id, state, snapshot...). */
+void client_threads_list(client *c, client_entries_fn cb, void *arg);
 
 #endif

@@ -69,7 +69,9 @@ static const char *const wait_opts[] = {"timeout-ms=N", NULL};
 static const char *const cancel_opts[] = {"ttl-s=N", "force", NULL};
 static const char *const jobs_opts[] = {"state=STATE", "thread=T", "worker=W",
                                         "count=N",     "json",     NULL};
-static const char *const dead_opts[] = {"count=N", "after=ENTRY", "json", NULL};
+static const char *const dead_opts[] = {"count=N", "after=ENTRY", "json", "all", NULL};
+static const char *const queue_opts[] = {"queued", "json", NULL};
+static const char *const threads_opts[] = {"feature=F", "json", NULL};
 
 static void run_enqueue(struct ctl *x);
 static void run_watch(struct ctl *x);
@@ -82,6 +84,8 @@ static void run_dead(struct ctl *x);
 static void run_jobs(struct ctl *x);
 static void run_workers(struct ctl *x);
 static void run_queue(struct ctl *x);
+static void run_retry(struct ctl *x);
+static void run_threads(struct ctl *x);
 
 static const struct command commands[] = {
     {"enqueue", "[FILE|-]", 0, 1, json_opts,
@@ -109,10 +113,24 @@ static const struct command commands[] = {
      "when it is unknown (no job hash: never enqueued through `enqueue`, or expired); --force\n"
      "sets the key anyway (a job a producer added with a plain XADD has no hash yet).",
      run_cancel},
-    {"job", "JOB", 1, 1, no_opts,
+    {"retry", "JOB", 1, 1, json_opts,
+     "Runs a finished job again, explicitly: a job whose status is failed, timeout, lost or\n"
+     "cancelled goes back on the jobs stream with attempt + 1 (its text read back from its\n"
+     "stream entry); its state hash is reset to queued, its events and cancel key deleted.\n"
+     "Exit 1 when the job is unknown, succeeded, rejected, still queued or running, or its\n"
+     "stream entry was trimmed.",
+     run_retry},
+    {"job", "[show] JOB", 1, 2, no_opts,
      "Prints the job's state hash as a JSON object (the result field as JSON).\n"
      "Exit 1 when there is none (never enqueued, or expired after WORKER_JOB_TTL_S).",
      run_job},
+    {"threads", "ls | show THREAD | destroy THREAD", 1, 2, threads_opts,
+     "ls: every thread (id, tenant, provider, state, sandbox id), sorted by id; --json one\n"
+     "object per line. show THREAD: as `thread`. destroy THREAD: enqueues a destroy job for\n"
+     "the thread (its sandbox and snapshot are deleted by a worker; --feature F, default\n"
+     "data-app, picks the image the job names); prints \"<job id> <entry>\" like enqueue.\n"
+     "Exit 1 when the thread is unknown.",
+     run_threads},
     {"thread", "THREAD", 1, 1, no_opts,
      "Prints the thread's hash (tenant, provider, sandbox id, state, snapshot reference) as a\n"
      "JSON object. Exit 1 when the thread is unknown.",
@@ -121,13 +139,16 @@ static const struct command commands[] = {
      "Prints the queue's numbers: jobs stream length, consumer group lag and pending (in\n"
      "flight) entries, consumers, delayed retries, dead letters, results stream length.",
      run_stats},
-    {"dead", "[list | replay ENTRY]", 0, 2, dead_opts,
+    {"dead", "[ls | show ENTRY | replay ENTRY | replay --all | purge]", 0, 2, dead_opts,
      "list (default): prints dead-letter entries, oldest first (--count N, default 100;\n"
      "--after ENTRY to page; --json: one object per line, \"entry\" the dead-letter entry\n"
      "id, \"job_entry\" the jobs stream entry it came from, \"job\" the job text).\n"
      "replay ENTRY: puts the entry's job back on the jobs stream as attempt 1, resets the\n"
      "job's state hash and events, and deletes the dead entry. Exit 1 when there is no such\n"
-     "entry or the job id is queued or running again.",
+     "entry or the job id is queued or running again.\n"
+     "replay --all: replays every entry in turn; prints one line each; exit 1 when any was\n"
+     "refused. show ENTRY: the entry as one JSON object (exit 1 when none). purge: deletes\n"
+     "every dead letter and prints how many.",
      run_dead},
     {"jobs", "[ls]", 0, 1, jobs_opts,
      "ls (default): lists jobs in one --state (default queued), at most --count N (default\n"
@@ -143,10 +164,12 @@ static const struct command commands[] = {
      "without one): name, state (running, paused, draining), in-flight turns / concurrency,\n"
      "seconds since the last heartbeat, version, provider, host. --json: one object per line.",
      run_workers},
-    {"queue", "pause | resume", 1, 1, json_opts,
+    {"queue", "pause | resume | purge --queued", 1, 1, queue_opts,
      "pause: sets the queue's pause flag: workers stop reading new jobs within a heartbeat\n"
      "(2 s); turns in flight finish, retries and dead letters go on. resume: clears it.\n"
-     "Producers can still enqueue while paused; `stats` shows the flag.",
+     "Producers can still enqueue while paused; `stats` shows the flag.\n"
+     "purge --queued: deletes the jobs no worker has read yet (and their queued state, so\n"
+     "their ids can be enqueued again); prints how many. Turns in flight are not touched.",
      run_queue},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -228,6 +251,10 @@ struct ctl {
 
     /* cancel */
     int64_t ttl_s;
+
+    /* dead replay --all */
+    char **all_ids;
+    int all_n, all_pos, all_ok, all_refused;
 };
 
 static const char *opt_get(const struct ctl *x, const char *name)
@@ -898,6 +925,29 @@ static void replayed(void *arg, enum client_replay_status st, const char *job, c
 static int prepare_dead(struct ctl *x)
 {
     const char *sub = x->npos ? x->pos[0] : "list";
+    if (strcmp(sub, "ls") == 0)
+        sub = "list";
+    if (strcmp(sub, "purge") == 0) {
+        if (x->npos > 1) {
+            fprintf(stderr, "sandboxctl: dead purge takes no argument\n");
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(sub, "replay") == 0 && opt_get(x, "all")) {
+        if (x->npos > 1) {
+            fprintf(stderr, "sandboxctl: dead replay --all takes no ENTRY\n");
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(sub, "show") == 0) {
+        if (x->npos != 2 || !entry_ok(x->pos[1])) {
+            fprintf(stderr, "sandboxctl: dead show needs one ENTRY (a stream entry id)\n");
+            return -1;
+        }
+        return 0;
+    }
     if (strcmp(sub, "list") == 0) {
         if (x->npos > 1) {
             fprintf(stderr, "sandboxctl: dead list takes no argument\n");
@@ -927,12 +977,109 @@ static int prepare_dead(struct ctl *x)
         }
         return 0;
     }
-    fprintf(stderr, "sandboxctl: dead: unknown subcommand \"%s\" (list or replay)\n", sub);
+    fprintf(stderr, "sandboxctl: dead: unknown subcommand \"%s\" (ls, show, replay or purge)\n",
+            sub);
     return -1;
+}
+
+static void dead_purged(void *arg, int rc, long long n, const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "dead purge", err);
+        return;
+    }
+    if (x->json)
+        printf("{\"purged\":%lld}\n", n);
+    else
+        printf("purged %lld dead letter(s)\n", n);
+    finish(x, EXIT_OK);
+}
+
+static void dead_shown(void *arg, int rc, const struct client_record *e, size_t n, const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "dead show", err);
+        return;
+    }
+    if (n == 0) {
+        fprintf(stderr, "sandboxctl: no dead-letter entry %s\n", x->pos[1]);
+        finish(x, EXIT_NOTOK);
+        return;
+    }
+    print_event_json(&e[0]);
+    finish(x, EXIT_OK);
+}
+
+/* replay --all: the ids listed first, then replayed one at a time. */
+static void replay_all_next(struct ctl *x);
+
+static void replayed_one(void *arg, enum client_replay_status st, const char *job,
+                         const char *entry)
+{
+    struct ctl *x = arg;
+    const char *dead = x->all_ids[x->all_pos];
+    if (st == CLIENT_REPLAY_ERROR) {
+        fail_redis(x, "dead replay", entry);
+        return;
+    }
+    if (st == CLIENT_REPLAY_OK) {
+        printf("replayed dead entry %s: job %s enqueued as %s\n", dead, *job ? job : "(no id)",
+               entry);
+        x->all_ok++;
+    } else {
+        fprintf(stderr, "sandboxctl: dead entry %s not replayed (%s%s%s)\n", dead,
+                st == CLIENT_REPLAY_MISSING  ? "gone"
+                : st == CLIENT_REPLAY_NO_JOB ? "carries no job"
+                                             : "job active again: ",
+                st == CLIENT_REPLAY_ACTIVE ? entry : "", "");
+        x->all_refused++;
+    }
+    x->all_pos++;
+    replay_all_next(x);
+}
+
+static void replay_all_next(struct ctl *x)
+{
+    if (x->all_pos < x->all_n) {
+        client_dead_replay(x->c, x->all_ids[x->all_pos], replayed_one, x);
+        return;
+    }
+    printf("replayed %d, refused %d\n", x->all_ok, x->all_refused);
+    finish(x, x->all_refused ? EXIT_NOTOK : EXIT_OK);
+}
+
+static void replay_all_listed(void *arg, int rc, const struct client_record *e, size_t n,
+                              const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "dead list", err);
+        return;
+    }
+    x->all_ids = xcalloc(n + 1, sizeof(*x->all_ids));
+    for (size_t i = 0; i < n; i++)
+        x->all_ids[i] = xstrdup(e[i].id);
+    x->all_n = (int)n;
+    replay_all_next(x);
 }
 
 static void run_dead(struct ctl *x)
 {
+    const char *sub = x->npos ? x->pos[0] : "list";
+    if (strcmp(sub, "purge") == 0) {
+        client_dead_purge(x->c, dead_purged, x);
+        return;
+    }
+    if (strcmp(sub, "show") == 0) {
+        client_dead_get(x->c, x->pos[1], dead_shown, x);
+        return;
+    }
+    if (strcmp(sub, "replay") == 0 && opt_get(x, "all")) {
+        client_dead_list(x->c, NULL, CLIENT_SCAN_LIMIT, replay_all_listed, x);
+        return;
+    }
     if (x->npos == 2) {
         client_dead_replay(x->c, x->pos[1], replayed, x);
         return;
@@ -1135,17 +1282,185 @@ static void queue_set(void *arg, int rc, const char *err)
 
 static int prepare_queue(struct ctl *x)
 {
+    if (strcmp(x->pos[0], "purge") == 0) {
+        if (!opt_get(x, "queued")) {
+            fprintf(stderr, "sandboxctl: queue purge needs --queued (what to delete)\n");
+            return -1;
+        }
+        return 0;
+    }
     if (strcmp(x->pos[0], "pause") != 0 && strcmp(x->pos[0], "resume") != 0) {
-        fprintf(stderr, "sandboxctl: queue: unknown subcommand \"%s\" (pause or resume)\n",
+        fprintf(stderr, "sandboxctl: queue: unknown subcommand \"%s\" (pause, resume or purge)\n",
                 x->pos[0]);
+        return -1;
+    }
+    if (opt_get(x, "queued")) {
+        fprintf(stderr, "sandboxctl: --queued goes with queue purge\n");
         return -1;
     }
     return 0;
 }
 
+static void queue_purged(void *arg, int rc, long long n, const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "queue purge", err);
+        return;
+    }
+    if (x->json)
+        printf("{\"purged\":%lld}\n", n);
+    else
+        printf("purged %lld queued job(s)\n", n);
+    finish(x, EXIT_OK);
+}
+
 static void run_queue(struct ctl *x)
 {
+    if (strcmp(x->pos[0], "purge") == 0) {
+        client_queue_purge(x->c, queue_purged, x);
+        return;
+    }
     client_queue_pause(x->c, strcmp(x->pos[0], "pause") == 0, queue_set, x);
+}
+
+static void retried(void *arg, enum client_replay_status st, const char *attempt, const char *entry)
+{
+    struct ctl *x = arg;
+    const char *id = x->pos[0];
+    switch (st) {
+    case CLIENT_REPLAY_OK:
+        if (x->json)
+            printf("{\"id\":\"%s\",\"entry\":\"%s\",\"attempt\":%s}\n", id, entry, attempt);
+        else
+            printf("job %s enqueued again as %s (attempt %s)\n", id, entry, attempt);
+        finish(x, EXIT_OK);
+        return;
+    case CLIENT_REPLAY_MISSING:
+        fprintf(stderr, "sandboxctl: no job %s\n", id);
+        break;
+    case CLIENT_REPLAY_ACTIVE:
+        fprintf(stderr,
+                "sandboxctl: job %s is %s; only failed, timeout, lost or cancelled jobs are "
+                "retried\n",
+                id, *entry ? entry : "in an unknown state");
+        break;
+    case CLIENT_REPLAY_NO_JOB:
+        fprintf(stderr,
+                "sandboxctl: job %s: its stream entry is gone (trimmed); enqueue it again\n", id);
+        break;
+    case CLIENT_REPLAY_ERROR:
+        fail_redis(x, "retry", entry);
+        return;
+    }
+    finish(x, EXIT_NOTOK);
+}
+
+static void run_retry(struct ctl *x)
+{
+    client_retry(x->c, x->pos[0], retried, x);
+}
+
+static void threads_listed(void *arg, int rc, const struct client_record *e, size_t n,
+                           const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "threads ls", err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (x->json) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "id", e[i].id);
+            for (size_t k = 0; k < e[i].n; k++) {
+                const struct client_field *f = &e[i].f[k];
+                cJSON *item = NULL;
+                if (strcmp(f->name, "snapshot") == 0 && f->value_len)
+                    item = cJSON_ParseWithLength(f->value, f->value_len);
+                cJSON_AddItemToObject(o, f->name, item ? item : cJSON_CreateString(f->value));
+            }
+            char *s = cJSON_PrintUnformatted(o);
+            puts(s);
+            free(s);
+            cJSON_Delete(o);
+            continue;
+        }
+        printf("%s organization=%s project=%s provider=%s state=%s sandbox=%s\n", e[i].id,
+               rec(&e[i], "organization"), rec(&e[i], "project"), rec(&e[i], "provider"),
+               rec(&e[i], "state"), rec(&e[i], "sandbox_id"));
+    }
+    finish(x, EXIT_OK);
+}
+
+/* destroy: the thread's tenant is read first; the destroy job must name the same one. */
+static void destroy_thread_read(void *arg, int rc, const struct client_record *h, const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "threads destroy", err);
+        return;
+    }
+    const char *org = client_record_get(h, "organization", NULL);
+    const char *proj = client_record_get(h, "project", NULL);
+    if (h->n == 0 || !org || !proj) {
+        fprintf(stderr, "sandboxctl: no thread %s\n", x->pos[1]);
+        finish(x, EXIT_NOTOK);
+        return;
+    }
+    snprintf(x->job_id, sizeof(x->job_id), "destroy-%.90s-%lld", x->pos[1], (long long)wall_ms());
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "id", x->job_id);
+    cJSON_AddStringToObject(j, "thread", x->pos[1]);
+    const char *feature = opt_get(x, "feature");
+    cJSON_AddStringToObject(j, "feature", feature ? feature : "data-app");
+    cJSON *t = cJSON_AddObjectToObject(j, "tenant");
+    cJSON_AddStringToObject(t, "organization", org);
+    cJSON_AddStringToObject(t, "project", proj);
+    cJSON_AddStringToObject(j, "op", "destroy");
+    char *text = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    buf_puts(&x->job_text, text);
+    free(text);
+    client_enqueue(x->c, x->job_id, x->job_text.data, x->job_text.len, enqueued, x);
+}
+
+static int prepare_threads(struct ctl *x)
+{
+    const char *sub = x->pos[0];
+    if (strcmp(sub, "ls") == 0) {
+        if (x->npos != 1) {
+            fprintf(stderr, "sandboxctl: threads ls takes no argument\n");
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(sub, "show") != 0 && strcmp(sub, "destroy") != 0) {
+        fprintf(stderr, "sandboxctl: threads: unknown subcommand \"%s\" (ls, show, destroy)\n",
+                sub);
+        return -1;
+    }
+    if (x->npos != 2 || !id_ok(x->pos[1])) {
+        fprintf(stderr, "sandboxctl: threads %s needs one valid THREAD id\n", sub);
+        return -1;
+    }
+    const char *f = opt_get(x, "feature");
+    if (f && strcmp(f, "data-app") != 0 && strcmp(f, "ai-writeback") != 0) {
+        fprintf(stderr, "sandboxctl: --feature: data-app or ai-writeback, got \"%s\"\n", f);
+        return -1;
+    }
+    return 0;
+}
+
+static void run_threads(struct ctl *x)
+{
+    const char *sub = x->pos[0];
+    if (strcmp(sub, "ls") == 0)
+        client_threads_list(x->c, threads_listed, x);
+    else if (strcmp(sub, "show") == 0)
+        client_thread_get(x->c, x->pos[1], thread_hash_read, x);
+    else
+        client_thread_get(x->c, x->pos[1], destroy_thread_read, x);
 }
 
 /* ---- main ---- */
@@ -1233,6 +1548,16 @@ static int prepare(struct ctl *x)
 {
     const char *name = x->cmd->name;
     x->json = opt_get(x, "json") != NULL;
+    if (strcmp(name, "job") == 0 && x->npos == 2) {
+        if (strcmp(x->pos[0], "show") != 0) {
+            fprintf(stderr, "sandboxctl: job: unknown subcommand \"%s\" (show)\n", x->pos[0]);
+            return -1;
+        }
+        x->pos[0] = x->pos[1];
+        x->npos = 1;
+    }
+    if (strcmp(name, "threads") == 0)
+        return prepare_threads(x);
     if (x->cmd->min_pos == 1 && !id_ok(x->pos[0])) {
         fprintf(stderr, "sandboxctl %s: not a valid id: \"%s\" (1..128 of A-Z a-z 0-9 _ . : -)\n",
                 name, x->pos[0]);
@@ -1369,6 +1694,9 @@ out:
         free(x.opts[i].name);
     free(x.final_status);
     free(x.final_result);
+    for (int i = 0; x.all_ids && i < x.all_n; i++)
+        free(x.all_ids[i]);
+    free(x.all_ids);
     buf_release(&x.job_text);
     if (cfg_loaded)
         config_release(&x.cfg);

@@ -987,6 +987,180 @@ TEST_CASE(workers_pause_and_jobs)
     ctl_prefix = "ctltest";
 }
 
+static const char *job_json(const char *id, const char *thread, const char *cmd)
+{
+    static char b[600];
+    snprintf(b, sizeof(b),
+             "{\"id\":\"%s\",\"thread\":\"%s\",\"feature\":\"data-app\",\"tenant\":{"
+             "\"organization\":\"o\",\"project\":\"p\"},\"max_attempts\":1,\"steps\":[{"
+             "\"type\":\"run\",\"cmd\":\"%s\"}]}",
+             id, thread, cmd);
+    return b;
+}
+
+/* retry, threads ls/show/destroy, queue purge, dead show/replay --all/purge, job show, all
+ * against a real worker. */
+TEST_CASE(retry_threads_purge_dead)
+{
+    ctl_prefix = "ctlops2";
+    char log[300];
+    snprintf(log, sizeof(log), "%s/worker-ops2.log", job_dir);
+    struct worker_spec ws = {
+        .url = test_redis_url(srv), .prefix = "ctlops2", .name = "w-ops2", .log_path = log};
+    pid_t w = worker_spawn(&ws);
+    CHECK(w > 0);
+    if (w <= 0) {
+        ctl_prefix = "ctltest";
+        return;
+    }
+    struct run r;
+    CTL(&r, job_json("f1", "tf1", "out try; exit 3"), "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "wait", "f1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 1);
+    run_release(&r);
+    long long len = cli_int("XLEN {ctlops2}:jobs");
+
+    /* retry: a failed job runs again under attempt 2. */
+    CTL(&r, NULL, "retry", "f1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "job f1 enqueued again as ") && strstr(r.out.data, "(attempt 2)"));
+    show("retry", &r);
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("XLEN {ctlops2}:jobs"), len + 1);
+    CTL(&r, NULL, "wait", "f1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.out.data, "\"attempt\":2") || strstr(r.out.data, "\"attempt\": 2"));
+    show("retry wait", &r);
+    run_release(&r);
+    CTL(&r, NULL, "job", "show", "f1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"status\":\t\"failed\""));
+    run_release(&r);
+    CTL(&r, job_json("s1", "tf1", "out fine"), "enqueue");
+    run_release(&r);
+    CTL(&r, NULL, "wait", "s1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "retry", "s1");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "job s1 is succeeded"));
+    run_release(&r);
+    CTL(&r, NULL, "retry", "nope");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "no job nope"));
+    run_release(&r);
+
+    /* threads */
+    CTL(&r, NULL, "threads", "ls");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "tf1 organization=o project=p provider=scripted state=suspended"));
+    show("threads ls", &r);
+    run_release(&r);
+    CTL(&r, NULL, "threads", "ls", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "{\"id\":\"tf1\","));
+    run_release(&r);
+    CTL(&r, NULL, "threads", "show", "tf1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"state\":\t\"suspended\""));
+    run_release(&r);
+    CTL(&r, NULL, "threads", "destroy", "tf-none");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "no thread tf-none"));
+    run_release(&r);
+    CTL(&r, NULL, "threads", "destroy", "tf1");
+    CHECK_EQ_INT(r.rc, 0);
+    show("threads destroy", &r);
+    char did[160] = "";
+    sscanf(r.out.data, "%159s", did);
+    run_release(&r);
+    CHECK(strncmp(did, "destroy-tf1-", 12) == 0);
+    CTL(&r, NULL, "wait", did, "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    show("destroy wait", &r);
+    run_release(&r);
+    char *st = cli("HGET {ctlops2}:thread:tf1 state");
+    CHECK_STR(st, "destroyed");
+    free(st);
+
+    /* queue purge --queued: only what no worker has read. */
+    CTL(&r, NULL, "queue", "pause");
+    run_release(&r);
+    CHECK(CTL_UNTIL(&r, "state=paused", 10000, "workers"));
+    run_release(&r);
+    CTL(&r, job_json("q1", "tq1", "out one"), "enqueue");
+    run_release(&r);
+    CTL(&r, job_json("q2", "tq2", "out two"), "enqueue");
+    run_release(&r);
+    CTL(&r, NULL, "queue", "purge");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+    CTL(&r, NULL, "queue", "purge", "--queued");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "purged 2 queued job(s)\n");
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "--state", "queued");
+    CHECK_STR(r.out.data, "");
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("EXISTS {ctlops2}:job:q1"), 0);
+    CTL(&r, job_json("q1", "tq1", "out one again"), "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "queue", "resume");
+    run_release(&r);
+    CTL(&r, NULL, "wait", "q1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "one again"));
+    run_release(&r);
+
+    /* dead letters: show, replay --all, purge */
+    cli0("DEL {ctlops2}:dead");
+    cli0("XADD {ctlops2}:dead * id d1 thread td1 entry 1-1 reason exhausted job '%s'",
+         job_json("d1", "td1", "out revived"));
+    cli0("XADD {ctlops2}:dead * id d2 thread td2 reason exhausted job '%s'",
+         job_json("d2", "td2", "out revived too"));
+    char *ids = cli("XRANGE {ctlops2}:dead - +");
+    char e1[64] = "";
+    sscanf(ids, "%63s", e1);
+    free(ids);
+    CTL(&r, NULL, "dead", "show", e1);
+    CHECK_EQ_INT(r.rc, 0);
+    {
+        cJSON *o = cJSON_Parse(r.out.data);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "entry")), e1);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "id")), "d1");
+        cJSON_Delete(o);
+    }
+    show("dead show", &r);
+    run_release(&r);
+    CTL(&r, NULL, "dead", "show", "1-0");
+    CHECK_EQ_INT(r.rc, 1);
+    run_release(&r);
+    CTL(&r, NULL, "dead", "replay", "--all");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "job d1 enqueued") && strstr(r.out.data, "job d2 enqueued") &&
+          strstr(r.out.data, "replayed 2, refused 0"));
+    show("dead replay --all", &r);
+    run_release(&r);
+    CTL(&r, NULL, "wait", "d2", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    cli0("XADD {ctlops2}:dead * reason r job x");
+    cli0("XADD {ctlops2}:dead * reason r job y");
+    CTL(&r, NULL, "dead", "purge");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "purged 2 dead letter(s)\n");
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("XLEN {ctlops2}:dead"), 0);
+
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 30000), 0);
+    if (test_failed_now)
+        printf("  worker log: %s\n", log);
+    ctl_prefix = "ctltest";
+}
+
 /* Global options override the environment. */
 TEST_CASE(global_options)
 {
@@ -1056,6 +1230,7 @@ int main(int argc, char **argv)
     RUN(wait_survives_redis_restart);
     RUN(end_to_end_with_worker);
     RUN(workers_pause_and_jobs);
+    RUN(retry_threads_purge_dead);
     RUN(global_options);
     test_redis_free(srv);
     return test_report();
