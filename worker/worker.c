@@ -363,9 +363,12 @@ out:
     if (w.hard_stop)
         event_free(w.hard_stop);
     status_server_free(st);
-    registry_free(w.reg);
     queue_free(w.q);
     provider_free(w.prov);
+    /* Last: freeing the queue and the provider may still finish turns (worker_turn_finished
+     * touches the registry). */
+    registry_free(w.reg);
+    w.reg = NULL;
     metrics_free(w.m);
     if (w.base)
         event_base_free(w.base);
