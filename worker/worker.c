@@ -78,6 +78,29 @@ static void maybe_exit(struct worker *w)
         event_base_loopexit(w->base, NULL);
 }
 
+static void on_sample(void *arg, const struct registry_sample *s)
+{
+    struct worker *w = arg;
+    dashboard_sample(w->dash, s);
+}
+
+static void status_json(void *arg, struct buf *out)
+{
+    struct worker *w = arg;
+    struct dashboard_self self = {
+        .name = w->cfg.worker_name,
+        .version = SANDBOX_WORKER_VERSION,
+        .provider = w->cfg.provider,
+        .state = w->draining ? "draining"
+                 : w->paused ? "paused"
+                             : "running",
+        .concurrency = w->cfg.concurrency,
+        .in_flight = w->inflight,
+        .paused = w->paused,
+    };
+    dashboard_json(w->dash, &self, out);
+}
+
 /* Free slots the reader may fill: none while paused or draining. */
 static int free_slots(const struct worker *w)
 {
@@ -104,6 +127,7 @@ void worker_turn_finished(struct worker *w)
     w->inflight--;
     metric_set(w->m_inflight, NULL, w->inflight);
     registry_set_inflight(w->reg, w->inflight);
+    dashboard_turn_finished(w->dash);
     if (w->draining) {
         maybe_exit(w);
         return;
@@ -223,6 +247,11 @@ static void register_metrics(struct worker *w)
         metrics_counter(m, "sandbox_redis_reconnects_total", "Redis reconnects", NULL);
     w->m_deliveries =
         metrics_counter(m, "sandbox_deliveries_total", "Stream entries received", NULL);
+    metric *build = metrics_gauge(m, "sandbox_build_info",
+                                  "Always 1; the worker's version as a label", "version");
+    metric_set(build, SANDBOX_WORKER_VERSION, 1);
+    metrics_process(m);
+    w->dash = dashboard_new(m, w->cfg.prefix);
 }
 
 static int check_provider(const struct config *cfg, const struct provider_ops **ops)
@@ -328,6 +357,7 @@ int worker_main(int argc, char **argv)
         log_error(NULL, "%s", err);
         goto out;
     }
+    registry_on_sample(w.reg, on_sample, &w);
     /* No reads until the registry has read the pause flag once (on_pause). */
     w.paused = 1;
     queue_set_capacity(w.q, 0);
@@ -338,6 +368,7 @@ int worker_main(int argc, char **argv)
             log_error(NULL, "WORKER_HTTP_ADDR: %s", err);
             goto out;
         }
+        status_server_set_page(st, dashboard_html, status_json, &w);
     }
     sigterm = evsignal_new(w.base, SIGTERM, signal_cb, &w);
     sigint = evsignal_new(w.base, SIGINT, signal_cb, &w);
@@ -369,6 +400,7 @@ out:
      * touches the registry). */
     registry_free(w.reg);
     w.reg = NULL;
+    dashboard_free(w.dash);
     metrics_free(w.m);
     if (w.base)
         event_base_free(w.base);

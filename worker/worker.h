@@ -10,6 +10,7 @@
 #include "providers/provider.h"
 #include "queue/queue.h"
 #include "queue/registry.h"
+#include "worker/dashboard.h"
 #include "worker/config.h"
 
 struct turn;
@@ -27,6 +28,7 @@ struct worker {
     registry *reg;           /* this worker's entry in {p}:workers; the pause flag */
     int paused;              /* {p}:paused is set: read no new jobs */
     int leaving;             /* registry_leave sent; the loop exits when it is done */
+    dashboard *dash;         /* queue sample, queue gauges, the status page's document */
     struct event *grace;     /* shutdown grace expiry */
     struct event *hard_stop; /* exit even if interrupted turns cannot publish */
     /* metrics */
