@@ -78,6 +78,16 @@ static void maybe_exit(struct worker *w)
         event_base_loopexit(w->base, NULL);
 }
 
+/* Provider control-plane timings: the provider is this process's SANDBOX_PROVIDER
+ * (sandbox_provider_info names it). */
+static void on_provider_op(void *arg, const char *op, double seconds, const char *err)
+{
+    struct worker *w = arg;
+    metric_observe(w->m_prov_seconds, op, seconds);
+    if (err)
+        metric_inc(w->m_prov_errors, op, 1);
+}
+
 static void on_sample(void *arg, const struct registry_sample *s)
 {
     struct worker *w = arg;
@@ -251,6 +261,17 @@ static void register_metrics(struct worker *w)
                                   "Always 1; the worker's version as a label", "version");
     metric_set(build, SANDBOX_WORKER_VERSION, 1);
     metrics_process(m);
+    static const double prov_buckets[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+    w->m_prov_seconds =
+        metrics_histogram(m, "sandbox_provider_operation_duration_seconds",
+                          "Provider control-plane operations (create, resume, suspend, destroy), "
+                          "failed ones included",
+                          "op", prov_buckets, sizeof(prov_buckets) / sizeof(prov_buckets[0]));
+    w->m_prov_errors = metrics_counter(m, "sandbox_provider_errors_total",
+                                       "Failed provider control-plane operations", "op");
+    metric *pinfo = metrics_gauge(m, "sandbox_provider_info",
+                                  "Always 1; the sandbox provider as a label", "provider");
+    metric_set(pinfo, w->cfg.provider, 1);
     w->dash = dashboard_new(m, w->cfg.prefix);
 }
 
@@ -328,6 +349,7 @@ int worker_main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     w.m = metrics_new();
     register_metrics(&w);
+    provider_set_observer(w.prov, on_provider_op, &w);
     struct queue_opts qo = {
         .redis = config_redis_opts(&w.cfg),
         .prefix = w.cfg.prefix,

@@ -35,6 +35,7 @@ struct worker {
     metric *m_jobs, *m_inflight, *m_step_seconds, *m_turn_seconds, *m_leases, *m_lease_lost,
         *m_reclaims, *m_fenced, *m_reconnects, *m_deliveries;
     struct queue_stats seen; /* queue totals already added to the counters */
+    metric *m_prov_seconds, *m_prov_errors;
 };
 
 /* Parses argv (--help, --version, --check-config), loads the configuration and runs until

@@ -189,6 +189,7 @@ TEST_CASE(status_page_live)
                              .prefix = "page",
                              .name = "w-page",
                              .env = env,
+                             .fail_create = 1, /* the first acquire fails: an error counted */
                              .log_path = log};
     pid_t w = worker_spawn(&ws);
     CHECK(w > 0);
@@ -244,6 +245,11 @@ TEST_CASE(status_page_live)
     CHECK(metrics && strstr(metrics, "sandbox_build_info{version=\""));
     CHECK(metrics && strstr(metrics, "# TYPE process_cpu_seconds_total counter\n"));
     CHECK(metrics && strstr(metrics, "process_open_fds "));
+    /* Provider control-plane timings: three creates (one per thread, one failed and retried). */
+    CHECK(metrics &&
+          strstr(metrics, "sandbox_provider_operation_duration_seconds_count{op=\"create\"} 3\n"));
+    CHECK(metrics && strstr(metrics, "sandbox_provider_errors_total{op=\"create\"} 1\n"));
+    CHECK(metrics && strstr(metrics, "sandbox_provider_info{provider=\"scripted\"} 1\n"));
     free(metrics);
 
     char *page = http_get("/", &code);
