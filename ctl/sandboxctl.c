@@ -64,7 +64,8 @@ struct command {
 static const char *const no_opts[] = {NULL};
 static const char *const json_opts[] = {"json", NULL};
 /* "name" is a flag; "name=PLACEHOLDER" takes a value. */
-static const char *const follow_opts[] = {"timeout-ms=N", "json", "from=ENTRY", NULL};
+static const char *const follow_opts[] = {"timeout-ms=N", "json",          "from=ENTRY",
+                                          "timestamps",   "no-timestamps", NULL};
 static const char *const wait_opts[] = {"timeout-ms=N", NULL};
 static const char *const cancel_opts[] = {"ttl-s=N", "force", NULL};
 static const char *const jobs_opts[] = {"state=STATE", "thread=T", "worker=W",
@@ -99,10 +100,13 @@ static const struct command commands[] = {
      "line each (\"<type> step=<n> ...\"); an output event's data is written as is to stdout\n"
      "or stderr, like the command wrote it. --json prints one JSON object per event instead.\n"
      "Ends at the done event. Exit 0 succeeded, 1 any other final status, 3 --timeout-ms N\n"
-     "elapsed first.",
+     "elapsed first. Each event line starts with the event's time and the time elapsed since\n"
+     "the first event shown (\"12:00:01.250 +3.5s \") when stdout is a terminal or with\n"
+     "--timestamps; --no-timestamps turns that off.",
      run_watch},
     {"wait", "JOB", 1, 1, wait_opts,
-     "Waits until the job has a final result and prints the result JSON.\n"
+     "Waits until the job has a final result and prints the result JSON. On a terminal,\n"
+     "stderr shows a spinner with the job's phase and the time waited.\n"
      "Exit 0 succeeded, 1 failed/timeout/cancelled/lost/rejected, 3 --timeout-ms N elapsed\n"
      "first (default: wait without limit).",
      run_wait},
@@ -366,6 +370,12 @@ struct ctl {
     int warned_missing, warned_conn;
     int stdout_nl; /* the last byte written to stdout was a newline (or nothing yet) */
     struct event *timer;
+    int timestamps;         /* watch: prefix event lines with time and elapsed */
+    int64_t first_event_ms; /* Unix ms of the first event shown; 0 before */
+    struct event *spinner;  /* wait on a terminal: redraws the status line */
+    int spin_frame;
+    int64_t spin_start; /* monotonic ms */
+    char phase[32];     /* the job's phase as last read */
 
     /* cancel */
     int64_t ttl_s;
@@ -392,6 +402,11 @@ static int64_t mono_ms(void)
 
 static void finish(struct ctl *x, int code)
 {
+    if (x->spinner) {
+        event_del(x->spinner);
+        fputs("\r\033[K", stderr); /* clear the spinner line */
+        fflush(stderr);
+    }
     x->exit_code = code;
     event_base_loopbreak(x->base);
 }
@@ -649,6 +664,17 @@ static void print_event_line(struct ctl *x, const struct client_record *e, const
 {
     if (!x->stdout_nl)
         putchar('\n');
+    if (x->timestamps) {
+        /* the entry id's milliseconds are Redis time when the event was written */
+        int64_t ms = strtoll(e->id, NULL, 10);
+        if (!x->first_event_ms)
+            x->first_event_ms = ms;
+        time_t sec = (time_t)(ms / 1000);
+        struct tm tm;
+        localtime_r(&sec, &tm);
+        printf("%02d:%02d:%02d.%03d +%.1fs ", tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000),
+               (double)(ms - x->first_event_ms) / 1000);
+    }
     fputs(type, stdout);
     for (size_t i = 0; i < e->n; i++) {
         const struct client_field *f = &e->f[i];
@@ -754,6 +780,8 @@ static void job_read(void *arg, int rc, const struct client_record *h, const cha
         return;
     }
     x->hash_missing = h->n == 0;
+    const char *phase = client_record_get(h, "phase", NULL);
+    snprintf(x->phase, sizeof(x->phase), "%s", phase ? phase : "unknown");
     const char *status = client_record_get(h, "status", NULL);
     if (status && *status && !x->final_seen) {
         const char *result = client_record_get(h, "result", NULL);
@@ -810,12 +838,32 @@ static int prepare_follow(struct ctl *x)
 static void run_watch(struct ctl *x)
 {
     x->print_events = 1;
+    x->timestamps = !x->json && !opt_get(x, "no-timestamps") &&
+                    (opt_get(x, "timestamps") || isatty(STDOUT_FILENO));
     follow_tick(x);
+}
+
+static void spin_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    static const char frames[] = "|/-\\";
+    struct ctl *x = arg;
+    x->spin_frame = (x->spin_frame + 1) % 4;
+    fprintf(stderr, "\r\033[K%c job %s %s %.1fs", frames[x->spin_frame], x->pos[0],
+            x->phase[0] ? x->phase : "...", (double)(mono_ms() - x->spin_start) / 1000);
+    fflush(stderr);
 }
 
 static void run_wait(struct ctl *x)
 {
     x->print_events = 0;
+    if (isatty(STDERR_FILENO)) { /* nothing when stderr is not a terminal */
+        x->spin_start = mono_ms();
+        x->spinner = event_new(x->base, -1, EV_PERSIST, spin_cb, x);
+        struct timeval tv = {0, 100000};
+        event_add(x->spinner, &tv);
+    }
     follow_tick(x);
 }
 
@@ -1821,6 +1869,8 @@ out:
     client_free(x.c);
     if (x.timer)
         event_free(x.timer);
+    if (x.spinner)
+        event_free(x.spinner);
     if (x.base)
         event_base_free(x.base);
     for (int i = 0; i < x.nopts; i++)

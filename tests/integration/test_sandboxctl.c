@@ -553,6 +553,81 @@ TEST_CASE(watch_events)
     CHECK_STR(r.out.data, "step_started step=0 name=a kind=run\n");
     show("watch timeout", &r);
     run_release(&r);
+
+    /* --timestamps: the event's time and the time since the first event shown. */
+    CTL(&r, NULL, "watch", "jv", "--timestamps");
+    CHECK_EQ_INT(r.rc, 1);
+    {
+        int hh, mm, ss, ms;
+        double el;
+        char word[32] = "";
+        CHECK_EQ_INT(
+            sscanf(r.out.data, "%2d:%2d:%2d.%3d +%lfs %31s", &hh, &mm, &ss, &ms, &el, word), 6);
+        CHECK(el == 0.0);
+        CHECK_STR(word, "started");
+        const char *last = strstr(r.out.data, "s done status=failed error=step_failed\n");
+        CHECK(last != NULL);
+    }
+    show("watch timestamps", &r);
+    run_release(&r);
+}
+
+/* wait on a terminal: a spinner with the phase and the time waited on stderr, cleared at the
+ * end; the result on stdout as always. */
+TEST_CASE(wait_spinner_on_terminal)
+{
+    int m = posix_openpt(O_RDWR | O_NOCTTY);
+    CHECK(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0);
+    if (m < 0)
+        return;
+    const char *sname = ptsname(m);
+    cli0("DEL " P ":job:jsp " P ":events:jsp");
+    cli0("HSET " P ":job:jsp phase running");
+    int o[2];
+    CHECK(pipe(o) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int sl = open(sname, O_RDWR);
+        dup2(sl, 2);
+        dup2(o[1], 1);
+        close(o[0]);
+        setenv("REDIS_URL", test_redis_url(srv), 1);
+        setenv("SANDBOX_QUEUE_PREFIX", ctl_prefix, 1);
+        execl(ctl_path, ctl_path, "wait", "jsp", "--timeout-ms", "20000", (char *)NULL);
+        _exit(127);
+    }
+    close(o[1]);
+    sleep_ms(800);
+    publish_final("jsp", "succeeded", result_ok, 1);
+    struct buf out, tty;
+    buf_init(&out);
+    buf_init(&tty);
+    char chunk[4096];
+    ssize_t n;
+    while ((n = read(o[0], chunk, sizeof(chunk))) > 0)
+        buf_append(&out, chunk, (size_t)n);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    struct pollfd pf = {m, POLLIN, 0};
+    while (poll(&pf, 1, 100) > 0 && (n = read(m, chunk, sizeof(chunk))) > 0)
+        buf_append(&tty, chunk, (size_t)n);
+    CHECK(out.data && strncmp(out.data, result_ok, strlen(result_ok)) == 0);
+    CHECK(tty.data && strstr(tty.data, " job jsp running ") && strstr(tty.data, "s"));
+    CHECK(tty.data && strstr(tty.data, "\r\033[K"));
+    if (test_failed_now)
+        printf("  tty: %s\n", tty.data ? tty.data : "(nothing)");
+    buf_release(&out);
+    buf_release(&tty);
+    close(o[0]);
+    close(m);
+
+    /* Not a terminal: nothing on stderr (the other tests' wait runs check stdout only). */
+    struct run r;
+    CTL(&r, NULL, "wait", "jsp");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.err.data, "");
+    run_release(&r);
 }
 
 TEST_CASE(stats_numbers)
@@ -1223,6 +1298,7 @@ int main(int argc, char **argv)
     RUN(enqueue_invalid);
     RUN(cancel);
     RUN(wait_results);
+    RUN(wait_spinner_on_terminal);
     RUN(watch_events);
     RUN(stats_numbers);
     RUN(dead_list_replay);
