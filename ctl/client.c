@@ -1306,3 +1306,18 @@ void client_threads_list(client *c, client_entries_fn cb, void *arg)
     snprintf(op->cursor, sizeof(op->cursor), "0");
     threads_scan(op);
 }
+
+void client_events_tail(client *c, const char *job_id, int count, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_LIST, arg);
+    op->cb.entries = cb;
+    char *k = keys_events(c->prefix, job_id);
+    cmd_add(&op->a, "XREVRANGE");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, "+");
+    cmd_add(&op->a, "-");
+    cmd_add(&op->a, "COUNT");
+    cmd_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
+    free(k);
+    send_args(op, entries_reply, op, 0);
+}

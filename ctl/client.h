@@ -178,5 +178,7 @@ void client_queue_purge(client *c, client_count_fn cb, void *arg);
 /* Every thread hash (SCAN, at most CLIENT_SCAN_LIMIT), sorted by id: record id = thread id,
  * fields as in the hash (organization, project, provider, sandbox_id, state, snapshot...). */
 void client_threads_list(client *c, client_entries_fn cb, void *arg);
+/* The last count (0: 100) events of a job, newest first. */
+void client_events_tail(client *c, const char *job_id, int count, client_entries_fn cb, void *arg);
 
 #endif

@@ -125,7 +125,9 @@ static const struct command commands[] = {
      "stream entry was trimmed.",
      run_retry},
     {"job", "[show] JOB", 1, 2, no_opts,
-     "Prints the job's state hash as a JSON object (the result field as JSON).\n"
+     "Prints the job's state hash as a JSON object (phase, attempt, owner, entry, timings;\n"
+     "the result field as JSON), with \"last_events\": its last 10 events, oldest first\n"
+     "(output data cut at 200 bytes).\n"
      "Exit 1 when there is none (never enqueued, or expired after WORKER_JOB_TTL_S).",
      run_job},
     {"threads", "ls | show THREAD | destroy THREAD", 1, 2, threads_opts,
@@ -936,10 +938,56 @@ static void hash_read(struct ctl *x, const char *what, int rc, const struct clie
     finish(x, EXIT_OK);
 }
 
+#define JOB_SHOW_EVENTS   10
+#define JOB_SHOW_DATA_MAX 200
+
+static void job_events_read(void *arg, int rc, const struct client_record *e, size_t n,
+                            const char *err)
+{
+    struct ctl *x = arg;
+    if (rc != 0) {
+        fail_redis(x, "job events", err);
+        return;
+    }
+    cJSON *o = cJSON_Parse(x->job_text.data);
+    cJSON *list = cJSON_AddArrayToObject(o, "last_events");
+    for (size_t i = n; i-- > 0;) { /* newest first from Redis: print oldest first */
+        cJSON *ev = cJSON_CreateObject();
+        cJSON_AddStringToObject(ev, "entry", e[i].id);
+        for (size_t k = 0; k < e[i].n; k++) {
+            const struct client_field *f = &e[i].f[k];
+            if (strcmp(f->name, "result") == 0)
+                continue; /* the job's result is above */
+            if (strcmp(f->name, "data") == 0 && f->value_len > JOB_SHOW_DATA_MAX) {
+                char *cut = xstrndup(f->value, JOB_SHOW_DATA_MAX);
+                cJSON_AddStringToObject(ev, f->name, cut);
+                free(cut);
+                cJSON_AddBoolToObject(ev, "data_cut", 1);
+                continue;
+            }
+            cJSON_AddStringToObject(ev, f->name, f->value);
+        }
+        cJSON_AddItemToArray(list, ev);
+    }
+    char *s = cJSON_Print(o);
+    puts(s);
+    free(s);
+    cJSON_Delete(o);
+    finish(x, EXIT_OK);
+}
+
 static void job_hash_read(void *arg, int rc, const struct client_record *h, const char *err)
 {
     static const char *const json_fields[] = {"result", NULL};
-    hash_read(arg, "job", rc, h, err, json_fields);
+    struct ctl *x = arg;
+    if (rc != 0 || h->n == 0) {
+        hash_read(x, "job", rc, h, err, json_fields);
+        return;
+    }
+    char *text = hash_json(h, json_fields);
+    buf_puts(&x->job_text, text);
+    free(text);
+    client_events_tail(x->c, x->pos[0], JOB_SHOW_EVENTS, job_events_read, x);
 }
 
 static void thread_hash_read(void *arg, int rc, const struct client_record *h, const char *err)

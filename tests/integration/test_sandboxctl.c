@@ -886,6 +886,23 @@ TEST_CASE(end_to_end_with_worker)
     CHECK(strstr(r.out.data, "\"state\":\t\"suspended\""));
     run_release(&r);
 
+    /* job show: the state hash and its last events, oldest first, ending at done. */
+    CTL(&r, NULL, "job", "show", "e1");
+    CHECK_EQ_INT(r.rc, 0);
+    {
+        cJSON *o = cJSON_Parse(r.out.data);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "owner")), "w-e2e");
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "last_events");
+        int n = cJSON_GetArraySize(ev);
+        CHECK(n >= 3 && n <= 10);
+        const cJSON *last = cJSON_GetArrayItem(ev, n - 1);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(last, "type")), "done");
+        CHECK(!cJSON_GetObjectItemCaseSensitive(last, "result"));
+        cJSON_Delete(o);
+    }
+    show("job show", &r);
+    run_release(&r);
+
     CTL(&r, NULL, "stats");
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strstr(r.out.data, "group workers\n") && strstr(r.out.data, "consumer w-e2e "));
