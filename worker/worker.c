@@ -269,6 +269,12 @@ static void register_metrics(struct worker *w)
                           "op", prov_buckets, sizeof(prov_buckets) / sizeof(prov_buckets[0]));
     w->m_prov_errors = metrics_counter(m, "sandbox_provider_errors_total",
                                        "Failed provider control-plane operations", "op");
+    w->m_retries =
+        metrics_counter(m, "sandbox_job_retries_total",
+                        "Failed attempts put back for a retry after their backoff", NULL);
+    w->m_duplicates =
+        metrics_counter(m, "sandbox_duplicate_deliveries_total",
+                        "Deliveries of jobs already finished or running elsewhere", NULL);
     metric *pinfo = metrics_gauge(m, "sandbox_provider_info",
                                   "Always 1; the sandbox provider as a label", "provider");
     metric_set(pinfo, w->cfg.provider, 1);

@@ -36,6 +36,7 @@ struct worker {
         *m_reclaims, *m_fenced, *m_reconnects, *m_deliveries;
     struct queue_stats seen; /* queue totals already added to the counters */
     metric *m_prov_seconds, *m_prov_errors;
+    metric *m_retries, *m_duplicates; /* not finished jobs: kept out of sandbox_jobs_total */
 };
 
 /* Parses argv (--help, --version, --check-config), loads the configuration and runs until

@@ -249,6 +249,9 @@ TEST_CASE(status_page_live)
     CHECK(metrics &&
           strstr(metrics, "sandbox_provider_operation_duration_seconds_count{op=\"create\"} 3\n"));
     CHECK(metrics && strstr(metrics, "sandbox_provider_errors_total{op=\"create\"} 1\n"));
+    /* That failed attempt was retried: counted as a retry, not as a finished job. */
+    CHECK(metrics && strstr(metrics, "sandbox_job_retries_total 1\n"));
+    CHECK(metrics && !strstr(metrics, "status=\"retried\""));
     CHECK(metrics && strstr(metrics, "sandbox_provider_info{provider=\"scripted\"} 1\n"));
     free(metrics);
 
