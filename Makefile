@@ -20,7 +20,7 @@ BUILD ?= build
 OPTIMIZATION ?= -O2
 WERROR ?= 1
 
-PKGS := hiredis libevent libevent_openssl libcurl libcjson libarchive openssl
+PKGS := hiredis libevent libevent_openssl libcurl libcjson libarchive openssl libzstd zlib
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS))
 PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS))
 
@@ -41,7 +41,7 @@ endif
 
 # Every .c in a module folder is part of the core library, except the mains.
 CORE_SRC := $(wildcard lib/*.c queue/*.c providers/*.c worker/*.c ctl/*.c)
-MAIN_SRC := worker/main.c ctl/sandboxctl.c
+MAIN_SRC := worker/main.c ctl/sandboxctl.c ctl/dump_scripts.c
 CORE_SRC := $(filter-out $(MAIN_SRC),$(CORE_SRC))
 AGENT_SRC := $(filter-out agent/fuzz_%.c,$(wildcard agent/*.c))
 TEST_SUPPORT_SRC := $(wildcard tests/support/*.c)
@@ -64,7 +64,8 @@ ifneq ($(AGENT_SRC),)
 BINS += $(BUILD)/sandbox-agent
 endif
 
-.PHONY: all test check bench install uninstall clean format format-check lint hdr-check demo fuzz fuzz-agent
+.PHONY: all test check bench install uninstall clean format format-check lint hdr-check demo \
+	fuzz fuzz-agent fuzz-worker
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -81,6 +82,11 @@ $(BUILD)/sandbox-worker: $(BUILD)/worker/main.o $(CORE_LIB)
 $(BUILD)/sandboxctl: $(BUILD)/ctl/sandboxctl.o $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# Prints the Lua scripts and key patterns as JSON; clients/node generates its script module
+# from it (one source of truth for the scripts).
+$(BUILD)/dump_scripts: $(BUILD)/ctl/dump_scripts.o $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 # --as-needed: the agent uses none of libcurl, OpenSSL or hiredis, so it does not load them.
 $(BUILD)/sandbox-agent: $(AGENT_OBJ) $(CORE_LIB)
 	$(CC) $(LDFLAGS) -Wl,--as-needed -o $@ $^ $(LDLIBS)
@@ -92,7 +98,10 @@ $(BUILD)/tests/bench/%: $(BUILD)/tests/bench/%.o $(SUPPORT_OBJ) $(CORE_LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # tests/run.sh runs every test binary and script, prints skips, and fails on any failure.
-test: $(BINS) $(TEST_BIN)
+# Helpers the Node client's tests use (tests/clients/test_node_client.sh).
+CLIENT_TEST_BIN := $(BUILD)/dump_scripts $(BUILD)/tests/clients/scripted_worker
+
+test: $(BINS) $(TEST_BIN) $(CLIENT_TEST_BIN)
 	BUILD=$(BUILD) ./tests/run.sh
 
 bench: $(BINS) $(BENCH_BIN)
@@ -106,6 +115,11 @@ check: test lint format-check hdr-check fuzz-agent
 fuzz:
 	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-30} sh tests/agent/fuzz.sh
 fuzz-agent: fuzz
+
+# Bounded libFuzzer runs of the worker's job parser and of the RESP replies it consumes
+# (clang), each FUZZ_SECONDS (default 60); crashes go to tests/fuzz/regress/.
+fuzz-worker:
+	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-60} sh tests/fuzz/run.sh
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,style,performance,portability \
@@ -153,3 +167,10 @@ clean:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 .SECONDARY:
+
+# Delivery under faults: worker processes SIGKILLed, Redis killed and restarted, then checks
+# (tests/support/chaos.h). make chaos CHAOS_ARGS="--seed N --workers N --jobs N --threads N
+# --seconds N"; a bounded run is part of make test (tests/integration/test_chaos.c).
+.PHONY: chaos
+chaos: $(BUILD)/tests/chaos/chaos
+	./$(BUILD)/tests/chaos/chaos $(CHAOS_ARGS)

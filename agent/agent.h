@@ -17,6 +17,8 @@ struct agent_config {
     int bind_explicit;          /* LD_AGENT_BIND was set */
     int port;                   /* LD_AGENT_PORT, default 8080 */
     int hook_port;              /* LD_AGENT_HOOK_PORT, default 9000; 0: no hooks */
+    char *socket_path;          /* LD_AGENT_SOCKET: also serve the main routes on this unix
+                                 * socket (the docker provider's per-sandbox folder); NULL: none */
     char *token;                /* SANDBOX_AGENT_TOKEN; NULL: no auth (upstream behaviour) */
     size_t max_json_bytes;      /* JSON request bodies (SANDBOX_AGENT_MAX_JSON_BYTES, 1 MiB) */
     uint64_t max_file_bytes;    /* POST /files body (SANDBOX_AGENT_MAX_FILE_BYTES, 4 GiB) */

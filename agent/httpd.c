@@ -11,6 +11,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <event2/bufferevent.h>
@@ -667,8 +670,10 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     } else {
         snprintf(peer, sizeof(peer), "local");
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (sa->sa_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
     conn_add(s, fd, lidx, peer);
 }
 
@@ -703,6 +708,41 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
     return s;
 }
 
+int httpd_listen_unix(struct httpd *s, const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    if (s->nlisteners == sizeof(s->listeners) / sizeof(s->listeners[0])) {
+        snprintf(err, errlen, "too many listeners");
+        return -1;
+    }
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        snprintf(err, errlen, "socket path longer than %zu bytes", sizeof(sun.sun_path) - 1);
+        return -1;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            snprintf(err, errlen, "%s exists and is not a socket", path);
+            return -1;
+        }
+        unlink(path); /* a previous agent's */
+    }
+    mode_t old = umask(0177);
+    struct evconnlistener *l = evconnlistener_new_bind(
+        s->base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 128,
+        (struct sockaddr *)&sun, (int)sizeof(sun));
+    umask(old);
+    if (!l) {
+        snprintf(err, errlen, "listen on %s: %s", path, strerror(errno));
+        return -1;
+    }
+    s->listeners[s->nlisteners++] = l;
+    return 0;
+}
+
 int httpd_listen(struct httpd *s, const char *addr, int port, int *bound_port, char *err,
                  size_t errlen)
 {
@@ -713,11 +753,17 @@ int httpd_listen(struct httpd *s, const char *addr, int port, int *bound_port, c
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
     char spec[128];
-    snprintf(spec, sizeof(spec), strchr(addr, ':') ? "[%s]:%d" : "%s:%d", addr, port);
+    /* libevent refuses port 0 in the text: parse with a placeholder, then set the port. */
+    snprintf(spec, sizeof(spec), strchr(addr, ':') ? "[%s]:1" : "%s:1", addr);
     if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) != 0) {
-        snprintf(err, errlen, "bad listen address %s", spec);
+        snprintf(err, errlen, "bad listen address %s", addr);
         return -1;
     }
+    if (ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)port);
+    snprintf(spec, sizeof(spec), strchr(addr, ':') ? "[%s]:%d" : "%s:%d", addr, port);
     struct evconnlistener *l = evconnlistener_new_bind(
         s->base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
         128, (struct sockaddr *)&ss, sslen);

@@ -50,6 +50,9 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
 /* Listens on addr:port (port 0 picks one; see httpd_bound_port). 0 / -1 with err. */
 int httpd_listen(struct httpd *s, const char *addr, int port, int *bound_port, char *err,
                  size_t errlen);
+/* Listens on a unix stream socket at path (a stale socket file there is replaced; anything
+ * else there is an error). The socket file gets mode 0600. 0 / -1 with err. */
+int httpd_listen_unix(struct httpd *s, const char *path, char *err, size_t errlen);
 /* Serves an already connected stream socket (e.g. one end of a socketpair) as if accepted;
  * the server owns fd from here, also on failure. Its listener index is the number of
  * listeners at the time. 0, or -1 (connection cap reached with nothing to evict). */

@@ -107,6 +107,11 @@ int main(int argc, char **argv)
         }
         a.hook_listener = 1; /* the second listener */
     }
+    /* After the hook listener: a unix socket serves the main routes (token rules included). */
+    if (a.cfg.socket_path && httpd_listen_unix(a.http, a.cfg.socket_path, err, sizeof(err)) != 0) {
+        log_error(NULL, "agent: LD_AGENT_SOCKET: %s", err);
+        goto out;
+    }
     sigterm = evsignal_new(a.base, SIGTERM, on_signal, &a);
     sigint = evsignal_new(a.base, SIGINT, on_signal, &a);
     evsignal_add(sigterm, NULL);
@@ -114,8 +119,9 @@ int main(int argc, char **argv)
     char hooks[32] = "off";
     if (hook_bound)
         snprintf(hooks, sizeof(hooks), ":%d", hook_bound);
-    log_info(NULL, "agent: sandbox-agent %s listening on %s:%d (hooks %s), auth %s", AGENT_VERSION,
-             a.cfg.bind, bound, hooks, a.cfg.token ? "on" : "off");
+    log_info(NULL, "agent: sandbox-agent %s listening on %s:%d%s%s (hooks %s), auth %s",
+             AGENT_VERSION, a.cfg.bind, bound, a.cfg.socket_path ? " and " : "",
+             a.cfg.socket_path ? a.cfg.socket_path : "", hooks, a.cfg.token ? "on" : "off");
     if (!a.cfg.token)
         log_warn(NULL,
                  "agent: no SANDBOX_AGENT_TOKEN: every route is open to whoever reaches %s:%d "

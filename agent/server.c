@@ -785,6 +785,8 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
     if (env_u64("LD_AGENT_HOOK_PORT", 9000, 0, 65535, &v, err, errlen))
         return -1;
     cfg->hook_port = (int)v;
+    s = getenv("LD_AGENT_SOCKET");
+    cfg->socket_path = s && *s ? xstrdup(s) : NULL;
     if (cfg->hook_port && cfg->hook_port == cfg->port) {
         snprintf(err, errlen,
                  "LD_AGENT_HOOK_PORT: must differ from LD_AGENT_PORT (%d): lifecycle hooks are "
@@ -844,6 +846,7 @@ int agent_config_load(struct agent_config *cfg, char *err, size_t errlen)
 void agent_config_release(struct agent_config *cfg)
 {
     free(cfg->bind);
+    free(cfg->socket_path);
     free(cfg->spool_dir);
     if (cfg->token) {
         explicit_bzero(cfg->token, strlen(cfg->token));

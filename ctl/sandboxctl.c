@@ -550,6 +550,8 @@ static int prepare_enqueue(struct ctl *x)
         .max_job_bytes = x->cfg.max_job_bytes,
         .max_deadline_ms = x->cfg.turn_timeout_ms,
         .inherit_allow = (const char *const *)x->cfg.inherit_env_allow,
+        .read_cap_bytes = x->cfg.read_cap_bytes,
+        .max_result_bytes = x->cfg.max_result_bytes,
     };
     struct job *job = NULL;
     struct job_error jerr;
@@ -647,6 +649,16 @@ static void print_event_json(const struct client_record *e)
         const struct client_field *f = &e->f[i];
         const char *name = strcmp(f->name, "entry") == 0 ? "job_entry" : f->name;
         cJSON *item = NULL;
+        if (strcmp(f->name, "event") == 0) { /* typed members replace the flat strings */
+            cJSON *ev = cJSON_ParseWithLength(f->value, f->value_len);
+            for (cJSON *m = ev ? ev->child : NULL; m; m = m->next) {
+                cJSON *dup = cJSON_Duplicate(m, 1);
+                if (!cJSON_ReplaceItemInObjectCaseSensitive(o, m->string, dup))
+                    cJSON_AddItemToObject(o, m->string, dup);
+            }
+            cJSON_Delete(ev);
+            continue;
+        }
         if (strcmp(f->name, "result") == 0)
             item = cJSON_ParseWithLength(f->value, f->value_len);
         if (!item)
@@ -661,7 +673,8 @@ static void print_event_json(const struct client_record *e)
     cJSON_Delete(o);
 }
 
-/* "<type> k=v ..." for every field but type/data/result; done and retry add error=<code>. */
+/* "<type> k=v ..." for every field but type/data/result/event; done and retry add
+ * error=<code>. */
 static void print_event_line(struct ctl *x, const struct client_record *e, const char *type)
 {
     if (!x->stdout_nl)
@@ -680,7 +693,8 @@ static void print_event_line(struct ctl *x, const struct client_record *e, const
     fputs(type, stdout);
     for (size_t i = 0; i < e->n; i++) {
         const struct client_field *f = &e->f[i];
-        if (!strcmp(f->name, "type") || !strcmp(f->name, "data") || !strcmp(f->name, "result"))
+        if (!strcmp(f->name, "type") || !strcmp(f->name, "data") || !strcmp(f->name, "result") ||
+            !strcmp(f->name, "event"))
             continue;
         printf(" %s=", f->name);
         put_value(stdout, f->value, f->value_len);
@@ -957,7 +971,14 @@ static void job_events_read(void *arg, int rc, const struct client_record *e, si
         for (size_t k = 0; k < e[i].n; k++) {
             const struct client_field *f = &e[i].f[k];
             if (strcmp(f->name, "result") == 0)
-                continue; /* the job's result is above */
+                continue;                        /* the job's result is above */
+            if (strcmp(f->name, "event") == 0) { /* the typed members, as JSON */
+                cJSON *typed = cJSON_ParseWithLength(f->value, f->value_len);
+                if (typed) {
+                    cJSON_AddItemToObject(ev, "event", typed);
+                    continue;
+                }
+            }
             if (strcmp(f->name, "data") == 0 && f->value_len > JOB_SHOW_DATA_MAX) {
                 char *cut = xstrndup(f->value, JOB_SHOW_DATA_MAX);
                 cJSON_AddStringToObject(ev, f->name, cut);
@@ -1088,7 +1109,21 @@ static void dead_listed(void *arg, int rc, const struct client_record *entries, 
     for (size_t i = 0; i < n; i++) {
         const struct client_record *e = &entries[i];
         if (x->json) {
-            print_event_json(e);
+            /* The job text with its secrets masked, also for dead letters written before
+             * the worker masked them itself. */
+            struct client_field *f = xcalloc(e->n ? e->n : 1, sizeof(*f));
+            char *masked = NULL;
+            for (size_t k = 0; k < e->n; k++) {
+                f[k] = e->f[k];
+                if (!masked && strcmp(f[k].name, "job") == 0) {
+                    masked = job_redact_secrets(f[k].value, f[k].value_len, &f[k].value_len);
+                    f[k].value = masked;
+                }
+            }
+            struct client_record shown = {e->id, e->n, f};
+            print_event_json(&shown);
+            free(masked);
+            free(f);
             continue;
         }
         static const char *const shown[] = {"id", "thread", "reason"};

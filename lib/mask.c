@@ -14,6 +14,15 @@ struct mask {
     size_t n, cap;
 };
 
+/* Frees a secret's copy after overwriting it, so it does not linger in freed memory. */
+static void wipe_free(char *s, size_t len)
+{
+    volatile char *p = s;
+    for (size_t i = 0; i < len; i++)
+        p[i] = 0;
+    free(s);
+}
+
 struct mask *mask_new(void)
 {
     return xcalloc(1, sizeof(struct mask));
@@ -24,7 +33,7 @@ void mask_free(struct mask *m)
     if (!m)
         return;
     for (size_t i = 0; i < m->n; i++)
-        free(m->v[i].value);
+        wipe_free(m->v[i].value, m->v[i].len);
     free(m->v);
     free(m);
 }
@@ -60,7 +69,7 @@ void mask_remove(struct mask *m, const char *secret)
         if (m->v[i].len != len || memcmp(m->v[i].value, secret, len) != 0)
             continue;
         if (--m->v[i].refs == 0) {
-            free(m->v[i].value);
+            wipe_free(m->v[i].value, m->v[i].len);
             memmove(m->v + i, m->v + i + 1, (m->n - i - 1) * sizeof(*m->v));
             m->n--;
         }

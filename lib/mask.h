@@ -1,5 +1,6 @@
 /* Secret masking: every occurrence of a registered secret is replaced by "***".
- * Secrets shorter than MASK_MIN_LEN bytes are ignored (masking "a" would mangle all text). */
+ * Secrets shorter than MASK_MIN_LEN bytes are ignored (masking "a" would mangle all text):
+ * callers refuse them instead (worker/job.c, worker/config.c). Copies are wiped when freed. */
 #ifndef SW_MASK_H
 #define SW_MASK_H
 

@@ -453,8 +453,14 @@ azure_creds *azure_creds_new(struct event_base *base, const char *scope, int che
         c->imds_host = az_strip_slash(imds);
     }
     if (c->src == AZ_SECRET || c->src == AZ_WORKLOAD) {
-        if (az_url_ok("AZURE_AUTHORITY_HOST", authority, err, errlen) != 0)
+        /* The authority sees the secret or the assertion: TLS only, as the Azure SDKs insist
+         * (a private CA is trusted through SSL_CERT_FILE). */
+        if (strncmp(authority, "https://", 8) != 0) {
+            char q[ENV_QUOTE_LEN];
+            env_quote(authority, q, sizeof(q));
+            env_err(err, errlen, "AZURE_AUTHORITY_HOST: must be an https:// URL, got %s", q);
             goto fail;
+        }
         c->authority = az_strip_slash(authority);
         c->tenant = xstrdup(tenant);
     }

@@ -1,36 +1,28 @@
 /* The `docker` provider: containers of the local Docker Engine (see docker.h). */
 #include "providers/docker.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <archive.h>
 #include <archive_entry.h>
 #include <event2/event.h>
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "lib/buf.h"
 #include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
-#include "providers/s3.h"
+#include "providers/objstore.h"
+#include "providers/tarstream.h"
 
 #define DK_API           "/v1.41"
 #define DK_LABEL         "sandbox-worker"
 #define DK_CONNECT_MS    10000
-#define DK_CALL_MS       120000     /* control calls (create, inspect, delete) */
-#define DK_KILL_GRACE_MS 15000      /* stream still open this long after a kill: give up on it */
-#define DK_META_MAX      (1u << 20) /* pax / GNU long-name entries kept while filtering a tar */
-#define DK_OBJ_KEY_MAX   1024       /* bytes of an archive object key */
+#define DK_CALL_MS       120000 /* control calls (create, inspect, delete) */
+#define DK_KILL_GRACE_MS 15000  /* stream still open this long after a kill: give up on it */
 
 struct dk_prov {
     http_client *http;
@@ -38,20 +30,25 @@ struct dk_prov {
     char image[2][256]; /* by enum sandbox_feature */
     char network[128];
     int64_t pids, memory, nano_cpus;
-    char snapdir[1024];
-    s3 *s3;   /* snapshots go to S3 when configured, else to snapdir */
-    int gzip; /* SANDBOX_SNAPSHOT_COMPRESSION=gzip (default zstd) */
+    objstore *store; /* snapshots and upload/restore objects: S3 or SANDBOX_SNAPSHOT_DIR */
+    char user[65];   /* SANDBOX_DOCKER_USER; "" = the image's non-root user, else 1000:1000 */
+    int64_t nofile, nproc;
+    int read_only;               /* SANDBOX_DOCKER_READ_ONLY_ROOT */
+    int64_t tmp_bytes, ws_bytes; /* read-only root: tmpfs /tmp and each include's volume */
 };
 
 struct dk_sb {
     unsigned exec_seq;
-    char **incl; /* workspace include paths (absolute), NULL-terminated */
-    char **excl; /* workspace exclude patterns, NULL-terminated */
+    long uid, gid; /* the sandbox's user when numeric, else -1 (files the engine writes) */
+    char **incl;   /* workspace include paths (absolute), NULL-terminated */
+    char **excl;   /* workspace exclude patterns, NULL-terminated */
 };
 
 static char **dk_copy_list(const char *const *l, int strip_slash);
 static void dk_free_list(char **l);
-static void dk_uuid(char out[37]);
+typedef void (*dk_pipe_fn)(void *arg, const char *err);
+static void dk_pipe_start(struct provider *p, const char *cid, const char *key, const char *dest,
+                          const char *strip, const char *what, dk_pipe_fn done, void *arg);
 
 /* ---- small helpers ---- */
 
@@ -185,118 +182,9 @@ static void dk_call(struct provider *p, const char *method, const char *path, co
     }
 }
 
-/* ---- tar stream scanner: 512-byte blocks, headers and padded data ---- */
-
-enum { TS_KEEP = 0, TS_SKIP = 1, TS_ERR = -1 };
-
-struct tarscan {
-    unsigned char hdr[512];
-    size_t hlen;
-    uint64_t data_left, pad_left;
-    int skip;
-    int eof; /* end-of-archive block seen: the rest is ignored */
-    /* Called with each complete header; returns TS_KEEP, TS_SKIP (entry dropped) or TS_ERR. */
-    int (*on_header)(void *arg, const unsigned char *hdr, uint64_t size);
-    /* Entry data of kept entries (without padding); -1 stops. */
-    int (*on_data)(void *arg, const char *p, size_t n);
-    /* Padding of kept entries (n zero bytes); may be NULL. */
-    int (*on_pad)(void *arg, size_t n);
-    void *arg;
-};
-
-static uint64_t tar_num(const unsigned char *f, size_t n)
-{
-    uint64_t v = 0;
-    if (f[0] & 0x80) { /* base-256 */
-        for (size_t i = 1; i < n; i++)
-            v = (v << 8) | f[i];
-        return v;
-    }
-    for (size_t i = 0; i < n && f[i]; i++) {
-        if (f[i] >= '0' && f[i] <= '7')
-            v = (v << 3) | (uint64_t)(f[i] - '0');
-    }
-    return v;
-}
-
-/* Feeds n bytes; 0, or -1 when a callback stopped. */
-static int tarscan_feed(struct tarscan *t, const char *p, size_t n)
-{
-    while (n > 0 && !t->eof) {
-        if (t->data_left > 0) {
-            size_t k = n < t->data_left ? n : (size_t)t->data_left;
-            if (!t->skip && t->on_data(t->arg, p, k) != 0)
-                return -1;
-            t->data_left -= k;
-            p += k;
-            n -= k;
-            continue;
-        }
-        if (t->pad_left > 0) {
-            size_t k = n < t->pad_left ? n : (size_t)t->pad_left;
-            if (!t->skip && t->on_pad && t->on_pad(t->arg, k) != 0)
-                return -1;
-            t->pad_left -= k;
-            p += k;
-            n -= k;
-            continue;
-        }
-        size_t k = sizeof(t->hdr) - t->hlen;
-        if (k > n)
-            k = n;
-        memcpy(t->hdr + t->hlen, p, k);
-        t->hlen += k;
-        p += k;
-        n -= k;
-        if (t->hlen < sizeof(t->hdr))
-            break;
-        t->hlen = 0;
-        int zero = 1;
-        for (size_t i = 0; i < sizeof(t->hdr) && zero; i++)
-            zero = t->hdr[i] == 0;
-        if (zero) {
-            t->eof = 1;
-            break;
-        }
-        uint64_t size = tar_num(t->hdr + 124, 12);
-        char type = (char)t->hdr[156];
-        if (type == '1' || type == '2' || type == '3' || type == '4' || type == '5' || type == '6')
-            size = 0; /* no data blocks for links, devices, directories, fifos */
-        int r = t->on_header(t->arg, t->hdr, size);
-        if (r == TS_ERR)
-            return -1;
-        t->skip = r == TS_SKIP;
-        t->data_left = size;
-        t->pad_left = (512 - size % 512) % 512;
-    }
-    return 0;
-}
-
-/* Entry name of a ustar header (prefix/name). */
-static void tar_ustar_name(const unsigned char *h, char *out, size_t cap)
-{
-    char name[101], prefix[156];
-    memcpy(name, h, 100);
-    name[100] = '\0';
-    memcpy(prefix, h + 345, 155);
-    prefix[155] = '\0';
-    if (memcmp(h + 257, "ustar", 5) == 0 && prefix[0])
-        snprintf(out, cap, "%s/%s", prefix, name);
-    else
-        snprintf(out, cap, "%s", name);
-}
-
-static void tar_field(char *dst, size_t cap, const unsigned char *f, size_t n)
-{
-    size_t k = 0;
-    while (k < n && f[k])
-        k++;
-    snprintf(dst, cap, "%.*s", (int)k, (const char *)f);
-}
-
 /* ---- create / resume ---- */
 
-enum acq_phase { ACQ_IMAGE, ACQ_CREATE, ACQ_START, ACQ_RESTORE, ACQ_CLEANUP };
+enum acq_phase { ACQ_IMAGE, ACQ_CREATE, ACQ_PREPARE, ACQ_START, ACQ_RESTORE, ACQ_CLEANUP };
 
 struct dk_acq {
     struct provider *p;
@@ -304,17 +192,19 @@ struct dk_acq {
     void *arg;
     enum acq_phase phase;
     char image[256];
+    cJSON *create; /* the create request, completed once the image's user is known */
     char *create_body;
+    long uid, gid;      /* see struct dk_sb */
+    size_t restore_idx; /* read-only root: the include being restored */
     char cid[128];
-    char *snap_path; /* resume: local snapshot file */
-    int snap_tmp;    /* snap_path is a download from S3: removed at the end */
-    int dl_fd;
-    struct archive *rd;
+    char *snap_key;      /* resume: the snapshot's object key */
     char **incl, **excl; /* handed to the sandbox */
     char err[512];
 };
 
 static void acq_step(struct dk_acq *a);
+static void acq_complete_body(struct dk_acq *a, const char *image_json);
+static void acq_prepare(struct dk_acq *a);
 
 static void acq_finish(struct dk_acq *a)
 {
@@ -324,6 +214,8 @@ static void acq_finish(struct dk_acq *a)
         sb->prov = a->p;
         dk_copy(sb->id, sizeof(sb->id), a->cid);
         struct dk_sb *x = xcalloc(1, sizeof(*x));
+        x->uid = a->uid;
+        x->gid = a->gid;
         x->incl = a->incl;
         x->excl = a->excl;
         a->incl = a->excl = NULL;
@@ -331,13 +223,10 @@ static void acq_finish(struct dk_acq *a)
     }
     dk_free_list(a->incl);
     dk_free_list(a->excl);
-    if (a->rd)
-        archive_read_free(a->rd);
-    if (a->snap_tmp && a->snap_path)
-        unlink(a->snap_path);
     a->done(a->arg, sb, a->err[0] ? a->err : NULL);
+    cJSON_Delete(a->create);
     free(a->create_body);
-    free(a->snap_path);
+    free(a->snap_key);
     free(a);
 }
 
@@ -385,6 +274,7 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
             acq_fail(a);
             return;
         }
+        acq_complete_body(a, body);
         a->phase = ACQ_CREATE;
         break;
     case ACQ_CREATE: {
@@ -403,16 +293,24 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
         }
         dk_copy(a->cid, sizeof(a->cid), id);
         cJSON_Delete(j);
-        a->phase = ACQ_START;
+        a->phase = ACQ_PREPARE;
         break;
     }
+    case ACQ_PREPARE:
+        if (status != 200) {
+            dk_http_err(a->err, sizeof(a->err), "preparing the workspace", status, body);
+            acq_fail(a);
+            return;
+        }
+        a->phase = ACQ_START;
+        break;
     case ACQ_START:
         if (status != 204 && status != 304) {
             dk_http_err(a->err, sizeof(a->err), "container start", status, body);
             acq_fail(a);
             return;
         }
-        if (!a->snap_path) {
+        if (!a->snap_key) {
             acq_finish(a);
             return;
         }
@@ -425,62 +323,34 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
     acq_step(a);
 }
 
-/* Request body of the restore: the decompressed snapshot, pulled through libarchive. */
-static size_t acq_restore_read(void *arg, char *dst, size_t cap)
-{
-    struct dk_acq *a = arg;
-    la_ssize_t n = archive_read_data(a->rd, dst, cap);
-    if (n < 0) {
-        snprintf(a->err, sizeof(a->err), "docker: reading snapshot: %s",
-                 archive_error_string(a->rd));
-        return HTTP_READ_ABORT;
-    }
-    return (size_t)n;
-}
+static void acq_restore(struct dk_acq *a);
 
-static void acq_restore_done(void *arg, http_request *req, const struct http_result *res)
+static void acq_restored(void *arg, const char *err)
 {
-    (void)req;
     struct dk_acq *a = arg;
-    if (a->err[0]) {
+    struct dk_prov *d = a->p->priv;
+    if (err) {
+        snprintf(a->err, sizeof(a->err), "%s", err);
         acq_fail(a);
-    } else if (res->code != 0) {
-        snprintf(a->err, sizeof(a->err), "docker: restoring snapshot: %s", res->error);
-        acq_fail(a);
-    } else if (res->status != 200) {
-        dk_http_err(a->err, sizeof(a->err), "restoring snapshot", res->status, res->body->data);
-        acq_fail(a);
+    } else if (d->read_only && a->incl[a->restore_idx]) {
+        acq_restore(a);
     } else {
         acq_finish(a);
     }
 }
 
+/* The snapshot streams from the object store, decompressed, into the container's root. With
+ * a read-only root the engine only writes into volumes: one pass per include, its entries
+ * renamed relative to it. */
 static void acq_restore(struct dk_acq *a)
 {
     struct dk_prov *d = a->p->priv;
-    a->rd = archive_read_new();
-    archive_read_support_filter_all(a->rd);
-    archive_read_support_format_raw(a->rd);
-    struct archive_entry *e;
-    if (archive_read_open_filename(a->rd, a->snap_path, 64 * 1024) != ARCHIVE_OK ||
-        archive_read_next_header(a->rd, &e) != ARCHIVE_OK) {
-        snprintf(a->err, sizeof(a->err), "docker: snapshot %s: %s", a->snap_path,
-                 archive_error_string(a->rd));
-        acq_fail(a);
+    if (!d->read_only) {
+        dk_pipe_start(a->p, a->cid, a->snap_key, "/", NULL, "restoring snapshot", acq_restored, a);
         return;
     }
-    char path[256];
-    snprintf(path, sizeof(path), "/containers/%s/archive?path=/", a->cid);
-    http_request *r = dk_req(d, "PUT", path, 0);
-    http_request_add_header(r, "Content-Type", "application/x-tar");
-    http_request_set_body_stream(r, acq_restore_read, a, -1);
-    struct http_callbacks cb = {.on_done = acq_restore_done};
-    http_request_set_callbacks(r, &cb, a);
-    char e2[256];
-    if (http_request_start(r, e2, sizeof(e2)) != 0) {
-        snprintf(a->err, sizeof(a->err), "docker: %s", e2);
-        acq_fail(a); /* runs later: acq_fail only starts another call */
-    }
+    const char *inc = a->incl[a->restore_idx++];
+    dk_pipe_start(a->p, a->cid, a->snap_key, inc, inc + 1, "restoring snapshot", acq_restored, a);
 }
 
 static void acq_step(struct dk_acq *a)
@@ -500,6 +370,9 @@ static void acq_step(struct dk_acq *a)
     case ACQ_CREATE:
         dk_call(a->p, "POST", "/containers/create", a->create_body, acq_resp, a);
         break;
+    case ACQ_PREPARE:
+        acq_prepare(a);
+        break;
     case ACQ_START:
         snprintf(path, sizeof(path), "/containers/%s/start", a->cid);
         dk_call(a->p, "POST", path, NULL, acq_resp, a);
@@ -512,7 +385,7 @@ static void acq_step(struct dk_acq *a)
     }
 }
 
-static char *dk_create_body(struct dk_prov *d, const struct sandbox_spec *spec, const char *image)
+static cJSON *dk_create_body(struct dk_prov *d, const struct sandbox_spec *spec, const char *image)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "Image", image);
@@ -540,13 +413,172 @@ static char *dk_create_body(struct dk_prov *d, const struct sandbox_spec *spec, 
     cJSON_AddItemToArray(sec, cJSON_CreateString("no-new-privileges"));
     cJSON_AddNumberToObject(hc, "PidsLimit", (double)d->pids);
     cJSON_AddNumberToObject(hc, "Memory", (double)d->memory);
+    cJSON_AddNumberToObject(hc, "MemorySwap", (double)d->memory); /* no swap beyond it */
     cJSON_AddNumberToObject(hc, "NanoCpus", (double)d->nano_cpus);
     cJSON_AddStringToObject(hc, "NetworkMode", d->network);
-    char *s = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    if (!s)
+    cJSON *ul = cJSON_AddArrayToObject(hc, "Ulimits");
+    static const char *const names[] = {"nofile", "nproc"};
+    for (int i = 0; i < 2; i++) {
+        cJSON *u = cJSON_CreateObject();
+        cJSON_AddStringToObject(u, "Name", names[i]);
+        cJSON_AddNumberToObject(u, "Soft", (double)(i ? d->nproc : d->nofile));
+        cJSON_AddNumberToObject(u, "Hard", (double)(i ? d->nproc : d->nofile));
+        cJSON_AddItemToArray(ul, u);
+    }
+    return j;
+}
+
+/* "uid[:gid]" with decimal numbers: 0 and the ids; -1 otherwise (a user name). */
+static int dk_parse_user(const char *u, long *uid, long *gid)
+{
+    char *end;
+    if (!(*u >= '0' && *u <= '9'))
+        return -1;
+    *uid = strtol(u, &end, 10);
+    *gid = *uid;
+    if (*end == ':') {
+        if (!(end[1] >= '0' && end[1] <= '9'))
+            return -1;
+        *gid = strtol(end + 1, &end, 10);
+    }
+    return *end ? -1 : 0;
+}
+
+static int dk_is_root(const char *u)
+{
+    long uid, gid;
+    return strcmp(u, "root") == 0 || strncmp(u, "root:", 5) == 0 ||
+           (dk_parse_user(u, &uid, &gid) == 0 && uid == 0);
+}
+
+/* The image is known: who runs in the sandbox (SANDBOX_DOCKER_USER, else the image's own
+ * non-root user, else 1000:1000) and, with a read-only root, its writable places. */
+static void acq_complete_body(struct dk_acq *a, const char *image_json)
+{
+    struct dk_prov *d = a->p->priv;
+    cJSON *img = cJSON_Parse(image_json);
+    const char *iu = dk_jstr(cJSON_GetObjectItemCaseSensitive(img, "Config"), "User");
+    const char *user = d->user[0] ? d->user : "1000:1000";
+    int image_user = !d->user[0] && iu && iu[0] && !dk_is_root(iu);
+    if (image_user)
+        user = iu; /* left to the image: not in the request */
+    else
+        cJSON_AddStringToObject(a->create, "User", user);
+    if (dk_parse_user(user, &a->uid, &a->gid) != 0)
+        a->uid = a->gid = -1;
+    if (d->read_only) {
+        cJSON *hc = cJSON_GetObjectItemCaseSensitive(a->create, "HostConfig");
+        cJSON_AddBoolToObject(hc, "ReadonlyRootfs", 1);
+        cJSON *tmpfs = cJSON_AddObjectToObject(hc, "Tmpfs");
+        char opt[160];
+        snprintf(opt, sizeof(opt), "rw,nosuid,nodev,size=%lld", (long long)d->tmp_bytes);
+        cJSON_AddStringToObject(tmpfs, "/tmp", opt);
+        /* each include is an anonymous volume on tmpfs owned by the user (the engine writes
+         * into volumes only, and a tmpfs takes the owner as an option); removed with the
+         * container */
+        cJSON *mounts = cJSON_AddArrayToObject(hc, "Mounts");
+        for (char **i = a->incl; *i; i++) {
+            cJSON *m = cJSON_CreateObject();
+            cJSON_AddStringToObject(m, "Type", "volume");
+            cJSON_AddStringToObject(m, "Target", *i);
+            cJSON *vo = cJSON_AddObjectToObject(m, "VolumeOptions");
+            cJSON *dc = cJSON_AddObjectToObject(vo, "DriverConfig");
+            cJSON_AddStringToObject(dc, "Name", "local");
+            cJSON *o = cJSON_AddObjectToObject(dc, "Options");
+            cJSON_AddStringToObject(o, "type", "tmpfs");
+            cJSON_AddStringToObject(o, "device", "tmpfs");
+            if (a->uid >= 0)
+                snprintf(opt, sizeof(opt), "uid=%ld,gid=%ld,mode=0755,size=%lld", a->uid, a->gid,
+                         (long long)d->ws_bytes);
+            else
+                snprintf(opt, sizeof(opt), "mode=01777,size=%lld", (long long)d->ws_bytes);
+            cJSON_AddStringToObject(o, "o", opt);
+            cJSON_AddItemToArray(mounts, m);
+        }
+    }
+    cJSON_Delete(img);
+    a->create_body = cJSON_PrintUnformatted(a->create);
+    if (!a->create_body)
         abort();
-    return s;
+}
+
+static void acq_prepared(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_acq *a = arg;
+    acq_resp(a, res->status, res->body->data ? res->body->data : "", res->code ? res->error : NULL);
+}
+
+static la_ssize_t dk_tar_buf_write(struct archive *ar, void *arg, const void *p, size_t n)
+{
+    (void)ar;
+    buf_append(arg, p, n);
+    return (la_ssize_t)n;
+}
+
+/* A tar of directory entries (absolute paths, NULL-terminated) owned by uid:gid, mode 0755.
+ * 0, or -1 with err. */
+static int dk_dirs_tar(char *const *dirs, long uid, long gid, struct buf *out, char *err,
+                       size_t errlen)
+{
+    struct archive *ar = archive_write_new();
+    archive_write_set_format_pax_restricted(ar);
+    archive_write_set_bytes_in_last_block(ar, 1);
+    int ok = archive_write_open(ar, out, NULL, dk_tar_buf_write, NULL) == ARCHIVE_OK;
+    for (char *const *i = dirs; ok && *i; i++) {
+        struct archive_entry *e = archive_entry_new();
+        archive_entry_set_pathname(e, *i + 1);
+        archive_entry_set_filetype(e, AE_IFDIR);
+        archive_entry_set_perm(e, 0755);
+        archive_entry_set_uid(e, uid);
+        archive_entry_set_gid(e, gid);
+        archive_entry_set_mtime(e, time(NULL), 0);
+        ok = archive_write_header(ar, e) == ARCHIVE_OK;
+        archive_entry_free(e);
+    }
+    ok = ok && archive_write_close(ar) == ARCHIVE_OK;
+    if (!ok)
+        snprintf(err, errlen, "%s", archive_error_string(ar));
+    archive_write_free(ar);
+    return ok ? 0 : -1;
+}
+
+/* PUT of a small tar into "/" of container cid; cb gets the collected answer. */
+static int dk_put_root(struct dk_prov *d, const char *cid, const struct buf *tar,
+                       void (*cb)(void *, http_request *, const struct http_result *), void *arg,
+                       char *err, size_t errlen)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s/archive?path=/", cid);
+    http_request *r = dk_req(d, "PUT", path, DK_CALL_MS);
+    http_request_add_header(r, "Content-Type", "application/x-tar");
+    http_request_set_body(r, tar->data, tar->len);
+    struct http_callbacks hcb = {.on_done = cb};
+    http_request_set_callbacks(r, &hcb, arg);
+    return http_request_start(r, err, errlen);
+}
+
+/* Before the start: the include folders are created owned by the sandbox's user (a tar of
+ * directory entries into "/"), so a non-root user can write its workspace. Skipped with a
+ * read-only root (the volumes carry the owner) or a named user (its uid is unknown here: the
+ * image prepares its folders). */
+static void acq_prepare(struct dk_acq *a)
+{
+    struct dk_prov *d = a->p->priv;
+    if (d->read_only || a->uid < 0) {
+        acq_resp(a, 200, "", NULL); /* called from a loop callback: no re-entrance */
+        return;
+    }
+    struct buf tar;
+    buf_init(&tar);
+    char e[256];
+    if (dk_dirs_tar(a->incl, a->uid, a->gid, &tar, e, sizeof(e)) != 0)
+        snprintf(a->err, sizeof(a->err), "docker: preparing the workspace: %s", e);
+    else if (dk_put_root(d, a->cid, &tar, acq_prepared, a, e, sizeof(e)) != 0)
+        snprintf(a->err, sizeof(a->err), "docker: %s", e);
+    buf_release(&tar);
+    if (a->err[0])
+        acq_fail(a);
 }
 
 static struct dk_acq *acq_new(struct provider *p, const struct sandbox_spec *spec,
@@ -558,7 +590,8 @@ static struct dk_acq *acq_new(struct provider *p, const struct sandbox_spec *spe
     a->done = done;
     a->arg = arg;
     dk_copy(a->image, sizeof(a->image), d->image[spec->feature == SANDBOX_AI_WRITEBACK ? 1 : 0]);
-    a->create_body = dk_create_body(d, spec, a->image);
+    a->create = dk_create_body(d, spec, a->image);
+    a->uid = a->gid = -1;
     static const char *const def_incl[] = {"/workspace", NULL};
     a->incl = dk_copy_list(
         spec->workspace_include && spec->workspace_include[0] ? spec->workspace_include : def_incl,
@@ -589,112 +622,19 @@ static void dk_create(struct provider *p, const struct sandbox_spec *spec, provi
         acq_step(a);
 }
 
-/* "sandboxes/<uuid>/snapshot.tar.zst" with a lowercase hex uuid; 0 when key has that shape. */
-static int dk_key_ok(const char *key)
-{
-    static const char pre[] = "sandboxes/", suf[] = "/snapshot.tar.";
-    size_t n = strlen(key), at = sizeof(pre) - 1 + 36;
-    if (n < at + sizeof(suf) - 1 || strncmp(key, pre, sizeof(pre) - 1) != 0 ||
-        strncmp(key + at, suf, sizeof(suf) - 1) != 0 ||
-        (strcmp(key + at + sizeof(suf) - 1, "zst") != 0 &&
-         strcmp(key + at + sizeof(suf) - 1, "gz") != 0))
-        return -1;
-    for (size_t i = 0; i < 36; i++) {
-        char c = key[sizeof(pre) - 1 + i];
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-            return -1;
-    }
-    return 0;
-}
-
-/* Validates ref and gives the key; NULL with err. */
-static const char *dk_ref_key(const cJSON *ref, char *err, size_t errlen)
-{
-    const char *kind = dk_jstr(ref, "kind"), *key = dk_jstr(ref, "key");
-    if (!kind || strcmp(kind, "s3-tar") != 0 || !key || dk_key_ok(key) != 0) {
-        snprintf(err, errlen,
-                 "docker: snapshot reference is not {\"kind\":\"s3-tar\",\"key\":"
-                 "\"sandboxes/<uuid>/snapshot.tar.zst|gz\"}");
-        return NULL;
-    }
-    return key;
-}
-
-/* Resume from S3: the object is downloaded to a temporary file first (bounded memory; the
- * engine's archive upload then streams from it). */
-/* Writes all of data to fd (a download's temporary file); 0, or -1 with errno. */
-static int dk_write_all(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            if (n == 0)
-                errno = EIO;
-            return -1;
-        }
-        data += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-static int acq_dl_data(void *arg, const char *data, size_t len)
-{
-    struct dk_acq *a = arg;
-    if (dk_write_all(a->dl_fd, data, len) == 0)
-        return S3_DATA_OK;
-    snprintf(a->err, sizeof(a->err), "docker: snapshot download to %s: %s", a->snap_path,
-             strerror(errno));
-    return S3_DATA_ABORT;
-}
-
-static void acq_dl_done(void *arg, const struct s3_result *res)
-{
-    struct dk_acq *a = arg;
-    close(a->dl_fd);
-    a->dl_fd = -1;
-    if (!res->ok && !a->err[0])
-        snprintf(a->err, sizeof(a->err), "docker: snapshot download: %s", res->error);
-    if (a->err[0])
-        acq_finish(a);
-    else
-        acq_step(a);
-}
-
+/* A snapshot reference ({"kind":"s3-tar","key":"sandboxes/<uuid>/snapshot.tar.zst|gz"}, the
+ * one shape every version wrote, whether the object went to S3 or to the folder). A missing
+ * object is found while restoring (the new container is then removed). */
 static void dk_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
                       provider_sandbox_fn done, void *arg)
 {
-    struct dk_prov *d = p->priv;
     struct dk_acq *a = acq_new(p, spec, done, arg);
-    a->dl_fd = -1;
-    const char *key = a->err[0] ? NULL : dk_ref_key(ref, a->err, sizeof(a->err));
-    if (key && d->s3) {
-        char uuid[37];
-        dk_uuid(uuid);
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "%s/.download-%s", d->snapdir, uuid);
-        a->snap_path = buf_detach(&b);
-        a->snap_tmp = 1;
-        a->dl_fd = open(a->snap_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (a->dl_fd < 0) {
-            snprintf(a->err, sizeof(a->err), "docker: %s: %s", a->snap_path, strerror(errno));
-            a->snap_tmp = 0;
-        } else {
-            s3_get(d->s3, key, acq_dl_data, acq_dl_done, a);
-            return;
-        }
-    } else if (key) {
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "%s/%s", d->snapdir, key);
-        a->snap_path = buf_detach(&b);
-        if (access(a->snap_path, R_OK) != 0)
-            snprintf(a->err, sizeof(a->err), "docker: snapshot %s: %s", key, strerror(errno));
-    }
+    char e[400];
+    const char *key = a->err[0] ? NULL : objstore_ref_key(ref, e, sizeof(e));
+    if (!key && !a->err[0])
+        snprintf(a->err, sizeof(a->err), "docker: %s", e);
+    if (key)
+        a->snap_key = xstrdup(key);
     if (a->err[0])
         dk_defer(p->base, acq_failed_early, a);
     else
@@ -1154,6 +1094,11 @@ static void dk_write_file(struct sandbox *sb, const char *path, const char *data
     archive_entry_set_pathname(e, slash + 1);
     archive_entry_set_filetype(e, AE_IFREG);
     archive_entry_set_perm(e, (mode_t)(mode > 0 ? mode & 07777 : 0644));
+    const struct dk_sb *xs = sb->priv;
+    if (xs->uid >= 0) { /* the file belongs to the sandbox's user, not to root */
+        archive_entry_set_uid(e, xs->uid);
+        archive_entry_set_gid(e, xs->gid);
+    }
     archive_entry_set_size(e, (la_int64_t)len);
     archive_entry_set_mtime(e, time(NULL), 0);
     ok = ok && archive_write_header(a, e) == ARCHIVE_OK;
@@ -1178,7 +1123,8 @@ struct dk_read {
     char *path;
     size_t max;
     struct buf data;
-    struct tarscan ts;
+    tar_reader *tr;
+    uint64_t left; /* data bytes of the entry still to come */
     int entries;
     int complete;  /* first entry fully seen (or max reached) */
     char *link_to; /* the path was a symlink: read this path next */
@@ -1186,38 +1132,33 @@ struct dk_read {
     char err[512];
 };
 
-static int rd_header(void *arg, const unsigned char *hdr, uint64_t size)
+static int rd_entry(void *arg, const struct tar_entry *e)
 {
-    (void)size;
     struct dk_read *r = arg;
-    char type = (char)hdr[156];
-    if (type == 'x' || type == 'g' || type == 'L' || type == 'K')
-        return TS_SKIP;
     if (r->entries++ > 0) {
         r->complete = 1;
-        return TS_SKIP;
+        return TAR_SKIP;
     }
-    if (type == '2') { /* a symlink: follow it like cat would */
-        char target[101];
-        tar_field(target, sizeof(target), hdr + 157, 100);
+    if (e->type == '2') { /* a symlink: follow it like cat would */
         const char *slash = strrchr(r->path, '/');
         struct buf b;
         buf_init(&b);
-        if (target[0] != '/' && slash)
+        if (e->linkname[0] != '/' && slash)
             buf_printf(&b, "%.*s/", (int)(slash - r->path), r->path);
-        buf_puts(&b, target);
+        buf_puts(&b, e->linkname);
         free(r->link_to);
         r->link_to = buf_detach(&b);
         r->complete = 1;
-        return TS_SKIP;
+        return TAR_SKIP;
     }
-    if (type != '0' && type != '\0' && type != '7') {
+    if (e->type != '0' && e->type != '7') {
         snprintf(r->err, sizeof(r->err), "docker: read file %s: not a regular file", r->path);
-        return TS_ERR;
+        return TAR_STOP;
     }
-    if (size == 0)
+    r->left = e->size;
+    if (e->size == 0)
         r->complete = 1;
-    return TS_KEEP;
+    return TAR_KEEP;
 }
 
 static int rd_data(void *arg, const char *p, size_t n)
@@ -1225,7 +1166,8 @@ static int rd_data(void *arg, const char *p, size_t n)
     struct dk_read *r = arg;
     size_t room = r->max - r->data.len;
     buf_append(&r->data, p, n < room ? n : room);
-    if (r->data.len >= r->max || r->ts.data_left == n)
+    r->left -= n;
+    if (r->data.len >= r->max || r->left == 0)
         r->complete = 1;
     return 0;
 }
@@ -1240,8 +1182,12 @@ static int rd_on_data(void *arg, http_request *req, const char *data, size_t len
     }
     if (r->complete)
         return HTTP_DATA_OK; /* after the entry: drain */
-    if (tarscan_feed(&r->ts, data, len) != 0)
+    if (tar_reader_feed(r->tr, data, len) != 0) {
+        if (!r->err[0])
+            snprintf(r->err, sizeof(r->err), "docker: read file %s: %s", r->path,
+                     tar_reader_error(r->tr));
         return HTTP_DATA_ABORT;
+    }
     if (r->complete)
         http_request_cancel(req);
     return HTTP_DATA_OK;
@@ -1283,6 +1229,7 @@ static void rd_done(void *arg, http_request *req, const struct http_result *res)
     else
         r->done(r->arg, 0, r->data.data ? r->data.data : "", r->data.len, NULL);
     buf_release(&r->data);
+    tar_reader_free(r->tr);
     free(r->path);
     free(r->link_to);
     free(r);
@@ -1305,10 +1252,12 @@ static int rd_start(struct dk_read *r)
     buf_clear(&r->data);
     r->entries = 0;
     r->complete = 0;
-    memset(&r->ts, 0, sizeof(r->ts));
-    r->ts.on_header = rd_header;
-    r->ts.on_data = rd_data;
-    r->ts.arg = r;
+    r->left = 0;
+    if (!r->tr) {
+        struct tar_reader_cbs cbs = {.on_entry = rd_entry, .on_data = rd_data};
+        r->tr = tar_reader_new(&cbs, r);
+    }
+    tar_reader_reset(r->tr);
     struct buf p;
     buf_init(&p);
     buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
@@ -1339,8 +1288,13 @@ static void dk_read_file(struct sandbox *sb, const char *path, size_t max, provi
         dk_defer(sb->prov->base, rd_failed_early, r);
 }
 
-/* ---- suspend: workspace → zstd tar file → container removed ---- */
+/* ---- suspend: workspace → filtered tar → objstore (compressed) → container removed ---- */
 
+/* Shared by suspend and archive_upload: each include path is streamed out of the container
+ * through the Engine's archive API, its entries re-emitted by tarstream (renamed from the
+ * root and filtered by the excludes for snapshots, unchanged for uploads) into an objstore
+ * writer. When the writer answers "blocked" the archive GET is paused until it drains, so
+ * memory stays bounded whatever the size. */
 struct dk_susp {
     struct sandbox *sb;
     provider_ref_fn done;       /* suspend: the container is removed afterwards */
@@ -1352,25 +1306,15 @@ struct dk_susp {
     char **own_incl;
     size_t ninc, cur;
     char *key;
-    int gzip;
-    char *final_path, *tmp_path;
-    int fd;          /* archive_upload to the folder: tmp_path open for writing; else -1 */
-    EVP_MD_CTX *sha; /* archive_upload: SHA-256 of the stored (compressed) bytes */
-    uint64_t stored; /* compressed bytes handed to the sink */
-    struct archive *wr;
-    struct tarscan ts;
-    char prefix[520]; /* parent of the current include path, without the leading '/' */
-    struct buf meta;  /* pending pax / long-name entries (raw blocks) */
-    int meta_collect; /* the current entry's data goes to meta */
-    uint64_t bytes;
-    int removing;
-    /* S3 sink: compressed bytes wait in pending while the upload is blocked; the archive
-     * GET is paused meanwhile, so memory stays bounded. */
-    s3_upload *up;
-    struct buf pending;
-    http_request *get; /* the archive GET in flight */
+    enum objstore_compression comp;
+    objstore_writer *w; /* until its done callback ran */
+    tar_writer *tw;     /* the engine's archives → one filtered tar → w */
+    char prefix[520];   /* parent of the current include path, without the leading '/' */
+    int blocked;        /* the writer answered OBJSTORE_BLOCKED: wait for its drain */
+    http_request *get;  /* the archive GET in flight */
     int get_paused;
-    int final_wait; /* 1: waiting to flush the tail, 2: upload finishing */
+    uint64_t stored; /* the stored object's bytes and SHA-256, from the writer */
+    char sha[65];
     char err[512];
 };
 
@@ -1383,250 +1327,40 @@ static void dk_free_list(char **l)
     free(l);
 }
 
-static int sp_emit(struct dk_susp *s, const void *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    if (archive_write_data(s->wr, p, n) != (la_ssize_t)n) {
-        snprintf(s->err, sizeof(s->err), "docker: writing %s: %s", s->what,
-                 archive_error_string(s->wr));
-        return -1;
-    }
-    s->bytes += n;
-    return 0;
-}
-
-/* Does pattern match name[from..to) for some component range? Excludes follow tar's rules:
- * a pattern with a leading '/' is anchored at the root ("/workspace/node_modules"), one
- * without matches any run of whole components ("node_modules", "*.log"); shell wildcards. */
-static int sp_match(const char *pat, const char *name)
-{
-    int anchored = pat[0] == '/';
-    while (*pat == '/')
-        pat++;
-    size_t n = strlen(name);
-    char tmp[1024];
-    if (n >= sizeof(tmp))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && name[i - 1] != '/')
-            continue; /* ranges start at a component */
-        if (anchored && i > 0)
-            break;
-        for (size_t j = i + 1; j <= n; j++) {
-            if (j < n && name[j] != '/')
-                continue; /* and end at one */
-            memcpy(tmp, name + i, j - i);
-            tmp[j - i] = '\0';
-            if (fnmatch(pat, tmp, FNM_PATHNAME | FNM_PERIOD) == 0)
-                return 1;
-        }
-    }
-    return 0;
-}
-
-static int sp_excluded(const struct dk_susp *s, const char *name)
-{
-    char clean[1024];
-    snprintf(clean, sizeof(clean), "%s", name);
-    size_t nl = strlen(clean);
-    while (nl > 0 && clean[nl - 1] == '/')
-        clean[--nl] = '\0';
-    for (char *const *e = s->excl; e && *e; e++)
-        if (sp_match(*e, clean))
-            return 1;
-    return 0;
-}
-
-/* Appends one pax record "<len> key=value\n" (len counts the whole record). */
-static void pax_record(struct buf *b, const char *key, const char *val)
-{
-    size_t base = 1 + strlen(key) + 1 + strlen(val) + 1, len = base + 1;
-    while (len != base + (size_t)snprintf(NULL, 0, "%zu", len))
-        len = base + (size_t)snprintf(NULL, 0, "%zu", len);
-    buf_printf(b, "%zu %s=%s\n", len, key, val);
-}
-
-/* Emits a pax extended header carrying records. */
-static int sp_emit_pax(struct dk_susp *s, const struct buf *rec)
-{
-    unsigned char h[512];
-    memset(h, 0, sizeof(h));
-    snprintf((char *)h, 100, "././@PaxHeader");
-    snprintf((char *)h + 100, 8, "%07o", 0644);
-    snprintf((char *)h + 108, 8, "%07o", 0);
-    snprintf((char *)h + 116, 8, "%07o", 0);
-    snprintf((char *)h + 124, 12, "%011zo", rec->len);
-    snprintf((char *)h + 136, 12, "%011o", 0);
-    h[156] = 'x';
-    static const unsigned char magic[8] = {'u', 's', 't', 'a', 'r', 0, '0', '0'};
-    memcpy(h + 257, magic, sizeof(magic)); /* magic and version */
-    memset(h + 148, ' ', 8);
-    unsigned sum = 0;
-    for (size_t i = 0; i < sizeof(h); i++)
-        sum += h[i];
-    snprintf((char *)h + 148, 8, "%06o", sum);
-    static const char zeros[512];
-    return sp_emit(s, h, sizeof(h)) || sp_emit(s, rec->data, rec->len) ||
-           sp_emit(s, zeros, (512 - rec->len % 512) % 512);
-}
-
-/* The entry's name and link target from the pending meta entries and its header, with the
- * include's parent prefixed; other pax records are kept in rec. */
-static void sp_names(struct dk_susp *s, const unsigned char *hdr, struct buf *rec, char **name,
-                     char **link)
-{
-    char *pname = NULL, *plink = NULL;
-    for (size_t off = 0; off + 512 <= s->meta.len;) {
-        const unsigned char *h = (const unsigned char *)s->meta.data + off;
-        size_t sz = (size_t)tar_num(h + 124, 12);
-        const char *d = s->meta.data + off + 512;
-        if (off + 512 + sz > s->meta.len)
-            break;
-        if (h[156] == 'x') {
-            for (size_t r = 0; r < sz;) {
-                char *end;
-                unsigned long len = strtoul(d + r, &end, 10);
-                if (len == 0 || r + len > sz || *end != ' ')
-                    break;
-                const char *kv = end + 1;
-                size_t kvlen = (size_t)(d + r + len - kv);
-                if (kvlen > 5 && strncmp(kv, "path=", 5) == 0) {
-                    free(pname);
-                    pname = xstrndup(kv + 5, kvlen - 6);
-                } else if (kvlen > 9 && strncmp(kv, "linkpath=", 9) == 0) {
-                    free(plink);
-                    plink = xstrndup(kv + 9, kvlen - 10);
-                } else {
-                    buf_append(rec, d + r, len);
-                }
-                r += len;
-            }
-        } else if (h[156] == 'L' || h[156] == 'K') {
-            size_t k = sz;
-            while (k > 0 && d[k - 1] == '\0')
-                k--;
-            char **dst = h[156] == 'L' ? &pname : &plink;
-            free(*dst);
-            *dst = xstrndup(d, k);
-        }
-        off += 512 + sz + (512 - sz % 512) % 512;
-    }
-    char ustar[520], ulink[101];
-    tar_ustar_name(hdr, ustar, sizeof(ustar));
-    tar_field(ulink, sizeof(ulink), hdr + 157, 100);
-    struct buf b;
-    buf_init(&b);
-    buf_printf(&b, "%s%s%s", s->prefix, s->prefix[0] ? "/" : "", pname ? pname : ustar);
-    *name = buf_detach(&b);
-    *link = NULL;
-    if (hdr[156] == '1') { /* hard links name an archive path: prefix it too */
-        buf_printf(&b, "%s%s%s", s->prefix, s->prefix[0] ? "/" : "", plink ? plink : ulink);
-        *link = buf_detach(&b);
-    } else if (plink) {
-        pax_record(rec, "linkpath", plink);
-    }
-    buf_release(&b);
-    free(pname);
-    free(plink);
-}
-
-static int sp_header(void *arg, const unsigned char *hdr, uint64_t size)
+/* The filtered tar's sink: into the object store. */
+static int sp_emit(void *arg, const void *p, size_t n)
 {
     struct dk_susp *s = arg;
-    char type = (char)hdr[156];
-    if (type == 'x' || type == 'L' || type == 'K') {
-        if (s->meta.len + 1024 + size > DK_META_MAX) {
-            snprintf(s->err, sizeof(s->err), "docker: snapshot: extended header too large");
-            return TS_ERR;
-        }
-        buf_append(&s->meta, hdr, 512);
-        s->meta_collect = 1;
-        return TS_KEEP;
-    }
-    s->meta_collect = 0;
-    struct buf rec;
-    buf_init(&rec);
-    char *name = NULL, *link = NULL;
-    sp_names(s, hdr, &rec, &name, &link);
-    int rc = 0, skip = sp_excluded(s, name);
-    if (!skip && !s->prefix[0]) { /* top-level include: the entries pass unchanged */
-        rc = sp_emit(s, s->meta.data, s->meta.len) || sp_emit(s, hdr, 512);
-    } else if (!skip) { /* deeper include: one pax header names the entry from the root */
-        pax_record(&rec, "path", name);
-        if (link)
-            pax_record(&rec, "linkpath", link);
-        rc = sp_emit_pax(s, &rec) || sp_emit(s, hdr, 512);
-    }
-    free(name);
-    free(link);
-    buf_release(&rec);
-    buf_clear(&s->meta);
-    if (rc)
-        return TS_ERR;
-    return skip ? TS_SKIP : TS_KEEP;
-}
-
-static int sp_data(void *arg, const char *p, size_t n)
-{
-    struct dk_susp *s = arg;
-    if (!s->meta_collect)
-        return sp_emit(s, p, n);
-    buf_append(&s->meta, p, n);
+    /* OBJSTORE_ERROR: the writer's done callback follows with the reason (sp_written
+     * cancels the GET); until then, hold the GET as when blocked. */
+    if (s->w && objstore_write(s->w, p, n) != OBJSTORE_OK)
+        s->blocked = 1;
     return 0;
-}
-
-static int sp_pad(void *arg, size_t n)
-{
-    struct dk_susp *s = arg;
-    static const char zeros[512];
-    if (s->meta_collect) {
-        buf_append(&s->meta, zeros, n);
-        return 0;
-    }
-    return sp_emit(s, zeros, n);
 }
 
 static void sp_next(struct dk_susp *s);
 
 static void sp_finish(struct dk_susp *s)
 {
-    if (s->wr) {
-        archive_write_free(s->wr);
-        s->wr = NULL;
+    if (s->w) { /* failed before the object was complete: nothing is stored */
+        objstore_writer_abort(s->w);
+        s->w = NULL;
     }
-    if (s->fd >= 0)
-        close(s->fd);
-    if (s->err[0] && s->tmp_path)
-        unlink(s->tmp_path);
     if (s->up_done) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned mdlen = 0;
-        char hex[2 * EVP_MAX_MD_SIZE + 1] = "";
-        if (!s->err[0] && EVP_DigestFinal_ex(s->sha, md, &mdlen) != 1)
-            snprintf(s->err, sizeof(s->err), "docker: upload: SHA-256 failed");
-        for (unsigned i = 0; i < mdlen; i++)
-            snprintf(hex + 2 * i, 3, "%02x", md[i]);
         if (s->err[0])
             s->up_done(s->arg, -1, 0, NULL, s->err);
         else
-            s->up_done(s->arg, 0, s->stored, hex, NULL);
+            s->up_done(s->arg, 0, s->stored, s->sha, NULL);
     } else if (s->err[0]) {
         s->done(s->arg, -1, NULL, s->err);
     } else {
-        cJSON *ref = cJSON_CreateObject();
-        cJSON_AddStringToObject(ref, "kind", "s3-tar");
-        cJSON_AddStringToObject(ref, "key", s->key);
+        cJSON *ref = objstore_snapshot_ref(s->key);
         s->done(s->arg, 0, ref, NULL);
         cJSON_Delete(ref);
     }
-    buf_release(&s->meta);
-    buf_release(&s->pending);
-    EVP_MD_CTX_free(s->sha);
+    tar_writer_free(s->tw);
     dk_free_list(s->own_incl);
     free(s->key);
-    free(s->final_path);
-    free(s->tmp_path);
     free(s);
 }
 
@@ -1643,122 +1377,58 @@ static void sp_removed(void *arg, long status, const char *body, const char *err
     sp_finish(s);
 }
 
-/* Hands pending compressed bytes to the upload: 0 all taken, 1 blocked, -1 failed. */
-static int sp_flush(struct dk_susp *s)
-{
-    if (!s->up)
-        return -1;
-    if (s->pending.len == 0)
-        return 0;
-    int r = s3_upload_write(s->up, s->pending.data, s->pending.len);
-    if (r == S3_WRITE_ACCEPTED) {
-        buf_clear(&s->pending);
-        return 0;
-    }
-    return r == S3_WRITE_BLOCKED ? 1 : -1;
-}
-
-/* The compressor's output: hashed when uploading, then written to s->fd, or queued in pending
- * for the S3 upload (fd < 0). */
-static la_ssize_t sp_sink_write(struct archive *a, void *arg, const void *p, size_t n)
-{
-    struct dk_susp *s = arg;
-    if (s->sha && EVP_DigestUpdate(s->sha, p, n) != 1) {
-        archive_set_error(a, EIO, "SHA-256 failed");
-        return -1;
-    }
-    s->stored += n;
-    if (s->fd < 0) {
-        buf_append(&s->pending, p, n);
-        return (la_ssize_t)n;
-    }
-    for (size_t off = 0; off < n;) {
-        ssize_t k = write(s->fd, (const char *)p + off, n - off);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            archive_set_error(a, errno ? errno : EIO, "%s: %s", s->tmp_path, strerror(errno));
-            return -1;
-        }
-        off += (size_t)k;
-    }
-    return (la_ssize_t)n;
-}
-
 static int sp_on_data(void *arg, http_request *req, const char *data, size_t len)
 {
     struct dk_susp *s = arg;
     if (http_request_status(req) != 200)
         return HTTP_DATA_OK;
-    if (s->up || s->final_wait) {
-        int f = sp_flush(s);
-        if (f == 1) { /* the upload is full: keep this chunk until it drains */
-            s->get_paused = 1;
-            return HTTP_DATA_PAUSE;
-        }
-        if (f < 0)
-            return HTTP_DATA_ABORT; /* the upload's done callback says why */
+    if (s->blocked) { /* the store is full: keep this chunk until it drains */
+        s->get_paused = 1;
+        return HTTP_DATA_PAUSE;
     }
-    if (tarscan_feed(&s->ts, data, len) != 0)
+    if (tar_writer_feed(s->tw, data, len) != 0) {
+        if (!s->err[0])
+            snprintf(s->err, sizeof(s->err), "docker: %s of %s: %s", s->what, s->incl[s->cur],
+                     tar_writer_error(s->tw));
         return HTTP_DATA_ABORT;
-    if (s->up && sp_flush(s) < 0)
-        return HTTP_DATA_ABORT;
+    }
     return HTTP_DATA_OK;
-}
-
-/* Fails the suspend from a loop callback with no archive GET in flight. */
-static void sp_fail(struct dk_susp *s)
-{
-    if (s->up) {
-        s3_upload_abort(s->up);
-        s->up = NULL;
-    }
-    sp_finish(s);
 }
 
 static void sp_remove(struct dk_susp *s)
 {
-    log_debug(NULL, "docker: snapshot %s: %" PRIu64 " tar bytes", s->key, s->bytes);
-    s->removing = 1;
+    log_debug(NULL, "docker: snapshot %s: %" PRIu64 " tar bytes", s->key, tar_writer_bytes(s->tw));
     char path[256];
     snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", s->sb->id);
     dk_call(s->sb->prov, "DELETE", path, NULL, sp_removed, s);
 }
 
-static void sp_final_flush(struct dk_susp *s)
-{
-    int f = sp_flush(s);
-    s->final_wait = 1;
-    if (f != 0)
-        return; /* blocked: the drain callback comes back here; failed: done reports it */
-    s->final_wait = 2;
-    s3_upload_finish(s->up);
-}
-
-static void sp_up_drain(void *arg)
+static void sp_drain(void *arg)
 {
     struct dk_susp *s = arg;
-    if (s->final_wait == 1) {
-        sp_final_flush(s);
-    } else if (s->get && s->get_paused) {
+    s->blocked = 0;
+    if (s->get && s->get_paused) {
         s->get_paused = 0;
         http_request_resume_recv(s->get); /* the kept chunk comes again */
     }
 }
 
-static void sp_up_done(void *arg, const struct s3_result *res)
+/* The writer is done: after finish, or early when the store failed. */
+static void sp_written(void *arg, int rc, uint64_t bytes, const char *sha, const char *err)
 {
     struct dk_susp *s = arg;
-    s->up = NULL; /* the handle dies when this returns */
-    if (!res->ok) {
-        if (!s->err[0])
-            snprintf(s->err, sizeof(s->err), "docker: %s upload: %s", s->what, res->error);
+    s->w = NULL; /* gone */
+    if (rc != 0) {
+        if (!s->err[0]) /* the store's messages name the provider and the object */
+            snprintf(s->err, sizeof(s->err), "%s", err);
         if (s->get)
             http_request_cancel(s->get); /* sp_got finishes */
         else
             sp_finish(s);
         return;
     }
+    s->stored = bytes;
+    snprintf(s->sha, sizeof(s->sha), "%s", sha);
     if (s->up_done)
         sp_finish(s);
     else
@@ -1781,12 +1451,12 @@ static void sp_got(void *arg, http_request *req, const struct http_result *res)
         else if (res->status != 200 && res->status != 404)
             snprintf(s->err, sizeof(s->err), "docker: %s of %s: HTTP %ld", s->what, s->incl[s->cur],
                      res->status);
-        else if (res->status == 200 && !s->ts.eof && (s->ts.hlen || s->ts.data_left))
-            snprintf(s->err, sizeof(s->err), "docker: %s of %s: truncated archive", s->what,
-                     s->incl[s->cur]);
+        else if (res->status == 200 && tar_writer_end_input(s->tw) != 0)
+            snprintf(s->err, sizeof(s->err), "docker: %s of %s: %s", s->what, s->incl[s->cur],
+                     tar_writer_error(s->tw));
     }
     if (s->err[0]) {
-        sp_fail(s);
+        sp_finish(s);
         return;
     }
     s->cur++;
@@ -1797,17 +1467,14 @@ static void sp_next(struct dk_susp *s)
 {
     struct dk_prov *d = s->sb->prov->priv;
     if (s->cur < s->ninc) {
-        memset(&s->ts, 0, sizeof(s->ts));
-        s->ts.on_header = sp_header;
-        s->ts.on_data = sp_data;
-        s->ts.on_pad = sp_pad;
-        s->ts.arg = s;
         const char *inc = s->incl[s->cur], *slash = strrchr(inc, '/');
         if (s->up_done) /* uploads keep the engine's names: the path's last component */
             s->prefix[0] = '\0';
         else
             snprintf(s->prefix, sizeof(s->prefix), "%.*s",
                      (int)(slash - inc > 0 ? slash - inc - 1 : 0), inc + 1);
+        tar_writer_next_input(s->tw);
+        tar_writer_set_prefix(s->tw, s->prefix);
         struct buf p;
         buf_init(&p);
         buf_printf(&p, "/containers/%s/archive?path=", s->sb->id);
@@ -1820,77 +1487,21 @@ static void sp_next(struct dk_susp *s)
         char e[256];
         if (http_request_start(r, e, sizeof(e)) != 0) {
             snprintf(s->err, sizeof(s->err), "docker: %s", e);
-            sp_fail(s); /* only reached from loop callbacks (see dk_suspend) */
+            sp_finish(s); /* only reached from loop callbacks (see dk_suspend) */
             return;
         }
         s->get = r;
         return;
     }
-    /* All paths archived: end-of-archive, close the compressor, publish the file. */
-    static const char eoa[1024];
-    if (sp_emit(s, eoa, sizeof(eoa)) != 0 || archive_write_close(s->wr) != ARCHIVE_OK) {
+    /* All paths archived: end-of-archive, then the store completes the object. */
+    if (tar_writer_finish(s->tw) != 0) {
         if (!s->err[0])
             snprintf(s->err, sizeof(s->err), "docker: writing %s: %s", s->what,
-                     archive_error_string(s->wr));
-        sp_fail(s);
-        return;
-    }
-    archive_write_free(s->wr);
-    s->wr = NULL;
-    if (d->s3) {
-        sp_final_flush(s);
-        return;
-    }
-    if (s->fd >= 0) {
-        int rc = close(s->fd);
-        s->fd = -1;
-        if (rc != 0) {
-            snprintf(s->err, sizeof(s->err), "docker: %s %s: %s", s->what, s->tmp_path,
-                     strerror(errno));
-            sp_finish(s);
-            return;
-        }
-    }
-    if (rename(s->tmp_path, s->final_path) != 0) {
-        snprintf(s->err, sizeof(s->err), "docker: %s %s: %s", s->what, s->final_path,
-                 strerror(errno));
+                     tar_writer_error(s->tw));
         sp_finish(s);
         return;
     }
-    if (s->up_done)
-        sp_finish(s);
-    else
-        sp_remove(s);
-}
-
-static int dk_mkdirs(const char *dir)
-{
-    char *tmp = xstrdup(dir);
-    int rc = 0;
-    for (char *p = tmp + 1; *p && rc == 0; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
-                rc = -1;
-            *p = '/';
-        }
-    }
-    if (rc == 0 && mkdir(tmp, 0700) != 0 && errno != EEXIST)
-        rc = -1;
-    free(tmp);
-    return rc;
-}
-
-static void dk_uuid(char out[37])
-{
-    unsigned char r[16];
-    if (RAND_bytes(r, sizeof(r)) != 1)
-        abort();
-    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
-    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0],
-             r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13],
-             r[14], r[15]);
+    objstore_writer_finish(s->w); /* sp_written follows */
 }
 
 static char **dk_copy_list(const char *const *l, int strip_slash)
@@ -1911,28 +1522,20 @@ static char **dk_copy_list(const char *const *l, int strip_slash)
     return out;
 }
 
-/* Opens the compressor (zstd, or gzip with s->gzip) over a single raw "file": the sink
- * callback when use_sink (S3, or an upload's own file), else the file tmp_path. */
-static void sp_open(struct dk_susp *s, int use_sink)
+/* Opens the writer and the tar filter (unless s->err is set already), then starts from the
+ * loop. */
+static void sp_open(struct dk_susp *s)
 {
-    struct archive_entry *e = archive_entry_new();
-    s->wr = archive_write_new();
-    archive_write_set_format_raw(s->wr);
-    if (s->gzip)
-        archive_write_add_filter_gzip(s->wr);
-    else
-        archive_write_add_filter_zstd(s->wr);
-    archive_write_set_bytes_per_block(s->wr, 64 * 1024);
-    archive_write_set_bytes_in_last_block(s->wr, 1); /* no zero padding after the frame */
-    archive_entry_set_pathname(e, "snapshot.tar");
-    archive_entry_set_filetype(e, AE_IFREG);
-    archive_entry_set_perm(e, 0600);
-    int rc = use_sink ? archive_write_open(s->wr, s, NULL, sp_sink_write, NULL)
-                      : archive_write_open_filename(s->wr, s->tmp_path);
-    if (rc != ARCHIVE_OK || archive_write_header(s->wr, e) != ARCHIVE_OK)
-        snprintf(s->err, sizeof(s->err), "docker: %s %s: %s", s->what,
-                 s->tmp_path ? s->tmp_path : s->key, archive_error_string(s->wr));
-    archive_entry_free(e);
+    struct dk_prov *d = s->sb->prov->priv;
+    if (!s->err[0]) {
+        char e[512] = "";
+        s->w =
+            objstore_writer_new(d->store, s->key, s->comp, sp_written, sp_drain, s, e, sizeof(e));
+        if (!s->w)
+            snprintf(s->err, sizeof(s->err), "%s", e);
+    }
+    s->tw = tar_writer_new(sp_emit, s);
+    tar_writer_set_exclude(s->tw, (const char *const *)s->excl);
 }
 
 static void sp_start(evutil_socket_t fd, short what, void *arg)
@@ -1940,12 +1543,6 @@ static void sp_start(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct dk_susp *s = arg;
-    struct dk_prov *d = s->sb->prov->priv;
-    if (!s->err[0] && d->s3) {
-        s->up = s3_upload_start(d->s3, s->key, sp_up_done, s);
-        s3_upload_set_drain(s->up, sp_up_drain);
-        s3_upload_set_content_type(s->up, s->gzip ? "application/gzip" : "application/zstd");
-    }
     if (s->err[0])
         sp_finish(s);
     else
@@ -1961,63 +1558,19 @@ static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
     s->done = done;
     s->arg = arg;
     s->what = "snapshot";
-    s->fd = -1;
-    s->gzip = d->gzip;
-    buf_init(&s->meta);
+    s->comp = objstore_snapshot_compression(d->store);
     s->incl = x->incl;
     s->excl = x->excl;
     while (s->incl[s->ninc])
         s->ninc++;
-    char uuid[37];
-    dk_uuid(uuid);
-    struct buf b;
-    buf_init(&b);
-    buf_printf(&b, "sandboxes/%s/snapshot.tar.%s", uuid, d->gzip ? "gz" : "zst");
-    s->key = buf_detach(&b);
-    buf_init(&s->pending);
-    buf_printf(&b, "%s/sandboxes/%s", d->snapdir, uuid);
-    if (!s->err[0] && !d->s3 && dk_mkdirs(b.data) != 0)
-        snprintf(s->err, sizeof(s->err), "docker: snapshot folder %s: %s", b.data, strerror(errno));
-    buf_puts(&b, d->gzip ? "/snapshot.tar.gz" : "/snapshot.tar.zst");
-    s->final_path = xstrdup(b.data);
-    buf_puts(&b, ".tmp");
-    s->tmp_path = buf_detach(&b);
-    if (!s->err[0])
-        sp_open(s, d->s3 != NULL);
+    char key[80];
+    objstore_snapshot_key(d->store, key);
+    s->key = xstrdup(key);
+    sp_open(s);
     dk_defer(sb->prov->base, sp_start, s);
 }
 
-/* ---- archive objects: upload (paths → tar → compressor → store) and restore ---- */
-
-/* Checks an object key of archive_upload / archive_restore: 1..DK_OBJ_KEY_MAX printable bytes,
- * relative, no empty, "." or ".." segment, no trailing "/", and none of the names this
- * provider keeps for itself (snapshots under "sandboxes/", downloads ".download-*" at the top,
- * temporary files "*.tmp"). 0, or -1 with err. */
-static int dk_obj_key_check(const char *key, char *err, size_t errlen)
-{
-    size_t n = strlen(key);
-    const char *why = NULL;
-    if (n == 0 || n > DK_OBJ_KEY_MAX)
-        why = "must be 1..1024 bytes";
-    for (size_t i = 0; i < n && !why; i++)
-        if ((unsigned char)key[i] < 0x20 || (unsigned char)key[i] > 0x7e)
-            why = "must be printable ASCII";
-    for (const char *seg = key; !why && seg;) {
-        const char *end = strchr(seg, '/');
-        size_t len = end ? (size_t)(end - seg) : strlen(seg);
-        if (len == 0 || (len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.'))
-            why = "must be a relative key without empty, \".\" or \"..\" segments";
-        seg = end ? end + 1 : NULL;
-    }
-    if (!why && (strncmp(key, "sandboxes/", 10) == 0 || strncmp(key, ".download-", 10) == 0 ||
-                 (n >= 4 && strcmp(key + n - 4, ".tmp") == 0)))
-        why = "is reserved (sandboxes/..., .download-..., ....tmp)";
-    if (why) {
-        snprintf(err, errlen, "docker: object key \"%.200s\" %s", key, why);
-        return -1;
-    }
-    return 0;
-}
+/* ---- archive objects: upload (paths → tar → store) and restore (store → tar → paths) ---- */
 
 static int dk_ends_with(const char *s, const char *suffix)
 {
@@ -2025,92 +1578,196 @@ static int dk_ends_with(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* The folder's file of an object (malloc'd). */
-static char *dk_obj_path(const struct dk_prov *d, const char *key)
-{
-    struct buf b;
-    buf_init(&b);
-    buf_printf(&b, "%s/%s", d->snapdir, key);
-    return buf_detach(&b);
-}
-
-/* Shares the snapshot pipeline (sp_*): each path is streamed out of the container, its tar
- * entries passed through unchanged (named from the path's last component), compressed and
- * hashed on the way to the folder (a temporary file renamed at the end) or S3. */
+/* Each path is streamed out of the container, its tar entries passed through unchanged
+ * (named from the path's last component), compressed and hashed into the object store. */
 static void dk_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
                               provider_upload_fn done, void *arg)
 {
-    struct dk_prov *d = sb->prov->priv;
     struct dk_susp *s = xcalloc(1, sizeof(*s));
     s->sb = sb;
     s->up_done = done;
     s->arg = arg;
     s->what = "upload";
-    s->fd = -1;
-    buf_init(&s->meta);
-    buf_init(&s->pending);
     s->own_incl = dk_copy_list(paths, 0);
     s->incl = s->own_incl;
     while (s->incl[s->ninc])
         s->ninc++;
     s->key = xstrdup(key ? key : "");
-    s->gzip = dk_ends_with(s->key, ".gz") || dk_ends_with(s->key, ".tgz");
-    s->sha = EVP_MD_CTX_new();
-    if (!s->sha || EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1)
-        abort(); /* only on allocation failure */
-    if (dk_obj_key_check(s->key, s->err, sizeof(s->err)) == 0 && s->ninc == 0)
+    s->comp = objstore_compression_for_key(s->key);
+    char e[400];
+    if (objstore_user_key_check(s->key, e, sizeof(e)) != 0)
+        snprintf(s->err, sizeof(s->err), "docker: %s", e);
+    else if (s->ninc == 0)
         snprintf(s->err, sizeof(s->err), "docker: upload: no paths");
     for (size_t i = 0; i < s->ninc && !s->err[0]; i++)
         if (s->incl[i][0] != '/' || !s->incl[i][1] || strstr(s->incl[i], "/../") ||
             dk_ends_with(s->incl[i], "/.."))
             snprintf(s->err, sizeof(s->err),
                      "docker: upload path %.300s: must be an absolute path below /", s->incl[i]);
-    if (!s->err[0] && !d->s3) {
-        s->final_path = dk_obj_path(d, s->key);
-        char *dir = xstrndup(s->final_path, (size_t)(strrchr(s->final_path, '/') - s->final_path));
-        char uuid[37];
-        dk_uuid(uuid);
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "%s.%s.tmp", s->final_path, uuid);
-        s->tmp_path = buf_detach(&b);
-        if (dk_mkdirs(dir) != 0)
-            snprintf(s->err, sizeof(s->err), "docker: upload: folder %.300s: %s", dir,
-                     strerror(errno));
-        else if ((s->fd = open(s->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
-            snprintf(s->err, sizeof(s->err), "docker: upload: %.300s: %s", s->tmp_path,
-                     strerror(errno));
-        free(dir);
-    }
-    if (!s->err[0])
-        sp_open(s, 1);
+    sp_open(s);
     dk_defer(sb->prov->base, sp_start, s);
 }
+
+/* ---- object → the Engine's archive PUT: an objstore reader streamed as the request body ---- */
+
+#define DK_PIPE_MARK (1u << 20) /* decompressed bytes buffered before the reader pauses */
+
+struct dk_pipe {
+    objstore_reader *rd; /* until its done callback ran */
+    tar_writer *tw;      /* strip: the object's entries below one folder, renamed from it */
+    http_request *req;   /* until its on_done ran */
+    struct buf pend;     /* decompressed bytes for the request body */
+    size_t off;
+    int rd_done, rd_blocked, send_paused;
+    dk_pipe_fn done;
+    void *arg;
+    char what[400];
+    char err[512];
+};
+
+static int pipe_tar_out(void *arg, const void *p, size_t n)
+{
+    struct dk_pipe *x = arg;
+    buf_append(&x->pend, p, n);
+    return 0;
+}
+
+static int pipe_sink(void *arg, const char *p, size_t n)
+{
+    struct dk_pipe *x = arg;
+    if (!x->tw) {
+        buf_append(&x->pend, p, n);
+    } else if (tar_writer_feed(x->tw, p, n) != 0) {
+        snprintf(x->err, sizeof(x->err), "docker: %s: %s", x->what, tar_writer_error(x->tw));
+        return OBJSTORE_ERROR;
+    }
+    if (x->send_paused && x->req) {
+        x->send_paused = 0;
+        http_request_resume_send(x->req);
+    }
+    if (x->pend.len - x->off >= DK_PIPE_MARK) {
+        x->rd_blocked = 1;
+        return OBJSTORE_BLOCKED;
+    }
+    return OBJSTORE_OK;
+}
+
+static size_t pipe_read(void *arg, char *dst, size_t cap)
+{
+    struct dk_pipe *x = arg;
+    size_t avail = x->pend.len - x->off;
+    if (avail > 0) {
+        size_t k = avail < cap ? avail : cap;
+        memcpy(dst, x->pend.data + x->off, k);
+        x->off += k;
+        if (x->off == x->pend.len) {
+            buf_clear(&x->pend);
+            x->off = 0;
+            if (x->rd_blocked && x->rd) {
+                x->rd_blocked = 0;
+                objstore_reader_resume(x->rd);
+            }
+        }
+        return k;
+    }
+    if (x->rd_done)
+        return x->err[0] ? HTTP_READ_ABORT : 0;
+    x->send_paused = 1;
+    return HTTP_READ_PAUSE;
+}
+
+static void pipe_rd_done(void *arg, int rc, const char *err)
+{
+    struct dk_pipe *x = arg;
+    x->rd = NULL;
+    x->rd_done = 1;
+    if (rc != 0 && !x->err[0])
+        snprintf(x->err, sizeof(x->err), "%s", err ? err : "reading the object failed");
+    if (!x->err[0] && x->tw && (tar_writer_end_input(x->tw) != 0 || tar_writer_finish(x->tw) != 0))
+        snprintf(x->err, sizeof(x->err), "docker: %s: %s", x->what, tar_writer_error(x->tw));
+    if (x->send_paused && x->req) {
+        x->send_paused = 0;
+        http_request_resume_send(x->req);
+    }
+}
+
+static void pipe_put_done(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_pipe *x = arg;
+    x->req = NULL;
+    if (x->rd) { /* the engine ended the request first */
+        objstore_reader_cancel(x->rd);
+        x->rd = NULL;
+    }
+    if (x->err[0]) {
+        (void)0; /* the reader's error says what went wrong */
+    } else if (res->code != 0) {
+        snprintf(x->err, sizeof(x->err), "docker: %s: %s", x->what, res->error);
+    } else if (res->status != 200) {
+        dk_http_err(x->err, sizeof(x->err), x->what, res->status, res->body->data);
+    }
+    x->done(x->arg, x->err[0] ? x->err : NULL);
+    tar_writer_free(x->tw);
+    buf_release(&x->pend);
+    free(x);
+}
+
+/* Streams object key, decompressed, into PUT /containers/<cid>/archive?path=<dest> (with
+ * strip: only the entries below that folder, named relative to it). done
+ * runs once: from the loop, or at once when the request cannot start (callers are loop
+ * callbacks themselves). */
+static void dk_pipe_start(struct provider *p, const char *cid, const char *key, const char *dest,
+                          const char *strip, const char *what, dk_pipe_fn done, void *arg)
+{
+    struct dk_prov *d = p->priv;
+    struct dk_pipe *x = xcalloc(1, sizeof(*x));
+    x->done = done;
+    x->arg = arg;
+    if (strip) {
+        x->tw = tar_writer_new(pipe_tar_out, x);
+        tar_writer_set_strip(x->tw, strip);
+    }
+    snprintf(x->what, sizeof(x->what), "%s", what);
+    buf_init(&x->pend);
+    struct buf path;
+    buf_init(&path);
+    buf_printf(&path, "/containers/%s/archive?path=", cid);
+    dk_qenc(&path, dest);
+    http_request *req = dk_req(d, "PUT", path.data, 0);
+    buf_release(&path);
+    http_request_add_header(req, "Content-Type", "application/x-tar");
+    http_request_set_body_stream(req, pipe_read, x, -1);
+    struct http_callbacks cb = {.on_done = pipe_put_done};
+    http_request_set_callbacks(req, &cb, x);
+    char e[256];
+    if (http_request_start(req, e, sizeof(e)) != 0) {
+        snprintf(x->err, sizeof(x->err), "docker: %s: %s", what, e);
+        done(arg, x->err);
+        tar_writer_free(x->tw);
+        buf_release(&x->pend);
+        free(x);
+        return;
+    }
+    x->req = req;
+    x->rd = objstore_reader_new(d->store, key, pipe_sink, pipe_rd_done, x);
+}
+
+/* ---- archive_restore: HEAD dest, mkdir -p when missing, then the pipe ---- */
 
 struct dk_rest {
     struct sandbox *sb;
     provider_done_fn done;
     void *arg;
     char *key, *dest;
-    char *path; /* the object's file: in the folder, or an S3 download */
-    int tmp;    /* path is a download: removed at the end */
-    int dl_fd;
-    struct archive *rd;
     char err[512];
 };
 
 static void rs_finish(struct dk_rest *r)
 {
-    if (r->dl_fd >= 0)
-        close(r->dl_fd);
-    if (r->rd)
-        archive_read_free(r->rd);
-    if (r->tmp && r->path)
-        unlink(r->path);
     r->done(r->arg, r->err[0] ? -1 : 0, r->err[0] ? r->err : NULL);
     free(r->key);
     free(r->dest);
-    free(r->path);
     free(r);
 }
 
@@ -2121,64 +1778,19 @@ static void rs_finish_cb(evutil_socket_t fd, short what, void *arg)
     rs_finish(arg);
 }
 
-/* Request body: the decompressed object, pulled through libarchive. */
-static size_t rs_read(void *arg, char *dst, size_t cap)
+static void rs_piped(void *arg, const char *err)
 {
     struct dk_rest *r = arg;
-    la_ssize_t n = archive_read_data(r->rd, dst, cap);
-    if (n < 0) {
-        snprintf(r->err, sizeof(r->err), "docker: restore of %.300s: %s", r->key,
-                 archive_error_string(r->rd));
-        return HTTP_READ_ABORT;
-    }
-    return (size_t)n;
-}
-
-static void rs_put_done(void *arg, http_request *req, const struct http_result *res)
-{
-    (void)req;
-    struct dk_rest *r = arg;
-    if (r->err[0]) {
-        (void)0;
-    } else if (res->code != 0) {
-        snprintf(r->err, sizeof(r->err), "docker: restore of %.300s: %s", r->key, res->error);
-    } else if (res->status != 200) {
-        char what[400];
-        snprintf(what, sizeof(what), "restore into %.300s", r->dest);
-        dk_http_err(r->err, sizeof(r->err), what, res->status, res->body->data);
-    }
+    if (err)
+        dk_copy(r->err, sizeof(r->err), err);
     rs_finish(r);
 }
 
 static void rs_put(struct dk_rest *r)
 {
-    struct dk_prov *d = r->sb->prov->priv;
-    r->rd = archive_read_new();
-    archive_read_support_filter_all(r->rd);
-    archive_read_support_format_raw(r->rd);
-    struct archive_entry *e;
-    if (archive_read_open_filename(r->rd, r->path, 64 * 1024) != ARCHIVE_OK ||
-        archive_read_next_header(r->rd, &e) != ARCHIVE_OK) {
-        snprintf(r->err, sizeof(r->err), "docker: restore of %.300s: %s", r->key,
-                 archive_error_string(r->rd));
-        rs_finish(r);
-        return;
-    }
-    struct buf p;
-    buf_init(&p);
-    buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
-    dk_qenc(&p, r->dest);
-    http_request *req = dk_req(d, "PUT", p.data, 0);
-    buf_release(&p);
-    http_request_add_header(req, "Content-Type", "application/x-tar");
-    http_request_set_body_stream(req, rs_read, r, -1);
-    struct http_callbacks cb = {.on_done = rs_put_done};
-    http_request_set_callbacks(req, &cb, r);
-    char e2[256];
-    if (http_request_start(req, e2, sizeof(e2)) != 0) {
-        snprintf(r->err, sizeof(r->err), "docker: %s", e2);
-        rs_finish(r); /* only reached from loop callbacks */
-    }
+    char what[400];
+    snprintf(what, sizeof(what), "restore of %.150s into %.200s", r->key, r->dest);
+    dk_pipe_start(r->sb->prov, r->sb->id, r->key, r->dest, NULL, what, rs_piped, r);
 }
 
 static void rs_mkdir_done(void *arg, int ok, const char *err)
@@ -2192,12 +1804,51 @@ static void rs_mkdir_done(void *arg, int ok, const char *err)
     rs_put(r);
 }
 
+static void rs_made(void *arg, http_request *req, const struct http_result *res)
+{
+    (void)req;
+    struct dk_rest *r = arg;
+    if (res->code != 0)
+        snprintf(r->err, sizeof(r->err), "docker: restore: creating %.300s: %s", r->dest,
+                 res->error);
+    else if (res->status != 200)
+        dk_http_err(r->err, sizeof(r->err), "restore: creating the destination", res->status,
+                    res->body->data);
+    if (r->err[0])
+        rs_finish(r);
+    else
+        rs_put(r);
+}
+
+/* A missing destination is created by the engine (into "/", owned by the sandbox's user), so
+ * it may lie where the user cannot create folders itself; -1 when that cannot apply (a
+ * read-only root, a named user): then mkdir -p runs in the sandbox. */
+static int rs_mkdir_engine(struct dk_rest *r)
+{
+    struct dk_prov *d = r->sb->prov->priv;
+    const struct dk_sb *x = r->sb->priv;
+    if (d->read_only || x->uid < 0)
+        return -1;
+    char *dirs[] = {r->dest, NULL};
+    struct buf tar;
+    buf_init(&tar);
+    char e[256];
+    int rc = dk_dirs_tar(dirs, x->uid, x->gid, &tar, e, sizeof(e)) == 0 &&
+                     dk_put_root(d, r->sb->id, &tar, rs_made, r, e, sizeof(e)) == 0
+                 ? 0
+                 : -1;
+    buf_release(&tar);
+    return rc;
+}
+
 static void rs_stat_resp(void *arg, long status, const char *body, const char *err)
 {
     struct dk_rest *r = arg;
     if (err) {
         dk_copy(r->err, sizeof(r->err), err);
-    } else if (status == 404) { /* dest is missing: create it */
+    } else if (status == 404 && rs_mkdir_engine(r) == 0) { /* created by the engine */
+        return;
+    } else if (status == 404) { /* dest is missing: create it from inside */
         struct buf cmd;
         buf_init(&cmd);
         buf_puts(&cmd, "mkdir -p -- ");
@@ -2214,86 +1865,36 @@ static void rs_stat_resp(void *arg, long status, const char *body, const char *e
         rs_put(r);
 }
 
-/* Object in hand: does dest exist? */
-static void rs_stat(struct dk_rest *r)
+/* The object streams from the store, decompressed, into the engine's archive upload at dest
+ * (nothing is staged on disk). */
+static void dk_archive_restore(struct sandbox *sb, const char *key, const char *dest,
+                               provider_done_fn done, void *arg)
 {
+    struct dk_rest *r = xcalloc(1, sizeof(*r));
+    r->sb = sb;
+    r->done = done;
+    r->arg = arg;
+    r->key = xstrdup(key ? key : "");
+    r->dest = xstrdup(dest ? dest : "");
+    size_t dl = strlen(r->dest);
+    while (dl > 1 && r->dest[dl - 1] == '/')
+        r->dest[--dl] = '\0';
+    char e[400];
+    if (objstore_user_key_check(r->key, e, sizeof(e)) != 0)
+        snprintf(r->err, sizeof(r->err), "docker: %s", e);
+    else if (r->dest[0] != '/' || strstr(r->dest, "/../") || dk_ends_with(r->dest, "/.."))
+        snprintf(r->err, sizeof(r->err), "docker: restore: destination %.300s must be absolute",
+                 r->dest);
+    if (r->err[0]) {
+        dk_defer(sb->prov->base, rs_finish_cb, r);
+        return;
+    }
     struct buf p;
     buf_init(&p);
     buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
     dk_qenc(&p, r->dest);
     dk_call(r->sb->prov, "HEAD", p.data, NULL, rs_stat_resp, r);
     buf_release(&p);
-}
-
-static int rs_dl_data(void *arg, const char *data, size_t len)
-{
-    struct dk_rest *r = arg;
-    if (dk_write_all(r->dl_fd, data, len) == 0)
-        return S3_DATA_OK;
-    snprintf(r->err, sizeof(r->err), "docker: restore: download to %.300s: %s", r->path,
-             strerror(errno));
-    return S3_DATA_ABORT;
-}
-
-static void rs_dl_done(void *arg, const struct s3_result *res)
-{
-    struct dk_rest *r = arg;
-    close(r->dl_fd);
-    r->dl_fd = -1;
-    if (!res->ok && !r->err[0])
-        snprintf(r->err, sizeof(r->err), "docker: restore: download: %s", res->error);
-    if (r->err[0])
-        rs_finish(r);
-    else
-        rs_stat(r);
-}
-
-/* The object is read from the folder, or downloaded from S3 to a temporary file first (as a
- * resume does), then decompressed into the engine's archive upload at dest. */
-static void dk_archive_restore(struct sandbox *sb, const char *key, const char *dest,
-                               provider_done_fn done, void *arg)
-{
-    struct dk_prov *d = sb->prov->priv;
-    struct dk_rest *r = xcalloc(1, sizeof(*r));
-    r->sb = sb;
-    r->done = done;
-    r->arg = arg;
-    r->dl_fd = -1;
-    r->key = xstrdup(key ? key : "");
-    r->dest = xstrdup(dest ? dest : "");
-    size_t dl = strlen(r->dest);
-    while (dl > 1 && r->dest[dl - 1] == '/')
-        r->dest[--dl] = '\0';
-    if (dk_obj_key_check(r->key, r->err, sizeof(r->err)) == 0 &&
-        (r->dest[0] != '/' || strstr(r->dest, "/../") || dk_ends_with(r->dest, "/..")))
-        snprintf(r->err, sizeof(r->err), "docker: restore: destination %.300s must be absolute",
-                 r->dest);
-    if (!r->err[0] && d->s3) {
-        char uuid[37];
-        dk_uuid(uuid);
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "%s/.download-%s", d->snapdir, uuid);
-        r->path = buf_detach(&b);
-        r->dl_fd = open(r->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (r->dl_fd < 0) {
-            snprintf(r->err, sizeof(r->err), "docker: restore: %.300s: %s", r->path,
-                     strerror(errno));
-        } else {
-            r->tmp = 1;
-            s3_get(d->s3, r->key, rs_dl_data, rs_dl_done, r);
-            return;
-        }
-    } else if (!r->err[0]) {
-        r->path = dk_obj_path(d, r->key);
-        if (access(r->path, R_OK) != 0)
-            snprintf(r->err, sizeof(r->err), "docker: restore: object %.300s: %s", r->key,
-                     strerror(errno));
-    }
-    if (r->err[0])
-        dk_defer(sb->prov->base, rs_finish_cb, r);
-    else
-        rs_stat(r); /* its callback runs from the loop */
 }
 
 /* ---- destroy, delete_snapshot, release ---- */
@@ -2334,11 +1935,11 @@ static void dsnap_cb(evutil_socket_t fd, short what, void *arg)
     free(x);
 }
 
-static void dsnap_s3_done(void *arg, const struct s3_result *res)
+static void dsnap_done(void *arg, int rc, const char *err)
 {
     struct dk_done *x = arg;
-    if (!res->ok)
-        snprintf(x->err, sizeof(x->err), "docker: delete snapshot: %s", res->error);
+    if (rc != 0)
+        snprintf(x->err, sizeof(x->err), "docker: delete snapshot: %s", err);
     x->done(x->arg, x->err[0] ? -1 : 0, x->err[0] ? x->err : NULL);
     free(x);
 }
@@ -2350,23 +1951,13 @@ static void dk_delete_snapshot(struct provider *p, const cJSON *ref, provider_do
     struct dk_done *x = xcalloc(1, sizeof(*x));
     x->done = done;
     x->arg = arg;
-    const char *key = dk_ref_key(ref, x->err, sizeof(x->err));
-    if (key && d->s3) {
-        s3_delete(d->s3, key, dsnap_s3_done, x);
+    char e[400];
+    const char *key = objstore_ref_key(ref, e, sizeof(e));
+    if (key) {
+        objstore_delete(d->store, key, dsnap_done, x);
         return;
     }
-    if (key) {
-        struct buf b;
-        buf_init(&b);
-        buf_printf(&b, "%s/%s", d->snapdir, key);
-        if (unlink(b.data) != 0 && errno != ENOENT)
-            snprintf(x->err, sizeof(x->err), "docker: delete snapshot %s: %s", key,
-                     strerror(errno));
-        char *slash = strrchr(b.data, '/');
-        *slash = '\0';
-        rmdir(b.data); /* the per-snapshot folder; fine if not empty */
-        buf_release(&b);
-    }
+    snprintf(x->err, sizeof(x->err), "docker: %s", e);
     dk_defer(p->base, dsnap_cb, x);
 }
 
@@ -2423,42 +2014,27 @@ static int dk_init(struct provider *p, int check_only, char *err, size_t errlen)
         env_int64("SANDBOX_DOCKER_NANO_CPUS", 2000000000LL, 10000000, 1024000000000LL,
                   &d->nano_cpus, err, errlen))
         return -1;
-    const char *dir = env_str("SANDBOX_SNAPSHOT_DIR", "./snapshots");
-    if (strlen(dir) >= sizeof(d->snapdir) - 100) {
-        snprintf(err, errlen, "SANDBOX_SNAPSHOT_DIR: path too long");
+    const char *user = env_str("SANDBOX_DOCKER_USER", "");
+    if (strlen(user) >= sizeof(d->user) || strcspn(user, " \t\r\n\"'") != strlen(user)) {
+        snprintf(err, errlen,
+                 "SANDBOX_DOCKER_USER: must be a user name or uid[:gid] of at most "
+                 "64 characters without spaces or quotes");
         return -1;
     }
-    dk_copy(d->snapdir, sizeof(d->snapdir), dir);
-    const char *comp = env_str("SANDBOX_SNAPSHOT_COMPRESSION", "zstd");
-    if (strcmp(comp, "zstd") != 0 && strcmp(comp, "gzip") != 0) {
-        snprintf(err, errlen, "SANDBOX_SNAPSHOT_COMPRESSION: must be zstd or gzip, got \"%s\"",
-                 comp);
+    dk_copy(d->user, sizeof(d->user), user);
+    if (env_int64("SANDBOX_DOCKER_NOFILE", 4096, 64, 1048576, &d->nofile, err, errlen) ||
+        env_int64("SANDBOX_DOCKER_NPROC", 4096, 16, 4194304, &d->nproc, err, errlen) ||
+        env_bool("SANDBOX_DOCKER_READ_ONLY_ROOT", 0, &d->read_only, err, errlen) ||
+        env_int64("SANDBOX_DOCKER_TMP_BYTES", 268435456LL, 1048576, INT64_MAX / 2, &d->tmp_bytes,
+                  err, errlen) ||
+        env_int64("SANDBOX_DOCKER_WORKSPACE_BYTES", 1073741824LL, 1048576, INT64_MAX / 2,
+                  &d->ws_bytes, err, errlen))
         return -1;
-    }
-    d->gzip = strcmp(comp, "gzip") == 0;
-    struct s3_config s3c;
-    int s3on = s3_config_from_env(&s3c, err, errlen);
-    if (s3on < 0)
+    d->store = objstore_new_from_env(p->base, "docker", check_only, err, errlen);
+    if (!d->store)
         return -1;
-    if (s3on && !check_only) {
-        d->s3 = s3_new(p->base, &s3c, err, errlen);
-        if (!d->s3) {
-            s3_config_release(&s3c);
-            return -1;
-        }
-        log_info(NULL, "docker: snapshots go to S3 bucket %s", s3_bucket(d->s3));
-    }
-    s3_config_release(&s3c);
     if (check_only)
         return 0;
-    if (dk_mkdirs(d->snapdir) != 0) {
-        snprintf(err, errlen, "SANDBOX_SNAPSHOT_DIR: cannot create %s: %s", d->snapdir,
-                 strerror(errno));
-        return -1;
-    }
-    if (!d->s3)
-        log_warn(NULL, "docker: no S3_* configured: snapshots are stored locally in %s",
-                 d->snapdir);
     d->http = http_client_new(p->base);
     if (!d->http) {
         snprintf(err, errlen, "docker: cannot create the HTTP client");
@@ -2472,8 +2048,8 @@ static void dk_cleanup(struct provider *p)
     struct dk_prov *d = p->priv;
     http_client_free(d->http);
     d->http = NULL;
-    s3_free(d->s3);
-    d->s3 = NULL;
+    objstore_free(d->store);
+    d->store = NULL;
 }
 
 const struct provider_ops docker_provider_ops = {

@@ -6,14 +6,17 @@
 #include <time.h>
 
 #include "lib/buf.h"
+#include "providers/azure_sessions.h"
 #include "providers/docker.h"
+#include "providers/e2b.h"
 #include "providers/lambda_microvm.h"
 
 #define REGISTRY_MAX 16
 
 /* Built-in backends are added here as they land. */
-static const struct provider_ops *registry[REGISTRY_MAX] = {&docker_provider_ops,
-                                                            &lambda_microvm_provider_ops};
+static const struct provider_ops *registry[REGISTRY_MAX] = {
+    &e2b_provider_ops, &lambda_microvm_provider_ops, &azure_sessions_provider_ops,
+    &docker_provider_ops};
 
 static int provider_complete(const struct provider_ops *o)
 {

@@ -241,7 +241,15 @@ int s3_config_from_env(struct s3_config *cfg, char *err, size_t errlen)
         v = env_str("AWS_ENDPOINT_URL", NULL);
     if (v) {
         if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0) {
-            snprintf(err, errlen, "S3_ENDPOINT: \"%s\" must start with http:// or https://", v);
+            /* No credentials in messages: a password is masked, and a value with no
+             * scheme but an '@' is not shown at all. */
+            char *shown = env_url_redact(v);
+            if (!strstr(shown, "://") && strchr(shown, '@'))
+                snprintf(err, errlen, "S3_ENDPOINT: must start with http:// or https://");
+            else
+                snprintf(err, errlen, "S3_ENDPOINT: \"%s\" must start with http:// or https://",
+                         shown);
+            free(shown);
             goto fail;
         }
         cfg->endpoint = xstrdup(v);

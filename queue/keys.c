@@ -60,3 +60,8 @@ char *keys_cancel(const char *prefix, const char *job_id)
 {
     return key2(prefix, "cancel", job_id);
 }
+
+char *keys_threadq(const char *prefix, const char *thread_id)
+{
+    return key2(prefix, "threadq", thread_id);
+}

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
+#include <time.h>
 
 #include "lib/buf.h"
 #include "lib/log.h"
@@ -11,13 +11,20 @@
 #include "queue/keys.h"
 #include "queue/scripts.h"
 
-#define RENEW_BATCH  256
-#define RETRY_MIN_MS 200
-#define RETRY_MAX_MS 2000
+#define RENEW_BATCH         256
+#define RENEW_MAX_IN_FLIGHT 3 /* renewal rounds outstanding at once */
+#define RETRY_MIN_MS        200
+#define RETRY_MAX_MS        2000
+
+/* script_call.retry_errors */
+#define RETRY_TRANSIENT 1 /* READONLY, BUSY, OOM, LOADING, TRYAGAIN, MOVED/ASK... */
+#define RETRY_ANY       2 /* every error: only an explicit answer ends the call */
 
 struct tracked {
     char *entry;
     char *cancel_key;
+    int64_t confirmed_ms; /* monotonic send time of the last renewal Redis confirmed */
+    int expired;          /* past its local lease deadline: reported, no longer renewed */
 };
 
 struct queue {
@@ -26,6 +33,7 @@ struct queue {
     struct queue_cbs cbs;
     redis *rd; /* blocking reads (and the reclaim before them) */
     redis *wr; /* everything else */
+    redis *rn; /* lease renewals only: never behind a large result or a blocked read */
     char *k_jobs, *k_results, *k_delayed, *k_dead;
     int group_ready;
     int group_pending;
@@ -33,11 +41,16 @@ struct queue {
     int stopped; /* drain: no more reads */
     int capacity;
     int tick_ms;
-    int64_t last_reclaim_ms;
+    int64_t last_reclaim_ms;  /* monotonic */
+    int64_t reclaim_after_ms; /* monotonic: no reclaim before (owners renew first) */
+    int server_known;         /* INFO answered since the last (re)connect */
+    char run_id[48];          /* of the Redis server last seen */
+    int fence_margin_ms;      /* local lease deadline = confirmed + lease - margin */
+    struct event *fence;      /* checks local lease deadlines */
     char reclaim_cursor[48];
     struct event *tick;
     struct event *kick;
-    int renew_in_flight;
+    int renew_in_flight; /* renewal calls without a reply yet (bounded, see renew) */
     int promote_in_flight;
     struct tracked *tr;
     size_t ntr, captr;
@@ -52,11 +65,13 @@ struct queue {
     struct script_call *waiting; /* script calls waiting on a retry timer */
 };
 
-static int64_t now_ms(void)
+/* Local intervals (reclaim pacing, lease deadlines) use this clock; due times come from
+ * Redis TIME inside the scripts. */
+static int64_t mono_ms(void)
 {
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- script calls: EVALSHA, EVAL on NOSCRIPT, optional retry while Redis is down ---- */
@@ -67,8 +82,9 @@ struct script_call {
     queue *q;
     redis *conn;
     enum queue_script script;
-    struct cmd c; /* EVALSHA sha nkeys keys… args… */
-    int retry;    /* retry on a NULL reply until answered */
+    struct cmd c;     /* EVALSHA sha nkeys keys… args… */
+    int retry;        /* retry on a NULL reply until answered */
+    int retry_errors; /* also retry error replies: RETRY_TRANSIENT or RETRY_ANY */
     int delay_ms;
     struct event *timer;
     script_fn cb;
@@ -77,6 +93,13 @@ struct script_call {
 };
 
 static void script_send(struct script_call *sc);
+
+static const char *script_label(enum queue_script s)
+{
+    static const char *const names[SCRIPT__COUNT] = {
+        "begin", "completion", "renewal", "reclaim", "promote", "enqueue", "hand-back", "event"};
+    return names[s];
+}
 
 static void script_done(struct script_call *sc, const redisReply *reply)
 {
@@ -116,7 +139,13 @@ static void script_reply(redis *r, const redisReply *reply, void *arg)
         script_send(sc);
         return;
     }
-    if (!reply && sc->retry && !sc->q->closing) {
+    int again = !reply && sc->retry;
+    if (reply && reply->type == REDIS_REPLY_ERROR && sc->retry_errors &&
+        (sc->retry_errors == RETRY_ANY || redis_error_transient(reply->str))) {
+        log_warn(NULL, "%s script: %s (retrying)", script_label(sc->script), reply->str);
+        again = 1;
+    }
+    if (again && !sc->q->closing) {
         sc->next = sc->q->waiting;
         sc->q->waiting = sc;
         if (!sc->timer)
@@ -153,7 +182,7 @@ static struct script_call *script_new(queue *q, redis *conn, enum queue_script s
 static void report_ready(queue *q)
 {
     int ready = q->group_ready && redis_get_state(q->rd) == REDIS_READY &&
-                redis_get_state(q->wr) == REDIS_READY;
+                redis_get_state(q->wr) == REDIS_READY && redis_get_state(q->rn) == REDIS_READY;
     if (ready != q->was_ready) {
         q->was_ready = ready;
         if (q->cbs.on_ready)
@@ -171,6 +200,11 @@ int queue_ready(const queue *q, char *why, size_t whylen)
     if (redis_get_state(q->rd) != REDIS_READY) {
         snprintf(why, whylen, "redis (reader): %s",
                  redis_last_error(q->rd)[0] ? redis_last_error(q->rd) : "connecting");
+        return 0;
+    }
+    if (redis_get_state(q->rn) != REDIS_READY) {
+        snprintf(why, whylen, "redis (renewals): %s",
+                 redis_last_error(q->rn)[0] ? redis_last_error(q->rn) : "connecting");
         return 0;
     }
     if (!q->group_ready) {
@@ -219,19 +253,132 @@ static void ensure_group(queue *q)
     cmd_release(&c);
 }
 
+static void renew(queue *q);
+static void flush_waiting(queue *q);
+
+/* "field:value" from an INFO reply into out ("" when absent). */
+static void info_field(const char *info, const char *field, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    size_t fl = strlen(field);
+    for (const char *p = info; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, field, fl) == 0 && p[fl] == ':') {
+            size_t n = strcspn(p + fl + 1, "\r\n");
+            if (n >= outlen)
+                n = outlen - 1;
+            memcpy(out, p + fl + 1, n);
+            out[n] = '\0';
+            return;
+        }
+    }
+}
+
+/* INFO server after each (re)connect. A new run_id means Redis restarted (or failed over):
+ * every pending entry looks idle for the whole outage, so reclaiming waits a full lease
+ * from now, which lets the owners renew first. On first contact the wait is what is left of
+ * a lease since the server started. */
+static void info_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    queue *q = arg;
+    if (!reply)
+        return; /* the next READY asks again */
+    int64_t now = mono_ms(), hold = q->o.lease_ms;
+    if (reply->type == REDIS_REPLY_STRING) {
+        char run_id[48], uptime[32], version[32];
+        info_field(reply->str, "run_id", run_id, sizeof(run_id));
+        info_field(reply->str, "uptime_in_seconds", uptime, sizeof(uptime));
+        info_field(reply->str, "redis_version", version, sizeof(version));
+        if (q->run_id[0] && strcmp(run_id, q->run_id) != 0) {
+            log_warn(NULL,
+                     "redis restarted or failed over (new run_id): reclaiming waits %d ms so "
+                     "that owners renew first",
+                     q->o.lease_ms);
+        } else if (q->run_id[0]) {
+            hold = 0; /* the same server: its idle times are real */
+        } else {
+            int64_t up = strtoll(uptime, NULL, 10) * 1000;
+            hold = up >= q->o.lease_ms ? 0 : q->o.lease_ms - up;
+        }
+        if (!q->run_id[0] || strcmp(run_id, q->run_id) != 0) {
+            if (strtol(version, NULL, 10) < 7)
+                log_warn(NULL, "redis %s: version 7.0 or later is required", version);
+        }
+        snprintf(q->run_id, sizeof(q->run_id), "%s", run_id);
+    } else {
+        log_warn(NULL, "INFO server refused (%s): reclaiming waits a full lease after (re)connect",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+    }
+    if (now + hold > q->reclaim_after_ms)
+        q->reclaim_after_ms = now + hold;
+    q->server_known = 1;
+}
+
+/* The settings Redis needs for what docs/configuration.md promises (no acknowledged result
+ * lost, no key evicted). Managed services may refuse CONFIG: then say so and go on. */
+static void config_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    (void)arg;
+    if (!reply)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_warn(NULL,
+                 "cannot check Redis persistence settings (CONFIG GET refused: %s); make sure "
+                 "the server runs with appendonly yes, appendfsync always (or accept losing "
+                 "up to a second of writes) and maxmemory-policy noeviction",
+                 reply->str);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY)
+        return;
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        const redisReply *k = reply->element[i], *v = reply->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(k->str, "appendonly") == 0 && strcmp(v->str, "yes") != 0)
+            log_warn(NULL,
+                     "redis: appendonly is %s: a restart loses queued jobs, leases and "
+                     "results written since the last snapshot; set appendonly yes",
+                     v->str);
+        else if (strcmp(k->str, "appendfsync") == 0 && strcmp(v->str, "always") != 0)
+            log_warn(NULL,
+                     "redis: appendfsync is %s: a crash of the Redis host can lose the "
+                     "last second of acknowledged results; appendfsync always avoids it",
+                     v->str);
+        else if (strcmp(k->str, "maxmemory-policy") == 0 && strcmp(v->str, "noeviction") != 0)
+            log_warn(NULL,
+                     "redis: maxmemory-policy is %s: Redis may evict queue keys (jobs, "
+                     "leases, results); set maxmemory-policy noeviction",
+                     v->str);
+    }
+}
+
 static void state_cb(redis *r, enum redis_state st, void *arg)
 {
     queue *q = arg;
     if (st == REDIS_DOWN) {
         log_warn(NULL, "redis connection lost: %s", redis_last_error(r));
+        q->server_known = 0;
         if (r == q->wr)
             q->group_ready = 0; /* re-checked after reconnect (the server may be new) */
     } else if (st == REDIS_READY) {
-        log_info(NULL, "redis connected%s", r == q->rd ? " (reader)" : "");
+        log_info(NULL, "redis connected%s",
+                 r == q->rd   ? " (reader)"
+                 : r == q->rn ? " (renewals)"
+                              : "");
         /* Load the scripts first so the EVALSHAs pipelined after this find them. */
         for (int s = 0; s < SCRIPT__COUNT; s++)
             redis_command(r, NULL, NULL, "SCRIPT LOAD %s", scripts_source((enum queue_script)s));
-        ensure_group(q);
+        q->server_known = 0;
+        redis_command(r, info_reply, q, "INFO server");
+        if (r == q->rn) {
+            renew(q); /* owners first: before anything waits on the other connections */
+        } else if (r == q->wr) {
+            redis_command(r, config_reply, q, "CONFIG GET *");
+            ensure_group(q);
+            flush_waiting(q); /* completions and begins waiting out a retry backoff */
+        }
         kick_reader(q);
     }
     report_ready(q);
@@ -255,6 +402,7 @@ static struct queue_delivery *delivery_from(const redisReply *id, long long toke
     d->token = token;
     d->attempt = 1;
     d->enqueued_ms = entry_ms(d->entry);
+    memcpy(d->order, d->entry, sizeof(d->order));
     if (fields && fields->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 1 < fields->elements; i += 2) {
             const redisReply *f = fields->element[i], *v = fields->element[i + 1];
@@ -263,6 +411,10 @@ static struct queue_delivery *delivery_from(const redisReply *id, long long toke
             if (f->len == 3 && memcmp(f->str, "job", 3) == 0 && !d->payload) {
                 d->payload = xstrndup(v->str, v->len);
                 d->len = v->len;
+            } else if (f->len == 5 && memcmp(f->str, "order", 5) == 0 &&
+                       v->len < sizeof(d->order)) {
+                memcpy(d->order, v->str, v->len);
+                d->order[v->len] = '\0';
             } else if (f->len == 7 && memcmp(f->str, "attempt", 7) == 0) {
                 long a = strtol(v->str, NULL, 10);
                 d->attempt = a > 0 && a < 1000000 ? (int)a : 1;
@@ -339,6 +491,7 @@ static void hand_back(queue *q, struct queue_delivery *d)
     cmd_add(&sc->c, d->entry);
     cmd_addn(&sc->c, d->payload, d->len);
     cmd_addll(&sc->c, d->attempt);
+    cmd_add(&sc->c, d->order);
     sc->cb = handback_reply;
     sc->arg = d;
     q->handbacks++;
@@ -453,8 +606,8 @@ static void start_read(queue *q)
         redis_get_state(q->rd) != REDIS_READY)
         return;
     q->reading = 1;
-    int64_t now = now_ms();
-    if (now - q->last_reclaim_ms < q->tick_ms) {
+    int64_t now = mono_ms();
+    if (now - q->last_reclaim_ms < q->tick_ms || !q->server_known || now < q->reclaim_after_ms) {
         send_read(q);
         return;
     }
@@ -506,6 +659,8 @@ void queue_track(queue *q, const char *entry, const char *job_id)
     struct tracked *t = &q->tr[q->ntr++];
     t->entry = xstrdup(entry);
     t->cancel_key = keys_cancel(q->o.prefix, job_id && *job_id ? job_id : "-");
+    t->confirmed_ms = mono_ms(); /* the delivery itself started the lease */
+    t->expired = 0;
 }
 
 void queue_untrack(queue *q, const char *entry)
@@ -520,29 +675,58 @@ void queue_untrack(queue *q, const char *entry)
     }
 }
 
-static int is_tracked(const queue *q, const char *entry)
+static struct tracked *find_tracked(queue *q, const char *entry)
 {
     for (size_t i = 0; i < q->ntr; i++)
         if (strcmp(q->tr[i].entry, entry) == 0)
+            return &q->tr[i];
+    return NULL;
+}
+
+static int is_tracked(queue *q, const char *entry)
+{
+    struct tracked *t = find_tracked(q, entry);
+    return t && !t->expired;
+}
+
+/* One renewal call: the entries it named and when it was sent. */
+struct renew_ctx {
+    int64_t sent_ms;
+    size_t n;
+    char **entries;
+};
+
+static int in_reply(const redisReply *list, const char *e)
+{
+    for (size_t i = 0; list->type == REDIS_REPLY_ARRAY && i < list->elements; i++)
+        if (list->element[i]->type == REDIS_REPLY_STRING && strcmp(list->element[i]->str, e) == 0)
             return 1;
     return 0;
 }
 
 static void renew_reply(queue *q, const redisReply *reply, void *arg)
 {
-    (void)arg;
+    struct renew_ctx *rc = arg;
     q->renew_in_flight--;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
         if (reply && reply->type == REDIS_REPLY_ERROR)
             log_error(NULL, "lease renewal failed: %s", reply->str);
-        return;
+        goto out;
     }
     const redisReply *lost = reply->element[0], *cancelled = reply->element[1];
     q->stats.renewals++;
+    /* Renewed entries: their lease runs from when this call was sent. */
+    for (size_t i = 0; i < rc->n; i++) {
+        struct tracked *t = find_tracked(q, rc->entries[i]);
+        if (t && !t->expired && !in_reply(lost, rc->entries[i]) && rc->sent_ms > t->confirmed_ms)
+            t->confirmed_ms = rc->sent_ms;
+    }
     /* Copy ids first: callbacks may untrack. */
     for (size_t i = 0; i < lost->elements; i++) {
         char *e = xstrndup(lost->element[i]->str, lost->element[i]->len);
-        if (is_tracked(q, e)) {
+        struct tracked *t = find_tracked(q, e);
+        if (t && !t->expired) {
+            t->expired = 1;
             q->stats.lease_losses++;
             log_warn(NULL, "lease lost on entry %s: another worker owns it now", e);
             q->cbs.on_lease_lost(q->cbs.arg, e);
@@ -555,26 +739,86 @@ static void renew_reply(queue *q, const redisReply *reply, void *arg)
             q->cbs.on_cancel(q->cbs.arg, e);
         free(e);
     }
+out:
+    for (size_t i = 0; i < rc->n; i++)
+        free(rc->entries[i]);
+    free(rc->entries);
+    free(rc);
 }
 
+/* Renews every live entry on the renewal connection. Calls are not serialised: a slow one
+ * does not hold back the next tick's (at most RENEW_MAX_IN_FLIGHT rounds outstanding; the
+ * connection's own timeout, under a lease third, drops a stuck one). */
 static void renew(queue *q)
 {
-    if (q->renew_in_flight || redis_get_state(q->wr) != REDIS_READY)
+    if (q->renew_in_flight >= RENEW_MAX_IN_FLIGHT * (int)(q->ntr / RENEW_BATCH + 1) ||
+        redis_get_state(q->rn) != REDIS_READY)
         return;
-    for (size_t at = 0; at < q->ntr; at += RENEW_BATCH) {
-        size_t n = q->ntr - at;
-        if (n > RENEW_BATCH)
-            n = RENEW_BATCH;
-        struct script_call *sc = script_new(q, q->wr, SCRIPT_RENEW, (int)n + 1);
+    int64_t now = mono_ms();
+    size_t live[RENEW_BATCH], n = 0;
+    for (size_t i = 0; i <= q->ntr; i++) {
+        if (i < q->ntr && !q->tr[i].expired)
+            live[n++] = i;
+        if (n == 0 || (n < RENEW_BATCH && i < q->ntr))
+            continue;
+        struct renew_ctx *rc = xcalloc(1, sizeof(*rc));
+        rc->sent_ms = now;
+        rc->n = n;
+        rc->entries = xcalloc(n, sizeof(char *));
+        struct script_call *sc = script_new(q, q->rn, SCRIPT_RENEW, (int)n + 1);
         cmd_add(&sc->c, q->k_jobs);
-        for (size_t i = 0; i < n; i++)
-            cmd_add(&sc->c, q->tr[at + i].cancel_key);
+        for (size_t k = 0; k < n; k++)
+            cmd_add(&sc->c, q->tr[live[k]].cancel_key);
         cmd_add(&sc->c, QUEUE_GROUP);
         cmd_add(&sc->c, q->o.consumer);
-        for (size_t i = 0; i < n; i++)
-            cmd_add(&sc->c, q->tr[at + i].entry);
+        for (size_t k = 0; k < n; k++) {
+            cmd_add(&sc->c, q->tr[live[k]].entry);
+            rc->entries[k] = xstrdup(q->tr[live[k]].entry);
+        }
         sc->cb = renew_reply;
+        sc->arg = rc;
         q->renew_in_flight++;
+        script_send(sc);
+        n = 0;
+    }
+}
+
+/* Self-fencing: an entry whose last confirmed renewal is older than lease - margin may be
+ * reclaimed by another worker any moment now; its turn must stop before that. */
+static void fence_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    queue *q = arg;
+    int64_t now = mono_ms();
+    for (size_t i = 0; i < q->ntr; i++) {
+        struct tracked *t = &q->tr[i];
+        if (t->expired || now < t->confirmed_ms + q->o.lease_ms - q->fence_margin_ms)
+            continue;
+        t->expired = 1;
+        q->stats.lease_losses++;
+        char *e = xstrdup(t->entry);
+        log_warn(NULL,
+                 "lease expired locally on entry %s: no renewal confirmed for %lld ms (lease %d "
+                 "ms); stopping its turn",
+                 e, (long long)(now - t->confirmed_ms), q->o.lease_ms);
+        q->cbs.on_lease_lost(q->cbs.arg, e); /* may untrack: q->tr changes */
+        free(e);
+        i = (size_t)-1; /* rescan */
+    }
+}
+
+/* Script calls waiting out a retry backoff go now (the connection is back). */
+static void flush_waiting(queue *q)
+{
+    struct script_call *list = q->waiting;
+    q->waiting = NULL;
+    while (list) {
+        struct script_call *sc = list;
+        list = sc->next;
+        if (sc->timer)
+            evtimer_del(sc->timer);
+        sc->delay_ms = 0;
         script_send(sc);
     }
 }
@@ -595,7 +839,7 @@ static void promote(queue *q)
     cmd_add(&sc->c, q->k_delayed);
     cmd_add(&sc->c, q->k_jobs);
     cmd_add(&sc->c, q->k_dead);
-    cmd_addll(&sc->c, now_ms());
+    cmd_add(&sc->c, "0"); /* unused: the script reads Redis TIME */
     cmd_add(&sc->c, "100");
     sc->cb = promote_reply;
     q->promote_in_flight = 1;
@@ -688,14 +932,16 @@ void queue_begin(queue *q, const struct queue_begin_req *req, queue_begin_fn cb,
     struct script_call *sc = script_new(q, q->wr, SCRIPT_BEGIN, 5);
     char *k_job = keys_job(q->o.prefix, req->job_id);
     char *k_thread = keys_thread(q->o.prefix, req->thread_id);
+    char *k_threadq = keys_threadq(q->o.prefix, req->thread_id);
     char *k_cancel = keys_cancel(q->o.prefix, req->job_id);
     cmd_add(&sc->c, q->k_jobs);
     cmd_add(&sc->c, k_job);
     cmd_add(&sc->c, k_thread);
-    cmd_add(&sc->c, q->k_delayed);
+    cmd_add(&sc->c, k_threadq);
     cmd_add(&sc->c, k_cancel);
     free(k_job);
     free(k_thread);
+    free(k_threadq);
     free(k_cancel);
     cmd_add(&sc->c, QUEUE_GROUP);
     cmd_add(&sc->c, q->o.consumer);
@@ -705,16 +951,12 @@ void queue_begin(queue *q, const struct queue_begin_req *req, queue_begin_fn cb,
     cmd_add(&sc->c, req->thread_id);
     cmd_add(&sc->c, req->organization);
     cmd_add(&sc->c, req->project);
-    cmd_addll(&sc->c, now_ms());
-    struct buf member;
-    buf_init(&member);
-    buf_printf(&member, "%d\n", req->attempt);
-    buf_append(&member, req->payload, req->payload_len);
-    cmd_addn(&sc->c, member.data, member.len);
-    buf_release(&member);
-    cmd_addll(&sc->c, req->busy_delay_ms);
+    cmd_add(&sc->c, req->order && *req->order ? req->order : req->entry);
+    cmd_addn(&sc->c, req->payload ? req->payload : "", req->payload ? req->payload_len : 0);
+    cmd_add(&sc->c, "0"); /* unused */
     cmd_addll(&sc->c, req->attempt);
     sc->retry = 1;
+    sc->retry_errors = RETRY_TRANSIENT;
     sc->cb = begin_reply;
     sc->arg = bc;
     script_send(sc);
@@ -728,13 +970,21 @@ struct complete_ctx {
 static void complete_reply(queue *q, const redisReply *reply, void *arg)
 {
     struct complete_ctx *cc = arg;
-    int rc = 0;
-    if (reply && (reply->type == REDIS_REPLY_STATUS || reply->type == REDIS_REPLY_STRING) &&
-        strcmp(reply->str, "fenced") == 0)
-        rc = 1;
-    else if (reply && reply->type == REDIS_REPLY_ERROR)
-        log_error(NULL, "completion script failed: %s", reply->str);
-    if (rc == 1)
+    int rc = -1; /* no answer: the queue is closing (errors were retried) */
+    if (reply && (reply->type == REDIS_REPLY_STATUS || reply->type == REDIS_REPLY_STRING)) {
+        if (strcmp(reply->str, "ok") == 0)
+            rc = QC_PUBLISHED;
+        else if (strcmp(reply->str, "fenced") == 0)
+            rc = QC_FENCED;
+        else if (strcmp(reply->str, "duplicate") == 0)
+            rc = QC_DUPLICATE;
+    }
+    if (rc == -1 && reply)
+        log_error(NULL, "completion script: unexpected reply (type %d); not published",
+                  reply->type);
+    if (rc == -1)
+        rc = QC_UNCONFIRMED;
+    if (rc == QC_FENCED)
         q->stats.fenced++;
     cc->cb(cc->arg, rc);
     free(cc);
@@ -747,10 +997,11 @@ void queue_complete(queue *q, const struct queue_completion *c, queue_complete_f
     cc->arg = arg;
     const char *job = c->job_id ? c->job_id : "";
     const char *thread = c->thread_id ? c->thread_id : "";
-    struct script_call *sc = script_new(q, q->wr, SCRIPT_COMPLETE, 7);
+    struct script_call *sc = script_new(q, q->wr, SCRIPT_COMPLETE, 8);
     char *k_job = keys_job(q->o.prefix, job);
     char *k_thread = keys_thread(q->o.prefix, thread);
     char *k_events = keys_events(q->o.prefix, job);
+    char *k_threadq = keys_threadq(q->o.prefix, thread);
     cmd_add(&sc->c, q->k_jobs);
     cmd_add(&sc->c, q->k_results);
     cmd_add(&sc->c, k_job);
@@ -758,9 +1009,11 @@ void queue_complete(queue *q, const struct queue_completion *c, queue_complete_f
     cmd_add(&sc->c, k_events);
     cmd_add(&sc->c, q->k_delayed);
     cmd_add(&sc->c, q->k_dead);
+    cmd_add(&sc->c, k_threadq);
     free(k_job);
     free(k_thread);
     free(k_events);
+    free(k_threadq);
     cmd_add(&sc->c, QUEUE_GROUP);
     cmd_add(&sc->c, q->o.consumer);
     cmd_add(&sc->c, c->entry);
@@ -769,7 +1022,7 @@ void queue_complete(queue *q, const struct queue_completion *c, queue_complete_f
     cmd_add(&sc->c, thread);
     cmd_add(&sc->c, c->status);
     cmd_add(&sc->c, c->result_json);
-    cmd_addll(&sc->c, now_ms());
+    cmd_add(&sc->c, "0"); /* unused: the script reads Redis TIME */
     cmd_add(&sc->c, c->mode == QUEUE_RETRY ? "retry" : c->mode == QUEUE_DEAD ? "dead" : "final");
     struct buf member;
     buf_init(&member);
@@ -779,7 +1032,7 @@ void queue_complete(queue *q, const struct queue_completion *c, queue_complete_f
     }
     cmd_addn(&sc->c, member.data ? member.data : "", member.len);
     buf_release(&member);
-    cmd_addll(&sc->c, c->retry_at_ms);
+    cmd_addll(&sc->c, c->retry_delay_ms);
     cmd_add(&sc->c, c->dead_reason ? c->dead_reason : "");
     cmd_addll(&sc->c, q->o.results_maxlen);
     cmd_addll(&sc->c, q->o.events_maxlen);
@@ -793,34 +1046,45 @@ void queue_complete(queue *q, const struct queue_completion *c, queue_complete_f
     cmd_addn(&sc->c, c->payload ? c->payload : "", c->payload ? c->payload_len : 0);
     cmd_add(&sc->c, c->error_code ? c->error_code : "");
     sc->retry = 1;
+    sc->retry_errors = RETRY_ANY;
     sc->cb = complete_reply;
     sc->arg = cc;
     script_send(sc);
 }
 
-void queue_event(queue *q, const char *job_id, const char *const *fields, const size_t *lens)
+static void event_reply(queue *q, const redisReply *reply, void *arg)
 {
-    if (!job_id || !*job_id)
+    (void)q;
+    (void)arg;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_warn(NULL, "progress event not written: %s", reply->str);
+}
+
+void queue_event(queue *q, const char *entry, long long token, const char *job_id,
+                 const char *const *fields, const size_t *lens)
+{
+    if (!job_id || !*job_id || !is_tracked(q, entry))
         return;
-    struct cmd c = {0};
+    struct script_call *sc = script_new(q, q->wr, SCRIPT_EVENT, 2);
     char *k = keys_events(q->o.prefix, job_id);
-    cmd_add(&c, "XADD");
-    cmd_add(&c, k);
+    cmd_add(&sc->c, q->k_jobs);
+    cmd_add(&sc->c, k);
     free(k);
-    cmd_add(&c, "MAXLEN");
-    cmd_add(&c, "~");
-    cmd_addll(&c, q->o.events_maxlen);
-    cmd_add(&c, "*");
+    cmd_add(&sc->c, QUEUE_GROUP);
+    cmd_add(&sc->c, q->o.consumer);
+    cmd_add(&sc->c, entry);
+    cmd_addll(&sc->c, token);
+    cmd_addll(&sc->c, q->o.events_maxlen);
     for (size_t i = 0; fields[i]; i++)
-        cmd_addn(&c, fields[i], lens ? lens[i] : strlen(fields[i]));
-    cmd_send(q->wr, &c, NULL, NULL, 0);
-    cmd_release(&c);
+        cmd_addn(&sc->c, fields[i], lens ? lens[i] : strlen(fields[i]));
+    sc->cb = event_reply;
+    script_send(sc);
 }
 
 void queue_get_stats(const queue *q, struct queue_stats *out)
 {
     *out = q->stats;
-    out->reconnects = redis_reconnects(q->rd) + redis_reconnects(q->wr);
+    out->reconnects = redis_reconnects(q->rd) + redis_reconnects(q->wr) + redis_reconnects(q->rn);
 }
 
 /* ---- lifecycle ---- */
@@ -860,18 +1124,31 @@ queue *queue_new(struct event_base *base, const struct queue_opts *opts,
     q->kick = evtimer_new(base, kick_cb, q);
     q->drain_ev = evtimer_new(base, drained_cb, q);
     q->tick = event_new(base, -1, EV_PERSIST, tick_cb, q);
-
+    q->fence = event_new(base, -1, EV_PERSIST, fence_cb, q);
+    /* Stop a turn a fifth of a lease (at least one tick) before another worker may take
+     * its entry: time to kill the step before a reclaimer can start it again. */
+    q->fence_margin_ms = opts->lease_ms / 5 > q->tick_ms ? opts->lease_ms / 5 : q->tick_ms;
     struct redis_opts ro = opts->redis;
     ro.name = q->o.consumer;
     q->wr = redis_new(base, &ro, state_cb, q, err, errlen);
     if (q->wr)
         q->rd = redis_new(base, &ro, state_cb, q, err, errlen);
-    if (!q->wr || !q->rd) {
+    /* Renewals: a reply within two ticks or the connection is replaced, and quick
+     * reconnects, so an owner renews soon after Redis is back. */
+    struct redis_opts rno = ro;
+    rno.command_timeout_ms = 2 * q->tick_ms;
+    rno.backoff_base_ms = 50;
+    rno.backoff_max_ms = q->tick_ms;
+    if (q->rd)
+        q->rn = redis_new(base, &rno, state_cb, q, err, errlen);
+    if (!q->wr || !q->rd || !q->rn) {
         queue_free(q);
         return NULL;
     }
     struct timeval tv = {q->tick_ms / 1000, (q->tick_ms % 1000) * 1000};
     event_add(q->tick, &tv);
+    struct timeval fence_tv = {0, 50 * 1000};
+    event_add(q->fence, &fence_tv);
     return q;
 }
 
@@ -887,10 +1164,14 @@ void queue_free(queue *q)
     }
     if (q->tick)
         event_free(q->tick);
+    if (q->fence)
+        event_free(q->fence);
     if (q->kick)
         event_free(q->kick);
     if (q->drain_ev)
         event_free(q->drain_ev);
+    if (q->rn)
+        redis_free(q->rn);
     if (q->rd)
         redis_free(q->rd);
     if (q->wr)

@@ -23,6 +23,8 @@ struct queue_delivery {
     long long token;     /* delivery count when we got it: the fencing token */
     int attempt;         /* 1 for a first run; retries carry attempt+1 */
     int64_t enqueued_ms; /* from the entry id */
+    char order[48];      /* the job's first entry id (field "order"; else entry): its place
+                          * among its thread's jobs */
     char *payload;       /* the "job" field (may be NULL when the entry lacks it) */
     size_t len;
     int reclaimed; /* came from XAUTOCLAIM (a previous owner stopped renewing) */
@@ -32,7 +34,9 @@ void queue_delivery_free(struct queue_delivery *d);
 struct queue_cbs {
     /* A new entry is ours (lease starts now; it is renewed until queue_untrack). */
     void (*on_delivery)(void *arg, struct queue_delivery *d);
-    /* An entry being renewed is no longer ours (someone reclaimed it). */
+    /* An entry being renewed is no longer ours: someone reclaimed it, or no renewal was
+     * confirmed for lease - margin (monotonic clock), so someone may any moment. The turn
+     * must stop its side effects and publish nothing. Reported once per entry. */
     void (*on_lease_lost)(void *arg, const char *entry);
     /* The producer set {p}:cancel:<job> for a tracked entry. */
     void (*on_cancel)(void *arg, const char *entry);
@@ -77,7 +81,8 @@ enum queue_begin_status {
     QB_CANCELLED, /* cancel key set before start */
     QB_STARTED,   /* a previous delivery had started this turn */
     QB_TENANT,    /* the thread belongs to another tenant */
-    QB_BUSY,      /* thread busy: job requeued through the delayed set; acked */
+    QB_BUSY,      /* thread busy (or an earlier job of it waits): job parked in the thread
+                   * queue, released by the holder's completion; acked */
     QB_ERROR,     /* Redis unavailable; the caller may retry */
 };
 
@@ -95,10 +100,10 @@ struct queue_begin_req {
     const char *thread_id;
     const char *organization;
     const char *project;
-    const char *payload; /* for the busy requeue */
+    const char *order;   /* delivery's order ("" or NULL: the entry id) */
+    const char *payload; /* parked as is when the thread is busy */
     size_t payload_len;
     int attempt;
-    int busy_delay_ms;
 };
 
 /* thread is valid only during the callback (QB_OK only). */
@@ -116,7 +121,7 @@ struct queue_completion {
     const char *status;
     const char *result_json;
     enum queue_mode mode;
-    int64_t retry_at_ms;     /* QUEUE_RETRY */
+    int64_t retry_delay_ms;  /* QUEUE_RETRY: due this long after now (Redis TIME) */
     int next_attempt;        /* QUEUE_RETRY */
     const char *dead_reason; /* QUEUE_DEAD */
     const char *payload;     /* the original job text (retry, dead) */
@@ -129,14 +134,24 @@ struct queue_completion {
     const char *provider;
 };
 
-/* rc: 0 published, 1 fenced (nothing written), never an error: Redis failures are retried
- * with backoff until the server answers (the entry stays pending meanwhile). */
-typedef void (*queue_complete_fn)(void *arg, int rc);
+/* Outcome of queue_complete. Only QC_PUBLISHED means the result is in Redis. Error replies
+ * and lost connections are retried with backoff (the script is idempotent on replay) until
+ * the script answers; the entry stays pending meanwhile. */
+enum queue_complete_status {
+    QC_PUBLISHED = 0,  /* written (or our own earlier call was: a replay) */
+    QC_FENCED = 1,     /* the entry is not ours at this delivery count: nothing written */
+    QC_DUPLICATE = 2,  /* the job id already has a result (or runs elsewhere): acked only */
+    QC_UNCONFIRMED = 3 /* no answer before queue_free: nothing is known to be written */
+};
+typedef void (*queue_complete_fn)(void *arg, int rc); /* rc: enum queue_complete_status */
 void queue_complete(queue *q, const struct queue_completion *c, queue_complete_fn cb, void *arg);
 
-/* Appends a progress event {field: value…} to {p}:events:<job>. Fire-and-forget, in order.
+/* Appends a progress event {field: value…} to {p}:events:<job>. Fire-and-forget, in order,
+ * fenced like a completion: written only while entry is ours at delivery count token (in
+ * Redis, and locally: nothing once the entry's lease expired or it is untracked).
  * fields: NULL-terminated alternating names and values (values already masked). */
-void queue_event(queue *q, const char *job_id, const char *const *fields, const size_t *lens);
+void queue_event(queue *q, const char *entry, long long token, const char *job_id,
+                 const char *const *fields, const size_t *lens);
 
 /* Stats for metrics. */
 struct queue_stats {

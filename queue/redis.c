@@ -583,12 +583,50 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
     leave(r);
 }
 
+/* Largest RESP array accepted from a server. hiredis allocates an array's element table from
+ * its header alone ("*2000000000\r\n" asks for 16 GB), so without a bound a hostile or
+ * broken server could exhaust the worker's memory with a few bytes. Every reply the worker
+ * and sandboxctl ask for is far smaller. A larger header fails the connection ("Out of
+ * memory" from the reader, reported as a protocol error). */
+#define REDIS_MAX_ARRAY (1 << 20)
+
+#if HIREDIS_MAJOR >= 1
+typedef size_t resp_count; /* hiredis 1.x: createArray takes size_t */
+#else
+typedef int resp_count; /* hiredis 0.14: int */
+#endif
+
+static void *(*default_create_array)(const redisReadTask *task, resp_count elements);
+static redisReplyObjectFunctions bounded_fns;
+
+static void *bounded_create_array(const redisReadTask *task, resp_count elements)
+{
+    long long n = (long long)elements;
+    if (n < 0 || n > REDIS_MAX_ARRAY)
+        return NULL;
+    return default_create_array(task, elements);
+}
+
+/* A RESP reader with the array bound. The function table is shared (set once, never
+ * changed after). */
+static redisReader *reader_new(void)
+{
+    redisReader *rd = redisReaderCreate();
+    if (!default_create_array) {
+        bounded_fns = *rd->fn;
+        default_create_array = bounded_fns.createArray;
+        bounded_fns.createArray = bounded_create_array;
+    }
+    rd->fn = &bounded_fns;
+    return rd;
+}
+
 /* Starts one connect attempt; bounded by connect_timer. */
 static void start_attempt(struct redis *r)
 {
     struct timeval tv = ms_tv(r->connect_timeout_ms);
 
-    r->reader = redisReaderCreate();
+    r->reader = reader_new();
     evtimer_add(r->connect_timer, &tv);
 
     if (r->url.unix_path) {
@@ -942,4 +980,18 @@ void redis_drop(redis *r)
         conn_fail(r);
     }
     leave(r);
+}
+
+int redis_error_transient(const char *msg)
+{
+    static const char *const words[] = {"READONLY",    "BUSY",       "OOM",       "LOADING",
+                                        "TRYAGAIN",    "MOVED",      "ASK",       "MASTERDOWN",
+                                        "CLUSTERDOWN", "NOREPLICAS", "UNBLOCKED", NULL};
+    if (!msg)
+        return 0;
+    size_t n = strcspn(msg, " \r\n");
+    for (size_t i = 0; words[i]; i++)
+        if (strlen(words[i]) == n && strncmp(msg, words[i], n) == 0)
+            return 1;
+    return 0;
 }

@@ -88,6 +88,12 @@ int redis_commandv(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms,
  * connection's command timeout (no extra). -1 on a bad format or after redis_free(). */
 int redis_command(redis *r, redis_reply_fn cb, void *arg, const char *fmt, ...);
 
+/* 1 when an error reply says the server cannot take the command right now but may soon
+ * (READONLY, BUSY, OOM, LOADING, TRYAGAIN, MOVED, ASK, MASTERDOWN, CLUSTERDOWN, NOREPLICAS,
+ * UNBLOCKED): the caller retries it. Matches the first word only, so
+ * BUSYGROUP is not transient. msg may be NULL (0). */
+int redis_error_transient(const char *msg);
+
 /* Forces a disconnect and reconnect (tests; also used after a protocol error). Pending
  * callbacks run with NULL before it returns, then DOWN is reported (if it was READY). No-op
  * while waiting between attempts. */

@@ -12,6 +12,7 @@ enum queue_script {
     SCRIPT_PROMOTE,   /* moves due retries from the delayed zset to the stream */
     SCRIPT_ENQUEUE,   /* producer side: XADD unless the job id is already queued or done */
     SCRIPT_HANDBACK,  /* a draining worker returns an entry it read but never started */
+    SCRIPT_EVENT,     /* a progress event, written only while the entry is ours */
     SCRIPT__COUNT
 };
 

@@ -12,7 +12,7 @@ fi
 
 PKGS="build-essential pkg-config git ca-certificates curl openssl
 libhiredis-dev libevent-dev libcurl4-openssl-dev libcjson-dev libarchive-dev libssl-dev
-libzstd-dev zstd redis-server redis-tools docker.io busybox-static
+libzstd-dev zlib1g-dev zstd redis-server redis-tools docker.io busybox-static
 clang clang-format clang-tidy cppcheck valgrind libclang-rt-14-dev python3"
 # Node.js may come from elsewhere than Debian (its npm then conflicts with Debian's npm
 # package): install Debian's only when the commands are missing.
@@ -40,4 +40,10 @@ if [ -f tests/fakes/package.json ] && command -v npm >/dev/null 2>&1; then
     else
         npm install --prefix tests/fakes --no-audit --no-fund --loglevel=error
     fi
+fi
+
+# The Node client's build and test packages (typescript, ioredis, @types/node). Scripts are
+# skipped: its build needs the C tree built first (tests/clients/test_node_client.sh runs it).
+if [ -f clients/node/package.json ] && command -v npm >/dev/null 2>&1; then
+    npm ci --prefix clients/node --ignore-scripts --no-audit --no-fund --loglevel=error
 fi

@@ -10,6 +10,7 @@
 
 #include "lib/buf.h"
 #include "lib/env.h"
+#include "lib/mask.h"
 
 #define DEFAULT_PROVIDER  "e2b"
 #define DEFAULT_REDIS_URL "redis://127.0.0.1:6379"
@@ -49,6 +50,7 @@ static const struct int_var int_vars[] = {
     {"WORKER_MAX_JOB_BYTES", 8388608, 1024, 536870912, F(max_job_bytes), T_SIZE},
     {"WORKER_OUTPUT_CAP_BYTES", 10485760, 1024, 1073741824, F(output_cap_bytes), T_SIZE},
     {"WORKER_READ_CAP_BYTES", 1048576, 1, 67108864, F(read_cap_bytes), T_SIZE},
+    {"WORKER_MAX_RESULT_BYTES", 33554432, 1048576, 536870912, F(max_result_bytes), T_SIZE},
     {"WORKER_EVENTS_MAXLEN", 1000, 1, 10000000, F(events_maxlen), T_INT},
     {"WORKER_EVENTS_TTL_S", 86400, 1, 31536000, F(events_ttl_s), T_INT},
     {"WORKER_RESULTS_MAXLEN", 100000, 1, 100000000, F(results_maxlen), T_INT},
@@ -250,6 +252,15 @@ static int load_inherit(struct config *c, char *err, size_t errlen)
             return -1;
         }
         c->inherit_env_allow[n++] = xstrndup(p, len);
+        /* An inherited value is masked like a secret: one too short to mask is refused. */
+        const char *val = getenv(c->inherit_env_allow[n - 1]);
+        if (val && *val && strlen(val) < MASK_MIN_LEN) {
+            env_err(err, errlen,
+                    "SANDBOX_INHERIT_ENV_ALLOW: the value of %s is shorter than %d bytes and "
+                    "could not be masked; set a longer value or leave the name out",
+                    c->inherit_env_allow[n - 1], MASK_MIN_LEN);
+            return -1;
+        }
         if (!e)
             break;
         p = e + 1;
@@ -312,6 +323,13 @@ static int load_ints(struct config *c, char *err, size_t errlen)
         env_err(err, errlen,
                 "WORKER_RETRY_MAX_MS: must be at least WORKER_RETRY_BASE_MS (%d), got \"%d\"",
                 c->retry_base_ms, c->retry_max_ms);
+        return -1;
+    }
+    if (c->read_cap_bytes > c->max_result_bytes) {
+        env_err(err, errlen,
+                "WORKER_READ_CAP_BYTES: must be at most WORKER_MAX_RESULT_BYTES (%zu), got "
+                "\"%zu\"",
+                c->max_result_bytes, c->read_cap_bytes);
         return -1;
     }
     return 0;

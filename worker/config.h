@@ -47,6 +47,10 @@ struct config {
     size_t output_cap_bytes;
     /* WORKER_READ_CAP_BYTES, default 1048576 (a read step's default cap) */
     size_t read_cap_bytes;
+    /* WORKER_MAX_RESULT_BYTES, default 33554432, 1 MiB..512 MiB: a published result's size
+     * (read steps' caps checked at validation; output tails and content while running).
+     * WORKER_READ_CAP_BYTES may not exceed it. */
+    size_t max_result_bytes;
     int events_maxlen;  /* WORKER_EVENTS_MAXLEN, default 1000 (per job stream, MAXLEN ~) */
     int events_ttl_s;   /* WORKER_EVENTS_TTL_S, default 86400 (after the job finishes) */
     int results_maxlen; /* WORKER_RESULTS_MAXLEN, default 100000 */

@@ -10,6 +10,7 @@
 #include "lib/buf.h"
 #include "lib/jsonx.h"
 #include "lib/mask.h"
+#include "lib/utf8.h"
 
 /* Limits of the job format (docs/protocol.md). Sizes in bytes. */
 #define ID_MAX            128
@@ -32,6 +33,7 @@
 #define MODE_MAX          07777
 #define MODE_DEFAULT      0644
 #define DEFAULT_JOB_BYTES (8u * 1024 * 1024)
+#define DEFAULT_READ_CAP  (1024u * 1024)
 
 static const char *const step_kind_names[] = {"write", "run", "read", "upload", "restore", NULL};
 static const char *const feature_names[] = {"data-app", "ai-writeback", NULL};
@@ -396,8 +398,9 @@ static int get_str_list(struct v *v, const cJSON *obj, const char *key, int requ
     return rc;
 }
 
-/* obj[key] as an object of NAME → string (env, secrets). */
-static int get_env_map(struct v *v, const cJSON *obj, const char *key, size_t max,
+/* obj[key] as an object of NAME → string (env, secrets). A secret (is_secret) must be
+ * long enough to be masked: a shorter one would reach output, events and results in clear. */
+static int get_env_map(struct v *v, const cJSON *obj, const char *key, size_t max, int is_secret,
                        struct job_env **out, size_t *count)
 {
     const cJSON *map;
@@ -428,6 +431,14 @@ static int get_env_map(struct v *v, const cJSON *obj, const char *key, size_t ma
             rc = fail(v, "must be a string, got %s", jsonx_type_name(m));
         else if (strlen(m->valuestring) > ENV_VALUE_MAX)
             rc = fail(v, "value must be at most %d bytes", ENV_VALUE_MAX);
+        else if (is_secret && strcmp(m->valuestring, MASK_TEXT) == 0)
+            rc = fail(v,
+                      "value is masked (\"%s\"): dead letters keep no secrets, enqueue the "
+                      "job again with its secret values",
+                      MASK_TEXT);
+        else if (is_secret && strlen(m->valuestring) < MASK_MIN_LEN)
+            rc = fail(v, "value must be at least %d bytes (a shorter secret cannot be masked)",
+                      MASK_MIN_LEN);
         jsonx_path_pop(&v->path, m2);
         if (rc != 0)
             break;
@@ -532,7 +543,7 @@ static int parse_run(struct v *v, const cJSON *s, struct job_step *st)
 {
     if (get_str(v, s, "cmd", 1, 1, CMD_MAX, STR_ANY, &st->cmd) != 0 ||
         get_str(v, s, "cwd", 0, 1, PATH_MAX_BYTES, STR_ABS_PATH, &st->cwd) != 0 ||
-        get_env_map(v, s, "env", ENV_MAX, &st->env, &st->nenv) != 0 ||
+        get_env_map(v, s, "env", ENV_MAX, 0, &st->env, &st->nenv) != 0 ||
         get_int(v, s, "timeout_ms", 1, v->max_deadline_ms, &st->timeout_ms) != 0 ||
         get_bool(v, s, "allow_failure", &st->allow_failure) != 0)
         return -1;
@@ -603,6 +614,39 @@ static int parse_step(struct v *v, const cJSON *s, size_t index, struct job_step
     return 0;
 }
 
+/* The read steps' caps together must fit in a result (WORKER_MAX_RESULT_BYTES): checked
+ * here so a job that cannot fit is refused before it runs. Encoding and run steps' output
+ * tails are accounted for while the turn runs. */
+static int check_read_caps(struct v *v, const struct job *job)
+{
+    size_t limit = v->lim ? v->lim->max_result_bytes : 0;
+    size_t def = v->lim && v->lim->read_cap_bytes ? v->lim->read_cap_bytes : DEFAULT_READ_CAP;
+    uint64_t sum = 0;
+    if (!limit)
+        return 0;
+    for (size_t i = 0; i < job->nsteps; i++) {
+        const struct job_step *st = &job->steps[i];
+        if (st->kind != STEP_READ)
+            continue;
+        sum += st->max_bytes ? st->max_bytes : def;
+        if (sum <= limit)
+            continue;
+        size_t mark = jsonx_path_key(&v->path, "steps");
+        size_t m2 = jsonx_path_index(&v->path, i);
+        size_t m3 = jsonx_path_key(&v->path, "max_bytes");
+        fail(v,
+             "the read steps' caps add up to %llu bytes here, more than a result may hold "
+             "(WORKER_MAX_RESULT_BYTES %zu)%s",
+             (unsigned long long)sum, limit,
+             st->max_bytes ? "" : "; this step uses the default cap (WORKER_READ_CAP_BYTES)");
+        jsonx_path_pop(&v->path, m3);
+        jsonx_path_pop(&v->path, m2);
+        jsonx_path_pop(&v->path, mark);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_steps(struct v *v, const cJSON *root, struct job *job)
 {
     const cJSON *arr;
@@ -631,6 +675,8 @@ static int parse_steps(struct v *v, const cJSON *root, struct job *job)
         jsonx_path_pop(&v->path, m2);
     }
     jsonx_path_pop(&v->path, mark);
+    if (rc == 0)
+        rc = check_read_caps(v, job);
     return rc;
 }
 
@@ -707,7 +753,7 @@ static int parse_job(struct v *v, const cJSON *root, struct job *job)
     job->op = (enum job_op)op;
     if (parse_steps(v, root, job) != 0 || parse_workspace(v, root, job) != 0 ||
         get_enum(v, root, "after", 0, after_names, &after) != 0 ||
-        get_env_map(v, root, "secrets", SECRETS_MAX, &job->secrets, &job->nsecrets) != 0 ||
+        get_env_map(v, root, "secrets", SECRETS_MAX, 1, &job->secrets, &job->nsecrets) != 0 ||
         parse_inherit(v, root, job) != 0 ||
         get_int(v, root, "deadline_ms", 1, v->max_deadline_ms, &job->deadline_ms) != 0 ||
         get_int(v, root, "max_attempts", 1, ATTEMPTS_MAX, &attempts) != 0)
@@ -770,6 +816,11 @@ int job_parse(const char *json, size_t len, const struct job_limits *lim, struct
                             : JSONX_INT_MAX;
     if (len > max_bytes) {
         fail(&v, "job is %zu bytes, limit is %zu", len, max_bytes);
+        goto out;
+    }
+    size_t valid = utf8_valid_len(json, len);
+    if (valid != len) {
+        fail(&v, "job is not valid UTF-8 (byte %zu); send binary file content as base64", valid);
         goto out;
     }
     char why[128];
@@ -899,4 +950,38 @@ void job_peek_ids(const char *json, size_t len, char *id, size_t idlen, char *th
         peek_one(root, "thread", thread, threadlen);
     }
     cJSON_Delete(root);
+}
+
+char *job_redact_secrets(const char *json, size_t len, size_t *outlen)
+{
+    char why[128];
+    char *text = NULL;
+    cJSON *root = jsonx_parse_strict(json, len, why, sizeof why);
+    cJSON *secrets =
+        cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "secrets") : NULL;
+    int changed = 0;
+    if (secrets && cJSON_IsObject(secrets)) {
+        for (cJSON *m = secrets->child; m; m = m->next) {
+            if (cJSON_IsString(m) && strcmp(m->valuestring, MASK_TEXT) == 0)
+                continue;
+            /* Any value, string or not: it was meant as a secret. */
+            cJSON *masked = cJSON_CreateString(MASK_TEXT);
+            masked->string = xstrdup(m->string ? m->string : ""); /* cJSON frees it */
+            cJSON_ReplaceItemViaPointer(secrets, m, masked);
+            m = masked;
+            changed = 1;
+        }
+    }
+    if (changed)
+        text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!text) {
+        text = xmalloc(len + 1);
+        memcpy(text, json, len);
+        text[len] = '\0';
+        *outlen = len;
+        return text;
+    }
+    *outlen = strlen(text);
+    return text;
 }

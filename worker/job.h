@@ -69,11 +69,14 @@ struct job {
     int max_attempts;    /* 0: worker default; else 1..100 */
 };
 
-/* lim may be NULL: 8 MiB, no deadline cap beyond 2^53, nothing inheritable. */
+/* lim may be NULL: 8 MiB, no deadline cap beyond 2^53, nothing inheritable, no result
+ * limit. */
 struct job_limits {
     size_t max_job_bytes;             /* 0: 8 MiB */
     int64_t max_deadline_ms;          /* cap for deadline_ms and timeout_ms; <= 0: none */
     const char *const *inherit_allow; /* names an operator allows; NULL-terminated; may be NULL */
+    size_t read_cap_bytes;            /* a read step's cap without max_bytes; 0: 1 MiB */
+    size_t max_result_bytes; /* the read steps' caps must add up to at most this; 0: no check */
 };
 
 /* Shown to producers as "<field>: <message>" (just the message when field is ""). The
@@ -84,7 +87,9 @@ struct job_error {
 };
 
 /* Parses and validates. 0 with *out set (free with job_free), or -1 with err filled.
- * Never prints secrets in err. */
+ * Never prints secrets in err. Besides the format: the document must be valid UTF-8, every
+ * secret at least MASK_MIN_LEN bytes (lib/mask.h) and not "***" (a masked dead letter), and
+ * the read steps' caps must fit lim->max_result_bytes. */
 int job_parse(const char *json, size_t len, const struct job_limits *lim, struct job **out,
               struct job_error *err);
 void job_free(struct job *job);
@@ -95,5 +100,11 @@ const char *job_feature_name(enum job_feature f);
  * fields when present and well formed (so a rejection can be addressed); "" otherwise. */
 void job_peek_ids(const char *json, size_t len, char *id, size_t idlen, char *thread,
                   size_t threadlen);
+
+/* For a dead letter: the job text with every member of "secrets" replaced by "***", as a
+ * malloc'd NUL-terminated copy (length in *outlen). A document that is not a JSON object,
+ * or has no secret to mask, is returned unchanged, byte for byte: text that does not parse
+ * cannot be searched for secrets. */
+char *job_redact_secrets(const char *json, size_t len, size_t *outlen);
 
 #endif

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -13,12 +14,12 @@
 #include "lib/jsonx.h"
 #include "lib/log.h"
 #include "lib/mask.h"
+#include "lib/utf8.h"
 #include "worker/job.h"
 #include "worker/turn.h"
 #include "worker/worker.h"
 
-#define POISON_DELIVERIES 10   /* a turn never begun after this many deliveries is dead */
-#define BUSY_DELAY_MS     1000 /* thread busy: retry the job this much later */
+#define POISON_DELIVERIES 10 /* a turn never begun after this many deliveries is dead */
 
 enum turn_abort { AB_NONE = 0, AB_CANCEL, AB_TIMEOUT, AB_LEASE, AB_SHUTDOWN };
 
@@ -27,9 +28,15 @@ static const char *const step_status_names[] = {"pending", "ok",     "failed", "
                                                 "timeout", "killed", "error"};
 
 struct stream_out {
-    struct buf tail; /* the last output_cap bytes (up to 1.25x while running), unmasked */
-    struct buf pend; /* not yet emitted as an event (held back for split secrets) */
-    uint64_t total;
+    /* The last `cap` bytes of the masked output (up to 1.25x cap while running), starting on
+     * a UTF-8 character when the output is UTF-8. Masked before it is trimmed, so a trim
+     * never leaves part of a secret. */
+    struct buf tail;
+    struct buf pend; /* raw, not yet masked and emitted (held back for split secrets) */
+    uint64_t total;  /* raw bytes the stream produced */
+    size_t cap;      /* this step's tail cap: the output cap, less when the result is full */
+    size_t budget;   /* bytes of result JSON the tail may take */
+    int dropped;     /* masked output was dropped from the front of tail */
 };
 
 struct step_result {
@@ -50,9 +57,11 @@ struct turn {
     struct log_ctx lc;
     char job_id[129], thread_id[129];
     int tracked;
-    int begun; /* publish names the thread (the complete script frees its lock if ours) */
     enum turn_abort abort;
-    int64_t t_start, t_acquired, t_steps_done, t_finished;
+    int64_t t_start, t_acquired, t_steps_done, t_finished; /* monotonic ms */
+    int64_t t_start_wall;                                  /* for queued_ms */
+    int delete_old_snapshot; /* destroy job: the thread's snapshot goes once published */
+    int cancel_ignored;      /* a cancel came after the steps: logged once, ignored */
     struct sandbox *sb;
     int resumed;
     char *old_state, *old_snapshot, *old_provider;
@@ -68,11 +77,22 @@ struct turn {
     char *err_code, *err_msg;
     char *new_snapshot;
     const char *thread_state;
+    size_t result_max;  /* WORKER_MAX_RESULT_BYTES */
+    size_t result_used; /* reserved + charged so far; <= result_max */
     int finishing;
     struct event *deadline;
 };
 
+/* Durations: monotonic. */
 static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wall clock: only to compare with the entry id's time (queued_ms). */
+static int64_t wall_ms(void)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -96,13 +116,152 @@ static void set_error(struct turn *t, const char *code, const char *fmt, ...)
     t->err_msg = buf_detach(&b);
 }
 
+/* ---- result content and size ---- */
+
+/* Result size accounting (bytes of JSON): what a result holds besides content is reserved
+ * up front, per result and per step (name, status, numbers, an error of at most
+ * TEXT_MAX bytes, which JSON escaping at most doubles). Content (output tails, read files,
+ * upload entries) is charged as it is added. */
+#define RESULT_RESERVE      (32 * 1024)
+#define RESULT_RESERVE_STEP (3 * 1024)
+#define TEXT_MAX            1024 /* an error message in a result, bytes */
+
+/* 1 when data can go into a result as a JSON string: valid UTF-8 without NUL (a C string
+ * ends there), and not longer escaped than base64 (text full of control bytes). */
+static int content_is_text(const char *data, size_t n)
+{
+    if (!n)
+        return 1;
+    return memchr(data, '\0', n) == NULL && utf8_valid(data, n) &&
+           utf8_json_len(data, n) <= utf8_base64_json_len(n);
+}
+
+/* Bytes of JSON the content takes in a result, quotes included. */
+static size_t content_json_len(const char *data, size_t n)
+{
+    return content_is_text(data, n) ? utf8_json_len(data, n) : utf8_base64_json_len(n);
+}
+
+/* o[name] = data as a JSON string, or its base64 when it is not text; returns 1 for
+ * base64 (the caller names the encoding). */
+static int add_content(cJSON *o, const char *name, const char *data, size_t n)
+{
+    struct buf b;
+    int b64 = !content_is_text(data, n);
+    buf_init(&b);
+    if (b64)
+        jsonx_base64_encode(data, n, &b);
+    else
+        buf_append(&b, n ? data : "", n);
+    cJSON_AddStringToObject(o, name, b.data ? b.data : "");
+    buf_release(&b);
+    return b64;
+}
+
+/* o[name] = a message for people: masked, invalid UTF-8 and control bytes replaced, cut to
+ * TEXT_MAX bytes (on a character) with "..." (so it fits the per-step reserve). */
+static void add_text(const struct turn *t, cJSON *o, const char *name, const char *s)
+{
+    struct buf m, b;
+    buf_init(&m);
+    buf_init(&b);
+    mask_apply(t->mask, s, strlen(s), &m);
+    for (size_t i = 0; i < m.len && b.len <= TEXT_MAX;) {
+        size_t ok = utf8_valid_len(m.data + i, m.len - i);
+        for (size_t k = 0; k < ok; k++) {
+            unsigned char c = (unsigned char)m.data[i + k];
+            buf_putc(&b, c < 0x20 ? ' ' : (char)c);
+        }
+        i += ok;
+        if (i < m.len) {
+            buf_putc(&b, '?');
+            i++;
+        }
+    }
+    if (b.len > TEXT_MAX) {
+        size_t keep = utf8_valid_len(b.data, TEXT_MAX - 3);
+        b.len = keep;
+        buf_puts(&b, "...");
+    }
+    cJSON_AddStringToObject(o, name, b.data ? b.data : "");
+    buf_release(&m);
+    buf_release(&b);
+}
+
+static size_t result_left(const struct turn *t)
+{
+    return t->result_max > t->result_used ? t->result_max - t->result_used : 0;
+}
+
+static void result_charge(struct turn *t, size_t n)
+{
+    t->result_used += n;
+}
+
 /* ---- events ---- */
+
+/* Every event also carries field "event": its members as one JSON object with their JSON types
+ * ("step" and "exit_code" numbers, "resumed" a boolean), except an output event's "data",
+ * which stays raw bytes in its own field only. The flat fields stay for older consumers.
+ * fields: name/value pairs ending at a NULL name, at most 8 pairs; lens as for queue_event. */
+static void emit_typed(struct turn *t, const char *const *fields, const size_t *lens)
+{
+    const char *f[2 * 8 + 3];
+    size_t l[2 * 8 + 2], n = 0;
+    cJSON *o = cJSON_CreateObject();
+    for (; n < 2 * 8 && fields[n]; n += 2) {
+        const char *k = fields[n], *v = fields[n + 1];
+        f[n] = k;
+        f[n + 1] = v;
+        l[n] = lens ? lens[n] : strlen(k);
+        l[n + 1] = lens ? lens[n + 1] : strlen(v);
+        if (!strcmp(k, "step") || !strcmp(k, "exit_code"))
+            cJSON_AddNumberToObject(o, k, strtod(v, NULL));
+        else if (!strcmp(k, "resumed"))
+            cJSON_AddBoolToObject(o, k, !strcmp(v, "true"));
+        else if (strcmp(k, "data") != 0)
+            cJSON_AddStringToObject(o, k, v);
+    }
+    char *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (json) {
+        f[n] = "event";
+        f[n + 1] = json;
+        l[n] = 5;
+        l[n + 1] = strlen(json);
+        n += 2;
+    }
+    f[n] = NULL;
+    queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, f, l);
+    free(json);
+}
 
 static void emit(struct turn *t, const char *const *fields)
 {
     if (!t->job_id[0] || t->abort == AB_LEASE)
         return;
-    queue_event(t->w->q, t->job_id, fields, NULL);
+    emit_typed(t, fields, NULL);
+}
+
+/* Cuts tail to its cap, then past a cut UTF-8 character. */
+static void tail_trim(struct stream_out *so)
+{
+    if (so->tail.len <= so->cap)
+        return;
+    buf_consume(&so->tail, so->tail.len - so->cap);
+    buf_consume(&so->tail, utf8_lead_skip(so->tail.data, so->tail.len));
+    so->dropped = 1;
+}
+
+/* At the end of a step: trims the tail to its cap, then, when its JSON (escaped text, or
+ * base64) is over budget, to the bytes whose base64 fits the budget. */
+static void tail_fit(struct stream_out *so)
+{
+    tail_trim(so);
+    if (content_json_len(so->tail.data, so->tail.len) <= so->budget)
+        return;
+    so->cap = so->budget > 8 ? (so->budget - 8) / 4 * 3 : 0;
+    tail_trim(so);
 }
 
 static void emit_output(struct turn *t, int si, int final)
@@ -119,6 +278,9 @@ static void emit_output(struct turn *t, int si, int final)
     buf_init(&masked);
     size_t used = mask_apply_upto(t->mask, so->pend.data, so->pend.len, limit, &masked);
     buf_consume(&so->pend, used);
+    buf_append(&so->tail, masked.data, masked.len);
+    if (so->tail.len > so->cap + so->cap / 4) /* trim in steps: memory <= 1.25 x cap */
+        tail_trim(so);
     if (t->job_id[0] && t->abort != AB_LEASE && masked.len) {
         char step[24];
         snprintf(step, sizeof(step), "%zu", t->step);
@@ -126,12 +288,24 @@ static void emit_output(struct turn *t, int si, int final)
                                 step,   "stream",    si ? "stderr" : "stdout",
                                 "data", masked.data, NULL};
         size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
-        queue_event(t->w->q, t->job_id, fields, lens);
+        emit_typed(t, fields, lens);
     }
     buf_release(&masked);
 }
 
 /* ---- lifecycle ---- */
+
+/* Frees a run step's "NAME=value" list; the values may be secrets, so they are wiped. */
+static void free_envv(char **envv)
+{
+    for (size_t i = 0; envv && envv[i]; i++) {
+        volatile char *p = envv[i];
+        while (*p)
+            *p++ = 0;
+        free(envv[i]);
+    }
+    free(envv);
+}
 
 static void turn_free(struct turn *t)
 {
@@ -163,9 +337,7 @@ static void turn_free(struct turn *t)
         }
     }
     free(t->sr);
-    for (size_t i = 0; t->envv && t->envv[i]; i++)
-        free(t->envv[i]);
-    free(t->envv);
+    free_envv(t->envv);
     if (t->sb)
         provider_sandbox_release(t->sb);
     cJSON_Delete(t->files);
@@ -195,20 +367,29 @@ static void snapshot_deleted(void *arg, int rc, const char *err)
     struct snap_del *sd = arg;
     if (rc != 0)
         log_warn(NULL, "could not delete previous snapshot %s: %s", sd->ref, err ? err : "");
+    else
+        log_info(NULL, "deleted previous snapshot %s", sd->ref);
     free(sd->ref);
     free(sd);
 }
 
+/* Only QC_PUBLISHED lets the thread move on: until Redis confirms the new snapshot, the
+ * thread hash names the old one, which must stay. */
 static void published(void *arg, int rc)
 {
     struct turn *t = arg;
     struct worker *w = t->w;
-    if (rc == 1) {
+    if (rc == QC_FENCED) {
         metric_inc(w->m_fenced, NULL, 1);
         log_warn(&t->lc, "result not published: the lease moved to another worker");
-    } else if (t->new_snapshot && t->old_snapshot && *t->old_snapshot &&
-               strcmp(t->new_snapshot, t->old_snapshot) != 0 && t->old_provider &&
-               strcmp(t->old_provider, provider_name(w->prov)) == 0) {
+    } else if (rc == QC_DUPLICATE) {
+        log_warn(&t->lc, "result not published: job %s already has a result", t->job_id);
+    } else if (rc != QC_PUBLISHED) {
+        log_warn(&t->lc, "result not confirmed by Redis before shutdown; the entry stays pending");
+    } else if (t->old_snapshot && *t->old_snapshot && t->old_provider &&
+               strcmp(t->old_provider, provider_name(w->prov)) == 0 &&
+               (t->delete_old_snapshot ||
+                (t->new_snapshot && strcmp(t->new_snapshot, t->old_snapshot) != 0))) {
         /* The thread has moved on to the new snapshot: the old one can go. */
         cJSON *ref = cJSON_Parse(t->old_snapshot);
         if (ref) {
@@ -220,15 +401,6 @@ static void published(void *arg, int rc)
         }
     }
     turn_free(t);
-}
-
-static void add_masked(const struct turn *t, cJSON *o, const char *name, const char *s, size_t len)
-{
-    struct buf b;
-    buf_init(&b);
-    mask_apply(t->mask, s, len, &b);
-    cJSON_AddStringToObject(o, name, b.data ? b.data : "");
-    buf_release(&b);
 }
 
 static const char *final_status(const struct turn *t)
@@ -247,7 +419,9 @@ static const char *final_status(const struct turn *t)
     return t->status ? t->status : "succeeded";
 }
 
-static char *build_result(struct turn *t, const char *status)
+/* The result JSON, masked. slim leaves out output tails and read files: the fallback for a
+ * result over WORKER_MAX_RESULT_BYTES, which the accounting should make impossible. */
+static char *build_result(struct turn *t, const char *status, int slim)
 {
     struct worker *w = t->w;
     cJSON *r = cJSON_CreateObject();
@@ -256,10 +430,11 @@ static char *build_result(struct turn *t, const char *status)
     cJSON_AddStringToObject(r, "status", status);
     cJSON_AddNumberToObject(r, "attempt", t->d->attempt);
     cJSON_AddStringToObject(r, "worker", w->cfg.worker_name);
+    cJSON_AddStringToObject(r, "entry", t->d->entry);
     if (t->err_code) {
         cJSON *e = cJSON_AddObjectToObject(r, "error");
         cJSON_AddStringToObject(e, "code", t->err_code);
-        add_masked(t, e, "message", t->err_msg, strlen(t->err_msg));
+        add_text(t, e, "message", t->err_msg);
     }
     if (t->job && t->sr) {
         cJSON *steps = cJSON_AddArrayToObject(r, "steps");
@@ -273,30 +448,35 @@ static char *build_result(struct turn *t, const char *status)
             if (sr->has_exit)
                 cJSON_AddNumberToObject(s, "exit_code", sr->exit_code);
             if (sr->error)
-                add_masked(t, s, "error", sr->error, strlen(sr->error));
+                add_text(t, s, "error", sr->error);
             if (js->kind == STEP_RUN && sr->status != SS_PENDING && sr->status != SS_SKIPPED) {
                 for (int k = 0; k < 2; k++) {
                     const struct stream_out *so = &sr->out[k];
-                    add_masked(t, s, k ? "stderr" : "stdout", so->tail.data ? so->tail.data : "",
-                               so->tail.len);
-                    cJSON_AddNumberToObject(s, k ? "stderr_bytes" : "stdout_bytes",
-                                            (double)so->total);
-                    if (so->total > so->tail.len)
-                        cJSON_AddBoolToObject(s, k ? "stderr_truncated" : "stdout_truncated", 1);
+                    const char *name = k ? "stderr" : "stdout";
+                    char field[32];
+                    /* The tail is already masked (before it was trimmed). */
+                    size_t n = slim ? 0 : so->tail.len;
+                    if (add_content(s, name, so->tail.data, n)) {
+                        snprintf(field, sizeof(field), "%s_encoding", name);
+                        cJSON_AddStringToObject(s, field, "base64");
+                    }
+                    snprintf(field, sizeof(field), "%s_bytes", name);
+                    cJSON_AddNumberToObject(s, field, (double)so->total);
+                    if (so->dropped || n < so->tail.len) {
+                        snprintf(field, sizeof(field), "%s_truncated", name);
+                        cJSON_AddBoolToObject(s, field, 1);
+                    }
                 }
             }
             cJSON_AddNumberToObject(s, "duration_ms", (double)sr->duration_ms);
             cJSON_AddItemToArray(steps, s);
         }
     }
-    if (t->files && cJSON_GetArraySize(t->files) > 0) {
-        cJSON_AddItemToObject(r, "files", t->files);
-        t->files = NULL;
-    }
-    if (t->uploads && cJSON_GetArraySize(t->uploads) > 0) {
-        cJSON_AddItemToObject(r, "uploads", t->uploads);
-        t->uploads = NULL;
-    }
+    /* Referenced, not moved: a slim rebuild may follow. */
+    if (!slim && t->files && cJSON_GetArraySize(t->files) > 0)
+        cJSON_AddItemReferenceToObject(r, "files", t->files);
+    if (t->uploads && cJSON_GetArraySize(t->uploads) > 0)
+        cJSON_AddItemReferenceToObject(r, "uploads", t->uploads);
     if (t->thread_state) {
         cJSON *sb = cJSON_AddObjectToObject(r, "sandbox");
         cJSON_AddStringToObject(sb, "provider", provider_name(w->prov));
@@ -311,7 +491,9 @@ static char *build_result(struct turn *t, const char *status)
     cJSON *tm = cJSON_AddObjectToObject(r, "timings");
     int64_t end = now_ms();
     int64_t start = t->t_start ? t->t_start : end;
-    cJSON_AddNumberToObject(tm, "queued_ms", (double)(start - t->d->enqueued_ms));
+    int64_t start_wall = t->t_start_wall ? t->t_start_wall : wall_ms();
+    int64_t queued = start_wall - t->d->enqueued_ms;
+    cJSON_AddNumberToObject(tm, "queued_ms", (double)(queued > 0 ? queued : 0));
     if (t->t_acquired)
         cJSON_AddNumberToObject(tm, "acquire_ms", (double)(t->t_acquired - start));
     if (t->t_steps_done && t->t_acquired)
@@ -323,6 +505,14 @@ static char *build_result(struct turn *t, const char *status)
     cJSON_Delete(r);
     char *masked = mask_strdup(t->mask, s);
     free(s);
+    if (!slim && strlen(masked) > t->result_max) {
+        log_error(&t->lc,
+                  "result of %zu bytes over WORKER_MAX_RESULT_BYTES (%zu): published "
+                  "without output tails and read files",
+                  strlen(masked), t->result_max);
+        free(masked);
+        return build_result(t, status, 1);
+    }
     return masked;
 }
 
@@ -336,22 +526,27 @@ static void publish(struct turn *t, const char *status, enum queue_mode mode,
         turn_free(t);
         return;
     }
-    char *result = build_result(t, status);
+    char *result = build_result(t, status, 0);
     metric_inc(w->m_jobs, status, 1);
     if (t->t_start)
         metric_observe(w->m_turn_seconds, NULL, (double)(now_ms() - t->t_start) / 1000.0);
     log_info(&t->lc, "turn %s%s%s", status, t->err_code ? ": " : "", t->err_code ? t->err_msg : "");
+    /* A dead letter is kept and shown to operators: its job text keeps no secret. */
+    size_t dead_len = 0;
+    char *dead_job = mode == QUEUE_DEAD && t->d->payload
+                         ? job_redact_secrets(t->d->payload, t->d->len, &dead_len)
+                         : NULL;
     struct queue_completion c = {
         .entry = t->d->entry,
         .token = t->d->token,
         .job_id = t->job_id,
-        .thread_id = t->begun ? t->thread_id : "",
+        .thread_id = t->thread_id,
         .status = status,
         .result_json = result,
         .mode = mode,
         .dead_reason = dead_reason,
-        .payload = t->d->payload,
-        .payload_len = t->d->len,
+        .payload = dead_job ? dead_job : t->d->payload,
+        .payload_len = dead_job ? dead_len : t->d->len,
         .error_code = t->err_code,
         .update_thread = t->thread_state != NULL,
         .thread_state = t->thread_state,
@@ -361,6 +556,7 @@ static void publish(struct turn *t, const char *status, enum queue_mode mode,
     };
     queue_complete(w->q, &c, published, t);
     free(result);
+    free(dead_job);
 }
 
 static void publish_retry_or_dead(struct turn *t)
@@ -381,7 +577,7 @@ static void publish_retry_or_dead(struct turn *t)
     if (ceil > w->cfg.retry_max_ms)
         ceil = w->cfg.retry_max_ms;
     int64_t delay = (int64_t)((double)random() / ((double)RAND_MAX + 1.0) * (double)(ceil + 1));
-    char *result = build_result(t, "retrying");
+    char *result = build_result(t, "retrying", 0);
     log_warn(&t->lc, "attempt %d failed (%s); retrying in %lld ms", t->d->attempt,
              t->err_msg ? t->err_msg : "", (long long)delay);
     metric_inc(w->m_retries, NULL, 1); /* not a finished job: it runs again */
@@ -389,11 +585,11 @@ static void publish_retry_or_dead(struct turn *t)
         .entry = t->d->entry,
         .token = t->d->token,
         .job_id = t->job_id,
-        .thread_id = t->begun ? t->thread_id : "",
+        .thread_id = t->thread_id,
         .status = "retrying",
         .result_json = result,
         .mode = QUEUE_RETRY,
-        .retry_at_ms = now_ms() + delay,
+        .retry_delay_ms = delay,
         .next_attempt = t->d->attempt + 1,
         .payload = t->d->payload,
         .payload_len = t->d->len,
@@ -549,11 +745,7 @@ static void on_output(void *arg, enum exec_stream stream, const char *data, size
     struct turn *t = arg;
     int si = stream == EXEC_STDERR;
     struct stream_out *so = &t->sr[t->step].out[si];
-    size_t cap = t->w->cfg.output_cap_bytes;
     so->total += len;
-    buf_append(&so->tail, data, len);
-    if (so->tail.len > cap + cap / 4) /* trim in steps: memory <= 1.25 x cap */
-        buf_consume(&so->tail, so->tail.len - cap);
     buf_append(&so->pend, data, len);
     emit_output(t, si, 0);
 }
@@ -565,9 +757,8 @@ static void on_exec_exit(void *arg, enum exec_status status, int exit_code, cons
     t->ex = NULL;
     for (int s = 0; s < 2; s++) {
         emit_output(t, s, 1);
-        size_t cap = t->w->cfg.output_cap_bytes;
-        if (sr->out[s].tail.len > cap)
-            buf_consume(&sr->out[s].tail, sr->out[s].tail.len - cap);
+        tail_fit(&sr->out[s]);
+        result_charge(t, content_json_len(sr->out[s].tail.data, sr->out[s].tail.len));
     }
     switch (status) {
     case EXEC_EXITED:
@@ -626,27 +817,32 @@ static void file_read(void *arg, int rc, const char *data, size_t len, const cha
         return;
     }
     size_t max = js->max_bytes ? js->max_bytes : t->w->cfg.read_cap_bytes;
+    size_t n = len > max ? max : len;
+    struct buf masked;
+    buf_init(&masked);
+    mask_apply(t->mask, data, n, &masked);
+    /* The entry: content, path, step name and the other members. */
+    size_t need = content_json_len(masked.data, masked.len) +
+                  utf8_json_len(js->path, strlen(js->path)) +
+                  utf8_json_len(js->name, strlen(js->name)) + 96;
+    if (need > result_left(t)) {
+        buf_release(&masked);
+        step_error(t,
+                   "result size limit: the %zu bytes read from %s need %zu bytes of the result, "
+                   "%zu are left (WORKER_MAX_RESULT_BYTES %zu)",
+                   n, js->path, need, result_left(t), t->result_max);
+        return;
+    }
+    result_charge(t, need);
     if (!t->files)
         t->files = cJSON_CreateArray();
     cJSON *f = cJSON_CreateObject();
     cJSON_AddStringToObject(f, "path", js->path);
     cJSON_AddStringToObject(f, "step", js->name);
-    size_t n = len > max ? max : len;
-    int text = memchr(data, '\0', n) == NULL;
-    if (text) {
-        cJSON_AddStringToObject(f, "encoding", "utf8");
-        add_masked(t, f, "content", data, n);
-    } else {
-        struct buf masked, b64;
-        buf_init(&masked);
-        buf_init(&b64);
-        mask_apply(t->mask, data, n, &masked);
-        jsonx_base64_encode(masked.data, masked.len, &b64);
-        cJSON_AddStringToObject(f, "encoding", "base64");
-        cJSON_AddStringToObject(f, "content", b64.data ? b64.data : "");
-        buf_release(&masked);
-        buf_release(&b64);
-    }
+    cJSON_AddStringToObject(f, "encoding",
+                            content_is_text(masked.data, masked.len) ? "utf8" : "base64");
+    add_content(f, "content", masked.data, masked.len);
+    buf_release(&masked);
     cJSON_AddNumberToObject(f, "bytes", (double)n);
     if (len > max)
         cJSON_AddBoolToObject(f, "truncated", 1);
@@ -686,9 +882,7 @@ static void restored(void *arg, int rc, const char *err)
 
 static void build_env(struct turn *t, const struct job_step *js)
 {
-    for (size_t i = 0; t->envv && t->envv[i]; i++)
-        free(t->envv[i]);
-    free(t->envv);
+    free_envv(t->envv);
     size_t n = t->job->nsecrets + js->nenv + 1;
     for (size_t i = 0; t->job->inherit_env && t->job->inherit_env[i]; i++)
         n++;
@@ -737,6 +931,14 @@ static void start_step(struct turn *t)
         return;
     }
     case STEP_RUN: {
+        /* Each stream's tail may take half of what the result has left: as many bytes
+         * while it runs (text), fewer at the end if its JSON is longer (see tail_fit). */
+        size_t half = result_left(t) / 2;
+        for (int k = 0; k < 2; k++) {
+            sr->out[k].budget = half;
+            size_t text = half > 2 ? half - 2 : 0; /* less the quotes */
+            sr->out[k].cap = text < t->w->cfg.output_cap_bytes ? text : t->w->cfg.output_cap_bytes;
+        }
         build_env(t, js);
         int64_t timeout = js->timeout_ms ? js->timeout_ms : t->w->cfg.step_timeout_ms;
         struct exec_req req = {
@@ -756,6 +958,20 @@ static void start_step(struct turn *t)
     }
     case STEP_UPLOAD:
     case STEP_RESTORE:
+        if (js->kind == STEP_UPLOAD) {
+            /* The uploads entry: key, step name, a sha256 and numbers. Checked before
+             * anything is stored. */
+            size_t need = utf8_json_len(js->key, strlen(js->key)) +
+                          utf8_json_len(js->name, strlen(js->name)) + 160;
+            if (need > result_left(t)) {
+                step_error(t,
+                           "result size limit: no room left in the result for the upload "
+                           "(WORKER_MAX_RESULT_BYTES %zu)",
+                           t->result_max);
+                return;
+            }
+            result_charge(t, need);
+        }
         if (js->kind == STEP_UPLOAD)
             provider_archive_upload(t->sb, (const char *const *)js->paths, js->key, uploaded, t);
         else
@@ -819,6 +1035,12 @@ void turn_lease_lost(struct worker *w, const char *entry)
 void turn_cancel_entry(struct worker *w, const char *entry)
 {
     struct turn *t = find_turn(w, entry);
+    if (t && t->finishing) {
+        if (!t->cancel_ignored)
+            log_info(&t->lc, "cancel requested after the steps finished; the turn's result stands");
+        t->cancel_ignored = 1; /* the cancel key is seen again at every renewal */
+        return;
+    }
     if (t && !t->abort) {
         log_info(&t->lc, "cancel requested");
         set_error(t, "cancelled", "cancelled by the producer");
@@ -862,17 +1084,6 @@ static void acquired(void *arg, struct sandbox *sb, const char *err)
     next_step(t);
 }
 
-static void destroy_snapshot_done(void *arg, int rc, const char *err)
-{
-    struct turn *t = arg;
-    if (rc != 0) {
-        set_error(t, "destroy_failed", "deleting the snapshot failed: %s", err ? err : "");
-        t->status = "failed";
-    }
-    t->thread_state = "destroyed";
-    finish(t);
-}
-
 static void acquire(struct turn *t)
 {
     struct worker *w = t->w;
@@ -884,15 +1095,11 @@ static void acquire(struct turn *t)
                        strcmp(t->old_state, "suspended") == 0 && t->old_provider &&
                        strcmp(t->old_provider, provider_name(w->prov)) == 0;
     if (t->job->op == JOB_OP_DESTROY) {
+        /* The thread is marked destroyed first; its snapshot is deleted only once Redis
+         * confirmed that (published), so a failed publish leaves a resumable thread. */
         t->sr = xcalloc(1, sizeof(*t->sr));
         t->t_acquired = now_ms();
-        cJSON *ref = has_snapshot ? cJSON_Parse(t->old_snapshot) : NULL;
-        if (ref) {
-            provider_delete_snapshot(w->prov, ref, destroy_snapshot_done, t);
-            cJSON_Delete(ref);
-            return;
-        }
-        cJSON_Delete(ref);
+        t->delete_old_snapshot = has_snapshot;
         t->thread_state = "destroyed";
         finish(t);
         return;
@@ -925,8 +1132,8 @@ static void begun(void *arg, enum queue_begin_status st, const struct queue_thre
     struct turn *t = arg;
     switch (st) {
     case QB_OK:
-        t->begun = 1;
         t->t_start = now_ms();
+        t->t_start_wall = wall_ms();
         t->old_state = th->state ? xstrdup(th->state) : NULL;
         t->old_snapshot = th->snapshot ? xstrdup(th->snapshot) : NULL;
         t->old_provider = th->provider ? xstrdup(th->provider) : NULL;
@@ -948,19 +1155,17 @@ static void begun(void *arg, enum queue_begin_status st, const struct queue_thre
         turn_free(t);
         return;
     case QB_BUSY:
-        log_debug(&t->lc, "thread busy; job requeued");
+        log_debug(&t->lc, "thread busy; job parked until the running turn completes");
         turn_free(t);
         return;
     case QB_CANCELLED:
         set_error(t, "cancelled", "cancelled before it started");
-        t->begun = 1; /* no lock was taken; the completion only releases our own */
         publish(t, "cancelled", QUEUE_FINAL, NULL);
         return;
     case QB_STARTED:
         set_error(t, "worker_lost",
                   "a previous delivery started this turn and its worker stopped renewing the "
                   "lease; the turn is not run again");
-        t->begun = 1;
         publish(t, "lost", QUEUE_FINAL, NULL);
         return;
     case QB_TENANT:
@@ -992,7 +1197,11 @@ void turn_start(struct worker *w, struct queue_delivery *d)
         .max_job_bytes = w->cfg.max_job_bytes,
         .max_deadline_ms = w->cfg.turn_timeout_ms,
         .inherit_allow = (const char *const *)w->cfg.inherit_env_allow,
+        .read_cap_bytes = w->cfg.read_cap_bytes,
+        .max_result_bytes = w->cfg.max_result_bytes,
     };
+    t->result_max = w->cfg.max_result_bytes;
+    t->result_used = RESULT_RESERVE;
     struct job_error jerr;
     memset(&jerr, 0, sizeof(jerr));
     if (!d->payload) {
@@ -1000,20 +1209,26 @@ void turn_start(struct worker *w, struct queue_delivery *d)
         snprintf(jerr.message, sizeof(jerr.message), "the stream entry has no \"job\" field");
     }
     if (!d->payload || job_parse(payload, d->len, &lim, &t->job, &jerr) != 0) {
-        job_peek_ids(payload, d->len, t->job_id, sizeof(t->job_id), t->thread_id,
-                     sizeof(t->thread_id));
+        /* Recorded under its stream entry only: an id read from an invalid document is not
+         * known to be the sender's, so no job hash, events or thread are touched (another
+         * job may own that id). job_id stays "" for the completion. */
+        char claimed[129], claimed_thread[129];
+        job_peek_ids(payload, d->len, claimed, sizeof(claimed), claimed_thread,
+                     sizeof(claimed_thread));
         queue_track(w->q, d->entry, "");
         t->tracked = 1;
         char reason[420];
         snprintf(reason, sizeof(reason), "%s%s%s", jerr.field, jerr.field[0] ? ": " : "",
                  jerr.message);
-        log_warn(&t->lc, "rejected entry %s: %s", d->entry, reason);
+        log_warn(&t->lc, "rejected entry %s%s%s%s: %s", d->entry, claimed[0] ? " (id " : "",
+                 claimed, claimed[0] ? ")" : "", reason);
         set_error(t, "invalid_job", "%s", reason);
         publish(t, "rejected", QUEUE_DEAD, reason);
         return;
     }
     snprintf(t->job_id, sizeof(t->job_id), "%s", t->job->id);
     snprintf(t->thread_id, sizeof(t->thread_id), "%s", t->job->thread);
+    t->result_used += t->job->nsteps * RESULT_RESERVE_STEP;
     queue_track(w->q, d->entry, t->job_id);
     t->tracked = 1;
     for (size_t i = 0; i < t->job->nsecrets; i++) {
@@ -1045,7 +1260,7 @@ void turn_start(struct worker *w, struct queue_delivery *d)
         .payload = d->payload,
         .payload_len = d->len,
         .attempt = d->attempt,
-        .busy_delay_ms = BUSY_DELAY_MS,
+        .order = d->order,
     };
     queue_begin(w->q, &req, begun, t);
 }

@@ -17,7 +17,7 @@
 #include "lib/buf.h"
 #include "providers/docker.h"
 #include "providers/provider.h"
-#include "tests/support/s3_server.h"
+#include "tests/support/s3_fixture.h"
 
 #define IMAGE "sandbox-worker-test:local"
 
@@ -291,20 +291,15 @@ int main(void)
     snapshot_run(p, "local", mb);
     provider_free(p);
 
-    struct s3_server srv;
+    struct s3_fixture fx;
     char why[512];
-    if (s3_server_start(&srv, "snapshots", why, sizeof(why)) == 0) {
-        setenv("S3_ENDPOINT", srv.endpoint, 1);
-        setenv("S3_BUCKET", "snapshots", 1);
-        setenv("S3_ACCESS_KEY", "S3RVER", 1);
-        setenv("S3_SECRET_KEY", "S3RVER", 1);
-        setenv("S3_FORCE_PATH_STYLE", "true", 1);
+    if (s3_fixture_start(&fx, "snapshots", why, sizeof(why)) == 0) {
         p = provider_new(&docker_provider_ops, g_base, NULL, 0, err, sizeof(err));
         if (p) {
             snapshot_run(p, "s3", mb);
             provider_free(p);
         }
-        s3_server_stop(&srv);
+        s3_fixture_stop(&fx);
     } else {
         printf("snapshot to S3 skipped: %s\n", why);
     }

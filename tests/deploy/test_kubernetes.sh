@@ -61,6 +61,24 @@ if [ -x "$BUILD/sandbox-worker" ]; then
         echo "  FAIL: sandbox-worker --check-config refuses worker.yaml's environment: $out"
         fail=1
     fi
+    # The Azure example, with what the workload identity webhook injects into the pod.
+    node "$check" deploy/kubernetes --env deploy/kubernetes/examples/azure-workload-identity.yaml \
+        >"$tmp/env-az" || fail=1
+    echo x >"$tmp/token"
+    # shellcheck disable=SC2046
+    if out=$(env -i PATH="$PATH" $(tr '\n' ' ' <"$tmp/env-az") \
+        AZURE_CLIENT_ID=00000000-0000-0000-0000-000000000000 \
+        AZURE_TENANT_ID=00000000-0000-0000-0000-000000000000 \
+        AZURE_FEDERATED_TOKEN_FILE="$tmp/token" \
+        AZURE_AUTHORITY_HOST=https://login.microsoftonline.com/ \
+        "$BUILD/sandbox-worker" --check-config 2>&1); then
+        echo "  ok: sandbox-worker --check-config accepts the Azure example's environment"
+    elif printf '%s' "$out" | grep -q 'is not available'; then
+        echo "  skipped: the Azure example's --check-config (azure-container-sessions not built in)"
+    else
+        echo "  FAIL: sandbox-worker --check-config refuses the Azure example's environment: $out"
+        fail=1
+    fi
 else
     echo "  skipped: --check-config of the manifest's environment ($BUILD/sandbox-worker not built)"
 fi

@@ -7,7 +7,7 @@
 // Usage: node azure_sessions.js --agent PATH --root DIR [--pools data-app,ai-writeback]
 //            [--tls-cert F --tls-key F] [--tenant T] [--client-id C] [--client-secret S]
 //            [--federated-token-file F] [--identity-header H] [--token-ttl SECONDS]
-//            [--cooldown-s N] [--max-sessions N] [--private-dir DIR]
+//            [--cooldown-s N] [--max-sessions N] [--private-dir DIR] [--max-request-s N]
 // Prints one JSON line once listening:
 //   {"login":"https://127.0.0.1:N","metadata":"http://127.0.0.1:N","pools":{"data-app":"https://127.0.0.1:N",…}}
 // (https when --tls-cert is given: MSAL refuses an http authority). Stops on SIGTERM/SIGINT
@@ -66,6 +66,9 @@ const MAX_SESSIONS = Number(arg('max-sessions', '0'));
 // util-linux unshare), as a real session has its own disk: what the worker restores there
 // must come from its snapshot, not from a previous session.
 const PRIVATE_DIR = arg('private-dir');
+// Azure's gateway ends requests that run longer than this (seconds; 0: never), as a long
+// turn's exec stream would be: the worker must pick the command up again without loss.
+const MAX_REQUEST_S = Number(arg('max-request-s', '0'));
 const AUDIENCE = 'https://dynamicsessions.io';
 if (!AGENT || !ROOT) {
   console.error('usage: azure_sessions.js --agent PATH --root DIR ...');
@@ -380,6 +383,14 @@ async function poolRequest(pool, req, res) {
     finish();
     up.destroy();
   });
+  if (MAX_REQUEST_S > 0) {
+    const cut = setTimeout(() => {
+      count('cut');
+      res.destroy(); // the client sees the stream end without its last chunk
+      up.destroy();
+    }, MAX_REQUEST_S * 1000);
+    res.on('close', () => clearTimeout(cut));
+  }
   req.pipe(up);
 }
 

@@ -1,5 +1,5 @@
 /* The agent client (providers/agent_client) against the real sandbox-agent (loopback TCP with a
- * token, and a unix socket through a forwarder that can cut long responses) and against the
+ * token, its own unix socket, and a forwarder that can cut long responses) and against the
  * upstream Node agent's plain protocol (tests/fakes/plain_agent.js): feature detection,
  * streaming order and byte-exact output, exit codes, timeout, kill, files, run re-attach after
  * the client is dropped, archive out -> in of a 64 MiB tree with bounded memory and
@@ -157,9 +157,10 @@ static int in_path(const char *prog)
     return 0;
 }
 
-/* The real agent on 127.0.0.1 (TCP) and a forwarder on a unix socket; the plain agent on TCP
+/* The real agent on 127.0.0.1 (TCP) and on its own unix socket (LD_AGENT_SOCKET), a cutting
+ * forwarder in front of it; the plain agent on TCP
  * and on its own unix socket; the plain agent behind a proxy-auth check. */
-static struct child ours, fwd, fwd_cut, plain, plain_unix, plain_auth, plain_pool;
+static struct child ours, fwd_cut, plain, plain_unix, plain_auth, plain_pool;
 static int ours_port, plain_port, plain_auth_port, plain_pool_port;
 static char ours_sock[300], cut_sock[300], plain_sock[300];
 static int have_ours, have_node;
@@ -173,16 +174,14 @@ static void start_servers(void)
         snprintf(skip_ours, sizeof(skip_ours), "%s not built (make)", agent_bin);
     } else {
         ours_port = free_port();
-        static char e_port[64], e_spool[400];
+        static char e_port[64], e_spool[400], e_sock[400];
         snprintf(e_port, sizeof(e_port), "LD_AGENT_PORT=%d", ours_port);
+        snprintf(ours_sock, sizeof(ours_sock), "%s/agent.sock", tmp);
+        snprintf(e_sock, sizeof(e_sock), "LD_AGENT_SOCKET=%s", ours_sock);
         snprintf(e_spool, sizeof(e_spool), "SANDBOX_AGENT_SPOOL_DIR=%s/spool", tmp);
-        const char *env[] = {"LD_AGENT_BIND=127.0.0.1",
-                             e_port,
-                             "LD_AGENT_HOOK_PORT=0",
-                             "SANDBOX_AGENT_TOKEN=" TOKEN,
-                             e_spool,
-                             "LIGHTDASH_LOG_LEVEL=warn",
-                             NULL};
+        const char *env[] = {"LD_AGENT_BIND=127.0.0.1",    e_port,  "LD_AGENT_HOOK_PORT=0",
+                             "SANDBOX_AGENT_TOKEN=" TOKEN, e_spool, e_sock,
+                             "LIGHTDASH_LOG_LEVEL=warn",   NULL};
         const char *argv[] = {agent_bin, NULL};
         if (child_start(&ours, argv, env, NULL, 0) != 0 || wait_port(ours_port) != 0)
             snprintf(skip_ours, sizeof(skip_ours), "sandbox-agent did not start on port %d",
@@ -224,13 +223,10 @@ static void start_servers(void)
     have_node = 1;
     if (have_ours) {
         snprintf(port, sizeof(port), "%d", ours_port);
-        snprintf(ours_sock, sizeof(ours_sock), "%s/agent.sock", tmp);
         snprintf(cut_sock, sizeof(cut_sock), "%s/cut.sock", tmp);
-        const char *fa[] = {"node", "tests/fakes/unix_forward.js", ours_sock, port, NULL};
         const char *fc[] = {
             "node", "tests/fakes/unix_forward.js", cut_sock, port, "--cut-after", "262144", NULL};
-        if (child_start(&fwd, fa, NULL, line, sizeof(line)) != 0 ||
-            child_start(&fwd_cut, fc, NULL, line, sizeof(line)) != 0) {
+        if (child_start(&fwd_cut, fc, NULL, line, sizeof(line)) != 0) {
             snprintf(skip_node, sizeof(skip_node), "tests/fakes/unix_forward.js did not start");
             have_node = 0;
         }
@@ -1893,7 +1889,6 @@ int main(void)
     RUN(wrong_token_clearly_reported);
     RUN(degraded_mode_on_the_plain_agent);
 
-    child_stop(&fwd);
     child_stop(&fwd_cut);
     child_stop(&plain);
     child_stop(&plain_unix);

@@ -366,15 +366,52 @@ TEST_CASE(environment_rules)
     c = azure_creds_new(base, SCOPE, 1, err, sizeof(err));
     CHECK(c == NULL);
     CHECK(strstr(err, "AZURE_AUTHORITY_HOST") != NULL);
+    env_secret("http://login.example", SECRET); /* the secret would cross in clear */
+    c = azure_creds_new(base, SCOPE, 1, err, sizeof(err));
+    CHECK(c == NULL);
+    CHECK(strstr(err, "https") != NULL);
     env_clear();
+}
+
+static char ca_pem[400], srv_pem[400], srv_key[400];
+
+/* A CA and a 127.0.0.1 server certificate made here (the authority must be https); the
+ * worker trusts the CA through SSL_CERT_FILE, as an operator behind TLS inspection would. */
+static int make_ca(void)
+{
+    char cmd[2400];
+    snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", dir);
+    snprintf(srv_pem, sizeof(srv_pem), "%s/server.pem", dir);
+    snprintf(srv_key, sizeof(srv_key), "%s/server.key", dir);
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=test CA' "
+             "-keyout ca.key -out ca.pem && openssl req -newkey rsa:2048 -nodes -subj "
+             "'/CN=127.0.0.1' -keyout server.key -out server.csr && printf "
+             "'subjectAltName=IP:127.0.0.1\\n' > san.ext && openssl x509 -req -in server.csr "
+             "-CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem",
+             dir);
+    char full[2500];
+    snprintf(full, sizeof(full), "( %s ) >/dev/null 2>&1", cmd);
+    return system(full) == 0 ? 0 : -1;
 }
 
 static int start_fake(struct fake_proc *f, const char *ttl, char *login_out, char *meta_out)
 {
-    const char *args[] = {
-        "--agent",  "/bin/false",        "--root",     dir,           "--federated-token-file",
-        fed_expect, "--identity-header", "hdr-secret", "--token-ttl", ttl,
-        NULL};
+    const char *args[] = {"--agent",
+                          "/bin/false",
+                          "--root",
+                          dir,
+                          "--federated-token-file",
+                          fed_expect,
+                          "--identity-header",
+                          "hdr-secret",
+                          "--token-ttl",
+                          ttl,
+                          "--tls-cert",
+                          srv_pem,
+                          "--tls-key",
+                          srv_key,
+                          NULL};
     const char *needs[] = {NULL};
     int rc = fake_proc_start(f, "tests/fakes/azure_sessions.js", args, needs, fake_why,
                              sizeof(fake_why));
@@ -405,6 +442,11 @@ int main(void)
             fclose(f);
         }
     }
+    if (make_ca() != 0) {
+        fprintf(stderr, "could not make a test CA with openssl\n");
+        return 1;
+    }
+    setenv("SSL_CERT_FILE", ca_pem, 1);
     int rc = start_fake(&fake, "3599", login, meta);
     if (rc == 0)
         rc = start_fake(&fake_short, "200", login_short, meta_short);

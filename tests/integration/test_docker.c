@@ -17,7 +17,7 @@
 #include "providers/docker.h"
 #include "providers/provider.h"
 #include "providers/s3.h"
-#include "tests/support/s3_server.h"
+#include "tests/support/s3_fixture.h"
 #include "tests/support/test.h"
 
 #define IMAGE "sandbox-worker-test:local"
@@ -517,7 +517,127 @@ TEST_CASE(hardening_in_inspect)
              "[\"ALL\"] [\"no-new-privileges\"] 77 2147483648 2000000000 none t-hard job-1 %s",
              g_worker);
     CHECK_STR(out, want);
+    /* not root; swap no larger than the memory limit; open files and processes bounded */
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{.Config.User}} {{.HostConfig.MemorySwap}} {{json "
+             ".HostConfig.Ulimits}} {{.HostConfig.ReadonlyRootfs}}' %s",
+             sb->id);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "1000:1000 2147483648 [{\"Name\":\"nofile\",\"Hard\":4096,\"Soft\":4096},"
+                   "{\"Name\":\"nproc\",\"Hard\":4096,\"Soft\":4096}] false");
+    struct run r = {0};
+    run_cmd(sb, &r,
+            "id -u; ulimit -n; touch /workspace/w && echo ws-writable; "
+            "touch /etc/x 2>/dev/null || echo etc-refused",
+            NULL, NULL, 0);
+    CHECK_STR(r.out.data, "1000\n4096\nws-writable\netc-refused\n");
+    run_free(&r);
+    /* files written through the engine belong to the sandbox's user */
+    struct done w = {0};
+    p->ops->write_file(sb, "/workspace/sub/f.txt", "x", 1, 0644, done_cb, &w);
+    CHECK(wait_for(&w.done, 60000) == 0);
+    CHECK_EQ_INT(w.rc, 0);
+    struct run o = {0};
+    run_cmd(sb, &o,
+            "stat -c '%u %U' /workspace/sub/f.txt; echo y >> /workspace/sub/f.txt && cat "
+            "/workspace/sub/f.txt",
+            NULL, NULL, 0);
+    CHECK_STR(o.out.data, "1000 UNKNOWN\nxy\n");
+    run_free(&o);
     destroy_sb(sb);
+    provider_free(p);
+
+    /* the user is configurable */
+    setenv("SANDBOX_DOCKER_USER", "4321:4321", 1);
+    p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_USER");
+    sb = p ? create_sb(p, "t-hard-user") : NULL;
+    if (sb) {
+        struct run u = {0};
+        run_cmd(sb, &u, "id -u; touch /workspace/w && echo ok", NULL, NULL, 0);
+        CHECK_STR(u.out.data, "4321\nok\n");
+        run_free(&u);
+        destroy_sb(sb);
+    }
+    provider_free(p);
+    setenv("SANDBOX_DOCKER_USER", "bad user", 1);
+    p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_USER");
+    CHECK(p == NULL && strstr(err, "SANDBOX_DOCKER_USER") != NULL);
+    provider_free(p);
+}
+
+/* SANDBOX_DOCKER_READ_ONLY_ROOT: the root filesystem is read-only; /tmp is a tmpfs and each
+ * workspace include a writable volume; files, snapshots and resumes work as before. */
+TEST_CASE(read_only_root)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    setenv("SANDBOX_DOCKER_READ_ONLY_ROOT", "true", 1);
+    struct provider *p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_READ_ONLY_ROOT");
+    CHECK(p != NULL);
+    struct sandbox *sb = p ? create_sb(p, "t-ro") : NULL;
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    char cmd[512], out[1024];
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.Tmpfs}} "
+             "{{range .Mounts}}{{.Destination}},{{end}}' %s",
+             sb->id);
+    sh_out(out, sizeof(out), cmd);
+    CHECK(strncmp(out, "true {\"/tmp\":", 13) == 0);
+    CHECK(strstr(out, "/workspace,") && strstr(out, "/data,") && strstr(out, "/srv/deep/app,"));
+    if (test_failed_now)
+        printf("  inspect: %s\n", out);
+    struct run r = {0};
+    run_cmd(sb, &r,
+            "id -u; touch /etc/x 2>/dev/null || echo root-ro; touch /tmp/t && echo tmp-ok; "
+            "mkdir -p /workspace/src && echo hello > /workspace/src/a.txt && echo ws-ok; "
+            "echo d > /data/d.txt && echo data-ok",
+            NULL, NULL, 0);
+    CHECK_STR(r.out.data, "1000\nroot-ro\ntmp-ok\nws-ok\ndata-ok\n");
+    run_free(&r);
+    struct done w = {0};
+    p->ops->write_file(sb, "/workspace/deep/f.bin", "\0\1\2", 3, 0600, done_cb, &w);
+    CHECK(wait_for(&w.done, 60000) == 0);
+    CHECK_EQ_INT(w.rc, 0);
+    if (w.rc)
+        printf("  write_file: %s\n", w.err);
+    struct done s = {0};
+    p->ops->suspend(sb, ref_cb, &s);
+    CHECK(wait_for(&s.done, 120000) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    if (s.rc)
+        printf("  suspend: %s\n", s.err);
+    provider_sandbox_release(sb);
+    struct acq a = {0};
+    if (s.ref) {
+        p->ops->resume(p, spec_for("t-ro"), s.ref, acq_cb, &a);
+        CHECK(wait_for(&a.done, 120000) == 0);
+        CHECK(a.sb != NULL);
+        if (!a.sb)
+            printf("  resume: %s\n", a.err);
+    }
+    if (a.sb) {
+        struct run c = {0};
+        run_cmd(a.sb, &c,
+                "cat /workspace/src/a.txt /data/d.txt; od -An -tx1 /workspace/deep/f.bin; "
+                "echo more >> /workspace/src/a.txt && echo writable",
+                NULL, NULL, 0);
+        CHECK_STR(c.out.data, "hello\nd\n 00 01 02\nwritable\n");
+        run_free(&c);
+        destroy_sb(a.sb);
+    }
+    if (s.ref) {
+        struct done del = {0};
+        p->ops->delete_snapshot(p, s.ref, done_cb, &del);
+        CHECK(wait_for(&del.done, 10000) == 0);
+    }
+    cJSON_Delete(s.ref);
     provider_free(p);
 }
 
@@ -532,7 +652,11 @@ TEST_CASE(suspend_resume)
     if (g_skip)
         SKIP(g_skip);
     char err[512] = "";
+    /* as root (allowed when configured): the test creates folders beside the includes, which
+     * the default non-root user may not (hardening_in_inspect covers that user) */
+    setenv("SANDBOX_DOCKER_USER", "0:0", 1);
     struct provider *p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_USER");
     CHECK(p != NULL);
     if (!p)
         return;
@@ -735,27 +859,13 @@ TEST_CASE(gzip_snapshot)
     provider_free(p);
 }
 
-static const char *const s3_vars[] = {
-    "S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_FORCE_PATH_STYLE",
-    "S3_REGION",   NULL};
-
-static void s3_env(const struct s3_server *srv, const char *secret)
-{
-    setenv("S3_ENDPOINT", srv->endpoint, 1);
-    setenv("S3_BUCKET", "snapshots", 1);
-    setenv("S3_ACCESS_KEY", "S3RVER", 1);
-    setenv("S3_SECRET_KEY", secret, 1);
-    setenv("S3_FORCE_PATH_STYLE", "true", 1);
-    setenv("S3_REGION", "us-east-1", 1);
-}
-
 TEST_CASE(s3_snapshots)
 {
     if (g_skip)
         SKIP(g_skip);
-    struct s3_server srv;
+    struct s3_fixture fx;
     char why[512] = "";
-    int st = s3_server_start(&srv, "snapshots", why, sizeof(why));
+    int st = s3_fixture_start(&fx, "snapshots", why, sizeof(why));
     if (st == 1)
         SKIP(why);
     CHECK_EQ_INT(st, 0);
@@ -764,7 +874,6 @@ TEST_CASE(s3_snapshots)
         return;
     }
     char err[512] = "";
-    s3_env(&srv, "S3RVER");
     struct provider *p = new_prov(err, sizeof(err));
     CHECK(p != NULL);
     struct sandbox *sb = p ? create_sb(p, "t-s3") : NULL;
@@ -805,9 +914,9 @@ TEST_CASE(s3_snapshots)
         /* a failing upload (wrong secret) reports a clear error and leaves the sandbox
          * running, so the thread keeps its previous snapshot */
         struct provider *bad = NULL;
-        s3_env(&srv, "wrong-secret");
+        s3_fixture_set_secret("wrong-secret");
         bad = new_prov(err, sizeof(err));
-        s3_env(&srv, "S3RVER");
+        s3_fixture_set_secret("S3RVER");
         CHECK(bad != NULL);
         if (bad) {
             struct sandbox view = *a.sb;
@@ -831,14 +940,14 @@ TEST_CASE(s3_snapshots)
         struct acq gone = {0};
         p->ops->resume(p, spec_for("t-s3"), s.ref, acq_cb, &gone);
         CHECK(wait_for(&gone.done, 60000) == 0);
-        CHECK(gone.sb == NULL && strstr(gone.err, "download") != NULL);
+        CHECK(gone.sb == NULL && strstr(gone.err, "no such object") != NULL);
+        printf("  resume from a deleted snapshot: %s\n", gone.err);
     }
     cJSON_Delete(s.ref);
 out:
-    for (int i = 0; s3_vars[i]; i++)
-        unsetenv(s3_vars[i]);
+    s3_fixture_unset_env();
     provider_free(p);
-    s3_server_stop(&srv);
+    s3_fixture_stop(&fx);
 }
 
 /* ---- archive objects (upload / restore steps) ---- */
@@ -1047,7 +1156,7 @@ TEST_CASE(archive_local)
     }
     restore(sb, "apps/x/none.tar.zst", "/restored", &d);
     CHECK_EQ_INT(d.rc, -1);
-    CHECK(strstr(d.err, "apps/x/none.tar.zst") && strstr(d.err, "No such file"));
+    CHECK(strstr(d.err, "apps/x/none.tar.zst") && strstr(d.err, "no such object"));
     /* a destination that is a file */
     restore(sb, "apps/x/dist.tar.zst", "/data/conf.txt", &d);
     CHECK_EQ_INT(d.rc, -1);
@@ -1107,9 +1216,9 @@ TEST_CASE(archive_s3)
 {
     if (g_skip)
         SKIP(g_skip);
-    struct s3_server srv;
+    struct s3_fixture fx;
     char why[512] = "";
-    int st = s3_server_start(&srv, "snapshots", why, sizeof(why));
+    int st = s3_fixture_start(&fx, "snapshots", why, sizeof(why));
     if (st == 1)
         SKIP(why);
     CHECK_EQ_INT(st, 0);
@@ -1118,7 +1227,6 @@ TEST_CASE(archive_s3)
         return;
     }
     char err[512] = "";
-    s3_env(&srv, "S3RVER");
     struct provider *p = new_prov(err, sizeof(err));
     CHECK(p != NULL);
     struct sandbox *sb = p ? create_sb(p, "t-arch-s3") : NULL;
@@ -1155,21 +1263,73 @@ TEST_CASE(archive_s3)
         check_dist(sb2, "/workspace/restored", sum);
         restore(sb2, "apps/s3/none.tar.zst", "/workspace", &d);
         CHECK_EQ_INT(d.rc, -1);
-        CHECK(strstr(d.err, "download") != NULL);
+        CHECK(strstr(d.err, "apps/s3/none.tar.zst: no such object") != NULL);
         printf("  missing object: %s\n", d.err);
         destroy_sb(sb2);
     }
-    /* the restore's temporary download is gone */
+    /* restores stream from S3: nothing was staged in the local folder */
     char cmd[512], out[256];
-    snprintf(cmd, sizeof(cmd), "ls -A '%s' | grep -c '^.download-'", g_snapdir);
+    snprintf(cmd, sizeof(cmd), "find '%s' -name '.download-*' -o -name '*.tmp' | wc -l", g_snapdir);
     sh_out(out, sizeof(out), cmd);
     CHECK_STR(out, "0");
     destroy_sb(sb);
 out:
-    for (int i = 0; s3_vars[i]; i++)
-        unsetenv(s3_vars[i]);
+    s3_fixture_unset_env();
     provider_free(p);
-    s3_server_stop(&srv);
+    s3_fixture_stop(&fx);
+}
+
+/* The snapshots' namespace "sandboxes" is refused for user objects: the key itself (a file
+ * named "sandboxes" in the folder would make every later snapshot folder impossible) and
+ * every key below it. */
+TEST_CASE(reserved_sandboxes_key)
+{
+    if (g_skip)
+        SKIP(g_skip);
+    char err[512] = "";
+    struct provider *p = new_prov(err, sizeof(err));
+    CHECK(p != NULL);
+    struct sandbox *sb = p ? create_sb(p, "t-reserved") : NULL;
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    struct run w = {0};
+    run_cmd(sb, &w, "mkdir -p /workspace/d && echo x > /workspace/d/f", NULL, NULL, 0);
+    CHECK_EQ_INT(w.code, 0);
+    run_free(&w);
+    static const char *const paths[] = {"/workspace/d", NULL};
+    static const char *const keys[] = {
+        "sandboxes", "sandboxes/x.tar.zst", "sandboxes/00000000-0000-4000-8000-000000000000",
+        "x/y.tmp",   ".download-1",         NULL};
+    for (int i = 0; keys[i]; i++) {
+        struct upl u;
+        upload(sb, paths, keys[i], &u);
+        CHECK_EQ_INT(u.rc, -1);
+        CHECK(strstr(u.err, "reserved") != NULL);
+        if (u.rc == 0)
+            printf("  key \"%s\" was accepted\n", keys[i]);
+    }
+    char path[512];
+    snprintf(path, sizeof(path), "%s/sandboxes", g_snapdir);
+    struct stat st;
+    CHECK(stat(path, &st) != 0 || S_ISDIR(st.st_mode)); /* no object where snapshots go */
+    /* and snapshots still work */
+    struct done s = {0};
+    p->ops->suspend(sb, ref_cb, &s);
+    CHECK(wait_for(&s.done, 120000) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    if (s.rc)
+        printf("  suspend: %s\n", s.err);
+    provider_sandbox_release(sb);
+    if (s.ref) {
+        struct done del = {0};
+        p->ops->delete_snapshot(p, s.ref, done_cb, &del);
+        CHECK(wait_for(&del.done, 10000) == 0);
+    }
+    cJSON_Delete(s.ref);
+    unlink(path); /* what an accepting provider left behind */
+    provider_free(p);
 }
 
 TEST_CASE(nothing_left_behind)
@@ -1223,11 +1383,13 @@ int main(void)
     RUN(timeout_and_kill_tree);
     RUN(files_round_trip);
     RUN(hardening_in_inspect);
+    RUN(read_only_root);
     RUN(suspend_resume);
     RUN(gzip_snapshot);
     RUN(s3_snapshots);
     RUN(archive_local);
     RUN(archive_s3);
+    RUN(reserved_sandboxes_key);
     RUN(nothing_left_behind);
 
     if (!g_skip) { /* remove anything a failed test left */

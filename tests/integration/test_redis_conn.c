@@ -975,10 +975,38 @@ out:
     env_release(&e);
 }
 
+/* Which error replies are worth retrying: the first word decides. */
+TEST_CASE(transient_errors)
+{
+    static const char *const yes[] = {"READONLY You can't write against a read only replica.",
+                                      "BUSY Redis is busy running a script.",
+                                      "OOM command not allowed when used memory > 'maxmemory'.",
+                                      "LOADING Redis is loading the dataset in memory",
+                                      "TRYAGAIN Multiple keys request during rehashing of slot",
+                                      "MOVED 3999 127.0.0.1:6381",
+                                      "ASK 3999 127.0.0.1:6381",
+                                      "MASTERDOWN Link with MASTER is down",
+                                      "CLUSTERDOWN The cluster is down",
+                                      "NOREPLICAS Not enough good replicas to write."};
+    static const char *const no[] = {"BUSYGROUP Consumer Group name already exists",
+                                     "ERR unknown command",
+                                     "WRONGTYPE Operation against a key",
+                                     "NOSCRIPT No matching script",
+                                     "NOPERM",
+                                     "OOMX",
+                                     "",
+                                     NULL};
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+        CHECK(redis_error_transient(yes[i]));
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        CHECK(!redis_error_transient(no[i]));
+}
+
 int main(void)
 {
     log_setup(LOG_WARN, LOG_FMT_PLAIN, NULL);
     RUN(url_parsing);
+    RUN(transient_errors);
     RUN(basic_commands);
     RUN(pipelining_10000);
     RUN(auth_password);

@@ -532,6 +532,13 @@ TEST_CASE(config_from_env)
     setenv("S3_ENDPOINT", "minio:9000", 1);
     CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), -1);
     CHECK(strncmp(err, "S3_ENDPOINT:", 12) == 0);
+    /* The message never carries the URL's credentials. */
+    setenv("S3_ENDPOINT", "ftp://minio:pw-Secret-77@minio:9000", 1);
+    CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), -1);
+    CHECK(strncmp(err, "S3_ENDPOINT:", 12) == 0 && !strstr(err, "pw-Secret-77"));
+    setenv("S3_ENDPOINT", "minio:pw-Secret-77@minio:9000", 1);
+    CHECK_EQ_INT(s3_config_from_env(&cfg, err, sizeof(err)), -1);
+    CHECK(strncmp(err, "S3_ENDPOINT:", 12) == 0 && !strstr(err, "pw-Secret-77"));
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
         unsetenv(vars[i]);
 }

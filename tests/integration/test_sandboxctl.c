@@ -787,6 +787,26 @@ TEST_CASE(dead_list_replay)
     CHECK_EQ_INT(cli_int("XLEN " P ":jobs"), 2);
 }
 
+/* Dead letters are shown with their secrets masked, also ones stored before the worker
+ * masked them itself. */
+TEST_CASE(dead_list_masks_secrets)
+{
+    cli0("DEL " P ":dead");
+    const char *job = "{\"id\":\"js\",\"thread\":\"t1\",\"feature\":\"data-app\",\"tenant\":"
+                      "{\"organization\":\"o\",\"project\":\"p\"},\"secrets\":{\"TOK\":"
+                      "\"old-Secret-5150\"},\"bogus\":1}";
+    cli0("XADD " P ":dead * id \"\" thread \"\" entry 1-1 reason \"bogus: unknown field\" job '%s'",
+         job);
+    struct run r;
+    CTL(&r, NULL, "dead", "list", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(r.out.data && !strstr(r.out.data, "old-Secret-5150"));
+    CHECK(r.out.data && strstr(r.out.data, "\\\"TOK\\\":\\\"***\\\""));
+    show("dead list json (masked)", &r);
+    run_release(&r);
+    cli0("DEL " P ":dead");
+}
+
 TEST_CASE(show_job_and_thread)
 {
     struct run r;
@@ -1319,6 +1339,7 @@ int main(int argc, char **argv)
     RUN(watch_events);
     RUN(stats_numbers);
     RUN(dead_list_replay);
+    RUN(dead_list_masks_secrets);
     RUN(show_job_and_thread);
     RUN(wait_survives_redis_restart);
     RUN(end_to_end_with_worker);

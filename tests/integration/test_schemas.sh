@@ -68,6 +68,8 @@ echo "{$j,\"steps\":[{\"type\":\"read\",\"path\":\"/a/../etc/passwd\"}]}" >"$dir
 echo "{$j,\"steps\":[{\"type\":\"run\",\"cmd\":\"x\",\"files\":[]}]}" >"$dir/job-bad/run-with-files.json"
 echo "{$j,\"max_attempts\":0}" >"$dir/job-bad/attempts-zero.json"
 echo "{$j,\"secrets\":{\"lower\":\"v\"}}" >"$dir/job-bad/secret-name.json"
+echo "{$j,\"secrets\":{\"PIN\":\"123\"}}" >"$dir/job-bad/secret-short.json"
+echo "{$j,\"secrets\":{\"PIN\":\"***\"}}" >"$dir/job-bad/secret-masked.json"
 echo "{$j,\"steps\":[{\"type\":\"write\",\"files\":[{\"path\":\"/x\",\"content\":\"\",\"mode\":\"0999\"}]}]}" >"$dir/job-bad/mode.json"
 echo "{$j,\"steps\":[{\"type\":\"upload\",\"paths\":[\"/w\"],\"key\":\"/abs\"}]}" >"$dir/job-bad/key-slash.json"
 echo "{$j,\"deadline_ms\":1.5}" >"$dir/job-bad/deadline-fraction.json"
@@ -115,6 +117,14 @@ echo '{"id":"j","thread":"t","status":"succeeded","attempt":1,"worker":"w","sand
 echo '{"id":"j","thread":"t","status":"succeeded","attempt":0,"worker":"w","timings":{"queued_ms":0,"total_ms":0}}' >"$dir/result-bad/attempt-zero.json"
 echo '{"id":"j","thread":"t","status":"failed","attempt":1,"worker":"w","error":{"code":"x"},"timings":{"queued_ms":0,"total_ms":0}}' >"$dir/result-bad/error-no-message.json"
 echo '{"id":"j","thread":"t","status":"succeeded","attempt":1,"worker":"w","steps":[{"name":"a","type":"run","status":"exploded","duration_ms":1}],"timings":{"queued_ms":0,"total_ms":0}}' >"$dir/result-bad/step-status.json"
+cat >"$dir/result-ok/encoded-output.json" <<'JSON'
+{"id":"j","thread":"t","status":"succeeded","attempt":1,"worker":"w","entry":"1718000000000-0",
+ "steps":[{"name":"run-0","type":"run","status":"ok","exit_code":0,"stdout":"b2v//iE=",
+ "stdout_encoding":"base64","stdout_bytes":5,"stderr":"","stderr_bytes":0,"duration_ms":3}],
+ "timings":{"queued_ms":0,"total_ms":3}}
+JSON
+echo '{"id":"j","thread":"t","status":"succeeded","attempt":1,"worker":"w","steps":[{"name":"a","type":"run","status":"ok","stdout":"x","stdout_encoding":"hex","duration_ms":1}],"timings":{"queued_ms":0,"total_ms":0}}' >"$dir/result-bad/stdout-encoding.json"
+echo '{"id":"j","thread":"t","status":"succeeded","attempt":1,"worker":"w","entry":"latest","timings":{"queued_ms":0,"total_ms":0}}' >"$dir/result-bad/entry.json"
 
 # The examples in docs/protocol.md: its first ```json block is a job, its second a result,
 # and its ```js block must at least parse.

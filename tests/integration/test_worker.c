@@ -121,6 +121,43 @@ static long long results_for(const char *id)
     return n;
 }
 
+/* The result of the {p}:results entry for stream entry `entry` (parsed; caller frees), or
+ * NULL when there is none within timeout_ms. Rejected entries are found this way only. */
+static cJSON *result_for_entry(const char *entry, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        redisReply *r = sync_cmd(rc, "XRANGE %s - +", k_results);
+        cJSON *j = NULL;
+        for (size_t i = 0; i < r->elements && !j; i++) {
+            redisReply *f = r->element[i]->element[1];
+            const char *e = NULL, *res = NULL;
+            for (size_t k = 0; k + 1 < f->elements; k += 2) {
+                if (strcmp(f->element[k]->str, "entry") == 0)
+                    e = f->element[k + 1]->str;
+                if (strcmp(f->element[k]->str, "result") == 0)
+                    res = f->element[k + 1]->str;
+            }
+            if (e && res && strcmp(e, entry) == 0)
+                j = cJSON_Parse(res);
+        }
+        freeReplyObject(r);
+        if (j)
+            return j;
+        sleep_ms(50);
+    }
+    return NULL;
+}
+
+/* XADDs a job and returns its stream entry id (static buffer). */
+static const char *xadd_job_entry(const char *json)
+{
+    static char entry[64];
+    redisReply *x = sync_cmd(rc, "XADD %s * job %s", k_jobs, json);
+    snprintf(entry, sizeof(entry), "%s", x->str ? x->str : "");
+    freeReplyObject(x);
+    return entry;
+}
+
 static long long pending(void)
 {
     redisReply *r = sync_cmd(rc, "XPENDING %s workers", k_jobs);
@@ -239,8 +276,12 @@ TEST_CASE(invalid_jobs_rejected)
          "steps[0].type"},
     };
     size_t n = sizeof(bad) / sizeof(bad[0]);
-    for (size_t i = 0; i < n; i++)
-        xadd_job(bad[i][0]);
+    char b2_entry[64] = "";
+    for (size_t i = 0; i < n; i++) {
+        const char *e = xadd_job_entry(bad[i][0]);
+        if (i == 1)
+            snprintf(b2_entry, sizeof(b2_entry), "%s", e);
+    }
     /* An entry without a job field, and an oversized job. */
     freeReplyObject(sync_cmd(rc, "XADD %s * nojob 1", k_jobs));
     size_t big = 9 * 1024 * 1024;
@@ -270,10 +311,13 @@ TEST_CASE(invalid_jobs_rejected)
             printf("  reason %zu: %s\n", i, reason);
     }
     freeReplyObject(d);
-    cJSON *r = wait_result("b2", 1000);
+    /* Rejected entries are recorded under their stream entry, never under the id they carry. */
+    cJSON *r = result_for_entry(b2_entry, 1000);
     CHECK(r && strcmp(jstr(r, "status"), "rejected") == 0);
     CHECK(r && strcmp(jstr(r, "error.code"), "invalid_job") == 0);
+    CHECK(r && strcmp(jstr(r, "id"), "") == 0 && strcmp(jstr(r, "entry"), b2_entry) == 0);
     cJSON_Delete(r);
+    CHECK_EQ_INT(sync_int(rc, "EXISTS %s", key("job", "b2")), 0);
     CHECK_EQ_INT(pending(), 0);
 
     /* Tenant mismatch: thread tt belongs to org1 after a first job; org2 is refused. */
@@ -797,6 +841,652 @@ TEST_CASE(output_tail_capped)
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
+/* ---- hostile input ---- */
+
+/* The output cap cuts through a secret: the tail must hold none of it (masked before the
+ * trim), and the events none either. */
+TEST_CASE(tail_cap_never_splits_a_secret)
+{
+    new_prefix("tailsecret");
+    static const char *const env[] = {"WORKER_OUTPUT_CAP_BYTES=1024", NULL};
+    pid_t w = spawn("w1", env, 0);
+    static const char secret[] = "tok-0123456789abcdefghijklmnopqrstuv"; /* 36 bytes */
+    char pad[1001];
+    memset(pad, 'x', 1000);
+    pad[1000] = '\0';
+    char steps[2048], extra[128];
+    /* secret (36) + 1000 x + "\n": the last 1024 raw bytes start 13 bytes into the secret. */
+    snprintf(steps, sizeof(steps), "{\"type\":\"run\",\"cmd\":\"out %s%s\"}", secret, pad);
+    snprintf(extra, sizeof(extra), "\"secrets\":{\"TOK\":\"%s\"}", secret);
+    xadd_job(job_json("ts1", "thts", steps, extra));
+    cJSON *r = wait_result("ts1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    char *res = sync_hget(rc, key("job", "ts1"), "result");
+    const char *tail_of_secret = secret + sizeof(secret) - 1 - 16;
+    CHECK(res && !strstr(res, tail_of_secret));
+    if (res && strstr(res, tail_of_secret))
+        printf("  the result holds the secret's end: %s\n", strstr(res, tail_of_secret));
+    free(res);
+    const cJSON *st = r ? cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0) : NULL;
+    const char *out = st ? jstr(st, "stdout") : NULL;
+    CHECK(out && strncmp(out, "***xxx", 6) == 0);
+    CHECK(st && cJSON_GetObjectItem(st, "stdout_bytes")->valuedouble == 1037);
+    cJSON_Delete(r);
+    char *text = NULL;
+    free(event_types("ts1", &text));
+    CHECK(text && !strstr(text, tail_of_secret));
+    free(text);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+static long long dead_with_entry_field(const char *field, const char *value)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE %s - +", k_dead);
+    long long n = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        for (size_t k = 0; k + 1 < f->elements; k += 2)
+            if (strcmp(f->element[k]->str, field) == 0 &&
+                strcmp(f->element[k + 1]->str, value) == 0)
+                n++;
+    }
+    freeReplyObject(r);
+    return n;
+}
+
+/* An invalid entry carrying another job's id is recorded under its own stream entry id:
+ * it neither ends a running job nor makes a later valid job a duplicate. */
+TEST_CASE(invalid_entry_never_touches_a_job)
+{
+    new_prefix("rejid");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(
+        job_json("v1", "thv", "{\"type\":\"run\",\"cmd\":\"out began;sleep 1500;out ok\"}", NULL));
+    char *ph = sync_wait_hget(rc, key("job", "v1"), "phase", 20000);
+    free(ph);
+    static const char bad1[] =
+        "{\"id\":\"v1\",\"thread\":\"thv\",\"feature\":\"data-app\",\"tenant\":"
+        "{\"organization\":\"org1\",\"project\":\"proj1\"},\"bogus\":1}";
+    redisReply *x = sync_cmd(rc, "XADD %s * job %s", k_jobs, bad1);
+    char bad_entry[64];
+    snprintf(bad_entry, sizeof(bad_entry), "%s", x->str);
+    freeReplyObject(x);
+    for (int waited = 0; waited < 10000 && sync_int(rc, "XLEN %s", k_dead) < 1; waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_dead), 1);
+    /* The running job is untouched by the rejection. */
+    char *st = sync_hget(rc, key("job", "v1"), "status");
+    CHECK(st == NULL);
+    free(st);
+    cJSON *r = wait_result("v1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    sleep_ms(300);
+    CHECK_EQ_INT(results_for("v1"), 1);
+    char *types = event_types("v1", NULL);
+    CHECK(types && strstr(types, "done|") && !strstr(strstr(types, "done|") + 5, "done|"));
+    free(types);
+    /* The rejection: a result and a dead letter under the stream entry, no job id. */
+    CHECK_EQ_INT(dead_with_entry_field("entry", bad_entry), 1);
+    CHECK_EQ_INT(dead_with_entry_field("id", "v1"), 0);
+    CHECK_EQ_INT(results_for(""), 1);
+
+    /* Arriving first, an invalid entry does not make the valid job a duplicate. */
+    static const char bad2[] =
+        "{\"id\":\"v2\",\"thread\":\"thv\",\"feature\":\"data-app\",\"tenant\":"
+        "{\"organization\":\"org1\",\"project\":\"proj1\"},\"steps\":[{\"type\":\"teleport\"}]}";
+    xadd_job(bad2);
+    for (int waited = 0; waited < 10000 && sync_int(rc, "XLEN %s", k_dead) < 2; waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(sync_int(rc, "EXISTS %s", key("job", "v2")), 0);
+    CHECK_EQ_INT(sync_int(rc, "EXISTS %s", key("events", "v2")), 0);
+    xadd_job(job_json("v2", "thv", "{\"type\":\"run\",\"cmd\":\"out second\"}", NULL));
+    r = wait_result("v2", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("v2"), 1);
+    CHECK_EQ_INT(pending(), 0);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* Output and files that are not UTF-8 reach the result base64-encoded, so the result is
+ * valid JSON text; UTF-8 text stays text even when the cap cuts a character. */
+TEST_CASE(non_utf8_output_encoded)
+{
+    new_prefix("utf8");
+    static const char *const env[] = {"WORKER_OUTPUT_CAP_BYTES=1024", NULL};
+    pid_t w = spawn("w1", env, 0);
+    /* /bin.dat = "ok\xff\xfe!" (no NUL); /u.txt = "x", 599 x "é", "y": 1200 bytes, whose
+     * last 1024 start inside an "é". */
+    char eacute[1300] = "x";
+    for (int i = 0; i < 599; i++)
+        strcat(eacute, "\xc3\xa9");
+    strcat(eacute, "y");
+    char steps[4096];
+    snprintf(steps, sizeof(steps),
+             "{\"type\":\"write\",\"files\":[{\"path\":\"/bin.dat\",\"content\":\"b2v//iE=\","
+             "\"encoding\":\"base64\"},{\"path\":\"/u.txt\",\"content\":\"%s\"}]},"
+             "{\"type\":\"run\",\"cmd\":\"cat /bin.dat\"},"
+             "{\"type\":\"run\",\"cmd\":\"cat /u.txt\"},"
+             "{\"type\":\"read\",\"path\":\"/bin.dat\"}",
+             eacute);
+    xadd_job(job_json("u1", "thu", steps, NULL));
+    cJSON *r = wait_result("u1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    char *res = sync_hget(rc, key("job", "u1"), "result");
+    CHECK(res && !strstr(res, "\xff"));
+    free(res);
+    const cJSON *steps_a = r ? cJSON_GetObjectItem(r, "steps") : NULL;
+    const cJSON *s1 = cJSON_GetArrayItem(steps_a, 1), *s2 = cJSON_GetArrayItem(steps_a, 2);
+    CHECK(s1 && jstr(s1, "stdout_encoding") && strcmp(jstr(s1, "stdout_encoding"), "base64") == 0);
+    CHECK(s1 && jstr(s1, "stdout") && strcmp(jstr(s1, "stdout"), "b2v//iE=") == 0);
+    const char *u = s2 ? jstr(s2, "stdout") : NULL;
+    CHECK(s2 && !cJSON_GetObjectItem(s2, "stdout_encoding"));
+    CHECK(u && strlen(u) == 1023 && strncmp(u, "\xc3\xa9", 2) == 0 && u[1022] == 'y');
+    const cJSON *f = r ? cJSON_GetArrayItem(cJSON_GetObjectItem(r, "files"), 0) : NULL;
+    CHECK(f && strcmp(jstr(f, "encoding"), "base64") == 0);
+    CHECK(f && strcmp(jstr(f, "content"), "b2v//iE=") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* WORKER_MAX_RESULT_BYTES: tails shrink to what is left, a read that does not fit fails its
+ * step, and the result is published within the limit. */
+TEST_CASE(result_size_capped)
+{
+    new_prefix("rescap");
+    static const char *const env[] = {"WORKER_MAX_RESULT_BYTES=1048576",
+                                      "WORKER_OUTPUT_CAP_BYTES=400000", NULL};
+    pid_t w = spawn("w1", env, 0);
+    size_t n = 500000;
+    char *steps = malloc(n + 1024), *p = steps;
+    p += sprintf(p, "{\"type\":\"write\",\"files\":[{\"path\":\"/big\",\"content\":\"");
+    memset(p, 'a', n);
+    p += n;
+    sprintf(p, "\"}]},{\"type\":\"run\",\"cmd\":\"cat /big\"},{\"type\":\"run\",\"cmd\":\"cat "
+               "/big\"},{\"type\":\"read\",\"path\":\"/big\",\"max_bytes\":400000}");
+    char *job = malloc(n + 2048);
+    snprintf(job, n + 2048,
+             "{\"id\":\"rc1\",\"thread\":\"thrc\",\"feature\":\"data-app\",\"tenant\":"
+             "{\"organization\":\"org1\",\"project\":\"proj1\"},\"steps\":[%s]}",
+             steps);
+    xadd_job(job);
+    free(job);
+    free(steps);
+    cJSON *r = wait_result("rc1", 30000);
+    CHECK(r && strcmp(jstr(r, "status"), "failed") == 0);
+    CHECK(r && jstr(r, "error.code") && strcmp(jstr(r, "error.code"), "step_error") == 0);
+    char *res = sync_hget(rc, key("job", "rc1"), "result");
+    CHECK(res && strlen(res) <= 1048576);
+    if (res)
+        printf("  result: %zu bytes\n", strlen(res));
+    free(res);
+    const cJSON *sa = r ? cJSON_GetObjectItem(r, "steps") : NULL;
+    const cJSON *s1 = cJSON_GetArrayItem(sa, 1), *s2 = cJSON_GetArrayItem(sa, 2),
+                *s3 = cJSON_GetArrayItem(sa, 3);
+    /* 1 MiB less the reserve leaves 1003520 bytes. The first tail keeps its 400000 bytes;
+     * the second gets half of what is then left (1003520 - 400002 - 2 for the empty stderr,
+     * halved: 301758) less its quotes; the read (400000) no longer fits. */
+    CHECK(s1 && jstr(s1, "stdout") && strlen(jstr(s1, "stdout")) == 400000);
+    CHECK(s2 && jstr(s2, "stdout") && strlen(jstr(s2, "stdout")) == 301756);
+    CHECK(s2 && cJSON_IsTrue(cJSON_GetObjectItem(s2, "stdout_truncated")));
+    CHECK(s3 && strcmp(jstr(s3, "status"), "error") == 0);
+    CHECK(s3 && jstr(s3, "error") && strstr(jstr(s3, "error"), "WORKER_MAX_RESULT_BYTES"));
+    cJSON_Delete(r);
+    /* Read caps that cannot fit are refused before anything runs. */
+    const char *e2 =
+        xadd_job_entry(job_json("rc2", "thrc2",
+                                "{\"type\":\"read\",\"path\":\"/a\",\"max_bytes\":600000},"
+                                "{\"type\":\"read\",\"path\":\"/b\",\"max_bytes\":600000}",
+                                NULL));
+    r = result_for_entry(e2, 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "rejected") == 0);
+    CHECK(r && jstr(r, "error.message") && strstr(jstr(r, "error.message"), "steps[1].max_bytes"));
+    if (r && !strstr(jstr(r, "error.message"), "steps[1].max_bytes"))
+        printf("  rc2: %s\n", jstr(r, "error.message"));
+    cJSON_Delete(r);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* Dead letters keep no secret in clear, and the dead stream is capped. */
+TEST_CASE(dead_letters_masked_and_capped)
+{
+    new_prefix("deadmask");
+    static const char secret[] = "dead-Secret-0a1b2c3d4e";
+    static const char *const env[] = {"WORKER_RESULTS_MAXLEN=3", NULL};
+    freeReplyObject(sync_cmd(rc, "CONFIG SET stream-node-max-entries 2"));
+    pid_t w = spawn("w1", env, 0);
+    char extra[128];
+    snprintf(extra, sizeof(extra), "\"secrets\":{\"TOK\":\"%s\"},\"bogus\":true", secret);
+    for (int i = 0; i < 12; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dm%d", i);
+        xadd_job(job_json(id, "thdm", "", extra));
+    }
+    for (int waited = 0; waited < 20000 && pending() != 0; waited += 50)
+        sleep_ms(50);
+    sleep_ms(200);
+    CHECK_EQ_INT(pending(), 0);
+    long long n = sync_int(rc, "XLEN %s", k_dead);
+    CHECK(n >= 3 && n < 12);
+    printf("  dead stream: %lld entries after 12 dead letters (MAXLEN ~ 3)\n", n);
+    redisReply *d = sync_cmd(rc, "XRANGE %s - +", k_dead);
+    int masked = 0;
+    for (size_t i = 0; i < d->elements; i++) {
+        redisReply *f = d->element[i]->element[1];
+        for (size_t k = 0; k < f->elements; k++) {
+            CHECK(strstr(f->element[k]->str, secret) == NULL);
+            masked += strstr(f->element[k]->str, "\"TOK\":\"***\"") != NULL;
+        }
+    }
+    CHECK_EQ_INT(masked, (long long)d->elements);
+    freeReplyObject(d);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET stream-node-max-entries 100"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* Redis refuses writes (OOM) while a turn completes: the error reply is not a publish. The
+ * completion is retried until Redis accepts it, and the thread's previous snapshot is kept
+ * until then (the next turn resumes from what the thread hash names). */
+TEST_CASE(oom_during_completion_retried)
+{
+    new_prefix("oomdone");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(job_json("o1", "tho",
+                      "{\"type\":\"write\",\"files\":[{\"path\":\"/v\",\"content\":\"one\"}]}",
+                      NULL));
+    cJSON *r = wait_result("o1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    xadd_job(job_json("o2", "tho", "{\"type\":\"run\",\"cmd\":\"sleep 1000;cat /v\"}", NULL));
+    char *phase = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(phase);
+        phase = sync_hget(rc, key("job", "o2"), "phase");
+        if (phase && strcmp(phase, "running") == 0)
+            break;
+        sleep_ms(20);
+    }
+    CHECK_STR(phase, "running");
+    free(phase);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory 1"));
+    sleep_ms(3000); /* the turn ends after 1 s; its completion meets OOM */
+    char *st = sync_hget(rc, key("job", "o2"), "status");
+    CHECK(st == NULL);
+    free(st);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory 0"));
+    r = wait_result("o2", 10000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && strcmp(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0), "stdout"),
+                      "one") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("o2"), 1);
+    /* The thread's snapshot is the new one, and it resumes. */
+    xadd_job(job_json("o3", "tho", "{\"type\":\"run\",\"cmd\":\"cat /v\"}", NULL));
+    r = wait_result("o3", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && strcmp(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), 0), "stdout"),
+                      "one") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(pending(), 0);
+    CHECK(file_contains(log_path("w1"), "OOM"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* A transient error (OOM) on the begin script is retried, never a final "failed". */
+TEST_CASE(oom_during_begin_retried)
+{
+    new_prefix("oombegin");
+    pid_t w = spawn("w1", NULL, 0);
+    for (int waited = 0; waited < 10000 && !file_contains(log_path("w1"), "queue ready");
+         waited += 50)
+        sleep_ms(50);
+    sleep_ms(300); /* the reader is blocked in XREADGROUP */
+    /* The entry lands and maxmemory drops in one transaction: the blocked read is served
+     * (XREADGROUP is not refused on OOM), the begin script is refused. */
+    freeReplyObject(sync_cmd(rc, "MULTI"));
+    freeReplyObject(
+        sync_cmd(rc, "XADD %s * job %s", k_jobs,
+                 job_json("b1", "thb", "{\"type\":\"run\",\"cmd\":\"out ran\"}", NULL)));
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory 1"));
+    freeReplyObject(sync_cmd(rc, "EXEC"));
+    sleep_ms(1500);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory 0"));
+    cJSON *r = wait_result("b1", 10000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("b1"), 1);
+    CHECK(file_contains(log_path("w1"), "OOM"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* A job id that has a terminal result is never written again: not by a malformed duplicate
+ * (rejected), not by a duplicate delivered too often (poison). */
+TEST_CASE(finished_result_never_overwritten)
+{
+    new_prefix("final");
+    pid_t w = spawn("w1", short_lease, 0);
+    xadd_job(job_json("f1", "thf", "{\"type\":\"run\",\"cmd\":\"out ok\"}", NULL));
+    cJSON *r = wait_result("f1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    char *before = sync_hget(rc, key("job", "f1"), "result");
+    /* A malformed duplicate: same id, an unknown field. */
+    xadd_job("{\"id\":\"f1\",\"thread\":\"thf\",\"feature\":\"data-app\",\"tenant\":"
+             "{\"organization\":\"org1\",\"project\":\"proj1\"},\"bogus\":1}");
+    for (int waited = 0; waited < 10000 && sync_int(rc, "XLEN %s", k_dead) < 1; waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_dead), 1);
+    /* A duplicate that a dead consumer held for 11 deliveries: the poison path. */
+    redisReply *x = sync_cmd(rc, "XADD %s * job %s", k_jobs,
+                             job_json("f1", "thf", "{\"type\":\"run\",\"cmd\":\"out ok\"}", NULL));
+    char entry[64];
+    snprintf(entry, sizeof(entry), "%s", x->str);
+    freeReplyObject(x);
+    freeReplyObject(
+        sync_cmd(rc, "XCLAIM %s workers ghost 0 %s RETRYCOUNT 11 FORCE", k_jobs, entry));
+    for (int waited = 0; waited < 15000 && pending() != 0; waited += 50)
+        sleep_ms(50);
+    CHECK_EQ_INT(pending(), 0);
+    char *status = sync_hget(rc, key("job", "f1"), "status");
+    CHECK_STR(status, "succeeded");
+    free(status);
+    char *after = sync_hget(rc, key("job", "f1"), "result");
+    CHECK(before && after && strcmp(before, after) == 0);
+    free(before);
+    free(after);
+    CHECK_EQ_INT(results_for("f1"), 1);
+    char *types = event_types("f1", NULL);
+    CHECK_STR(types, "started|step_started|output|step_finished|done|");
+    free(types);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* Redis restarts while a turn runs on a live worker. After the restart the entry looks idle
+ * far longer than the lease (here forced to 60 s: the outage, or a clock behind); a worker
+ * that connects now must leave it to its owner, who renews first after reconnecting. */
+TEST_CASE(restart_owner_renews_first)
+{
+    new_prefix("owner");
+    static const char *const lease6[] = {"WORKER_LEASE_MS=6000", NULL};
+    pid_t w1 = spawn("w1", lease6, 0);
+    xadd_job(job_json("o1", "tho1", "{\"type\":\"run\",\"cmd\":\"sleep 3000;out done\"}", NULL));
+    char *entry = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        char *ph = sync_hget(rc, key("job", "o1"), "phase");
+        int running = ph && strcmp(ph, "running") == 0;
+        free(ph);
+        if (running) {
+            entry = sync_hget(rc, key("job", "o1"), "entry");
+            break;
+        }
+        sleep_ms(20);
+    }
+    CHECK(entry != NULL);
+    redisFree(rc);
+    test_redis_kill(srv);
+    CHECK_EQ_INT(test_redis_restart(srv), 0);
+    rc = sync_connect(test_redis_port(srv));
+    freeReplyObject(
+        sync_cmd(rc, "XCLAIM %s workers w1 0 %s IDLE 60000 JUSTID", k_jobs, entry ? entry : "0-0"));
+    pid_t w2 = spawn("w2", lease6, 0);
+    cJSON *r = wait_result("o1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && strcmp(jstr(r, "worker"), "w1") == 0);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("o1"), 1);
+    CHECK(!file_contains(log_path("w2"), "reclaimed entry"));
+    free(entry);
+    CHECK_EQ_INT(worker_stop(w1, SIGTERM, 10000), 0);
+    CHECK_EQ_INT(worker_stop(w2, SIGTERM, 10000), 0);
+}
+
+/* A worker whose renewals stop being confirmed (writes paused) stops its turn on its own
+ * before the lease runs out: the running step is killed, nothing more is written for it,
+ * and the job ends as "lost" (never a result from the cut-off worker). */
+TEST_CASE(self_fencing_without_renewals)
+{
+    new_prefix("selffence");
+    pid_t w = spawn("w1", short_lease, 0);
+    xadd_job(job_json("s1", "ths1",
+                      "{\"type\":\"run\",\"cmd\":\"out before;sleep 6000;out after\"}", NULL));
+    char *ph = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(ph);
+        ph = sync_hget(rc, key("job", "s1"), "phase");
+        if (ph && strcmp(ph, "running") == 0)
+            break;
+        sleep_ms(20);
+    }
+    CHECK_STR(ph, "running");
+    free(ph);
+    sleep_ms(300);
+    freeReplyObject(sync_cmd(rc, "CLIENT PAUSE 4000 WRITE"));
+    sleep_ms(4200);
+    CHECK(file_contains(log_path("w1"), "lease expired locally"));
+    cJSON *r = wait_result("s1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "lost") == 0);
+    cJSON_Delete(r);
+    sleep_ms(3000); /* the stale turn's step would have printed by now */
+    char *text = NULL;
+    char *types = event_types("s1", &text);
+    CHECK(strstr(text, "before") != NULL);
+    CHECK(strstr(text, "after") == NULL);
+    CHECK(strstr(types, "done|") && strcmp(strstr(types, "done|"), "done|") == 0);
+    free(types);
+    free(text);
+    CHECK_EQ_INT(results_for("s1"), 1);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* Jobs of a busy thread wait in the thread's queue (not the delayed set) and run one at a
+ * time in enqueue order, whichever worker reads them; each parked job goes back to the
+ * stream exactly once, when the turn before it completes. */
+TEST_CASE(thread_turns_in_order)
+{
+    new_prefix("order");
+    pid_t w[3];
+    for (int i = 0; i < 3; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "w%d", i + 1);
+        w[i] = spawn(name, NULL, 0);
+    }
+    /* after: destroy, since the scripted provider keeps snapshots in its own process */
+    static const char destroy[] = "\"after\":\"destroy\"";
+    xadd_job(job_json("q0", "ord", "{\"type\":\"run\",\"cmd\":\"sleep 2000;out 0\"}", destroy));
+    char *ph = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(ph);
+        ph = sync_hget(rc, key("job", "q0"), "phase");
+        if (ph && strcmp(ph, "running") == 0)
+            break;
+        sleep_ms(20);
+    }
+    CHECK_STR(ph, "running");
+    free(ph);
+    enum { N = 6 };
+    for (int i = 1; i < N; i++) {
+        char id[8], cmd[64];
+        snprintf(id, sizeof(id), "q%d", i);
+        snprintf(cmd, sizeof(cmd), "{\"type\":\"run\",\"cmd\":\"sleep 100;out %d\"}", i);
+        xadd_job(job_json(id, "ord", cmd, destroy));
+    }
+    sleep_ms(800);
+    CHECK_EQ_INT(sync_int(rc, "ZCARD {%s}:delayed", pfx), 0);
+    CHECK_EQ_INT(sync_int(rc, "ZCARD %s", key("threadq", "ord")), N - 1);
+    char *p1 = sync_hget(rc, key("job", "q1"), "phase");
+    CHECK_STR(p1, "parked");
+    free(p1);
+    long long prev_finished = 0;
+    for (int i = 0; i < N; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "q%d", i);
+        cJSON *r = wait_result(id, 30000);
+        CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+        cJSON_Delete(r);
+        char *st = sync_hget(rc, key("job", id), "started_at");
+        char *fi = sync_hget(rc, key("job", id), "finished_at");
+        CHECK(st && fi && atoll(st) >= prev_finished);
+        if (st && atoll(st) < prev_finished)
+            printf("  %s started %lld before the previous turn finished (%lld)\n", id, atoll(st),
+                   prev_finished);
+        prev_finished = fi ? atoll(fi) : prev_finished;
+        free(st);
+        free(fi);
+    }
+    /* N entries from the producer, one release per parked job, nothing else. */
+    CHECK_EQ_INT(sync_int(rc, "XLEN %s", k_jobs), 2 * N - 1);
+    CHECK_EQ_INT(pending(), 0);
+    CHECK_EQ_INT(sync_int(rc, "EXISTS %s", key("threadq", "ord")), 0);
+    char *lock = sync_hget(rc, key("thread", "ord"), "lock_job");
+    CHECK(lock == NULL);
+    free(lock);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(worker_stop(w[i], SIGTERM, 10000), 0);
+}
+
+/* The worker checks what Redis must provide (docs/configuration.md) and warns; a server that
+ * refuses CONFIG (as managed services do) gets one warning saying so, and the worker runs. */
+TEST_CASE(redis_requirements_checked)
+{
+    new_prefix("reqs");
+    freeReplyObject(sync_cmd(rc, "CONFIG SET appendfsync everysec"));
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory-policy allkeys-lru"));
+    pid_t w = spawn("w1", NULL, 0);
+    for (int waited = 0; waited < 10000 && !file_contains(log_path("w1"), "queue ready");
+         waited += 50)
+        sleep_ms(50);
+    sleep_ms(300);
+    CHECK(file_contains(log_path("w1"), "appendfsync is everysec"));
+    CHECK(file_contains(log_path("w1"), "maxmemory-policy is allkeys-lru"));
+    CHECK(!file_contains(log_path("w1"), "appendonly is"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+    freeReplyObject(sync_cmd(rc, "CONFIG SET appendfsync always"));
+    freeReplyObject(sync_cmd(rc, "CONFIG SET maxmemory-policy noeviction"));
+
+    /* A user without CONFIG: the worker says it could not check, and still runs jobs. */
+    freeReplyObject(sync_cmd(rc, "ACL SETUSER managed on >pw ~* &* +@all -config"));
+    char url[128];
+    snprintf(url, sizeof(url), "redis://managed:pw@127.0.0.1:%d", test_redis_port(srv));
+    struct worker_spec ws = {.url = url, .prefix = pfx, .name = "w2", .log_path = log_path("w2")};
+    w = worker_spawn(&ws);
+    xadd_job(job_json("m1", "thm", "{\"type\":\"run\",\"cmd\":\"out x\"}", NULL));
+    cJSON *r = wait_result("m1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    CHECK(file_contains(log_path("w2"), "cannot check Redis persistence settings"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+    freeReplyObject(sync_cmd(rc, "ACL DELUSER managed"));
+}
+
+/* A cancel that arrives while the sandbox is being suspended (the steps are done) leaves
+ * the turn's result as it was. */
+TEST_CASE(cancel_while_suspending)
+{
+    new_prefix("cancelsusp");
+    static const char *const env[] = {"SCRIPTED_SUSPEND_DELAY_MS=2500", NULL};
+    pid_t w = spawn("w1", env, 0);
+    xadd_job(job_json("cs1", "thcs", "{\"type\":\"run\",\"cmd\":\"out finished\"}", NULL));
+    char *types = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(types);
+        types = event_types("cs1", NULL);
+        if (strstr(types, "step_finished"))
+            break;
+        sleep_ms(20);
+    }
+    CHECK(types && strstr(types, "step_finished"));
+    free(types);
+    freeReplyObject(sync_cmd(rc, "SET %s 1 EX 600", key("cancel", "cs1")));
+    cJSON *r = wait_result("cs1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    CHECK(r && jstr(r, "error.code") == NULL);
+    cJSON_Delete(r);
+    CHECK(file_contains(log_path("w1"), "cancel requested after the steps finished"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* A destroy job deletes the thread's snapshot only once Redis confirmed the thread is
+ * destroyed: while its completion is refused, the snapshot (still named by the thread hash)
+ * stays. */
+TEST_CASE(destroy_deletes_snapshot_after_publish)
+{
+    new_prefix("destroy");
+    pid_t w = spawn("w1", NULL, 0);
+    xadd_job(job_json("d1", "thd", "{\"type\":\"run\",\"cmd\":\"out x\"}", NULL));
+    cJSON *r = wait_result("d1", 20000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    /* The results stream of the wrong type: every completion fails before writing. */
+    freeReplyObject(sync_cmd(rc, "DEL %s", k_results));
+    freeReplyObject(sync_cmd(rc, "SET %s not-a-stream", k_results));
+    xadd_job("{\"id\":\"d2\",\"thread\":\"thd\",\"feature\":\"data-app\",\"op\":\"destroy\","
+             "\"tenant\":{\"organization\":\"org1\",\"project\":\"proj1\"}}");
+    char *ph = sync_wait_hget(rc, key("job", "d2"), "phase", 20000);
+    free(ph);
+    sleep_ms(1500);
+    CHECK(file_contains(log_path("w1"), "WRONGTYPE"));
+    CHECK(!file_contains(log_path("w1"), "deleted previous snapshot"));
+    char *state = sync_hget(rc, key("thread", "thd"), "state");
+    CHECK_STR(state, "suspended");
+    free(state);
+    freeReplyObject(sync_cmd(rc, "DEL %s", k_results));
+    r = wait_result("d2", 10000);
+    CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+    cJSON_Delete(r);
+    state = sync_hget(rc, key("thread", "thd"), "state");
+    CHECK_STR(state, "destroyed");
+    free(state);
+    for (int waited = 0;
+         waited < 5000 && !file_contains(log_path("w1"), "deleted previous snapshot"); waited += 50)
+        sleep_ms(50);
+    CHECK(file_contains(log_path("w1"), "deleted previous snapshot"));
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+/* An earlier job of the thread read by a worker that died before beginning it goes before a
+ * later parked job: the running turn's completion frees the thread instead of releasing the
+ * parked job, the earlier one runs once reclaimed, and its completion releases the next. */
+TEST_CASE(earlier_unbegun_job_goes_first)
+{
+    new_prefix("earlier");
+    pid_t w = spawn("w1", short_lease, 0);
+    xadd_job(job_json("e1", "the", "{\"type\":\"run\",\"cmd\":\"sleep 1500;out 1\"}", NULL));
+    char *ph = NULL;
+    for (int waited = 0; waited < 20000; waited += 20) {
+        free(ph);
+        ph = sync_hget(rc, key("job", "e1"), "phase");
+        if (ph && strcmp(ph, "running") == 0)
+            break;
+        sleep_ms(20);
+    }
+    CHECK_STR(ph, "running");
+    free(ph);
+    /* e2 lands and a consumer that then dies reads it, in one transaction. */
+    freeReplyObject(sync_cmd(rc, "MULTI"));
+    freeReplyObject(sync_cmd(rc, "XADD %s * job %s", k_jobs,
+                             job_json("e2", "the", "{\"type\":\"run\",\"cmd\":\"out 2\"}", NULL)));
+    freeReplyObject(sync_cmd(rc, "XREADGROUP GROUP workers ghost COUNT 1 STREAMS %s >", k_jobs));
+    freeReplyObject(sync_cmd(rc, "EXEC"));
+    xadd_job(job_json("e3", "the", "{\"type\":\"run\",\"cmd\":\"out 3\"}", NULL));
+    long long prev = 0;
+    for (int i = 1; i <= 3; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "e%d", i);
+        cJSON *r = wait_result(id, 20000);
+        CHECK(r && strcmp(jstr(r, "status"), "succeeded") == 0);
+        cJSON_Delete(r);
+        char *st = sync_hget(rc, key("job", id), "started_at");
+        char *fi = sync_hget(rc, key("job", id), "finished_at");
+        CHECK(st && atoll(st) >= prev);
+        prev = fi ? atoll(fi) : prev;
+        free(st);
+        free(fi);
+    }
+    CHECK_EQ_INT(pending(), 0);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -979,6 +1669,21 @@ int main(void)
     RUN(upload_and_restore);
     RUN(failed_suspend_keeps_previous_snapshot);
     RUN(output_tail_capped);
+    RUN(tail_cap_never_splits_a_secret);
+    RUN(invalid_entry_never_touches_a_job);
+    RUN(non_utf8_output_encoded);
+    RUN(result_size_capped);
+    RUN(dead_letters_masked_and_capped);
+    RUN(oom_during_completion_retried);
+    RUN(oom_during_begin_retried);
+    RUN(finished_result_never_overwritten);
+    RUN(restart_owner_renews_first);
+    RUN(self_fencing_without_renewals);
+    RUN(thread_turns_in_order);
+    RUN(earlier_unbegun_job_goes_first);
+    RUN(redis_requirements_checked);
+    RUN(cancel_while_suspending);
+    RUN(destroy_deletes_snapshot_after_publish);
     RUN(status_server);
     RUN(worker_over_tls);
     RUN(check_config_names_variable);

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -27,6 +29,7 @@ struct snap {
 
 struct ssb {
     struct files f;
+    char job[129], worker[129]; /* from the spec that created or resumed it (exec log) */
 };
 
 /* Objects stored by archive_upload, by key (the process's object store). */
@@ -44,6 +47,7 @@ struct provider_exec {
     char **env;
     struct event *timer, *deadline;
     int done;
+    int killing; /* exec_kill armed the timer: the script stops here */
 };
 
 static struct scripted_stats stats;
@@ -170,13 +174,35 @@ static void call_upload(struct later *l)
 
 /* ---- ops ---- */
 
-static struct sandbox *sb_new(struct provider *p)
+static struct sandbox *sb_new(struct provider *p, const struct sandbox_spec *spec)
 {
     struct sandbox *sb = xcalloc(1, sizeof(*sb));
     sb->prov = p;
     snprintf(sb->id, sizeof(sb->id), "scripted-%d", ++sb_seq);
-    sb->priv = xcalloc(1, sizeof(struct ssb));
+    struct ssb *s = xcalloc(1, sizeof(struct ssb));
+    snprintf(s->job, sizeof(s->job), "%s", spec && spec->job ? spec->job : "");
+    snprintf(s->worker, sizeof(s->worker), "%s", spec && spec->worker ? spec->worker : "");
+    sb->priv = s;
     return sb;
+}
+
+/* SCRIPTED_EXEC_LOG: each exec appends "<job> <worker> <pid> <monotonic µs>\n" with one
+ * O_APPEND write, so several worker processes can share the file (chaos test). */
+static void exec_log(const struct sandbox *sb)
+{
+    const char *path = getenv("SCRIPTED_EXEC_LOG");
+    if (!path)
+        return;
+    const struct ssb *s = sb->priv;
+    char line[320];
+    int n = snprintf(line, sizeof(line), "%s %s %d %lld\n", s->job[0] ? s->job : "-",
+                     s->worker[0] ? s->worker : "-", (int)getpid(), (long long)mono_us());
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd < 0)
+        return;
+    if (write(fd, line, (size_t)n) != n)
+        fprintf(stderr, "scripted: exec log write failed\n");
+    close(fd);
 }
 
 /* SCRIPTED_TRACE_FILE: each create/resume appends "<job> <monotonic µs>\n" (benchmarks). */
@@ -209,7 +235,7 @@ static void sc_create(struct provider *p, const struct sandbox_spec *spec, provi
         return;
     }
     stats.created++;
-    l->sb = sb_new(p);
+    l->sb = sb_new(p, spec);
 }
 
 static void sc_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
@@ -228,7 +254,7 @@ static void sc_resume(struct provider *p, const struct sandbox_spec *spec, const
         return;
     }
     stats.resumed++;
-    l->sb = sb_new(p);
+    l->sb = sb_new(p, spec);
     files_copy(&((struct ssb *)l->sb->priv)->f, &s->f);
 }
 
@@ -278,7 +304,7 @@ static void emit_line(struct provider_exec *ex, enum exec_stream s, const char *
 static void exec_step(struct provider_exec *ex)
 {
     struct ssb *s = ex->sb->priv;
-    while (*ex->pos) {
+    while (*ex->pos && !ex->killing) {
         char *end = strchr(ex->pos, ';');
         size_t n = end ? (size_t)(end - ex->pos) : strlen(ex->pos);
         char *d = xstrndup(ex->pos, n);
@@ -310,7 +336,8 @@ static void exec_step(struct provider_exec *ex)
             int ms = w[0] == 's' ? atoi(argp) : 24 * 3600 * 1000;
             free(d);
             struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-            evtimer_add(ex->timer, &tv);
+            if (!ex->killing) /* killed from an output callback: the kill timer stays */
+                evtimer_add(ex->timer, &tv);
             return;
         } else if (strcmp(w, "exit") == 0) {
             int code = atoi(argp);
@@ -325,7 +352,8 @@ static void exec_step(struct provider_exec *ex)
         }
         free(d);
     }
-    exec_finish(ex, EXEC_EXITED, 0, NULL);
+    if (!ex->killing)
+        exec_finish(ex, EXEC_EXITED, 0, NULL);
 }
 
 static provider_exec *sc_exec(struct sandbox *sb, const struct exec_req *req,
@@ -334,6 +362,7 @@ static provider_exec *sc_exec(struct sandbox *sb, const struct exec_req *req,
     (void)err;
     (void)errlen;
     stats.execs++;
+    exec_log(sb);
     struct provider_exec *ex = xcalloc(1, sizeof(*ex));
     ex->sb = sb;
     ex->cbs = *cbs;
@@ -367,6 +396,7 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg)
 static void sc_exec_kill(provider_exec *ex)
 {
     stats.killed++;
+    ex->killing = 1;
     /* Report through the loop, never inside the caller. */
     event_del(ex->timer);
     event_assign(ex->timer, ex->sb->prov->base, -1, 0, kill_cb, ex);
@@ -378,12 +408,17 @@ static void sc_write_file(struct sandbox *sb, const char *path, const char *data
                           int mode, provider_done_fn done, void *arg)
 {
     (void)mode;
-    struct sfile *f = files_get(&((struct ssb *)sb->priv)->f, path, 1);
-    buf_clear(&f->data);
-    buf_append(&f->data, data, len);
     struct later *l = later_new(sb->prov->base, call_done, 0);
     l->cb.done = done;
     l->arg = arg;
+    if (!path || path[0] != '/') { /* as real sandboxes: paths are absolute */
+        l->rc = -1;
+        l->err = xstrdup("write file: path must be absolute");
+        return;
+    }
+    struct sfile *f = files_get(&((struct ssb *)sb->priv)->f, path, 1);
+    buf_clear(&f->data);
+    buf_append(&f->data, data, len);
 }
 
 static void sc_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
@@ -418,7 +453,8 @@ static void sc_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
     files_copy(&s->f, &((struct ssb *)sb->priv)->f);
     s->next = snaps;
     snaps = s;
-    struct later *l = later_new(sb->prov->base, call_ref, 0);
+    const char *delay = getenv("SCRIPTED_SUSPEND_DELAY_MS");
+    struct later *l = later_new(sb->prov->base, call_ref, delay ? atoi(delay) : 0);
     l->cb.reff = done;
     l->arg = arg;
     l->ref = cJSON_CreateObject();

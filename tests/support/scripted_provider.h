@@ -15,7 +15,11 @@
  * file order, as "NAME\nLEN\n" followed by LEN content bytes, NAME being the file's path from
  * the uploaded path's last component ("/ws/dist" holding "/ws/dist/a" gives "dist/a"). A path
  * with no file fails. bytes and sha256 describe that blob. archive_restore writes each NAME
- * back at DEST/NAME; an unknown key fails. */
+ * back at DEST/NAME; an unknown key fails.
+ *
+ * SCRIPTED_EXEC_LOG=path: every exec appends "<job> <worker> <pid> <monotonic µs>" as one
+ * line (one O_APPEND write), the ground truth of which turns ran where (tests/chaos).
+ * SCRIPTED_SUSPEND_DELAY_MS=N: a successful suspend completes N ms later. */
 #ifndef SW_TESTS_SCRIPTED_PROVIDER_H
 #define SW_TESTS_SCRIPTED_PROVIDER_H
 

@@ -30,6 +30,7 @@ static const char *const all_vars[] = {
     "WORKER_MAX_JOB_BYTES",
     "WORKER_OUTPUT_CAP_BYTES",
     "WORKER_READ_CAP_BYTES",
+    "WORKER_MAX_RESULT_BYTES",
     "WORKER_EVENTS_MAXLEN",
     "WORKER_EVENTS_TTL_S",
     "WORKER_RESULTS_MAXLEN",
@@ -91,6 +92,7 @@ TEST_CASE(defaults)
     CHECK_EQ_INT(c.max_job_bytes, 8388608);
     CHECK_EQ_INT(c.output_cap_bytes, 10485760);
     CHECK_EQ_INT(c.read_cap_bytes, 1048576);
+    CHECK_EQ_INT(c.max_result_bytes, 33554432);
     CHECK_EQ_INT(c.events_maxlen, 1000);
     CHECK_EQ_INT(c.events_ttl_s, 86400);
     CHECK_EQ_INT(c.results_maxlen, 100000);
@@ -146,6 +148,7 @@ TEST_CASE(overrides)
     setenv("WORKER_MAX_JOB_BYTES", "536870912", 1);
     setenv("WORKER_OUTPUT_CAP_BYTES", "1024", 1);
     setenv("WORKER_READ_CAP_BYTES", "67108864", 1);
+    setenv("WORKER_MAX_RESULT_BYTES", "536870912", 1);
     setenv("WORKER_EVENTS_MAXLEN", "1", 1);
     setenv("WORKER_EVENTS_TTL_S", "31536000", 1);
     setenv("WORKER_RESULTS_MAXLEN", "100000000", 1);
@@ -182,6 +185,7 @@ TEST_CASE(overrides)
     CHECK_EQ_INT(c.max_job_bytes, 536870912);
     CHECK_EQ_INT(c.output_cap_bytes, 1024);
     CHECK_EQ_INT(c.read_cap_bytes, 67108864);
+    CHECK_EQ_INT(c.max_result_bytes, 536870912);
     CHECK_EQ_INT(c.events_maxlen, 1);
     CHECK_EQ_INT(c.events_ttl_s, 31536000);
     CHECK_EQ_INT(c.results_maxlen, 100000000);
@@ -275,6 +279,7 @@ static const struct {
     {"WORKER_MAX_JOB_BYTES", 1024, 536870912},
     {"WORKER_OUTPUT_CAP_BYTES", 1024, 1073741824},
     {"WORKER_READ_CAP_BYTES", 1, 67108864},
+    {"WORKER_MAX_RESULT_BYTES", 1048576, 536870912},
     {"WORKER_EVENTS_MAXLEN", 1, 10000000},
     {"WORKER_EVENTS_TTL_S", 1, 31536000},
     {"WORKER_RESULTS_MAXLEN", 1, 100000000},
@@ -342,6 +347,20 @@ TEST_CASE(bad_values_name_the_variable)
     setenv("WORKER_RETRY_MAX_MS", "1000", 1);
     CHECK_EQ_INT(config_load(&c, err, sizeof err), -1);
     CHECK(strncmp(err, "WORKER_RETRY_MAX_MS: ", 21) == 0);
+    clear_env();
+    setenv("WORKER_READ_CAP_BYTES", "33554433", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), -1);
+    CHECK(strncmp(err, "WORKER_READ_CAP_BYTES: must be at most WORKER_MAX_RESULT_BYTES", 62) == 0);
+    clear_env();
+    /* An inheritable value too short to be masked. */
+    setenv("SANDBOX_INHERIT_ENV_ALLOW", "TEST_CFG_STR", 1);
+    setenv("TEST_CFG_STR", "abc", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), -1);
+    CHECK(strncmp(err, "SANDBOX_INHERIT_ENV_ALLOW: the value of TEST_CFG_STR", 52) == 0);
+    CHECK(strstr(err, "abc") == NULL);
+    setenv("TEST_CFG_STR", "abcd", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), 0);
+    config_release(&c);
     clear_env();
 }
 

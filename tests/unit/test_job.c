@@ -64,7 +64,7 @@ static const char full_job[] =
     "],"
     "'workspace':{'include':['/workspace'],'exclude':['node_modules','.git']},"
     "'after':'destroy',"
-    "'secrets':{'GITHUB_TOKEN':'ghp_secretvalue123','X_1':''},"
+    "'secrets':{'GITHUB_TOKEN':'ghp_secretvalue123','X_1':'abcd'},"
     "'inherit_env':['ANTHROPIC_API_KEY'],"
     "'deadline_ms':600000,"
     "'max_attempts':5}";
@@ -156,7 +156,7 @@ TEST_CASE(full_job_parses)
     CHECK_EQ_INT(j->nsecrets, 2);
     CHECK_STR(j->secrets[0].name, "GITHUB_TOKEN");
     CHECK_STR(j->secrets[0].value, "ghp_secretvalue123");
-    CHECK_STR(j->secrets[1].value, "");
+    CHECK_STR(j->secrets[1].value, "abcd");
     CHECK(j->inherit_env && j->inherit_env[0] && !j->inherit_env[1]);
     CHECK_STR(j->inherit_env[0], "ANTHROPIC_API_KEY");
     job_free(j);
@@ -734,6 +734,103 @@ TEST_CASE(peek_ids)
     free(d);
 }
 
+/* A secret shorter than the mask's minimum would reach output, events and results in clear:
+ * refused, naming the secret, never quoting it. "***" is a masked dead letter's value. */
+TEST_CASE(short_secrets_refused)
+{
+    static const char *const bad[] = {
+        "{" MIN ",'secrets':{'PIN':'123'}}",
+        "{" MIN ",'secrets':{'OK':'" SECRET "','PIN':''}}",
+        "{" MIN ",'secrets':{'PIN':'***'}}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        struct job *j = NULL;
+        struct job_error err;
+        CHECK_EQ_INT(parse(bad[i], &j, &err), -1);
+        CHECK_STR(err.field, "secrets.PIN");
+        CHECK(strstr(err.message, "123") == NULL);
+        CHECK(i != 2 || strstr(err.message, "masked"));
+        CHECK(i == 2 || strstr(err.message, "at least 4 bytes"));
+    }
+    /* Four bytes is enough; a step's env is not a secret and may be short. */
+    struct job *j = NULL;
+    struct job_error err;
+    CHECK_EQ_INT(parse("{" MIN ",'secrets':{'PIN':'1234'},'steps':[{'type':'run','cmd':'x',"
+                       "'env':{'A':'1'}}]}",
+                       &j, &err),
+                 0);
+    job_free(j);
+}
+
+/* The read steps' caps must fit in a result; the step where the sum goes over is named. */
+TEST_CASE(read_caps_fit_the_result)
+{
+    struct job_limits l = lim;
+    l.read_cap_bytes = 600;
+    l.max_result_bytes = 1000;
+    struct job *j = NULL;
+    struct job_error err;
+    char *d = jq("{" MIN ",'steps':[{'type':'read','path':'/a'},{'type':'run','cmd':'x'},"
+                 "{'type':'read','path':'/b'}]}");
+    CHECK_EQ_INT(job_parse(d, strlen(d), &l, &j, &err), -1);
+    CHECK_STR(err.field, "steps[2].max_bytes");
+    CHECK(strstr(err.message, "1200 bytes") && strstr(err.message, "WORKER_MAX_RESULT_BYTES") &&
+          strstr(err.message, "WORKER_READ_CAP_BYTES"));
+    free(d);
+    d = jq("{" MIN ",'steps':[{'type':'read','path':'/a','max_bytes':400},"
+           "{'type':'read','path':'/b','max_bytes':600}]}");
+    CHECK_EQ_INT(job_parse(d, strlen(d), &l, &j, &err), 0);
+    job_free(j);
+    j = NULL;
+    l.max_result_bytes = 999;
+    CHECK_EQ_INT(job_parse(d, strlen(d), &l, &j, &err), -1);
+    CHECK_STR(err.field, "steps[1].max_bytes");
+    free(d);
+}
+
+TEST_CASE(invalid_utf8_refused)
+{
+    static const char *const bad[] = {
+        "{\"id\":\"j\xff\"}",       /* not UTF-8 at all */
+        "{\"a\":\"\xc0\xaf\"}",     /* overlong '/' */
+        "{\"a\":\"\xed\xa0\x80\"}", /* a surrogate */
+        "{\"a\":\"\xe2\x82\"}",     /* cut short */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        struct job *j = NULL;
+        struct job_error err;
+        CHECK_EQ_INT(parse_n(bad[i], strlen(bad[i]), &j, &err), -1);
+        CHECK(strstr(err.message, "not valid UTF-8") != NULL);
+    }
+    struct job *j = NULL;
+    struct job_error err;
+    CHECK_EQ_INT(parse("{" MIN ",'steps':[{'type':'run','cmd':'echo \xc3\xa9 \xf0\x9f\x98\x80'}]}",
+                       &j, &err),
+                 0);
+    job_free(j);
+}
+
+TEST_CASE(redact_secrets_for_dead_letters)
+{
+    size_t n = 0;
+    char *d = jq("{" MIN ",'secrets':{'A':'" SECRET "','B':5,'C':'***'},'bogus':1}");
+    char *r = job_redact_secrets(d, strlen(d), &n);
+    CHECK(r && strlen(r) == n);
+    CHECK(r && strstr(r, SECRET) == NULL);
+    CHECK(r && strstr(r, "\"secrets\":{\"A\":\"***\",\"B\":\"***\",\"C\":\"***\"}"));
+    CHECK(r && strstr(r, "\"bogus\":1"));
+    free(r);
+    free(d);
+    /* Without secrets, or not JSON: byte for byte. */
+    static const char *const same[] = {"{ \"id\" : \"x\",\n \"n\": 1e3 }", "not json {\"secrets\"",
+                                       "{\"secrets\":{}}", "[1,2]"};
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+        r = job_redact_secrets(same[i], strlen(same[i]), &n);
+        CHECK(r && n == strlen(same[i]) && memcmp(r, same[i], n) == 0);
+        free(r);
+    }
+}
+
 int main(void)
 {
     RUN(full_job_parses);
@@ -747,5 +844,9 @@ int main(void)
     RUN(jsonx_helpers);
     RUN(truncated_prefixes_rejected);
     RUN(peek_ids);
+    RUN(short_secrets_refused);
+    RUN(read_caps_fit_the_result);
+    RUN(invalid_utf8_refused);
+    RUN(redact_secrets_for_dead_letters);
     return test_report();
 }

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Bounded libFuzzer runs of the worker's targets (make fuzz-worker): each target for
+# FUZZ_SECONDS (default 60) from its seed corpus in tests/fuzz/corpus/<target>, after
+# replaying the regression inputs in tests/fuzz/regress/<target>. New inputs go to a scratch
+# copy of the corpus (the repository's seeds are not changed); a crash is left as
+# $BUILD/fuzz/crash-* (oom-*, leak-*, timeout-*) and fails the run: add it to
+# tests/fuzz/regress/<target>/.
+set -e
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+BUILD=${BUILD:-build}
+rc=0
+sh tests/fuzz/build.sh || rc=$?
+if [ $rc -eq 77 ]; then
+    exit 0
+fi
+[ $rc -eq 0 ]
+out=$(cd "$BUILD/fuzz" && pwd)
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-worker-XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+for t in job resp; do
+    mkdir -p "$scratch/$t"
+    cp tests/fuzz/corpus/$t/* "$scratch/$t/"
+    if ls tests/fuzz/regress/$t/* >/dev/null 2>&1; then
+        "$out/fuzz_$t" -runs=0 tests/fuzz/regress/$t/*
+    fi
+    echo "### fuzz_$t: $FUZZ_SECONDS s"
+    "$out/fuzz_$t" -artifact_prefix="$out/" -max_total_time="$FUZZ_SECONDS" -max_len=65536 \
+        -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "$scratch/$t" 2>&1 |
+        grep -E '^(stat::|#[0-9]+ +DONE|Done|==|SUMMARY|INFO: Running)|ERROR' || true
+    for f in "$out"/crash-* "$out"/leak-* "$out"/timeout-* "$out"/oom-*; do
+        if [ -e "$f" ]; then
+            echo "fuzz_$t failed: $f"
+            exit 1
+        fi
+    done
+done
+exit 0
