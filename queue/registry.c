@@ -33,6 +33,7 @@ struct registry {
     void *sample_arg;
     char *k_sampler, *k_jobs, *k_delayed, *k_dead, *k_results, *k_job, *k_worker_base;
     int sample_in_flight;
+    int sample_failing; /* the last sample got an error reply (logged once) */
 };
 
 /* KEYS: sampler, jobs, delayed, dead, paused, workers, results.
@@ -164,10 +165,13 @@ static void sample_reply(redis *c, const redisReply *reply, void *arg)
     if (r->leaving || !r->on_sample)
         return;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 10) {
-        if (reply && reply->type == REDIS_REPLY_ERROR)
-            log_warn(NULL, "queue sample failed: %s", reply->str);
+        if (reply && reply->type == REDIS_REPLY_ERROR && !r->sample_failing)
+            log_warn(NULL, "queue sample failed (reported once until it works again): %s",
+                     reply->str);
+        r->sample_failing = reply && reply->type == REDIS_REPLY_ERROR;
         return;
     }
+    r->sample_failing = 0;
     const redisReply *d = reply->element[9];
     struct registry_sample s = {
         .exporter = int_at(reply, 0) == 1,
