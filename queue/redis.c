@@ -526,9 +526,11 @@ static void maybe_switch(struct redis *r)
 {
     if (!r->moving || r->freeing || r->sent.head || !(r->bev || r->reader))
         return;
+    char was[sizeof(r->where)];
+    memcpy(was, r->where, sizeof(was));
     teardown(r);
     apply_target(r, r->move_to);
-    log_info(NULL, "redis: following MOVED to %s", r->where);
+    log_info(NULL, "redis %s: following MOVED to %s", was, r->where);
     struct timeval zero = {0, 0};
     evtimer_add(r->retry_timer, &zero);
 }
@@ -638,9 +640,6 @@ static void deliver(struct redis *r, struct redis_cmd *c, const redisReply *repl
         c->redirects++;
         list_push(&r->resend, c);
         r->move_to = target_find_add(r, host, port);
-        if (!r->moving)
-            log_info(NULL, "redis %s: %.*s", r->where, (int)(reply->len > 120 ? 120 : reply->len),
-                     reply->str);
         r->moving = 1;
         maybe_switch(r);
         return;

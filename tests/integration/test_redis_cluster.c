@@ -2,7 +2,9 @@
  * `redis-cli --cluster create`. One worker, whose REDIS_URL names a node that does not own
  * the queue's slot, runs jobs (1) after following MOVED, (2) while the slot migrates to
  * another master (ASK, then MOVED), (3) across a failover (the slot's master is SIGKILLed, a
- * replica takes over). Every job must get exactly one result. */
+ * replica takes over). Every job must get exactly one result. Fake nodes on the test's own
+ * loop check the edges: the redirection bound, ASKING before the asked command, an ASK to a
+ * node that is down. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -19,8 +21,13 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
 #include <hiredis.h>
 
+#include "queue/redis.h"
 #include "tests/support/test.h"
 #include "tests/support/worker_proc.h"
 
@@ -464,6 +471,204 @@ static int migrate_slot(int from, int to)
     return 0;
 }
 
+/* ---- fake nodes (on the test's loop): what queue/redis.c does with MOVED and ASK ---- */
+
+enum fake_mode {
+    FAKE_MOVED_SELF, /* GET: -MOVED to itself, for ever */
+    FAKE_ASK,        /* GET: -ASK to `other` */
+    FAKE_ASKED,      /* GET: "ok" after ASKING on the same connection, else -MOVED to `other` */
+};
+
+struct fake {
+    struct evconnlistener *l;
+    int port, other;
+    enum fake_mode mode;
+    int gets, askings, conns;
+    char order[64]; /* A for ASKING, G for GET, as received */
+};
+
+struct fake_conn {
+    struct fake *f;
+    redisReader *rd;
+    int asked;
+};
+
+static void fake_read(struct bufferevent *bev, void *arg)
+{
+    struct fake_conn *fc = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t n = evbuffer_get_length(in);
+    char *data = malloc(n + 1);
+    evbuffer_remove(in, data, n);
+    redisReaderFeed(fc->rd, data, n);
+    free(data);
+    void *obj;
+    while (redisReaderGetReply(fc->rd, &obj) == REDIS_OK && obj) {
+        redisReply *q = obj;
+        const char *cmd = q->type == REDIS_REPLY_ARRAY && q->elements ? q->element[0]->str : "";
+        size_t ol = strlen(fc->f->order);
+        if (strcasecmp(cmd, "PING") == 0) {
+            evbuffer_add_printf(bufferevent_get_output(bev), "+PONG\r\n");
+        } else if (strcasecmp(cmd, "ASKING") == 0) {
+            fc->f->askings++;
+            fc->asked = 1;
+            if (ol + 1 < sizeof(fc->f->order))
+                fc->f->order[ol] = 'A';
+            evbuffer_add_printf(bufferevent_get_output(bev), "+OK\r\n");
+        } else if (strcasecmp(cmd, "GET") == 0) {
+            fc->f->gets++;
+            if (ol + 1 < sizeof(fc->f->order))
+                fc->f->order[ol] = 'G';
+            if (fc->f->mode == FAKE_MOVED_SELF)
+                evbuffer_add_printf(bufferevent_get_output(bev), "-MOVED 1 127.0.0.1:%d\r\n",
+                                    fc->f->port);
+            else if (fc->f->mode == FAKE_ASK)
+                evbuffer_add_printf(bufferevent_get_output(bev), "-ASK 1 127.0.0.1:%d\r\n",
+                                    fc->f->other);
+            else if (fc->asked)
+                evbuffer_add_printf(bufferevent_get_output(bev), "$2\r\nok\r\n");
+            else
+                evbuffer_add_printf(bufferevent_get_output(bev), "-MOVED 1 127.0.0.1:%d\r\n",
+                                    fc->f->other);
+        } else {
+            evbuffer_add_printf(bufferevent_get_output(bev), "+OK\r\n");
+        }
+        freeReplyObject(q);
+    }
+}
+
+static void fake_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct fake_conn *fc = arg;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        redisReaderFree(fc->rd);
+        free(fc);
+        bufferevent_free(bev);
+    }
+}
+
+static void fake_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                        int salen, void *arg)
+{
+    (void)sa;
+    (void)salen;
+    struct fake *f = arg;
+    struct fake_conn *fc = calloc(1, sizeof(*fc));
+    fc->f = f;
+    fc->rd = redisReaderCreate();
+    f->conns++;
+    struct bufferevent *bev =
+        bufferevent_socket_new(evconnlistener_get_base(l), fd, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(bev, fake_read, NULL, fake_event, fc);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+static int fake_start(struct event_base *base, struct fake *f, enum fake_mode mode)
+{
+    struct sockaddr_in a;
+    socklen_t al = sizeof(a);
+    memset(f, 0, sizeof(*f));
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    f->mode = mode;
+    f->l = evconnlistener_new_bind(base, fake_accept, f, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                   16, (struct sockaddr *)&a, sizeof(a));
+    if (!f->l)
+        return -1;
+    getsockname(evconnlistener_get_fd(f->l), (struct sockaddr *)&a, &al);
+    f->port = ntohs(a.sin_port);
+    return 0;
+}
+
+struct get_result {
+    struct event_base *base;
+    int done, type;
+    char str[256];
+};
+
+static void get_cb(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct get_result *g = arg;
+    g->done = 1;
+    g->type = reply ? reply->type : -1;
+    if (reply && reply->str)
+        snprintf(g->str, sizeof(g->str), "%s", reply->str);
+    event_base_loopbreak(g->base);
+}
+
+static void get_state(redis *r, enum redis_state st, void *arg)
+{
+    if (st == REDIS_READY)
+        redis_command(r, get_cb, arg, "GET k");
+}
+
+/* GET k through a connection to port; the loop runs until the reply (10 s at most). */
+static void fake_get(struct event_base *base, int port, struct get_result *g, char *lasterr,
+                     size_t lelen)
+{
+    struct redis_url u = {0};
+    char err[256];
+    u.host = (char *)(uintptr_t) "127.0.0.1";
+    u.port = port;
+    struct redis_opts o = {.url = &u, .connect_timeout_ms = 2000, .command_timeout_ms = 2000};
+    memset(g, 0, sizeof(*g));
+    g->base = base;
+    redis *r = redis_new(base, &o, get_state, g, err, sizeof(err));
+    struct timeval tv = {10, 0};
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+    snprintf(lasterr, lelen, "%s", redis_last_error(r));
+    redis_free(r);
+}
+
+TEST_CASE(redirection_bound)
+{
+    struct event_base *base = event_base_new();
+    struct fake f;
+    struct get_result g;
+    char lasterr[256];
+    CHECK_EQ_INT(fake_start(base, &f, FAKE_MOVED_SELF), 0);
+    fake_get(base, f.port, &g, lasterr, sizeof(lasterr));
+    CHECK(g.done);
+    CHECK_EQ_INT(g.type, REDIS_REPLY_ERROR);
+    CHECK(strncmp(g.str, "MOVED 1 ", 8) == 0);
+    CHECK_EQ_INT(f.gets, 6); /* the command, then 5 redirections */
+    CHECK(strstr(lasterr, "gave up after 5 cluster redirections") != NULL);
+    printf("  %s\n", lasterr);
+    evconnlistener_free(f.l);
+    event_base_free(base);
+}
+
+TEST_CASE(ask_sends_asking_first)
+{
+    struct event_base *base = event_base_new();
+    struct fake src, dst;
+    struct get_result g;
+    char lasterr[256];
+    CHECK_EQ_INT(fake_start(base, &src, FAKE_ASK), 0);
+    CHECK_EQ_INT(fake_start(base, &dst, FAKE_ASKED), 0);
+    src.other = dst.port;
+    dst.other = src.port;
+    fake_get(base, src.port, &g, lasterr, sizeof(lasterr));
+    CHECK(g.done);
+    CHECK_EQ_INT(g.type, REDIS_REPLY_STRING);
+    CHECK_STR(g.str, "ok");
+    CHECK_STR(dst.order, "AG");
+    CHECK_EQ_INT(src.gets, 1);
+    CHECK_EQ_INT(src.conns, 1); /* the default target stays */
+
+    /* ASK to a node that is down: the caller gets NULL (and may retry) */
+    src.other = pick_port();
+    fake_get(base, src.port, &g, lasterr, sizeof(lasterr));
+    CHECK(g.done);
+    CHECK_EQ_INT(g.type, -1);
+    evconnlistener_free(src.l);
+    evconnlistener_free(dst.l);
+    event_base_free(base);
+}
+
 static int has_cluster_tools(void)
 {
     if (run("redis-server --version > /dev/null 2>&1") != 0) {
@@ -597,8 +802,9 @@ TEST_CASE(cluster_moved_ask_failover)
 
 int main(void)
 {
-    if (!has_cluster_tools())
-        return 0;
-    RUN(cluster_moved_ask_failover);
+    RUN(redirection_bound);
+    RUN(ask_sends_asking_first);
+    if (has_cluster_tools())
+        RUN(cluster_moved_ask_failover);
     return test_report();
 }
