@@ -479,8 +479,11 @@ enum fake_mode {
     FAKE_ASKED,      /* GET: "ok" after ASKING on the same connection, else -MOVED to `other` */
 };
 
+struct fake_conn;
+
 struct fake {
     struct evconnlistener *l;
+    struct fake_conn *conn_list; /* open connections, freed by fake_stop */
     int port, other;
     enum fake_mode mode;
     int gets, askings, conns;
@@ -488,10 +491,32 @@ struct fake {
 };
 
 struct fake_conn {
+    struct fake_conn *next;
     struct fake *f;
+    struct bufferevent *bev;
     redisReader *rd;
     int asked;
 };
+
+static void fake_conn_free(struct fake_conn *fc)
+{
+    for (struct fake_conn **p = &fc->f->conn_list; *p; p = &(*p)->next) {
+        if (*p == fc) {
+            *p = fc->next;
+            break;
+        }
+    }
+    redisReaderFree(fc->rd);
+    bufferevent_free(fc->bev);
+    free(fc);
+}
+
+static void fake_stop(struct fake *f)
+{
+    while (f->conn_list)
+        fake_conn_free(f->conn_list);
+    evconnlistener_free(f->l);
+}
 
 static void fake_read(struct bufferevent *bev, void *arg)
 {
@@ -540,11 +565,9 @@ static void fake_read(struct bufferevent *bev, void *arg)
 static void fake_event(struct bufferevent *bev, short what, void *arg)
 {
     struct fake_conn *fc = arg;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        redisReaderFree(fc->rd);
-        free(fc);
-        bufferevent_free(bev);
-    }
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        fake_conn_free(fc);
 }
 
 static void fake_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -559,6 +582,9 @@ static void fake_accept(struct evconnlistener *l, evutil_socket_t fd, struct soc
     f->conns++;
     struct bufferevent *bev =
         bufferevent_socket_new(evconnlistener_get_base(l), fd, BEV_OPT_CLOSE_ON_FREE);
+    fc->bev = bev;
+    fc->next = f->conn_list;
+    f->conn_list = fc;
     bufferevent_setcb(bev, fake_read, NULL, fake_event, fc);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
@@ -637,7 +663,7 @@ TEST_CASE(redirection_bound)
     CHECK_EQ_INT(f.gets, 6); /* the command, then 5 redirections */
     CHECK(strstr(lasterr, "gave up after 5 cluster redirections") != NULL);
     printf("  %s\n", lasterr);
-    evconnlistener_free(f.l);
+    fake_stop(&f);
     event_base_free(base);
 }
 
@@ -664,8 +690,8 @@ TEST_CASE(ask_sends_asking_first)
     fake_get(base, src.port, &g, lasterr, sizeof(lasterr));
     CHECK(g.done);
     CHECK_EQ_INT(g.type, -1);
-    evconnlistener_free(src.l);
-    evconnlistener_free(dst.l);
+    fake_stop(&src);
+    fake_stop(&dst);
     event_base_free(base);
 }
 
