@@ -45,6 +45,7 @@ static char dir[128];
 static char pfx[32], k_jobs[64], k_results[64];
 static int slot;
 static int asking_sent;  /* ASKING commands this test's own client sent */
+static int mid_jobs;     /* jobs added during the migration: m0, m1, ... */
 static redisContext *cc; /* the test's client, on node cc_port */
 static int cc_port;
 
@@ -403,14 +404,16 @@ static void check_batch(const char *tag, int count, int timeout_ms)
     }
 }
 
-static long long asking_calls(int port)
+/* calls= of one command in INFO commandstats ("asking", "eval"). */
+static long long cmd_calls(int port, const char *cmd)
 {
     redisReply *r = node_cmd(port, "INFO commandstats");
+    char needle[64];
     long long n = 0;
-    const char *p =
-        r && r->type != REDIS_REPLY_ERROR ? strstr(r->str, "cmdstat_asking:calls=") : NULL;
+    snprintf(needle, sizeof(needle), "cmdstat_%s:calls=", cmd);
+    const char *p = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, needle) : NULL;
     if (p)
-        n = atoll(p + strlen("cmdstat_asking:calls="));
+        n = atoll(p + strlen(needle));
     if (r)
         freeReplyObject(r);
     return n;
@@ -459,6 +462,11 @@ static int migrate_slot(int from, int to)
         freeReplyObject(r);
         if (nk == 0)
             break;
+        if (mid_jobs < 6) { /* new jobs while the stream may be on either side */
+            char id[16];
+            snprintf(id, sizeof(id), "m%d", mid_jobs++);
+            add_job(id, "out m;sleep 100");
+        }
         sleep_ms(300); /* jobs run meanwhile, half their keys on each side */
     }
     for (int i = 0; i < NODES; i++) {
@@ -758,9 +766,11 @@ TEST_CASE(cluster_moved_ask_failover)
     }
     check_batch("a", 4, 20000);
     CHECK(file_count(logp, "following MOVED") >= 1);
+    /* the scripts were loaded on the URL's node: on the owner EVALSHA met NOSCRIPT, then EVAL */
+    CHECK(cmd_calls(owner, "eval") > 0);
 
     /* (2) The slot migrates to another master while jobs run: ASK during, MOVED after. */
-    long long asking_before = asking_calls(dest);
+    long long asking_before = cmd_calls(dest, "asking");
     int mine_before = asking_sent;
     for (int i = 0; i < 6; i++) {
         char id[16];
@@ -775,8 +785,10 @@ TEST_CASE(cluster_moved_ask_failover)
         add_job(id, "out after");
     }
     check_batch("b", 8, 30000);
+    check_batch("m", mid_jobs, 30000);
     CHECK_EQ_INT(slot_owner(seed), dest);
-    long long worker_asking = asking_calls(dest) - asking_before - (asking_sent - mine_before);
+    long long worker_asking =
+        cmd_calls(dest, "asking") - asking_before - (asking_sent - mine_before);
     printf("  ASKING from the worker during the migration: %lld\n", worker_asking);
     CHECK(worker_asking > 0);
 
