@@ -258,6 +258,12 @@ static void acq_finish(struct dk_acq *a)
         x->excl = a->excl;
         x->ac = a->ac;
         x->agent_dir = a->agent_dir;
+        if (a->ac)
+            log_info(NULL, "docker: sandbox %.12s: sandbox-agent on %s/" DK_AGENT_SOCK, a->cid,
+                     a->agent_dir);
+        else
+            log_info(NULL, "docker: sandbox %.12s: Docker exec (%s)", a->cid,
+                     a->agent_bin[0] ? "SANDBOX_DOCKER_AGENT=off" : "the image has no agent");
         a->incl = a->excl = NULL;
         a->ac = NULL;
         a->agent_dir = NULL;

@@ -154,6 +154,20 @@ static const char *docker_s3_setup(void *ctx)
     return g_fx_why;
 }
 
+/* docker-agent with its objects in S3: the agent's compressed stream goes to S3 as it is. */
+static const char *docker_agent_s3_setup(void *ctx)
+{
+    const char *why = docker_agent_setup(ctx);
+    if (why)
+        return why;
+    int st = s3_fixture_start(&g_fx, "snapshots", g_fx_why, sizeof(g_fx_why));
+    if (st == 0)
+        return NULL;
+    if (st < 0)
+        test_fail(__FILE__, __LINE__, "s3rver: %s", g_fx_why);
+    return g_fx_why;
+}
+
 static void docker_s3_teardown(void *ctx)
 {
     (void)ctx;
@@ -197,6 +211,10 @@ int main(void)
     struct contract_backend docker_agent = docker_backend;
     docker_agent.name = "docker-agent";
     docker_agent.setup = docker_agent_setup;
+    provider_contract_run(&docker_agent);
+    docker_agent.name = "docker-agent-s3";
+    docker_agent.setup = docker_agent_s3_setup;
+    docker_agent.teardown = docker_s3_teardown;
     provider_contract_run(&docker_agent);
     provider_contract_run(&e2b_backend);
     if (g_e2b_state > 0)
