@@ -650,6 +650,10 @@ static int acq_agent_body(struct dk_acq *a, char *err, size_t errlen)
                          cJSON_CreateString("LD_AGENT_SOCKET=" DK_AGENT_MOUNT "/" DK_AGENT_SOCK));
     cJSON_AddItemToArray(env, cJSON_CreateString("LD_AGENT_BIND=127.0.0.1"));
     cJSON_AddItemToArray(env, cJSON_CreateString("LD_AGENT_HOOK_PORT=0"));
+    /* a snapshot of compressible files (logs, zeros) expands far beyond the agent's default
+     * 100x bomb guard; what is restored here is the thread's own snapshot or an object of the
+     * worker's store, and the byte and entry caps still bound it */
+    cJSON_AddItemToArray(env, cJSON_CreateString("SANDBOX_AGENT_EXTRACT_MAX_RATIO=0"));
     struct buf t;
     buf_init(&t);
     buf_printf(&t, "SANDBOX_AGENT_TOKEN=%s", a->token);

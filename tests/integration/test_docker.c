@@ -1543,7 +1543,10 @@ TEST_CASE(agent_folder_cleanup)
     }
     CHECK_EQ_INT(agent_dirs(), before + 1);
     struct run w = {0};
-    run_cmd(a.sb, &w, "echo kept > /workspace/k.txt", NULL, NULL, 0);
+    /* 64 MiB of zeros: the snapshot expands thousands of times its size on restore */
+    run_cmd(a.sb, &w,
+            "echo kept > /workspace/k.txt && head -c 67108864 /dev/zero > /workspace/zeros.bin",
+            NULL, NULL, 0);
     CHECK_EQ_INT(w.code, 0);
     run_free(&w);
     struct done s = {0};
@@ -1566,6 +1569,10 @@ TEST_CASE(agent_folder_cleanup)
         CHECK_EQ_INT(r.rc, 0);
         CHECK_STR(r.data.data, "kept\n");
         buf_release(&r.data);
+        struct run z = {0};
+        run_cmd(b.sb, &z, "wc -c < /workspace/zeros.bin", NULL, NULL, 0);
+        CHECK(z.out.data && atol(z.out.data) == 67108864);
+        run_free(&z);
         destroy_sb(b.sb);
     }
     CHECK_EQ_INT(agent_dirs(), before);
