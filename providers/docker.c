@@ -525,7 +525,7 @@ static int64_t dk_now_ms(void)
 static const char *dk_agent_word(const cJSON *arr)
 {
     const cJSON *w = cJSON_IsArray(arr) ? cJSON_GetArrayItem(arr, 0) : NULL;
-    if (!cJSON_IsString(w) || w->valuestring[0] != '/')
+    if (!w || !cJSON_IsString(w) || !w->valuestring || w->valuestring[0] != '/')
         return NULL;
     const char *base = strrchr(w->valuestring, '/') + 1;
     return strcmp(base, "sandbox-agent") == 0 ? w->valuestring : NULL;

@@ -1603,6 +1603,64 @@ TEST_CASE(agent_folder_cleanup)
     provider_free(p);
 }
 
+/* A read-only root on the agent path: the agent writes into the include volumes and /tmp, and
+ * a snapshot comes back into the volumes. */
+TEST_CASE(agent_read_only_root)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    setenv("SANDBOX_DOCKER_READ_ONLY_ROOT", "true", 1);
+    struct provider *p = agent_prov("on", AGENT_IMAGE, err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_READ_ONLY_ROOT");
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    static const char *const incl[] = {"/workspace", NULL};
+    struct sandbox_spec spec = *spec_for("t-agent-ro");
+    spec.workspace_include = incl;
+    spec.workspace_exclude = NULL;
+    struct acq a = {0};
+    p->ops->create(p, &spec, acq_cb, &a);
+    CHECK(wait_for(&a.done, 120000) == 0);
+    CHECK(a.sb != NULL);
+    if (!a.sb) {
+        printf("  create: %s\n", a.err);
+        provider_free(p);
+        return;
+    }
+    struct done w = {0};
+    p->ops->write_file(a.sb, "/workspace/sub/f.txt", "ro-ok\n", 6, 0600, done_cb, &w);
+    CHECK(wait_for(&w.done, 60000) == 0);
+    CHECK_EQ_INT(w.rc, 0);
+    struct run r = {0};
+    run_cmd(a.sb, &r, "touch /etc/x 2>/dev/null && echo writable || echo read-only", NULL, NULL, 0);
+    CHECK_STR(r.out.data, "read-only\n");
+    run_free(&r);
+    struct done s = {0};
+    p->ops->suspend(a.sb, ref_cb, &s);
+    CHECK(wait_for(&s.done, 120000) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    provider_sandbox_release(a.sb);
+    struct acq b = {0};
+    if (s.ref)
+        p->ops->resume(p, &spec, s.ref, acq_cb, &b);
+    CHECK(s.ref && wait_for(&b.done, 120000) == 0);
+    CHECK(b.sb != NULL);
+    if (b.sb) {
+        struct run c = {0};
+        run_cmd(b.sb, &c, "cat /workspace/sub/f.txt; stat -c %a /workspace/sub/f.txt", NULL, NULL,
+                0);
+        CHECK_STR(c.out.data, "ro-ok\n600\n");
+        run_free(&c);
+        destroy_sb(b.sb);
+    } else {
+        printf("  resume: %s\n", b.err);
+    }
+    cJSON_Delete(s.ref);
+    provider_free(p);
+}
+
 TEST_CASE(nothing_left_behind)
 {
     if (g_skip)
@@ -1678,6 +1736,7 @@ int main(void)
     RUN(agent_auto_and_off_use_docker_exec);
     RUN(agent_on_without_agent_fails);
     RUN(agent_folder_cleanup);
+    RUN(agent_read_only_root);
     RUN(nothing_left_behind);
 
     if (!g_skip) { /* remove anything a failed test left */
