@@ -59,6 +59,7 @@ struct dk_sb {
     char **excl;      /* workspace exclude patterns, NULL-terminated */
     agent_client *ac; /* the image's sandbox-agent on its socket; NULL: Docker exec */
     char *agent_dir;  /* host folder of the socket (removed on suspend and destroy), or NULL */
+    struct provider_exec *aexecs; /* agent execs not yet ended (freed by release with ac) */
 };
 
 static char **dk_copy_list(const char *const *l, int strip_slash);
@@ -992,6 +993,7 @@ static const char dk_wrapper[] =
 
 struct provider_exec {
     agent_op *aop; /* the agent path: the agent's run (the fields below are unused) */
+    struct provider_exec *anext, **aprev; /* in dk_sb.aexecs while aop runs */
     struct sandbox *sb;
     struct provider *p;
     struct exec_cbs cbs;
@@ -1237,9 +1239,17 @@ static void ax_output(void *arg, enum exec_stream st, const char *data, size_t l
         ex->cbs.on_output(ex->cbs.arg, st, data, len);
 }
 
+static void ax_unlink(provider_exec *ex)
+{
+    if (ex->anext)
+        ex->anext->aprev = ex->aprev;
+    *ex->aprev = ex->anext;
+}
+
 static void ax_exit(void *arg, enum exec_status st, int code, const char *err)
 {
     provider_exec *ex = arg;
+    ax_unlink(ex);
     ex->cbs.on_exit(ex->cbs.arg, st, code, err);
     free(ex);
 }
@@ -1260,6 +1270,11 @@ static provider_exec *dk_agent_exec(struct sandbox *sb, const struct exec_req *r
         free(ex);
         return NULL;
     }
+    ex->anext = s->aexecs;
+    if (s->aexecs)
+        s->aexecs->aprev = &ex->anext;
+    ex->aprev = &s->aexecs;
+    s->aexecs = ex;
     return ex;
 }
 
@@ -2467,7 +2482,12 @@ static void dk_release(struct sandbox *sb)
     if (!sb)
         return;
     struct dk_sb *x = sb->priv;
-    agent_client_free(x->ac);
+    agent_client_free(x->ac); /* its ops end without callbacks: their wrappers go too */
+    while (x->aexecs) {
+        provider_exec *ex = x->aexecs;
+        ax_unlink(ex);
+        free(ex);
+    }
     free(x->agent_dir); /* kept on disk: the container may still run (a detached turn) */
     dk_free_list(x->incl);
     dk_free_list(x->excl);

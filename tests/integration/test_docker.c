@@ -1661,6 +1661,60 @@ TEST_CASE(agent_read_only_root)
     provider_free(p);
 }
 
+/* Releasing an agent sandbox with a command running (a worker handing a turn over): the
+ * container, its agent and the socket folder stay for a re-attach, and no callback of the
+ * released handle runs. */
+TEST_CASE(agent_release_keeps_running)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    struct provider *p = agent_prov("on", AGENT_IMAGE, err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox *sb = create_sb(p, "t-agent-rel");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    char id[128], cmd[512], dir[256] = "";
+    snprintf(id, sizeof(id), "%s", sb->id);
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{index .Config.Labels \"sandbox-worker.agent-dir\"}}' %s",
+             id);
+    sh_out(dir, sizeof(dir), cmd);
+    struct run r = {0};
+    r.sb = sb;
+    struct exec_req req = {.cmd = "echo started; sleep 321"};
+    struct exec_cbs cbs = {.on_output = run_output, .on_exit = run_exit, .arg = &r};
+    r.ex = p->ops->exec(sb, &req, &cbs, err, sizeof(err));
+    CHECK(r.ex != NULL);
+    long end = now_ms() + 20000;
+    while (!(r.out.data && strstr(r.out.data, "started")) && now_ms() < end) {
+        struct timeval tv = {0, 50 * 1000};
+        event_base_loopexit(g_base, &tv);
+        event_base_loop(g_base, EVLOOP_ONCE);
+    }
+    CHECK(r.out.data && strstr(r.out.data, "started"));
+    provider_sandbox_release(sb);
+    int never = 0;
+    wait_for(&never, 500);
+    CHECK_EQ_INT(r.done, 0); /* the released handle reports nothing */
+    CHECK(container_exists(id));
+    struct stat st;
+    snprintf(cmd, sizeof(cmd), "%s/agent.sock", dir);
+    CHECK(dir[0] && stat(cmd, &st) == 0 && S_ISSOCK(st.st_mode));
+    snprintf(cmd, sizeof(cmd), "docker exec %s ps | grep -c '[s]leep 321'", id);
+    char out[64];
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "1");
+    run_free(&r);
+    snprintf(cmd, sizeof(cmd), "docker rm -f %s >/dev/null 2>&1; rm -rf '%s'", id, dir);
+    CHECK(system(cmd) == 0);
+    provider_free(p);
+}
+
 TEST_CASE(nothing_left_behind)
 {
     if (g_skip)
@@ -1737,6 +1791,7 @@ int main(void)
     RUN(agent_on_without_agent_fails);
     RUN(agent_folder_cleanup);
     RUN(agent_read_only_root);
+    RUN(agent_release_keeps_running);
     RUN(nothing_left_behind);
 
     if (!g_skip) { /* remove anything a failed test left */
