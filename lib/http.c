@@ -98,6 +98,7 @@ struct http_request {
     int send_resume, recv_resume; /* resume requested during the read/data callback */
     int pause_dirty;              /* curl_easy_pause needed to apply the flags */
     int entered;                  /* > 0 while a user callback of this request runs */
+    int abandoned;                /* http_request_abandon: no callback runs any more */
     struct event *timeout_ev;     /* total timeout; NULL when none */
     struct timespec t0;           /* CLOCK_MONOTONIC at start */
     http_request *prev, *next;    /* client's reqs */
@@ -271,7 +272,7 @@ static void req_finish(http_request *r)
                   res.status, res.code ? "failed: " : "ok", res.error, res.elapsed_ms);
         buf_release(&u);
     }
-    if (!c->free_pending) {
+    if (!c->free_pending && !r->abandoned) {
         r->entered++;
         r->cb.on_done(r->arg, r, &res);
         r->entered--;
@@ -1010,6 +1011,14 @@ void http_request_cancel(http_request *req)
         return;
     req_fail(req, HTTP_E_CANCELLED, "cancelled");
     kq_push(req);
+}
+
+void http_request_abandon(http_request *req)
+{
+    if (!is_active(req))
+        return;
+    req->abandoned = 1;
+    http_request_cancel(req);
 }
 
 void http_request_resume_send(http_request *req)

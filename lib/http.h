@@ -156,6 +156,10 @@ int http_request_start(http_request *req, char *err, size_t errlen);
  * no on_headers/on_data runs after this call. Safe from inside any callback of req; a no-op
  * inside on_done. */
 void http_request_cancel(http_request *req);
+/* Like http_request_cancel, but no callback of req runs any more at all (on_done neither):
+ * the caller forgets req at once and the client frees it (at the next turn of the loop, or in
+ * http_client_free). For an owner that goes away while its request is in flight. */
+void http_request_abandon(http_request *req);
 /* Continue after the read callback returned HTTP_READ_PAUSE (may be called before that
  * callback returns). No-op if not paused. */
 void http_request_resume_send(http_request *req);

@@ -647,9 +647,8 @@ static void client_destroy(agent_client *c)
         k->unlinked = 1;
         k->prev = k->next = NULL;
         if (k->req && !c->own_http)
-            http_request_cancel(k->req); /* its on_done frees the orphan */
-        else
-            call_free(k);
+            http_request_abandon(k->req); /* the shared client frees it; no callback runs */
+        call_free(k);
     }
     strv_free(c->hdrs);
     free(c->base_url);

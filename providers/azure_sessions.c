@@ -29,14 +29,19 @@
 #define AZS_DEFAULT_API   "2025-02-02-preview"
 #define AZS_DEFAULT_SCOPE "https://dynamicsessions.io/.default"
 
+struct azs_ticket;
+struct azs_stop;
+
 struct azs_prov {
     http_client *http;
     azure_creds *creds;
     objstore *store;
     char *pool[2]; /* by enum sandbox_feature; no trailing slash */
     char *api_version;
-    int64_t acquire_ms; /* first request until the session's agent answers (404 while the
-                         * pool is at its session limit, 429, 5xx retried meanwhile) */
+    int64_t acquire_ms;         /* first request until the session's agent answers (404 while the
+                                 * pool is at its session limit, 429, 5xx retried meanwhile) */
+    struct azs_ticket *tickets; /* token requests in flight */
+    struct azs_stop *stops;     /* stopSession calls in flight */
 };
 
 static struct azs_prov *azs_of(struct provider *p)
@@ -111,13 +116,26 @@ struct azs_ticket {
     struct azs_sb *s; /* NULL once the sandbox is gone */
     agent_auth_done_fn done;
     void *done_arg;
+    struct azs_prov *d;
+    struct azs_ticket *prev, *next; /* the provider's pending tickets (freed at cleanup) */
 };
+
+static void ticket_unlink(struct azs_prov *d, struct azs_ticket *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        d->tickets = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+}
 
 static void azs_token_got(void *arg, const char *token, int64_t exp, const char *err)
 {
     (void)exp;
     struct azs_ticket *t = arg;
     struct azs_sb *s = t->s;
+    ticket_unlink(t->d, t);
     if (s) {
         s->ticket = NULL;
         if (!token) {
@@ -145,6 +163,11 @@ static void azs_auth_get(void *arg, int refresh, agent_auth_done_fn done, void *
     t->s = s;
     t->done = done;
     t->done_arg = done_arg;
+    t->d = d;
+    t->next = d->tickets;
+    if (d->tickets)
+        d->tickets->prev = t;
+    d->tickets = t;
     if (s->ticket)
         s->ticket->s = NULL; /* agent_client shares one call; a stray older one is dropped */
     s->ticket = t;
@@ -217,14 +240,27 @@ struct azs_stop {
     char *url;
     provider_done_fn done;
     void *arg;
+    struct azs_stop *prev, *next; /* the provider's calls in flight (freed at cleanup) */
 };
+
+static void stop_free(struct azs_stop *o)
+{
+    struct azs_prov *d = azs_of(o->p);
+    if (o->prev)
+        o->prev->next = o->next;
+    else
+        d->stops = o->next;
+    if (o->next)
+        o->next->prev = o->prev;
+    free(o->url);
+    free(o);
+}
 
 static void stop_end(struct azs_stop *o, const char *err)
 {
     if (o->done)
         o->done(o->arg, err ? -1 : 0, err);
-    free(o->url);
-    free(o);
+    stop_free(o);
 }
 
 static void stop_resp(void *arg, http_request *req, const struct http_result *res)
@@ -289,6 +325,10 @@ static void azs_stop_session(struct provider *p, const char *pool, const char *i
     buf_puts(&u, "&identifier=");
     sigv4_uri_encode(&u, identifier, strlen(identifier), 0);
     o->url = buf_detach(&u);
+    o->next = d->stops;
+    if (d->stops)
+        d->stops->prev = o;
+    d->stops = o;
     azure_creds_get(d->creds, stop_token, o);
 }
 
@@ -676,8 +716,17 @@ static int azs_init(struct provider *p, int check_only, char *err, size_t errlen
 static void azs_cleanup(struct provider *p)
 {
     struct azs_prov *d = azs_of(p);
-    http_client_free(d->http);
-    azure_creds_free(d->creds);
+    http_client_free(d->http);  /* no request callback runs after this */
+    azure_creds_free(d->creds); /* nor a token callback */
+    while (d->stops)            /* so what waited on them goes here */
+        stop_free(d->stops);
+    while (d->tickets) {
+        struct azs_ticket *t = d->tickets;
+        if (t->s)
+            t->s->ticket = NULL;
+        ticket_unlink(d, t);
+        free(t);
+    }
     objstore_free(d->store);
     free(d->pool[0]);
     free(d->pool[1]);
