@@ -121,6 +121,11 @@ void sweepq_free(sweepq *s)
     free(s);
 }
 
+int sweepq_ready(const sweepq *s)
+{
+    return redis_get_state(s->r) == REDIS_READY;
+}
+
 static void reply_err(const redisReply *rep, char *err, size_t errlen)
 {
     if (!rep)

@@ -21,6 +21,8 @@ typedef struct sweepq sweepq;
 sweepq *sweepq_new(struct event_base *base, const struct redis_opts *opts, const char *prefix,
                    const char *owner, char *err, size_t errlen);
 void sweepq_free(sweepq *s);
+/* 1 once the connection is up (commands sent before fail with "redis unavailable"). */
+int sweepq_ready(const sweepq *s);
 
 /* Takes the lease {p}:sweep for ttl_ms, or extends it when this owner already holds it.
  * rc: 1 ours, 0 another replica holds it, -1 Redis error (err says why). */

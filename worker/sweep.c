@@ -418,6 +418,11 @@ int sweep_run(sweep *s, sweep_done_fn done, void *arg)
     return 0;
 }
 
+int sweep_ready(const sweep *s)
+{
+    return s->q && sweepq_ready(s->q);
+}
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;

@@ -53,6 +53,9 @@ sweep *sweep_new(struct event_base *base, struct provider *prov, metrics *m,
                  const struct sweep_opts *opts, char *err, size_t errlen);
 /* Stops the timer; a pass in flight ends without further steps. */
 void sweep_free(sweep *s);
+/* 1 once its Redis connection is up (a pass started before fails and is retried at the next
+ * interval). */
+int sweep_ready(const sweep *s);
 /* Runs a pass every interval_ms (the first one interval_ms after the call). */
 void sweep_start(sweep *s);
 /* Runs one pass now; done (may be NULL) gets its report. -1 when a pass is already running. */
