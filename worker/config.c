@@ -329,6 +329,8 @@ static int load_ints(struct config *c, char *err, size_t errlen)
                 c->retry_base_ms, c->retry_max_ms);
         return -1;
     }
+    if (!env_str("WORKER_SWEEP_GRACE_MS", NULL) && c->sweep_grace_ms < c->turn_timeout_ms)
+        c->sweep_grace_ms = c->turn_timeout_ms; /* default: max(1 h, the turn timeout) */
     if (c->sweep_interval_ms > 0 && c->sweep_grace_ms < c->turn_timeout_ms) {
         /* A turn may hold an unpublished sandbox for up to its deadline. */
         env_err(err, errlen,

@@ -60,7 +60,8 @@ struct config {
     char **inherit_env_allow;
 
     /* The orphan sweep (worker/sweep.h). WORKER_SWEEP_INTERVAL_MS, default 300000, 0 = off;
-     * WORKER_SWEEP_GRACE_MS, default 3600000, >= WORKER_TURN_TIMEOUT_MS while on: nothing
+     * WORKER_SWEEP_GRACE_MS, default max(3600000, WORKER_TURN_TIMEOUT_MS), at least
+     * WORKER_TURN_TIMEOUT_MS while the sweep is on: nothing
      * younger is touched; WORKER_SWEEP_DRY_RUN=true|false, default false: log and count only;
      * SANDBOX_SNAPSHOT_RETENTION_MS, default 604800000, 0 = keep forever: suspended threads
      * whose snapshot is older are expired by the sweep. */
