@@ -592,6 +592,55 @@ TEST_CASE(next_turn_of_an_expired_thread)
     provider_free(p);
 }
 
+/* The worker runs the sweep on its own timer: with a 1 s interval and a 1 ms retention, a
+ * suspended thread is expired by the worker itself, and its log says why sandboxes are not
+ * swept (the scripted provider cannot list). */
+TEST_CASE(worker_sweeps_on_its_timer)
+{
+    set_prefix("timer");
+    char lp[512];
+    snprintf(lp, sizeof(lp), "%s/%s-w.log", logdir, pfx);
+    static const char *const env[] = {
+        "WORKER_SWEEP_INTERVAL_MS=1000", "WORKER_TURN_TIMEOUT_MS=1000",
+        "WORKER_SWEEP_GRACE_MS=1000",    "SANDBOX_SNAPSHOT_RETENTION_MS=1",
+        "LIGHTDASH_LOG_LEVEL=info",      NULL};
+    struct worker_spec ws = {
+        .url = test_redis_url(srv), .prefix = pfx, .name = "w", .env = env, .log_path = lp};
+    pid_t w = worker_spawn(&ws);
+    redisContext *rc = sync_connect(test_redis_port(srv));
+    char k[256], jk[256], j[1024];
+    snprintf(k, sizeof(k), "{%s}:jobs", pfx);
+    snprintf(j, sizeof(j), JOB_FMT, "x1", "");
+    freeReplyObject(sync_cmd(rc, "XADD %s * job %s", k, j));
+    snprintf(jk, sizeof(jk), "{%s}:job:x1", pfx);
+    char *st = sync_wait_hget(rc, jk, "status", WAIT_MS);
+    CHECK_STR(st, "succeeded");
+    free(st);
+    char tk[256];
+    snprintf(tk, sizeof(tk), "{%s}:thread:te", pfx);
+    char *state = NULL;
+    for (int waited = 0; waited < WAIT_MS; waited += 100) {
+        free(state);
+        state = sync_hget(rc, tk, "state");
+        if (state && strcmp(state, "expired") == 0)
+            break;
+        sleep_ms(100);
+    }
+    CHECK_STR(state, "expired");
+    free(state);
+    char *lease = test_redis_cli(srv, "GET {%s}:sweep", pfx);
+    CHECK(lease && strncmp(lease, "w:", 2) == 0);
+    free(lease);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+    redisFree(rc);
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "grep -q 'the scripted provider cannot list its sandboxes' '%s'",
+             lp);
+    CHECK_EQ_INT(system(cmd), 0);
+    snprintf(cmd, sizeof(cmd), "grep -q 'sweep: thread te expired' '%s'", lp);
+    CHECK_EQ_INT(system(cmd), 0);
+}
+
 int main(void)
 {
     log_setup(LOG_WARN, LOG_FMT_PLAIN, NULL);
@@ -605,6 +654,8 @@ int main(void)
         printf("redis url: %s\n", err);
         return 1;
     }
+    /* Worker logs go to the server's temporary directory (removed at the end), or to
+     * SWEEP_LOGDIR when set, to read them after a failure. */
     snprintf(logdir, sizeof(logdir), "%s",
              getenv("SWEEP_LOGDIR") ? getenv("SWEEP_LOGDIR") : test_redis_dir(srv));
     base = event_base_new();
@@ -614,6 +665,7 @@ int main(void)
     RUN(retention_expires_old_suspended_threads);
     RUN(without_a_list_op_only_retention_runs);
     RUN(next_turn_of_an_expired_thread);
+    RUN(worker_sweeps_on_its_timer);
     event_base_free(base);
     redis_url_release(&url);
     test_redis_free(srv);
