@@ -2173,22 +2173,20 @@ static void dk_list(struct provider *p, provider_list_fn done, void *arg)
     l->p = p;
     l->done = done;
     l->arg = arg;
-    /* filters={"label":["sandbox-worker.deployment=<prefix>"]}, percent-encoded; the prefix
-     * is [A-Za-z0-9_.:-] (config), of which only ':' needs encoding. */
+    /* filters={"label":["sandbox-worker.deployment=<prefix>"]} (with no deployment given:
+     * every container this provider tagged, label "sandbox-worker"), percent-encoded; the
+     * prefix is [A-Za-z0-9_.:-] (config), of which only ':' needs encoding. */
     struct buf b;
     buf_init(&b);
-    buf_puts(&b, "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22" DK_LABEL
-                 ".deployment%3D");
-    for (const char *c = p->settings.deployment ? p->settings.deployment : ""; *c; c++) {
-        if (*c == ':')
-            buf_puts(&b, "%3A");
-        else
-            buf_putc(&b, *c);
-    }
-    if (!p->settings.deployment) {
-        /* No deployment given: every container this provider tagged. */
-        buf_clear(&b);
-        buf_puts(&b, "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22" DK_LABEL);
+    buf_puts(&b, "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22" DK_LABEL);
+    if (p->settings.deployment) {
+        buf_puts(&b, ".deployment%3D");
+        for (const char *c = p->settings.deployment; *c; c++) {
+            if (*c == ':')
+                buf_puts(&b, "%3A");
+            else
+                buf_putc(&b, *c);
+        }
     }
     buf_puts(&b, "%22%5D%7D");
     dk_call(p, "GET", b.data, NULL, dkl_containers, l);
