@@ -4,10 +4,15 @@
 #   make check           test + static analysis + format check
 #   make bench           benchmarks (print numbers)
 #   make SANITIZE=address,undefined test
-#   make install PREFIX=/usr/local DESTDIR=
+#   make install PREFIX=/usr/local DESTDIR=   (binaries, man page, completions, systemd unit)
+#   make uninstall PREFIX=/usr/local DESTDIR=
 
 PREFIX ?= /usr/local
 BINDIR = $(DESTDIR)$(PREFIX)/bin
+MANDIR = $(DESTDIR)$(PREFIX)/share/man
+BASHCOMPDIR = $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR = $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
 INSTALL ?= install
 PKG_CONFIG ?= pkg-config
 CC ?= cc
@@ -59,8 +64,8 @@ ifneq ($(AGENT_SRC),)
 BINS += $(BUILD)/sandbox-agent
 endif
 
-.PHONY: all test check bench install clean format format-check lint hdr-check demo fuzz fuzz-agent \
-	fuzz-worker fuzz-connect
+.PHONY: all test check bench install uninstall clean format format-check lint hdr-check demo \
+	fuzz fuzz-agent fuzz-worker fuzz-connect
 all: $(BINS)
 
 $(BUILD)/%.o: %.c
@@ -140,9 +145,26 @@ hdr-check:
 demo:
 	./scripts/demo.sh
 
-install: $(BINS)
-	$(INSTALL) -d $(BINDIR)
+install: $(BINS) $(BUILD)/sandboxctl.1 $(BUILD)/sandboxctl.bash $(BUILD)/_sandboxctl
+	$(INSTALL) -d $(BINDIR) $(MANDIR)/man1 $(BASHCOMPDIR) $(ZSHCOMPDIR) $(UNITDIR)
 	$(INSTALL) -m 0755 $(BINS) $(BINDIR)/
+	$(INSTALL) -m 0644 $(BUILD)/sandboxctl.1 $(MANDIR)/man1/sandboxctl.1
+	$(INSTALL) -m 0644 $(BUILD)/sandboxctl.bash $(BASHCOMPDIR)/sandboxctl
+	$(INSTALL) -m 0644 $(BUILD)/_sandboxctl $(ZSHCOMPDIR)/_sandboxctl
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' deploy/systemd/sandbox-worker.service > $(UNITDIR)/sandbox-worker.service
+	chmod 0644 $(UNITDIR)/sandbox-worker.service
+
+uninstall:
+	rm -f $(addprefix $(BINDIR)/,$(notdir $(BINS))) $(MANDIR)/man1/sandboxctl.1 \
+		$(BASHCOMPDIR)/sandboxctl $(ZSHCOMPDIR)/_sandboxctl $(UNITDIR)/sandbox-worker.service
+
+# The man page and completions come from sandboxctl's own help text.
+$(BUILD)/sandboxctl.1: $(BUILD)/sandboxctl
+	$(BUILD)/sandboxctl --man > $@
+$(BUILD)/sandboxctl.bash: $(BUILD)/sandboxctl
+	$(BUILD)/sandboxctl --completion bash > $@
+$(BUILD)/_sandboxctl: $(BUILD)/sandboxctl
+	$(BUILD)/sandboxctl --completion zsh > $@
 
 clean:
 	rm -rf $(BUILD) build-*

@@ -4,7 +4,9 @@
 # coreutils from busybox-static when installed (else the host's dash and its libraries),
 # the agent as the entrypoint on :8080. The agent binds loopback unless told otherwise, which a
 # container cannot be reached on: the image says LD_AGENT_BIND=0.0.0.0; whoever starts the
-# container passes SANDBOX_AGENT_TOKEN (without one the agent warns that it is open).
+# container passes SANDBOX_AGENT_TOKEN (without one the agent warns that it is open). The label
+# sandbox-worker.agent names the agent's path: the docker provider (SANDBOX_DOCKER_AGENT=auto)
+# then runs it on a unix socket in a bind-mounted folder instead of using Docker exec.
 #   agent/image.sh [BUILD_DIR] [IMAGE_NAME]     (defaults: build, lightdash-sandbox:local)
 set -eu
 BUILD=${1:-${BUILD:-build}}
@@ -16,7 +18,7 @@ command -v docker >/dev/null || { echo "image.sh: docker not installed" >&2; exi
 root=$(mktemp -d "${TMPDIR:-/tmp}/sandbox-rootfs.XXXXXX")
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/local/bin" "$root/bin" "$root/tmp" "$root/home/user" "$root/app" \
-    "$root/etc" "$root/dev" "$root/proc" "$root/sys"
+    "$root/etc" "$root/dev" "$root/proc" "$root/sys" "$root/workspace" "$root/run"
 chmod 1777 "$root/tmp"
 
 # copies a file and the shared libraries it links against, keeping their paths
@@ -58,5 +60,6 @@ tar -C "$root" -c . | docker import \
     -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin LD_AGENT_PORT=8080 LD_AGENT_BIND=0.0.0.0 HOME=/home/user' \
     -c 'WORKDIR /home/user' \
     -c 'EXPOSE 8080 9000' \
+    -c 'LABEL sandbox-worker.agent=/usr/local/bin/sandbox-agent' \
     - "$IMAGE"
 echo "image.sh: imported $IMAGE"

@@ -8,15 +8,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/buf.h"
 #include "queue/cmd.h"
 #include "queue/keys.h"
+#include "queue/registry.h"
 #include "queue/scripts.h"
 
 #define DEFAULT_JOB_TTL_S 604800
 #define DEFAULT_COUNT     100
-#define STATS_CMDS        7
+#define STATS_CMDS        10
 
 /* KEYS: dead, jobs, job hash, events, cancel
  * ARGV: dead entry id, job id the caller read from that entry ("" when none), job ttl s
@@ -56,6 +58,11 @@ enum op_kind {
     OP_DEAD_LIST,
     OP_REPLAY_READ,
     OP_REPLAY,
+    OP_LIST,    /* workers, jobs: entries callback */
+    OP_DONE,    /* pause, resume: done callback */
+    OP_COUNT,   /* purges: count callback */
+    OP_RETRY,   /* retry: replay callback */
+    OP_THREADS, /* SCAN rounds, then the hashes: entries callback */
 };
 
 struct op;
@@ -77,6 +84,7 @@ struct op {
         client_done_fn done;
         client_stats_fn stats;
         client_replay_fn replay;
+        client_count_fn count;
     } cb;
     void *arg;
     struct cmd a;       /* kept for the EVAL fallback */
@@ -91,6 +99,10 @@ struct op {
     struct client_consumer *consumers;
     char **consumer_names; /* owned; consumers[i].name points here */
     char *last_delivered;
+    /* threads ls: thread keys found so far by SCAN */
+    char **keys;
+    size_t nkeys, capkeys;
+    char cursor[32];
 };
 
 struct client {
@@ -139,6 +151,9 @@ static void op_free(struct op *op)
     free(op->consumer_names);
     free(op->consumers);
     free(op->last_delivered);
+    for (size_t i = 0; i < op->nkeys; i++)
+        free(op->keys[i]);
+    free(op->keys);
     free(op);
 }
 
@@ -151,19 +166,26 @@ static void op_error(struct op *op, const char *err)
         break;
     case OP_EVENTS:
     case OP_DEAD_LIST:
+    case OP_LIST:
+    case OP_THREADS:
         op->cb.entries(op->arg, -1, NULL, 0, err);
         break;
     case OP_HASH:
         op->cb.hash(op->arg, -1, NULL, err);
         break;
     case OP_CANCEL:
+    case OP_DONE:
         op->cb.done(op->arg, -1, err);
         break;
     case OP_STATS:
         op->cb.stats(op->arg, -1, NULL, err);
         break;
+    case OP_COUNT:
+        op->cb.count(op->arg, -1, 0, err);
+        break;
     case OP_REPLAY_READ:
     case OP_REPLAY:
+    case OP_RETRY:
         op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", err);
         break;
     }
@@ -587,7 +609,10 @@ enum stats_cmd {
     ST_ZCARD,
     ST_NEXT,
     ST_DEAD,
-    ST_RESULTS
+    ST_RESULTS,
+    ST_PENDING, /* XPENDING summary: the oldest pending entry */
+    ST_PAUSED,
+    ST_WORKERS,
 };
 
 static long long int_of(const redisReply *r)
@@ -668,6 +693,17 @@ static void stats_fill(struct op *op, int idx, const redisReply *reply)
     case ST_RESULTS:
         st->results = int_of(reply);
         break;
+    case ST_PENDING:
+        /* [count, smallest id, greatest id, [[consumer, count]…]]; ids nil when empty */
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2 && is_str(reply->element[1]))
+            st->oldest_pending_ms = strtoll(reply->element[1]->str, NULL, 10);
+        break;
+    case ST_PAUSED:
+        st->paused = int_of(reply) > 0;
+        break;
+    case ST_WORKERS:
+        st->workers = int_of(reply);
+        break;
     }
 }
 
@@ -684,7 +720,8 @@ static void stats_reply(redis *r, const redisReply *reply, void *arg)
     }
     if (!op->failed) {
         const char *why = reply_problem(op->c, reply);
-        if (why && !((s->idx == ST_GROUPS || s->idx == ST_CONSUMERS) && is_missing_error(reply))) {
+        if (why && !((s->idx == ST_GROUPS || s->idx == ST_CONSUMERS || s->idx == ST_PENDING) &&
+                     is_missing_error(reply))) {
             op->failed = 1;
             free(op->err);
             op->err = xstrdup(why);
@@ -715,7 +752,11 @@ void client_stats(client *c, client_stats_fn cb, void *arg)
     op->cb.stats = cb;
     op->st.consumers = op->st.pending = op->st.lag = -1;
     op->st.delayed_next_ms = -1;
+    op->st.oldest_pending_ms = -1;
     char *k_jobs = keys_jobs(c->prefix), *k_delayed = keys_delayed(c->prefix);
+    char *k_paused = registry_key_paused(c->prefix), *k_workers = registry_key_workers(c->prefix);
+    char min_score[32];
+    snprintf(min_score, sizeof(min_score), "%lld", (long long)(time(NULL) - 10) * 1000);
     char *k_dead = keys_dead(c->prefix), *k_results = keys_results(c->prefix);
     const char *cmds[STATS_CMDS][7] = {
         [ST_XLEN_JOBS] = {"XLEN", k_jobs, NULL},
@@ -725,6 +766,9 @@ void client_stats(client *c, client_stats_fn cb, void *arg)
         [ST_NEXT] = {"ZRANGE", k_delayed, "0", "0", "WITHSCORES", NULL},
         [ST_DEAD] = {"XLEN", k_dead, NULL},
         [ST_RESULTS] = {"XLEN", k_results, NULL},
+        [ST_PENDING] = {"XPENDING", k_jobs, QUEUE_GROUP, NULL},
+        [ST_PAUSED] = {"EXISTS", k_paused, NULL},
+        [ST_WORKERS] = {"ZCOUNT", k_workers, min_score, "+inf", NULL},
     };
     /* Every sub-command is counted before any is sent: replies never arrive inside
      * redis_commandv, but a send failure must not leave the count short. */
@@ -748,6 +792,8 @@ void client_stats(client *c, client_stats_fn cb, void *arg)
     free(k_delayed);
     free(k_dead);
     free(k_results);
+    free(k_paused);
+    free(k_workers);
 }
 
 /* ---- dead-letter replay ---- */
@@ -833,4 +879,445 @@ void client_dead_replay(client *c, const char *dead_entry, client_replay_fn cb, 
     cmd_add(&op->a, dead_entry);
     free(k);
     send_args(op, replay_read_reply, op, 0);
+}
+
+/* ---- workers, pause, job listings ---- */
+
+/* KEYS: workers index.  ARGV: worker hash key prefix "{p}:worker:".
+ * Returns [[name, [field, value…]]…] of live workers (hash not expired), by name. */
+static const char workers_lua[] = "local out = {}\n"
+                                  "for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
+                                  "  local h = redis.call('HGETALL', ARGV[1] .. n)\n"
+                                  "  if #h > 0 then out[#out + 1] = {n, h} end\n"
+                                  "end\n"
+                                  "return out\n";
+
+void client_workers_list(client *c, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_LIST, arg);
+    op->cb.entries = cb;
+    char *k = registry_key_workers(c->prefix);
+    char *base = registry_key_worker(c->prefix, "");
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, workers_lua);
+    cmd_add(&op->a, "1");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, base);
+    free(k);
+    free(base);
+    send_args(op, entries_reply, op, 0);
+}
+
+void client_queue_pause(client *c, int paused, client_done_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_DONE, arg);
+    op->cb.done = cb;
+    char *k = registry_key_paused(c->prefix);
+    cmd_add(&op->a, paused ? "SET" : "DEL");
+    cmd_add(&op->a, k);
+    if (paused)
+        cmd_add(&op->a, "1");
+    free(k);
+    send_args(op, done_reply, op, 0);
+}
+
+/* KEYS: jobs, delayed, results.
+ * ARGV: state (queued | running | delayed | finished), count, thread filter, worker filter
+ * ("" for none), job hash key prefix "{p}:job:", scan limit (entries examined at most).
+ * Returns [[job id, [field, value…]]…]. Job hashes are read under the same hash tag. */
+static const char jobs_lua[] =
+    "local st, n, th, wk, jb, limit = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5],\n"
+    "  tonumber(ARGV[6])\n"
+    "local out, scanned = {}, 0\n"
+    "local function map(f) local m = {} for i = 1, #f, 2 do m[f[i]] = f[i + 1] end return m end\n"
+    "local function str(v) if type(v) == 'string' then return v end return '' end\n"
+    "local function job(text)\n"
+    "  local ok, j = pcall(cjson.decode, text or '')\n"
+    "  if ok and type(j) == 'table' then return str(j.id), str(j.thread) end\n"
+    "  return '', ''\n"
+    "end\n"
+    "local names = {'state', 'thread', 'entry', 'attempt', 'worker', 'phase', 'status',\n"
+    "  'idle_ms', 'deliveries', 'started_at', 'due_at', 'finished_at'}\n"
+    "local function add(id, t)\n"
+    "  if th ~= '' and t.thread ~= th then return end\n"
+    "  if wk ~= '' and t.worker ~= wk then return end\n"
+    "  t.state = st\n"
+    "  local f = {}\n"
+    "  for _, k in ipairs(names) do\n"
+    "    if t[k] ~= nil and t[k] ~= '' then f[#f + 1] = k; f[#f + 1] = tostring(t[k]) end\n"
+    "  end\n"
+    "  out[#out + 1] = {id, f}\n"
+    "end\n"
+    "if st == 'queued' then\n"
+    "  local last = '0-0'\n"
+    "  local ok, gs = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])\n"
+    "  if ok then for _, g in ipairs(gs) do\n"
+    "    local m = map(g) if m['name'] == 'workers' then last = m['last-delivered-id'] end\n"
+    "  end end\n"
+    "  local start = '(' .. last\n"
+    "  while #out < n and scanned < limit do\n"
+    "    local e = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 100)\n"
+    "    if #e == 0 then break end\n"
+    "    for _, x in ipairs(e) do\n"
+    "      scanned = scanned + 1\n"
+    "      start = '(' .. x[1]\n"
+    "      local m = map(x[2])\n"
+    "      local id, thread = job(m['job'])\n"
+    "      add(id, {thread = thread, entry = x[1], attempt = m['attempt'] or '1'})\n"
+    "      if #out >= n then break end\n"
+    "    end\n"
+    "  end\n"
+    "elseif st == 'running' then\n"
+    "  local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], 'workers', '-', '+', limit)\n"
+    "  if not ok then p = {} end\n"
+    "  for _, x in ipairs(p) do\n"
+    "    if #out >= n then break end\n"
+    "    local e = redis.call('XRANGE', KEYS[1], x[1], x[1])\n"
+    "    local m = e[1] and map(e[1][2]) or {}\n"
+    "    local id, thread = job(m['job'])\n"
+    "    local h = {}\n"
+    "    if id ~= '' then h = redis.call('HMGET', jb .. id, 'phase', 'started_at', 'attempt') end\n"
+    "    add(id, {thread = thread, entry = x[1], worker = x[2], idle_ms = x[3],\n"
+    "             deliveries = x[4], phase = h[1] or 'delivered', started_at = h[2],\n"
+    "             attempt = h[3] or m['attempt'] or '1'})\n"
+    "  end\n"
+    "elseif st == 'delayed' then\n"
+    "  local z = redis.call('ZRANGE', KEYS[2], 0, limit - 1, 'WITHSCORES')\n"
+    "  for i = 1, #z, 2 do\n"
+    "    if #out >= n then break end\n"
+    "    local v = z[i]\n"
+    "    local nl = string.find(v, '\\n', 1, true)\n"
+    "    local attempt, text = '', v\n"
+    "    if nl then attempt = string.sub(v, 1, nl - 1); text = string.sub(v, nl + 1) end\n"
+    "    local id, thread = job(text)\n"
+    "    add(id, {thread = thread, attempt = attempt, due_at = z[i + 1]})\n"
+    "  end\n"
+    "elseif st == 'finished' then\n"
+    "  local start = '+'\n"
+    "  while #out < n and scanned < limit do\n"
+    "    local e = redis.call('XREVRANGE', KEYS[3], start, '-', 'COUNT', 100)\n"
+    "    if #e == 0 then break end\n"
+    "    for _, x in ipairs(e) do\n"
+    "      scanned = scanned + 1\n"
+    "      start = '(' .. x[1]\n"
+    "      local m = map(x[2])\n"
+    "      local worker = ''\n"
+    "      local ok, r = pcall(cjson.decode, m['result'] or '')\n"
+    "      if ok and type(r) == 'table' then worker = str(r.worker) end\n"
+    "      add(m['id'] or '', {thread = m['thread'], entry = x[1], status = m['status'],\n"
+    "                          worker = worker})\n"
+    "      if #out >= n then break end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+void client_jobs_list(client *c, const char *state, const char *thread, const char *worker,
+                      int count, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_LIST, arg);
+    op->cb.entries = cb;
+    char *keys[3] = {keys_jobs(c->prefix), keys_delayed(c->prefix), keys_results(c->prefix)};
+    char *jb = keys_job(c->prefix, "");
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, jobs_lua);
+    cmd_add(&op->a, "3");
+    for (int i = 0; i < 3; i++) {
+        cmd_add(&op->a, keys[i]);
+        free(keys[i]);
+    }
+    cmd_add(&op->a, state);
+    cmd_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
+    cmd_add(&op->a, thread ? thread : "");
+    cmd_add(&op->a, worker ? worker : "");
+    cmd_add(&op->a, jb);
+    cmd_addll(&op->a, CLIENT_SCAN_LIMIT);
+    free(jb);
+    send_args(op, entries_reply, op, 0);
+}
+
+/* ---- retry, purges, dead show, threads ---- */
+
+/* KEYS: jobs, job hash, events, cancel.  ARGV: job ttl s.
+ * A finished job that failed, timed out, was lost or cancelled runs again: its job text is
+ * read back from its {p}:jobs entry and added again with attempt + 1; the job hash is reset
+ * to "queued", its events and cancel key deleted. Returns {"retried", entry, attempt} |
+ * {"missing"} | {"state", status or phase} | {"gone"} (the entry was trimmed). */
+static const char retry_lua[] =
+    "local h = redis.call('HMGET', KEYS[2], 'status', 'phase', 'entry', 'attempt')\n"
+    "if not h[1] and not h[2] then return {'missing'} end\n"
+    "local st = h[1] or ''\n"
+    "if st ~= 'failed' and st ~= 'timeout' and st ~= 'lost' and st ~= 'cancelled' then\n"
+    "  if st == '' then st = h[2] or '' end\n"
+    "  return {'state', st}\n"
+    "end\n"
+    "if not h[3] or h[3] == '' then return {'gone'} end\n"
+    "local e = redis.call('XRANGE', KEYS[1], h[3], h[3])\n"
+    "if #e == 0 then return {'gone'} end\n"
+    "local job = false\n"
+    "for i = 1, #e[1][2], 2 do if e[1][2][i] == 'job' then job = e[1][2][i + 1] end end\n"
+    "if not job then return {'gone'} end\n"
+    "local attempt = tostring((tonumber(h[4]) or 1) + 1)\n"
+    "local new = redis.call('XADD', KEYS[1], '*', 'job', job, 'attempt', attempt)\n"
+    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])\n"
+    "redis.call('HSET', KEYS[2], 'phase', 'queued', 'entry', new, 'attempt', attempt)\n"
+    "redis.call('EXPIRE', KEYS[2], ARGV[1])\n"
+    "return {'retried', new, attempt}\n";
+
+static void retry_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = op_answered(arg, reply);
+    if (!op)
+        return;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 || !is_str(reply->element[0])) {
+        op_error(op, "retry script: unexpected reply");
+        return;
+    }
+    const char *what = reply->element[0]->str;
+    const char *e1 = reply->elements > 1 && is_str(reply->element[1]) ? reply->element[1]->str : "";
+    const char *e2 = reply->elements > 2 && is_str(reply->element[2]) ? reply->element[2]->str : "";
+    if (strcmp(what, "retried") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_OK, e2, e1);
+    else if (strcmp(what, "missing") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_MISSING, "", "");
+    else if (strcmp(what, "gone") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_NO_JOB, "", "");
+    else if (strcmp(what, "state") == 0)
+        op->cb.replay(op->arg, CLIENT_REPLAY_ACTIVE, "", e1);
+    else
+        op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", "retry script: unexpected reply");
+    op_free(op);
+}
+
+void client_retry(client *c, const char *job_id, client_replay_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_RETRY, arg);
+    op->cb.replay = cb;
+    char *keys[4] = {keys_jobs(c->prefix), keys_job(c->prefix, job_id),
+                     keys_events(c->prefix, job_id), keys_cancel(c->prefix, job_id)};
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, retry_lua);
+    cmd_add(&op->a, "4");
+    for (int i = 0; i < 4; i++) {
+        cmd_add(&op->a, keys[i]);
+        free(keys[i]);
+    }
+    cmd_addll(&op->a, c->job_ttl_s);
+    send_args(op, retry_reply, op, 0);
+}
+
+static void count_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = op_answered(arg, reply);
+    if (!op)
+        return;
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        op_error(op, "unexpected reply to a purge");
+        return;
+    }
+    op->cb.count(op->arg, 0, reply->integer, NULL);
+    op_free(op);
+}
+
+/* KEYS: dead. Returns how many entries were deleted. */
+static const char dead_purge_lua[] = "local n = redis.call('XLEN', KEYS[1])\n"
+                                     "redis.call('DEL', KEYS[1])\n"
+                                     "return n\n";
+
+void client_dead_purge(client *c, client_count_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_COUNT, arg);
+    op->cb.count = cb;
+    char *k = keys_dead(c->prefix);
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, dead_purge_lua);
+    cmd_add(&op->a, "1");
+    cmd_add(&op->a, k);
+    free(k);
+    send_args(op, count_reply, op, 0);
+}
+
+/* KEYS: jobs.  ARGV: job hash key prefix "{p}:job:", limit.
+ * Deletes the entries no worker has read yet (after the group's last delivered id; all of
+ * them without a group), at most limit, and the job hashes of those still "queued" (so their
+ * ids can be enqueued again). Returns the number of entries deleted. */
+static const char purge_queued_lua[] =
+    "local last = '0-0'\n"
+    "local ok, gs = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])\n"
+    "if ok then for _, g in ipairs(gs) do\n"
+    "  local m = {} for i = 1, #g, 2 do m[g[i]] = g[i + 1] end\n"
+    "  if m['name'] == 'workers' then last = m['last-delivered-id'] end\n"
+    "end end\n"
+    "local n, limit = 0, tonumber(ARGV[2])\n"
+    "while n < limit do\n"
+    "  local e = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 100)\n"
+    "  if #e == 0 then break end\n"
+    "  for _, x in ipairs(e) do\n"
+    "    last = x[1]\n"
+    "    for i = 1, #x[2], 2 do\n"
+    "      if x[2][i] == 'job' then\n"
+    "        local ok2, j = pcall(cjson.decode, x[2][i + 1])\n"
+    "        if ok2 and type(j) == 'table' and type(j.id) == 'string' then\n"
+    "          local k = ARGV[1] .. j.id\n"
+    "          if redis.call('HGET', k, 'phase') == 'queued' then redis.call('DEL', k) end\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "    redis.call('XDEL', KEYS[1], x[1])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+void client_queue_purge(client *c, client_count_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_COUNT, arg);
+    op->cb.count = cb;
+    char *k = keys_jobs(c->prefix), *jb = keys_job(c->prefix, "");
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, purge_queued_lua);
+    cmd_add(&op->a, "1");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, jb);
+    cmd_addll(&op->a, 1000000);
+    free(k);
+    free(jb);
+    send_args(op, count_reply, op, 0);
+}
+
+void client_dead_get(client *c, const char *dead_entry, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_LIST, arg);
+    op->cb.entries = cb;
+    char *k = keys_dead(c->prefix);
+    cmd_add(&op->a, "XRANGE");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, dead_entry);
+    cmd_add(&op->a, dead_entry);
+    free(k);
+    send_args(op, entries_reply, op, 0);
+}
+
+/* Returns [[thread id, [field, value…]]…] for the thread hash keys given (ARGV[1]: the key
+ * prefix "{p}:thread:", stripped for the id). */
+static const char threads_lua[] = "local out = {}\n"
+                                  "for _, k in ipairs(KEYS) do\n"
+                                  "  local h = redis.call('HGETALL', k)\n"
+                                  "  if #h > 0 then\n"
+                                  "    out[#out + 1] = {string.sub(k, #ARGV[1] + 1), h}\n"
+                                  "  end\n"
+                                  "end\n"
+                                  "return out\n";
+
+static void threads_scan(struct op *op);
+
+static int key_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void threads_scan_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    struct op *op = op_answered(arg, reply);
+    if (!op)
+        return;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 || !is_str(reply->element[0]) ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        op_error(op, "SCAN: unexpected reply");
+        return;
+    }
+    const redisReply *ks = reply->element[1];
+    for (size_t i = 0; i < ks->elements && op->nkeys < CLIENT_SCAN_LIMIT; i++) {
+        if (!is_str(ks->element[i]))
+            continue;
+        if (op->nkeys == op->capkeys) {
+            op->capkeys = op->capkeys ? op->capkeys * 2 : 64;
+            char **nk = xcalloc(op->capkeys, sizeof(*nk));
+            if (op->nkeys)
+                memcpy(nk, op->keys, op->nkeys * sizeof(*nk));
+            free(op->keys);
+            op->keys = nk;
+        }
+        op->keys[op->nkeys++] = xstrdup(ks->element[i]->str);
+    }
+    snprintf(op->cursor, sizeof(op->cursor), "%s", reply->element[0]->str);
+    if (strcmp(op->cursor, "0") != 0 && op->nkeys < CLIENT_SCAN_LIMIT) {
+        threads_scan(op);
+        return;
+    }
+    if (op->nkeys == 0) {
+        op->cb.entries(op->arg, 0, NULL, 0, NULL);
+        op_free(op);
+        return;
+    }
+    /* SCAN may return a key twice: sort, drop repeats, then read the hashes at once. */
+    qsort(op->keys, op->nkeys, sizeof(*op->keys), key_cmp);
+    cmd_release(&op->a);
+    memset(&op->a, 0, sizeof(op->a));
+    char *prefix = keys_thread(op->c->prefix, "");
+    size_t uniq = 0;
+    for (size_t i = 0; i < op->nkeys; i++)
+        if (i == 0 || strcmp(op->keys[i], op->keys[i - 1]) != 0)
+            uniq++;
+    cmd_add(&op->a, "EVAL");
+    cmd_add(&op->a, threads_lua);
+    cmd_addll(&op->a, (long long)uniq);
+    for (size_t i = 0; i < op->nkeys; i++)
+        if (i == 0 || strcmp(op->keys[i], op->keys[i - 1]) != 0)
+            cmd_add(&op->a, op->keys[i]);
+    cmd_add(&op->a, prefix);
+    free(prefix);
+    op->kind = OP_LIST;
+    send_args(op, entries_reply, op, 0);
+}
+
+static void threads_scan(struct op *op)
+{
+    cmd_release(&op->a);
+    memset(&op->a, 0, sizeof(op->a));
+    char *prefix = keys_thread(op->c->prefix, "");
+    struct buf pat;
+    buf_init(&pat);
+    /* The hash tag's braces are literal in a MATCH pattern only when escaped. */
+    for (const char *p = prefix; *p; p++) {
+        if (*p == '*' || *p == '?' || *p == '[' || *p == ']' || *p == '\\')
+            buf_putc(&pat, '\\');
+        buf_putc(&pat, *p);
+    }
+    buf_putc(&pat, '*');
+    cmd_add(&op->a, "SCAN");
+    cmd_add(&op->a, op->cursor);
+    cmd_add(&op->a, "MATCH");
+    cmd_add(&op->a, pat.data);
+    cmd_add(&op->a, "COUNT");
+    cmd_add(&op->a, "1000");
+    buf_release(&pat);
+    free(prefix);
+    send_args(op, threads_scan_reply, op, 0);
+}
+
+void client_threads_list(client *c, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_THREADS, arg);
+    op->cb.entries = cb;
+    snprintf(op->cursor, sizeof(op->cursor), "0");
+    threads_scan(op);
+}
+
+void client_events_tail(client *c, const char *job_id, int count, client_entries_fn cb, void *arg)
+{
+    struct op *op = op_new(c, OP_LIST, arg);
+    op->cb.entries = cb;
+    char *k = keys_events(c->prefix, job_id);
+    cmd_add(&op->a, "XREVRANGE");
+    cmd_add(&op->a, k);
+    cmd_add(&op->a, "+");
+    cmd_add(&op->a, "-");
+    cmd_add(&op->a, "COUNT");
+    cmd_addll(&op->a, count > 0 ? count : DEFAULT_COUNT);
+    free(k);
+    send_args(op, entries_reply, op, 0);
 }

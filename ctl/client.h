@@ -98,16 +98,19 @@ struct client_consumer {
 
 /* Counts are -1 when Redis could not tell (e.g. lag after XDEL/XTRIM). */
 struct client_stats {
-    long long jobs;             /* XLEN {p}:jobs (entries are kept after XACK until trimmed) */
-    int group;                  /* 1 when the "workers" group exists */
-    long long consumers;        /* group consumers */
-    long long pending;          /* group PEL size: delivered, not acknowledged (in flight) */
-    long long lag;              /* entries not yet delivered to the group */
-    const char *last_delivered; /* group last-delivered-id; "" without a group */
-    long long delayed;          /* ZCARD {p}:delayed: retries waiting for their backoff */
-    long long delayed_next_ms;  /* unix ms of the earliest retry; -1 when none */
-    long long dead;             /* XLEN {p}:dead */
-    long long results;          /* XLEN {p}:results */
+    long long jobs;              /* XLEN {p}:jobs (entries are kept after XACK until trimmed) */
+    int group;                   /* 1 when the "workers" group exists */
+    long long consumers;         /* group consumers */
+    long long pending;           /* group PEL size: delivered, not acknowledged (in flight) */
+    long long lag;               /* entries not yet delivered to the group */
+    const char *last_delivered;  /* group last-delivered-id; "" without a group */
+    long long delayed;           /* ZCARD {p}:delayed: retries waiting for their backoff */
+    long long delayed_next_ms;   /* unix ms of the earliest retry; -1 when none */
+    long long dead;              /* XLEN {p}:dead */
+    long long results;           /* XLEN {p}:results */
+    long long oldest_pending_ms; /* unix ms of the oldest in-flight entry's id; -1 when none */
+    int paused;                  /* {p}:paused exists */
+    long long workers;           /* workers with a heartbeat in the last 10 s */
     size_t nconsumers;
     const struct client_consumer *consumer;
 };
@@ -134,5 +137,48 @@ typedef void (*client_replay_fn)(void *arg, enum client_replay_status st, const 
  * records (job hash back to phase "queued", its events stream and cancel key deleted), and
  * XDEL the dead entry. */
 void client_dead_replay(client *c, const char *dead_entry, client_replay_fn cb, void *arg);
+
+/* ---- workers, pause, job listings ---- */
+
+/* Live workers from the registry (queue/registry.h): record id = worker name, fields name,
+ * version, provider, host, pid, concurrency, in_flight, state, started_at, heartbeat_at. */
+void client_workers_list(client *c, client_entries_fn cb, void *arg);
+/* paused 1: SET {p}:paused (workers read no new jobs; in-flight turns finish); 0: DEL. */
+void client_queue_pause(client *c, int paused, client_done_fn cb, void *arg);
+
+/* Entries examined at most by one listing (so a long stream never blocks Redis for long). */
+#define CLIENT_SCAN_LIMIT 10000
+
+/* rc 0: n items affected; -1: err. */
+typedef void (*client_count_fn)(void *arg, int rc, long long n, const char *err);
+/* Jobs in one state, at most count (0: 100), optionally only those of thread / worker (NULL
+ * or "": any). Record id = job id ("" when the entry's job text has none); fields: state,
+ * thread, and by state:
+ *   queued    entry, attempt                 (in the stream, not yet delivered; oldest first)
+ *   running   entry, worker, phase, attempt, idle_ms, deliveries, started_at
+ *             (delivered, not acknowledged: the group's pending entries)
+ *   delayed   attempt, due_at                (retries waiting; earliest first)
+ *   finished  entry, status, worker          (the results stream, newest first) */
+void client_jobs_list(client *c, const char *state, const char *thread, const char *worker,
+                      int count, client_entries_fn cb, void *arg);
+
+/* Runs a finished job again, explicitly: one whose status is failed, timeout, lost or
+ * cancelled is added to {p}:jobs again (its text read back from its jobs-stream entry) with
+ * attempt + 1; its job hash is reset to "queued", its events and cancel key deleted.
+ * Reported through client_replay_fn: OK (job: the new attempt, entry: the new entry),
+ * MISSING (no job hash), ACTIVE (entry: the status or phase that forbids it), NO_JOB (the
+ * jobs-stream entry was trimmed), ERROR. */
+void client_retry(client *c, const char *job_id, client_replay_fn cb, void *arg);
+/* One dead-letter entry (n 0 when there is none). */
+void client_dead_get(client *c, const char *dead_entry, client_entries_fn cb, void *arg);
+/* Deletes every dead letter; n: how many there were. */
+void client_dead_purge(client *c, client_count_fn cb, void *arg);
+/* Deletes the jobs no worker has read yet (and their "queued" job hashes); n: how many. */
+void client_queue_purge(client *c, client_count_fn cb, void *arg);
+/* Every thread hash (SCAN, at most CLIENT_SCAN_LIMIT), sorted by id: record id = thread id,
+ * fields as in the hash (organization, project, provider, sandbox_id, state, snapshot...). */
+void client_threads_list(client *c, client_entries_fn cb, void *arg);
+/* The last count (0: 100) events of a job, newest first. */
+void client_events_tail(client *c, const char *job_id, int count, client_entries_fn cb, void *arg);
 
 #endif

@@ -1,10 +1,14 @@
 #include "lib/metrics.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 enum metric_type { MT_COUNTER, MT_GAUGE, MT_HISTOGRAM };
 
@@ -210,6 +214,31 @@ metric *metrics_gauge_fn(metrics *m, const char *name, const char *help, double 
     return mt;
 }
 
+metric *metrics_counter_fn(metrics *m, const char *name, const char *help, double (*fn)(void *arg),
+                           void *arg)
+{
+    if (!fn)
+        die("%s: NULL counter callback", name ? name : "(null)");
+    if (valid_name(name, 1) && find_metric(m, name))
+        die("%s: registered twice", name);
+    metric *mt = reg(m, MT_COUNTER, name, help, NULL, NULL, 0);
+    mt->fn = fn;
+    mt->fn_arg = arg;
+    return mt;
+}
+
+void metric_remove(metric *mt, const char *label_value)
+{
+    const struct series *found = find_series(mt, label_value);
+    if (!found || !label_value)
+        return; /* an unlabelled metric keeps its one series */
+    size_t i = (size_t)(found - mt->series);
+    free(mt->series[i].label);
+    free(mt->series[i].buckets);
+    memmove(&mt->series[i], &mt->series[i + 1], (mt->nseries - i - 1) * sizeof(*mt->series));
+    mt->nseries--;
+}
+
 metric *metrics_histogram(metrics *m, const char *name, const char *help, const char *label_name,
                           const double *buckets, size_t nbuckets)
 {
@@ -383,4 +412,104 @@ void metrics_render(const metrics *m, struct buf *out)
             buf_putc(out, '\n');
         }
     }
+}
+
+/* ---- process metrics (Linux /proc; elsewhere the values are 0) ---- */
+
+static double proc_cpu_seconds(void *arg)
+{
+    (void)arg;
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Field n (1-based, after the ")" of the command name) of /proc/self/stat. */
+static double proc_stat_field(int n)
+{
+    char b[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f)
+        return 0;
+    size_t len = fread(b, 1, sizeof(b) - 1, f);
+    fclose(f);
+    b[len] = '\0';
+    char *p = strrchr(b, ')');
+    if (!p)
+        return 0;
+    p++;
+    for (int i = 0; i < n && p; i++) {
+        while (*p == ' ')
+            p++;
+        if (i == n - 1)
+            return strtod(p, NULL);
+        p = strchr(p, ' ');
+    }
+    return 0;
+}
+
+static double proc_rss_bytes(void *arg)
+{
+    (void)arg;
+    /* field 22 after the name: rss in pages (field 24 of the whole line) */
+    return proc_stat_field(22) * (double)sysconf(_SC_PAGESIZE);
+}
+
+static double proc_vsize_bytes(void *arg)
+{
+    (void)arg;
+    return proc_stat_field(21);
+}
+
+static double proc_open_fds(void *arg)
+{
+    (void)arg;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    double n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+static double proc_max_fds(void *arg)
+{
+    (void)arg;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 0;
+    return (double)rl.rlim_cur;
+}
+
+static double proc_start_time(void *arg)
+{
+    return *(const double *)arg;
+}
+
+void metrics_process(metrics *m)
+{
+    static double start; /* Unix seconds when first registered */
+    if (start == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        start = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    }
+    metrics_counter_fn(m, "process_cpu_seconds_total",
+                       "Total user and system CPU time spent in seconds.", proc_cpu_seconds, NULL);
+    metrics_gauge_fn(m, "process_resident_memory_bytes", "Resident memory size in bytes.",
+                     proc_rss_bytes, NULL);
+    metrics_gauge_fn(m, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                     proc_vsize_bytes, NULL);
+    metrics_gauge_fn(m, "process_open_fds", "Number of open file descriptors.", proc_open_fds,
+                     NULL);
+    metrics_gauge_fn(m, "process_max_fds", "Maximum number of open file descriptors.", proc_max_fds,
+                     NULL);
+    metrics_gauge_fn(m, "process_start_time_seconds",
+                     "Start time of the process since unix epoch in seconds.", proc_start_time,
+                     &start);
 }

@@ -42,6 +42,10 @@ metric *metrics_gauge(metrics *m, const char *name, const char *help, const char
 /* A gauge without labels whose value is fn(arg), computed at every render. */
 metric *metrics_gauge_fn(metrics *m, const char *name, const char *help, double (*fn)(void *arg),
                          void *arg);
+/* A counter without labels whose value is fn(arg), computed at every render (fn must never
+ * decrease, e.g. CPU seconds). */
+metric *metrics_counter_fn(metrics *m, const char *name, const char *help, double (*fn)(void *arg),
+                           void *arg);
 /* buckets: upper bounds in seconds (or the metric's unit), strictly increasing and finite except
  * that a trailing +Inf is accepted; +Inf is always added. nbuckets may be 0. Copied. */
 metric *metrics_histogram(metrics *m, const char *name, const char *help, const char *label_name,
@@ -52,6 +56,15 @@ metric *metrics_histogram(metrics *m, const char *name, const char *help, const 
 void metric_inc(metric *c, const char *label_value, double by);
 void metric_set(metric *g, const char *label_value, double v);
 void metric_observe(metric *h, const char *label_value, double v);
+
+/* Drops a labelled series (it is no longer rendered; a later use creates it again at 0). No-op
+ * for an absent series or an unlabelled metric. */
+void metric_remove(metric *mt, const char *label_value);
+
+/* Registers the standard process_* metrics (Prometheus client conventions):
+ * process_cpu_seconds_total, process_resident_memory_bytes, process_virtual_memory_bytes,
+ * process_open_fds, process_max_fds, process_start_time_seconds. Once per registry. */
+void metrics_process(metrics *m);
 
 /* For tests and internal checks. metric_value: a counter's or gauge's value (a callback gauge is
  * evaluated), 0 when the series does not exist. metric_count / metric_sum: a histogram

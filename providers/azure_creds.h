@@ -7,8 +7,8 @@
  *                         else IMDS (AZURE_POD_IDENTITY_AUTHORITY_HOST, default
  *                         http://169.254.169.254), user-assigned when AZURE_CLIENT_ID is set.
  * 1 and 2 post to AZURE_AUTHORITY_HOST (default https://login.microsoftonline.com; https only,
- * a private CA through SSL_CERT_FILE) /{tenant}/oauth2/v2.0/token. The source is chosen once, at azure_creds_new, from which
- * variables are set.
+ * a private CA through SSL_CERT_FILE) /{tenant}/oauth2/v2.0/token. The source is chosen once, at
+ * azure_creds_new, from which variables are set.
  *
  * Tokens are cached and fetched again when less than 5 minutes remain (or after
  * azure_creds_invalidate, e.g. on a 401); concurrent callers wait on one fetch. Transport

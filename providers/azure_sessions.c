@@ -20,12 +20,12 @@
 #include "lib/log.h"
 #include "lib/mask.h"
 #include "providers/agent_client.h"
+#include "providers/agent_pipe.h"
 #include "providers/azure_creds.h"
 #include "providers/objstore.h"
 #include "providers/sigv4.h"
 
-#define AZS_STOP_MS       30000      /* stopSession request */
-#define AZS_IN_HIGH       (1u << 20) /* restore: bytes buffered before the reader pauses */
+#define AZS_STOP_MS       30000 /* stopSession request */
 #define AZS_DEFAULT_API   "2025-02-02-preview"
 #define AZS_DEFAULT_SCOPE "https://dynamicsessions.io/.default"
 
@@ -92,18 +92,6 @@ static void azs_free_list(char **l)
     for (size_t i = 0; l && l[i]; i++)
         free(l[i]);
     free(l);
-}
-
-/* s single-quoted for sh. */
-static void azs_shquote(struct buf *b, const char *s)
-{
-    buf_putc(b, '\'');
-    for (const char *c = s; *c; c++)
-        if (*c == '\'')
-            buf_puts(b, "'\\''");
-        else
-            buf_putc(b, *c);
-    buf_putc(b, '\'');
 }
 
 /* ---- sandboxes: a session and its agent ---- */
@@ -304,257 +292,6 @@ static void azs_stop_session(struct provider *p, const char *pool, const char *i
     azure_creds_get(d->creds, stop_token, o);
 }
 
-/* ---- the workspace out: agent archive → object store ---- */
-
-typedef void (*azs_out_fn)(void *arg, int rc, uint64_t bytes, const char *sha256, const char *err);
-
-struct azs_out {
-    agent_op *op;
-    objstore_writer *w;
-    int blocked;     /* the store asked to wait: the agent's bytes wait too */
-    int agent_ended; /* the archive stream is over (rc in agent_rc) */
-    int agent_rc;
-    char err[400];
-    azs_out_fn done;
-    void *arg;
-};
-
-static void out_end(struct azs_out *o, int rc, uint64_t bytes, const char *sha)
-{
-    o->done(o->arg, rc, bytes, sha, rc ? (o->err[0] ? o->err : "archive failed") : NULL);
-    free(o);
-}
-
-static int out_sink(void *arg, const char *data, size_t len)
-{
-    struct azs_out *o = arg;
-    if (!o->w)
-        return AGENT_IO_ERROR;
-    if (o->blocked)
-        return AGENT_IO_BLOCK;
-    int r = objstore_write(o->w, data, len);
-    if (r == OBJSTORE_ERROR)
-        return AGENT_IO_ERROR;
-    if (r == OBJSTORE_BLOCKED)
-        o->blocked = 1;
-    return AGENT_IO_OK;
-}
-
-static void out_drain(void *arg)
-{
-    struct azs_out *o = arg;
-    o->blocked = 0;
-    if (o->op)
-        agent_op_drain(o->op);
-}
-
-static void out_written(void *arg, int rc, uint64_t bytes, const char *sha, const char *err)
-{
-    struct azs_out *o = arg;
-    o->w = NULL;
-    if (rc != 0 && !o->err[0])
-        snprintf(o->err, sizeof(o->err), "%s", err ? err : "object store failed");
-    if (!o->agent_ended) { /* the store failed first: stop the archive, report then */
-        if (o->op)
-            agent_op_kill(o->op);
-        return;
-    }
-    out_end(o, rc, bytes, sha);
-}
-
-static void out_agent_done(void *arg, int rc, const char *err)
-{
-    struct azs_out *o = arg;
-    o->op = NULL;
-    o->agent_ended = 1;
-    o->agent_rc = rc;
-    if (rc != 0 && !o->err[0])
-        snprintf(o->err, sizeof(o->err), "archive from the sandbox failed: %s",
-                 err ? err : "unknown error");
-    if (!o->w) { /* the store is done (it failed) */
-        out_end(o, -1, 0, NULL);
-        return;
-    }
-    if (rc != 0) {
-        objstore_writer_abort(o->w);
-        o->w = NULL;
-        out_end(o, -1, 0, NULL);
-        return;
-    }
-    objstore_writer_finish(o->w); /* out_written ends it */
-}
-
-static void out_fail_early(void *arg)
-{
-    struct azs_out *o = arg;
-    out_end(o, -1, 0, NULL);
-}
-
-/* The agent's name for a compression. */
-static const char *azs_compression(enum objstore_compression c)
-{
-    return c == OBJSTORE_GZIP ? "gzip" : "zstd";
-}
-
-/* Streams spec's archive (compressed by the agent) into the object key as is; done once. */
-static void azs_out_start(struct azs_sb *s, const struct agent_archive_spec *spec, const char *key,
-                          azs_out_fn done, void *arg)
-{
-    struct azs_prov *d = azs_of(s->sb.prov);
-    struct azs_out *o = xcalloc(1, sizeof(*o));
-    o->done = done;
-    o->arg = arg;
-    char why[300] = "";
-    o->w = objstore_writer_new(d->store, key, OBJSTORE_AS_IS, out_written, out_drain, o, why,
-                               sizeof(why));
-    if (!o->w) {
-        snprintf(o->err, sizeof(o->err), "%s", why);
-        azs_defer(s->sb.prov, out_fail_early, o);
-        return;
-    }
-    struct agent_sink sink = {out_sink, o};
-    o->op = agent_archive_out(s->ac, spec, &sink, out_agent_done, o, why, sizeof(why));
-    if (!o->op) {
-        objstore_writer_abort(o->w);
-        o->w = NULL;
-        snprintf(o->err, sizeof(o->err), "azure-container-sessions: %s", why);
-        azs_defer(s->sb.prov, out_fail_early, o);
-    }
-}
-
-/* ---- the workspace in: object store → agent archive in ---- */
-
-typedef void (*azs_in_fn)(void *arg, int rc, const char *err);
-
-struct azs_in {
-    agent_op *op;
-    objstore_reader *r;
-    struct buf pend; /* decompressed tar bytes not yet sent; pend.data[off..] */
-    size_t off;
-    int paused;      /* the reader waits for room */
-    int src_waiting; /* the agent asked and got nothing: drain it when bytes come */
-    int reader_ended, reader_rc;
-    char err[400];
-    azs_in_fn done;
-    void *arg;
-};
-
-static void in_end(struct azs_in *n, int rc)
-{
-    n->done(n->arg, rc, rc ? (n->err[0] ? n->err : "restore failed") : NULL);
-    buf_release(&n->pend);
-    free(n);
-}
-
-static int in_sink(void *arg, const char *p, size_t len)
-{
-    struct azs_in *n = arg;
-    buf_append(&n->pend, p, len);
-    if (n->src_waiting && n->op) {
-        n->src_waiting = 0;
-        agent_op_drain(n->op);
-    }
-    if (n->pend.len - n->off > AZS_IN_HIGH) {
-        n->paused = 1;
-        return OBJSTORE_BLOCKED;
-    }
-    return OBJSTORE_OK;
-}
-
-static size_t in_source(void *arg, char *dst, size_t cap)
-{
-    struct azs_in *n = arg;
-    size_t avail = n->pend.len - n->off;
-    if (avail) {
-        size_t k = avail < cap ? avail : cap;
-        memcpy(dst, n->pend.data + n->off, k);
-        n->off += k;
-        if (n->off == n->pend.len) {
-            n->pend.len = 0;
-            n->off = 0;
-        } else if (n->off >= (1u << 16) && n->off * 2 >= n->pend.len) {
-            /* drop what was sent, or the buffer keeps the whole object */
-            memmove(n->pend.data, n->pend.data + n->off, n->pend.len - n->off);
-            n->pend.len -= n->off;
-            n->off = 0;
-        }
-        if (n->paused && n->pend.len - n->off <= AZS_IN_HIGH / 2 && n->r) {
-            n->paused = 0;
-            objstore_reader_resume(n->r);
-        }
-        return k;
-    }
-    if (n->reader_ended)
-        return n->reader_rc == 0 ? 0 : AGENT_SOURCE_ERROR;
-    n->src_waiting = 1;
-    if (n->paused && n->r) {
-        n->paused = 0;
-        objstore_reader_resume(n->r);
-    }
-    return AGENT_SOURCE_BLOCK;
-}
-
-static void in_read_done(void *arg, int rc, const char *err)
-{
-    struct azs_in *n = arg;
-    n->r = NULL;
-    n->reader_ended = 1;
-    n->reader_rc = rc;
-    if (rc != 0)
-        snprintf(n->err, sizeof(n->err), "%s", err ? err : "object store read failed");
-    if (!n->op) { /* the agent side ended first */
-        in_end(n, -1);
-        return;
-    }
-    if (n->src_waiting) {
-        n->src_waiting = 0;
-        agent_op_drain(n->op);
-    }
-}
-
-static void in_agent_done(void *arg, int rc, uint64_t entries, uint64_t bytes, const char *err)
-{
-    (void)entries;
-    (void)bytes;
-    struct azs_in *n = arg;
-    n->op = NULL;
-    if (rc != 0 && !n->err[0])
-        snprintf(n->err, sizeof(n->err), "extract into the sandbox failed: %s",
-                 err ? err : "unknown error");
-    if (n->r) { /* the agent stopped before the object ended */
-        objstore_reader_cancel(n->r);
-        n->r = NULL;
-        in_end(n, -1);
-        return;
-    }
-    in_end(n, rc == 0 && n->reader_rc == 0 ? 0 : -1);
-}
-
-static void in_fail_early(void *arg)
-{
-    in_end(arg, -1);
-}
-
-static void azs_in_start(struct azs_sb *s, const char *key, const char *dest, azs_in_fn done,
-                         void *arg)
-{
-    struct azs_prov *d = azs_of(s->sb.prov);
-    struct azs_in *n = xcalloc(1, sizeof(*n));
-    n->done = done;
-    n->arg = arg;
-    buf_init(&n->pend);
-    char why[300] = "";
-    struct agent_source src = {in_source, n};
-    n->op = agent_archive_in(s->ac, dest, 0, &src, in_agent_done, n, why, sizeof(why));
-    if (!n->op) {
-        snprintf(n->err, sizeof(n->err), "azure-container-sessions: %s", why);
-        azs_defer(s->sb.prov, in_fail_early, n);
-        return;
-    }
-    /* The stored bytes go as they are: the agent detects the compression and extracts. */
-    n->r = objstore_reader_new_as_is(d->store, key, 1, in_sink, in_read_done, n);
-}
-
 /* ---- acquire: a new session, its agent ready, the snapshot restored ---- */
 
 struct azs_acq {
@@ -602,7 +339,8 @@ static void acq_ready(void *arg, int rc, const char *err)
     struct azs_acq *a = arg;
     if (rc == 0) {
         if (a->key)
-            azs_in_start(a->s, a->key, "/", acq_restored, a);
+            agent_pipe_in(a->p->base, a->s->ac, azs_of(a->p)->store, a->key, "/",
+                          "azure-container-sessions", acq_restored, a);
         else
             acq_end(a);
         return;
@@ -719,106 +457,19 @@ static void azs_exec_kill(provider_exec *ex)
     agent_op_kill((agent_op *)ex);
 }
 
-struct azs_write {
-    struct azs_sb *s;
-    provider_done_fn done;
-    void *arg;
-    char *path;
-    int mode;
-    char err[300];
-};
-
-static void wr_end(void *arg)
-{
-    struct azs_write *w = arg;
-    w->done(w->arg, w->err[0] ? -1 : 0, w->err[0] ? w->err : NULL);
-    free(w->path);
-    free(w);
-}
-
-static void wr_chmod_out(void *arg, enum exec_stream st, const char *data, size_t len)
-{
-    (void)arg;
-    (void)st;
-    (void)data;
-    (void)len;
-}
-
-static void wr_chmod_exit(void *arg, enum exec_status st, int code, const char *err)
-{
-    struct azs_write *w = arg;
-    if (st != EXEC_EXITED || code != 0)
-        snprintf(w->err, sizeof(w->err), "azure-container-sessions: chmod %o %s failed%s%s",
-                 w->mode & 07777, w->path, err ? ": " : "", err ? err : "");
-    wr_end(w);
-}
-
-static void wr_written(void *arg, int rc, const char *err)
-{
-    struct azs_write *w = arg;
-    if (rc != 0 || w->mode <= 0 || (w->mode & 07777) == 0644) {
-        if (rc != 0)
-            snprintf(w->err, sizeof(w->err), "%s", err ? err : "write failed");
-        wr_end(w);
-        return;
-    }
-    struct buf cmd;
-    buf_init(&cmd);
-    buf_printf(&cmd, "chmod %o ", w->mode & 07777);
-    azs_shquote(&cmd, w->path);
-    struct exec_req req = {.cmd = cmd.data, .timeout_ms = 30000};
-    struct exec_cbs cbs = {wr_chmod_out, wr_chmod_exit, w};
-    char why[256];
-    agent_op *op = agent_exec(w->s->ac, &req, &cbs, why, sizeof(why));
-    buf_release(&cmd);
-    if (!op) {
-        snprintf(w->err, sizeof(w->err), "azure-container-sessions: chmod: %s", why);
-        wr_end(w);
-    }
-}
-
 static void azs_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
                            int mode, provider_done_fn done, void *arg)
 {
     struct azs_sb *s = sb->priv;
-    struct azs_write *w = xcalloc(1, sizeof(*w));
-    w->s = s;
-    w->done = done;
-    w->arg = arg;
-    w->path = xstrdup(path);
-    w->mode = mode;
-    char why[256];
-    if (agent_file_write(s->ac, path, data, len, wr_written, w, why, sizeof(why)) != 0) {
-        snprintf(w->err, sizeof(w->err), "azure-container-sessions: %s", why);
-        azs_defer(sb->prov, wr_end, w);
-    }
-}
-
-struct azs_rdfail {
-    provider_data_fn done;
-    void *arg;
-    char err[300];
-};
-
-static void rdfail_end(void *arg)
-{
-    struct azs_rdfail *r = arg;
-    r->done(r->arg, -1, NULL, 0, r->err);
-    free(r);
+    agent_pipe_write_file(sb->prov->base, s->ac, path, data, len, mode, "azure-container-sessions",
+                          done, arg);
 }
 
 static void azs_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
                           void *arg)
 {
     struct azs_sb *s = sb->priv;
-    char why[256];
-    if (agent_file_read(s->ac, path, max, done, arg, why, sizeof(why)) != 0) {
-        struct azs_rdfail *r = xcalloc(1, sizeof(*r));
-        r->done = done;
-        r->arg = arg;
-        snprintf(r->err, sizeof(r->err), "azure-container-sessions: %s", why);
-        azs_defer(sb->prov, rdfail_end, r);
-    }
+    agent_pipe_read_file(sb->prov->base, s->ac, path, max, "azure-container-sessions", done, arg);
 }
 
 /* ---- suspend, destroy, snapshots ---- */
@@ -886,10 +537,11 @@ static void azs_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
         .paths = (const char *const *)o->rel,
         .exclude = (const char *const *)s->exclude,
         /* the session compresses: a third of the bytes cross the pool endpoint */
-        .compression = azs_compression(objstore_snapshot_compression(d->store)),
+        .compression = agent_pipe_compression(objstore_snapshot_compression(d->store)),
         .level = 3,
     };
-    azs_out_start(s, &spec, o->key, susp_stored, o);
+    agent_pipe_out(sb->prov->base, s->ac, d->store, &spec, o->key, "azure-container-sessions",
+                   susp_stored, o);
 }
 
 static void azs_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
@@ -916,168 +568,20 @@ static void azs_delete_snapshot(struct provider *p, const cJSON *ref, provider_d
 
 /* ---- upload and restore steps ---- */
 
-struct azs_up {
-    struct azs_sb *s;
-    provider_upload_fn done;
-    void *arg;
-    char *root, *key;
-    char **names;
-    struct buf missing; /* the check's output: the first path that does not exist */
-    char err[400];
-};
-
-static void up_free(struct azs_up *u)
-{
-    free(u->root);
-    free(u->key);
-    azs_free_list(u->names);
-    buf_release(&u->missing);
-    free(u);
-}
-
-static void up_stored(void *arg, int rc, uint64_t bytes, const char *sha, const char *err)
-{
-    struct azs_up *u = arg;
-    u->done(u->arg, rc, rc ? 0 : bytes, rc ? NULL : sha, rc ? err : NULL);
-    up_free(u);
-}
-
-static void up_fail(void *arg)
-{
-    struct azs_up *u = arg;
-    u->done(u->arg, -1, 0, NULL, u->err);
-    up_free(u);
-}
-
-static void up_check_out(void *arg, enum exec_stream st, const char *data, size_t len)
-{
-    struct azs_up *u = arg;
-    if (st == EXEC_STDOUT && u->missing.len < 1024)
-        buf_append(&u->missing, data, len);
-}
-
-/* Every path exists (the archive alone would skip a missing one): archive them. */
-static void up_checked(void *arg, enum exec_status st, int code, const char *err)
-{
-    struct azs_up *u = arg;
-    if (st != EXEC_EXITED || code != 0) {
-        if (st == EXEC_EXITED && code == 1)
-            snprintf(u->err, sizeof(u->err),
-                     "azure-container-sessions: upload path does not "
-                     "exist: %.300s",
-                     u->missing.data ? u->missing.data : "");
-        else
-            snprintf(u->err, sizeof(u->err), "azure-container-sessions: upload check failed: %s",
-                     err ? err : "unexpected exit");
-        up_fail(u);
-        return;
-    }
-    struct agent_archive_spec spec = {
-        .root = u->root,
-        .paths = (const char *const *)u->names,
-        .compression = azs_compression(objstore_compression_for_key(u->key)),
-    };
-    azs_out_start(u->s, &spec, u->key, up_stored, u);
-}
-
 static void azs_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
                                provider_upload_fn done, void *arg)
 {
     struct azs_sb *s = sb->priv;
-    struct azs_up *u = xcalloc(1, sizeof(*u));
-    u->s = s;
-    u->done = done;
-    u->arg = arg;
-    u->key = xstrdup(key);
-    buf_init(&u->missing);
-    char why[300];
-    size_t n = 0;
-    while (paths && paths[n])
-        n++;
-    u->names = xcalloc(n + 1, sizeof(char *));
-    if (objstore_user_key_check(key, why, sizeof(why)) != 0) {
-        snprintf(u->err, sizeof(u->err), "azure-container-sessions: %s", why);
-        azs_defer(sb->prov, up_fail, u);
-        return;
-    }
-    /* Each path is stored under its last component: one archive rooted at their parent. */
-    for (size_t i = 0; i < n; i++) {
-        const char *slash = strrchr(paths[i], '/');
-        if (paths[i][0] != '/' || !slash || !slash[1]) {
-            snprintf(u->err, sizeof(u->err),
-                     "azure-container-sessions: upload path must be absolute: %s", paths[i]);
-            azs_defer(sb->prov, up_fail, u);
-            return;
-        }
-        char *parent =
-            slash == paths[i] ? xstrdup("/") : xstrndup(paths[i], (size_t)(slash - paths[i]));
-        if (!u->root) {
-            u->root = parent;
-        } else {
-            int same = strcmp(u->root, parent) == 0;
-            free(parent);
-            if (!same) {
-                snprintf(u->err, sizeof(u->err),
-                         "azure-container-sessions: the paths of one upload must share a parent "
-                         "directory (%s and %s differ)",
-                         u->root, paths[i]);
-                azs_defer(sb->prov, up_fail, u);
-                return;
-            }
-        }
-        u->names[i] = xstrdup(slash + 1);
-    }
-    struct buf cmd;
-    buf_init(&cmd);
-    buf_puts(&cmd, "for p in");
-    for (size_t i = 0; i < n; i++) {
-        buf_putc(&cmd, ' ');
-        azs_shquote(&cmd, paths[i]);
-    }
-    buf_puts(&cmd, "; do [ -e \"$p\" ] || { printf %s \"$p\"; exit 1; }; done");
-    struct exec_req req = {.cmd = cmd.data, .timeout_ms = 30000};
-    struct exec_cbs cbs = {up_check_out, up_checked, u};
-    agent_op *op = agent_exec(s->ac, &req, &cbs, why, sizeof(why));
-    buf_release(&cmd);
-    if (!op) {
-        snprintf(u->err, sizeof(u->err), "azure-container-sessions: %s", why);
-        azs_defer(sb->prov, up_fail, u);
-    }
-}
-
-struct azs_rest {
-    provider_done_fn done;
-    void *arg;
-    char err[400];
-};
-
-static void rest_done(void *arg, int rc, const char *err)
-{
-    struct azs_rest *r = arg;
-    r->done(r->arg, rc, rc ? (err ? err : r->err) : NULL);
-    free(r);
-}
-
-static void rest_fail(void *arg)
-{
-    struct azs_rest *r = arg;
-    rest_done(r, -1, r->err);
+    agent_pipe_upload(sb->prov->base, s->ac, azs_of(sb->prov)->store, paths, key,
+                      "azure-container-sessions", done, arg);
 }
 
 static void azs_archive_restore(struct sandbox *sb, const char *key, const char *dest,
                                 provider_done_fn done, void *arg)
 {
     struct azs_sb *s = sb->priv;
-    struct azs_rest *r = xcalloc(1, sizeof(*r));
-    r->done = done;
-    r->arg = arg;
-    char why[300];
-    if (objstore_user_key_check(key, why, sizeof(why)) != 0) {
-        snprintf(r->err, sizeof(r->err), "azure-container-sessions: %s", why);
-        azs_defer(sb->prov, rest_fail, r);
-        return;
-    }
-    azs_in_start(s, key, dest, rest_done, r);
+    agent_pipe_restore(sb->prov->base, s->ac, azs_of(sb->prov)->store, key, dest,
+                       "azure-container-sessions", done, arg);
 }
 
 /* ---- configuration ---- */

@@ -1,20 +1,27 @@
 /* The `docker` provider: containers of the local Docker Engine (see docker.h). */
 #include "providers/docker.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <archive.h>
 #include <archive_entry.h>
 #include <event2/event.h>
+#include <openssl/rand.h>
 
 #include "lib/buf.h"
 #include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
+#include "providers/agent_client.h"
+#include "providers/agent_pipe.h"
 #include "providers/objstore.h"
 #include "providers/tarstream.h"
 
@@ -23,6 +30,11 @@
 #define DK_CONNECT_MS    10000
 #define DK_CALL_MS       120000 /* control calls (create, inspect, delete) */
 #define DK_KILL_GRACE_MS 15000  /* stream still open this long after a kill: give up on it */
+#define DK_AGENT_MOUNT   "/run/sandbox-agent" /* the socket folder inside the container */
+#define DK_AGENT_SOCK    "agent.sock"
+#define DK_AGENT_LABEL   DK_LABEL ".agent" /* image label: the agent's path in the image */
+
+enum dk_agent_mode { DK_AGENT_AUTO = 0, DK_AGENT_ON, DK_AGENT_OFF };
 
 struct dk_prov {
     http_client *http;
@@ -35,13 +47,19 @@ struct dk_prov {
     int64_t nofile, nproc;
     int read_only;               /* SANDBOX_DOCKER_READ_ONLY_ROOT */
     int64_t tmp_bytes, ws_bytes; /* read-only root: tmpfs /tmp and each include's volume */
+    enum dk_agent_mode agent;    /* SANDBOX_DOCKER_AGENT */
+    char agent_dir[200];         /* SANDBOX_DOCKER_AGENT_DIR: parent of the socket folders */
+    int64_t agent_ready_ms;      /* SANDBOX_DOCKER_AGENT_READY_MS: start until /ready answers */
 };
 
 struct dk_sb {
     unsigned exec_seq;
-    long uid, gid; /* the sandbox's user when numeric, else -1 (files the engine writes) */
-    char **incl;   /* workspace include paths (absolute), NULL-terminated */
-    char **excl;   /* workspace exclude patterns, NULL-terminated */
+    long uid, gid;    /* the sandbox's user when numeric, else -1 (files the engine writes) */
+    char **incl;      /* workspace include paths (absolute), NULL-terminated */
+    char **excl;      /* workspace exclude patterns, NULL-terminated */
+    agent_client *ac; /* the image's sandbox-agent on its socket; NULL: Docker exec */
+    char *agent_dir;  /* host folder of the socket (removed on suspend and destroy), or NULL */
+    struct provider_exec *aexecs; /* agent execs not yet ended (freed by release with ac) */
 };
 
 static char **dk_copy_list(const char *const *l, int strip_slash);
@@ -184,7 +202,15 @@ static void dk_call(struct provider *p, const char *method, const char *path, co
 
 /* ---- create / resume ---- */
 
-enum acq_phase { ACQ_IMAGE, ACQ_CREATE, ACQ_PREPARE, ACQ_START, ACQ_RESTORE, ACQ_CLEANUP };
+enum acq_phase {
+    ACQ_IMAGE,
+    ACQ_CREATE,
+    ACQ_PREPARE,
+    ACQ_START,
+    ACQ_AGENT,
+    ACQ_RESTORE,
+    ACQ_CLEANUP
+};
 
 struct dk_acq {
     struct provider *p;
@@ -199,16 +225,29 @@ struct dk_acq {
     char cid[128];
     char *snap_key;      /* resume: the snapshot's object key */
     char **incl, **excl; /* handed to the sandbox */
+    /* agent path: the image's sandbox-agent serves the sandbox on a socket in agent_dir */
+    int use_agent;
+    char agent_bin[256]; /* its path in the image */
+    char *agent_dir;     /* host folder, bind-mounted at DK_AGENT_MOUNT; handed to the sandbox */
+    char token[65];      /* SANDBOX_AGENT_TOKEN of this sandbox (never logged) */
+    agent_client *ac;    /* handed to the sandbox */
+    struct event *timer; /* /ready polling */
+    int64_t deadline;    /* monotonic ms */
     char err[512];
 };
 
 static void acq_step(struct dk_acq *a);
-static void acq_complete_body(struct dk_acq *a, const char *image_json);
+static int acq_complete_body(struct dk_acq *a, const char *image_json);
+static void acq_agent_poll(struct dk_acq *a);
 static void acq_prepare(struct dk_acq *a);
+
+static void dk_agent_dir_remove(const char *dir);
 
 static void acq_finish(struct dk_acq *a)
 {
     struct sandbox *sb = NULL;
+    if (a->timer)
+        event_free(a->timer);
     if (!a->err[0]) {
         sb = xcalloc(1, sizeof(*sb));
         sb->prov = a->p;
@@ -218,13 +257,30 @@ static void acq_finish(struct dk_acq *a)
         x->gid = a->gid;
         x->incl = a->incl;
         x->excl = a->excl;
+        x->ac = a->ac;
+        x->agent_dir = a->agent_dir;
+        if (a->ac)
+            log_info(NULL, "docker: sandbox %.12s: sandbox-agent on %s/" DK_AGENT_SOCK, a->cid,
+                     a->agent_dir);
+        else
+            log_info(NULL, "docker: sandbox %.12s: Docker exec (%s)", a->cid,
+                     a->agent_bin[0] ? "SANDBOX_DOCKER_AGENT=off" : "the image has no agent");
         a->incl = a->excl = NULL;
+        a->ac = NULL;
+        a->agent_dir = NULL;
         sb->priv = x;
     }
+    agent_client_free(a->ac); /* failed: the container is gone, its folder goes too */
+    if (a->agent_dir)
+        dk_agent_dir_remove(a->agent_dir);
+    free(a->agent_dir);
+    OPENSSL_cleanse(a->token, sizeof(a->token));
     dk_free_list(a->incl);
     dk_free_list(a->excl);
     a->done(a->arg, sb, a->err[0] ? a->err : NULL);
     cJSON_Delete(a->create);
+    if (a->create_body) /* it holds the agent token */
+        OPENSSL_cleanse(a->create_body, strlen(a->create_body));
     free(a->create_body);
     free(a->snap_key);
     free(a);
@@ -274,7 +330,10 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
             acq_fail(a);
             return;
         }
-        acq_complete_body(a, body);
+        if (acq_complete_body(a, body) != 0) {
+            acq_fail(a);
+            return;
+        }
         a->phase = ACQ_CREATE;
         break;
     case ACQ_CREATE: {
@@ -310,12 +369,17 @@ static void acq_resp(void *arg, long status, const char *body, const char *err)
             acq_fail(a);
             return;
         }
+        if (a->use_agent) { /* wait for the agent, which restores the snapshot itself */
+            a->phase = ACQ_AGENT;
+            break;
+        }
         if (!a->snap_key) {
             acq_finish(a);
             return;
         }
         a->phase = ACQ_RESTORE;
         break;
+    case ACQ_AGENT:
     case ACQ_RESTORE:
     case ACQ_CLEANUP:
         break;
@@ -377,6 +441,9 @@ static void acq_step(struct dk_acq *a)
         snprintf(path, sizeof(path), "/containers/%s/start", a->cid);
         dk_call(a->p, "POST", path, NULL, acq_resp, a);
         break;
+    case ACQ_AGENT:
+        acq_agent_poll(a);
+        break;
     case ACQ_RESTORE:
         acq_restore(a);
         break;
@@ -389,14 +456,7 @@ static cJSON *dk_create_body(struct dk_prov *d, const struct sandbox_spec *spec,
 {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "Image", image);
-    cJSON *cmd = cJSON_AddArrayToObject(j, "Cmd");
-    cJSON_AddItemToArray(cmd, cJSON_CreateString("/bin/sh"));
-    cJSON_AddItemToArray(cmd, cJSON_CreateString("-c"));
-    /* PID 1 keeps the container alive and exits on TERM (sleep in the background so the trap
-     * runs at once). */
-    cJSON_AddItemToArray(
-        cmd, cJSON_CreateString("trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"));
-    cJSON_AddStringToObject(j, "WorkingDir", "/workspace");
+    cJSON_AddStringToObject(j, "WorkingDir", "/workspace"); /* PID 1: acq_complete_body */
     cJSON *labels = cJSON_AddObjectToObject(j, "Labels");
     cJSON_AddStringToObject(labels, DK_LABEL, "1");
     cJSON_AddStringToObject(labels, DK_LABEL ".thread", spec->thread ? spec->thread : "");
@@ -453,7 +513,250 @@ static int dk_is_root(const char *u)
 
 /* The image is known: who runs in the sandbox (SANDBOX_DOCKER_USER, else the image's own
  * non-root user, else 1000:1000) and, with a read-only root, its writable places. */
-static void acq_complete_body(struct dk_acq *a, const char *image_json)
+/* ---- the agent path: detection, the socket folder, /ready ---- */
+
+static int64_t dk_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* argv[0] of a JSON array when its last path component is "sandbox-agent". */
+static const char *dk_agent_word(const cJSON *arr)
+{
+    const cJSON *w = cJSON_IsArray(arr) ? cJSON_GetArrayItem(arr, 0) : NULL;
+    if (!w || !cJSON_IsString(w) || !w->valuestring || w->valuestring[0] != '/')
+        return NULL;
+    const char *base = strrchr(w->valuestring, '/') + 1;
+    return strcmp(base, "sandbox-agent") == 0 ? w->valuestring : NULL;
+}
+
+/* The image carries sandbox-agent: its path (the label sandbox-worker.agent holding a path,
+ * or the entrypoint's or command's first word naming sandbox-agent; the label "1" with
+ * neither means /usr/local/bin/sandbox-agent). 0 with out set, -1 when it has none. */
+static int dk_image_agent(const cJSON *img, char *out, size_t cap)
+{
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(img, "Config");
+    const char *label = dk_jstr(cJSON_GetObjectItemCaseSensitive(cfg, "Labels"), DK_AGENT_LABEL);
+    const char *path = NULL;
+    if (label && label[0] == '/')
+        path = label;
+    if (!path)
+        path = dk_agent_word(cJSON_GetObjectItemCaseSensitive(cfg, "Entrypoint"));
+    if (!path)
+        path = dk_agent_word(cJSON_GetObjectItemCaseSensitive(cfg, "Cmd"));
+    if (!path && label && strcmp(label, "1") == 0)
+        path = "/usr/local/bin/sandbox-agent";
+    if (!path || strlen(path) >= cap)
+        return -1;
+    snprintf(out, cap, "%s", path);
+    return 0;
+}
+
+/* Why the worker could not reach the agent of a sandbox running as uid, or NULL. The agent
+ * makes its socket 0600 (owned by the sandbox's user): root reaches it, another user only
+ * when it is the sandbox's user. */
+static const char *dk_agent_unreachable(long uid)
+{
+    if (geteuid() == 0 || (uid >= 0 && (uid_t)uid == geteuid()))
+        return NULL;
+    return "the worker is not root and the sandbox runs as another user (set "
+           "SANDBOX_DOCKER_USER to the worker's uid)";
+}
+
+/* Removes a sandbox's socket folder and what the agent left in it (the socket). */
+static void dk_agent_dir_remove(const char *dir)
+{
+    DIR *dh = opendir(dir);
+    if (dh) {
+        struct dirent *e;
+        while ((e = readdir(dh)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            struct buf f;
+            buf_init(&f);
+            buf_printf(&f, "%s/%s", dir, e->d_name);
+            if (unlink(f.data) != 0)
+                log_warn(NULL, "docker: removing %s: %s", f.data, strerror(errno));
+            buf_release(&f);
+        }
+        closedir(dh);
+    }
+    if (rmdir(dir) != 0 && errno != ENOENT)
+        log_warn(NULL, "docker: removing the agent folder %s: %s", dir, strerror(errno));
+}
+
+/* A new socket folder below SANDBOX_DOCKER_AGENT_DIR (created 0711 and owned by the worker,
+ * or refused), writable by the sandbox's user only (by everyone when the user is a name). */
+static int dk_agent_dir_new(struct dk_prov *d, long uid, long gid, char **out, char *err,
+                            size_t errlen)
+{
+    struct stat st;
+    if (mkdir(d->agent_dir, 0711) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "docker: SANDBOX_DOCKER_AGENT_DIR %s: %s", d->agent_dir,
+                 strerror(errno));
+        return -1;
+    }
+    if (lstat(d->agent_dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 022)) {
+        snprintf(err, errlen,
+                 "docker: SANDBOX_DOCKER_AGENT_DIR %s must be a folder of the worker's user, "
+                 "not writable by others",
+                 d->agent_dir);
+        return -1;
+    }
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b, "%s/sb-XXXXXX", d->agent_dir);
+    if (!mkdtemp(b.data)) {
+        snprintf(err, errlen, "docker: creating a folder in %s: %s", d->agent_dir, strerror(errno));
+        buf_release(&b);
+        return -1;
+    }
+    int rc = 0;
+    if (uid >= 0 && (uid_t)uid != geteuid())
+        rc = chown(b.data, (uid_t)uid, (gid_t)gid);
+    else if (uid < 0)
+        rc = chmod(b.data, 0777); /* a named user: its uid is only known inside */
+    if (rc != 0) {
+        snprintf(err, errlen, "docker: preparing the agent folder %s: %s", b.data, strerror(errno));
+        rmdir(b.data);
+        buf_release(&b);
+        return -1;
+    }
+    *out = buf_detach(&b);
+    return 0;
+}
+
+/* The container runs the agent as PID 1, serving its socket in the bind-mounted folder (TCP
+ * on loopback only, hooks off: nothing else reaches it with network "none"). */
+static int acq_agent_body(struct dk_acq *a, char *err, size_t errlen)
+{
+    struct dk_prov *d = a->p->priv;
+    if (dk_agent_dir_new(d, a->uid, a->gid, &a->agent_dir, err, errlen) != 0)
+        return -1;
+    unsigned char r[32];
+    if (RAND_bytes(r, sizeof(r)) != 1) {
+        snprintf(err, errlen, "docker: no randomness for the agent token");
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof(r); i++)
+        snprintf(a->token + 2 * i, 3, "%02x", r[i]);
+    OPENSSL_cleanse(r, sizeof(r));
+    cJSON *ep = cJSON_AddArrayToObject(a->create, "Entrypoint");
+    cJSON_AddItemToArray(ep, cJSON_CreateString(a->agent_bin));
+    cJSON *env = cJSON_AddArrayToObject(a->create, "Env");
+    cJSON_AddItemToArray(env,
+                         cJSON_CreateString("LD_AGENT_SOCKET=" DK_AGENT_MOUNT "/" DK_AGENT_SOCK));
+    cJSON_AddItemToArray(env, cJSON_CreateString("LD_AGENT_BIND=127.0.0.1"));
+    cJSON_AddItemToArray(env, cJSON_CreateString("LD_AGENT_HOOK_PORT=0"));
+    /* a snapshot of compressible files (logs, zeros) expands far beyond the agent's default
+     * 100x bomb guard; what is restored here is the thread's own snapshot or an object of the
+     * worker's store, and the byte and entry caps still bound it */
+    cJSON_AddItemToArray(env, cJSON_CreateString("SANDBOX_AGENT_EXTRACT_MAX_RATIO=0"));
+    struct buf t;
+    buf_init(&t);
+    buf_printf(&t, "SANDBOX_AGENT_TOKEN=%s", a->token);
+    cJSON_AddItemToArray(env, cJSON_CreateString(t.data));
+    OPENSSL_cleanse(t.data, t.len);
+    buf_release(&t);
+    cJSON_AddStringToObject(cJSON_GetObjectItemCaseSensitive(a->create, "Labels"),
+                            DK_LABEL ".agent-dir", a->agent_dir);
+    cJSON *hc = cJSON_GetObjectItemCaseSensitive(a->create, "HostConfig");
+    cJSON *mounts = cJSON_GetObjectItemCaseSensitive(hc, "Mounts");
+    if (!mounts)
+        mounts = cJSON_AddArrayToObject(hc, "Mounts");
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "Type", "bind");
+    cJSON_AddStringToObject(m, "Source", a->agent_dir);
+    cJSON_AddStringToObject(m, "Target", DK_AGENT_MOUNT);
+    cJSON_AddItemToArray(mounts, m);
+    return 0;
+}
+
+static void acq_agent_restored(void *arg, int rc, const char *err)
+{
+    struct dk_acq *a = arg;
+    if (rc != 0) {
+        snprintf(a->err, sizeof(a->err), "docker: restoring snapshot %.200s: %.250s", a->snap_key,
+                 err ? err : "failed");
+        acq_fail(a);
+        return;
+    }
+    acq_finish(a);
+}
+
+static void acq_agent_ready(void *arg, int rc, const char *err)
+{
+    struct dk_acq *a = arg;
+    struct dk_prov *d = a->p->priv;
+    if (rc == 0) {
+        unsigned need = AGENT_F_RUNS | AGENT_F_ARCHIVE | AGENT_F_SIGNALS;
+        if (agent_client_proto(a->ac) != AGENT_PROTO_OURS ||
+            (agent_client_features(a->ac) & need) != need) {
+            snprintf(a->err, sizeof(a->err),
+                     "docker: the agent of image %s does not serve runs, signals and archives "
+                     "(an upstream agent?); set SANDBOX_DOCKER_AGENT=off to use Docker exec",
+                     a->image);
+            acq_fail(a);
+        } else if (a->snap_key) {
+            agent_pipe_in(a->p->base, a->ac, d->store, a->snap_key, "/", "docker",
+                          acq_agent_restored, a);
+        } else {
+            acq_finish(a);
+        }
+        return;
+    }
+    if (dk_now_ms() > a->deadline) {
+        snprintf(a->err, sizeof(a->err),
+                 "docker: the agent of container %.12s did not answer on its socket within %lld "
+                 "ms (`docker logs %.12s` tells why): %.200s",
+                 a->cid, (long long)d->agent_ready_ms, a->cid, err ? err : "");
+        acq_fail(a);
+        return;
+    }
+    struct timeval tv = {0, 50 * 1000};
+    evtimer_add(a->timer, &tv);
+}
+
+static void acq_agent_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    acq_agent_poll(arg);
+}
+
+/* Polls GET /ready on the socket until the agent answers (or agent_ready_ms pass). */
+static void acq_agent_poll(struct dk_acq *a)
+{
+    struct dk_prov *d = a->p->priv;
+    char e[300];
+    if (!a->ac) {
+        struct buf sock;
+        buf_init(&sock);
+        buf_printf(&sock, "%s/" DK_AGENT_SOCK, a->agent_dir);
+        struct agent_client_opts o = {
+            .unix_socket = sock.data, .token = a->token, .connect_ms = 2000, .http = d->http};
+        a->ac = agent_client_new(a->p->base, &o, e, sizeof(e));
+        buf_release(&sock);
+        if (!a->ac) {
+            snprintf(a->err, sizeof(a->err), "docker: %s", e);
+            acq_fail(a);
+            return;
+        }
+        a->timer = evtimer_new(a->p->base, acq_agent_timer, a);
+        if (!a->timer)
+            abort();
+        a->deadline = dk_now_ms() + d->agent_ready_ms;
+    }
+    if (agent_client_ready(a->ac, acq_agent_ready, a, e, sizeof(e)) != 0) {
+        snprintf(a->err, sizeof(a->err), "docker: %s", e);
+        acq_fail(a);
+    }
+}
+
+static int acq_complete_body(struct dk_acq *a, const char *image_json)
 {
     struct dk_prov *d = a->p->priv;
     cJSON *img = cJSON_Parse(image_json);
@@ -466,6 +769,43 @@ static void acq_complete_body(struct dk_acq *a, const char *image_json)
         cJSON_AddStringToObject(a->create, "User", user);
     if (dk_parse_user(user, &a->uid, &a->gid) != 0)
         a->uid = a->gid = -1;
+    /* which PID 1: the image's agent, or a keepalive shell for Docker exec */
+    int has_agent = dk_image_agent(img, a->agent_bin, sizeof(a->agent_bin)) == 0;
+    if (d->agent == DK_AGENT_ON && !has_agent) {
+        snprintf(a->err, sizeof(a->err),
+                 "docker: SANDBOX_DOCKER_AGENT=on but image \"%.200s\" carries no sandbox-agent "
+                 "(no " DK_AGENT_LABEL " label, no entrypoint or command naming it); build it "
+                 "with agent/image.sh or set SANDBOX_DOCKER_AGENT=auto",
+                 a->image);
+        cJSON_Delete(img);
+        return -1;
+    }
+    a->use_agent = has_agent && d->agent != DK_AGENT_OFF;
+    const char *unreachable = a->use_agent ? dk_agent_unreachable(a->uid) : NULL;
+    if (unreachable && d->agent == DK_AGENT_ON) {
+        snprintf(a->err, sizeof(a->err), "docker: SANDBOX_DOCKER_AGENT=on: %s", unreachable);
+        cJSON_Delete(img);
+        return -1;
+    }
+    if (unreachable) {
+        log_warn(NULL, "docker: image %s has sandbox-agent, using Docker exec: %s", a->image,
+                 unreachable);
+        a->use_agent = 0;
+    }
+    if (a->use_agent) {
+        if (acq_agent_body(a, a->err, sizeof(a->err)) != 0) {
+            cJSON_Delete(img);
+            return -1;
+        }
+    } else {
+        /* PID 1 keeps the container alive and exits on TERM (sleep in the background so the
+         * trap runs at once); it replaces the image's entrypoint. */
+        cJSON *ep = cJSON_AddArrayToObject(a->create, "Entrypoint");
+        cJSON_AddItemToArray(ep, cJSON_CreateString("/bin/sh"));
+        cJSON_AddItemToArray(ep, cJSON_CreateString("-c"));
+        cJSON_AddItemToArray(
+            ep, cJSON_CreateString("trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"));
+    }
     if (d->read_only) {
         cJSON *hc = cJSON_GetObjectItemCaseSensitive(a->create, "HostConfig");
         cJSON_AddBoolToObject(hc, "ReadonlyRootfs", 1);
@@ -476,7 +816,9 @@ static void acq_complete_body(struct dk_acq *a, const char *image_json)
         /* each include is an anonymous volume on tmpfs owned by the user (the engine writes
          * into volumes only, and a tmpfs takes the owner as an option); removed with the
          * container */
-        cJSON *mounts = cJSON_AddArrayToObject(hc, "Mounts");
+        cJSON *mounts = cJSON_GetObjectItemCaseSensitive(hc, "Mounts");
+        if (!mounts)
+            mounts = cJSON_AddArrayToObject(hc, "Mounts");
         for (char **i = a->incl; *i; i++) {
             cJSON *m = cJSON_CreateObject();
             cJSON_AddStringToObject(m, "Type", "volume");
@@ -500,6 +842,7 @@ static void acq_complete_body(struct dk_acq *a, const char *image_json)
     a->create_body = cJSON_PrintUnformatted(a->create);
     if (!a->create_body)
         abort();
+    return 0;
 }
 
 static void acq_prepared(void *arg, http_request *req, const struct http_result *res)
@@ -652,6 +995,8 @@ static const char dk_wrapper[] =
     "setsid /bin/sh -c \"$1\" & p=$!; echo $p >\"$2\"; wait $p; s=$?; rm -f \"$2\"; exit $s";
 
 struct provider_exec {
+    agent_op *aop; /* the agent path: the agent's run (the fields below are unused) */
+    struct provider_exec *anext, **aprev; /* in dk_sb.aexecs while aop runs */
     struct sandbox *sb;
     struct provider *p;
     struct exec_cbs cbs;
@@ -890,6 +1235,52 @@ static void ex_created(void *arg, long status, const char *body, const char *err
         ex_send_kill(ex);
 }
 
+static void ax_output(void *arg, enum exec_stream st, const char *data, size_t len)
+{
+    provider_exec *ex = arg;
+    if (ex->cbs.on_output)
+        ex->cbs.on_output(ex->cbs.arg, st, data, len);
+}
+
+static void ax_unlink(provider_exec *ex)
+{
+    if (ex->anext)
+        ex->anext->aprev = ex->aprev;
+    *ex->aprev = ex->anext;
+}
+
+static void ax_exit(void *arg, enum exec_status st, int code, const char *err)
+{
+    provider_exec *ex = arg;
+    ax_unlink(ex);
+    ex->cbs.on_exit(ex->cbs.arg, st, code, err);
+    free(ex);
+}
+
+/* The agent path: a run of the agent, re-attached by agent_client when its stream is cut. */
+static provider_exec *dk_agent_exec(struct sandbox *sb, const struct exec_req *req,
+                                    const struct exec_cbs *cbs, char *err, size_t errlen)
+{
+    struct dk_sb *s = sb->priv;
+    provider_exec *ex = xcalloc(1, sizeof(*ex));
+    ex->sb = sb;
+    ex->cbs = *cbs;
+    struct exec_cbs mine = {ax_output, ax_exit, ex};
+    char e[300];
+    ex->aop = agent_exec(s->ac, req, &mine, e, sizeof(e));
+    if (!ex->aop) {
+        snprintf(err, errlen, "docker: %s", e);
+        free(ex);
+        return NULL;
+    }
+    ex->anext = s->aexecs;
+    if (s->aexecs)
+        s->aexecs->aprev = &ex->anext;
+    ex->aprev = &s->aexecs;
+    s->aexecs = ex;
+    return ex;
+}
+
 static provider_exec *dk_exec(struct sandbox *sb, const struct exec_req *req,
                               const struct exec_cbs *cbs, char *err, size_t errlen)
 {
@@ -898,6 +1289,8 @@ static provider_exec *dk_exec(struct sandbox *sb, const struct exec_req *req,
         return NULL;
     }
     struct dk_sb *s = sb->priv;
+    if (s->ac)
+        return dk_agent_exec(sb, req, cbs, err, errlen);
     provider_exec *ex = xcalloc(1, sizeof(*ex));
     ex->sb = sb;
     ex->p = sb->prov;
@@ -941,6 +1334,10 @@ static provider_exec *dk_exec(struct sandbox *sb, const struct exec_req *req,
 
 static void dk_exec_kill(provider_exec *ex)
 {
+    if (ex->aop) {
+        agent_op_kill(ex->aop);
+        return;
+    }
     if (ex->done_stream || ex->kill_reason)
         return;
     ex->kill_reason = EXEC_KILLED;
@@ -1076,6 +1473,11 @@ static void wr_failed_early(evutil_socket_t fd, short what, void *arg)
 static void dk_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
                           int mode, provider_done_fn done, void *arg)
 {
+    struct dk_sb *xa = sb->priv;
+    if (xa->ac && path && path[0] == '/') { /* the agent writes as the sandbox's user */
+        agent_pipe_write_file(sb->prov->base, xa->ac, path, data, len, mode, "docker", done, arg);
+        return;
+    }
     struct dk_write *w = xcalloc(1, sizeof(*w));
     w->sb = sb;
     w->done = done;
@@ -1280,6 +1682,11 @@ static int rd_start(struct dk_read *r)
 static void dk_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
                          void *arg)
 {
+    struct dk_sb *xa = sb->priv;
+    if (xa->ac) {
+        agent_pipe_read_file(sb->prov->base, xa->ac, path, max, "docker", done, arg);
+        return;
+    }
     struct dk_read *r = xcalloc(1, sizeof(*r));
     r->sb = sb;
     r->done = done;
@@ -1552,10 +1959,99 @@ static void sp_start(evutil_socket_t fd, short what, void *arg)
         sp_next(s);
 }
 
+/* The agent path: the agent tars and compresses the includes (paths relative to "/", the
+ * excludes as its patterns) straight into the store; then the container and its socket folder
+ * go. */
+struct dk_asusp {
+    struct sandbox *sb;
+    provider_ref_fn done;
+    void *arg;
+    char key[80];
+    char **rel;
+    char err[512];
+};
+
+static void as_finish(struct dk_asusp *o)
+{
+    struct dk_sb *x = o->sb->priv;
+    if (!o->err[0] && x->agent_dir) {
+        dk_agent_dir_remove(x->agent_dir);
+        free(x->agent_dir);
+        x->agent_dir = NULL;
+    }
+    if (o->err[0]) {
+        o->done(o->arg, -1, NULL, o->err);
+    } else {
+        cJSON *ref = objstore_snapshot_ref(o->key);
+        o->done(o->arg, 0, ref, NULL);
+        cJSON_Delete(ref);
+    }
+    dk_free_list(o->rel);
+    free(o);
+}
+
+static void as_removed(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_asusp *o = arg;
+    char e[512] = "";
+    if (err)
+        dk_copy(e, sizeof(e), err);
+    else if (status != 204 && status != 404)
+        dk_http_err(e, sizeof(e), "container remove", status, body);
+    if (e[0]) /* the snapshot is complete: keep it, the caller may still resume from it */
+        log_warn(NULL, "docker: suspend of %.12s: snapshot %s kept: %s", o->sb->id, o->key, e);
+    as_finish(o);
+}
+
+static void as_stored(void *arg, int rc, uint64_t bytes, const char *sha, const char *err)
+{
+    (void)sha;
+    struct dk_asusp *o = arg;
+    if (rc != 0) {
+        snprintf(o->err, sizeof(o->err), "docker: snapshot of %.12s: %.400s", o->sb->id,
+                 err ? err : "failed");
+        as_finish(o);
+        return;
+    }
+    log_debug(NULL, "docker: snapshot %s through the agent: %" PRIu64 " bytes", o->key, bytes);
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", o->sb->id);
+    dk_call(o->sb->prov, "DELETE", path, NULL, as_removed, o);
+}
+
+static void dk_agent_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
+{
+    struct dk_prov *d = sb->prov->priv;
+    struct dk_sb *x = sb->priv;
+    struct dk_asusp *o = xcalloc(1, sizeof(*o));
+    o->sb = sb;
+    o->done = done;
+    o->arg = arg;
+    objstore_snapshot_key(d->store, o->key);
+    o->rel = dk_copy_list((const char *const *)x->incl, 1);
+    for (char **r = o->rel; *r; r++)
+        if (!**r) {
+            free(*r);
+            *r = xstrdup(".");
+        }
+    struct agent_archive_spec spec = {
+        .root = "/",
+        .paths = (const char *const *)o->rel,
+        .exclude = (const char *const *)x->excl,
+        .compression = agent_pipe_compression(objstore_snapshot_compression(d->store)),
+        .level = 3,
+    };
+    agent_pipe_out(sb->prov->base, x->ac, d->store, &spec, o->key, "docker", as_stored, o);
+}
+
 static void dk_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
 {
     struct dk_prov *d = sb->prov->priv;
     struct dk_sb *x = sb->priv;
+    if (x->ac) {
+        dk_agent_suspend(sb, done, arg);
+        return;
+    }
     struct dk_susp *s = xcalloc(1, sizeof(*s));
     s->sb = sb;
     s->done = done;
@@ -1586,6 +2082,12 @@ static int dk_ends_with(const char *s, const char *suffix)
 static void dk_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
                               provider_upload_fn done, void *arg)
 {
+    struct dk_sb *xa = sb->priv;
+    if (xa->ac) {
+        agent_pipe_upload(sb->prov->base, xa->ac, ((struct dk_prov *)sb->prov->priv)->store, paths,
+                          key, "docker", done, arg);
+        return;
+    }
     struct dk_susp *s = xcalloc(1, sizeof(*s));
     s->sb = sb;
     s->up_done = done;
@@ -1873,6 +2375,12 @@ static void rs_stat_resp(void *arg, long status, const char *body, const char *e
 static void dk_archive_restore(struct sandbox *sb, const char *key, const char *dest,
                                provider_done_fn done, void *arg)
 {
+    struct dk_sb *xa = sb->priv;
+    if (xa->ac) {
+        agent_pipe_restore(sb->prov->base, xa->ac, ((struct dk_prov *)sb->prov->priv)->store, key,
+                           dest, "docker", done, arg);
+        return;
+    }
     struct dk_rest *r = xcalloc(1, sizeof(*r));
     r->sb = sb;
     r->done = done;
@@ -1905,6 +2413,7 @@ static void dk_archive_restore(struct sandbox *sb, const char *key, const char *
 struct dk_done {
     provider_done_fn done;
     void *arg;
+    struct sandbox *sb; /* destroy: its socket folder goes with the container */
     char err[512];
 };
 
@@ -1915,6 +2424,12 @@ static void ds_resp(void *arg, long status, const char *body, const char *err)
         dk_copy(x->err, sizeof(x->err), err);
     else if (status != 204 && status != 404)
         dk_http_err(x->err, sizeof(x->err), "container remove", status, body);
+    struct dk_sb *s = x->sb ? x->sb->priv : NULL;
+    if (!x->err[0] && s && s->agent_dir) {
+        dk_agent_dir_remove(s->agent_dir);
+        free(s->agent_dir);
+        s->agent_dir = NULL;
+    }
     x->done(x->arg, x->err[0] ? -1 : 0, x->err[0] ? x->err : NULL);
     free(x);
 }
@@ -1924,6 +2439,7 @@ static void dk_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
     struct dk_done *x = xcalloc(1, sizeof(*x));
     x->done = done;
     x->arg = arg;
+    x->sb = sb;
     char path[256];
     snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", sb->id);
     dk_call(sb->prov, "DELETE", path, NULL, ds_resp, x);
@@ -1969,6 +2485,13 @@ static void dk_release(struct sandbox *sb)
     if (!sb)
         return;
     struct dk_sb *x = sb->priv;
+    agent_client_free(x->ac); /* its ops end without callbacks: their wrappers go too */
+    while (x->aexecs) {
+        provider_exec *ex = x->aexecs;
+        ax_unlink(ex);
+        free(ex);
+    }
+    free(x->agent_dir); /* kept on disk: the container may still run (a detached turn) */
     dk_free_list(x->incl);
     dk_free_list(x->excl);
     free(x);
@@ -2032,6 +2555,40 @@ static int dk_init(struct provider *p, int check_only, char *err, size_t errlen)
                   err, errlen) ||
         env_int64("SANDBOX_DOCKER_WORKSPACE_BYTES", 1073741824LL, 1048576, INT64_MAX / 2,
                   &d->ws_bytes, err, errlen))
+        return -1;
+    const char *am = env_str("SANDBOX_DOCKER_AGENT", "auto");
+    if (strcmp(am, "auto") == 0) {
+        d->agent = DK_AGENT_AUTO;
+    } else if (strcmp(am, "on") == 0) {
+        d->agent = DK_AGENT_ON;
+    } else if (strcmp(am, "off") == 0) {
+        d->agent = DK_AGENT_OFF;
+    } else {
+        char q[ENV_QUOTE_LEN];
+        env_quote(am, q, sizeof(q));
+        snprintf(err, errlen, "SANDBOX_DOCKER_AGENT: must be auto, on or off, got %s", q);
+        return -1;
+    }
+    const char *tmp = getenv("TMPDIR");
+    char def_dir[160];
+    snprintf(def_dir, sizeof(def_dir), "%.100s/sandbox-worker-agent-%d",
+             tmp && tmp[0] == '/' ? tmp : "/tmp", (int)geteuid());
+    const char *ad = env_str("SANDBOX_DOCKER_AGENT_DIR", def_dir);
+    /* the socket path ("<dir>/sb-XXXXXX/agent.sock") must fit a sockaddr_un */
+    if (ad[0] != '/' || strlen(ad) > 80 || strcspn(ad, ":,\"'\n") != strlen(ad)) {
+        char q[ENV_QUOTE_LEN];
+        env_quote(ad, q, sizeof(q));
+        snprintf(err, errlen,
+                 "SANDBOX_DOCKER_AGENT_DIR: must be an absolute path of at most 80 characters "
+                 "(the agent's socket lives below it), got %s",
+                 q);
+        return -1;
+    }
+    dk_copy(d->agent_dir, sizeof(d->agent_dir), ad);
+    while (strlen(d->agent_dir) > 1 && d->agent_dir[strlen(d->agent_dir) - 1] == '/')
+        d->agent_dir[strlen(d->agent_dir) - 1] = '\0';
+    if (env_int64("SANDBOX_DOCKER_AGENT_READY_MS", 30000, 100, 600000, &d->agent_ready_ms, err,
+                  errlen))
         return -1;
     d->store = objstore_new_from_env(p->base, "docker", check_only, err, errlen);
     if (!d->store)

@@ -17,6 +17,10 @@
  *   SANDBOX_DOCKER_READ_ONLY_ROOT      default false; then SANDBOX_DOCKER_TMP_BYTES (/tmp tmpfs,
  *                                      256 MiB) and SANDBOX_DOCKER_WORKSPACE_BYTES (each include
  *                                      a tmpfs-backed volume, 1 GiB)
+ *   SANDBOX_DOCKER_AGENT               auto (default), on, off: the data path (below)
+ *   SANDBOX_DOCKER_AGENT_DIR           parent of the per-sandbox socket folders (default
+ *                                      $TMPDIR/sandbox-worker-agent-<euid>)
+ *   SANDBOX_DOCKER_AGENT_READY_MS      start until the agent answers /ready (default 30000)
  *   SANDBOX_SNAPSHOT_DIR, SANDBOX_SNAPSHOT_COMPRESSION, S3_*: the object store (objstore.h)
  * Refuses to initialise when NODE_ENV=production.
  *
@@ -26,6 +30,19 @@
  * start, and files written through the engine belong to it), CapDrop ALL, no-new-privileges,
  * pids/memory/CPU limits, MemorySwap = Memory, nofile/nproc ulimits, network "none" by
  * default, optionally a read-only root.
+ *
+ * The agent path: when the image carries sandbox-agent (the label sandbox-worker.agent holding
+ * its path, or an entrypoint or command naming it) and SANDBOX_DOCKER_AGENT is not off, the
+ * container runs it as PID 1 (the image's entrypoint is replaced by the agent alone) with
+ * LD_AGENT_SOCKET=/run/sandbox-agent/agent.sock, TCP on loopback, hooks off and a random
+ * SANDBOX_AGENT_TOKEN. /run/sandbox-agent is a bind mount of a fresh host folder below
+ * SANDBOX_DOCKER_AGENT_DIR (owned by the sandbox's numeric user, 0700; its path is the label
+ * sandbox-worker.agent-dir), removed once the container is removed by suspend or destroy (or a
+ * failed acquire); release keeps it (the container may still run). Exec (runs, re-attached
+ * when a stream is cut), files, archives and snapshots then go through agent_client on that
+ * socket and agent_pipe (the agent compresses, the store takes the bytes as they are); the
+ * snapshot format is the same as below. Without the agent (or with off) everything below
+ * applies: PID 1 is a keepalive shell that replaces the image's entrypoint.
  *
  * Exec runs the command in its own session (setsid) inside the container and records its
  * process group in /tmp, so timeout and kill signal the whole tree with a second exec. The

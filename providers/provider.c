@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lib/buf.h"
 #include "providers/azure_sessions.h"
@@ -102,15 +103,89 @@ unsigned provider_caps(const struct provider *p)
     return p->ops->caps;
 }
 
+/* ---- timing of control-plane operations (provider_set_observer) ---- */
+
+struct timed {
+    provider_observe_fn observe; /* copied at start: the provider may be gone at the end */
+    void *observe_arg;
+    const char *op; /* static */
+    struct timespec t0;
+    provider_sandbox_fn sandbox_cb;
+    provider_ref_fn ref_cb;
+    provider_done_fn done_cb;
+    void *arg;
+};
+
+void provider_set_observer(struct provider *p, provider_observe_fn fn, void *arg)
+{
+    p->observe = fn;
+    p->observe_arg = arg;
+}
+
+static struct timed *timed_new(const struct provider *p, const char *op, void *arg)
+{
+    struct timed *t = xcalloc(1, sizeof(*t));
+    t->observe = p->observe;
+    t->observe_arg = p->observe_arg;
+    t->op = op;
+    t->arg = arg;
+    clock_gettime(CLOCK_MONOTONIC, &t->t0);
+    return t;
+}
+
+static void timed_report(const struct timed *t, const char *err)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double s = (double)(now.tv_sec - t->t0.tv_sec) + (double)(now.tv_nsec - t->t0.tv_nsec) / 1e9;
+    t->observe(t->observe_arg, t->op, s, err);
+}
+
+static void timed_sandbox(void *arg, struct sandbox *sb, const char *err)
+{
+    struct timed *t = arg;
+    timed_report(t, sb ? NULL : (err && *err ? err : "failed"));
+    t->sandbox_cb(t->arg, sb, err);
+    free(t);
+}
+
+static void timed_ref(void *arg, int rc, const cJSON *ref, const char *err)
+{
+    struct timed *t = arg;
+    timed_report(t, rc == 0 ? NULL : (err && *err ? err : "failed"));
+    t->ref_cb(t->arg, rc, ref, err);
+    free(t);
+}
+
+static void timed_done(void *arg, int rc, const char *err)
+{
+    struct timed *t = arg;
+    timed_report(t, rc == 0 ? NULL : (err && *err ? err : "failed"));
+    t->done_cb(t->arg, rc, err);
+    free(t);
+}
+
 void provider_create(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,
                      void *arg)
 {
+    if (p->observe && done) {
+        struct timed *t = timed_new(p, "create", arg);
+        t->sandbox_cb = done;
+        p->ops->create(p, spec, timed_sandbox, t);
+        return;
+    }
     p->ops->create(p, spec, done, arg);
 }
 
 void provider_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
                      provider_sandbox_fn done, void *arg)
 {
+    if (p->observe && done) {
+        struct timed *t = timed_new(p, "resume", arg);
+        t->sandbox_cb = done;
+        p->ops->resume(p, spec, ref, timed_sandbox, t);
+        return;
+    }
     p->ops->resume(p, spec, ref, done, arg);
 }
 
@@ -139,11 +214,23 @@ void provider_read_file(struct sandbox *sb, const char *path, size_t max, provid
 
 void provider_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
 {
+    if (sb->prov->observe && done) {
+        struct timed *t = timed_new(sb->prov, "suspend", arg);
+        t->ref_cb = done;
+        sb->prov->ops->suspend(sb, timed_ref, t);
+        return;
+    }
     sb->prov->ops->suspend(sb, done, arg);
 }
 
 void provider_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
 {
+    if (sb->prov->observe && done) {
+        struct timed *t = timed_new(sb->prov, "destroy", arg);
+        t->done_cb = done;
+        sb->prov->ops->destroy(sb, timed_done, t);
+        return;
+    }
     sb->prov->ops->destroy(sb, done, arg);
 }
 

@@ -35,11 +35,17 @@ struct provider_settings {
     const char *deployment;
 };
 
+/* Observer of the control-plane operations "create", "resume", "suspend" and "destroy":
+ * called once each finishes, with its duration in seconds and err (NULL on success). */
+typedef void (*provider_observe_fn)(void *arg, const char *op, double seconds, const char *err);
+
 struct provider {
     const struct provider_ops *ops;
     struct event_base *base;
     struct provider_settings settings;
-    void *priv; /* ops->priv_size bytes, zeroed */
+    void *priv;                  /* ops->priv_size bytes, zeroed */
+    provider_observe_fn observe; /* provider_set_observer; NULL: none */
+    void *observe_arg;
 };
 
 struct sandbox {
@@ -196,6 +202,9 @@ struct provider *provider_new(const struct provider_ops *ops, struct event_base 
                               const struct provider_settings *settings, int check_only, char *err,
                               size_t errlen);
 void provider_free(struct provider *p);
+/* Times create, resume, suspend and destroy for fn (metrics). fn and arg must outlive every
+ * operation started after this call. */
+void provider_set_observer(struct provider *p, provider_observe_fn fn, void *arg);
 
 /* The way into a backend: each wrapper calls the op, or its default when the op is optional
  * and absent (defaults report through the loop, never from inside the call). */

@@ -8,7 +8,15 @@
  *   fail_ev        fails commands issued while not READY, from the loop
  * Every entry from libevent goes through enter()/leave(); redis_free() inside a callback only
  * sets `freeing`, and leave() at depth 0 does the real free. Each teardown bumps `gen`, so a
- * loop that ran a user callback can tell its connection is gone. */
+ * loop that ran a user callback can tell its connection is gone.
+ *
+ * Cluster redirections: a user command keeps its formatted bytes until its reply. On
+ * -MOVED the command goes to `resend` and the connection is `moving`: replies still due on
+ * the old node are read (more MOVED join `resend` in order), new commands wait in `held`;
+ * once nothing is in flight the connection switches its target (no DOWN/READY report) and,
+ * after the handshake there, writes `resend` then `held`. On -ASK a short-lived child
+ * connection (no redirections of its own) sends ASKING + the command to the named node and
+ * hands the reply back to deliver(). */
 #include "queue/redis.h"
 
 #include <arpa/inet.h>
@@ -45,6 +53,8 @@
 #define KEEPALIVE_IDLE_S           15
 #define KEEPALIVE_INTVL_S          5
 #define KEEPALIVE_CNT              3
+#define MAX_REDIRECTS              5  /* MOVED/ASK followed per command */
+#define MAX_TARGETS                16 /* cluster nodes remembered (the URL's first) */
 
 enum cmd_kind { CMD_USER = 0, CMD_AUTH, CMD_SELECT, CMD_SETNAME, CMD_PING };
 
@@ -54,11 +64,29 @@ struct redis_cmd {
     void *arg;
     int64_t deadline_ms; /* CLOCK_MONOTONIC ms; 0 = none (handshake: connect_timer covers it) */
     enum cmd_kind kind;
+    char *buf; /* CMD_USER: the formatted command (malloc'd), kept to re-send after MOVED/ASK */
+    size_t len;
+    int extra_ms;  /* extra_timeout_ms as given, for a re-send's deadline */
+    int redirects; /* MOVED/ASK followed so far */
 };
 
 /* FIFO; replies arrive in the order commands were written. */
 struct cmd_list {
     struct redis_cmd *head, *tail;
+};
+
+/* A cluster node address (from the URL or a MOVED reply). */
+struct target {
+    char *host;
+    int port;
+};
+
+/* One -ASK redirection in flight: cmd goes once (after ASKING) through child. */
+struct redis_ask {
+    struct redis_ask *next;
+    struct redis *parent;
+    struct redis *child;
+    struct redis_cmd *cmd;
 };
 
 struct redis {
@@ -98,6 +126,19 @@ struct redis {
     int depth;   /* nesting of our callbacks on the stack */
     int freeing; /* redis_free() was called; finish at depth 0 */
     char errstr[256];
+
+    /* Cluster (TCP only). targets[0] is the URL's node; `cur` is the one url/where name now.
+     * A failed connection moves on to the next one (a MOVED answer brings it back). */
+    struct target targets[MAX_TARGETS];
+    int ntargets, cur;
+    int moving;             /* a MOVED was seen: draining `sent`, then switching to move_to */
+    int move_to;            /* index in targets */
+    struct cmd_list resend; /* redirected by MOVED, in the order they were issued */
+    struct cmd_list held;   /* issued while moving */
+    struct redis_ask *asks;
+    int no_redirect;   /* an ASK child: error replies go back to the parent as they are */
+    char *tls_ca_file; /* for ASK children */
+    int tls_insecure;
 };
 
 /* ---- small helpers ---- */
@@ -161,6 +202,12 @@ static struct redis_cmd *list_pop(struct cmd_list *l)
     return c;
 }
 
+static void cmd_free(struct redis_cmd *c)
+{
+    free(c->buf);
+    free(c);
+}
+
 /* Runs every user callback of a detached list with NULL, then frees the entries. Each
  * callback runs exactly once even if the connection is freed meanwhile. */
 static void fail_list(struct redis *r, struct cmd_list *l)
@@ -169,8 +216,35 @@ static void fail_list(struct redis *r, struct cmd_list *l)
     while ((c = list_pop(l)) != NULL) {
         if (c->kind == CMD_USER && c->cb)
             c->cb(r, NULL, c->arg);
-        free(c);
+        cmd_free(c);
     }
+}
+
+/* Points url and where at targets[i]. */
+static void apply_target(struct redis *r, int i)
+{
+    r->cur = i;
+    free(r->url.host);
+    r->url.host = xstrdup(r->targets[i].host);
+    r->url.port = r->targets[i].port;
+    if (strchr(r->url.host, ':'))
+        snprintf(r->where, sizeof(r->where), "[%s]:%d", r->url.host, r->url.port);
+    else
+        snprintf(r->where, sizeof(r->where), "%s:%d", r->url.host, r->url.port);
+}
+
+/* Index of host:port in targets, added when new (a full table replaces its last entry,
+ * never the URL's node). */
+static int target_find_add(struct redis *r, const char *host, int port)
+{
+    for (int i = 0; i < r->ntargets; i++)
+        if (r->targets[i].port == port && strcmp(r->targets[i].host, host) == 0)
+            return i;
+    int i = r->ntargets < MAX_TARGETS ? r->ntargets++ : MAX_TARGETS - 1;
+    free(r->targets[i].host);
+    r->targets[i].host = xstrdup(host);
+    r->targets[i].port = port;
+    return i;
 }
 
 static void enter(struct redis *r)
@@ -251,18 +325,28 @@ static void conn_fail(struct redis *r)
     struct cmd_list l;
     enum redis_state was = r->state;
 
+    struct cmd_list rs = r->resend, h = r->held;
+
     teardown(r);
     l = r->sent;
     r->sent.head = r->sent.tail = NULL;
+    r->resend.head = r->resend.tail = NULL;
+    r->held.head = r->held.tail = NULL;
+    r->moving = 0;
     if (was != REDIS_DOWN)
         log_warn(NULL, "%s", r->errstr);
     else
         log_debug(NULL, "%s", r->errstr);
+    /* cluster: the node may be gone (failover); the next one redirects if it must */
+    if (r->ntargets > 1 && !r->freeing)
+        apply_target(r, (r->cur + 1) % r->ntargets);
     if (!r->freeing)
         schedule_retry(r);
     /* not READY from here: commands issued by the callbacks below fail through fail_ev */
     r->state = REDIS_DOWN;
     fail_list(r, &l);
+    fail_list(r, &rs);
+    fail_list(r, &h);
     if (was != REDIS_DOWN && r->state_cb && !r->freeing)
         r->state_cb(r, REDIS_DOWN, r->state_arg);
 }
@@ -321,10 +405,32 @@ static const char *kind_name(enum cmd_kind k)
     }
 }
 
+/* Writes the commands waiting for a moved connection: redirected ones first, in order. */
+static void flush_moved(struct redis *r)
+{
+    struct cmd_list lists[2] = {r->resend, r->held};
+    struct redis_cmd *c;
+    r->resend.head = r->resend.tail = NULL;
+    r->held.head = r->held.tail = NULL;
+    for (int i = 0; i < 2; i++) {
+        while ((c = list_pop(&lists[i])) != NULL) {
+            c->deadline_ms = now_ms() + r->command_timeout_ms + c->extra_ms;
+            send_raw(r, c, c->buf, c->len);
+        }
+    }
+}
+
 static void become_ready(struct redis *r)
 {
     evtimer_del(r->connect_timer);
     r->backoff_attempt = 0;
+    if (r->moving) {
+        /* the same logical connection, now at the slot's node: no state report */
+        r->moving = 0;
+        log_info(NULL, "redis %s: ready (moved here)", r->where);
+        flush_moved(r);
+        return;
+    }
     if (r->ever_ready)
         r->reconnects++;
     r->ever_ready = 1;
@@ -361,6 +467,196 @@ static void on_transport_up(struct redis *r)
     send_internal(r, CMD_PING, 1, ping);
 }
 
+/* ---- cluster redirections ---- */
+
+enum redirect { REDIRECT_NONE = 0, REDIRECT_MOVED, REDIRECT_ASK };
+
+/* Parses "MOVED <slot> <host>:<port>" / "ASK <slot> <host>:<port>". An empty host
+ * (":6380", a node that does not know its address) means the current one. */
+static enum redirect parse_redirect(const struct redis *r, const redisReply *reply, char *host,
+                                    size_t hostlen, int *port)
+{
+    enum redirect kind;
+    const char *p;
+    if (!reply || reply->type != REDIS_REPLY_ERROR || !reply->str)
+        return REDIRECT_NONE;
+    if (strncmp(reply->str, "MOVED ", 6) == 0) {
+        kind = REDIRECT_MOVED;
+        p = reply->str + 6;
+    } else if (strncmp(reply->str, "ASK ", 4) == 0) {
+        kind = REDIRECT_ASK;
+        p = reply->str + 4;
+    } else {
+        return REDIRECT_NONE;
+    }
+    p = strchr(p, ' '); /* after the slot */
+    if (!p)
+        return REDIRECT_NONE;
+    p++;
+    const char *colon = strrchr(p, ':'); /* host may be an IPv6 literal */
+    if (!colon)
+        return REDIRECT_NONE;
+    char *end;
+    long v = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || (*end && *end != '\r' && *end != '\n') || v <= 0 || v > 65535)
+        return REDIRECT_NONE;
+    size_t n = (size_t)(colon - p);
+    if (n == 0) {
+        snprintf(host, hostlen, "%s", r->url.host);
+    } else {
+        if (n >= hostlen)
+            return REDIRECT_NONE;
+        if (p[0] == '[' && n >= 2 && p[n - 1] == ']') { /* "[::1]:6380" */
+            p++;
+            n -= 2;
+        }
+        memcpy(host, p, n);
+        host[n] = '\0';
+    }
+    *port = (int)v;
+    return kind;
+}
+
+static void deliver(struct redis *r, struct redis_cmd *c, const redisReply *reply);
+static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, char *s, size_t len,
+                  int ours);
+
+/* Switches to the MOVED target once nothing is in flight on the old node. */
+static void maybe_switch(struct redis *r)
+{
+    if (!r->moving || r->freeing || r->sent.head || !(r->bev || r->reader))
+        return;
+    char was[sizeof(r->where)];
+    memcpy(was, r->where, sizeof(was));
+    teardown(r);
+    apply_target(r, r->move_to);
+    log_info(NULL, "redis %s: following MOVED to %s", was, r->where);
+    struct timeval zero = {0, 0};
+    evtimer_add(r->retry_timer, &zero);
+}
+
+/* The child is done with: no callback of it runs any more. */
+static void ask_detach(struct redis_ask *a)
+{
+    struct redis *ch = a->child;
+    ch->state_cb = NULL;
+    for (struct redis_cmd *c = ch->sent.head; c; c = c->next)
+        c->cb = NULL;
+    for (struct redis_cmd *c = ch->failing.head; c; c = c->next)
+        c->cb = NULL;
+    redis_free(ch);
+}
+
+static void ask_finish(struct redis_ask *a, const redisReply *reply)
+{
+    struct redis *r = a->parent;
+    struct redis_cmd *c = a->cmd;
+    enter(r);
+    for (struct redis_ask **p = &r->asks; *p; p = &(*p)->next) {
+        if (*p == a) {
+            *p = a->next;
+            break;
+        }
+    }
+    ask_detach(a); /* the free waits until the child's callback returns: reply stays valid */
+    free(a);
+    deliver(r, c, reply);
+    leave(r);
+}
+
+static void ask_reply_cb(redis *child, const redisReply *reply, void *arg)
+{
+    (void)child;
+    ask_finish(arg, reply);
+}
+
+static void ask_state_cb(redis *child, enum redis_state st, void *arg)
+{
+    struct redis_ask *a = arg;
+    if (st != REDIS_READY) {
+        ask_finish(a, NULL);
+        return;
+    }
+    const char *asking[1] = {"ASKING"};
+    char *s = xmalloc(a->cmd->len);
+    memcpy(s, a->cmd->buf, a->cmd->len);
+    redis_commandv(child, NULL, NULL, 0, 1, asking, NULL);
+    submit(child, ask_reply_cb, a, a->cmd->extra_ms, s, a->cmd->len, 1);
+}
+
+/* Sends c once to host:port after ASKING, on a child connection. -1 if it cannot start. */
+static int ask_start(struct redis *r, struct redis_cmd *c, const char *host, int port)
+{
+    struct redis_url u;
+    struct redis_opts o;
+    char err[256];
+
+    url_copy(&u, &r->url);
+    free(u.host);
+    u.host = xstrdup(host);
+    u.port = port;
+    memset(&o, 0, sizeof(o));
+    o.url = &u;
+    o.connect_timeout_ms = r->connect_timeout_ms;
+    o.command_timeout_ms = r->command_timeout_ms;
+    o.backoff_base_ms = r->backoff_base_ms;
+    o.backoff_max_ms = r->backoff_max_ms;
+    o.tls_ca_file = r->tls_ca_file;
+    o.tls_insecure = r->tls_insecure;
+    o.name = r->name;
+    struct redis_ask *a = xcalloc(1, sizeof(*a));
+    a->parent = r;
+    a->cmd = c;
+    a->child = redis_new(r->base, &o, ask_state_cb, a, err, sizeof(err));
+    redis_url_release(&u);
+    if (!a->child) {
+        set_err(r, "redis %s: cannot follow ASK: %s", r->where, err);
+        log_warn(NULL, "%s", r->errstr);
+        free(a);
+        return -1;
+    }
+    a->child->no_redirect = 1;
+    a->next = r->asks;
+    r->asks = a;
+    return 0;
+}
+
+/* Hands a user command its reply, or follows a cluster redirection (bounded). Takes c. */
+static void deliver(struct redis *r, struct redis_cmd *c, const redisReply *reply)
+{
+    char host[256];
+    int port = 0;
+    enum redirect kind = REDIRECT_NONE;
+
+    if (!r->no_redirect && r->ntargets > 0 && !r->freeing)
+        kind = parse_redirect(r, reply, host, sizeof(host), &port);
+    if (kind != REDIRECT_NONE && c->redirects >= MAX_REDIRECTS) {
+        set_err(r, "redis %s: gave up after %d cluster redirections of one command (last: %.*s)",
+                r->where, MAX_REDIRECTS, (int)(reply->len > 120 ? 120 : reply->len), reply->str);
+        log_warn(NULL, "%s", r->errstr);
+        kind = REDIRECT_NONE; /* the caller gets the last -MOVED/-ASK as is */
+    }
+    if (kind == REDIRECT_MOVED && r->state == REDIS_READY) {
+        c->redirects++;
+        list_push(&r->resend, c);
+        r->move_to = target_find_add(r, host, port);
+        r->moving = 1;
+        maybe_switch(r);
+        return;
+    }
+    if (kind == REDIRECT_MOVED) {
+        reply = NULL; /* the connection is down meanwhile (an ASK child's answer) */
+    } else if (kind == REDIRECT_ASK) {
+        c->redirects++;
+        if (ask_start(r, c, host, port) == 0)
+            return;
+        reply = NULL;
+    }
+    if (c->cb)
+        c->cb(r, reply, c->arg);
+    cmd_free(c);
+}
+
 static void read_cb(struct bufferevent *bev, void *arg)
 {
     struct redis *r = arg;
@@ -395,20 +691,22 @@ static void read_cb(struct bufferevent *bev, void *arg)
             break;
         }
         if (c->kind == CMD_USER) {
-            if (c->cb)
-                c->cb(r, reply, c->arg);
+            deliver(r, c, reply); /* takes c */
+            freeReplyObject(reply);
+            maybe_switch(r);
+            continue;
         } else if (reply->type == REDIS_REPLY_ERROR) {
             /* Redis error texts (WRONGPASS, NOAUTH, LOADING...) never echo the password */
             set_err(r, "redis %s: %s failed: %.*s", r->where, kind_name(c->kind),
                     (int)(reply->len > 160 ? 160 : reply->len), reply->str);
-            free(c);
+            cmd_free(c);
             freeReplyObject(reply);
             conn_fail(r);
             break;
         } else if (c->kind == CMD_PING) {
             become_ready(r);
         }
-        free(c);
+        cmd_free(c);
         freeReplyObject(reply);
     }
 out:
@@ -792,6 +1090,13 @@ redis *redis_new(struct event_base *base, const struct redis_opts *opts, redis_s
     if (!r->rng)
         r->rng = 0x9E3779B97F4A7C15ULL;
 
+    r->tls_ca_file = opts->tls_ca_file ? xstrdup(opts->tls_ca_file) : NULL;
+    r->tls_insecure = opts->tls_insecure;
+    if (r->url.host && !r->url.unix_path) {
+        r->targets[0].host = xstrdup(r->url.host);
+        r->targets[0].port = r->url.port;
+        r->ntargets = 1;
+    }
     if (r->url.unix_path)
         snprintf(r->where, sizeof(r->where), "unix:%s", r->url.unix_path);
     else if (r->url.host && strchr(r->url.host, ':'))
@@ -825,15 +1130,34 @@ fail:
 
 static void really_free(struct redis *r)
 {
-    struct cmd_list a, b;
+    struct cmd_list a, b, rs, h;
     r->depth++; /* callbacks below must not re-enter the free */
     teardown(r);
     a = r->sent;
     b = r->failing;
+    rs = r->resend;
+    h = r->held;
     r->sent.head = r->sent.tail = NULL;
     r->failing.head = r->failing.tail = NULL;
+    r->resend.head = r->resend.tail = NULL;
+    r->held.head = r->held.tail = NULL;
     fail_list(r, &a);
+    fail_list(r, &rs);
+    fail_list(r, &h);
     fail_list(r, &b);
+    while (r->asks) {
+        struct redis_ask *ask = r->asks;
+        struct redis_cmd *c = ask->cmd;
+        r->asks = ask->next;
+        ask_detach(ask);
+        free(ask);
+        if (c->cb)
+            c->cb(r, NULL, c->arg);
+        cmd_free(c);
+    }
+    for (int i = 0; i < r->ntargets; i++)
+        free(r->targets[i].host);
+    free(r->tls_ca_file);
     if (r->cmd_timer)
         event_free(r->cmd_timer);
     if (r->connect_timer)
@@ -892,16 +1216,28 @@ static int submit(redis *r, redis_reply_fn cb, void *arg, int extra_timeout_ms, 
     c->cb = cb;
     c->arg = arg;
     c->kind = CMD_USER;
-    if (r->state != REDIS_READY || !r->bev) {
+    c->extra_ms = extra_timeout_ms > 0 ? extra_timeout_ms : 0;
+    if (!r->moving && (r->state != REDIS_READY || !r->bev)) {
         free_cmd(s, ours);
         list_push(&r->failing, c);
         event_active(r->fail_ev, EV_TIMEOUT, 1);
         return 0;
     }
-    c->deadline_ms =
-        now_ms() + r->command_timeout_ms + (extra_timeout_ms > 0 ? extra_timeout_ms : 0);
-    send_raw(r, c, s, len);
-    free_cmd(s, ours);
+    /* kept until the reply: a MOVED/ASK answer sends it again */
+    if (ours) {
+        c->buf = s;
+    } else {
+        c->buf = xmalloc(len);
+        memcpy(c->buf, s, len);
+        free_cmd(s, 0);
+    }
+    c->len = len;
+    if (r->moving) {
+        list_push(&r->held, c); /* written once the connection is at the new node */
+        return 0;
+    }
+    c->deadline_ms = now_ms() + r->command_timeout_ms + c->extra_ms;
+    send_raw(r, c, c->buf, c->len);
     return 0;
 }
 

@@ -30,6 +30,19 @@
  * One reply per command: no SUBSCRIBE/MONITOR (use a connection per blocking reader, with
  * extra_timeout_ms covering the BLOCK time).
  *
+ * Redis Cluster (TCP URLs): the URL may name any node; SELECT is refused on a cluster, so db
+ * must be 0 (the handshake fails with that error otherwise). A `-MOVED <slot> <host>:<port>`
+ * reply never reaches the caller: the connection reads the replies still due on the old node,
+ * then reconnects to the named node (same TLS, AUTH, name; no DOWN/READY report) and sends
+ * the redirected commands again, in the order they were issued, before any issued meanwhile.
+ * `-ASK <slot> <host>:<port>` sends `ASKING` + that one command over a short-lived extra
+ * connection to the named node; the default target stays. At most 5 redirections per
+ * command; beyond, the last -MOVED/-ASK reply is delivered as is and redis_last_error() says
+ * so. Scripts are per node: after a move, EVALSHA may answer NOSCRIPT (the caller falls back
+ * to EVAL). Every node learned from MOVED is remembered (up to 16, the URL's first): a failed
+ * connection tries the next one, so after a failover (the master dies, a replica takes over)
+ * a live node redirects the connection to the new master. Unix-socket URLs never redirect.
+ *
  * Re-entrancy: redis_commandv(), redis_drop() and redis_free() may be called from any reply
  * or state callback of this connection. Not thread-safe: one loop, one thread.
  * Messages (redis_last_error, logs) never contain the password.
@@ -90,7 +103,8 @@ int redis_command(redis *r, redis_reply_fn cb, void *arg, const char *fmt, ...);
 
 /* 1 when an error reply says the server cannot take the command right now but may soon
  * (READONLY, BUSY, OOM, LOADING, TRYAGAIN, MOVED, ASK, MASTERDOWN, CLUSTERDOWN, NOREPLICAS,
- * UNBLOCKED): the caller retries it. Matches the first word only, so
+ * UNBLOCKED): the caller retries it. MOVED/ASK reach a caller only past the redirection bound
+ * (a cluster still reconfiguring). Matches the first word only, so
  * BUSYGROUP is not transient. msg may be NULL (0). */
 int redis_error_transient(const char *msg);
 

@@ -1,9 +1,21 @@
 #!/bin/sh
 # Builds the development sandbox image without any registry: a busybox-static rootfs with
 # /workspace and /tmp, imported with `docker import`.
-#   scripts/build-sandbox-image.sh [TAG...]   (default: lightdash-sandbox:local)
+#   scripts/build-sandbox-image.sh [TAG...]           (default: lightdash-sandbox:local)
+#   scripts/build-sandbox-image.sh --agent [TAG...]   the same with sandbox-agent as the
+#       entrypoint (agent/image.sh; needs $BUILD/sandbox-agent, BUILD defaults to build): the
+#       docker provider then drives the sandbox through the agent on a unix socket
 # Needs busybox (Debian: busybox-static) and a running dockerd.
 set -eu
+if [ "${1:-}" = --agent ]; then
+    shift
+    [ $# -gt 0 ] || set -- lightdash-sandbox:local
+    for tag in "$@"; do
+        "$(dirname "$0")/../agent/image.sh" "${BUILD:-build}" "$tag" >/dev/null
+        echo "built $tag (with sandbox-agent)"
+    done
+    exit 0
+fi
 [ $# -gt 0 ] || set -- lightdash-sandbox:local
 bb=$(command -v busybox || true)
 if [ -z "$bb" ] || ! file -L "$bb" 2>/dev/null | grep -q "statically linked"; then

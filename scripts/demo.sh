@@ -4,9 +4,12 @@
 #   1. installs what is missing (scripts/install-deps.sh), builds (make)
 #   2. starts a private redis-server on a free loopback port in a temporary folder, and
 #      dockerd when none answers (scripts/start-services.sh)
-#   3. builds the sandbox image without any registry (scripts/build-sandbox-image.sh: a
-#      busybox rootfs imported as lightdash-sandbox:local)
-#   4. starts build/sandbox-worker with SANDBOX_PROVIDER=docker and local snapshots
+#   3. builds the sandbox image without any registry (scripts/build-sandbox-image.sh --agent:
+#      a busybox rootfs with this tree's sandbox-agent as the entrypoint, imported as
+#      lightdash-sandbox:local; rebuilt each run so it carries the agent just built)
+#   4. starts build/sandbox-worker with SANDBOX_PROVIDER=docker, SANDBOX_DOCKER_AGENT=on (exec,
+#      files and snapshots go through the agent on a unix socket, as on lambda and azure) and
+#      local snapshots
 #   5. turn 1 writes files and runs commands that stream output; the worker suspends the
 #      sandbox (workspace → snapshot file, container removed); turn 2 resumes it from the
 #      snapshot and prints the files to prove they survived
@@ -132,17 +135,15 @@ else
 fi
 
 # ---- 3. image ----
-say "sandbox image $IMAGE"
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    echo "present"
-else
-    ./scripts/build-sandbox-image.sh "$IMAGE"
-fi
+say "sandbox image $IMAGE (with sandbox-agent)"
+BUILD="$BUILD" ./scripts/build-sandbox-image.sh --agent "$IMAGE"
 
 # ---- 4. worker ----
-say "starting the worker (SANDBOX_PROVIDER=docker)"
+say "starting the worker (SANDBOX_PROVIDER=docker, SANDBOX_DOCKER_AGENT=on)"
 export SANDBOX_PROVIDER=docker
 export SANDBOX_DOCKER_IMAGE="$IMAGE"
+export SANDBOX_DOCKER_AGENT=on
+export SANDBOX_DOCKER_AGENT_DIR="$work/agent"
 export SANDBOX_SNAPSHOT_DIR="$work/snapshots"
 export SANDBOX_QUEUE_PREFIX=demo
 export WORKER_NAME="$worker_name"
@@ -218,6 +219,12 @@ run_turn "demo-turn-2-$stamp" "$work/turn2.json"
 
 say "thread $thread"
 ctl thread "$thread" || true
+say "data path"
+grep -o 'docker: sandbox [0-9a-f]*: .*' "$work/worker.log" || die "the worker logged no sandbox"
+grep -q 'docker: sandbox [0-9a-f]*: sandbox-agent on' "$work/worker.log" ||
+    die "the sandboxes did not run on the agent path"
+echo "both turns ran through sandbox-agent on a unix socket (no Docker exec)"
+[ -z "$(ls -A "$work/agent" 2>/dev/null)" ] && echo "no socket folder left: removed on suspend"
 left=$(docker ps -aq --filter "label=sandbox-worker.worker=$worker_name")
 [ -z "$left" ] && echo "no container left running: the sandbox is suspended to a snapshot"
 say "demo finished"

@@ -18,6 +18,10 @@ clang clang-format clang-tidy cppcheck valgrind libclang-rt-14-dev python3"
 # package): install Debian's only when the commands are missing.
 command -v node >/dev/null 2>&1 || PKGS="$PKGS nodejs"
 command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"
+# Headless browser for the status page test (tests/integration/test_status_page.c).
+PKGS="$PKGS chromium"
+# docker-compose (v1) validates compose/ in tests/deploy/test_compose.sh.
+PKGS="$PKGS docker-compose"
 
 missing=""
 for p in $PKGS; do

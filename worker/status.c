@@ -28,9 +28,12 @@ struct status_server {
     status_ready_fn ready;
     void *arg;
     int port;
+    const char *html; /* NULL: no page */
+    status_json_fn json;
+    void *json_arg;
 };
 
-enum route { ROUTE_NONE, ROUTE_HEALTHZ, ROUTE_READYZ, ROUTE_METRICS };
+enum route { ROUTE_NONE, ROUTE_HEALTHZ, ROUTE_READYZ, ROUTE_METRICS, ROUTE_PAGE, ROUTE_JSON };
 
 static const char *method_name(enum evhttp_cmd_type cmd)
 {
@@ -57,8 +60,12 @@ static const char *method_name(enum evhttp_cmd_type cmd)
     return "?";
 }
 
-static enum route route_of(const char *path)
+static enum route route_of(const status_server *s, const char *path)
 {
+    if (s->html && strcmp(path, "/") == 0)
+        return ROUTE_PAGE;
+    if (s->html && strcmp(path, "/status.json") == 0)
+        return ROUTE_JSON;
     if (strcmp(path, "/healthz") == 0)
         return ROUTE_HEALTHZ;
     if (strcmp(path, "/readyz") == 0)
@@ -94,6 +101,19 @@ static int serve(status_server *s, enum route r, struct evbuffer *body, const ch
         evbuffer_add(body, out.data ? out.data : "", out.len);
         buf_release(&out);
         *ctype = METRICS_CONTENT_TYPE;
+        return 200;
+    }
+    case ROUTE_PAGE:
+        evbuffer_add(body, s->html, strlen(s->html));
+        *ctype = "text/html; charset=utf-8";
+        return 200;
+    case ROUTE_JSON: {
+        struct buf out;
+        buf_init(&out);
+        s->json(s->json_arg, &out);
+        evbuffer_add(body, out.data ? out.data : "{}", out.data ? out.len : 2);
+        buf_release(&out);
+        *ctype = "application/json";
         return 200;
     }
     case ROUTE_NONE:
@@ -134,7 +154,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
 
     const char *ctype = "text/plain; charset=utf-8";
-    enum route r = route_of(path);
+    enum route r = route_of(s, path);
     int code;
     if (r != ROUTE_NONE && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
         code = 405;
@@ -151,6 +171,11 @@ static void on_request(struct evhttp_request *req, void *arg)
     evhttp_add_header(headers, "Content-Type", ctype);
     evhttp_add_header(headers, "Content-Length", len);
     evhttp_add_header(headers, "Cache-Control", "no-store");
+    if (r == ROUTE_PAGE) /* the page loads nothing from elsewhere, and may not */
+        evhttp_add_header(headers, "Content-Security-Policy",
+                          "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                          "'unsafe-inline'; connect-src 'self'; img-src 'self'");
+    evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
     evhttp_send_reply(req, code, reason_of(code), body);
     evbuffer_free(body);
 
@@ -213,6 +238,13 @@ out:
         s = NULL;
     }
     return s;
+}
+
+void status_server_set_page(status_server *s, const char *html, status_json_fn json, void *arg)
+{
+    s->html = html;
+    s->json = json;
+    s->json_arg = arg;
 }
 
 int status_server_port(const status_server *s)

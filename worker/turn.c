@@ -580,7 +580,7 @@ static void publish_retry_or_dead(struct turn *t)
     char *result = build_result(t, "retrying", 0);
     log_warn(&t->lc, "attempt %d failed (%s); retrying in %lld ms", t->d->attempt,
              t->err_msg ? t->err_msg : "", (long long)delay);
-    metric_inc(w->m_jobs, "retried", 1);
+    metric_inc(w->m_retries, NULL, 1); /* not a finished job: it runs again */
     struct queue_completion c = {
         .entry = t->d->entry,
         .token = t->d->token,
@@ -1164,7 +1164,7 @@ static void begun(void *arg, enum queue_begin_status st, const struct queue_thre
         return;
     case QB_DUPLICATE:
         log_info(&t->lc, "duplicate delivery of job %s; acknowledged without running", t->job_id);
-        metric_inc(t->w->m_jobs, "duplicate", 1);
+        metric_inc(t->w->m_duplicates, NULL, 1);
         turn_free(t);
         return;
     case QB_BUSY:

@@ -38,6 +38,7 @@ static void on_delivery(void *arg, struct queue_delivery *d)
     struct worker *w = arg;
     w->inflight++;
     metric_set(w->m_inflight, NULL, w->inflight);
+    registry_set_inflight(w->reg, w->inflight);
     turn_start(w, d);
 }
 
@@ -59,11 +60,70 @@ static void on_ready(void *arg, int ready)
     log_info(NULL, "queue %s", ready ? "ready" : "not ready");
 }
 
-/* Exits the loop once draining, with no turn in flight and the queue quiet. */
+static void registry_left(void *arg)
+{
+    struct worker *w = arg;
+    event_base_loopexit(w->base, NULL);
+}
+
+/* Exits the loop once draining, with no turn in flight and the queue quiet (after taking
+ * this worker out of the registry). */
 static void maybe_exit(struct worker *w)
 {
-    if (w->draining && w->inflight == 0 && w->queue_quiet)
+    if (!w->draining || w->inflight != 0 || !w->queue_quiet || w->leaving)
+        return;
+    w->leaving = 1;
+    if (w->reg)
+        registry_leave(w->reg, registry_left, w);
+    else
         event_base_loopexit(w->base, NULL);
+}
+
+/* Provider control-plane timings: the provider is this process's SANDBOX_PROVIDER
+ * (sandbox_provider_info names it). */
+static void on_provider_op(void *arg, const char *op, double seconds, const char *err)
+{
+    struct worker *w = arg;
+    metric_observe(w->m_prov_seconds, op, seconds);
+    if (err)
+        metric_inc(w->m_prov_errors, op, 1);
+}
+
+static void on_sample(void *arg, const struct registry_sample *s)
+{
+    struct worker *w = arg;
+    dashboard_sample(w->dash, s);
+}
+
+static void status_json(void *arg, struct buf *out)
+{
+    struct worker *w = arg;
+    struct dashboard_self self = {
+        .name = w->cfg.worker_name,
+        .version = SANDBOX_WORKER_VERSION,
+        .provider = w->cfg.provider,
+        .state = w->draining ? "draining"
+                 : w->paused ? "paused"
+                             : "running",
+        .concurrency = w->cfg.concurrency,
+        .in_flight = w->inflight,
+        .paused = w->paused,
+    };
+    dashboard_json(w->dash, &self, out);
+}
+
+/* Free slots the reader may fill: none while paused or draining. */
+static int free_slots(const struct worker *w)
+{
+    return w->paused || w->draining ? 0 : w->cfg.concurrency - w->inflight;
+}
+
+static void on_pause(void *arg, int paused)
+{
+    struct worker *w = arg;
+    w->paused = paused;
+    if (!w->draining)
+        queue_set_capacity(w->q, free_slots(w));
 }
 
 static void queue_drained(void *arg)
@@ -77,11 +137,13 @@ void worker_turn_finished(struct worker *w)
 {
     w->inflight--;
     metric_set(w->m_inflight, NULL, w->inflight);
+    registry_set_inflight(w->reg, w->inflight);
+    dashboard_turn_finished(w->dash);
     if (w->draining) {
         maybe_exit(w);
         return;
     }
-    queue_set_capacity(w->q, w->cfg.concurrency - w->inflight);
+    queue_set_capacity(w->q, free_slots(w));
 }
 
 static int ready_fn(void *arg, char *why, size_t whylen)
@@ -134,6 +196,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     log_info(NULL, "signal %d: draining (%d turn(s) in flight, grace %d ms)", (int)sig, w->inflight,
              w->cfg.shutdown_grace_ms);
     w->draining = 1;
+    registry_set_state(w->reg, "draining");
     queue_set_capacity(w->q, 0);
     queue_drain(w->q, queue_drained, w);
     if (w->inflight == 0)
@@ -195,6 +258,28 @@ static void register_metrics(struct worker *w)
         metrics_counter(m, "sandbox_redis_reconnects_total", "Redis reconnects", NULL);
     w->m_deliveries =
         metrics_counter(m, "sandbox_deliveries_total", "Stream entries received", NULL);
+    metric *build = metrics_gauge(m, "sandbox_build_info",
+                                  "Always 1; the worker's version as a label", "version");
+    metric_set(build, SANDBOX_WORKER_VERSION, 1);
+    metrics_process(m);
+    static const double prov_buckets[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+    w->m_prov_seconds =
+        metrics_histogram(m, "sandbox_provider_operation_duration_seconds",
+                          "Provider control-plane operations (create, resume, suspend, destroy), "
+                          "failed ones included",
+                          "op", prov_buckets, sizeof(prov_buckets) / sizeof(prov_buckets[0]));
+    w->m_prov_errors = metrics_counter(m, "sandbox_provider_errors_total",
+                                       "Failed provider control-plane operations", "op");
+    w->m_retries =
+        metrics_counter(m, "sandbox_job_retries_total",
+                        "Failed attempts put back for a retry after their backoff", NULL);
+    w->m_duplicates =
+        metrics_counter(m, "sandbox_duplicate_deliveries_total",
+                        "Deliveries of jobs already finished or running elsewhere", NULL);
+    metric *pinfo = metrics_gauge(m, "sandbox_provider_info",
+                                  "Always 1; the sandbox provider as a label", "provider");
+    metric_set(pinfo, w->cfg.provider, 1);
+    w->dash = dashboard_new(m, w->cfg.prefix);
 }
 
 static int check_provider(const struct config *cfg, const struct provider_ops **ops)
@@ -273,6 +358,7 @@ int worker_main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     w.m = metrics_new();
     register_metrics(&w);
+    provider_set_observer(w.prov, on_provider_op, &w);
     struct queue_opts qo = {
         .redis = config_redis_opts(&w.cfg),
         .prefix = w.cfg.prefix,
@@ -289,7 +375,23 @@ int worker_main(int argc, char **argv)
         log_error(NULL, "%s", err);
         goto out;
     }
-    queue_set_capacity(w.q, w.cfg.concurrency);
+    struct registry_opts ro = {
+        .redis = config_redis_opts(&w.cfg),
+        .prefix = w.cfg.prefix,
+        .name = w.cfg.worker_name,
+        .version = SANDBOX_WORKER_VERSION,
+        .provider = ops->name,
+        .concurrency = w.cfg.concurrency,
+    };
+    w.reg = registry_new(w.base, &ro, on_pause, &w, err, sizeof(err));
+    if (!w.reg) {
+        log_error(NULL, "%s", err);
+        goto out;
+    }
+    registry_on_sample(w.reg, on_sample, &w);
+    /* No reads until the registry has read the pause flag once (on_pause). */
+    w.paused = 1;
+    queue_set_capacity(w.q, 0);
     if (w.cfg.sweep_interval_ms > 0) {
         struct sweep_opts so = {.redis = config_redis_opts(&w.cfg),
                                 .prefix = w.cfg.prefix,
@@ -312,6 +414,7 @@ int worker_main(int argc, char **argv)
             log_error(NULL, "WORKER_HTTP_ADDR: %s", err);
             goto out;
         }
+        status_server_set_page(st, dashboard_html, status_json, &w);
     }
     sigterm = evsignal_new(w.base, SIGTERM, signal_cb, &w);
     sigint = evsignal_new(w.base, SIGINT, signal_cb, &w);
@@ -340,6 +443,11 @@ out:
     sweep_free(sw);
     queue_free(w.q);
     provider_free(w.prov);
+    /* Last: freeing the queue and the provider may still finish turns (worker_turn_finished
+     * touches the registry). */
+    registry_free(w.reg);
+    w.reg = NULL;
+    dashboard_free(w.dash);
     metrics_free(w.m);
     if (w.base)
         event_base_free(w.base);

@@ -9,6 +9,8 @@
 #include "lib/metrics.h"
 #include "providers/provider.h"
 #include "queue/queue.h"
+#include "queue/registry.h"
+#include "worker/dashboard.h"
 #include "worker/config.h"
 
 struct turn;
@@ -23,12 +25,18 @@ struct worker {
     int inflight;
     int draining;
     int queue_quiet;         /* draining and the queue delivers nothing any more */
+    registry *reg;           /* this worker's entry in {p}:workers; the pause flag */
+    int paused;              /* {p}:paused is set: read no new jobs */
+    int leaving;             /* registry_leave sent; the loop exits when it is done */
+    dashboard *dash;         /* queue sample, queue gauges, the status page's document */
     struct event *grace;     /* shutdown grace expiry */
     struct event *hard_stop; /* exit even if interrupted turns cannot publish */
     /* metrics */
     metric *m_jobs, *m_inflight, *m_step_seconds, *m_turn_seconds, *m_leases, *m_lease_lost,
         *m_reclaims, *m_fenced, *m_reconnects, *m_deliveries;
     struct queue_stats seen; /* queue totals already added to the counters */
+    metric *m_prov_seconds, *m_prov_errors;
+    metric *m_retries, *m_duplicates; /* not finished jobs: kept out of sandbox_jobs_total */
 };
 
 /* Parses argv (--help, --version, --check-config), loads the configuration and runs until

@@ -1,7 +1,11 @@
-/* docker provider benchmark (numbers only, never pass/fail):
- *   snapshot throughput of a workspace (container → tar → zstd → local folder, and → S3 when
- *   s3rver can run) relative to `tar -c | zstd -3 >/dev/null` on the same tree on the host,
- *   the peak RSS growth of this process while it runs, and acquire / suspend / resume latencies.
+/* docker provider benchmark (numbers only, never pass/fail), on both data paths of the same
+ * image (agent/image.sh: busybox + this tree's sandbox-agent): "exec" (SANDBOX_DOCKER_AGENT=off:
+ * Docker exec, the Engine's archive export → tar filter → zstd in the worker) and "agent"
+ * (SANDBOX_DOCKER_AGENT=on: the agent tars and compresses, the worker stores the bytes):
+ *   snapshot throughput of a workspace (→ local folder, and → S3 when s3rver can run) relative
+ *   to `tar -c | zstd -3 >/dev/null` on the same tree on the host, this process's peak RSS (a
+ *   high-water mark over the whole run) and its growth during the snapshot, and acquire /
+ *   suspend / resume latencies.
  * BENCH_DOCKER_MB (default 1024) sizes the workspace (half random, half compressible text);
  * BENCH_DOCKER_ROUNDS (default 5) the latency rounds. Skipped when docker is unavailable. */
 #include <signal.h>
@@ -15,11 +19,12 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/log.h"
 #include "providers/docker.h"
 #include "providers/provider.h"
 #include "tests/support/s3_fixture.h"
 
-#define IMAGE "sandbox-worker-test:local"
+#define IMAGE "sandbox-worker-agent-test:local"
 
 static struct event_base *g_base;
 static char g_worker[64];
@@ -207,15 +212,16 @@ static void snapshot_run(struct provider *p, const char *label, int mb)
         drop(p, sb, NULL);
         return;
     }
-    printf("snapshot %-6s %d MiB: %.2f s, %.0f MiB/s", label, mb, secs, mb / secs);
+    printf("snapshot %-8s %d MiB: %.2f s, %.0f MiB/s", label, mb, secs, mb / secs);
     if (base > 0)
         printf("; tar -c | zstd -3 on the host: %.2f s, %.0f MiB/s; ratio %.2fx", base, mb / base,
                base / secs);
-    printf("; peak RSS growth %ld KiB\n", maxrss_kb() - rss0);
+    printf("; worker peak RSS %ld MiB (+%ld KiB during it)\n", maxrss_kb() / 1024,
+           maxrss_kb() - rss0);
     double rt;
     struct sandbox *back = acquire(p, ref, &rt);
     if (back)
-        printf("restore  %-6s %d MiB: %.2f s, %.0f MiB/s\n", label, mb, rt, mb / rt);
+        printf("restore  %-8s %d MiB: %.2f s, %.0f MiB/s\n", label, mb, rt, mb / rt);
     drop(p, back, ref);
     fflush(stdout);
 }
@@ -243,9 +249,10 @@ static void latencies(struct provider *p, int rounds)
         qsort(acq, (size_t)n, sizeof(double), cmp_double);
         qsort(sus, (size_t)n, sizeof(double), cmp_double);
         qsort(res, (size_t)n, sizeof(double), cmp_double);
-        printf("latency (median of %d, small workspace): acquire %.0f ms, suspend %.0f ms, "
+        printf("latency %-5s (median of %d, small workspace): acquire %.0f ms, suspend %.0f ms, "
                "resume %.0f ms\n",
-               n, acq[n / 2] * 1e3, sus[n / 2] * 1e3, res[n / 2] * 1e3);
+               getenv("SANDBOX_DOCKER_AGENT"), n, acq[n / 2] * 1e3, sus[n / 2] * 1e3,
+               res[n / 2] * 1e3);
     }
     free(acq);
     free(sus);
@@ -260,9 +267,10 @@ int main(void)
         printf("bench_docker: dockerd not available, skipped\n");
         return 0;
     }
-    if (system("docker image inspect " IMAGE " >/dev/null 2>&1") != 0 &&
-        system("./scripts/build-sandbox-image.sh " IMAGE " >/dev/null") != 0) {
-        printf("bench_docker: cannot build the test image, skipped\n");
+    if (access("build/sandbox-agent", X_OK) != 0 ||
+        system("./scripts/build-sandbox-image.sh --agent " IMAGE " >/dev/null") != 0) {
+        printf("bench_docker: cannot build the agent image (needs build/sandbox-agent), "
+               "skipped\n");
         return 0;
     }
     int mb = getenv("BENCH_DOCKER_MB") ? atoi(getenv("BENCH_DOCKER_MB")) : 1024;
@@ -279,25 +287,34 @@ int main(void)
     setenv("SANDBOX_DOCKER_IMAGE", IMAGE, 1);
     unsetenv("NODE_ENV");
     setenv("LIGHTDASH_LOG_LEVEL", "error", 1);
+    log_setup(LOG_ERROR, LOG_FMT_PLAIN, stderr);
     g_base = event_base_new();
 
+    static const char *const paths[][3] = {{"off", "exec", "exec/s3"}, {"on", "agent", "agent/s3"}};
     char err[512];
-    struct provider *p = provider_new(&docker_provider_ops, g_base, NULL, 0, err, sizeof(err));
-    if (!p) {
-        printf("bench_docker: %s\n", err);
-        return 0;
+    for (int i = 0; i < 2; i++) {
+        setenv("SANDBOX_DOCKER_AGENT", paths[i][0], 1);
+        struct provider *p = provider_new(&docker_provider_ops, g_base, NULL, 0, err, sizeof(err));
+        if (!p) {
+            printf("bench_docker: %s\n", err);
+            return 0;
+        }
+        latencies(p, rounds);
+        snapshot_run(p, paths[i][1], mb);
+        provider_free(p);
     }
-    latencies(p, rounds);
-    snapshot_run(p, "local", mb);
-    provider_free(p);
 
     struct s3_fixture fx;
     char why[512];
     if (s3_fixture_start(&fx, "snapshots", why, sizeof(why)) == 0) {
-        p = provider_new(&docker_provider_ops, g_base, NULL, 0, err, sizeof(err));
-        if (p) {
-            snapshot_run(p, "s3", mb);
-            provider_free(p);
+        for (int i = 0; i < 2; i++) {
+            setenv("SANDBOX_DOCKER_AGENT", paths[i][0], 1);
+            struct provider *p =
+                provider_new(&docker_provider_ops, g_base, NULL, 0, err, sizeof(err));
+            if (p) {
+                snapshot_run(p, paths[i][2], mb);
+                provider_free(p);
+            }
         }
         s3_fixture_stop(&fx);
     } else {

@@ -1,6 +1,7 @@
 /* make chaos: the delivery protocol under worker kills and Redis restarts (tests/support/
  * chaos.h says what is checked). Options, all optional:
- *   chaos [--seed N] [--workers N] [--jobs N] [--threads N] [--seconds N]
+ *   chaos [--seed N] [--workers N] [--jobs N] [--threads N] [--seconds N] [--kill-ms N]
+ *         [--redis-restarts N]
  * --seconds is how long jobs keep being enqueued (kills and restarts spread over it).
  * Exit status 0 when every check passed, 1 otherwise, 77 when redis-server is missing. */
 #include <stdio.h>
@@ -49,9 +50,13 @@ int main(int argc, char **argv)
             o.threads = arg_int(argv[i], v, 1, 10000);
         else if (strcmp(argv[i], "--seconds") == 0)
             o.enqueue_ms = 1000 * arg_int(argv[i], v, 1, 3600);
+        else if (strcmp(argv[i], "--kill-ms") == 0)
+            o.kill_every_ms = arg_int(argv[i], v, 0, 3600000);
+        else if (strcmp(argv[i], "--redis-restarts") == 0)
+            o.redis_restarts = arg_int(argv[i], v, 0, 100);
         else {
             fprintf(stderr, "usage: chaos [--seed N] [--workers N] [--jobs N] [--threads N] "
-                            "[--seconds N]\n");
+                            "[--seconds N] [--kill-ms N] [--redis-restarts N]\n");
             return 2;
         }
         i++;

@@ -1,6 +1,7 @@
 /* The docker provider against the real dockerd (started with scripts/start-services.sh when
  * none answers; every test is skipped with a message when docker is unavailable). The test
  * image is built offline by scripts/build-sandbox-image.sh (a busybox rootfs). */
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +22,15 @@
 #include "tests/support/test.h"
 
 #define IMAGE "sandbox-worker-test:local"
+/* agent/image.sh with this tree's sandbox-agent (the label sandbox-worker.agent names it) */
+#define AGENT_IMAGE "sandbox-worker-agent-test:local"
+/* the busybox image labelled as carrying an agent at /bin/true (an agent that never answers) */
+#define DEAD_AGENT_IMAGE "sandbox-worker-dead-agent-test:local"
 
 static struct event_base *g_base;
-static const char *g_skip; /* why docker tests are skipped, or NULL */
+static const char *g_skip;       /* why docker tests are skipped, or NULL */
+static const char *g_agent_skip; /* why the agent-path tests are skipped, or NULL */
+static char g_agentdir[128];     /* SANDBOX_DOCKER_AGENT_DIR of this run */
 static char g_worker[64];
 static char g_snapdir[256];
 
@@ -1332,6 +1339,382 @@ TEST_CASE(reserved_sandboxes_key)
     provider_free(p);
 }
 
+/* ---- the agent path (SANDBOX_DOCKER_AGENT) ---- */
+
+/* Entries of the agent folder (the per-sandbox socket folders), -1 when it does not exist. */
+static int agent_dirs(void)
+{
+    DIR *d = opendir(g_agentdir);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* The container's PID 1 command line (from docker inspect: Path and Args). */
+static void pid1_of(const char *id, char *out, size_t cap)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "docker inspect --format '{{.Path}} {{join .Args \" \"}}' %s", id);
+    sh_out(out, cap, cmd);
+}
+
+/* A provider with SANDBOX_DOCKER_AGENT=mode and image img. */
+static struct provider *agent_prov(const char *mode, const char *img, char *err, size_t errlen)
+{
+    setenv("SANDBOX_DOCKER_AGENT", mode, 1);
+    setenv("SANDBOX_DOCKER_IMAGE", img, 1);
+    struct provider *p = new_prov(err, errlen);
+    setenv("SANDBOX_DOCKER_IMAGE", IMAGE, 1);
+    unsetenv("SANDBOX_DOCKER_AGENT");
+    return p;
+}
+
+TEST_CASE(agent_settings_checked)
+{
+    char err[512] = "";
+    setenv("SANDBOX_DOCKER_AGENT", "maybe", 1);
+    struct provider *p = new_prov(err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_AGENT");
+    CHECK(p == NULL);
+    CHECK(strstr(err, "SANDBOX_DOCKER_AGENT: must be auto, on or off") != NULL);
+    provider_free(p);
+    setenv("SANDBOX_DOCKER_AGENT_DIR", "relative/dir", 1);
+    p = new_prov(err, sizeof(err));
+    setenv("SANDBOX_DOCKER_AGENT_DIR", g_agentdir, 1);
+    CHECK(p == NULL);
+    CHECK(strstr(err, "SANDBOX_DOCKER_AGENT_DIR: must be an absolute path") != NULL);
+    provider_free(p);
+}
+
+/* auto + an agent image: the agent is PID 1 on a socket in a bind-mounted folder owned by the
+ * sandbox's user, commands run through it (as that user), network stays none; destroy removes
+ * the folder. */
+TEST_CASE(agent_auto_uses_the_agent)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    int before = agent_dirs();
+    struct provider *p = agent_prov("auto", AGENT_IMAGE, err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox *sb = create_sb(p, "t-agent-auto");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    char out[1024], cmd[512];
+    pid1_of(sb->id, out, sizeof(out));
+    CHECK_STR(out, "/usr/local/bin/sandbox-agent ");
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{.HostConfig.NetworkMode}} {{range .Mounts}}{{.Source}}:"
+             "{{.Destination}}{{end}}' %s",
+             sb->id);
+    sh_out(out, sizeof(out), cmd);
+    CHECK(strncmp(out, "none ", 5) == 0);
+    CHECK(strstr(out, ":/run/sandbox-agent") != NULL);
+    CHECK(strstr(out, g_agentdir) != NULL);
+    CHECK_EQ_INT(agent_dirs(), (before < 0 ? 0 : before) + 1);
+    /* the folder on the host: the sandbox user's, private, holding the agent's socket */
+    char dir[256] = "";
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{index .Config.Labels \"sandbox-worker.agent-dir\"}}' %s",
+             sb->id);
+    sh_out(dir, sizeof(dir), cmd);
+    struct stat st;
+    CHECK(dir[0] && stat(dir, &st) == 0);
+    if (dir[0] && stat(dir, &st) == 0) {
+        CHECK_EQ_INT((int)st.st_uid, 1000);
+        CHECK_EQ_INT((int)(st.st_mode & 0777), 0700);
+    }
+    char sock[300];
+    snprintf(sock, sizeof(sock), "%s/agent.sock", dir);
+    CHECK(stat(sock, &st) == 0 && S_ISSOCK(st.st_mode));
+    /* the command runs under the agent (its parent is PID 1), as the sandbox's user */
+    struct run r = {0};
+    run_cmd(sb, &r, "id -u; cat /proc/$PPID/cmdline | tr '\\0' ' '; echo; echo $LD_AGENT_SOCKET",
+            NULL, NULL, 0);
+    CHECK_EQ_INT(r.code, 0);
+    CHECK(r.out.data && strncmp(r.out.data, "1000\n", 5) == 0);
+    CHECK(r.out.data && strstr(r.out.data, "sandbox-agent") != NULL);
+    run_free(&r);
+    /* the agent's token reaches no command */
+    struct run t = {0};
+    run_cmd(sb, &t, "env | grep -c SANDBOX_AGENT_TOKEN || true", NULL, NULL, 0);
+    CHECK_STR(t.out.data, "0\n");
+    run_free(&t);
+    destroy_sb(sb);
+    CHECK(stat(dir, &st) != 0); /* removed with the container */
+    CHECK_EQ_INT(agent_dirs(), before < 0 ? 0 : before);
+    provider_free(p);
+}
+
+/* auto + an image without the agent, and off + an agent image: Docker exec (a keepalive shell
+ * as PID 1, no socket folder). */
+TEST_CASE(agent_auto_and_off_use_docker_exec)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    static const char *const cases[][2] = {{"auto", IMAGE}, {"off", AGENT_IMAGE}};
+    for (int i = 0; i < 2; i++) {
+        char err[512] = "";
+        int before = agent_dirs();
+        struct provider *p = agent_prov(cases[i][0], cases[i][1], err, sizeof(err));
+        CHECK(p != NULL);
+        if (!p)
+            return;
+        struct sandbox *sb = create_sb(p, "t-agent-exec");
+        if (!sb) {
+            provider_free(p);
+            return;
+        }
+        char out[1024];
+        pid1_of(sb->id, out, sizeof(out));
+        printf("  SANDBOX_DOCKER_AGENT=%s, %s: PID 1 is %s\n", cases[i][0], cases[i][1], out);
+        CHECK(strncmp(out, "/bin/sh -c trap", 15) == 0);
+        CHECK_EQ_INT(agent_dirs(), before);
+        struct run r = {0};
+        run_cmd(sb, &r, "echo via-exec; exit 4", NULL, NULL, 0);
+        CHECK_EQ_INT(r.code, 4);
+        CHECK_STR(r.out.data, "via-exec\n");
+        run_free(&r);
+        destroy_sb(sb);
+        provider_free(p);
+    }
+}
+
+/* on + an image without the agent: a clear error, nothing created. */
+TEST_CASE(agent_on_without_agent_fails)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    int before = agent_dirs();
+    struct provider *p = agent_prov("on", IMAGE, err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct acq a = {0};
+    p->ops->create(p, spec_for("t-agent-on"), acq_cb, &a);
+    CHECK(wait_for(&a.done, 60000) == 0);
+    CHECK(a.sb == NULL);
+    printf("  %s\n", a.err);
+    CHECK(strstr(a.err, "SANDBOX_DOCKER_AGENT=on") != NULL);
+    CHECK(strstr(a.err, IMAGE) != NULL);
+    CHECK(strstr(a.err, "agent/image.sh") != NULL);
+    CHECK_EQ_INT(agent_dirs(), before);
+    provider_free(p);
+}
+
+/* The socket folder lives exactly as long as the container: suspend removes it, resume makes
+ * a new one; an agent that never answers fails the acquire after the ready timeout, removing
+ * the container and the folder. */
+TEST_CASE(agent_folder_cleanup)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    int before = agent_dirs();
+    if (before < 0)
+        before = 0;
+    struct provider *p = agent_prov("on", AGENT_IMAGE, err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    static const char *const incl[] = {"/workspace", NULL};
+    struct sandbox_spec spec = *spec_for("t-agent-fold");
+    spec.workspace_include = incl;
+    spec.workspace_exclude = NULL;
+    struct acq a = {0};
+    p->ops->create(p, &spec, acq_cb, &a);
+    CHECK(wait_for(&a.done, 120000) == 0);
+    CHECK(a.sb != NULL);
+    if (!a.sb) {
+        printf("  create: %s\n", a.err);
+        provider_free(p);
+        return;
+    }
+    CHECK_EQ_INT(agent_dirs(), before + 1);
+    struct run w = {0};
+    /* 64 MiB of zeros: the snapshot expands thousands of times its size on restore */
+    run_cmd(a.sb, &w,
+            "echo kept > /workspace/k.txt && head -c 67108864 /dev/zero > /workspace/zeros.bin",
+            NULL, NULL, 0);
+    CHECK_EQ_INT(w.code, 0);
+    run_free(&w);
+    struct done s = {0};
+    p->ops->suspend(a.sb, ref_cb, &s);
+    CHECK(wait_for(&s.done, 120000) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    provider_sandbox_release(a.sb);
+    CHECK_EQ_INT(agent_dirs(), before);
+    struct acq b = {0};
+    if (s.ref)
+        p->ops->resume(p, &spec, s.ref, acq_cb, &b);
+    CHECK(s.ref && wait_for(&b.done, 120000) == 0);
+    CHECK(b.sb != NULL);
+    if (b.sb) {
+        CHECK_EQ_INT(agent_dirs(), before + 1);
+        struct done r = {0};
+        buf_init(&r.data);
+        p->ops->read_file(b.sb, "/workspace/k.txt", 100, data_cb, &r);
+        CHECK(wait_for(&r.done, 60000) == 0);
+        CHECK_EQ_INT(r.rc, 0);
+        CHECK_STR(r.data.data, "kept\n");
+        buf_release(&r.data);
+        struct run z = {0};
+        run_cmd(b.sb, &z, "wc -c < /workspace/zeros.bin", NULL, NULL, 0);
+        CHECK(z.out.data && atol(z.out.data) == 67108864);
+        run_free(&z);
+        destroy_sb(b.sb);
+    }
+    CHECK_EQ_INT(agent_dirs(), before);
+    cJSON_Delete(s.ref);
+    provider_free(p);
+
+    /* an image whose agent never answers */
+    if (system("docker image inspect " DEAD_AGENT_IMAGE " >/dev/null 2>&1") != 0 &&
+        system("c=$(docker create " IMAGE ") && docker export \"$c\" | docker import -c "
+               "'LABEL sandbox-worker.agent=/bin/true' - " DEAD_AGENT_IMAGE
+               " >/dev/null; rc=$?; docker rm -f \"$c\" >/dev/null; exit $rc") != 0) {
+        CHECK(!"could not build " DEAD_AGENT_IMAGE);
+        return;
+    }
+    setenv("SANDBOX_DOCKER_AGENT_READY_MS", "1500", 1);
+    p = agent_prov("auto", DEAD_AGENT_IMAGE, err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_AGENT_READY_MS");
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct acq c = {0};
+    p->ops->create(p, &spec, acq_cb, &c);
+    CHECK(wait_for(&c.done, 60000) == 0);
+    CHECK(c.sb == NULL);
+    printf("  %s\n", c.err);
+    CHECK(strstr(c.err, "did not answer on its socket within 1500 ms") != NULL);
+    CHECK_EQ_INT(agent_dirs(), before);
+    provider_free(p);
+}
+
+/* A read-only root on the agent path: the agent writes into the include volumes and /tmp, and
+ * a snapshot comes back into the volumes. */
+TEST_CASE(agent_read_only_root)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    setenv("SANDBOX_DOCKER_READ_ONLY_ROOT", "true", 1);
+    struct provider *p = agent_prov("on", AGENT_IMAGE, err, sizeof(err));
+    unsetenv("SANDBOX_DOCKER_READ_ONLY_ROOT");
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    static const char *const incl[] = {"/workspace", NULL};
+    struct sandbox_spec spec = *spec_for("t-agent-ro");
+    spec.workspace_include = incl;
+    spec.workspace_exclude = NULL;
+    struct acq a = {0};
+    p->ops->create(p, &spec, acq_cb, &a);
+    CHECK(wait_for(&a.done, 120000) == 0);
+    CHECK(a.sb != NULL);
+    if (!a.sb) {
+        printf("  create: %s\n", a.err);
+        provider_free(p);
+        return;
+    }
+    struct done w = {0};
+    p->ops->write_file(a.sb, "/workspace/sub/f.txt", "ro-ok\n", 6, 0600, done_cb, &w);
+    CHECK(wait_for(&w.done, 60000) == 0);
+    CHECK_EQ_INT(w.rc, 0);
+    struct run r = {0};
+    run_cmd(a.sb, &r, "touch /etc/x 2>/dev/null && echo writable || echo read-only", NULL, NULL, 0);
+    CHECK_STR(r.out.data, "read-only\n");
+    run_free(&r);
+    struct done s = {0};
+    p->ops->suspend(a.sb, ref_cb, &s);
+    CHECK(wait_for(&s.done, 120000) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    provider_sandbox_release(a.sb);
+    struct acq b = {0};
+    if (s.ref)
+        p->ops->resume(p, &spec, s.ref, acq_cb, &b);
+    CHECK(s.ref && wait_for(&b.done, 120000) == 0);
+    CHECK(b.sb != NULL);
+    if (b.sb) {
+        struct run c = {0};
+        run_cmd(b.sb, &c, "cat /workspace/sub/f.txt; stat -c %a /workspace/sub/f.txt", NULL, NULL,
+                0);
+        CHECK_STR(c.out.data, "ro-ok\n600\n");
+        run_free(&c);
+        destroy_sb(b.sb);
+    } else {
+        printf("  resume: %s\n", b.err);
+    }
+    cJSON_Delete(s.ref);
+    provider_free(p);
+}
+
+/* Releasing an agent sandbox with a command running (a worker handing a turn over): the
+ * container, its agent and the socket folder stay for a re-attach, and no callback of the
+ * released handle runs. */
+TEST_CASE(agent_release_keeps_running)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    struct provider *p = agent_prov("on", AGENT_IMAGE, err, sizeof(err));
+    CHECK(p != NULL);
+    if (!p)
+        return;
+    struct sandbox *sb = create_sb(p, "t-agent-rel");
+    if (!sb) {
+        provider_free(p);
+        return;
+    }
+    char id[128], cmd[512], dir[256] = "";
+    snprintf(id, sizeof(id), "%s", sb->id);
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{index .Config.Labels \"sandbox-worker.agent-dir\"}}' %s",
+             id);
+    sh_out(dir, sizeof(dir), cmd);
+    struct run r = {0};
+    r.sb = sb;
+    struct exec_req req = {.cmd = "echo started; sleep 321"};
+    struct exec_cbs cbs = {.on_output = run_output, .on_exit = run_exit, .arg = &r};
+    r.ex = p->ops->exec(sb, &req, &cbs, err, sizeof(err));
+    CHECK(r.ex != NULL);
+    long end = now_ms() + 20000;
+    while (!(r.out.data && strstr(r.out.data, "started")) && now_ms() < end) {
+        struct timeval tv = {0, 50 * 1000};
+        event_base_loopexit(g_base, &tv);
+        event_base_loop(g_base, EVLOOP_ONCE);
+    }
+    CHECK(r.out.data && strstr(r.out.data, "started"));
+    provider_sandbox_release(sb);
+    int never = 0;
+    wait_for(&never, 500);
+    CHECK_EQ_INT(r.done, 0); /* the released handle reports nothing */
+    CHECK(container_exists(id));
+    struct stat st;
+    snprintf(cmd, sizeof(cmd), "%s/agent.sock", dir);
+    CHECK(dir[0] && stat(cmd, &st) == 0 && S_ISSOCK(st.st_mode));
+    snprintf(cmd, sizeof(cmd), "docker exec %s ps | grep -c '[s]leep 321'", id);
+    char out[64];
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "1");
+    run_free(&r);
+    snprintf(cmd, sizeof(cmd), "docker rm -f %s >/dev/null 2>&1; rm -rf '%s'", id, dir);
+    CHECK(system(cmd) == 0);
+    provider_free(p);
+}
+
 TEST_CASE(nothing_left_behind)
 {
     if (g_skip)
@@ -1340,6 +1723,7 @@ TEST_CASE(nothing_left_behind)
     snprintf(cmd, sizeof(cmd), "docker ps -aq --filter label=sandbox-worker.worker=%s", g_worker);
     sh_out(out, sizeof(out), cmd);
     CHECK_STR(out, "");
+    CHECK(agent_dirs() <= 0); /* no socket folder outlives its container */
 }
 
 static void setup_docker(void)
@@ -1358,6 +1742,13 @@ static void setup_docker(void)
         g_skip = "could not build the test image (needs busybox-static)";
         return;
     }
+    /* rebuilt each run: the image carries this tree's agent */
+    if (access("build/sandbox-agent", X_OK) != 0)
+        g_agent_skip = "build/sandbox-agent not built (make)";
+    else if (system("./scripts/build-sandbox-image.sh --agent " AGENT_IMAGE " >/dev/null") != 0)
+        g_agent_skip = "could not build the agent image (agent/image.sh)";
+    if (g_agent_skip)
+        printf("agent-path tests skipped: %s\n", g_agent_skip);
 }
 
 int main(void)
@@ -1371,6 +1762,10 @@ int main(void)
     setenv("SANDBOX_SNAPSHOT_DIR", g_snapdir, 1);
     setenv("SANDBOX_DOCKER_IMAGE", IMAGE, 1);
     setenv("SANDBOX_AI_WRITEBACK_DOCKER_IMAGE", IMAGE, 1);
+    /* the busybox image has no agent: the other cases use Docker exec whatever the default */
+    unsetenv("SANDBOX_DOCKER_AGENT");
+    snprintf(g_agentdir, sizeof(g_agentdir), "/tmp/sw-dk-agent-%d", (int)getpid());
+    setenv("SANDBOX_DOCKER_AGENT_DIR", g_agentdir, 1);
     g_base = event_base_new();
     setup_docker();
     if (g_skip)
@@ -1390,14 +1785,21 @@ int main(void)
     RUN(archive_local);
     RUN(archive_s3);
     RUN(reserved_sandboxes_key);
+    RUN(agent_settings_checked);
+    RUN(agent_auto_uses_the_agent);
+    RUN(agent_auto_and_off_use_docker_exec);
+    RUN(agent_on_without_agent_fails);
+    RUN(agent_folder_cleanup);
+    RUN(agent_read_only_root);
+    RUN(agent_release_keeps_running);
     RUN(nothing_left_behind);
 
     if (!g_skip) { /* remove anything a failed test left */
-        char cmd[512];
+        char cmd[1024];
         snprintf(cmd, sizeof(cmd),
                  "docker ps -aq --filter label=sandbox-worker.worker=%s | xargs -r docker rm -f "
-                 ">/dev/null 2>&1; rm -rf '%s'",
-                 g_worker, g_snapdir);
+                 ">/dev/null 2>&1; rm -rf '%s' '%s'",
+                 g_worker, g_snapdir, g_agentdir);
         if (system(cmd) != 0)
             fprintf(stderr, "cleanup failed\n");
     }

@@ -1,8 +1,9 @@
 /* The provider contract (tests/support/provider_contract.h) against every backend that runs
  * here: the scripted test provider, docker (Docker exec against the real dockerd; skipped
- * with a message when docker or the test image is unavailable) and e2b (against the E2B fake;
- * skipped when node is missing). A new backend adds one
- * contract_backend below (its fake started by its setup hook) and one provider_contract_run. */
+ * with a message when docker or the test image is unavailable), docker-agent (the same
+ * dockerd, an image carrying this tree's sandbox-agent driven over its unix socket) and e2b
+ * (against the E2B fake; skipped when node is missing). A new backend adds one contract_backend
+ * below (its fake started by its setup hook) and one provider_contract_run. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include "tests/support/test.h"
 
 #define DOCKER_IMAGE "sandbox-worker-test:local"
+#define AGENT_IMAGE  "sandbox-worker-agent-test:local" /* agent/image.sh: sandbox-agent inside */
 
 static char g_snapdir[256];
 
@@ -46,6 +48,32 @@ static const char *docker_setup(void *ctx)
     setenv("SANDBOX_DOCKER_IMAGE", DOCKER_IMAGE, 1);
     setenv("SANDBOX_AI_WRITEBACK_DOCKER_IMAGE", DOCKER_IMAGE, 1);
     setenv("SANDBOX_DOCKER_NETWORK", "none", 1);
+    setenv("SANDBOX_DOCKER_AGENT", "auto", 1); /* the busybox image has no agent: Docker exec */
+    return NULL;
+}
+
+/* docker on the agent path: the image carries sandbox-agent (built from this tree's binary by
+ * scripts/build-sandbox-image.sh --agent); SANDBOX_DOCKER_AGENT=on fails instead of falling
+ * back to Docker exec, so a pass proves the agent path ran. */
+static const char *docker_agent_setup(void *ctx)
+{
+    static int checked;
+    static const char *why;
+    const char *base = docker_setup(ctx);
+    if (base)
+        return base;
+    if (!checked) {
+        checked = 1;
+        if (access("build/sandbox-agent", X_OK) != 0)
+            why = "build/sandbox-agent not built (make)";
+        else if (system("./scripts/build-sandbox-image.sh --agent " AGENT_IMAGE " >/dev/null") != 0)
+            why = "could not build the agent image (agent/image.sh)";
+    }
+    if (why)
+        return why;
+    setenv("SANDBOX_DOCKER_IMAGE", AGENT_IMAGE, 1);
+    setenv("SANDBOX_AI_WRITEBACK_DOCKER_IMAGE", AGENT_IMAGE, 1);
+    setenv("SANDBOX_DOCKER_AGENT", "on", 1);
     return NULL;
 }
 
@@ -126,6 +154,20 @@ static const char *docker_s3_setup(void *ctx)
     return g_fx_why;
 }
 
+/* docker-agent with its objects in S3: the agent's compressed stream goes to S3 as it is. */
+static const char *docker_agent_s3_setup(void *ctx)
+{
+    const char *why = docker_agent_setup(ctx);
+    if (why)
+        return why;
+    int st = s3_fixture_start(&g_fx, "snapshots", g_fx_why, sizeof(g_fx_why));
+    if (st == 0)
+        return NULL;
+    if (st < 0)
+        test_fail(__FILE__, __LINE__, "s3rver: %s", g_fx_why);
+    return g_fx_why;
+}
+
 static void docker_s3_teardown(void *ctx)
 {
     (void)ctx;
@@ -166,6 +208,14 @@ int main(void)
     docker_s3.setup = docker_s3_setup;
     docker_s3.teardown = docker_s3_teardown;
     provider_contract_run(&docker_s3);
+    struct contract_backend docker_agent = docker_backend;
+    docker_agent.name = "docker-agent";
+    docker_agent.setup = docker_agent_setup;
+    provider_contract_run(&docker_agent);
+    docker_agent.name = "docker-agent-s3";
+    docker_agent.setup = docker_agent_s3_setup;
+    docker_agent.teardown = docker_s3_teardown;
+    provider_contract_run(&docker_agent);
     provider_contract_run(&e2b_backend);
     if (g_e2b_state > 0)
         e2b_server_stop(&g_e2b);

@@ -426,7 +426,14 @@ TEST_CASE(cancel)
     long long ttl = cli_int("TTL " P ":cancel:j1");
     CHECK(ttl > 600000 && ttl <= 604800); /* default: WORKER_JOB_TTL_S */
 
+    /* An unknown id is an error, not a silent success; --force sets the key anyway. */
     CTL(&r, NULL, "cancel", "jx", "--ttl-s", "60");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "no job jx"));
+    show("cancel unknown", &r);
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("EXISTS " P ":cancel:jx"), 0);
+    CTL(&r, NULL, "cancel", "jx", "--ttl-s", "60", "--force");
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strstr(r.out.data, "unknown here"));
     run_release(&r);
@@ -546,6 +553,81 @@ TEST_CASE(watch_events)
     CHECK_STR(r.out.data, "step_started step=0 name=a kind=run\n");
     show("watch timeout", &r);
     run_release(&r);
+
+    /* --timestamps: the event's time and the time since the first event shown. */
+    CTL(&r, NULL, "watch", "jv", "--timestamps");
+    CHECK_EQ_INT(r.rc, 1);
+    {
+        int hh, mm, ss, ms;
+        double el;
+        char word[32] = "";
+        CHECK_EQ_INT(
+            sscanf(r.out.data, "%2d:%2d:%2d.%3d +%lfs %31s", &hh, &mm, &ss, &ms, &el, word), 6);
+        CHECK(el == 0.0);
+        CHECK_STR(word, "started");
+        const char *last = strstr(r.out.data, "s done status=failed error=step_failed\n");
+        CHECK(last != NULL);
+    }
+    show("watch timestamps", &r);
+    run_release(&r);
+}
+
+/* wait on a terminal: a spinner with the phase and the time waited on stderr, cleared at the
+ * end; the result on stdout as always. */
+TEST_CASE(wait_spinner_on_terminal)
+{
+    int m = posix_openpt(O_RDWR | O_NOCTTY);
+    CHECK(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0);
+    if (m < 0)
+        return;
+    const char *sname = ptsname(m);
+    cli0("DEL " P ":job:jsp " P ":events:jsp");
+    cli0("HSET " P ":job:jsp phase running");
+    int o[2];
+    CHECK(pipe(o) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int sl = open(sname, O_RDWR);
+        dup2(sl, 2);
+        dup2(o[1], 1);
+        close(o[0]);
+        setenv("REDIS_URL", test_redis_url(srv), 1);
+        setenv("SANDBOX_QUEUE_PREFIX", ctl_prefix, 1);
+        execl(ctl_path, ctl_path, "wait", "jsp", "--timeout-ms", "20000", (char *)NULL);
+        _exit(127);
+    }
+    close(o[1]);
+    sleep_ms(800);
+    publish_final("jsp", "succeeded", result_ok, 1);
+    struct buf out, tty;
+    buf_init(&out);
+    buf_init(&tty);
+    char chunk[4096];
+    ssize_t n;
+    while ((n = read(o[0], chunk, sizeof(chunk))) > 0)
+        buf_append(&out, chunk, (size_t)n);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    struct pollfd pf = {m, POLLIN, 0};
+    while (poll(&pf, 1, 100) > 0 && (n = read(m, chunk, sizeof(chunk))) > 0)
+        buf_append(&tty, chunk, (size_t)n);
+    CHECK(out.data && strncmp(out.data, result_ok, strlen(result_ok)) == 0);
+    CHECK(tty.data && strstr(tty.data, " job jsp running ") && strstr(tty.data, "s"));
+    CHECK(tty.data && strstr(tty.data, "\r\033[K"));
+    if (test_failed_now)
+        printf("  tty: %s\n", tty.data ? tty.data : "(nothing)");
+    buf_release(&out);
+    buf_release(&tty);
+    close(o[0]);
+    close(m);
+
+    /* Not a terminal: nothing on stderr (the other tests' wait runs check stdout only). */
+    struct run r;
+    CTL(&r, NULL, "wait", "jsp");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.err.data, "");
+    run_release(&r);
 }
 
 TEST_CASE(stats_numbers)
@@ -577,12 +659,20 @@ TEST_CASE(stats_numbers)
                           "delayed_next_ms 1700000000000\n",
                           "dead 1\n",
                           "results 2\n",
+                          "paused no\n",
+                          "workers 0\n",
                           "consumer w1 pending=1 idle_ms="};
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         if (!strstr(r.out.data, want[i])) {
             printf("  missing: %s", want[i]);
             CHECK(0);
         }
+    {
+        /* The one pending entry was added a moment ago. */
+        const char *age = strstr(r.out.data, "oldest_pending_age_s ");
+        double v = age ? strtod(age + 21, NULL) : -1;
+        CHECK(age && v >= 0 && v < 60);
+    }
     show("stats", &r);
     run_release(&r);
 
@@ -632,6 +722,17 @@ TEST_CASE(dead_list_replay)
     CTL(&r, NULL, "dead", "list", "--count", "1", "--json");
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strstr(r.out.data, "\"job\":\"{\\\"id\\\":\\\"jd\\\"") && !strstr(r.out.data, e2));
+    /* One "entry" key, naming the dead-letter entry `dead replay` takes; the jobs stream
+     * entry the job came from is "job_entry". A duplicate key makes jq (last wins) hand a
+     * script the wrong id. */
+    {
+        const char *k = strstr(r.out.data, "\"entry\":");
+        CHECK(k && !strstr(k + 1, "\"entry\":"));
+        cJSON *o = cJSON_Parse(r.out.data);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "entry")), e1);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "job_entry")), "1-1");
+        cJSON_Delete(o);
+    }
     show("dead list json", &r);
     run_release(&r);
 
@@ -805,6 +906,23 @@ TEST_CASE(end_to_end_with_worker)
     CHECK(strstr(r.out.data, "\"state\":\t\"suspended\""));
     run_release(&r);
 
+    /* job show: the state hash and its last events, oldest first, ending at done. */
+    CTL(&r, NULL, "job", "show", "e1");
+    CHECK_EQ_INT(r.rc, 0);
+    {
+        cJSON *o = cJSON_Parse(r.out.data);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "owner")), "w-e2e");
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "last_events");
+        int n = cJSON_GetArraySize(ev);
+        CHECK(n >= 3 && n <= 10);
+        const cJSON *last = cJSON_GetArrayItem(ev, n - 1);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(last, "type")), "done");
+        CHECK(!cJSON_GetObjectItemCaseSensitive(last, "result"));
+        cJSON_Delete(o);
+    }
+    show("job show", &r);
+    run_release(&r);
+
     CTL(&r, NULL, "stats");
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strstr(r.out.data, "group workers\n") && strstr(r.out.data, "consumer w-e2e "));
@@ -849,6 +967,340 @@ TEST_CASE(wait_survives_redis_restart)
     run_release(&r);
 }
 
+/* Runs the CLI until its stdout contains want (polls every 200 ms up to timeout_ms); 1 when
+ * it did. The last run is left in r. */
+static int ctl_until(struct run *r, const char *want, int timeout_ms, const char *const *args)
+{
+    int64_t end = mono_ms() + timeout_ms;
+    for (;;) {
+        ctl(r, NULL, args);
+        if (r->rc == 0 && strstr(r->out.data, want))
+            return 1;
+        if (mono_ms() > end)
+            return 0;
+        run_release(r);
+        sleep_ms(200);
+    }
+}
+
+#define CTL_UNTIL(r, want, ms, ...) ctl_until(r, want, ms, (const char *const[]){__VA_ARGS__, NULL})
+
+/* A real worker registers itself; pause stops it reading (a job stays queued, a running one
+ * finishes), resume lets it run; jobs ls shows each state with its filters. */
+TEST_CASE(workers_pause_and_jobs)
+{
+    ctl_prefix = "ctlops";
+    char log[300];
+    snprintf(log, sizeof(log), "%s/worker-ops.log", job_dir);
+    struct worker_spec ws = {
+        .url = test_redis_url(srv), .prefix = "ctlops", .name = "w-ops", .log_path = log};
+    pid_t w = worker_spawn(&ws);
+    CHECK(w > 0);
+    if (w <= 0) {
+        ctl_prefix = "ctltest";
+        return;
+    }
+    struct run r;
+    CHECK(CTL_UNTIL(&r, "\"name\":\"w-ops\"", 10000, "workers", "ls", "--json"));
+    cJSON *o = cJSON_Parse(r.out.data);
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "state")), "running");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "provider")), "scripted");
+    CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(o, "concurrency")));
+    CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(o, "heartbeat_at")));
+    CHECK(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "version")) != NULL);
+    cJSON_Delete(o);
+    show("workers ls json", &r);
+    run_release(&r);
+    long long ttl = cli_int("PTTL {ctlops}:worker:w-ops");
+    CHECK(ttl > 0 && ttl <= 10000);
+
+    /* A long turn running, then pause: it goes on; a new job stays queued. */
+    const char *slow = "{\"id\":\"p1\",\"thread\":\"tp1\",\"feature\":\"data-app\",\"tenant\":{"
+                       "\"organization\":\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\","
+                       "\"cmd\":\"sleep 6000; out slow done\"}]}";
+    CTL(&r, slow, "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CHECK(CTL_UNTIL(&r, "p1 thread=tp1 worker=w-ops phase=running", 10000, "jobs", "ls", "--state",
+                    "running"));
+    show("jobs running", &r);
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "ls", "--state", "running", "--worker", "w-other");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "");
+    run_release(&r);
+
+    CTL(&r, NULL, "queue", "pause");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "paused"));
+    run_release(&r);
+    CHECK(CTL_UNTIL(&r, "w-ops state=paused in_flight=1/", 10000, "workers"));
+    show("workers paused", &r);
+    run_release(&r);
+    CTL(&r, NULL, "stats");
+    CHECK(strstr(r.out.data, "paused yes\n") && strstr(r.out.data, "workers 1\n"));
+    show("stats paused", &r);
+    run_release(&r);
+    CTL(&r,
+        "{\"id\":\"p2\",\"thread\":\"tp2\",\"feature\":\"data-app\",\"tenant\":{"
+        "\"organization\":\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\",\"cmd\":"
+        "\"out fast\"}]}",
+        "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    /* The running turn finishes while paused. */
+    CTL(&r, NULL, "wait", "p1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    sleep_ms(2500); /* more than a heartbeat and a read round: p2 must still be queued */
+    CTL(&r, NULL, "jobs", "ls", "--state", "queued", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    o = cJSON_Parse(r.out.data);
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "id")), "p2");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "state")), "queued");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "thread")), "tp2");
+    cJSON_Delete(o);
+    show("jobs queued while paused", &r);
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "ls", "--state", "queued", "--thread", "tp1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "");
+    run_release(&r);
+    char *s = cli("HGET {ctlops}:job:p2 phase");
+    CHECK_STR(s, "queued");
+    free(s);
+
+    CTL(&r, NULL, "queue", "resume");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "wait", "p2", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "ls", "--state", "finished");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "p2 thread=tp2 status=succeeded worker=w-ops") &&
+          strstr(r.out.data, "p1 thread=tp1 status=succeeded worker=w-ops"));
+    CHECK(strstr(r.out.data, "p2") < strstr(r.out.data, "p1")); /* newest first */
+    show("jobs finished", &r);
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "ls", "--state", "bogus");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+
+    /* A drained worker takes itself out of the registry. */
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 30000), 0);
+    CTL(&r, NULL, "workers", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(!strstr(r.out.data, "w-ops"));
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("EXISTS {ctlops}:worker:w-ops"), 0);
+    if (test_failed_now)
+        printf("  worker log: %s\n", log);
+    ctl_prefix = "ctltest";
+}
+
+static const char *job_json(const char *id, const char *thread, const char *cmd)
+{
+    static char b[600];
+    snprintf(b, sizeof(b),
+             "{\"id\":\"%s\",\"thread\":\"%s\",\"feature\":\"data-app\",\"tenant\":{"
+             "\"organization\":\"o\",\"project\":\"p\"},\"max_attempts\":1,\"steps\":[{"
+             "\"type\":\"run\",\"cmd\":\"%s\"}]}",
+             id, thread, cmd);
+    return b;
+}
+
+/* retry, threads ls/show/destroy, queue purge, dead show/replay --all/purge, job show, all
+ * against a real worker. */
+TEST_CASE(retry_threads_purge_dead)
+{
+    ctl_prefix = "ctlops2";
+    char log[300];
+    snprintf(log, sizeof(log), "%s/worker-ops2.log", job_dir);
+    struct worker_spec ws = {
+        .url = test_redis_url(srv), .prefix = "ctlops2", .name = "w-ops2", .log_path = log};
+    pid_t w = worker_spawn(&ws);
+    CHECK(w > 0);
+    if (w <= 0) {
+        ctl_prefix = "ctltest";
+        return;
+    }
+    struct run r;
+    CTL(&r, job_json("f1", "tf1", "out try; exit 3"), "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "wait", "f1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 1);
+    run_release(&r);
+    long long len = cli_int("XLEN {ctlops2}:jobs");
+
+    /* retry: a failed job runs again under attempt 2. */
+    CTL(&r, NULL, "retry", "f1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "job f1 enqueued again as ") && strstr(r.out.data, "(attempt 2)"));
+    show("retry", &r);
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("XLEN {ctlops2}:jobs"), len + 1);
+    CTL(&r, NULL, "wait", "f1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.out.data, "\"attempt\":2") || strstr(r.out.data, "\"attempt\": 2"));
+    show("retry wait", &r);
+    run_release(&r);
+    CTL(&r, NULL, "job", "show", "f1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"status\":\t\"failed\""));
+    run_release(&r);
+    CTL(&r, job_json("s1", "tf1", "out fine"), "enqueue");
+    run_release(&r);
+    CTL(&r, NULL, "wait", "s1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "retry", "s1");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "job s1 is succeeded"));
+    run_release(&r);
+    CTL(&r, NULL, "retry", "nope");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "no job nope"));
+    run_release(&r);
+
+    /* threads */
+    CTL(&r, NULL, "threads", "ls");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "tf1 organization=o project=p provider=scripted state=suspended"));
+    show("threads ls", &r);
+    run_release(&r);
+    CTL(&r, NULL, "threads", "ls", "--json");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "{\"id\":\"tf1\","));
+    run_release(&r);
+    CTL(&r, NULL, "threads", "show", "tf1");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"state\":\t\"suspended\""));
+    run_release(&r);
+    CTL(&r, NULL, "threads", "destroy", "tf-none");
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err.data, "no thread tf-none"));
+    run_release(&r);
+    CTL(&r, NULL, "threads", "destroy", "tf1");
+    CHECK_EQ_INT(r.rc, 0);
+    show("threads destroy", &r);
+    char did[160] = "";
+    sscanf(r.out.data, "%159s", did);
+    run_release(&r);
+    CHECK(strncmp(did, "destroy-tf1-", 12) == 0);
+    CTL(&r, NULL, "wait", did, "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    show("destroy wait", &r);
+    run_release(&r);
+    char *st = cli("HGET {ctlops2}:thread:tf1 state");
+    CHECK_STR(st, "destroyed");
+    free(st);
+
+    /* queue purge --queued: only what no worker has read. */
+    CTL(&r, NULL, "queue", "pause");
+    run_release(&r);
+    CHECK(CTL_UNTIL(&r, "state=paused", 10000, "workers"));
+    run_release(&r);
+    CTL(&r, job_json("q1", "tq1", "out one"), "enqueue");
+    run_release(&r);
+    CTL(&r, job_json("q2", "tq2", "out two"), "enqueue");
+    run_release(&r);
+    CTL(&r, NULL, "queue", "purge");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+    CTL(&r, NULL, "queue", "purge", "--queued");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "purged 2 queued job(s)\n");
+    run_release(&r);
+    CTL(&r, NULL, "jobs", "--state", "queued");
+    CHECK_STR(r.out.data, "");
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("EXISTS {ctlops2}:job:q1"), 0);
+    CTL(&r, job_json("q1", "tq1", "out one again"), "enqueue");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    CTL(&r, NULL, "queue", "resume");
+    run_release(&r);
+    CTL(&r, NULL, "wait", "q1", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "one again"));
+    run_release(&r);
+
+    /* dead letters: show, replay --all, purge */
+    cli0("DEL {ctlops2}:dead");
+    cli0("XADD {ctlops2}:dead * id d1 thread td1 entry 1-1 reason exhausted job '%s'",
+         job_json("d1", "td1", "out revived"));
+    cli0("XADD {ctlops2}:dead * id d2 thread td2 reason exhausted job '%s'",
+         job_json("d2", "td2", "out revived too"));
+    char *ids = cli("XRANGE {ctlops2}:dead - +");
+    char e1[64] = "";
+    sscanf(ids, "%63s", e1);
+    free(ids);
+    CTL(&r, NULL, "dead", "show", e1);
+    CHECK_EQ_INT(r.rc, 0);
+    {
+        cJSON *o = cJSON_Parse(r.out.data);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "entry")), e1);
+        CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "id")), "d1");
+        cJSON_Delete(o);
+    }
+    show("dead show", &r);
+    run_release(&r);
+    CTL(&r, NULL, "dead", "show", "1-0");
+    CHECK_EQ_INT(r.rc, 1);
+    run_release(&r);
+    CTL(&r, NULL, "dead", "replay", "--all");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "job d1 enqueued") && strstr(r.out.data, "job d2 enqueued") &&
+          strstr(r.out.data, "replayed 2, refused 0"));
+    show("dead replay --all", &r);
+    run_release(&r);
+    CTL(&r, NULL, "wait", "d2", "--timeout-ms", "30000");
+    CHECK_EQ_INT(r.rc, 0);
+    run_release(&r);
+    cli0("XADD {ctlops2}:dead * reason r job x");
+    cli0("XADD {ctlops2}:dead * reason r job y");
+    CTL(&r, NULL, "dead", "purge");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_STR(r.out.data, "purged 2 dead letter(s)\n");
+    run_release(&r);
+    CHECK_EQ_INT(cli_int("XLEN {ctlops2}:dead"), 0);
+
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 30000), 0);
+    if (test_failed_now)
+        printf("  worker log: %s\n", log);
+    ctl_prefix = "ctltest";
+}
+
+/* Global options override the environment. */
+TEST_CASE(global_options)
+{
+    struct run r;
+    CTL(&r, NULL, "--version");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strncmp(r.out.data, "sandboxctl ", 11) == 0);
+    run_release(&r);
+    cli0("DEL {ctlglob}:dead");
+    cli0("XADD {ctlglob}:dead * id g1 reason r job x");
+    /* The environment names prefix ctltest and a dead port; the flags win. */
+    struct proc p;
+    const char *const args[] = {"--prefix",          "ctlglob", "dead", "-u",
+                                test_redis_url(srv), "--json",  NULL};
+    CHECK(proc_start(&p, "redis://127.0.0.1:1", args) == 0);
+    proc_finish(&p, NULL, &r);
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out.data, "\"id\":\"g1\""));
+    show("global options", &r);
+    run_release(&r);
+    CTL(&r, NULL, "stats", "--redis-url=redis://127.0.0.1:1", "--prefix=ctlglob");
+    CHECK_EQ_INT(r.rc, 4);
+    run_release(&r);
+    CTL(&r, NULL, "stats", "-u");
+    CHECK_EQ_INT(r.rc, 2);
+    run_release(&r);
+}
+
 static int find_ctl(const char *argv0)
 {
     /* The test binary is BUILD/tests/integration/test_sandboxctl; the CLI is BUILD/sandboxctl. */
@@ -883,6 +1335,7 @@ int main(int argc, char **argv)
     RUN(enqueue_invalid);
     RUN(cancel);
     RUN(wait_results);
+    RUN(wait_spinner_on_terminal);
     RUN(watch_events);
     RUN(stats_numbers);
     RUN(dead_list_replay);
@@ -890,6 +1343,9 @@ int main(int argc, char **argv)
     RUN(show_job_and_thread);
     RUN(wait_survives_redis_restart);
     RUN(end_to_end_with_worker);
+    RUN(workers_pause_and_jobs);
+    RUN(retry_threads_purge_dead);
+    RUN(global_options);
     test_redis_free(srv);
     return test_report();
 }

@@ -416,6 +416,40 @@ TEST_CASE(programming_errors_abort)
     CHECK_EQ_INT(aborts(misuse, 99), 0);
 }
 
+TEST_CASE(remove_counter_fn_and_process)
+{
+    metrics *m = metrics_new();
+    metric *g = metrics_gauge(m, "sandbox_queue_lag", "Lag.", "queue");
+    metric_set(g, "a", 3);
+    metric_set(g, "b", 4);
+    metric_remove(g, "a");
+    metric_remove(g, "zz"); /* absent: no-op */
+    char *t = render(m);
+    CHECK_STR(t, "# HELP sandbox_queue_lag Lag.\n# TYPE sandbox_queue_lag gauge\n"
+                 "sandbox_queue_lag{queue=\"b\"} 4\n");
+    free(t);
+    metric_remove(g, "b");
+    metric_set(g, "a", 1); /* created again */
+    CHECK(metric_value(g, "a") == 1 && metric_value(g, "b") == 0);
+
+    cb_value = 2.5;
+    metric *c = metrics_counter_fn(m, "x_seconds_total", "Seconds.", gauge_cb, &cb_value);
+    CHECK(metric_value(c, NULL) == 2.5);
+    metrics_process(m);
+    t = render(m);
+    CHECK(strstr(t, "# TYPE x_seconds_total counter\nx_seconds_total 2.5\n"));
+    CHECK(strstr(t, "# TYPE process_cpu_seconds_total counter\n"));
+    const char *rss = strstr(t, "\nprocess_resident_memory_bytes ");
+    CHECK(rss && strtod(rss + 31, NULL) > 1e5); /* a live process has some resident memory */
+    const char *fds = strstr(t, "\nprocess_open_fds ");
+    CHECK(fds && strtod(fds + 18, NULL) >= 3);
+    const char *start = strstr(t, "\nprocess_start_time_seconds ");
+    CHECK(start && strtod(start + 28, NULL) > 1.6e9);
+    CHECK_EQ_INT(format_errors(t), 0);
+    free(t);
+    metrics_free(m);
+}
+
 int main(void)
 {
     RUN(counter_with_label);
@@ -427,5 +461,6 @@ int main(void)
     RUN(series_cap);
     RUN(format_checker_rejects_garbage);
     RUN(programming_errors_abort);
+    RUN(remove_counter_fn_and_process);
     return test_report();
 }

@@ -392,6 +392,44 @@ TEST_CASE(request_log_lines)
     fclose(logf);
 }
 
+static int json_calls;
+static char page_arg[] = "there";
+static void page_json(void *arg, struct buf *out)
+{
+    json_calls++;
+    buf_printf(out, "{\"hello\":\"%s\"}", (const char *)arg);
+}
+
+TEST_CASE(page_routes)
+{
+    struct fixture f;
+    if (fixture_start(&f) != 0) {
+        CHECK(0);
+        return;
+    }
+    struct resp r;
+    request(f.base, f.port, EVHTTP_REQ_GET, "/status.json", &r);
+    CHECK_EQ_INT(r.code, 404); /* no page set */
+    buf_release(&r.body);
+    status_server_set_page(f.s, "<!doctype html><title>t</title>", page_json, page_arg);
+    request(f.base, f.port, EVHTTP_REQ_GET, "/", &r);
+    CHECK_EQ_INT(r.code, 200);
+    CHECK_STR(r.body.data, "<!doctype html><title>t</title>");
+    CHECK_STR(r.ctype, "text/html; charset=utf-8");
+    buf_release(&r.body);
+    request(f.base, f.port, EVHTTP_REQ_GET, "/status.json", &r);
+    CHECK_EQ_INT(r.code, 200);
+    CHECK_STR(r.body.data, "{\"hello\":\"there\"}");
+    CHECK_STR(r.ctype, "application/json");
+    CHECK_EQ_INT(json_calls, 1);
+    buf_release(&r.body);
+    request(f.base, f.port, EVHTTP_REQ_POST, "/status.json", &r);
+    CHECK_EQ_INT(r.code, 405);
+    buf_release(&r.body);
+    CHECK_EQ_INT(json_calls, 1);
+    fixture_stop(&f);
+}
+
 int main(void)
 {
     RUN(healthz);
@@ -402,5 +440,6 @@ int main(void)
     RUN(request_limits);
     RUN(bind_errors);
     RUN(request_log_lines);
+    RUN(page_routes);
     return test_report();
 }
