@@ -934,6 +934,9 @@ static struct dk_acq *acq_new(struct provider *p, const struct sandbox_spec *spe
     a->arg = arg;
     dk_copy(a->image, sizeof(a->image), d->image[spec->feature == SANDBOX_AI_WRITEBACK ? 1 : 0]);
     a->create = dk_create_body(d, spec, a->image);
+    if (p->settings.deployment) /* the sweep lists this deployment's containers by it */
+        cJSON_AddStringToObject(cJSON_GetObjectItemCaseSensitive(a->create, "Labels"),
+                                DK_LABEL ".deployment", p->settings.deployment);
     a->uid = a->gid = -1;
     static const char *const def_incl[] = {"/workspace", NULL};
     a->incl = dk_copy_list(
@@ -2609,6 +2612,10 @@ static void dk_cleanup(struct provider *p)
     d->store = NULL;
 }
 
+static void dk_list(struct provider *p, provider_list_fn done, void *arg);
+static void dk_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                             provider_done_fn done, void *arg);
+
 const struct provider_ops docker_provider_ops = {
     .name = "docker",
     .caps = PROVIDER_CAP_ARCHIVE,
@@ -2627,4 +2634,149 @@ const struct provider_ops docker_provider_ops = {
     .release = dk_release,
     .archive_upload = dk_archive_upload,
     .archive_restore = dk_archive_restore,
+    .list = dk_list,
+    .destroy_by_id = dk_destroy_by_id,
 };
+
+/* ---- the sweep: list and destroy_by_id ---- */
+
+/* Containers labelled sandbox-worker.deployment=<SANDBOX_QUEUE_PREFIX> (any state), then the
+ * snapshot objects under "sandboxes/" of the object store. */
+struct dk_list {
+    struct provider *p;
+    provider_list_fn done;
+    void *arg;
+    cJSON *containers; /* the Engine's answer, kept until the objects are listed */
+    char err[512];
+};
+
+static void dkl_finish(struct dk_list *l, const struct objstore_entry *objs, size_t nobjs)
+{
+    size_t nc = (size_t)cJSON_GetArraySize(l->containers);
+    struct provider_item *items = xcalloc(nc + nobjs + 1, sizeof(*items));
+    size_t n = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, l->containers)
+    {
+        const char *id = dk_jstr(c, "Id");
+        const cJSON *created = cJSON_GetObjectItemCaseSensitive(c, "Created");
+        const cJSON *labels = cJSON_GetObjectItemCaseSensitive(c, "Labels");
+        if (!id || !*id)
+            continue;
+        items[n].kind = PROVIDER_ITEM_SANDBOX;
+        items[n].id = id;
+        items[n].created_ms = cJSON_IsNumber(created) ? (int64_t)created->valuedouble * 1000 : 0;
+        items[n].thread = dk_jstr(labels, DK_LABEL ".thread");
+        items[n].job = dk_jstr(labels, DK_LABEL ".job");
+        n++;
+    }
+    for (size_t i = 0; i < nobjs; i++) {
+        items[n].kind = PROVIDER_ITEM_SNAPSHOT;
+        items[n].id = objs[i].key;
+        items[n].created_ms = objs[i].modified_ms;
+        n++;
+    }
+    l->done(l->arg, 0, items, n, NULL);
+    free(items);
+    cJSON_Delete(l->containers);
+    free(l);
+}
+
+static void dkl_fail(struct dk_list *l)
+{
+    l->done(l->arg, -1, NULL, 0, l->err);
+    cJSON_Delete(l->containers);
+    free(l);
+}
+
+static void dkl_objects(void *arg, int rc, const struct objstore_entry *e, size_t n,
+                        const char *err)
+{
+    struct dk_list *l = arg;
+    if (rc != 0) {
+        snprintf(l->err, sizeof(l->err), "docker: %s", err ? err : "cannot list snapshots");
+        dkl_fail(l);
+        return;
+    }
+    dkl_finish(l, e, n);
+}
+
+static void dkl_containers(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_list *l = arg;
+    struct dk_prov *d = l->p->priv;
+    if (err) {
+        dk_copy(l->err, sizeof(l->err), err);
+        dkl_fail(l);
+        return;
+    }
+    if (status != 200) {
+        dk_http_err(l->err, sizeof(l->err), "container list", status, body);
+        dkl_fail(l);
+        return;
+    }
+    l->containers = cJSON_Parse(body);
+    if (!cJSON_IsArray(l->containers)) {
+        snprintf(l->err, sizeof(l->err), "docker: container list: not a JSON array");
+        dkl_fail(l);
+        return;
+    }
+    objstore_list(d->store, "sandboxes/", dkl_objects, l);
+}
+
+static void dk_list(struct provider *p, provider_list_fn done, void *arg)
+{
+    struct dk_list *l = xcalloc(1, sizeof(*l));
+    l->p = p;
+    l->done = done;
+    l->arg = arg;
+    /* filters={"label":["sandbox-worker.deployment=<prefix>"]} (with no deployment given:
+     * every container this provider tagged, label "sandbox-worker"), percent-encoded; the
+     * prefix is [A-Za-z0-9_.:-] (config), of which only ':' needs encoding. */
+    struct buf b;
+    buf_init(&b);
+    buf_puts(&b, "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22" DK_LABEL);
+    if (p->settings.deployment) {
+        buf_puts(&b, ".deployment%3D");
+        for (const char *c = p->settings.deployment; *c; c++) {
+            if (*c == ':')
+                buf_puts(&b, "%3A");
+            else
+                buf_putc(&b, *c);
+        }
+    }
+    buf_puts(&b, "%22%5D%7D");
+    dk_call(p, "GET", b.data, NULL, dkl_containers, l);
+    buf_release(&b);
+}
+
+static void dk_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                             provider_done_fn done, void *arg)
+{
+    struct dk_prov *d = p->priv;
+    struct dk_done *x = xcalloc(1, sizeof(*x));
+    x->done = done;
+    x->arg = arg;
+    if (kind == PROVIDER_ITEM_SNAPSHOT) {
+        if (strncmp(id, "sandboxes/", 10) != 0) {
+            /* Only snapshot objects: a user's archives are never the sweep's. */
+            snprintf(x->err, sizeof(x->err), "docker: %.200s is not a snapshot object", id);
+            dk_defer(p->base, dsnap_cb, x);
+            return;
+        }
+        objstore_delete(d->store, id, dsnap_done, x);
+        return;
+    }
+    size_t n = strlen(id);
+    int ok = n > 0 && n <= 64;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+    if (!ok) {
+        snprintf(x->err, sizeof(x->err), "docker: %.80s is not a container id", id);
+        dk_defer(p->base, dsnap_cb, x);
+        return;
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", id);
+    dk_call(p, "DELETE", path, NULL, ds_resp, x);
+}

@@ -176,7 +176,11 @@ struct e2b_call {
     e2b_resp_fn fn; /* NULL: failures are logged */
     void *arg;
     char err[512];
+    char next_token[256]; /* X-Next-Token of a 2xx answer (list pages) */
 };
+
+/* The call whose callback runs (list pages read its next_token). */
+static const struct e2b_call *e2b_reporting;
 
 static void call_start(struct e2b_call *c);
 
@@ -196,9 +200,11 @@ static void call_free(struct e2b_call *c)
 
 static void call_report(struct e2b_call *c, long status, const cJSON *json, const char *err)
 {
-    if (c->fn)
+    if (c->fn) {
+        e2b_reporting = c;
         c->fn(c->arg, status, json, err);
-    else if (err)
+        e2b_reporting = NULL;
+    } else if (err)
         log_warn(NULL, "%s", err);
     call_free(c);
 }
@@ -258,6 +264,8 @@ static void call_done(void *arg, http_request *req, const struct http_result *re
         if (res->body->len)
             json = cJSON_ParseWithLength(res->body->data, res->body->len);
         if (res->status >= 200 && res->status < 300) {
+            const char *nt = http_request_header(req, "X-Next-Token");
+            snprintf(c->next_token, sizeof(c->next_token), "%s", nt ? nt : "");
             call_report(c, res->status, json, NULL);
             cJSON_Delete(json);
             return;
@@ -547,6 +555,8 @@ static void e2b_create(struct provider *p, const struct sandbox_spec *spec,
     cJSON_AddStringToObject(md, "organization", spec->organization ? spec->organization : "");
     cJSON_AddStringToObject(md, "project", spec->project ? spec->project : "");
     cJSON_AddStringToObject(md, "feature", wb ? "ai-writeback" : "data-app");
+    if (p->settings.deployment) /* the sweep lists this deployment's sandboxes by it */
+        cJSON_AddStringToObject(md, "deployment", p->settings.deployment);
     a->body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     if (!a->body)
@@ -2113,6 +2123,10 @@ static void e2b_cleanup(struct provider *p)
     e2b_free_config(e);
 }
 
+static void e2b_list(struct provider *p, provider_list_fn done, void *arg);
+static void e2b_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                              provider_done_fn done, void *arg);
+
 const struct provider_ops e2b_provider_ops = {
     .name = "e2b",
     .caps = PROVIDER_CAP_NATIVE_SUSPEND | PROVIDER_CAP_REATTACH | PROVIDER_CAP_ARCHIVE,
@@ -2131,4 +2145,156 @@ const struct provider_ops e2b_provider_ops = {
     .release = e2b_release,
     .archive_upload = e2b_archive_upload,
     .archive_restore = e2b_archive_restore,
+    .list = e2b_list,
+    .destroy_by_id = e2b_destroy_by_id,
 };
+
+/* ---- the sweep: list and destroy_by_id ---- */
+
+/* GET /v2/sandboxes?metadata=sandbox-worker=1&deployment=<prefix>, running and paused, page
+ * after page (X-Next-Token), at most E2B_LIST_MAX sandboxes per listing. */
+#define E2B_LIST_MAX 100000
+
+struct e2b_list {
+    struct provider *p;
+    provider_list_fn done;
+    void *arg;
+    cJSON *all; /* the listed sandboxes so far, an array */
+    int pages;
+};
+
+/* RFC 3339 ("2026-12-01T15:20:00.123Z" or with an offset) -> Unix ms; 0 when malformed. */
+static int64_t e2b_time_ms(const char *t)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    if (!t || sscanf(t, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                     &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    int64_t ms = (int64_t)timegm(&tm) * 1000;
+    const char *z = t + 19;
+    if (*z == '.') {
+        int64_t frac = 0, scale = 1000;
+        for (z++; *z >= '0' && *z <= '9'; z++) {
+            if (scale > 1) {
+                scale /= 10;
+                frac += (*z - '0') * scale;
+            }
+        }
+        ms += frac;
+    }
+    int sh, sm;
+    if ((*z == '+' || *z == '-') && sscanf(z + 1, "%2d:%2d", &sh, &sm) == 2)
+        ms -= (*z == '+' ? 1 : -1) * ((int64_t)sh * 3600 + sm * 60) * 1000;
+    return ms > 0 ? ms : 0;
+}
+
+static void e2b_list_page(struct e2b_list *l, const char *token);
+
+static void e2b_list_report(struct e2b_list *l, int rc, const char *err)
+{
+    size_t n = (size_t)cJSON_GetArraySize(l->all), k = 0;
+    struct provider_item *items = xcalloc(n + 1, sizeof(*items));
+    const cJSON *sbj;
+    cJSON_ArrayForEach(sbj, l->all)
+    {
+        const char *id = e2b_jstr(sbj, "sandboxID");
+        if (!id || !e2b_id_ok(id))
+            continue;
+        const cJSON *md = cJSON_GetObjectItemCaseSensitive(sbj, "metadata");
+        items[k].kind = PROVIDER_ITEM_SANDBOX;
+        items[k].id = id;
+        items[k].created_ms = e2b_time_ms(e2b_jstr(sbj, "startedAt"));
+        items[k].thread = e2b_jstr(md, "thread");
+        items[k].job = e2b_jstr(md, "job");
+        k++;
+    }
+    if (rc == 0)
+        l->done(l->arg, 0, items, k, NULL);
+    else
+        l->done(l->arg, -1, NULL, 0, err);
+    free(items);
+    cJSON_Delete(l->all);
+    free(l);
+}
+
+static void e2b_listed(void *arg, long status, const cJSON *json, const char *err)
+{
+    (void)status;
+    struct e2b_list *l = arg;
+    if (err) {
+        e2b_list_report(l, -1, err);
+        return;
+    }
+    if (!cJSON_IsArray(json)) {
+        e2b_list_report(l, -1, "e2b: list sandboxes: the answer is not a JSON array");
+        return;
+    }
+    const cJSON *sbj;
+    cJSON_ArrayForEach(sbj, json)
+    {
+        if (cJSON_GetArraySize(l->all) >= E2B_LIST_MAX)
+            break;
+        cJSON_AddItemToArray(l->all, cJSON_Duplicate(sbj, 1));
+    }
+    const char *next = e2b_reporting ? e2b_reporting->next_token : "";
+    if (next[0] && cJSON_GetArraySize(l->all) < E2B_LIST_MAX && l->pages < 10000) {
+        char token[256];
+        snprintf(token, sizeof(token), "%s", next);
+        e2b_list_page(l, token);
+        return;
+    }
+    e2b_list_report(l, 0, NULL);
+}
+
+static void e2b_list_page(struct e2b_list *l, const char *token)
+{
+    struct buf inner, path;
+    buf_init(&inner);
+    buf_init(&path);
+    buf_puts(&inner, "sandbox-worker=1");
+    if (l->p->settings.deployment) {
+        buf_puts(&inner, "&deployment=");
+        e2b_qenc(&inner, l->p->settings.deployment);
+    }
+    buf_puts(&path, "/v2/sandboxes?metadata=");
+    e2b_qenc(&path, inner.data);
+    buf_puts(&path, "&state=running,paused&limit=100");
+    if (token && *token) {
+        buf_puts(&path, "&nextToken=");
+        e2b_qenc(&path, token);
+    }
+    l->pages++;
+    e2b_call(l->p, "GET", path.data, NULL, 0, e2b_listed, l, "list sandboxes");
+    buf_release(&inner);
+    buf_release(&path);
+}
+
+static void e2b_list(struct provider *p, provider_list_fn done, void *arg)
+{
+    struct e2b_list *l = xcalloc(1, sizeof(*l));
+    l->p = p;
+    l->done = done;
+    l->arg = arg;
+    l->all = cJSON_CreateArray();
+    e2b_list_page(l, NULL);
+}
+
+static void e2b_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                              provider_done_fn done, void *arg)
+{
+    if (kind != PROVIDER_ITEM_SANDBOX) {
+        /* Pauses are E2B's own snapshots: there are no snapshot objects to delete. */
+        struct e2b_op *o = xcalloc(1, sizeof(*o));
+        o->p = p;
+        o->done = done;
+        o->arg = arg;
+        o->rc = -1;
+        snprintf(o->err, sizeof(o->err), "e2b: no snapshot objects to delete");
+        e2b_defer(p->base, op_finish_cb, o);
+        return;
+    }
+    kill_sandbox(p, id, done, arg);
+}

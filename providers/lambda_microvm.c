@@ -1245,6 +1245,10 @@ static void lm_cleanup(struct provider *p)
     free(d->egress);
 }
 
+static void lm_list(struct provider *p, provider_list_fn done, void *arg);
+static void lm_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                             provider_done_fn done, void *arg);
+
 const struct provider_ops lambda_microvm_provider_ops = {
     .name = "lambda-microvm",
     .caps = PROVIDER_CAP_NATIVE_SUSPEND | PROVIDER_CAP_REATTACH,
@@ -1261,4 +1265,132 @@ const struct provider_ops lambda_microvm_provider_ops = {
     .destroy = lm_destroy,
     .delete_snapshot = lm_delete_snapshot,
     .release = lm_release,
+    .list = lm_list,
+    .destroy_by_id = lm_destroy_by_id,
 };
+
+/* ---- the sweep: list and destroy_by_id ----
+ *
+ * RunMicrovm takes no tags, so the listing is every microVM of this provider's images
+ * (ListMicrovms per image, page after page) that is not terminated; the sweep tells which
+ * ones Redis references. A deployment should own its images (docs/configuration.md). */
+#define LM_LIST_MAX 100000
+
+struct lm_list {
+    struct provider *p;
+    provider_list_fn done;
+    void *arg;
+    cJSON *all;
+    int image; /* index into lm_prov.image being listed */
+    int pages;
+};
+
+static void lm_list_page(struct lm_list *l, const char *token);
+
+static void lm_list_report(struct lm_list *l, int rc, const char *err)
+{
+    size_t n = (size_t)cJSON_GetArraySize(l->all), k = 0;
+    struct provider_item *items = xcalloc(n + 1, sizeof(*items));
+    const cJSON *vm;
+    cJSON_ArrayForEach(vm, l->all)
+    {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(vm, "microvmId");
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(vm, "state");
+        const cJSON *at = cJSON_GetObjectItemCaseSensitive(vm, "startedAt");
+        if (!cJSON_IsString(id) || !id->valuestring[0])
+            continue;
+        if (cJSON_IsString(st) && (strcmp(st->valuestring, "TERMINATED") == 0 ||
+                                   strcmp(st->valuestring, "TERMINATING") == 0))
+            continue;
+        items[k].kind = PROVIDER_ITEM_SANDBOX;
+        items[k].id = id->valuestring;
+        items[k].created_ms = cJSON_IsNumber(at) ? (int64_t)(at->valuedouble * 1000) : 0;
+        k++;
+    }
+    if (rc == 0)
+        l->done(l->arg, 0, items, k, NULL);
+    else
+        l->done(l->arg, -1, NULL, 0, err);
+    free(items);
+    cJSON_Delete(l->all);
+    free(l);
+}
+
+static void lm_listed(void *arg, long status, const char *type, const cJSON *body, const char *err)
+{
+    (void)status;
+    (void)type;
+    struct lm_list *l = arg;
+    if (err) {
+        lm_list_report(l, -1, err);
+        return;
+    }
+    const cJSON *items = cJSON_GetObjectItemCaseSensitive(body, "items");
+    if (!cJSON_IsArray(items)) {
+        lm_list_report(l, -1, "lambda-microvm: ListMicrovms: the answer has no items array");
+        return;
+    }
+    const cJSON *vm;
+    cJSON_ArrayForEach(vm, items)
+    {
+        if (cJSON_GetArraySize(l->all) < LM_LIST_MAX)
+            cJSON_AddItemToArray(l->all, cJSON_Duplicate(vm, 1));
+    }
+    const cJSON *next = cJSON_GetObjectItemCaseSensitive(body, "nextToken");
+    if (cJSON_IsString(next) && next->valuestring[0] && cJSON_GetArraySize(l->all) < LM_LIST_MAX &&
+        l->pages < 10000) {
+        char *token = xstrdup(next->valuestring);
+        lm_list_page(l, token);
+        free(token);
+        return;
+    }
+    struct lm_prov *d = lm_of(l->p);
+    /* The second image, when it differs from the first. */
+    if (l->image == 0 && d->image[1] && strcmp(d->image[0], d->image[1]) != 0) {
+        l->image = 1;
+        lm_list_page(l, NULL);
+        return;
+    }
+    lm_list_report(l, 0, NULL);
+}
+
+static void lm_list_page(struct lm_list *l, const char *token)
+{
+    struct lm_prov *d = lm_of(l->p);
+    struct buf path;
+    buf_init(&path);
+    buf_puts(&path, "/microvms?imageIdentifier=");
+    sigv4_uri_encode(&path, d->image[l->image], strlen(d->image[l->image]), 0);
+    buf_puts(&path, "&maxResults=100");
+    if (token && *token) {
+        buf_puts(&path, "&nextToken=");
+        sigv4_uri_encode(&path, token, strlen(token), 0);
+    }
+    l->pages++;
+    lm_call(l->p, "ListMicrovms", "GET", path.data, NULL, lm_listed, l);
+    buf_release(&path);
+}
+
+static void lm_list(struct provider *p, provider_list_fn done, void *arg)
+{
+    struct lm_list *l = xcalloc(1, sizeof(*l));
+    l->p = p;
+    l->done = done;
+    l->arg = arg;
+    l->all = cJSON_CreateArray();
+    lm_list_page(l, NULL);
+}
+
+static void lm_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                             provider_done_fn done, void *arg)
+{
+    if (kind != PROVIDER_ITEM_SANDBOX) {
+        struct lm_badref *b = xcalloc(1, sizeof(*b));
+        b->done = done;
+        b->arg = arg;
+        snprintf(b->err, sizeof(b->err), "lambda-microvm: no snapshot objects to delete");
+        lm_defer(p, badref_end, b);
+        return;
+    }
+    lm_terminate(p, id, done, arg);
+}

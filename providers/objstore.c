@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -956,4 +957,127 @@ void objstore_delete(objstore *o, const char *key, objstore_done_fn done, void *
     }
     free(path);
     event_base_once(o->base, -1, EV_TIMEOUT, del_cb, x, NULL);
+}
+
+/* ---- list ---- */
+
+struct os_list {
+    objstore *o;
+    objstore_list_fn done;
+    void *arg;
+    char *prefix;
+    struct objstore_entry *e;
+    size_t n, cap;
+    int rc;
+    char err[512];
+};
+
+static void os_list_add(struct os_list *l, const char *key, uint64_t bytes, int64_t modified_ms)
+{
+    if (l->n >= OBJSTORE_LIST_MAX)
+        return;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->e = xrealloc(l->e, l->cap * sizeof(*l->e));
+    }
+    l->e[l->n++] = (struct objstore_entry){xstrdup(key), bytes, modified_ms};
+}
+
+static void os_list_finish(struct os_list *l)
+{
+    l->done(l->arg, l->rc, l->rc == 0 ? l->e : NULL, l->rc == 0 ? l->n : 0,
+            l->rc == 0 ? NULL : l->err);
+    for (size_t i = 0; i < l->n; i++)
+        free((char *)(uintptr_t)l->e[i].key);
+    free(l->e);
+    free(l->prefix);
+    free(l);
+}
+
+static void os_list_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    os_list_finish(arg);
+}
+
+static void os_list_s3(void *arg, const struct s3_result *res, const struct s3_object *objs,
+                       size_t n, const char *next)
+{
+    struct os_list *l = arg;
+    if (!res->ok) {
+        l->rc = -1;
+        snprintf(l->err, sizeof(l->err), "%s: list %s: %s", l->o->who, l->prefix, res->error);
+        os_list_finish(l);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        os_list_add(l, objs[i].key, objs[i].size, objs[i].modified_ms);
+    if (next && l->n < OBJSTORE_LIST_MAX) {
+        s3_list_page(l->o->s3, l->prefix, next, 0, os_list_s3, l);
+        return;
+    }
+    os_list_finish(l);
+}
+
+/* Walks dir (the folder's path of key prefix rel), depth-limited: snapshots sit two levels
+ * below "sandboxes/". Files only; symbolic links are not followed. */
+static void os_list_walk(struct os_list *l, const char *dir, const char *rel, int depth)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    for (struct dirent *de; (de = readdir(d)) != NULL && l->n < OBJSTORE_LIST_MAX;) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        struct buf path, key;
+        buf_init(&path);
+        buf_init(&key);
+        buf_printf(&path, "%s/%s", dir, de->d_name);
+        buf_printf(&key, "%s%s", rel, de->d_name);
+        struct stat st;
+        if (lstat(path.data, &st) == 0) {
+            if (S_ISDIR(st.st_mode) && depth < 4) {
+                buf_putc(&key, '/');
+                os_list_walk(l, path.data, key.data, depth + 1);
+            } else if (S_ISREG(st.st_mode) &&
+                       strncmp(key.data, l->prefix, strlen(l->prefix)) == 0) {
+                os_list_add(l, key.data, (uint64_t)st.st_size,
+                            (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000);
+            }
+        }
+        buf_release(&path);
+        buf_release(&key);
+    }
+    closedir(d);
+}
+
+void objstore_list(objstore *o, const char *prefix, objstore_list_fn done, void *arg)
+{
+    struct os_list *l = xcalloc(1, sizeof(*l));
+    l->o = o;
+    l->done = done;
+    l->arg = arg;
+    l->prefix = xstrdup(prefix);
+    if (o->s3) {
+        s3_list_page(o->s3, prefix, NULL, 0, os_list_s3, l);
+        return;
+    }
+    /* The folder is local development's store: walked at once (bounded by the cap). Start
+     * at the prefix's directory part. */
+    const char *slash = strrchr(prefix, '/');
+    char *rel = xstrndup(prefix, slash ? (size_t)(slash - prefix) + 1 : 0);
+    char *dir = os_path(o, rel);
+    if (rel[0])
+        dir[strlen(dir) - 1] = '\0'; /* drop the trailing "/" */
+    struct stat st;
+    if (stat(dir, &st) != 0 && errno != ENOENT) {
+        l->rc = -1;
+        snprintf(l->err, sizeof(l->err), "%s: list %s: %s", o->who, prefix, strerror(errno));
+    } else {
+        os_list_walk(l, dir, rel, 0);
+    }
+    free(rel);
+    free(dir);
+    event_base_once(o->base, -1, EV_TIMEOUT, os_list_cb, l, NULL);
 }

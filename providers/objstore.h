@@ -134,4 +134,20 @@ typedef void (*objstore_done_fn)(void *arg, int rc, const char *err);
  * directory is removed too. */
 void objstore_delete(objstore *o, const char *key, objstore_done_fn done, void *arg);
 
+/* ---- list ---- */
+
+struct objstore_entry {
+    const char *key;
+    uint64_t bytes;
+    int64_t modified_ms; /* Unix ms */
+};
+/* entries[0..n) are valid only during the call; on failure n is 0. */
+typedef void (*objstore_list_fn)(void *arg, int rc, const struct objstore_entry *entries, size_t n,
+                                 const char *err);
+/* Every object whose key starts with prefix (e.g. "sandboxes/"; S3 ListObjectsV2 page after page,
+ * the folder walked), at most OBJSTORE_LIST_MAX of them (the rest left to a later call). done
+ * runs once, from the loop. */
+#define OBJSTORE_LIST_MAX 100000
+void objstore_list(objstore *o, const char *prefix, objstore_list_fn done, void *arg);
+
 #endif

@@ -239,6 +239,7 @@ void provider_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
 struct provider_deferred {
     provider_done_fn done;
     provider_upload_fn uploaded;
+    provider_list_fn listed;
     void *arg;
     int rc;
     char err[256];
@@ -251,6 +252,8 @@ static void provider_deferred_cb(evutil_socket_t fd, short what, void *arg)
     struct provider_deferred *d = arg;
     if (d->uploaded)
         d->uploaded(d->arg, d->rc, 0, NULL, d->err);
+    else if (d->listed)
+        d->listed(d->arg, d->rc, NULL, 0, d->err);
     else
         d->done(d->arg, d->rc, d->rc == 0 ? NULL : d->err);
     free(d);
@@ -308,6 +311,35 @@ void provider_archive_restore(struct sandbox *sb, const char *key, const char *d
         sb->prov->ops->archive_restore(sb, key, dest, done, arg);
     else
         provider_no_store(sb, done, NULL, arg);
+}
+
+static void provider_no_list(struct provider *p, provider_done_fn done, provider_list_fn listed,
+                             void *arg)
+{
+    struct provider_deferred *d = xcalloc(1, sizeof(*d));
+    d->done = done;
+    d->listed = listed;
+    d->arg = arg;
+    d->rc = -1;
+    snprintf(d->err, sizeof(d->err), "the %s provider cannot list its sandboxes", p->ops->name);
+    provider_defer(p, d);
+}
+
+void provider_list(struct provider *p, provider_list_fn done, void *arg)
+{
+    if (p->ops->list)
+        p->ops->list(p, done, arg);
+    else
+        provider_no_list(p, NULL, done, arg);
+}
+
+void provider_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                            provider_done_fn done, void *arg)
+{
+    if (p->ops->destroy_by_id)
+        p->ops->destroy_by_id(p, kind, id, done, arg);
+    else
+        provider_no_list(p, done, NULL, arg);
 }
 
 void provider_sandbox_release(struct sandbox *sb)

@@ -30,6 +30,9 @@ enum sandbox_feature { SANDBOX_DATA_APP = 0, SANDBOX_AI_WRITEBACK };
 struct provider_settings {
     const char *worker_name; /* WORKER_NAME: tags sandboxes so a sweep can find its own */
     int production;          /* NODE_ENV=production: development-only backends refuse */
+    /* SANDBOX_QUEUE_PREFIX: names this deployment's sandboxes (labels, metadata) so a sweep
+     * lists only its own. NULL: none given (listing then reports every sandbox it tagged). */
+    const char *deployment;
 };
 
 /* Observer of the control-plane operations "create", "resume", "suspend" and "destroy":
@@ -99,13 +102,28 @@ typedef void (*provider_ref_fn)(void *arg, int rc, const cJSON *ref, const char 
 typedef void (*provider_upload_fn)(void *arg, int rc, uint64_t bytes, const char *sha256_hex,
                                    const char *err);
 
+/* What a backend's list op reports (the orphan sweep): one sandbox or snapshot object of
+ * this deployment. */
+enum provider_item_kind { PROVIDER_ITEM_SANDBOX = 0, PROVIDER_ITEM_SNAPSHOT };
+struct provider_item {
+    enum provider_item_kind kind;
+    const char *id;     /* sandbox id, or the snapshot object's key ("sandboxes/...") */
+    int64_t created_ms; /* Unix time in ms; 0 when unknown (the sweep then never touches it) */
+    const char *thread; /* thread / job that created it, from labels or metadata; NULL: unknown */
+    const char *job;
+};
+/* items[0..n) and their strings are valid only during the call. */
+typedef void (*provider_list_fn)(void *arg, int rc, const struct provider_item *items, size_t n,
+                                 const char *err);
+
 /* Opaque handle of a running exec, valid until its on_exit has run. */
 typedef struct provider_exec provider_exec;
 
 /* Required: name, create, resume, exec, exec_kill, write_file, read_file, suspend, destroy,
  * release (provider_register refuses a table without them). Optional (NULL): init, cleanup,
  * delete_snapshot (default: nothing to delete, reports success), archive_upload and
- * archive_restore (default: report that the backend has no object store). The core calls
+ * archive_restore (default: report that the backend has no object store), list and
+ * destroy_by_id (default: report that the backend cannot list). The core calls
  * backends only through the provider_*() wrappers below, which hold those defaults. */
 struct provider_ops {
     const char *name;
@@ -160,6 +178,15 @@ struct provider_ops {
      * (created when missing); existing files are overwritten. A missing key fails. */
     void (*archive_restore)(struct sandbox *sb, const char *key, const char *dest,
                             provider_done_fn done, void *arg);
+
+    /* The orphan sweep. Both optional (NULL: the backend cannot list; the wrapper reports
+     * that). list: every sandbox this deployment's workers created that still exists (running
+     * or paused), and every snapshot object under "sandboxes/" of the backend's object store.
+     * destroy_by_id: removes one of those (a sandbox of any state, or an object); one already
+     * gone is a success. */
+    void (*list)(struct provider *p, provider_list_fn done, void *arg);
+    void (*destroy_by_id)(struct provider *p, enum provider_item_kind kind, const char *id,
+                          provider_done_fn done, void *arg);
 };
 
 /* Registry: the product's backends. Tests may add their own (e.g. a scripted provider).
@@ -202,6 +229,10 @@ void provider_archive_upload(struct sandbox *sb, const char *const *paths, const
                              provider_upload_fn done, void *arg);
 void provider_archive_restore(struct sandbox *sb, const char *key, const char *dest,
                               provider_done_fn done, void *arg);
+/* The sweep's ops; without them: rc -1, "the <name> provider cannot list its sandboxes". */
+void provider_list(struct provider *p, provider_list_fn done, void *arg);
+void provider_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                            provider_done_fn done, void *arg);
 /* Frees the sandbox handle (no remote calls). NULL is a no-op. */
 void provider_sandbox_release(struct sandbox *sb);
 

@@ -21,7 +21,17 @@
 #define MAX_PARTS 10000
 #define ERR_LEN   1024
 
-enum op_kind { OP_PUT, OP_HEAD, OP_DELETE, OP_GET, OP_CREATE, OP_PART, OP_COMPLETE, OP_ABORT };
+enum op_kind {
+    OP_PUT,
+    OP_HEAD,
+    OP_DELETE,
+    OP_GET,
+    OP_CREATE,
+    OP_PART,
+    OP_COMPLETE,
+    OP_ABORT,
+    OP_LIST
+};
 
 static const char *const op_names[] = {"PutObject",
                                        "HeadObject",
@@ -30,7 +40,8 @@ static const char *const op_names[] = {"PutObject",
                                        "CreateMultipartUpload",
                                        "UploadPart",
                                        "CompleteMultipartUpload",
-                                       "AbortMultipartUpload"};
+                                       "AbortMultipartUpload",
+                                       "ListObjectsV2"};
 
 struct s3 {
     struct event_base *base;
@@ -63,6 +74,7 @@ struct s3_op {
     int consumer_abort;
     char *if_match; /* GET: ETag of the first response, pins resumed ranges */
     s3_done_fn done;
+    s3_list_fn listed; /* OP_LIST: instead of done */
     void *arg;
     int attempt;
     int cred_failures;     /* credential fetches that failed for this operation */
@@ -476,6 +488,8 @@ static void op_body_ready(s3_op *op)
 }
 
 /* Reports the result and frees op. */
+static void list_report(s3_op *op, const struct s3_result *res);
+
 static void op_finish(s3_op *op, int ok, const char *code, const char *error)
 {
     struct s3_result res = {.ok = ok,
@@ -487,7 +501,9 @@ static void op_finish(s3_op *op, int ok, const char *code, const char *error)
                             .attempts = op->attempt};
     op_unlink(op);
     op->c = NULL;
-    if (op->done)
+    if (op->listed)
+        list_report(op, &res);
+    else if (op->done)
         op->done(op->arg, &res);
     op_free(op);
 }
@@ -573,6 +589,7 @@ static void op_send(s3_op *op, const struct aws_credentials *cr)
         method = "DELETE";
         break;
     case OP_GET:
+    case OP_LIST:
         method = "GET";
         break;
     default:
@@ -580,6 +597,8 @@ static void op_send(s3_op *op, const struct aws_credentials *cr)
         break;
     }
     s3_object_url(c, op->key, &url, &host);
+    if (op->kind == OP_LIST && c->cfg.force_path_style && url[strlen(url) - 1] == '/')
+        url[strlen(url) - 1] = '\0'; /* the bucket itself: "/bucket", as the SDKs send it */
     buf_puts(&full_url, url);
     if (op->query)
         buf_printf(&full_url, "?%s", op->query);
@@ -820,6 +839,89 @@ s3_op *s3_get(s3 *c, const char *key, s3_data_fn on_data, s3_done_fn done, void 
 {
     s3_op *op = op_new(c, OP_GET, key, done, arg);
     op->on_data = on_data;
+    op_body_ready(op);
+    return op_start(op);
+}
+
+/* "2026-12-01T15:20:00.000Z" -> Unix ms; 0 when malformed. */
+static int64_t iso8601_ms(const char *t)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    int ms = 0;
+    if (sscanf(t, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec) != 6)
+        return 0;
+    const char *dot = strchr(t, '.');
+    if (dot)
+        ms = atoi(dot + 1) % 1000;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    time_t secs = timegm(&tm);
+    return secs < 0 ? 0 : (int64_t)secs * 1000 + ms;
+}
+
+/* Parses the ListBucketResult in op->resp and reports it. Keys are XML-unescaped. */
+static void list_report(s3_op *op, const struct s3_result *res)
+{
+    struct s3_object *objs = NULL;
+    size_t n = 0, cap = 0;
+    char *keys = NULL; /* all keys, NUL-separated, KEY_MAX bytes each */
+    enum { KEY_MAX = 1100 };
+    char next[1100] = "", trunc[16] = "";
+    const char *xml = op->resp.data ? op->resp.data : "";
+    if (res->ok) {
+        for (const char *p = strstr(xml, "<Contents>"); p; p = strstr(p, "<Contents>")) {
+            const char *end = strstr(p, "</Contents>");
+            if (!end)
+                break;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 64;
+                objs = xrealloc(objs, cap * sizeof(*objs));
+                keys = xrealloc(keys, cap * KEY_MAX);
+            }
+            size_t len = (size_t)(end - p) + 11;
+            char *one = xstrndup(p, len);
+            char *k = keys + n * KEY_MAX, size[32], mod[64];
+            xml_text(one, "Key", k, KEY_MAX);
+            xml_text(one, "Size", size, sizeof(size));
+            xml_text(one, "LastModified", mod, sizeof(mod));
+            objs[n].size = strtoull(size, NULL, 10);
+            objs[n].modified_ms = iso8601_ms(mod);
+            free(one);
+            n++;
+            p = end;
+        }
+        for (size_t i = 0; i < n; i++)
+            objs[i].key = keys + i * KEY_MAX; /* after the last xrealloc */
+        xml_text(xml, "IsTruncated", trunc, sizeof(trunc));
+        xml_text(xml, "NextContinuationToken", next, sizeof(next));
+    }
+    int more = strcmp(trunc, "true") == 0 && next[0];
+    op->listed(op->arg, res, objs, n, more ? next : NULL);
+    free(objs);
+    free(keys);
+}
+
+s3_op *s3_list_page(s3 *c, const char *prefix, const char *token, int max_keys, s3_list_fn done,
+                    void *arg)
+{
+    s3_op *op = op_new(c, OP_LIST, "", NULL, arg);
+    op->listed = done;
+    struct buf q;
+    buf_init(&q);
+    /* The query, its parameters in the sorted order SigV4 canonicalises to. */
+    if (token && *token) {
+        buf_puts(&q, "continuation-token=");
+        sigv4_uri_encode(&q, token, strlen(token), 0);
+        buf_putc(&q, '&');
+    }
+    buf_puts(&q, "list-type=2");
+    if (max_keys > 0)
+        buf_printf(&q, "&max-keys=%d", max_keys);
+    buf_puts(&q, "&prefix=");
+    sigv4_uri_encode(&q, prefix, strlen(prefix), 0);
+    op->query = buf_detach(&q);
     op_body_ready(op);
     return op_start(op);
 }

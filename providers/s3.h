@@ -107,6 +107,20 @@ void s3_get_resume(s3_op *op);
 /* Stops the operation; done is not called; the handle is invalid afterwards. */
 void s3_op_cancel(s3_op *op);
 
+/* ListObjectsV2, one page (at most max_keys keys; 0: the server's default, 1000) of the keys
+ * starting with prefix, after the continuation token (NULL or "" for the first page). objs[0..n)
+ * and next (the next page's token, NULL on the last page) are valid only during the call; on
+ * failure n is 0. */
+struct s3_object {
+    const char *key;
+    uint64_t size;
+    int64_t modified_ms; /* LastModified, Unix ms; 0 when absent */
+};
+typedef void (*s3_list_fn)(void *arg, const struct s3_result *res, const struct s3_object *objs,
+                           size_t n, const char *next);
+s3_op *s3_list_page(s3 *c, const char *prefix, const char *token, int max_keys, s3_list_fn done,
+                    void *arg);
+
 /* Streaming upload writer. Memory: at most (parts_in_flight + 1) parts plus one write.
  *   up = s3_upload_start(c, key, done, arg);
  *   s3_upload_set_drain(up, drain);              optional

@@ -55,6 +55,10 @@ static const struct int_var int_vars[] = {
     {"WORKER_EVENTS_TTL_S", 86400, 1, 31536000, F(events_ttl_s), T_INT},
     {"WORKER_RESULTS_MAXLEN", 100000, 1, 100000000, F(results_maxlen), T_INT},
     {"WORKER_JOB_TTL_S", 604800, 1, 31536000, F(job_ttl_s), T_INT},
+    {"WORKER_SWEEP_INTERVAL_MS", 300000, 0, 604800000, F(sweep_interval_ms), T_I64},
+    {"WORKER_SWEEP_GRACE_MS", 3600000, 1000, 604800000, F(sweep_grace_ms), T_I64},
+    {"SANDBOX_SNAPSHOT_RETENTION_MS", 604800000, 0, 315360000000LL, F(snapshot_retention_ms),
+     T_I64},
 };
 #undef F
 
@@ -325,6 +329,16 @@ static int load_ints(struct config *c, char *err, size_t errlen)
                 c->retry_base_ms, c->retry_max_ms);
         return -1;
     }
+    if (!env_str("WORKER_SWEEP_GRACE_MS", NULL) && c->sweep_grace_ms < c->turn_timeout_ms)
+        c->sweep_grace_ms = c->turn_timeout_ms; /* default: max(1 h, the turn timeout) */
+    if (c->sweep_interval_ms > 0 && c->sweep_grace_ms < c->turn_timeout_ms) {
+        /* A turn may hold an unpublished sandbox for up to its deadline. */
+        env_err(err, errlen,
+                "WORKER_SWEEP_GRACE_MS: must be at least WORKER_TURN_TIMEOUT_MS (%lld) while the "
+                "sweep is on, got \"%lld\"",
+                (long long)c->turn_timeout_ms, (long long)c->sweep_grace_ms);
+        return -1;
+    }
     if (c->read_cap_bytes > c->max_result_bytes) {
         env_err(err, errlen,
                 "WORKER_READ_CAP_BYTES: must be at most WORKER_MAX_RESULT_BYTES (%zu), got "
@@ -381,7 +395,8 @@ int config_load(struct config *c, char *err, size_t errlen)
         load_name("SANDBOX_QUEUE_PREFIX", DEFAULT_PREFIX, PREFIX_MAX, &c->prefix, err, errlen) !=
             0 ||
         load_http(c, err, errlen) != 0 || load_inherit(c, err, errlen) != 0 ||
-        load_logging(c, err, errlen) != 0)
+        load_logging(c, err, errlen) != 0 ||
+        env_bool("WORKER_SWEEP_DRY_RUN", 0, &c->sweep_dry_run, err, errlen) != 0)
         goto fail;
     if (env_str("WORKER_NAME", NULL)) {
         if (load_name("WORKER_NAME", NULL, WORKER_NAME_MAX, &c->worker_name, err, errlen) != 0)
@@ -462,6 +477,7 @@ void config_dump(const struct config *c, FILE *out)
         }
         fprintf(out, "%s=%lld\n", iv->name, v);
     }
+    fprintf(out, "WORKER_SWEEP_DRY_RUN=%s\n", c->sweep_dry_run ? "true" : "false");
     fprintf(out, "SANDBOX_INHERIT_ENV_ALLOW=");
     if (!c->inherit_env_allow || !c->inherit_env_allow[0])
         fprintf(out, "none");

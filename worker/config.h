@@ -59,6 +59,17 @@ struct config {
      * load); default {"ANTHROPIC_API_KEY", NULL}; "none" gives an empty list. */
     char **inherit_env_allow;
 
+    /* The orphan sweep (worker/sweep.h). WORKER_SWEEP_INTERVAL_MS, default 300000, 0 = off;
+     * WORKER_SWEEP_GRACE_MS, default max(3600000, WORKER_TURN_TIMEOUT_MS), at least
+     * WORKER_TURN_TIMEOUT_MS while the sweep is on: nothing
+     * younger is touched; WORKER_SWEEP_DRY_RUN=true|false, default false: log and count only;
+     * SANDBOX_SNAPSHOT_RETENTION_MS, default 604800000, 0 = keep forever: suspended threads
+     * whose snapshot is older are expired by the sweep. */
+    int64_t sweep_interval_ms;
+    int64_t sweep_grace_ms;
+    int sweep_dry_run;
+    int64_t snapshot_retention_ms;
+
     enum log_level log_level;   /* LIGHTDASH_LOG_LEVEL error|warn|info|http|debug, default info */
     enum log_format log_format; /* LIGHTDASH_LOG_FORMAT json|plain|pretty, default pretty */
     int production;             /* NODE_ENV == "production" */

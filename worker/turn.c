@@ -1104,6 +1104,19 @@ static void acquire(struct turn *t)
         finish(t);
         return;
     }
+    if (t->old_state && strcmp(t->old_state, "expired") == 0) {
+        /* The sweep deleted the thread's snapshot (SANDBOX_SNAPSHOT_RETENTION_MS): nothing
+         * to resume, and starting afresh would silently lose the conversation. The thread
+         * stays expired until a destroy job resets it. */
+        set_error(t, "expired",
+                  "thread %s expired: its snapshot was older than the retention and was deleted; "
+                  "send a destroy job for the thread to start it afresh",
+                  t->thread_id);
+        t->status = "failed";
+        t->t_acquired = now_ms();
+        finish(t);
+        return;
+    }
     struct sandbox_spec spec = {
         .thread = t->thread_id,
         .job = t->job_id,

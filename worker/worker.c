@@ -12,6 +12,7 @@
 
 #include "lib/log.h"
 #include "worker/status.h"
+#include "worker/sweep.h"
 #include "worker/turn.h"
 
 /* After the grace period, interrupted turns get this long to suspend and publish. */
@@ -333,13 +334,15 @@ int worker_main(int argc, char **argv)
     event_set_log_callback(libevent_log);
     int rc = 1;
     status_server *st = NULL;
+    sweep *sw = NULL;
     struct event *sigterm = NULL, *sigint = NULL, *stats = NULL;
     const struct provider_ops *ops;
     if (check_provider(&w.cfg, &ops) != 0)
         goto out;
     w.base = event_base_new();
     struct provider_settings ps = {.worker_name = w.cfg.worker_name,
-                                   .production = w.cfg.production};
+                                   .production = w.cfg.production,
+                                   .deployment = w.cfg.prefix};
     w.prov = provider_new(ops, w.base, &ps, check, err, sizeof(err));
     if (!w.prov) {
         fprintf(stderr, "%s\n", err);
@@ -389,6 +392,21 @@ int worker_main(int argc, char **argv)
     /* No reads until the registry has read the pause flag once (on_pause). */
     w.paused = 1;
     queue_set_capacity(w.q, 0);
+    if (w.cfg.sweep_interval_ms > 0) {
+        struct sweep_opts so = {.redis = config_redis_opts(&w.cfg),
+                                .prefix = w.cfg.prefix,
+                                .owner = w.cfg.worker_name,
+                                .interval_ms = w.cfg.sweep_interval_ms,
+                                .grace_ms = w.cfg.sweep_grace_ms,
+                                .retention_ms = w.cfg.snapshot_retention_ms,
+                                .dry_run = w.cfg.sweep_dry_run};
+        sw = sweep_new(w.base, w.prov, w.m, &so, err, sizeof(err));
+        if (!sw) {
+            log_error(NULL, "sweep: %s", err);
+            goto out;
+        }
+        sweep_start(sw);
+    }
     if (w.cfg.http_host) {
         st = status_server_new(w.base, w.cfg.http_host, w.cfg.http_port, w.m, ready_fn, &w, err,
                                sizeof(err));
@@ -422,6 +440,7 @@ out:
     if (w.hard_stop)
         event_free(w.hard_stop);
     status_server_free(st);
+    sweep_free(sw);
     queue_free(w.q);
     provider_free(w.prov);
     /* Last: freeing the queue and the provider may still finish turns (worker_turn_finished

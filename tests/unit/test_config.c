@@ -35,6 +35,10 @@ static const char *const all_vars[] = {
     "WORKER_EVENTS_TTL_S",
     "WORKER_RESULTS_MAXLEN",
     "WORKER_JOB_TTL_S",
+    "WORKER_SWEEP_INTERVAL_MS",
+    "WORKER_SWEEP_GRACE_MS",
+    "WORKER_SWEEP_DRY_RUN",
+    "SANDBOX_SNAPSHOT_RETENTION_MS",
     "SANDBOX_INHERIT_ENV_ALLOW",
     "LIGHTDASH_LOG_LEVEL",
     "LIGHTDASH_LOG_FORMAT",
@@ -547,6 +551,45 @@ TEST_CASE(dump_lists_every_variable)
     config_release(&c);
 }
 
+TEST_CASE(sweep_settings)
+{
+    struct config c;
+    char err[512];
+    clear_env();
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), 0);
+    CHECK_EQ_INT(c.sweep_interval_ms, 300000);
+    CHECK_EQ_INT(c.sweep_grace_ms, 3600000);
+    CHECK_EQ_INT(c.sweep_dry_run, 0);
+    CHECK_EQ_INT(c.snapshot_retention_ms, 604800000);
+    config_release(&c);
+    /* The default grace follows a longer turn timeout. */
+    setenv("WORKER_TURN_TIMEOUT_MS", "7200000", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), 0);
+    CHECK_EQ_INT(c.sweep_grace_ms, 7200000);
+    config_release(&c);
+    /* An explicit grace below it is refused while the sweep is on... */
+    setenv("WORKER_SWEEP_GRACE_MS", "3600000", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), -1);
+    CHECK(strstr(err, "WORKER_SWEEP_GRACE_MS: must be at least WORKER_TURN_TIMEOUT_MS") != NULL);
+    /* ... and accepted with the sweep off. */
+    setenv("WORKER_SWEEP_INTERVAL_MS", "0", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), 0);
+    config_release(&c);
+    setenv("WORKER_SWEEP_DRY_RUN", "maybe", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), -1);
+    CHECK(strstr(err, "WORKER_SWEEP_DRY_RUN") != NULL);
+    setenv("WORKER_SWEEP_DRY_RUN", "true", 1);
+    setenv("SANDBOX_SNAPSHOT_RETENTION_MS", "0", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), 0);
+    CHECK_EQ_INT(c.sweep_dry_run, 1);
+    CHECK_EQ_INT(c.snapshot_retention_ms, 0);
+    config_release(&c);
+    setenv("SANDBOX_SNAPSHOT_RETENTION_MS", "-1", 1);
+    CHECK_EQ_INT(config_load(&c, err, sizeof err), -1);
+    CHECK(strstr(err, "SANDBOX_SNAPSHOT_RETENTION_MS") != NULL);
+    clear_env();
+}
+
 int main(void)
 {
     RUN(defaults);
@@ -557,5 +600,6 @@ int main(void)
     RUN(http_addr_forms);
     RUN(env_helpers);
     RUN(dump_lists_every_variable);
+    RUN(sweep_settings);
     return test_report();
 }
