@@ -205,7 +205,7 @@ export interface ThreadState {
   project?: string;
   provider?: string;
   sandboxId?: string;
-  /** suspended | destroyed | suspend_failed */
+  /** suspended | destroyed | suspend_failed (an expired thread fails with error code "expired") */
   state?: string;
   snapshot?: SnapshotRef;
   /** Unix time in ms. */
