@@ -21,6 +21,7 @@
 #include "lib/buf.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
+#include "lib/quote.h"
 
 #define AC_READY_MS      10000       /* GET /ready, total */
 #define AC_CALL_MS       300000      /* files, run start/signal/delete/status, total */
@@ -171,23 +172,6 @@ static void call_free(struct call *k)
     buf_release(&k->errbody);
     buf_release(&k->resp);
     free(k);
-}
-
-/* Percent-encodes s as a query value. */
-static void qenc(struct buf *b, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-            strchr("-_.~/", ch)) {
-            buf_putc(b, (char)ch);
-        } else {
-            buf_putc(b, '%');
-            buf_putc(b, hex[ch >> 4]);
-            buf_putc(b, hex[ch & 15]);
-        }
-    }
 }
 
 /* A new call for method and route; query (may be NULL) is appended encoded by the caller. */
@@ -781,7 +765,7 @@ int agent_file_write(agent_client *c, const char *path, const void *data, size_t
     struct buf q;
     buf_init(&q);
     buf_puts(&q, "path=");
-    qenc(&q, path);
+    quote_url(&q, path);
     struct call *k = call_new(c, "POST", "/files", q.data, AC_CALL_MS, simple_done, NULL);
     buf_release(&q);
     k->s.done = done;
@@ -828,7 +812,7 @@ int agent_file_read(agent_client *c, const char *path, size_t max, provider_data
     struct buf q;
     buf_init(&q);
     buf_puts(&q, "path=");
-    qenc(&q, path);
+    quote_url(&q, path);
     struct call *k = call_new(c, "GET", "/files", q.data, AC_CALL_MS, file_read_done, NULL);
     buf_release(&q);
     k->s.data = done;
@@ -847,7 +831,7 @@ int agent_file_delete(agent_client *c, const char *path, provider_done_fn done, 
     struct buf q;
     buf_init(&q);
     buf_puts(&q, "path=");
-    qenc(&q, path);
+    quote_url(&q, path);
     struct call *k = call_new(c, "DELETE", "/files", q.data, AC_CALL_MS, simple_done, NULL);
     buf_release(&q);
     k->s.done = done;
@@ -928,7 +912,7 @@ static struct call *signal_call(agent_client *c, const char *run_id, const char 
     buf_init(&q);
     buf_printf(&route, "/runs/%s/signal", run_id);
     buf_puts(&q, "signal=");
-    qenc(&q, sig);
+    quote_url(&q, sig);
     struct call *k = call_new(c, "POST", route.data, q.data, AC_CALL_MS, done, owner);
     buf_release(&route);
     buf_release(&q);
@@ -1671,7 +1655,7 @@ agent_op *agent_archive_in(agent_client *c, const char *dest, uint64_t max_bytes
     struct buf q;
     buf_init(&q);
     buf_puts(&q, "path=");
-    qenc(&q, dest);
+    quote_url(&q, dest);
     if (max_bytes > 0)
         buf_printf(&q, "&maxBytes=%" PRIu64, max_bytes);
     struct agent_op *op = op_new(c, OP_ARCHIVE_IN);

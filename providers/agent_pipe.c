@@ -8,6 +8,7 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/quote.h"
 
 #define AP_IN_HIGH (1u << 20) /* restore: bytes buffered before the reader pauses */
 
@@ -33,18 +34,6 @@ static void ap_defer(struct event_base *base, void (*fn)(void *), void *arg)
     d->arg = arg;
     if (event_base_once(base, -1, EV_TIMEOUT, ap_defer_cb, d, NULL) != 0)
         abort(); /* only on allocation failure */
-}
-
-/* s single-quoted for sh. */
-static void ap_shquote(struct buf *b, const char *s)
-{
-    buf_putc(b, '\'');
-    for (const char *c = s; *c; c++)
-        if (*c == '\'')
-            buf_puts(b, "'\\''");
-        else
-            buf_putc(b, *c);
-    buf_putc(b, '\'');
 }
 
 static void ap_free_list(char **l)
@@ -426,7 +415,7 @@ void agent_pipe_upload(struct event_base *base, agent_client *ac, objstore *stor
     buf_puts(&cmd, "for p in");
     for (size_t i = 0; i < n; i++) {
         buf_putc(&cmd, ' ');
-        ap_shquote(&cmd, paths[i]);
+        quote_sh(&cmd, paths[i]);
     }
     buf_puts(&cmd, "; do [ -e \"$p\" ] || { printf %s \"$p\"; exit 1; }; done");
     struct exec_req req = {.cmd = cmd.data, .timeout_ms = 30000};
@@ -520,7 +509,7 @@ static void wr_written(void *arg, int rc, const char *err)
     struct buf cmd;
     buf_init(&cmd);
     buf_printf(&cmd, "chmod %o ", w->mode & 07777);
-    ap_shquote(&cmd, w->path);
+    quote_sh(&cmd, w->path);
     struct exec_req req = {.cmd = cmd.data, .timeout_ms = 30000};
     struct exec_cbs cbs = {NULL, wr_chmod_exit, w};
     char why[256];

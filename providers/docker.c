@@ -20,6 +20,7 @@
 #include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
+#include "lib/quote.h"
 #include "providers/agent_client.h"
 #include "providers/agent_pipe.h"
 #include "providers/objstore.h"
@@ -73,36 +74,6 @@ static void dk_pipe_start(struct provider *p, const char *cid, const char *key, 
 static void dk_copy(char *dst, size_t cap, const char *src)
 {
     snprintf(dst, cap, "%s", src ? src : "");
-}
-
-/* Percent-encodes s for a query value. */
-static void dk_qenc(struct buf *b, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
-            buf_putc(b, (char)c);
-        } else {
-            buf_putc(b, '%');
-            buf_putc(b, hex[c >> 4]);
-            buf_putc(b, hex[c & 15]);
-        }
-    }
-}
-
-/* Single-quotes s for /bin/sh. */
-static void dk_shquote(struct buf *b, const char *s)
-{
-    buf_putc(b, '\'');
-    for (; *s; s++) {
-        if (*s == '\'')
-            buf_puts(b, "'\\''");
-        else
-            buf_putc(b, *s);
-    }
-    buf_putc(b, '\'');
 }
 
 /* String member of a JSON object, or NULL (obj may be NULL). */
@@ -1104,7 +1075,7 @@ static void ex_send_kill(provider_exec *ex)
     struct buf script;
     buf_init(&script);
     buf_puts(&script, "f=");
-    dk_shquote(&script, ex->pidfile);
+    quote_sh(&script, ex->pidfile);
     buf_puts(&script, "; i=0; while [ ! -s \"$f\" ] && [ $i -lt 50 ]; do sleep 0.1; "
                       "i=$((i+1)); done; [ -s \"$f\" ] && kill -9 -\"$(cat \"$f\")\"");
     cJSON *j = cJSON_CreateObject();
@@ -1430,7 +1401,7 @@ static void wr_resp(void *arg, long status, const char *body, const char *err)
         struct buf cmd;
         buf_init(&cmd);
         buf_puts(&cmd, "mkdir -p -- ");
-        dk_shquote(&cmd, w->dir);
+        quote_sh(&cmd, w->dir);
         dk_run(w->sb, cmd.data, wr_mkdir_done, w);
         buf_release(&cmd);
         return;
@@ -1446,7 +1417,7 @@ static void wr_put(struct dk_write *w)
     struct buf path;
     buf_init(&path);
     buf_printf(&path, "/containers/%s/archive?path=", w->sb->id);
-    dk_qenc(&path, w->dir);
+    quote_url(&path, w->dir);
     struct dk_call *c = xcalloc(1, sizeof(*c));
     c->fn = wr_resp;
     c->arg = w;
@@ -1666,7 +1637,7 @@ static int rd_start(struct dk_read *r)
     struct buf p;
     buf_init(&p);
     buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
-    dk_qenc(&p, r->path);
+    quote_url(&p, r->path);
     http_request *req = dk_req(d, "GET", p.data, DK_CALL_MS);
     buf_release(&p);
     struct http_callbacks cb = {.on_data = rd_on_data, .on_done = rd_done};
@@ -1888,7 +1859,7 @@ static void sp_next(struct dk_susp *s)
         struct buf p;
         buf_init(&p);
         buf_printf(&p, "/containers/%s/archive?path=", s->sb->id);
-        dk_qenc(&p, s->incl[s->cur]);
+        quote_url(&p, s->incl[s->cur]);
         http_request *r = dk_req(d, "GET", p.data, 0);
         buf_release(&p);
         http_request_set_recv_buffer(r, 512 * 1024); /* bulk: fewer wakeups per MiB */
@@ -2238,7 +2209,7 @@ static void dk_pipe_start(struct provider *p, const char *cid, const char *key, 
     struct buf path;
     buf_init(&path);
     buf_printf(&path, "/containers/%s/archive?path=", cid);
-    dk_qenc(&path, dest);
+    quote_url(&path, dest);
     http_request *req = dk_req(d, "PUT", path.data, 0);
     buf_release(&path);
     http_request_add_header(req, "Content-Type", "application/x-tar");
@@ -2357,7 +2328,7 @@ static void rs_stat_resp(void *arg, long status, const char *body, const char *e
         struct buf cmd;
         buf_init(&cmd);
         buf_puts(&cmd, "mkdir -p -- ");
-        dk_shquote(&cmd, r->dest);
+        quote_sh(&cmd, r->dest);
         dk_run(r->sb, cmd.data, rs_mkdir_done, r);
         buf_release(&cmd);
         return;
@@ -2403,7 +2374,7 @@ static void dk_archive_restore(struct sandbox *sb, const char *key, const char *
     struct buf p;
     buf_init(&p);
     buf_printf(&p, "/containers/%s/archive?path=", r->sb->id);
-    dk_qenc(&p, r->dest);
+    quote_url(&p, r->dest);
     dk_call(r->sb->prov, "HEAD", p.data, NULL, rs_stat_resp, r);
     buf_release(&p);
 }

@@ -17,6 +17,7 @@
 #include "lib/jsonx.h"
 #include "lib/log.h"
 #include "lib/mask.h"
+#include "lib/quote.h"
 #include "providers/connect.h"
 #include "providers/objstore.h"
 
@@ -72,36 +73,6 @@ static const char *e2b_jstr(const cJSON *obj, const char *name)
 {
     const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
     return v && cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Percent-encodes s for a query value ('/' kept). */
-static void e2b_qenc(struct buf *b, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
-            buf_putc(b, (char)c);
-        } else {
-            buf_putc(b, '%');
-            buf_putc(b, hex[c >> 4]);
-            buf_putc(b, hex[c & 15]);
-        }
-    }
-}
-
-/* Single-quotes s for the shell. */
-static void e2b_shquote(struct buf *b, const char *s)
-{
-    buf_putc(b, '\'');
-    for (; *s; s++) {
-        if (*s == '\'')
-            buf_puts(b, "'\\''");
-        else
-            buf_putc(b, *s);
-    }
-    buf_putc(b, '\'');
 }
 
 /* A sandbox id as E2B issues them: [A-Za-z0-9_-], 1..E2B_ID_MAX bytes. */
@@ -1311,7 +1282,7 @@ static void files_path(struct buf *b, const struct sandbox *sb, const char *path
 {
     const struct e2b_sb *x = sb->priv;
     buf_puts(b, "/files?path=");
-    e2b_qenc(b, path);
+    quote_url(b, path);
     if (x->old_user)
         buf_puts(b, "&username=user");
 }
@@ -1378,7 +1349,7 @@ static void wr_done(void *arg, http_request *req, const struct http_result *res)
     struct buf cmd;
     buf_init(&cmd);
     buf_printf(&cmd, "chmod %04o -- ", (unsigned)(w->mode & 07777));
-    e2b_shquote(&cmd, name);
+    quote_sh(&cmd, name);
     e2b_run(w->sb, cmd.data, dir, 0, wr_chmod_done, w);
     buf_release(&cmd);
     free(dir);
@@ -1556,7 +1527,7 @@ static void e2b_read_file(struct sandbox *sb, const char *path, size_t max, prov
 static void arch_path(struct buf *b, const char *abs)
 {
     buf_puts(b, "\"$R\"");
-    e2b_shquote(b, abs);
+    quote_sh(b, abs);
 }
 
 /* An absolute path without "." or ".." segments, not "/" itself. */
@@ -1752,7 +1723,7 @@ static void e2b_archive_upload(struct sandbox *sb, const char *const *paths, con
         buf_puts(&cmd, " -C ");
         arch_path(&cmd, dir[0] ? dir : "/");
         buf_putc(&cmd, ' ');
-        e2b_shquote(&cmd, slash + 1);
+        quote_sh(&cmd, slash + 1);
         free(dir);
     }
     if (!paths || !paths[0]) {
@@ -1824,9 +1795,9 @@ static void rs_uploaded(void *arg, http_request *req, const struct http_result *
     buf_puts(&cmd, "R=$PWD; R=${R%/}; cd ");
     arch_path(&cmd, a->dest);
     buf_puts(&cmd, " || exit 1; tar -xf ");
-    e2b_shquote(&cmd, base);
+    quote_sh(&cmd, base);
     buf_puts(&cmd, "; s=$?; rm -f ");
-    e2b_shquote(&cmd, base);
+    quote_sh(&cmd, base);
     buf_puts(&cmd, "; exit $s");
     e2b_run(a->sb, cmd.data, "/", 0, rs_extracted, a);
     buf_release(&cmd);
@@ -2257,14 +2228,14 @@ static void e2b_list_page(struct e2b_list *l, const char *token)
     buf_puts(&inner, "sandbox-worker=1");
     if (l->p->settings.deployment) {
         buf_puts(&inner, "&deployment=");
-        e2b_qenc(&inner, l->p->settings.deployment);
+        quote_url(&inner, l->p->settings.deployment);
     }
     buf_puts(&path, "/v2/sandboxes?metadata=");
-    e2b_qenc(&path, inner.data);
+    quote_url(&path, inner.data);
     buf_puts(&path, "&state=running,paused&limit=100");
     if (token && *token) {
         buf_puts(&path, "&nextToken=");
-        e2b_qenc(&path, token);
+        quote_url(&path, token);
     }
     l->pages++;
     e2b_call(l->p, "GET", path.data, NULL, 0, e2b_listed, l, "list sandboxes");
