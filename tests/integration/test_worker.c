@@ -5,12 +5,14 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "lib/buf.h"
 #include "tests/support/redis_server.h"
 #include "tests/support/scripted_provider.h"
 #include "tests/support/test.h"
@@ -399,6 +401,174 @@ TEST_CASE(killed_worker_reclaimed)
                       "ran\n") == 0);
     cJSON_Delete(r);
     CHECK_EQ_INT(results_for("k1"), 1);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+/* ---- re-attach (scripted-reattach: commands run in detached processes) ---- */
+
+static char ra_dir[512], ra_log[600], ra_env[3][700];
+static const char *ra_envp[5];
+
+/* A fresh state directory and exec log for the re-attachable scripted provider. */
+static const char *const *reattach_env(void)
+{
+    snprintf(ra_dir, sizeof(ra_dir), "%s/%s-state", logdir, pfx);
+    mkdir(ra_dir, 0755);
+    snprintf(ra_log, sizeof(ra_log), "%s/%s-exec.log", logdir, pfx);
+    unlink(ra_log);
+    snprintf(ra_env[0], sizeof(ra_env[0]), "SCRIPTED_STATE_DIR=%s", ra_dir);
+    snprintf(ra_env[1], sizeof(ra_env[1]), "SCRIPTED_EXEC_LOG=%s", ra_log);
+    snprintf(ra_env[2], sizeof(ra_env[2]), "SANDBOX_PROVIDER=scripted-reattach");
+    ra_envp[0] = ra_env[0];
+    ra_envp[1] = ra_env[1];
+    ra_envp[2] = ra_env[2];
+    ra_envp[3] = "WORKER_LEASE_MS=3000";
+    ra_envp[4] = NULL;
+    return ra_envp;
+}
+
+static int count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int n = 0, c;
+    while ((c = fgetc(f)) != EOF)
+        n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+/* Concatenation of the output events' data of one step and stream. */
+static char *event_output(const char *id, const char *step, const char *stream)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE %s - +", key("events", id));
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const char *type = "", *st = "", *sm = "", *data = NULL;
+        size_t len = 0;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *n = f->element[k]->str;
+            redisReply *v = f->element[k + 1];
+            if (!strcmp(n, "type"))
+                type = v->str;
+            else if (!strcmp(n, "step"))
+                st = v->str;
+            else if (!strcmp(n, "stream"))
+                sm = v->str;
+            else if (!strcmp(n, "data")) {
+                data = v->str;
+                len = v->len;
+            }
+        }
+        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
+            buf_append(&b, data, len);
+    }
+    freeReplyObject(r);
+    buf_putc(&b, '\0');
+    return buf_detach(&b);
+}
+
+/* Waits until the job's events hold `needle` (raw text of any field). */
+static int wait_event_text(const char *id, const char *needle, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        char *text = NULL;
+        free(event_types(id, &text));
+        int found = strstr(text, needle) != NULL;
+        free(text);
+        if (found)
+            return 1;
+        sleep_ms(50);
+    }
+    return 0;
+}
+
+static const char *step_field(const cJSON *r, int i, const char *name)
+{
+    return jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), i), name);
+}
+
+TEST_CASE(killed_worker_reattached)
+{
+    new_prefix("reattach");
+    const char *const *env = reattach_env();
+    /* Worker A dies (SIGKILL) in the middle of step 1's command; B re-attaches to it: one
+     * result with every byte of output once, in the result and in the events, and each
+     * command ran once. */
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("ra1", "thra",
+                      "{\"type\":\"run\",\"cmd\":\"out zero\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out one;err warn;out two;sleep 6000;"
+                      "out three;exit 0\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out second\"}",
+                      NULL));
+    CHECK(wait_event_text("ra1", "two", 20000));
+    sleep_ms(100);
+    worker_stop(a, SIGKILL, 5000);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("ra1", 30000);
+    CHECK(r != NULL);
+    if (!r || !jstr(r, "status") || strcmp(jstr(r, "status"), "succeeded") != 0) {
+        char cmd[1200];
+        snprintf(cmd, sizeof(cmd), "grep -v ' debug ' %s | tail -20", log_path("wb"));
+        printf("  worker B's log:\n");
+        fflush(stdout);
+        if (system(cmd) != 0)
+            printf("  (no log)\n");
+    }
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(step_field(r, 0, "stdout"), "zero\n");
+    CHECK_STR(step_field(r, 1, "stdout"), "one\ntwo\nthree\n");
+    CHECK_STR(step_field(r, 1, "stderr"), "warn\n");
+    CHECK_STR(step_field(r, 1, "status"), "ok");
+    CHECK_STR(step_field(r, 2, "stdout"), "second\n");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("ra1"), 1);
+    CHECK_EQ_INT(count_lines(ra_log), 3); /* three commands, each started once */
+    char *so = event_output("ra1", "1", "stdout"), *se = event_output("ra1", "1", "stderr");
+    CHECK_STR(so, "one\ntwo\nthree\n");
+    CHECK_STR(se, "warn\n");
+    free(so);
+    free(se);
+    so = event_output("ra1", "0", "stdout");
+    CHECK_STR(so, "zero\n");
+    free(so);
+    char *n = sync_hget(rc, key("job", "ra1"), "reattached");
+    CHECK_STR(n, "1");
+    free(n);
+    char *types = event_types("ra1", NULL);
+    CHECK(strstr(types, "reattached|") != NULL);
+    free(types);
+    CHECK(file_contains(log_path("wb"), "re-attaching at step 1"));
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(reattach_sandbox_gone_is_lost)
+{
+    new_prefix("ragone");
+    const char *const *env = reattach_env();
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("rg1", "thrg", "{\"type\":\"run\",\"cmd\":\"out began;sleep 4000;out end\"}",
+                      NULL));
+    CHECK(wait_event_text("rg1", "began", 20000));
+    worker_stop(a, SIGKILL, 5000);
+    /* The sandbox disappears before anyone re-attaches (expired, destroyed by an operator). */
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "rm -f %s/*.sb", ra_dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("rg1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "lost");
+    CHECK_STR(jstr(r, "error.code"), "worker_lost");
+    CHECK(jstr(r, "error.message") && strstr(jstr(r, "error.message"), "sandbox is gone"));
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("rg1"), 1);
+    CHECK_EQ_INT(count_lines(ra_log), 1); /* never run again */
     CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
 }
 
@@ -1658,6 +1828,8 @@ int main(void)
     RUN(invalid_jobs_rejected);
     RUN(duplicate_delivery_one_result);
     RUN(killed_worker_reclaimed);
+    RUN(killed_worker_reattached);
+    RUN(reattach_sandbox_gone_is_lost);
     RUN(fenced_after_takeover);
     RUN(redis_restart_mid_turn);
     RUN(retries_then_dead_letter);
