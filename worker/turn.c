@@ -88,6 +88,7 @@ struct turn {
     int can_reattach;
     cJSON *sb_ref;             /* provider_sandbox_ref of t->sb */
     cJSON *handle;             /* the running step's exec handle once known */
+    int attached;              /* t->ex follows a command a previous worker started */
     struct event *handle_poll; /* asks for the handle until the provider knows it */
 };
 
@@ -778,15 +779,22 @@ static void step_error(struct turn *t, const char *fmt, ...)
     step_done(t, SS_ERROR);
 }
 
+static void record_handle(struct turn *t);
+
 static void on_output(void *arg, enum exec_stream stream, const char *data, size_t len)
 {
     struct turn *t = arg;
     int si = stream == EXEC_STDERR;
     struct stream_out *so = &t->sr[t->step].out[si];
+    if (t->can_reattach && !t->handle && t->ex)
+        record_handle(t); /* the handle is in Redis before any output event */
     so->total += len;
     buf_append(&so->pend, data, len);
     emit_output(t, si, 0);
 }
+
+static void reattach_lost(struct turn *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void on_exec_exit(void *arg, enum exec_status status, int exit_code, const char *err)
 {
@@ -813,6 +821,12 @@ static void on_exec_exit(void *arg, enum exec_status status, int exit_code, cons
         step_done(t, SS_KILLED);
         return;
     case EXEC_ERROR:
+        if (t->attached && !t->abort) {
+            /* Re-attached and the provider lost the command: its end is unknown. */
+            reattach_lost(t, "step %s: %s", t->job->steps[t->step].name,
+                          err ? err : "provider error");
+            return;
+        }
         sr->error = xstrdup(err ? err : "provider error");
         step_done(t, SS_ERROR);
         return;
@@ -1370,10 +1384,7 @@ static void acquire(struct turn *t)
 
 /* ---- re-attach: a reclaimed turn that a previous worker started ---- */
 
-/* The turn cannot go on: reported lost, the sandbox (when reconnected) suspended. */
-static void reattach_lost(struct turn *t, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
+/* The turn cannot go on: reported lost; sandbox and thread left as they are (below). */
 static void reattach_lost(struct turn *t, const char *fmt, ...)
 {
     struct buf b;
@@ -1392,7 +1403,12 @@ static void reattach_lost(struct turn *t, const char *fmt, ...)
     t->status = "lost";
     if (!t->sr)
         t->sr = xcalloc(t->job->nsteps ? t->job->nsteps : 1, sizeof(*t->sr));
-    finish(t);
+    /* The sandbox and the thread are left as they are: a sandbox found under the old name may
+     * not be the turn's (a fresh session, say), so suspending it could replace the thread's
+     * snapshot with the wrong state. The thread keeps its previous snapshot. */
+    t->finishing = 1;
+    t->t_steps_done = now_ms();
+    finished(t);
 }
 
 struct reattach_ctx {
@@ -1442,6 +1458,7 @@ static void reattached(void *arg, struct sandbox *sb, const char *err)
     /* From the start when the provider replays: the tail is rebuilt, the events are not
      * written again (quiet). */
     t->ex = provider_exec_attach(sb, h, 0, &cbs, &from, e, sizeof(e));
+    t->attached = t->ex != NULL;
     if (!t->ex) {
         reattach_lost(t, "step %s: %s", js->name, e[0] ? e : "cannot re-attach");
         goto out;
