@@ -261,6 +261,7 @@ static const char complete_lua[] =
     "    redis.call('HSET', KEYS[3], 'phase', 'done', 'status', ARGV[7], 'result', ARGV[8],\n"
     "               'finished_at', now, 'owner', ARGV[2], 'entry', ARGV[3],\n"
     "               'token', ARGV[4])\n"
+    "    redis.call('HDEL', KEYS[3], 'reattach', 'reattach_out')\n"
     "    redis.call('EXPIRE', KEYS[3], ARGV[17])\n"
     "    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*', 'type', 'done',\n"
     "               'status', ARGV[7], 'result', ARGV[8])\n"

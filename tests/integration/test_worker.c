@@ -540,6 +540,9 @@ TEST_CASE(killed_worker_reattached)
     char *n = sync_hget(rc, key("job", "ra1"), "reattached");
     CHECK_STR(n, "1");
     free(n);
+    n = sync_hget(rc, key("job", "ra1"), "reattach"); /* the record goes with the result */
+    CHECK(n == NULL);
+    free(n);
     char *types = event_types("ra1", NULL);
     CHECK(strstr(types, "reattached|") != NULL);
     free(types);
@@ -570,6 +573,66 @@ TEST_CASE(reattach_sandbox_gone_is_lost)
     CHECK_EQ_INT(results_for("rg1"), 1);
     CHECK_EQ_INT(count_lines(ra_log), 1); /* never run again */
     CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(reattach_run_unknown_is_lost)
+{
+    new_prefix("rarun");
+    const char *const *env = reattach_env();
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("rr1", "thrr", "{\"type\":\"run\",\"cmd\":\"out began;sleep 4000;out end\"}",
+                      NULL));
+    CHECK(wait_event_text("rr1", "began", 20000));
+    worker_stop(a, SIGKILL, 5000);
+    /* The sandbox is there, the command is not (a sandbox restarted under the same name). */
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "rm -f %s/run-*", ra_dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("rr1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "lost");
+    CHECK_STR(jstr(r, "error.code"), "worker_lost");
+    CHECK(jstr(r, "error.message") && strstr(jstr(r, "error.message"), "no run"));
+    cJSON_Delete(r);
+    /* Neither suspended nor destroyed: the sandbox found may not be the turn's, and the
+     * thread keeps what it had (nothing, for a new thread). */
+    snprintf(cmd, sizeof(cmd), "ls %s/*.sb >/dev/null 2>&1", ra_dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    char *st = sync_hget(rc, key("thread", "thrr"), "state");
+    CHECK(st == NULL || st[0] == '\0');
+    free(st);
+    CHECK_EQ_INT(count_lines(ra_log), 1);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(lease_lost_detaches_then_reattaches)
+{
+    new_prefix("radetach");
+    const char *const *env = reattach_env();
+    pid_t w = spawn("w1", env, 0);
+    xadd_job(job_json("rd1", "thrd", "{\"type\":\"run\",\"cmd\":\"out early;sleep 4000;out late\"}",
+                      NULL));
+    CHECK(wait_event_text("rd1", "early", 20000));
+    char *entry = sync_hget(rc, key("job", "rd1"), "entry");
+    CHECK(entry != NULL);
+    /* Another consumer takes the entry over and never renews it: our worker's lease is lost,
+     * so it detaches (the command goes on); after the lease it reclaims the entry and
+     * re-attaches to the same command. */
+    freeReplyObject(sync_cmd(rc, "XCLAIM %s workers thief 0 %s", k_jobs, entry ? entry : "0-0"));
+    cJSON *r = wait_result("rd1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(step_field(r, 0, "stdout"), "early\nlate\n");
+    cJSON_Delete(r);
+    char *so = event_output("rd1", "0", "stdout");
+    CHECK_STR(so, "early\nlate\n");
+    free(so);
+    CHECK_EQ_INT(results_for("rd1"), 1);
+    CHECK_EQ_INT(count_lines(ra_log), 1); /* never killed, never started again */
+    CHECK(file_contains(log_path("w1"), "lease lost"));
+    free(entry);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
 }
 
 TEST_CASE(fenced_after_takeover)
@@ -1830,6 +1893,8 @@ int main(void)
     RUN(killed_worker_reclaimed);
     RUN(killed_worker_reattached);
     RUN(reattach_sandbox_gone_is_lost);
+    RUN(reattach_run_unknown_is_lost);
+    RUN(lease_lost_detaches_then_reattaches);
     RUN(fenced_after_takeover);
     RUN(redis_restart_mid_turn);
     RUN(retries_then_dead_letter);
