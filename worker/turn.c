@@ -84,7 +84,7 @@ struct turn {
     int finishing;
     struct event *deadline;
     /* Re-attach (DESIGN §5): with a capable provider the job hash records where the running
-     * command is (see record_step); a reclaiming worker follows it from there. */
+     * command is (see record_json); a reclaiming worker follows it from there. */
     int can_reattach;
     cJSON *sb_ref;             /* provider_sandbox_ref of t->sb */
     cJSON *handle;             /* the running step's exec handle once known */
@@ -800,7 +800,9 @@ static void on_exec_exit(void *arg, enum exec_status status, int exit_code, cons
 {
     struct turn *t = arg;
     struct step_result *sr = &t->sr[t->step];
+    int attached = t->attached;
     t->ex = NULL;
+    t->attached = 0;
     if (t->handle_poll)
         evtimer_del(t->handle_poll);
     for (int s = 0; s < 2; s++) {
@@ -821,7 +823,7 @@ static void on_exec_exit(void *arg, enum exec_status status, int exit_code, cons
         step_done(t, SS_KILLED);
         return;
     case EXEC_ERROR:
-        if (t->attached && !t->abort) {
+        if (attached && !t->abort) {
             /* Re-attached and the provider lost the command: its end is unknown. */
             reattach_lost(t, "step %s: %s", t->job->steps[t->step].name,
                           err ? err : "provider error");
@@ -1087,13 +1089,19 @@ static void handle_poll_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void run_step(struct turn *t);
+static void turn_abort(struct turn *t, enum turn_abort why);
 
 static void step_recorded(void *arg, int rc)
 {
     struct turn *t = arg;
+    if (rc == 0) {
+        /* Fenced: another worker owns the entry now and may re-attach; leave it all. */
+        turn_abort(t, AB_LEASE);
+        step_done(t, SS_KILLED);
+        return;
+    }
     if (rc != 1) {
-        step_error(t, "could not record the step's progress in Redis (%s)",
-                   rc == 0 ? "the lease moved to another worker" : "no answer");
+        step_error(t, "could not record the step's progress in Redis");
         return;
     }
     if (t->abort) {
