@@ -599,6 +599,7 @@ static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
         }
     }
     send_read(q);
+    check_drained(q); /* a drain that began while the reclaim ran: no read follows */
 }
 
 static void start_read(queue *q)

@@ -89,6 +89,7 @@ struct turn {
     cJSON *sb_ref;             /* provider_sandbox_ref of t->sb */
     cJSON *handle;             /* the running step's exec handle once known */
     int attached;              /* t->ex follows a command a previous worker started */
+    int64_t elapsed0;          /* ms of the turn previous workers had (re-attached) */
     struct event *handle_poll; /* asks for the handle until the provider knows it */
 };
 
@@ -985,14 +986,18 @@ static const char *rec_str(const cJSON *o, const char *name)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static cJSON *step_to_json(const struct step_result *sr)
+/* The error text is masked here: the record is stored like a result. */
+static cJSON *step_to_json(const struct turn *t, const struct step_result *sr)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "st", sr->status);
     cJSON_AddNumberToObject(o, "ec", sr->exit_code);
     cJSON_AddBoolToObject(o, "he", sr->has_exit);
-    if (sr->error)
-        cJSON_AddStringToObject(o, "err", sr->error);
+    if (sr->error) {
+        char *m = mask_strdup(t->mask, sr->error);
+        cJSON_AddStringToObject(o, "err", m);
+        free(m);
+    }
     cJSON_AddNumberToObject(o, "dur", (double)sr->duration_ms);
     cJSON *outs = cJSON_AddArrayToObject(o, "o");
     for (int k = 0; k < 2; k++) {
@@ -1047,12 +1052,15 @@ static char *record_json(struct turn *t)
                           t->handle ? cJSON_Duplicate(t->handle, 1) : cJSON_CreateNull());
     cJSON *steps = cJSON_AddArrayToObject(r, "steps");
     for (size_t i = 0; i < t->step; i++)
-        cJSON_AddItemToArray(steps, step_to_json(&t->sr[i]));
+        cJSON_AddItemToArray(steps, step_to_json(t, &t->sr[i]));
     if (t->files)
         cJSON_AddItemToObject(r, "files", cJSON_Duplicate(t->files, 1));
     if (t->uploads)
         cJSON_AddItemToObject(r, "uploads", cJSON_Duplicate(t->uploads, 1));
     cJSON_AddNumberToObject(r, "used", (double)t->result_used);
+    /* Time the turn has had so far (ms): a re-attached turn gets what is left of its
+     * deadline (less the time since this record, which it cannot know). */
+    cJSON_AddNumberToObject(r, "elapsed", (double)(t->elapsed0 + now_ms() - t->t_start));
     char *s = cJSON_PrintUnformatted(r);
     cJSON_Delete(r);
     return s;
@@ -1338,10 +1346,12 @@ static void acquired(void *arg, struct sandbox *sb, const char *err)
     next_step(t);
 }
 
-static void arm_deadline(struct turn *t)
+/* elapsed: ms of the budget a previous worker already used. */
+static void arm_deadline(struct turn *t, int64_t elapsed)
 {
     struct worker *w = t->w;
     int64_t budget = t->job->deadline_ms ? t->job->deadline_ms : w->cfg.turn_timeout_ms;
+    budget = elapsed < budget ? budget - elapsed : 0;
     t->deadline = evtimer_new(w->base, deadline_cb, t);
     struct timeval tv = {(time_t)(budget / 1000), (suseconds_t)((budget % 1000) * 1000)};
     evtimer_add(t->deadline, &tv);
@@ -1364,7 +1374,7 @@ static void sandbox_spec_of(struct turn *t, struct sandbox_spec *spec)
 static void acquire(struct turn *t)
 {
     struct worker *w = t->w;
-    arm_deadline(t);
+    arm_deadline(t, 0);
     int has_snapshot = t->old_snapshot && *t->old_snapshot && t->old_state &&
                        strcmp(t->old_state, "suspended") == 0 && t->old_provider &&
                        strcmp(t->old_provider, provider_name(w->prov)) == 0;
@@ -1489,8 +1499,10 @@ out:
 static void reattach(struct turn *t, const struct queue_thread *th)
 {
     struct worker *w = t->w;
-    arm_deadline(t);
     cJSON *rec = th->reattach ? cJSON_Parse(th->reattach) : NULL;
+    double elapsed = rec_num(rec, "elapsed", 0);
+    t->elapsed0 = elapsed > 0 && elapsed < 1e12 ? (int64_t)elapsed : 0;
+    arm_deadline(t, t->elapsed0);
     const char *prov = rec_str(rec, "provider");
     double step = rec_num(rec, "step", -1);
     const cJSON *steps = cJSON_GetObjectItemCaseSensitive(rec, "steps");

@@ -497,17 +497,23 @@ TEST_CASE(killed_worker_reattached)
     const char *const *env = reattach_env();
     /* Worker A dies (SIGKILL) in the middle of step 1's command; B re-attaches to it: one
      * result with every byte of output once, in the result and in the events, and each
-     * command ran once. */
+     * command ran once. With a secret, output is held back (the secret's length less one)
+     * until it can be masked, so A has published part of each stream when it dies. */
     pid_t a = spawn("wa", env, 0);
     xadd_job(job_json("ra1", "thra",
-                      "{\"type\":\"run\",\"cmd\":\"out zero\"},"
-                      "{\"type\":\"run\",\"cmd\":\"out one;err warn;out two;sleep 6000;"
-                      "out three;exit 0\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out zero;env TOK\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out one;err warning-line-long;out two;"
+                      "out pad-pad-pad-pad;sleep 6000;out three;exit 0\"},"
                       "{\"type\":\"run\",\"cmd\":\"out second\"}",
-                      NULL));
+                      "\"secrets\":{\"TOK\":\"ra-secret-4711\"}"));
     CHECK(wait_event_text("ra1", "two", 20000));
     sleep_ms(100);
     worker_stop(a, SIGKILL, 5000);
+    /* The record holds step 0's output masked, like a result. */
+    char *rec = sync_hget(rc, key("job", "ra1"), "reattach");
+    CHECK(rec && strstr(rec, "\"step\":1") != NULL);
+    CHECK(rec && strstr(rec, "ra-secret-4711") == NULL);
+    free(rec);
     pid_t b = spawn("wb", env, 0);
     cJSON *r = wait_result("ra1", 30000);
     CHECK(r != NULL);
@@ -520,9 +526,9 @@ TEST_CASE(killed_worker_reattached)
             printf("  (no log)\n");
     }
     CHECK_STR(jstr(r, "status"), "succeeded");
-    CHECK_STR(step_field(r, 0, "stdout"), "zero\n");
-    CHECK_STR(step_field(r, 1, "stdout"), "one\ntwo\nthree\n");
-    CHECK_STR(step_field(r, 1, "stderr"), "warn\n");
+    CHECK_STR(step_field(r, 0, "stdout"), "zero\n***\n");
+    CHECK_STR(step_field(r, 1, "stdout"), "one\ntwo\npad-pad-pad-pad\nthree\n");
+    CHECK_STR(step_field(r, 1, "stderr"), "warning-line-long\n");
     CHECK_STR(step_field(r, 1, "status"), "ok");
     CHECK_STR(step_field(r, 2, "stdout"), "second\n");
     CHECK_STR(jstr(r, "worker"), "wb");
@@ -530,12 +536,12 @@ TEST_CASE(killed_worker_reattached)
     CHECK_EQ_INT(results_for("ra1"), 1);
     CHECK_EQ_INT(count_lines(ra_log), 3); /* three commands, each started once */
     char *so = event_output("ra1", "1", "stdout"), *se = event_output("ra1", "1", "stderr");
-    CHECK_STR(so, "one\ntwo\nthree\n");
-    CHECK_STR(se, "warn\n");
+    CHECK_STR(so, "one\ntwo\npad-pad-pad-pad\nthree\n");
+    CHECK_STR(se, "warning-line-long\n");
     free(so);
     free(se);
     so = event_output("ra1", "0", "stdout");
-    CHECK_STR(so, "zero\n");
+    CHECK_STR(so, "zero\n***\n");
     free(so);
     char *n = sync_hget(rc, key("job", "ra1"), "reattached");
     CHECK_STR(n, "1");
@@ -548,6 +554,12 @@ TEST_CASE(killed_worker_reattached)
     free(types);
     CHECK(file_contains(log_path("wb"), "re-attaching at step 1"));
     CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+    if (test_failed_now) {
+        char cmd[1200];
+        snprintf(cmd, sizeof(cmd), "tail -30 %s", log_path("wb"));
+        if (system(cmd) != 0)
+            printf("  (no log)\n");
+    }
 }
 
 TEST_CASE(reattach_sandbox_gone_is_lost)
@@ -633,6 +645,30 @@ TEST_CASE(lease_lost_detaches_then_reattaches)
     CHECK(file_contains(log_path("w1"), "lease lost"));
     free(entry);
     CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(reattached_turn_keeps_its_deadline)
+{
+    new_prefix("radeadline");
+    const char *const *env = reattach_env();
+    /* 6 s of a 10 s deadline pass in step 0; A dies in step 1 (9.5 s of command). B gets the
+     * 4 s left, not a fresh 10 s: the turn times out before the command would end. */
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("rt1", "thrt",
+                      "{\"type\":\"run\",\"cmd\":\"sleep 6000\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out go;sleep 9500;out end\"}",
+                      "\"deadline_ms\":10000"));
+    CHECK(wait_event_text("rt1", "go", 20000));
+    worker_stop(a, SIGKILL, 5000);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("rt1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "timeout");
+    CHECK_STR(jstr(r, "error.code"), "deadline");
+    CHECK_STR(step_field(r, 0, "status"), "ok");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(count_lines(ra_log), 2);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
 }
 
 TEST_CASE(fenced_after_takeover)
@@ -1878,6 +1914,27 @@ TEST_CASE(check_config_names_variable)
     CHECK(strncmp(out, "SANDBOX_PROVIDER", 16) == 0);
 }
 
+TEST_CASE(sigterm_while_reclaiming_stops)
+{
+    /* A SIGTERM that arrives while the reader's reclaim script runs (right after start, with
+     * another consumer in the group) still ends the drain: the worker stops at once. */
+    for (int k = 0; k < 4; k++) {
+        new_prefix("qt");
+        pid_t a = spawn("wa", short_lease, 0);
+        xadd_job(job_json("q1", "thq", "{\"type\":\"run\",\"cmd\":\"out one\"}", NULL));
+        cJSON_Delete(wait_result("q1", 20000));
+        worker_stop(a, SIGKILL, 5000);
+        pid_t c = spawn("wc", short_lease, 0);
+        for (int waited = 0; waited < 10000 && !file_contains(log_path("wc"), "queue ready");
+             waited++)
+            usleep(500);
+        int st = worker_stop(c, SIGTERM, 10000);
+        CHECK_EQ_INT(st, 0);
+        if (st != 0)
+            break;
+    }
+}
+
 int main(void)
 {
     srv = test_redis_start(NULL);
@@ -1895,6 +1952,8 @@ int main(void)
     RUN(reattach_sandbox_gone_is_lost);
     RUN(reattach_run_unknown_is_lost);
     RUN(lease_lost_detaches_then_reattaches);
+    RUN(reattached_turn_keeps_its_deadline);
+    RUN(sigterm_while_reclaiming_stops);
     RUN(fenced_after_takeover);
     RUN(redis_restart_mid_turn);
     RUN(retries_then_dead_letter);
