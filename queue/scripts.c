@@ -99,6 +99,8 @@
  * A started job reclaimed by a worker that can re-attach (ARGV[13] "1", same entry) whose job
  * hash holds a "reattach" record is taken over (owner and token updated, "reattached"
  * counted): {"reattach", …thread fields…, "reattach", record, "reattach_out", offsets}.
+ * Such a worker's begin of a new turn sets the record {"v":1,"step":-1} (no step started
+ * yet: a reclaimer may start the turn afresh); another worker's begin removes it.
  * Returns {"fenced"} | {"duplicate", why} | {"cancelled"} | {"started"} | {"tenant"} |
  *         {"busy"} | {"ok", "state", s, "sandbox_id", s, "snapshot", s, "provider", s}
  *         (the thread's previous values, "" when unset). */
@@ -177,6 +179,11 @@ static const char begin_lua[] =
     "           'lock_entry', ARGV[3], 'lock_job', ARGV[5])\n"
     "redis.call('HSET', KEYS[2], 'phase', 'running', 'entry', ARGV[3], 'owner', ARGV[2],\n"
     "           'token', ARGV[4], 'attempt', ARGV[12], 'thread', ARGV[6], 'started_at', now)\n"
+    "if ARGV[13] == '1' then\n"
+    "  redis.call('HSET', KEYS[2], 'reattach', '{\"v\":1,\"step\":-1}', 'reattach_out', '')\n"
+    "else\n"
+    "  redis.call('HDEL', KEYS[2], 'reattach', 'reattach_out')\n"
+    "end\n"
     "return {'ok', 'state', t[4] or '', 'sandbox_id', t[5] or '', 'snapshot', t[6] or '',\n"
     "        'provider', t[7] or ''}\n";
 

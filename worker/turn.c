@@ -705,7 +705,7 @@ static void finish(struct turn *t)
         evtimer_del(t->handle_poll);
     /* Lease lost with a re-attachable command: the new owner follows it in this sandbox,
      * so it is left running. */
-    if (!t->sb || (t->abort == AB_LEASE && t->can_reattach)) {
+    if (!t->sb || (t->abort == AB_LEASE && t->can_reattach && t->sb_ref)) {
         finished(t);
         return;
     }
@@ -1255,7 +1255,7 @@ static void turn_abort(struct turn *t, enum turn_abort why)
     if (t->abort)
         return;
     t->abort = why;
-    if (t->ex && why == AB_LEASE && t->can_reattach)
+    if (t->ex && why == AB_LEASE && t->can_reattach && t->sb_ref)
         provider_exec_detach(t->sb, t->ex); /* the new owner re-attaches */
     else if (t->ex)
         provider_exec_kill(t->sb, t->ex);
@@ -1332,12 +1332,12 @@ static void acquired(void *arg, struct sandbox *sb, const char *err)
     t->sb = sb;
     log_info(&t->lc, "sandbox %s %s", sb->id, t->resumed ? "resumed" : "created");
     if (t->can_reattach) {
+        /* Without a reference the records still say a step started (so the turn is lost,
+         * never run again), but nothing is left running for a new owner. */
         t->sb_ref = provider_sandbox_ref(sb);
-        if (!t->sb_ref) {
+        if (!t->sb_ref)
             log_warn(&t->lc, "sandbox %s cannot be found again; this turn cannot be re-attached",
                      sb->id);
-            t->can_reattach = 0;
-        }
     }
     const char *fields[] = {
         "type", "started", "sandbox", sb->id, "resumed", t->resumed ? "true" : "false", NULL};
@@ -1500,14 +1500,28 @@ static void reattach(struct turn *t, const struct queue_thread *th)
 {
     struct worker *w = t->w;
     cJSON *rec = th->reattach ? cJSON_Parse(th->reattach) : NULL;
+    const char *prov = rec_str(rec, "provider");
+    double step = rec_num(rec, "step", -2);
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(rec, "steps");
+    const cJSON *ref = cJSON_GetObjectItemCaseSensitive(rec, "sandbox");
+    if (rec && step == -1 && !ref && !steps) {
+        /* The previous worker began the turn and stopped before its first step started:
+         * nothing ran, so the turn starts afresh (a sandbox it may have created is left to
+         * the provider's idle policy). */
+        cJSON_Delete(rec);
+        log_info(&t->lc, "no step had started; the turn starts afresh");
+        acquire(t);
+        return;
+    }
     double elapsed = rec_num(rec, "elapsed", 0);
     t->elapsed0 = elapsed > 0 && elapsed < 1e12 ? (int64_t)elapsed : 0;
     arm_deadline(t, t->elapsed0);
-    const char *prov = rec_str(rec, "provider");
-    double step = rec_num(rec, "step", -1);
-    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(rec, "steps");
-    const cJSON *ref = cJSON_GetObjectItemCaseSensitive(rec, "sandbox");
     t->sr = xcalloc(t->job->nsteps ? t->job->nsteps : 1, sizeof(*t->sr));
+    if (rec && step >= 0 && prov && !cJSON_IsObject(ref)) {
+        cJSON_Delete(rec);
+        reattach_lost(t, "the sandbox could not be found again (the provider gave no reference)");
+        return;
+    }
     if (!rec || !prov || !cJSON_IsObject(ref) || !cJSON_IsArray(steps) || step < 0 ||
         (size_t)step >= t->job->nsteps || (size_t)cJSON_GetArraySize(steps) != (size_t)step) {
         cJSON_Delete(rec);

@@ -671,6 +671,43 @@ TEST_CASE(reattached_turn_keeps_its_deadline)
     CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
 }
 
+TEST_CASE(killed_before_first_step_starts_afresh)
+{
+    new_prefix("rafresh");
+    const char *const *env = reattach_env();
+    /* A dies while its sandbox is being created: no step started, so B runs the turn from
+     * the beginning instead of reporting it lost. */
+    const char *slow[8];
+    size_t n = 0;
+    for (; env[n]; n++)
+        slow[n] = env[n];
+    slow[n++] = "SCRIPTED_CREATE_DELAY_MS=3000";
+    slow[n] = NULL;
+    pid_t a = spawn("wa", slow, 0);
+    xadd_job(job_json("rf1", "thrf", "{\"type\":\"run\",\"cmd\":\"out hello\"}", NULL));
+    char *phase = NULL;
+    for (int waited = 0; waited < 20000; waited += 50) {
+        free(phase);
+        phase = sync_hget(rc, key("job", "rf1"), "phase");
+        if (phase && strcmp(phase, "running") == 0)
+            break;
+        sleep_ms(50);
+    }
+    CHECK_STR(phase, "running");
+    free(phase);
+    worker_stop(a, SIGKILL, 5000);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("rf1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(step_field(r, 0, "stdout"), "hello\n");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(count_lines(ra_log), 1);
+    CHECK(file_contains(log_path("wb"), "no step had started; the turn starts afresh"));
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
 TEST_CASE(fenced_after_takeover)
 {
     new_prefix("fence");
@@ -1953,6 +1990,7 @@ int main(void)
     RUN(reattach_run_unknown_is_lost);
     RUN(lease_lost_detaches_then_reattaches);
     RUN(reattached_turn_keeps_its_deadline);
+    RUN(killed_before_first_step_starts_afresh);
     RUN(sigterm_while_reclaiming_stops);
     RUN(fenced_after_takeover);
     RUN(redis_restart_mid_turn);

@@ -675,7 +675,8 @@ static void sr_create(struct provider *p, const struct sandbox_spec *spec, provi
                       void *arg)
 {
     stats.created++;
-    struct later *l = later_new(p->base, mark_cb, 0);
+    const char *delay = getenv("SCRIPTED_CREATE_DELAY_MS");
+    struct later *l = later_new(p->base, mark_cb, delay ? atoi(delay) : 0);
     l->cb.sbf = done;
     l->arg = arg;
     l->sb = sb_new(p, spec);

@@ -27,7 +27,8 @@
  * survives a SIGKILLed worker and any process can re-attach: sandbox_ref {"id"}, reconnect
  * (fails once the sandbox was suspended or destroyed, or its <id>.sb file is removed: "gone"),
  * exec_handle {"run", "pid"}, exec_attach (replays from any offset), exec_detach. Files and
- * snapshots stay in the process's memory: a reconnected sandbox has no files. */
+ * snapshots stay in the process's memory: a reconnected sandbox has no files.
+ * SCRIPTED_CREATE_DELAY_MS=N: its creates complete N ms later. */
 #ifndef SW_TESTS_SCRIPTED_PROVIDER_H
 #define SW_TESTS_SCRIPTED_PROVIDER_H
 
