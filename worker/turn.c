@@ -1068,6 +1068,12 @@ static char *record_json(struct turn *t)
 
 static void handle_poll_cb(evutil_socket_t fd, short what, void *arg);
 
+static void handle_recorded(void *arg, int rc)
+{
+    (void)arg;
+    (void)rc; /* fenced or failed: the turn learns that through its lease */
+}
+
 /* Records the running command's handle once the provider knows it (polled every 100 ms). */
 static void record_handle(struct turn *t)
 {
@@ -1085,7 +1091,10 @@ static void record_handle(struct turn *t)
     t->handle = h;
     char *rec = record_json(t);
     const char *hash[] = {"reattach", rec, NULL};
-    queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, NULL, NULL);
+    /* With a callback the write is retried while Redis is away (the callback must not
+     * touch the turn, which may be gone by then). */
+    queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, handle_recorded,
+                   NULL);
     free(rec);
 }
 
