@@ -18,7 +18,7 @@
 static const char *const script_names[SCRIPT__COUNT] = {
     [SCRIPT_BEGIN] = "begin",       [SCRIPT_COMPLETE] = "complete", [SCRIPT_RENEW] = "renew",
     [SCRIPT_RECLAIM] = "reclaim",   [SCRIPT_PROMOTE] = "promote",   [SCRIPT_ENQUEUE] = "enqueue",
-    [SCRIPT_HANDBACK] = "handback",
+    [SCRIPT_HANDBACK] = "handback", [SCRIPT_EVENT] = "event",       [SCRIPT_PROGRESS] = "progress",
 };
 
 static void add_key(cJSON *keys, const char *name, char *pattern)

@@ -186,15 +186,19 @@ static void azs_identifier(char out[40])
         snprintf(out + 3 + 2 * i, 3, "%02x", r[i]);
 }
 
-static struct azs_sb *azs_sb_new(struct provider *p, const struct sandbox_spec *spec, char *err,
-                                 size_t errlen)
+/* ident: the session identifier of a running session to find again, or NULL for a new one. */
+static struct azs_sb *azs_sb_new(struct provider *p, const struct sandbox_spec *spec,
+                                 const char *ident, char *err, size_t errlen)
 {
     struct azs_prov *d = azs_of(p);
     struct azs_sb *s = xcalloc(1, sizeof(*s));
     s->sb.prov = p;
     s->sb.priv = s;
     char id[40];
-    azs_identifier(id);
+    if (ident)
+        snprintf(id, sizeof(id), "%s", ident);
+    else
+        azs_identifier(id);
     snprintf(s->sb.id, sizeof(s->sb.id), "%s", id);
     s->pool = d->pool[spec->feature == SANDBOX_AI_WRITEBACK];
     static const char *const def_incl[] = {"/workspace", NULL};
@@ -424,7 +428,7 @@ static void acq_poll(struct azs_acq *a)
 }
 
 static void azs_acquire(struct provider *p, const struct sandbox_spec *spec, const char *key,
-                        provider_sandbox_fn done, void *arg)
+                        const char *ident, provider_sandbox_fn done, void *arg)
 {
     struct azs_acq *a = xcalloc(1, sizeof(*a));
     a->p = p;
@@ -435,7 +439,7 @@ static void azs_acquire(struct provider *p, const struct sandbox_spec *spec, con
     a->wait_ms = 100;
     a->timer = evtimer_new(p->base, acq_timer_cb, a);
     char err[300];
-    a->s = azs_sb_new(p, spec, err, sizeof(err));
+    a->s = azs_sb_new(p, spec, ident, err, sizeof(err));
     if (!a->s) {
         snprintf(a->err, sizeof(a->err), "azure-container-sessions: %s", err);
         azs_defer(p, acq_end, a);
@@ -447,7 +451,7 @@ static void azs_acquire(struct provider *p, const struct sandbox_spec *spec, con
 static void azs_create(struct provider *p, const struct sandbox_spec *spec,
                        provider_sandbox_fn done, void *arg)
 {
-    azs_acquire(p, spec, NULL, done, arg);
+    azs_acquire(p, spec, NULL, NULL, done, arg);
 }
 
 struct azs_bad {
@@ -480,7 +484,7 @@ static void azs_resume(struct provider *p, const struct sandbox_spec *spec, cons
         azs_defer(p, bad_end, b);
         return;
     }
-    azs_acquire(p, spec, key, done, arg);
+    azs_acquire(p, spec, key, NULL, done, arg);
 }
 
 /* ---- exec and files ---- */
@@ -495,6 +499,63 @@ static provider_exec *azs_exec(struct sandbox *sb, const struct exec_req *req,
 static void azs_exec_kill(provider_exec *ex)
 {
     agent_op_kill((agent_op *)ex);
+}
+
+/* ---- re-attach: the session by identifier, the agent's run by run id ----
+ * A session has no control plane to ask: the pool allocates a fresh one for an identifier
+ * it no longer has, so reconnect only finds a live agent; the run's absence on it (a fresh
+ * session) then shows that the old session is gone, and the worker reports the turn lost. */
+
+static cJSON *azs_sandbox_ref(struct sandbox *sb)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "id", sb->id);
+    return r;
+}
+
+static void azs_reconnect(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                          provider_sandbox_fn done, void *arg)
+{
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ref, "id"));
+    if (!id || strncmp(id, "sw-", 3) != 0 || strlen(id) >= 40 ||
+        strspn(id + 3, "0123456789abcdef") != strlen(id + 3)) {
+        struct azs_bad *b = xcalloc(1, sizeof(*b));
+        b->done = done;
+        b->arg = arg;
+        snprintf(b->err, sizeof(b->err), "azure-container-sessions: not a session reference");
+        azs_defer(p, bad_end, b);
+        return;
+    }
+    azs_acquire(p, spec, NULL, id, done, arg);
+}
+
+static cJSON *azs_exec_handle(provider_exec *ex)
+{
+    const char *run = agent_op_run_id((agent_op *)ex);
+    if (!run)
+        return NULL;
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddStringToObject(h, "run", run);
+    return h;
+}
+
+static provider_exec *azs_exec_attach(struct sandbox *sb, const cJSON *handle, uint64_t offset,
+                                      const struct exec_cbs *cbs, int *from_offset, char *err,
+                                      size_t errlen)
+{
+    struct azs_sb *s = sb->priv;
+    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(handle, "run"));
+    if (!run) {
+        snprintf(err, errlen, "azure-container-sessions: the exec handle has no run id");
+        return NULL;
+    }
+    *from_offset = 1; /* the agent keeps a run's output (spool) */
+    return (provider_exec *)agent_run_attach(s->ac, run, offset, cbs, err, errlen);
+}
+
+static void azs_exec_detach(provider_exec *ex)
+{
+    agent_op_detach((agent_op *)ex);
 }
 
 static void azs_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
@@ -751,4 +812,9 @@ const struct provider_ops azure_sessions_provider_ops = {
     .release = azs_release,
     .archive_upload = azs_archive_upload,
     .archive_restore = azs_archive_restore,
+    .sandbox_ref = azs_sandbox_ref,
+    .reconnect = azs_reconnect,
+    .exec_handle = azs_exec_handle,
+    .exec_attach = azs_exec_attach,
+    .exec_detach = azs_exec_detach,
 };

@@ -1137,6 +1137,67 @@ int64_t e2b_exec_pid(const provider_exec *ex)
     return ex->pid;
 }
 
+/* ---- re-attach ops: the sandbox by id (connect), the process by pid ----
+ * envd does not replay output: what a command printed while no worker followed it is lost,
+ * and a command that ended meanwhile is unknown to envd (the turn is then lost). */
+
+static cJSON *e2b_sandbox_ref(struct sandbox *sb)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "id", sb->id);
+    return r;
+}
+
+static void e2b_reconnect(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                          provider_sandbox_fn done, void *arg)
+{
+    (void)spec;
+    const char *id = e2b_jstr(ref, "id");
+    if (!id || !*id || strlen(id) > E2B_ID_MAX) {
+        struct e2b_acq *a = xcalloc(1, sizeof(*a));
+        a->done = done;
+        a->arg = arg;
+        snprintf(a->err, sizeof(a->err), "e2b: the sandbox reference has no id");
+        e2b_defer(p->base, acq_failed_early, a);
+        return;
+    }
+    e2b_sandbox_connect(p, id, done, arg);
+}
+
+static cJSON *e2b_exec_handle(provider_exec *ex)
+{
+    if (ex->pid <= 0)
+        return NULL;
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddNumberToObject(h, "pid", (double)ex->pid);
+    return h;
+}
+
+static provider_exec *e2b_exec_attach_op(struct sandbox *sb, const cJSON *handle, uint64_t offset,
+                                         const struct exec_cbs *cbs, int *from_offset, char *err,
+                                         size_t errlen)
+{
+    (void)offset;
+    int64_t pid = 0;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(handle, "pid");
+    if (!p || jsonx_int64(p, 1, UINT32_MAX, &pid) != JSONX_INT_OK) {
+        snprintf(err, errlen, "e2b: the exec handle has no pid");
+        return NULL;
+    }
+    *from_offset = 0; /* output from now on only */
+    return e2b_exec_attach(sb, pid, cbs, err, errlen);
+}
+
+/* Closes the stream without a kill: envd keeps the process for a later Connect. */
+static void e2b_exec_detach(provider_exec *ex)
+{
+    if (ex->kill_reason || !ex->stream)
+        return;
+    snprintf(ex->err, sizeof(ex->err), "detached");
+    event_del(ex->timer);
+    http_request_cancel(ex->stream);
+}
+
 /* ---- internal commands (chmod, the tree kill) ---- */
 
 typedef void (*e2b_run_fn)(void *arg, int rc, const char *err);
@@ -2118,6 +2179,11 @@ const struct provider_ops e2b_provider_ops = {
     .archive_restore = e2b_archive_restore,
     .list = e2b_list,
     .destroy_by_id = e2b_destroy_by_id,
+    .sandbox_ref = e2b_sandbox_ref,
+    .reconnect = e2b_reconnect,
+    .exec_handle = e2b_exec_handle,
+    .exec_attach = e2b_exec_attach_op,
+    .exec_detach = e2b_exec_detach,
 };
 
 /* ---- the sweep: list and destroy_by_id ---- */

@@ -797,6 +797,64 @@ static void lm_exec_kill(provider_exec *ex)
     agent_op_kill((agent_op *)ex);
 }
 
+/* ---- re-attach: the microVM by id, the agent's run by run id ---- */
+
+static cJSON *lm_sandbox_ref(struct sandbox *sb)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "id", sb->id);
+    return r;
+}
+
+/* A RUNNING microVM is used as is, a SUSPENDED one (its idle policy) resumed; a terminated or
+ * expired one is gone. */
+static void lm_reconnect(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                         provider_sandbox_fn done, void *arg)
+{
+    (void)spec;
+    struct lm_acq *a = acq_new(p, done, arg);
+    a->resuming = 1;
+    a->phase = LM_GET;
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(ref, "id");
+    if (!cJSON_IsString(id) || !id->valuestring[0] || strlen(id->valuestring) >= sizeof(a->id)) {
+        snprintf(a->err, sizeof(a->err), "lambda-microvm: the sandbox reference has no id");
+        lm_defer(p, acq_end, a);
+        return;
+    }
+    snprintf(a->id, sizeof(a->id), "%s", id->valuestring);
+    acq_get(a);
+}
+
+/* {"run": id} once the agent started the run (our agent only; the plain one has no runs). */
+static cJSON *lm_exec_handle(provider_exec *ex)
+{
+    const char *run = agent_op_run_id((agent_op *)ex);
+    if (!run)
+        return NULL;
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddStringToObject(h, "run", run);
+    return h;
+}
+
+static provider_exec *lm_exec_attach(struct sandbox *sb, const cJSON *handle, uint64_t offset,
+                                     const struct exec_cbs *cbs, int *from_offset, char *err,
+                                     size_t errlen)
+{
+    struct lm_sb *s = sb->priv;
+    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(handle, "run"));
+    if (!run) {
+        snprintf(err, errlen, "lambda-microvm: the exec handle has no run id");
+        return NULL;
+    }
+    *from_offset = 1; /* the agent keeps a run's output (spool) */
+    return (provider_exec *)agent_run_attach(s->ac, run, offset, cbs, err, errlen);
+}
+
+static void lm_exec_detach(provider_exec *ex)
+{
+    agent_op_detach((agent_op *)ex);
+}
+
 struct lm_fileop {
     struct provider *p;
     struct lm_sb *s;
@@ -1267,6 +1325,11 @@ const struct provider_ops lambda_microvm_provider_ops = {
     .release = lm_release,
     .list = lm_list,
     .destroy_by_id = lm_destroy_by_id,
+    .sandbox_ref = lm_sandbox_ref,
+    .reconnect = lm_reconnect,
+    .exec_handle = lm_exec_handle,
+    .exec_attach = lm_exec_attach,
+    .exec_detach = lm_exec_detach,
 };
 
 /* ---- the sweep: list and destroy_by_id ----

@@ -238,6 +238,7 @@ void provider_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
 
 struct provider_deferred {
     provider_done_fn done;
+    provider_sandbox_fn sandbox;
     provider_upload_fn uploaded;
     provider_list_fn listed;
     void *arg;
@@ -254,6 +255,8 @@ static void provider_deferred_cb(evutil_socket_t fd, short what, void *arg)
         d->uploaded(d->arg, d->rc, 0, NULL, d->err);
     else if (d->listed)
         d->listed(d->arg, d->rc, NULL, 0, d->err);
+    else if (d->sandbox)
+        d->sandbox(d->arg, NULL, d->err);
     else
         d->done(d->arg, d->rc, d->rc == 0 ? NULL : d->err);
     free(d);
@@ -346,4 +349,58 @@ void provider_sandbox_release(struct sandbox *sb)
 {
     if (sb)
         sb->prov->ops->release(sb);
+}
+
+/* ---- re-attach ---- */
+
+int provider_can_reattach(const struct provider *p)
+{
+    const struct provider_ops *o = p->ops;
+    return (o->caps & PROVIDER_CAP_REATTACH) && o->sandbox_ref && o->reconnect && o->exec_handle &&
+           o->exec_attach;
+}
+
+cJSON *provider_sandbox_ref(struct sandbox *sb)
+{
+    return sb->prov->ops->sandbox_ref ? sb->prov->ops->sandbox_ref(sb) : NULL;
+}
+
+void provider_reconnect(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                        provider_sandbox_fn done, void *arg)
+{
+    if (p->ops->reconnect) {
+        p->ops->reconnect(p, spec, ref, done, arg);
+        return;
+    }
+    struct provider_deferred *d = xcalloc(1, sizeof(*d));
+    d->sandbox = done;
+    d->arg = arg;
+    d->rc = -1;
+    snprintf(d->err, sizeof(d->err), "the %s provider cannot reconnect to a sandbox", p->ops->name);
+    provider_defer(p, d);
+}
+
+cJSON *provider_exec_handle(struct sandbox *sb, provider_exec *ex)
+{
+    return sb->prov->ops->exec_handle ? sb->prov->ops->exec_handle(ex) : NULL;
+}
+
+provider_exec *provider_exec_attach(struct sandbox *sb, const cJSON *handle, uint64_t offset,
+                                    const struct exec_cbs *cbs, int *from_offset, char *err,
+                                    size_t errlen)
+{
+    *from_offset = 0;
+    if (!sb->prov->ops->exec_attach) {
+        snprintf(err, errlen, "the %s provider cannot re-attach to a command", sb->prov->ops->name);
+        return NULL;
+    }
+    return sb->prov->ops->exec_attach(sb, handle, offset, cbs, from_offset, err, errlen);
+}
+
+void provider_exec_detach(struct sandbox *sb, provider_exec *ex)
+{
+    if (sb->prov->ops->exec_detach)
+        sb->prov->ops->exec_detach(ex);
+    else
+        sb->prov->ops->exec_kill(ex);
 }

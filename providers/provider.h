@@ -187,6 +187,33 @@ struct provider_ops {
     void (*list)(struct provider *p, provider_list_fn done, void *arg);
     void (*destroy_by_id)(struct provider *p, enum provider_item_kind kind, const char *id,
                           provider_done_fn done, void *arg);
+    /* Re-attach (PROVIDER_CAP_REATTACH; all four NULL otherwise). A worker that dies while a
+     * command runs leaves the sandbox and the command running; another worker finds them
+     * again from what these ops report, recorded in Redis.
+     *
+     * sandbox_ref: a new JSON object (the caller frees it) that reconnect accepts, e.g.
+     * {"id": …} plus the backend's own fields; NULL when the sandbox cannot be found again. */
+    cJSON *(*sandbox_ref)(struct sandbox *sb);
+    /* Finds the running sandbox described by ref again; a sandbox that is gone (destroyed,
+     * suspended, expired) is an error, reported like create. */
+    void (*reconnect)(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                      provider_sandbox_fn done, void *arg);
+    /* A new JSON object naming the running command (run id, pid...), or NULL while the
+     * provider does not know it yet (the worker asks again). */
+    cJSON *(*exec_handle)(provider_exec *ex);
+    /* Follows the command named by handle (from exec_handle, possibly of another process):
+     * output from offset on (bytes of stdout and stderr together, as on_output delivered
+     * them), then its exit, as exec. *from_offset is set to 1 when output starts exactly at
+     * offset, to 0 when the provider only delivers output produced from now on (what was
+     * produced while nobody followed is lost). A command that ended is reported ended (its
+     * exit) when the provider still knows it, else EXEC_ERROR. NULL with err when it cannot
+     * start. */
+    provider_exec *(*exec_attach)(struct sandbox *sb, const cJSON *handle, uint64_t offset,
+                                  const struct exec_cbs *cbs, int *from_offset, char *err,
+                                  size_t errlen);
+    /* Stops following the command without touching it (it keeps running for a later
+     * exec_attach); on_exit reports EXEC_ERROR "detached". NULL: provider_exec_detach kills. */
+    void (*exec_detach)(provider_exec *ex);
 };
 
 /* Registry: the product's backends. Tests may add their own (e.g. a scripted provider).
@@ -235,5 +262,18 @@ void provider_destroy_by_id(struct provider *p, enum provider_item_kind kind, co
                             provider_done_fn done, void *arg);
 /* Frees the sandbox handle (no remote calls). NULL is a no-op. */
 void provider_sandbox_release(struct sandbox *sb);
+
+/* Re-attach wrappers. provider_can_reattach: PROVIDER_CAP_REATTACH and the four ops are
+ * there. Without the op: sandbox_ref and exec_handle give NULL, reconnect reports an error
+ * (from the loop), exec_attach gives NULL with err, exec_detach kills. */
+int provider_can_reattach(const struct provider *p);
+cJSON *provider_sandbox_ref(struct sandbox *sb);
+void provider_reconnect(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                        provider_sandbox_fn done, void *arg);
+cJSON *provider_exec_handle(struct sandbox *sb, provider_exec *ex);
+provider_exec *provider_exec_attach(struct sandbox *sb, const cJSON *handle, uint64_t offset,
+                                    const struct exec_cbs *cbs, int *from_offset, char *err,
+                                    size_t errlen);
+void provider_exec_detach(struct sandbox *sb, provider_exec *ex);
 
 #endif

@@ -96,8 +96,9 @@ static void script_send(struct script_call *sc);
 
 static const char *script_label(enum queue_script s)
 {
-    static const char *const names[SCRIPT__COUNT] = {
-        "begin", "completion", "renewal", "reclaim", "promote", "enqueue", "hand-back", "event"};
+    static const char *const names[SCRIPT__COUNT] = {"begin",     "completion", "renewal",
+                                                     "reclaim",   "promote",    "enqueue",
+                                                     "hand-back", "event",      "progress"};
     return names[s];
 }
 
@@ -598,6 +599,7 @@ static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
         }
     }
     send_read(q);
+    check_drained(q); /* a drain that began while the reclaim ran: no read follows */
 }
 
 static void start_read(queue *q)
@@ -875,6 +877,8 @@ static void queue_thread_release(struct queue_thread *t)
     free(t->sandbox_id);
     free(t->snapshot);
     free(t->provider);
+    free(t->reattach);
+    free(t->reattach_out);
     memset(t, 0, sizeof(*t));
 }
 
@@ -887,8 +891,8 @@ static void begin_reply(queue *q, const redisReply *reply, void *arg)
     if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
         reply->element[0]->type == REDIS_REPLY_STRING) {
         const char *s = reply->element[0]->str;
-        if (strcmp(s, "ok") == 0) {
-            st = QB_OK;
+        if (strcmp(s, "ok") == 0 || strcmp(s, "reattach") == 0) {
+            st = s[0] == 'o' ? QB_OK : QB_REATTACH;
             for (size_t i = 1; i + 1 < reply->elements; i += 2) {
                 const char *f = reply->element[i]->str;
                 const redisReply *v = reply->element[i + 1];
@@ -902,6 +906,10 @@ static void begin_reply(queue *q, const redisReply *reply, void *arg)
                     th.snapshot = dup_reply_str(v);
                 else if (strcmp(f, "provider") == 0)
                     th.provider = dup_reply_str(v);
+                else if (strcmp(f, "reattach") == 0)
+                    th.reattach = dup_reply_str(v);
+                else if (strcmp(f, "reattach_out") == 0)
+                    th.reattach_out = dup_reply_str(v);
             }
         } else if (strcmp(s, "fenced") == 0) {
             st = QB_FENCED;
@@ -919,7 +927,7 @@ static void begin_reply(queue *q, const redisReply *reply, void *arg)
     } else if (reply && reply->type == REDIS_REPLY_ERROR) {
         log_error(NULL, "begin script failed: %s", reply->str);
     }
-    bc->cb(bc->arg, st, st == QB_OK ? &th : NULL);
+    bc->cb(bc->arg, st, st == QB_OK || st == QB_REATTACH ? &th : NULL);
     queue_thread_release(&th);
     free(bc);
 }
@@ -955,6 +963,7 @@ void queue_begin(queue *q, const struct queue_begin_req *req, queue_begin_fn cb,
     cmd_addn(&sc->c, req->payload ? req->payload : "", req->payload ? req->payload_len : 0);
     cmd_add(&sc->c, "0"); /* unused */
     cmd_addll(&sc->c, req->attempt);
+    cmd_add(&sc->c, req->can_reattach ? "1" : "0");
     sc->retry = 1;
     sc->retry_errors = RETRY_TRANSIENT;
     sc->cb = begin_reply;
@@ -1078,6 +1087,78 @@ void queue_event(queue *q, const char *entry, long long token, const char *job_i
     for (size_t i = 0; fields[i]; i++)
         cmd_addn(&sc->c, fields[i], lens ? lens[i] : strlen(fields[i]));
     sc->cb = event_reply;
+    script_send(sc);
+}
+
+struct progress_ctx {
+    queue_progress_fn cb;
+    void *arg;
+};
+
+static void progress_reply(queue *q, const redisReply *reply, void *arg)
+{
+    (void)q;
+    struct progress_ctx *pc = arg;
+    int rc = -1;
+    if (reply && reply->type == REDIS_REPLY_INTEGER)
+        rc = reply->integer == 1 ? 1 : 0;
+    else if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_warn(NULL, "turn progress not written: %s", reply->str);
+    if (pc) {
+        pc->cb(pc->arg, rc);
+        free(pc);
+    }
+}
+
+static void progress_untracked_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    progress_reply(NULL, NULL, arg);
+}
+
+void queue_progress(queue *q, const char *entry, long long token, const char *job_id,
+                    const char *const *hash, const char *const *fields, const size_t *lens,
+                    queue_progress_fn cb, void *arg)
+{
+    struct progress_ctx *pc = NULL;
+    if (cb) {
+        pc = xcalloc(1, sizeof(*pc));
+        pc->cb = cb;
+        pc->arg = arg;
+    }
+    if (!job_id || !*job_id || !is_tracked(q, entry)) {
+        if (pc && event_base_once(q->base, -1, EV_TIMEOUT, progress_untracked_cb, pc, NULL) != 0)
+            progress_untracked_cb(-1, 0, pc);
+        return;
+    }
+    struct script_call *sc = script_new(q, q->wr, SCRIPT_PROGRESS, 3);
+    char *k_job = keys_job(q->o.prefix, job_id);
+    char *k_events = keys_events(q->o.prefix, job_id);
+    cmd_add(&sc->c, q->k_jobs);
+    cmd_add(&sc->c, k_job);
+    cmd_add(&sc->c, k_events);
+    free(k_job);
+    free(k_events);
+    cmd_add(&sc->c, QUEUE_GROUP);
+    cmd_add(&sc->c, q->o.consumer);
+    cmd_add(&sc->c, entry);
+    cmd_addll(&sc->c, token);
+    cmd_addll(&sc->c, q->o.events_maxlen);
+    size_t n = 0;
+    while (hash && hash[2 * n])
+        n++;
+    cmd_addll(&sc->c, (long long)n);
+    for (size_t i = 0; i < 2 * n; i++)
+        cmd_add(&sc->c, hash[i]);
+    for (size_t i = 0; fields && fields[i]; i++)
+        cmd_addn(&sc->c, fields[i], lens ? lens[i] : strlen(fields[i]));
+    if (cb) { /* confirmed writes survive an outage: retried until Redis answers */
+        sc->retry = 1;
+        sc->retry_errors = RETRY_TRANSIENT;
+    }
+    sc->cb = progress_reply;
+    sc->arg = pc;
     script_send(sc);
 }
 

@@ -84,6 +84,8 @@ enum queue_begin_status {
     QB_BUSY,      /* thread busy (or an earlier job of it waits): job parked in the thread
                    * queue, released by the holder's completion; acked */
     QB_ERROR,     /* Redis unavailable; the caller may retry */
+    QB_REATTACH,  /* a previous delivery started this turn and recorded how to re-attach:
+                   * taken over (thread fields plus the record given) */
 };
 
 struct queue_thread {
@@ -91,6 +93,8 @@ struct queue_thread {
     char *sandbox_id;
     char *snapshot; /* JSON text or NULL */
     char *provider;
+    char *reattach;     /* QB_REATTACH: the job hash's "reattach" record (JSON text) */
+    char *reattach_out; /* QB_REATTACH: its "reattach_out" ("" when unset) */
 };
 
 struct queue_begin_req {
@@ -104,9 +108,10 @@ struct queue_begin_req {
     const char *payload; /* parked as is when the thread is busy */
     size_t payload_len;
     int attempt;
+    int can_reattach; /* the worker can re-attach: a started job may come back QB_REATTACH */
 };
 
-/* thread is valid only during the callback (QB_OK only). */
+/* thread is valid only during the callback (QB_OK and QB_REATTACH only). */
 typedef void (*queue_begin_fn)(void *arg, enum queue_begin_status st,
                                const struct queue_thread *thread);
 void queue_begin(queue *q, const struct queue_begin_req *req, queue_begin_fn cb, void *arg);
@@ -152,6 +157,16 @@ void queue_complete(queue *q, const struct queue_completion *c, queue_complete_f
  * fields: NULL-terminated alternating names and values (values already masked). */
 void queue_event(queue *q, const char *entry, long long token, const char *job_id,
                  const char *const *fields, const size_t *lens);
+
+/* Turn progress: sets job hash fields (hash: NULL-terminated name/value pairs, may be NULL)
+ * and appends an event (fields as queue_event, may be NULL: no event) in one fenced script,
+ * so both are written or neither. cb NULL: fire-and-forget, in order, like queue_event.
+ * With cb: retried while Redis is away; cb gets 1 (written), 0 (fenced, or the entry is not
+ * tracked) or -1 (an error reply, or no answer before queue_free), always from the loop. */
+typedef void (*queue_progress_fn)(void *arg, int rc);
+void queue_progress(queue *q, const char *entry, long long token, const char *job_id,
+                    const char *const *hash, const char *const *fields, const size_t *lens,
+                    queue_progress_fn cb, void *arg);
 
 /* Stats for metrics. */
 struct queue_stats {

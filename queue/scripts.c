@@ -90,11 +90,17 @@
 
 /* KEYS: jobs, job hash, thread hash, thread queue, cancel key
  * ARGV: group, consumer, entry, delivery count, job id, thread id, organization, project,
- *       order (the job's first entry id), job json, (unused), attempt
+ *       order (the job's first entry id), job json, (unused), attempt, can re-attach ("1"
+ *       or absent)
  * A replay of our own begin (same entry, owner and delivery count: the first reply was lost
  * to a disconnect) answers "ok" again. A job of a thread held by another job, or behind an
  * earlier job of the thread (parked, or read by a worker and not begun yet), is parked in the
  * thread queue and acked: "busy".
+ * A started job reclaimed by a worker that can re-attach (ARGV[13] "1", same entry) whose job
+ * hash holds a "reattach" record is taken over (owner and token updated, "reattached"
+ * counted): {"reattach", …thread fields…, "reattach", record, "reattach_out", offsets}.
+ * Such a worker's begin of a new turn sets the record {"v":1,"step":-1} (no step started
+ * yet: a reclaimer may start the turn afresh); another worker's begin removes it.
  * Returns {"fenced"} | {"duplicate", why} | {"cancelled"} | {"started"} | {"tenant"} |
  *         {"busy"} | {"ok", "state", s, "sandbox_id", s, "snapshot", s, "provider", s}
  *         (the thread's previous values, "" when unset). */
@@ -123,6 +129,17 @@ static const char begin_lua[] =
     "    local t = redis.call('HMGET', KEYS[3], 'state', 'sandbox_id', 'snapshot', 'provider')\n"
     "    return {'ok', 'state', t[1] or '', 'sandbox_id', t[2] or '', 'snapshot', t[3] or '',\n"
     "            'provider', t[4] or ''}\n"
+    "  end\n"
+    "  local ra = redis.call('HGET', KEYS[2], 'reattach')\n"
+    "  if ARGV[13] == '1' and j[3] == ARGV[3] and ra and ra ~= '' then\n"
+    "    if j[4] ~= ARGV[2] or j[5] ~= ARGV[4] then\n"
+    "      redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'token', ARGV[4])\n"
+    "      redis.call('HINCRBY', KEYS[2], 'reattached', 1)\n"
+    "    end\n"
+    "    local t = redis.call('HMGET', KEYS[3], 'state', 'sandbox_id', 'snapshot', 'provider')\n"
+    "    return {'reattach', 'state', t[1] or '', 'sandbox_id', t[2] or '', 'snapshot',\n"
+    "            t[3] or '', 'provider', t[4] or '', 'reattach', ra, 'reattach_out',\n"
+    "            redis.call('HGET', KEYS[2], 'reattach_out') or ''}\n"
     "  end\n"
     "  local e0 = j[3]\n"
     "  if e0 and e0 ~= ARGV[3] then\n"
@@ -162,6 +179,11 @@ static const char begin_lua[] =
     "           'lock_entry', ARGV[3], 'lock_job', ARGV[5])\n"
     "redis.call('HSET', KEYS[2], 'phase', 'running', 'entry', ARGV[3], 'owner', ARGV[2],\n"
     "           'token', ARGV[4], 'attempt', ARGV[12], 'thread', ARGV[6], 'started_at', now)\n"
+    "if ARGV[13] == '1' then\n"
+    "  redis.call('HSET', KEYS[2], 'reattach', '{\"v\":1,\"step\":-1}', 'reattach_out', '')\n"
+    "else\n"
+    "  redis.call('HDEL', KEYS[2], 'reattach', 'reattach_out')\n"
+    "end\n"
     "return {'ok', 'state', t[4] or '', 'sandbox_id', t[5] or '', 'snapshot', t[6] or '',\n"
     "        'provider', t[7] or ''}\n";
 
@@ -246,6 +268,7 @@ static const char complete_lua[] =
     "    redis.call('HSET', KEYS[3], 'phase', 'done', 'status', ARGV[7], 'result', ARGV[8],\n"
     "               'finished_at', now, 'owner', ARGV[2], 'entry', ARGV[3],\n"
     "               'token', ARGV[4])\n"
+    "    redis.call('HDEL', KEYS[3], 'reattach', 'reattach_out')\n"
     "    redis.call('EXPIRE', KEYS[3], ARGV[17])\n"
     "    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*', 'type', 'done',\n"
     "               'status', ARGV[7], 'result', ARGV[8])\n"
@@ -277,6 +300,28 @@ static const char event_lua[] =
     "  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is a ' .. t)\n"
     "end\n"
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))\n"
+    "return 1\n";
+
+/* KEYS: jobs, job hash, events.  ARGV: 1 group, 2 consumer, 3 entry, 4 delivery count,
+ *       5 events maxlen, 6 n, then n hash field/value pairs, then event field/value pairs
+ *       (none: no event).
+ * Turn progress, fenced like an event: the hash fields (the re-attach record) and the event
+ * are written together or not at all. Returns 1 (written) or 0 (fenced). */
+static const char progress_lua[] =
+    "#!lua\n"
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
+    "if #p == 0 or p[1][2] ~= ARGV[2] or tostring(p[1][4]) ~= ARGV[4] then return 0 end\n"
+    "for i, ty in pairs({[2] = 'hash', [3] = 'stream'}) do\n"
+    "  local t = redis.call('TYPE', KEYS[i])['ok']\n"
+    "  if t ~= 'none' and t ~= ty then\n"
+    "    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. t)\n"
+    "  end\n"
+    "end\n"
+    "local n = tonumber(ARGV[6]) or 0\n"
+    "if n > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 7, 6 + 2 * n)) end\n"
+    "if #ARGV > 6 + 2 * n then\n"
+    "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7 + 2 * n))\n"
+    "end\n"
     "return 1\n";
 
 /* KEYS: jobs, then one cancel key per entry (same order as the entries)
@@ -357,7 +402,7 @@ static const char handback_lua[] =
 
 static const char *const sources[SCRIPT__COUNT] = {begin_lua,    complete_lua, renew_lua,
                                                    reclaim_lua,  promote_lua,  enqueue_lua,
-                                                   handback_lua, event_lua};
+                                                   handback_lua, event_lua,    progress_lua};
 
 const char *scripts_source(enum queue_script s)
 {

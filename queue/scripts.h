@@ -13,6 +13,7 @@ enum queue_script {
     SCRIPT_ENQUEUE,   /* producer side: XADD unless the job id is already queued or done */
     SCRIPT_HANDBACK,  /* a draining worker returns an entry it read but never started */
     SCRIPT_EVENT,     /* a progress event, written only while the entry is ours */
+    SCRIPT_PROGRESS,  /* turn progress: job hash fields (re-attach record) and an event, fenced */
     SCRIPT__COUNT
 };
 

@@ -34,6 +34,8 @@ struct stream_out {
     struct buf tail;
     struct buf pend; /* raw, not yet masked and emitted (held back for split secrets) */
     uint64_t total;  /* raw bytes the stream produced */
+    uint64_t quiet;  /* re-attached: raw bytes a previous worker already emitted as events;
+                      * they go to the tail again, not to events */
     size_t cap;      /* this step's tail cap: the output cap, less when the result is full */
     size_t budget;   /* bytes of result JSON the tail may take */
     int dropped;     /* masked output was dropped from the front of tail */
@@ -81,6 +83,14 @@ struct turn {
     size_t result_used; /* reserved + charged so far; <= result_max */
     int finishing;
     struct event *deadline;
+    /* Re-attach (DESIGN §5): with a capable provider the job hash records where the running
+     * command is (see record_json); a reclaiming worker follows it from there. */
+    int can_reattach;
+    cJSON *sb_ref;             /* provider_sandbox_ref of t->sb */
+    cJSON *handle;             /* the running step's exec handle once known */
+    int attached;              /* t->ex follows a command a previous worker started */
+    int64_t elapsed0;          /* ms of the turn previous workers had (re-attached) */
+    struct event *handle_poll; /* asks for the handle until the provider knows it */
 };
 
 /* Durations: monotonic. */
@@ -204,7 +214,8 @@ static void result_charge(struct turn *t, size_t n)
  * ("step" and "exit_code" numbers, "resumed" a boolean), except an output event's "data",
  * which stays raw bytes in its own field only. The flat fields stay for older consumers.
  * fields: name/value pairs ending at a NULL name, at most 8 pairs; lens as for queue_event. */
-static void emit_typed(struct turn *t, const char *const *fields, const size_t *lens)
+static void emit_typed(struct turn *t, const char *const *fields, const size_t *lens,
+                       const char *const *hash)
 {
     const char *f[2 * 8 + 3];
     size_t l[2 * 8 + 2], n = 0;
@@ -232,7 +243,10 @@ static void emit_typed(struct turn *t, const char *const *fields, const size_t *
         n += 2;
     }
     f[n] = NULL;
-    queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, f, l);
+    if (hash)
+        queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, f, l, NULL, NULL);
+    else
+        queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, f, l);
     free(json);
 }
 
@@ -240,7 +254,7 @@ static void emit(struct turn *t, const char *const *fields)
 {
     if (!t->job_id[0] || t->abort == AB_LEASE)
         return;
-    emit_typed(t, fields, NULL);
+    emit_typed(t, fields, NULL, NULL);
 }
 
 /* Cuts tail to its cap, then past a cut UTF-8 character. */
@@ -264,6 +278,15 @@ static void tail_fit(struct stream_out *so)
     tail_trim(so);
 }
 
+/* The job hash's "reattach_out": "<step> <stdout bytes> <stderr bytes>", the raw bytes of
+ * each stream whose (masked) output is in the events. */
+static void out_offsets(const struct turn *t, char *buf, size_t len)
+{
+    const struct stream_out *o = t->sr[t->step].out;
+    snprintf(buf, len, "%zu %llu %llu", t->step, (unsigned long long)(o[0].total - o[0].pend.len),
+             (unsigned long long)(o[1].total - o[1].pend.len));
+}
+
 static void emit_output(struct turn *t, int si, int final)
 {
     struct stream_out *so = &t->sr[t->step].out[si];
@@ -272,25 +295,34 @@ static void emit_output(struct turn *t, int si, int final)
     size_t hold = mask_max_len(t->mask);
     hold = hold ? hold - 1 : 0;
     size_t limit = final ? so->pend.len : (so->pend.len > hold ? so->pend.len - hold : 0);
-    if (!limit)
-        return;
-    struct buf masked;
-    buf_init(&masked);
-    size_t used = mask_apply_upto(t->mask, so->pend.data, so->pend.len, limit, &masked);
-    buf_consume(&so->pend, used);
-    buf_append(&so->tail, masked.data, masked.len);
-    if (so->tail.len > so->cap + so->cap / 4) /* trim in steps: memory <= 1.25 x cap */
-        tail_trim(so);
-    if (t->job_id[0] && t->abort != AB_LEASE && masked.len) {
-        char step[24];
-        snprintf(step, sizeof(step), "%zu", t->step);
-        const char *fields[] = {"type", "output",    "step",
-                                step,   "stream",    si ? "stderr" : "stdout",
-                                "data", masked.data, NULL};
-        size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
-        emit_typed(t, fields, lens);
+    while (limit > 0) {
+        /* Bytes up to so->quiet were emitted by a previous worker: tail only. */
+        uint64_t done = so->total - so->pend.len;
+        size_t lim = limit;
+        int quiet = done < so->quiet;
+        if (quiet && so->quiet - done < lim)
+            lim = (size_t)(so->quiet - done);
+        struct buf masked;
+        buf_init(&masked);
+        size_t used = mask_apply_upto(t->mask, so->pend.data, so->pend.len, lim, &masked);
+        buf_consume(&so->pend, used);
+        limit = used >= limit ? 0 : limit - used;
+        buf_append(&so->tail, masked.data, masked.len);
+        if (so->tail.len > so->cap + so->cap / 4) /* trim in steps: memory <= 1.25 x cap */
+            tail_trim(so);
+        if (!quiet && t->job_id[0] && t->abort != AB_LEASE && masked.len) {
+            char step[24], offs[80];
+            snprintf(step, sizeof(step), "%zu", t->step);
+            const char *fields[] = {"type", "output",    "step",
+                                    step,   "stream",    si ? "stderr" : "stdout",
+                                    "data", masked.data, NULL};
+            size_t lens[] = {4, 6, 4, strlen(step), 6, 6, 4, masked.len};
+            out_offsets(t, offs, sizeof(offs));
+            const char *hash[] = {"reattach_out", offs, NULL};
+            emit_typed(t, fields, lens, t->can_reattach ? hash : NULL);
+        }
+        buf_release(&masked);
     }
-    buf_release(&masked);
 }
 
 /* ---- lifecycle ---- */
@@ -320,6 +352,10 @@ static void turn_free(struct turn *t)
         queue_untrack(w->q, t->d->entry);
     if (t->deadline)
         event_free(t->deadline);
+    if (t->handle_poll)
+        event_free(t->handle_poll);
+    cJSON_Delete(t->sb_ref);
+    cJSON_Delete(t->handle);
     if (t->job) {
         for (size_t i = 0; i < t->job->nsteps && t->sr; i++) {
             free(t->sr[i].error);
@@ -665,7 +701,11 @@ static void finish(struct turn *t)
         return;
     t->finishing = 1;
     t->t_steps_done = now_ms();
-    if (!t->sb) {
+    if (t->handle_poll)
+        evtimer_del(t->handle_poll);
+    /* Lease lost with a re-attachable command: the new owner follows it in this sandbox,
+     * so it is left running. */
+    if (!t->sb || (t->abort == AB_LEASE && t->can_reattach && t->sb_ref)) {
         finished(t);
         return;
     }
@@ -740,21 +780,32 @@ static void step_error(struct turn *t, const char *fmt, ...)
     step_done(t, SS_ERROR);
 }
 
+static void record_handle(struct turn *t);
+
 static void on_output(void *arg, enum exec_stream stream, const char *data, size_t len)
 {
     struct turn *t = arg;
     int si = stream == EXEC_STDERR;
     struct stream_out *so = &t->sr[t->step].out[si];
+    if (t->can_reattach && !t->handle && t->ex)
+        record_handle(t); /* the handle is in Redis before any output event */
     so->total += len;
     buf_append(&so->pend, data, len);
     emit_output(t, si, 0);
 }
 
+static void reattach_lost(struct turn *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 static void on_exec_exit(void *arg, enum exec_status status, int exit_code, const char *err)
 {
     struct turn *t = arg;
     struct step_result *sr = &t->sr[t->step];
+    int attached = t->attached;
     t->ex = NULL;
+    t->attached = 0;
+    if (t->handle_poll)
+        evtimer_del(t->handle_poll);
     for (int s = 0; s < 2; s++) {
         emit_output(t, s, 1);
         tail_fit(&sr->out[s]);
@@ -773,6 +824,12 @@ static void on_exec_exit(void *arg, enum exec_status status, int exit_code, cons
         step_done(t, SS_KILLED);
         return;
     case EXEC_ERROR:
+        if (attached && !t->abort) {
+            /* Re-attached and the provider lost the command: its end is unknown. */
+            reattach_lost(t, "step %s: %s", t->job->steps[t->step].name,
+                          err ? err : "provider error");
+            return;
+        }
         sr->error = xstrdup(err ? err : "provider error");
         step_done(t, SS_ERROR);
         return;
@@ -909,17 +966,225 @@ static void build_env(struct turn *t, const struct job_step *js)
     }
 }
 
+/* ---- re-attach records ----
+ * Job hash field "reattach" (written when a step starts, again once a run's handle is
+ * known): {"v":1, "provider", "sandbox": ref, "resumed", "step": index, "handle": the run's
+ * handle or null, "steps": the finished steps' results, "files", "uploads", "used"}.
+ * "reattach_out" (written with each output event): see out_offsets. Both hold masked text
+ * only. A step starts only once its record is confirmed, so a reclaiming worker never runs a
+ * command a previous worker may have started. */
+
+static double rec_num(const cJSON *o, const char *name, double dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+static const char *rec_str(const cJSON *o, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* The error text is masked here: the record is stored like a result. */
+static cJSON *step_to_json(const struct turn *t, const struct step_result *sr)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "st", sr->status);
+    cJSON_AddNumberToObject(o, "ec", sr->exit_code);
+    cJSON_AddBoolToObject(o, "he", sr->has_exit);
+    if (sr->error) {
+        char *m = mask_strdup(t->mask, sr->error);
+        cJSON_AddStringToObject(o, "err", m);
+        free(m);
+    }
+    cJSON_AddNumberToObject(o, "dur", (double)sr->duration_ms);
+    cJSON *outs = cJSON_AddArrayToObject(o, "o");
+    for (int k = 0; k < 2; k++) {
+        const struct stream_out *so = &sr->out[k];
+        cJSON *x = cJSON_CreateObject();
+        struct buf b;
+        buf_init(&b);
+        if (so->tail.len)
+            jsonx_base64_encode(so->tail.data, so->tail.len, &b);
+        cJSON_AddStringToObject(x, "t", b.len ? b.data : "");
+        buf_release(&b);
+        cJSON_AddNumberToObject(x, "n", (double)so->total);
+        cJSON_AddBoolToObject(x, "d", so->dropped);
+        cJSON_AddItemToArray(outs, x);
+    }
+    return o;
+}
+
+static int step_from_json(const cJSON *o, struct step_result *sr)
+{
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "st");
+    const cJSON *outs = cJSON_GetObjectItemCaseSensitive(o, "o");
+    if (!cJSON_IsNumber(st) || st->valueint < SS_PENDING || st->valueint > SS_ERROR ||
+        cJSON_GetArraySize(outs) != 2)
+        return -1;
+    sr->status = (enum step_status)st->valueint;
+    sr->exit_code = (int)rec_num(o, "ec", 0);
+    sr->has_exit = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "he"));
+    const char *err = rec_str(o, "err");
+    sr->error = err ? xstrdup(err) : NULL;
+    sr->duration_ms = (int64_t)rec_num(o, "dur", 0);
+    for (int k = 0; k < 2; k++) {
+        const cJSON *x = cJSON_GetArrayItem(outs, k);
+        const char *tail = rec_str(x, "t");
+        if (!tail || jsonx_base64_decode(tail, strlen(tail), &sr->out[k].tail) != 0)
+            return -1;
+        sr->out[k].total = (uint64_t)rec_num(x, "n", 0);
+        sr->out[k].dropped = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "d"));
+    }
+    return 0;
+}
+
+static char *record_json(struct turn *t)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddNumberToObject(r, "v", 1);
+    cJSON_AddStringToObject(r, "provider", provider_name(t->w->prov));
+    cJSON_AddItemToObject(r, "sandbox", cJSON_Duplicate(t->sb_ref, 1));
+    cJSON_AddBoolToObject(r, "resumed", t->resumed);
+    cJSON_AddNumberToObject(r, "step", (double)t->step);
+    cJSON_AddItemToObject(r, "handle",
+                          t->handle ? cJSON_Duplicate(t->handle, 1) : cJSON_CreateNull());
+    cJSON *steps = cJSON_AddArrayToObject(r, "steps");
+    for (size_t i = 0; i < t->step; i++)
+        cJSON_AddItemToArray(steps, step_to_json(t, &t->sr[i]));
+    if (t->files)
+        cJSON_AddItemToObject(r, "files", cJSON_Duplicate(t->files, 1));
+    if (t->uploads)
+        cJSON_AddItemToObject(r, "uploads", cJSON_Duplicate(t->uploads, 1));
+    cJSON_AddNumberToObject(r, "used", (double)t->result_used);
+    /* Time the turn has had so far (ms): a re-attached turn gets what is left of its
+     * deadline (less the time since this record, which it cannot know). */
+    cJSON_AddNumberToObject(r, "elapsed", (double)(t->elapsed0 + now_ms() - t->t_start));
+    char *s = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    return s;
+}
+
+static void handle_poll_cb(evutil_socket_t fd, short what, void *arg);
+
+static void handle_recorded(void *arg, int rc)
+{
+    (void)arg;
+    (void)rc; /* fenced or failed: the turn learns that through its lease */
+}
+
+/* Records the running command's handle once the provider knows it (polled every 100 ms). */
+static void record_handle(struct turn *t)
+{
+    if (!t->ex || t->abort)
+        return;
+    cJSON *h = provider_exec_handle(t->sb, t->ex);
+    if (!h) {
+        if (!t->handle_poll)
+            t->handle_poll = evtimer_new(t->w->base, handle_poll_cb, t);
+        struct timeval tv = {0, 100 * 1000};
+        evtimer_add(t->handle_poll, &tv);
+        return;
+    }
+    cJSON_Delete(t->handle);
+    t->handle = h;
+    char *rec = record_json(t);
+    const char *hash[] = {"reattach", rec, NULL};
+    /* With a callback the write is retried while Redis is away (the callback must not
+     * touch the turn, which may be gone by then). */
+    queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, handle_recorded,
+                   NULL);
+    free(rec);
+}
+
+static void handle_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    record_handle(arg);
+}
+
+static void run_step(struct turn *t);
+static void turn_abort(struct turn *t, enum turn_abort why);
+
+static void step_recorded(void *arg, int rc)
+{
+    struct turn *t = arg;
+    if (rc == 0) {
+        /* Fenced: another worker owns the entry now and may re-attach; leave it all. */
+        turn_abort(t, AB_LEASE);
+        step_done(t, SS_KILLED);
+        return;
+    }
+    if (rc != 1) {
+        step_error(t, "could not record the step's progress in Redis");
+        return;
+    }
+    if (t->abort) {
+        step_done(t, SS_KILLED);
+        return;
+    }
+    run_step(t);
+}
+
+/* Sets each stream's caps for a run step: each tail may take half of what the result has
+ * left, as many bytes while it runs (text), fewer at the end if its JSON is longer (see
+ * tail_fit). */
+static void run_caps(struct turn *t, struct step_result *sr)
+{
+    size_t half = result_left(t) / 2;
+    for (int k = 0; k < 2; k++) {
+        sr->out[k].budget = half;
+        size_t text = half > 2 ? half - 2 : 0; /* less the quotes */
+        sr->out[k].cap = text < t->w->cfg.output_cap_bytes ? text : t->w->cfg.output_cap_bytes;
+    }
+}
+
 static void start_step(struct turn *t)
 {
     const struct job_step *js = &t->job->steps[t->step];
-    struct step_result *sr = &t->sr[t->step];
     t->step_started = now_ms();
     char step[24];
     snprintf(step, sizeof(step), "%zu", t->step);
     const char *fields[] = {"type", "step_started", "step", step,
                             "name", js->name,       "kind", job_step_kind_name(js->kind),
                             NULL};
-    emit(t, fields);
+    if (!t->can_reattach || t->abort == AB_LEASE) {
+        emit(t, fields);
+        run_step(t);
+        return;
+    }
+    cJSON_Delete(t->handle);
+    t->handle = NULL;
+    char *rec = record_json(t);
+    char offs[64];
+    snprintf(offs, sizeof(offs), "%zu 0 0", t->step);
+    const char *hash[] = {"reattach", rec, "reattach_out", offs, NULL};
+    /* The event goes with the record: as emit_typed, flat fields plus "event". */
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "type", "step_started");
+    cJSON_AddNumberToObject(o, "step", (double)t->step);
+    cJSON_AddStringToObject(o, "name", js->name);
+    cJSON_AddStringToObject(o, "kind", job_step_kind_name(js->kind));
+    char *ev = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    const char *f[] = {"type",  "step_started",
+                       "step",  step,
+                       "name",  js->name,
+                       "kind",  job_step_kind_name(js->kind),
+                       "event", ev,
+                       NULL};
+    queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, f, NULL, step_recorded, t);
+    free(ev);
+    free(rec);
+}
+
+/* Does the step start_step announced (and, with re-attach, recorded). */
+static void run_step(struct turn *t)
+{
+    const struct job_step *js = &t->job->steps[t->step];
+    struct step_result *sr = &t->sr[t->step];
     switch (js->kind) {
     case STEP_WRITE:
         t->file = 0;
@@ -931,14 +1196,7 @@ static void start_step(struct turn *t)
         return;
     }
     case STEP_RUN: {
-        /* Each stream's tail may take half of what the result has left: as many bytes
-         * while it runs (text), fewer at the end if its JSON is longer (see tail_fit). */
-        size_t half = result_left(t) / 2;
-        for (int k = 0; k < 2; k++) {
-            sr->out[k].budget = half;
-            size_t text = half > 2 ? half - 2 : 0; /* less the quotes */
-            sr->out[k].cap = text < t->w->cfg.output_cap_bytes ? text : t->w->cfg.output_cap_bytes;
-        }
+        run_caps(t, sr);
         build_env(t, js);
         int64_t timeout = js->timeout_ms ? js->timeout_ms : t->w->cfg.step_timeout_ms;
         struct exec_req req = {
@@ -953,7 +1211,10 @@ static void start_step(struct turn *t)
         if (!t->ex) {
             sr->error = xstrdup(err[0] ? err : "exec failed");
             step_done(t, SS_ERROR);
+            return;
         }
+        if (t->can_reattach)
+            record_handle(t);
         return;
     }
     case STEP_UPLOAD:
@@ -1003,7 +1264,9 @@ static void turn_abort(struct turn *t, enum turn_abort why)
     if (t->abort)
         return;
     t->abort = why;
-    if (t->ex)
+    if (t->ex && why == AB_LEASE && t->can_reattach && t->sb_ref)
+        provider_exec_detach(t->sb, t->ex); /* the new owner re-attaches */
+    else if (t->ex)
         provider_exec_kill(t->sb, t->ex);
 }
 
@@ -1077,6 +1340,14 @@ static void acquired(void *arg, struct sandbox *sb, const char *err)
     }
     t->sb = sb;
     log_info(&t->lc, "sandbox %s %s", sb->id, t->resumed ? "resumed" : "created");
+    if (t->can_reattach) {
+        /* Without a reference the records still say a step started (so the turn is lost,
+         * never run again), but nothing is left running for a new owner. */
+        t->sb_ref = provider_sandbox_ref(sb);
+        if (!t->sb_ref)
+            log_warn(&t->lc, "sandbox %s cannot be found again; this turn cannot be re-attached",
+                     sb->id);
+    }
     const char *fields[] = {
         "type", "started", "sandbox", sb->id, "resumed", t->resumed ? "true" : "false", NULL};
     emit(t, fields);
@@ -1084,13 +1355,35 @@ static void acquired(void *arg, struct sandbox *sb, const char *err)
     next_step(t);
 }
 
-static void acquire(struct turn *t)
+/* elapsed: ms of the budget a previous worker already used. */
+static void arm_deadline(struct turn *t, int64_t elapsed)
 {
     struct worker *w = t->w;
     int64_t budget = t->job->deadline_ms ? t->job->deadline_ms : w->cfg.turn_timeout_ms;
+    budget = elapsed < budget ? budget - elapsed : 0;
     t->deadline = evtimer_new(w->base, deadline_cb, t);
     struct timeval tv = {(time_t)(budget / 1000), (suseconds_t)((budget % 1000) * 1000)};
     evtimer_add(t->deadline, &tv);
+}
+
+static void sandbox_spec_of(struct turn *t, struct sandbox_spec *spec)
+{
+    memset(spec, 0, sizeof(*spec));
+    spec->thread = t->thread_id;
+    spec->job = t->job_id;
+    spec->worker = t->w->cfg.worker_name;
+    spec->organization = t->job->organization;
+    spec->project = t->job->project;
+    spec->feature =
+        t->job->feature == JOB_FEATURE_AI_WRITEBACK ? SANDBOX_AI_WRITEBACK : SANDBOX_DATA_APP;
+    spec->workspace_include = (const char *const *)t->job->ws_include;
+    spec->workspace_exclude = (const char *const *)t->job->ws_exclude;
+}
+
+static void acquire(struct turn *t)
+{
+    struct worker *w = t->w;
+    arm_deadline(t, 0);
     int has_snapshot = t->old_snapshot && *t->old_snapshot && t->old_state &&
                        strcmp(t->old_state, "suspended") == 0 && t->old_provider &&
                        strcmp(t->old_provider, provider_name(w->prov)) == 0;
@@ -1117,17 +1410,8 @@ static void acquire(struct turn *t)
         finish(t);
         return;
     }
-    struct sandbox_spec spec = {
-        .thread = t->thread_id,
-        .job = t->job_id,
-        .worker = w->cfg.worker_name,
-        .organization = t->job->organization,
-        .project = t->job->project,
-        .feature =
-            t->job->feature == JOB_FEATURE_AI_WRITEBACK ? SANDBOX_AI_WRITEBACK : SANDBOX_DATA_APP,
-        .workspace_include = (const char *const *)t->job->ws_include,
-        .workspace_exclude = (const char *const *)t->job->ws_exclude,
-    };
+    struct sandbox_spec spec;
+    sandbox_spec_of(t, &spec);
     cJSON *ref = has_snapshot ? cJSON_Parse(t->old_snapshot) : NULL;
     if (ref) {
         t->resumed = 1;
@@ -1136,6 +1420,173 @@ static void acquire(struct turn *t)
     } else {
         provider_create(w->prov, &spec, acquired, t);
     }
+}
+
+/* ---- re-attach: a reclaimed turn that a previous worker started ---- */
+
+/* The turn cannot go on: reported lost; sandbox and thread left as they are (below). */
+static void reattach_lost(struct turn *t, const char *fmt, ...)
+{
+    struct buf b;
+    buf_init(&b);
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    log_warn(&t->lc, "turn lost: %s", b.data);
+    set_error(t, "worker_lost",
+              "a previous delivery started this turn and its worker stopped renewing the lease; "
+              "re-attaching failed: %s",
+              b.data);
+    buf_release(&b);
+    metric_inc(t->w->m_jobs, "reattach_failed", 1);
+    t->status = "lost";
+    if (!t->sr)
+        t->sr = xcalloc(t->job->nsteps ? t->job->nsteps : 1, sizeof(*t->sr));
+    /* The sandbox and the thread are left as they are: a sandbox found under the old name may
+     * not be the turn's (a fresh session, say), so suspending it could replace the thread's
+     * snapshot with the wrong state. The thread keeps its previous snapshot. */
+    t->finishing = 1;
+    t->t_steps_done = now_ms();
+    finished(t);
+}
+
+struct reattach_ctx {
+    struct turn *t;
+    cJSON *rec;
+    uint64_t published[2]; /* raw bytes per stream already in the events */
+};
+
+static void reattached(void *arg, struct sandbox *sb, const char *err)
+{
+    struct reattach_ctx *rc = arg;
+    struct turn *t = rc->t;
+    t->t_acquired = now_ms();
+    if (!sb) {
+        reattach_lost(t, "the sandbox is gone: %s", err ? err : "unknown error");
+        goto out;
+    }
+    t->sb = sb;
+    log_info(&t->lc, "sandbox %s reconnected; re-attaching at step %zu", sb->id, t->step);
+    char step[24];
+    snprintf(step, sizeof(step), "%zu", t->step);
+    const char *fields[] = {"type", "reattached", "sandbox", sb->id, "step", step, NULL};
+    emit(t, fields);
+    if (t->abort) {
+        finish(t);
+        goto out;
+    }
+    const struct job_step *js = &t->job->steps[t->step];
+    if (js->kind != STEP_RUN) {
+        /* Writes, reads, uploads and restores are done again; none runs a command. */
+        next_step(t);
+        goto out;
+    }
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(rc->rec, "handle");
+    if (!cJSON_IsObject(h)) {
+        reattach_lost(t, "step %s may have started its command, whose handle was not recorded",
+                      js->name);
+        goto out;
+    }
+    struct step_result *sr = &t->sr[t->step];
+    run_caps(t, sr);
+    t->step_started = now_ms();
+    t->handle = cJSON_Duplicate(h, 1);
+    struct exec_cbs cbs = {on_output, on_exec_exit, t};
+    char e[256] = "";
+    int from = 0;
+    /* From the start when the provider replays: the tail is rebuilt, the events are not
+     * written again (quiet). */
+    t->ex = provider_exec_attach(sb, h, 0, &cbs, &from, e, sizeof(e));
+    t->attached = t->ex != NULL;
+    if (!t->ex) {
+        reattach_lost(t, "step %s: %s", js->name, e[0] ? e : "cannot re-attach");
+        goto out;
+    }
+    for (int k = 0; k < 2; k++) {
+        struct stream_out *so = &sr->out[k];
+        if (from) {
+            so->quiet = rc->published[k];
+        } else { /* output from now on only: what came before is not in the tail */
+            so->total = rc->published[k];
+            so->dropped = rc->published[k] > 0;
+        }
+    }
+    metric_inc(t->w->m_jobs, "reattached", 1);
+out:
+    cJSON_Delete(rc->rec);
+    free(rc);
+}
+
+static void reattach(struct turn *t, const struct queue_thread *th)
+{
+    struct worker *w = t->w;
+    cJSON *rec = th->reattach ? cJSON_Parse(th->reattach) : NULL;
+    const char *prov = rec_str(rec, "provider");
+    double step = rec_num(rec, "step", -2);
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(rec, "steps");
+    const cJSON *ref = cJSON_GetObjectItemCaseSensitive(rec, "sandbox");
+    if (rec && step == -1 && !ref && !steps) {
+        /* The previous worker began the turn and stopped before its first step started:
+         * nothing ran, so the turn starts afresh (a sandbox it may have created is left to
+         * the provider's idle policy). */
+        cJSON_Delete(rec);
+        log_info(&t->lc, "no step had started; the turn starts afresh");
+        acquire(t);
+        return;
+    }
+    double elapsed = rec_num(rec, "elapsed", 0);
+    t->elapsed0 = elapsed > 0 && elapsed < 1e12 ? (int64_t)elapsed : 0;
+    arm_deadline(t, t->elapsed0);
+    t->sr = xcalloc(t->job->nsteps ? t->job->nsteps : 1, sizeof(*t->sr));
+    if (rec && step >= 0 && prov && !cJSON_IsObject(ref)) {
+        cJSON_Delete(rec);
+        reattach_lost(t, "the sandbox could not be found again (the provider gave no reference)");
+        return;
+    }
+    if (!rec || !prov || !cJSON_IsObject(ref) || !cJSON_IsArray(steps) || step < 0 ||
+        (size_t)step >= t->job->nsteps || (size_t)cJSON_GetArraySize(steps) != (size_t)step) {
+        cJSON_Delete(rec);
+        reattach_lost(t, "the job's re-attach record is malformed");
+        return;
+    }
+    if (strcmp(prov, provider_name(w->prov)) != 0 || !t->can_reattach) {
+        reattach_lost(t, "it was started with provider %s, this worker runs %s", prov,
+                      provider_name(w->prov));
+        cJSON_Delete(rec);
+        return;
+    }
+    t->step = (size_t)step;
+    t->resumed = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "resumed"));
+    for (size_t i = 0; i < t->step; i++) {
+        if (step_from_json(cJSON_GetArrayItem(steps, (int)i), &t->sr[i]) != 0) {
+            cJSON_Delete(rec);
+            reattach_lost(t, "the job's re-attach record is malformed (step %zu)", i);
+            return;
+        }
+    }
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(rec, "files");
+    const cJSON *uploads = cJSON_GetObjectItemCaseSensitive(rec, "uploads");
+    if (cJSON_IsArray(files))
+        t->files = cJSON_Duplicate(files, 1);
+    if (cJSON_IsArray(uploads))
+        t->uploads = cJSON_Duplicate(uploads, 1);
+    double used = rec_num(rec, "used", 0);
+    if (used > (double)t->result_used && used <= (double)t->result_max)
+        t->result_used = (size_t)used;
+    t->sb_ref = cJSON_Duplicate(ref, 1);
+    struct reattach_ctx *rc = xcalloc(1, sizeof(*rc));
+    rc->t = t;
+    rc->rec = rec;
+    unsigned long long os = 0, o0 = 0, o1 = 0;
+    if (th->reattach_out && sscanf(th->reattach_out, "%llu %llu %llu", &os, &o0, &o1) == 3 &&
+        os == t->step) {
+        rc->published[0] = o0;
+        rc->published[1] = o1;
+    }
+    struct sandbox_spec spec;
+    sandbox_spec_of(t, &spec);
+    provider_reconnect(w->prov, &spec, ref, reattached, rc);
 }
 
 /* ---- begin ---- */
@@ -1175,6 +1626,15 @@ static void begun(void *arg, enum queue_begin_status st, const struct queue_thre
         set_error(t, "cancelled", "cancelled before it started");
         publish(t, "cancelled", QUEUE_FINAL, NULL);
         return;
+    case QB_REATTACH:
+        t->t_start = now_ms();
+        t->t_start_wall = wall_ms();
+        t->old_state = th->state ? xstrdup(th->state) : NULL;
+        t->old_snapshot = th->snapshot ? xstrdup(th->snapshot) : NULL;
+        t->old_provider = th->provider ? xstrdup(th->provider) : NULL;
+        log_info(&t->lc, "taking over a started turn from a previous delivery");
+        reattach(t, th);
+        return;
     case QB_STARTED:
         set_error(t, "worker_lost",
                   "a previous delivery started this turn and its worker stopped renewing the "
@@ -1203,6 +1663,7 @@ void turn_start(struct worker *w, struct queue_delivery *d)
     w->turns = t;
     t->lc.job = t->job_id;
     t->lc.thread = t->thread_id;
+    t->can_reattach = provider_can_reattach(w->prov);
     metric_inc(w->m_deliveries, NULL, 1);
 
     const char *payload = d->payload ? d->payload : "";
@@ -1274,6 +1735,7 @@ void turn_start(struct worker *w, struct queue_delivery *d)
         .payload_len = d->len,
         .attempt = d->attempt,
         .order = d->order,
+        .can_reattach = t->can_reattach,
     };
     queue_begin(w->q, &req, begun, t);
 }

@@ -141,6 +141,114 @@ TEST_CASE(worker_two_turns_on_azure)
     azure_teardown(NULL);
 }
 
+/* Concatenated data of a job's output events for one step and stream. */
+static char *az_event_output(redisContext *rc, const char *id, const char *step, const char *stream)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE {azr}:events:%s - +", id);
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const char *type = "", *st = "", *sm = "";
+        redisReply *data = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *n = f->element[k]->str;
+            if (!strcmp(n, "type"))
+                type = f->element[k + 1]->str;
+            else if (!strcmp(n, "step"))
+                st = f->element[k + 1]->str;
+            else if (!strcmp(n, "stream"))
+                sm = f->element[k + 1]->str;
+            else if (!strcmp(n, "data"))
+                data = f->element[k + 1];
+        }
+        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
+            buf_append(&b, data->str, data->len);
+    }
+    freeReplyObject(r);
+    buf_putc(&b, '\0');
+    return buf_detach(&b);
+}
+
+TEST_CASE(worker_reattach_on_azure)
+{
+    if (skip_why)
+        SKIP(skip_why);
+    if (azure_setup(NULL))
+        SKIP(why_buf);
+    struct test_redis *srv = test_redis_start(NULL);
+    if (!srv) {
+        azure_teardown(NULL);
+        SKIP("redis-server could not start");
+    }
+    /* Worker A is SIGKILLed while the session's agent runs step 0; worker B finds the session
+     * by its identifier and follows the run: one result, all output once, run once. */
+    char logp[2][400];
+    snprintf(logp[0], sizeof(logp[0]), "%s/worker-ra.log", scratch);
+    snprintf(logp[1], sizeof(logp[1]), "%s/worker-rb.log", scratch);
+    const char *env[] = {"SANDBOX_PROVIDER=azure-container-sessions", "WORKER_LEASE_MS=3000", NULL};
+    struct worker_spec wsp = {.url = test_redis_url(srv),
+                              .prefix = "azr",
+                              .name = "w-ra",
+                              .env = env,
+                              .log_path = logp[0]};
+    pid_t a = worker_spawn(&wsp);
+    redisContext *rc = sync_connect(test_redis_port(srv));
+    char job[2048];
+    snprintf(job, sizeof(job),
+             "{\"id\":\"azr-1\",\"thread\":\"arthread\",\"feature\":\"data-app\","
+             "\"tenant\":{\"organization\":\"o\",\"project\":\"p\"},"
+             "\"workspace\":{\"include\":[\"%s\"]},\"steps\":["
+             "{\"type\":\"run\",\"cmd\":\"mkdir -p %s; echo x >> %s/ran.txt; echo one; "
+             "sleep 6; echo two\"},{\"type\":\"run\",\"cmd\":\"cat %s/ran.txt\"}]}",
+             ws, ws, ws, ws);
+    freeReplyObject(sync_cmd(rc, "XADD {azr}:jobs * job %s", job));
+    char *seen = NULL;
+    for (int waited = 0; waited < 90000; waited += 50) {
+        free(seen);
+        seen = az_event_output(rc, "azr-1", "0", "stdout");
+        if (strstr(seen, "one"))
+            break;
+        sleep_ms(50);
+    }
+    CHECK(seen && strstr(seen, "one") != NULL);
+    free(seen);
+    worker_stop(a, SIGKILL, 5000);
+    wsp.name = "w-rb";
+    wsp.log_path = logp[1];
+    pid_t b = worker_spawn(&wsp);
+    char *st = sync_wait_hget(rc, "{azr}:job:azr-1", "status", 90000);
+    CHECK_STR(st, "succeeded");
+    free(st);
+    char *res = sync_hget(rc, "{azr}:job:azr-1", "result");
+    cJSON *r = res ? cJSON_Parse(res) : NULL;
+    free(res);
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(r, "steps");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 0), "stdout")),
+              "one\ntwo\n");
+    /* step 1 ran in the same session: the file step 0 wrote once */
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 1), "stdout")),
+              "x\n");
+    cJSON_Delete(r);
+    char *ev = az_event_output(rc, "azr-1", "0", "stdout");
+    CHECK_STR(ev, "one\ntwo\n");
+    free(ev);
+    char *n = sync_hget(rc, "{azr}:job:azr-1", "reattached");
+    CHECK_STR(n, "1");
+    free(n);
+    int wst = worker_stop(b, SIGTERM, 20000);
+    CHECK_EQ_INT(wst, 0);
+    if (wst != 0 || test_failed_now) {
+        char cmd[500];
+        snprintf(cmd, sizeof(cmd), "tail -n 20 '%s' >&2", logp[1]);
+        if (system(cmd) != 0)
+            fprintf(stderr, "  (no worker log)\n");
+    }
+    redisFree(rc);
+    test_redis_free(srv);
+    azure_teardown(NULL);
+}
+
 struct got {
     int done;
     struct sandbox *sb;
@@ -445,6 +553,7 @@ int main(void)
     azure.workspace = ws;
     provider_contract_run(&azure);
     RUN(worker_two_turns_on_azure);
+    RUN(worker_reattach_on_azure);
     RUN(refused_credentials_fail_clearly);
     RUN(gateway_cuts_token_expiry_and_pool_limit);
     RUN(configuration_rules);

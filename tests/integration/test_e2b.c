@@ -1338,6 +1338,110 @@ static const char *jpath(const cJSON *o, const char *a, const char *b)
     return cJSON_GetStringValue(x);
 }
 
+/* Concatenated data of a job's output events for one step and stream. */
+static char *e2b_event_output(redisContext *rc, const char *id, const char *step,
+                              const char *stream)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE {e2br}:events:%s - +", id);
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const char *type = "", *st = "", *sm = "";
+        redisReply *data = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *n = f->element[k]->str;
+            if (!strcmp(n, "type"))
+                type = f->element[k + 1]->str;
+            else if (!strcmp(n, "step"))
+                st = f->element[k + 1]->str;
+            else if (!strcmp(n, "stream"))
+                sm = f->element[k + 1]->str;
+            else if (!strcmp(n, "data"))
+                data = f->element[k + 1];
+        }
+        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
+            buf_append(&b, data->str, data->len);
+    }
+    freeReplyObject(r);
+    buf_putc(&b, '\0');
+    return buf_detach(&b);
+}
+
+TEST_CASE(worker_reattach_on_e2b)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    struct test_redis *srv = test_redis_start(NULL);
+    if (!srv)
+        SKIP("redis-server is not available");
+    /* Worker A is SIGKILLed while envd runs step 0; worker B connects to the sandbox and
+     * re-attaches by pid (envd's Connect). envd does not replay: B's result holds only the
+     * output from the re-attach on (marked truncated); the events hold all of it once, as
+     * nothing was printed while nobody followed. */
+    redisContext *rc = sync_connect(test_redis_port(srv));
+    char logp[2][512], e_key[160], e_api[160], e_sb[160];
+    snprintf(logp[0], sizeof(logp[0]), "%s/worker-e2b-a.log", test_redis_dir(srv));
+    snprintf(logp[1], sizeof(logp[1]), "%s/worker-e2b-b.log", test_redis_dir(srv));
+    snprintf(e_key, sizeof(e_key), "E2B_API_KEY=%s", fake.api_key);
+    snprintf(e_api, sizeof(e_api), "E2B_API_URL=%s", fake.url);
+    snprintf(e_sb, sizeof(e_sb), "E2B_SANDBOX_URL=%s", fake.url);
+    const char *env[] = {"SANDBOX_PROVIDER=e2b", e_key, e_api, e_sb, "WORKER_LEASE_MS=3000", NULL};
+    struct worker_spec ws = {.url = test_redis_url(srv),
+                             .prefix = "e2br",
+                             .name = "w-e2b-a",
+                             .env = env,
+                             .log_path = logp[0]};
+    pid_t a = worker_spawn(&ws);
+    static const char j1[] =
+        "{\"id\":\"r1\",\"thread\":\"th-e2br\",\"feature\":\"data-app\","
+        "\"tenant\":{\"organization\":\"org1\",\"project\":\"proj1\"},\"steps\":["
+        "{\"type\":\"write\",\"files\":[{\"path\":\"/home/user/app/seed\",\"content\":\"s\"}]},"
+        "{\"type\":\"run\",\"cmd\":\"echo x >> ran.txt; echo one; sleep 6; echo two\","
+        "\"cwd\":\"/home/user/app\"},"
+        "{\"type\":\"run\",\"cmd\":\"cat ran.txt\",\"cwd\":\"/home/user/app\"}]}";
+    freeReplyObject(sync_cmd(rc, "XADD {e2br}:jobs * job %s", j1));
+    char *seen = NULL;
+    for (int waited = 0; waited < 60000; waited += 50) {
+        free(seen);
+        seen = e2b_event_output(rc, "r1", "1", "stdout");
+        if (strstr(seen, "one"))
+            break;
+        sleep_ms(50);
+    }
+    CHECK(seen && strstr(seen, "one") != NULL);
+    free(seen);
+    worker_stop(a, SIGKILL, 5000);
+    ws.name = "w-e2b-b";
+    ws.log_path = logp[1];
+    pid_t b = worker_spawn(&ws);
+    cJSON *r = wait_result(rc, "e2br", "r1", 60000);
+    CHECK(r != NULL);
+    if (r) {
+        CHECK_STR(jpath(r, "status", NULL), "succeeded");
+        const cJSON *steps = cJSON_GetObjectItem(r, "steps");
+        CHECK_STR(jpath(cJSON_GetArrayItem(steps, 1), "stdout", NULL), "two\n");
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 1), "stdout_truncated")));
+        CHECK_STR(jpath(cJSON_GetArrayItem(steps, 2), "stdout", NULL), "x\n"); /* ran once */
+        cJSON_Delete(r);
+    }
+    char *ev = e2b_event_output(rc, "r1", "1", "stdout");
+    CHECK_STR(ev, "one\ntwo\n");
+    free(ev);
+    char *n = sync_hget(rc, "{e2br}:job:r1", "reattached");
+    CHECK_STR(n, "1");
+    free(n);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 15000), 0);
+    if (test_failed_now) {
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "grep -v debug '%s' | tail -n 20 >&2", logp[1]);
+        if (system(cmd) != 0)
+            fprintf(stderr, "  (no worker log)\n");
+    }
+    redisFree(rc);
+    test_redis_free(srv);
+}
+
 TEST_CASE(worker_two_turns)
 {
     if (!fake_up)
@@ -1471,6 +1575,7 @@ int main(void)
     RUN(wrong_key_not_retried);
     RUN(no_secret_in_errors);
     RUN(worker_two_turns);
+    RUN(worker_reattach_on_e2b);
     provider_free(prov);
     e2b_server_stop(&fake);
     buf_release(&all_errors);

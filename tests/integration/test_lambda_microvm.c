@@ -609,6 +609,121 @@ static const char *lambda_setup(void *ctx)
     return NULL;
 }
 
+/* Concatenated data of a job's output events for one step and stream. */
+static char *lm_event_output(redisContext *rc, const char *id, const char *step, const char *stream)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE {lmw}:events:%s - +", id);
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const char *type = "", *st = "", *sm = "";
+        redisReply *data = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *n = f->element[k]->str;
+            if (!strcmp(n, "type"))
+                type = f->element[k + 1]->str;
+            else if (!strcmp(n, "step"))
+                st = f->element[k + 1]->str;
+            else if (!strcmp(n, "stream"))
+                sm = f->element[k + 1]->str;
+            else if (!strcmp(n, "data"))
+                data = f->element[k + 1];
+        }
+        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
+            buf_append(&b, data->str, data->len);
+    }
+    freeReplyObject(r);
+    buf_putc(&b, '\0');
+    return buf_detach(&b);
+}
+
+TEST_CASE(worker_reattach_on_lambda)
+{
+    if (!fake_up)
+        SKIP(fake_why);
+    struct test_redis *srv = test_redis_start(NULL);
+    if (!srv)
+        SKIP("redis-server could not start");
+    env_setup();
+    /* Worker A is SIGKILLed while the agent runs step 0; worker B reconnects to the microVM
+     * and follows the agent's run from the start: one result, all output once, the command
+     * run once (it appends to ran.txt), no second microVM. */
+    char logp[2][400];
+    snprintf(logp[0], sizeof(logp[0]), "%s/worker-a.log", dir);
+    snprintf(logp[1], sizeof(logp[1]), "%s/worker-b.log", dir);
+    const char *env[] = {"SANDBOX_PROVIDER=lambda-microvm", "WORKER_LEASE_MS=3000", NULL};
+    struct worker_spec ws = {.url = test_redis_url(srv),
+                             .prefix = "lmw",
+                             .name = "w-a",
+                             .env = env,
+                             .log_path = logp[0]};
+    int runs_before = fake_count("RunMicrovm");
+    pid_t a = worker_spawn(&ws);
+    redisContext *rc = sync_connect(test_redis_port(srv));
+    char job[2048];
+    snprintf(job, sizeof(job),
+             "{\"id\":\"lr-1\",\"thread\":\"lrthread\",\"feature\":\"data-app\","
+             "\"tenant\":{\"organization\":\"o\",\"project\":\"p\"},\"steps\":["
+             "{\"type\":\"run\",\"cmd\":\"echo x >> %s/ran.txt; echo one; echo warn >&2; "
+             "sleep 6; echo two\"},{\"type\":\"run\",\"cmd\":\"echo second\"}]}",
+             dir);
+    freeReplyObject(sync_cmd(rc, "XADD {lmw}:jobs * job %s", job));
+    char *seen = NULL;
+    for (int waited = 0; waited < 60000; waited += 50) {
+        free(seen);
+        seen = lm_event_output(rc, "lr-1", "0", "stdout");
+        if (strstr(seen, "one"))
+            break;
+        sleep_ms(50);
+    }
+    CHECK(seen && strstr(seen, "one") != NULL);
+    free(seen);
+    worker_stop(a, SIGKILL, 5000);
+    ws.name = "w-b";
+    ws.log_path = logp[1];
+    pid_t b = worker_spawn(&ws);
+    cJSON *r = wait_result(rc, "lr-1", 60000);
+    CHECK_STR(jstatus(r), "succeeded");
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(r, "steps");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 0), "stdout")),
+              "one\ntwo\n");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 0), "stderr")),
+              "warn\n");
+    CHECK_STR(cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(steps, 1), "stdout")),
+              "second\n");
+    cJSON_Delete(r);
+    char *ev = lm_event_output(rc, "lr-1", "0", "stdout");
+    CHECK_STR(ev, "one\ntwo\n");
+    free(ev);
+    ev = lm_event_output(rc, "lr-1", "0", "stderr");
+    CHECK_STR(ev, "warn\n");
+    free(ev);
+    char *n = sync_hget(rc, "{lmw}:job:lr-1", "reattached");
+    CHECK_STR(n, "1");
+    free(n);
+    CHECK_EQ_INT(fake_count("RunMicrovm") - runs_before, 1);
+    char ran[400];
+    snprintf(ran, sizeof(ran), "%s/ran.txt", dir);
+    FILE *f = fopen(ran, "r");
+    int lines = 0, c;
+    while (f && (c = fgetc(f)) != EOF)
+        lines += c == '\n';
+    if (f)
+        fclose(f);
+    CHECK_EQ_INT(lines, 1);
+    int wst = worker_stop(b, SIGTERM, 20000);
+    CHECK_EQ_INT(wst, 0);
+    if (wst != 0 || test_failed_now) {
+        char cmd[500];
+        snprintf(cmd, sizeof(cmd), "tail -n 20 '%s' >&2", logp[1]);
+        if (system(cmd) != 0)
+            fprintf(stderr, "  (no worker log)\n");
+    }
+    redisFree(rc);
+    test_redis_free(srv);
+}
+
 int main(void)
 {
     base = event_base_new();
@@ -671,6 +786,7 @@ int main(void)
     RUN(worker_two_turns_on_lambda);
     RUN(start_timeout_terminates_the_microvm);
     RUN(plain_upstream_agent);
+    RUN(worker_reattach_on_lambda);
     fake_proc_stop(&fake);
     fake_proc_stop(&plainfake);
     char rm[300];

@@ -5,12 +5,14 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "lib/buf.h"
 #include "tests/support/redis_server.h"
 #include "tests/support/scripted_provider.h"
 #include "tests/support/test.h"
@@ -399,6 +401,310 @@ TEST_CASE(killed_worker_reclaimed)
                       "ran\n") == 0);
     cJSON_Delete(r);
     CHECK_EQ_INT(results_for("k1"), 1);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+/* ---- re-attach (scripted-reattach: commands run in detached processes) ---- */
+
+static char ra_dir[512], ra_log[600], ra_env[3][700];
+static const char *ra_envp[5];
+
+/* A fresh state directory and exec log for the re-attachable scripted provider. */
+static const char *const *reattach_env(void)
+{
+    snprintf(ra_dir, sizeof(ra_dir), "%s/%s-state", logdir, pfx);
+    mkdir(ra_dir, 0755);
+    snprintf(ra_log, sizeof(ra_log), "%s/%s-exec.log", logdir, pfx);
+    unlink(ra_log);
+    snprintf(ra_env[0], sizeof(ra_env[0]), "SCRIPTED_STATE_DIR=%s", ra_dir);
+    snprintf(ra_env[1], sizeof(ra_env[1]), "SCRIPTED_EXEC_LOG=%s", ra_log);
+    snprintf(ra_env[2], sizeof(ra_env[2]), "SANDBOX_PROVIDER=scripted-reattach");
+    ra_envp[0] = ra_env[0];
+    ra_envp[1] = ra_env[1];
+    ra_envp[2] = ra_env[2];
+    ra_envp[3] = "WORKER_LEASE_MS=3000";
+    ra_envp[4] = NULL;
+    return ra_envp;
+}
+
+static int count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int n = 0, c;
+    while ((c = fgetc(f)) != EOF)
+        n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+/* Concatenation of the output events' data of one step and stream. */
+static char *event_output(const char *id, const char *step, const char *stream)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE %s - +", key("events", id));
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const char *type = "", *st = "", *sm = "", *data = NULL;
+        size_t len = 0;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *n = f->element[k]->str;
+            redisReply *v = f->element[k + 1];
+            if (!strcmp(n, "type"))
+                type = v->str;
+            else if (!strcmp(n, "step"))
+                st = v->str;
+            else if (!strcmp(n, "stream"))
+                sm = v->str;
+            else if (!strcmp(n, "data")) {
+                data = v->str;
+                len = v->len;
+            }
+        }
+        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
+            buf_append(&b, data, len);
+    }
+    freeReplyObject(r);
+    buf_putc(&b, '\0');
+    return buf_detach(&b);
+}
+
+/* Waits until the job's events hold `needle` (raw text of any field). */
+static int wait_event_text(const char *id, const char *needle, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        char *text = NULL;
+        free(event_types(id, &text));
+        int found = strstr(text, needle) != NULL;
+        free(text);
+        if (found)
+            return 1;
+        sleep_ms(50);
+    }
+    return 0;
+}
+
+static const char *step_field(const cJSON *r, int i, const char *name)
+{
+    return jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "steps"), i), name);
+}
+
+TEST_CASE(killed_worker_reattached)
+{
+    new_prefix("reattach");
+    const char *const *env = reattach_env();
+    /* Worker A dies (SIGKILL) in the middle of step 1's command; B re-attaches to it: one
+     * result with every byte of output once, in the result and in the events, and each
+     * command ran once. With a secret, output is held back (the secret's length less one)
+     * until it can be masked, so A has published part of each stream when it dies. */
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("ra1", "thra",
+                      "{\"type\":\"run\",\"cmd\":\"out zero;env TOK\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out one;err warning-line-long;out two;"
+                      "out pad-pad-pad-pad;sleep 6000;out three;exit 0\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out second\"}",
+                      "\"secrets\":{\"TOK\":\"ra-secret-4711\"}"));
+    CHECK(wait_event_text("ra1", "two", 20000));
+    sleep_ms(100);
+    worker_stop(a, SIGKILL, 5000);
+    /* The record holds step 0's output masked, like a result. */
+    char *rec = sync_hget(rc, key("job", "ra1"), "reattach");
+    CHECK(rec && strstr(rec, "\"step\":1") != NULL);
+    CHECK(rec && strstr(rec, "ra-secret-4711") == NULL);
+    free(rec);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("ra1", 30000);
+    CHECK(r != NULL);
+    if (!r || !jstr(r, "status") || strcmp(jstr(r, "status"), "succeeded") != 0) {
+        char cmd[1200];
+        snprintf(cmd, sizeof(cmd), "grep -v ' debug ' %s | tail -20", log_path("wb"));
+        printf("  worker B's log:\n");
+        fflush(stdout);
+        if (system(cmd) != 0)
+            printf("  (no log)\n");
+    }
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(step_field(r, 0, "stdout"), "zero\n***\n");
+    CHECK_STR(step_field(r, 1, "stdout"), "one\ntwo\npad-pad-pad-pad\nthree\n");
+    CHECK_STR(step_field(r, 1, "stderr"), "warning-line-long\n");
+    CHECK_STR(step_field(r, 1, "status"), "ok");
+    CHECK_STR(step_field(r, 2, "stdout"), "second\n");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("ra1"), 1);
+    CHECK_EQ_INT(count_lines(ra_log), 3); /* three commands, each started once */
+    char *so = event_output("ra1", "1", "stdout"), *se = event_output("ra1", "1", "stderr");
+    CHECK_STR(so, "one\ntwo\npad-pad-pad-pad\nthree\n");
+    CHECK_STR(se, "warning-line-long\n");
+    free(so);
+    free(se);
+    so = event_output("ra1", "0", "stdout");
+    CHECK_STR(so, "zero\n***\n");
+    free(so);
+    char *n = sync_hget(rc, key("job", "ra1"), "reattached");
+    CHECK_STR(n, "1");
+    free(n);
+    n = sync_hget(rc, key("job", "ra1"), "reattach"); /* the record goes with the result */
+    CHECK(n == NULL);
+    free(n);
+    char *types = event_types("ra1", NULL);
+    CHECK(strstr(types, "reattached|") != NULL);
+    free(types);
+    CHECK(file_contains(log_path("wb"), "re-attaching at step 1"));
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+    if (test_failed_now) {
+        char cmd[1200];
+        snprintf(cmd, sizeof(cmd), "tail -30 %s", log_path("wb"));
+        if (system(cmd) != 0)
+            printf("  (no log)\n");
+    }
+}
+
+TEST_CASE(reattach_sandbox_gone_is_lost)
+{
+    new_prefix("ragone");
+    const char *const *env = reattach_env();
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("rg1", "thrg", "{\"type\":\"run\",\"cmd\":\"out began;sleep 4000;out end\"}",
+                      NULL));
+    CHECK(wait_event_text("rg1", "began", 20000));
+    worker_stop(a, SIGKILL, 5000);
+    /* The sandbox disappears before anyone re-attaches (expired, destroyed by an operator). */
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "rm -f %s/*.sb", ra_dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("rg1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "lost");
+    CHECK_STR(jstr(r, "error.code"), "worker_lost");
+    CHECK(jstr(r, "error.message") && strstr(jstr(r, "error.message"), "sandbox is gone"));
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("rg1"), 1);
+    CHECK_EQ_INT(count_lines(ra_log), 1); /* never run again */
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(reattach_run_unknown_is_lost)
+{
+    new_prefix("rarun");
+    const char *const *env = reattach_env();
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("rr1", "thrr", "{\"type\":\"run\",\"cmd\":\"out began;sleep 4000;out end\"}",
+                      NULL));
+    CHECK(wait_event_text("rr1", "began", 20000));
+    worker_stop(a, SIGKILL, 5000);
+    /* The sandbox is there, the command is not (a sandbox restarted under the same name). */
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "rm -f %s/run-*", ra_dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("rr1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "lost");
+    CHECK_STR(jstr(r, "error.code"), "worker_lost");
+    CHECK(jstr(r, "error.message") && strstr(jstr(r, "error.message"), "no run"));
+    cJSON_Delete(r);
+    /* Neither suspended nor destroyed: the sandbox found may not be the turn's, and the
+     * thread keeps what it had (nothing, for a new thread). */
+    snprintf(cmd, sizeof(cmd), "ls %s/*.sb >/dev/null 2>&1", ra_dir);
+    CHECK_EQ_INT(system(cmd), 0);
+    char *st = sync_hget(rc, key("thread", "thrr"), "state");
+    CHECK(st == NULL || st[0] == '\0');
+    free(st);
+    CHECK_EQ_INT(count_lines(ra_log), 1);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(lease_lost_detaches_then_reattaches)
+{
+    new_prefix("radetach");
+    const char *const *env = reattach_env();
+    pid_t w = spawn("w1", env, 0);
+    xadd_job(job_json("rd1", "thrd", "{\"type\":\"run\",\"cmd\":\"out early;sleep 4000;out late\"}",
+                      NULL));
+    CHECK(wait_event_text("rd1", "early", 20000));
+    char *entry = sync_hget(rc, key("job", "rd1"), "entry");
+    CHECK(entry != NULL);
+    /* Another consumer takes the entry over and never renews it: our worker's lease is lost,
+     * so it detaches (the command goes on); after the lease it reclaims the entry and
+     * re-attaches to the same command. */
+    freeReplyObject(sync_cmd(rc, "XCLAIM %s workers thief 0 %s", k_jobs, entry ? entry : "0-0"));
+    cJSON *r = wait_result("rd1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(step_field(r, 0, "stdout"), "early\nlate\n");
+    cJSON_Delete(r);
+    char *so = event_output("rd1", "0", "stdout");
+    CHECK_STR(so, "early\nlate\n");
+    free(so);
+    CHECK_EQ_INT(results_for("rd1"), 1);
+    CHECK_EQ_INT(count_lines(ra_log), 1); /* never killed, never started again */
+    CHECK(file_contains(log_path("w1"), "lease lost"));
+    free(entry);
+    CHECK_EQ_INT(worker_stop(w, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(reattached_turn_keeps_its_deadline)
+{
+    new_prefix("radeadline");
+    const char *const *env = reattach_env();
+    /* 6 s of a 10 s deadline pass in step 0; A dies in step 1 (9.5 s of command). B gets the
+     * 4 s left, not a fresh 10 s: the turn times out before the command would end. */
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("rt1", "thrt",
+                      "{\"type\":\"run\",\"cmd\":\"sleep 6000\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out go;sleep 9500;out end\"}",
+                      "\"deadline_ms\":10000"));
+    CHECK(wait_event_text("rt1", "go", 20000));
+    worker_stop(a, SIGKILL, 5000);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("rt1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "timeout");
+    CHECK_STR(jstr(r, "error.code"), "deadline");
+    CHECK_STR(step_field(r, 0, "status"), "ok");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(count_lines(ra_log), 2);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(killed_before_first_step_starts_afresh)
+{
+    new_prefix("rafresh");
+    const char *const *env = reattach_env();
+    /* A dies while its sandbox is being created: no step started, so B runs the turn from
+     * the beginning instead of reporting it lost. */
+    const char *slow[8];
+    size_t n = 0;
+    for (; env[n]; n++)
+        slow[n] = env[n];
+    slow[n++] = "SCRIPTED_CREATE_DELAY_MS=3000";
+    slow[n] = NULL;
+    pid_t a = spawn("wa", slow, 0);
+    xadd_job(job_json("rf1", "thrf", "{\"type\":\"run\",\"cmd\":\"out hello\"}", NULL));
+    char *phase = NULL;
+    for (int waited = 0; waited < 20000; waited += 50) {
+        free(phase);
+        phase = sync_hget(rc, key("job", "rf1"), "phase");
+        if (phase && strcmp(phase, "running") == 0)
+            break;
+        sleep_ms(50);
+    }
+    CHECK_STR(phase, "running");
+    free(phase);
+    worker_stop(a, SIGKILL, 5000);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("rf1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(step_field(r, 0, "stdout"), "hello\n");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(count_lines(ra_log), 1);
+    CHECK(file_contains(log_path("wb"), "no step had started; the turn starts afresh"));
     CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
 }
 
@@ -1645,6 +1951,27 @@ TEST_CASE(check_config_names_variable)
     CHECK(strncmp(out, "SANDBOX_PROVIDER", 16) == 0);
 }
 
+TEST_CASE(sigterm_while_reclaiming_stops)
+{
+    /* A SIGTERM that arrives while the reader's reclaim script runs (right after start, with
+     * another consumer in the group) still ends the drain: the worker stops at once. */
+    for (int k = 0; k < 4; k++) {
+        new_prefix("qt");
+        pid_t a = spawn("wa", short_lease, 0);
+        xadd_job(job_json("q1", "thq", "{\"type\":\"run\",\"cmd\":\"out one\"}", NULL));
+        cJSON_Delete(wait_result("q1", 20000));
+        worker_stop(a, SIGKILL, 5000);
+        pid_t c = spawn("wc", short_lease, 0);
+        for (int waited = 0; waited < 10000 && !file_contains(log_path("wc"), "queue ready");
+             waited++)
+            usleep(500);
+        int st = worker_stop(c, SIGTERM, 10000);
+        CHECK_EQ_INT(st, 0);
+        if (st != 0)
+            break;
+    }
+}
+
 int main(void)
 {
     srv = test_redis_start(NULL);
@@ -1658,6 +1985,13 @@ int main(void)
     RUN(invalid_jobs_rejected);
     RUN(duplicate_delivery_one_result);
     RUN(killed_worker_reclaimed);
+    RUN(killed_worker_reattached);
+    RUN(reattach_sandbox_gone_is_lost);
+    RUN(reattach_run_unknown_is_lost);
+    RUN(lease_lost_detaches_then_reattaches);
+    RUN(reattached_turn_keeps_its_deadline);
+    RUN(killed_before_first_step_starts_afresh);
+    RUN(sigterm_while_reclaiming_stops);
     RUN(fenced_after_takeover);
     RUN(redis_restart_mid_turn);
     RUN(retries_then_dead_letter);

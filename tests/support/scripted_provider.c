@@ -4,7 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -48,6 +52,14 @@ struct provider_exec {
     struct event *timer, *deadline;
     int done;
     int killing; /* exec_kill armed the timer: the script stops here */
+    /* scripted-reattach: the command runs in its own process (see runner_main) */
+    int follow;      /* output is read from <dir>/<run>.out */
+    char run[96];    /* run id */
+    pid_t pid;       /* the runner */
+    int fd;          /* <run>.out, -1 before it is opened */
+    struct buf rbuf; /* read, not yet parsed */
+    uint64_t skip;   /* output bytes still to skip (attach from an offset) */
+    uint64_t offset; /* output bytes delivered or skipped */
 };
 
 static struct scripted_stats stats;
@@ -178,7 +190,10 @@ static struct sandbox *sb_new(struct provider *p, const struct sandbox_spec *spe
 {
     struct sandbox *sb = xcalloc(1, sizeof(*sb));
     sb->prov = p;
-    snprintf(sb->id, sizeof(sb->id), "scripted-%d", ++sb_seq);
+    if (p->ops == &scripted_reattach_provider_ops)
+        snprintf(sb->id, sizeof(sb->id), "scripted-%d-%d", (int)getpid(), ++sb_seq);
+    else
+        snprintf(sb->id, sizeof(sb->id), "scripted-%d", ++sb_seq);
     struct ssb *s = xcalloc(1, sizeof(struct ssb));
     snprintf(s->job, sizeof(s->job), "%s", spec && spec->job ? spec->job : "");
     snprintf(s->worker, sizeof(s->worker), "%s", spec && spec->worker ? spec->worker : "");
@@ -266,6 +281,13 @@ static void exec_finish(struct provider_exec *ex, enum exec_status st, int code,
         return;
     ex->done = 1;
     struct exec_cbs cbs = ex->cbs;
+    if (ex->follow) {
+        if (st == EXEC_TIMEOUT && ex->pid > 0)
+            kill(ex->pid, SIGKILL);
+        if (ex->fd >= 0)
+            close(ex->fd);
+        buf_release(&ex->rbuf);
+    }
     event_free(ex->timer);
     if (ex->deadline)
         event_free(ex->deadline);
@@ -601,6 +623,422 @@ static void sc_archive_restore(struct sandbox *sb, const char *key, const char *
     stats.restores++;
 }
 
+/* ---- scripted-reattach: commands that outlive the worker ----
+ * SCRIPTED_STATE_DIR holds <sandbox id>.sb (exists while the sandbox runs), and per run
+ * <run>.out (records: 1 byte stream, 4 bytes length little-endian, the bytes) and <run>.exit
+ * (the exit code, written after the last output). The command runs in a detached process
+ * (double fork, own session), so SIGKILL of the worker leaves it running. */
+
+static const char *state_dir(void)
+{
+    const char *d = getenv("SCRIPTED_STATE_DIR");
+    return d && *d ? d : NULL;
+}
+
+static void state_path(char *out, size_t len, const char *name, const char *ext)
+{
+    snprintf(out, len, "%s/%s%s", state_dir(), name, ext);
+}
+
+static int sr_init(struct provider *p, int check_only, char *err, size_t errlen)
+{
+    (void)p;
+    (void)check_only;
+    if (!state_dir()) {
+        snprintf(err, errlen, "SCRIPTED_STATE_DIR: required by the scripted-reattach provider");
+        return -1;
+    }
+    return 0;
+}
+
+static void sb_mark(const struct sandbox *sb, int alive)
+{
+    char path[512];
+    state_path(path, sizeof(path), sb->id, ".sb");
+    if (alive) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0)
+            close(fd);
+    } else {
+        unlink(path);
+    }
+}
+
+static void mark_cb(struct later *l)
+{
+    if (l->sb)
+        sb_mark(l->sb, 1);
+    l->cb.sbf(l->arg, l->sb, l->err);
+}
+
+static void sr_create(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,
+                      void *arg)
+{
+    stats.created++;
+    const char *delay = getenv("SCRIPTED_CREATE_DELAY_MS");
+    struct later *l = later_new(p->base, mark_cb, delay ? atoi(delay) : 0);
+    l->cb.sbf = done;
+    l->arg = arg;
+    l->sb = sb_new(p, spec);
+}
+
+static void sr_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                      provider_sandbox_fn done, void *arg)
+{
+    (void)ref;
+    /* Snapshots live in one process's memory: a resumed sandbox starts empty here. */
+    stats.resumed++;
+    struct later *l = later_new(p->base, mark_cb, 0);
+    l->cb.sbf = done;
+    l->arg = arg;
+    l->sb = sb_new(p, spec);
+}
+
+static void sr_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
+{
+    sb_mark(sb, 0);
+    sc_suspend(sb, done, arg);
+}
+
+static void sr_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
+{
+    sb_mark(sb, 0);
+    sc_destroy(sb, done, arg);
+}
+
+static cJSON *sr_sandbox_ref(struct sandbox *sb)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "id", sb->id);
+    return r;
+}
+
+static void sr_reconnect(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                         provider_sandbox_fn done, void *arg)
+{
+    struct later *l = later_new(p->base, call_sb, 0);
+    l->cb.sbf = done;
+    l->arg = arg;
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(ref, "id");
+    char path[512];
+    if (!cJSON_IsString(id) || strlen(id->valuestring) >= 128 || strchr(id->valuestring, '/')) {
+        l->err = xstrdup("reconnect: the reference has no valid id");
+        return;
+    }
+    state_path(path, sizeof(path), id->valuestring, ".sb");
+    if (access(path, F_OK) != 0) {
+        struct buf e;
+        buf_init(&e);
+        buf_printf(&e, "sandbox %s not found", id->valuestring);
+        l->err = buf_detach(&e);
+        return;
+    }
+    l->sb = sb_new(p, spec);
+    snprintf(l->sb->id, sizeof(l->sb->id), "%s", id->valuestring);
+}
+
+/* One output record: the text and a newline, as the in-process exec emits a line. */
+static void runner_put(int fd, enum exec_stream st, const char *data, size_t n)
+{
+    size_t len = n + 1;
+    struct buf b;
+    buf_init(&b);
+    buf_putc(&b, (char)st);
+    for (int k = 0; k < 4; k++)
+        buf_putc(&b, (char)((len >> (8 * k)) & 0xff));
+    buf_append(&b, data, n);
+    buf_putc(&b, '\n');
+    if (write(fd, b.data, b.len) != (ssize_t)b.len)
+        _exit(120);
+    buf_release(&b);
+}
+
+/* The detached command: the same directives as the in-process scripted exec. */
+static void runner_main(struct provider_exec *ex, int fd, const char *exit_path)
+{
+    int code = 0;
+    char *pos = ex->script;
+    while (*pos) {
+        char *end = strchr(pos, ';');
+        size_t n = end ? (size_t)(end - pos) : strlen(pos);
+        char *d = xstrndup(pos, n);
+        pos += n + (end ? 1 : 0);
+        char *w = d;
+        while (*w == ' ')
+            w++;
+        char *sp = strchr(w, ' ');
+        const char *argp = sp ? sp + 1 : "";
+        if (sp)
+            *sp = '\0';
+        int stop = 0;
+        if (strcmp(w, "out") == 0 || strcmp(w, "err") == 0) {
+            runner_put(fd, w[0] == 'o' ? EXEC_STDOUT : EXEC_STDERR, argp, strlen(argp));
+        } else if (strcmp(w, "env") == 0) {
+            const char *val = "";
+            size_t k = strlen(argp);
+            for (size_t i = 0; ex->env && ex->env[i]; i++)
+                if (strncmp(ex->env[i], argp, k) == 0 && ex->env[i][k] == '=')
+                    val = ex->env[i] + k + 1;
+            runner_put(fd, EXEC_STDOUT, val, strlen(val));
+        } else if (strcmp(w, "sleep") == 0 || strcmp(w, "hang") == 0) {
+            long ms = w[0] == 's' ? atol(argp) : 24L * 3600 * 1000;
+            struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                ;
+        } else if (strcmp(w, "exit") == 0) {
+            code = atoi(argp);
+            stop = 1;
+        } else if (*w) {
+            runner_put(fd, EXEC_STDERR, "unknown directive", 17);
+            code = 127;
+            stop = 1;
+        }
+        free(d);
+        if (stop)
+            break;
+    }
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", exit_path);
+    FILE *f = fopen(tmp, "w");
+    if (f) {
+        fprintf(f, "%d\n", code);
+        fclose(f);
+        rename(tmp, exit_path);
+    }
+    _exit(0);
+}
+
+static void follow_cb(evutil_socket_t fd, short what, void *arg);
+
+static void follow_arm(struct provider_exec *ex, int ms)
+{
+    event_del(ex->timer);
+    event_assign(ex->timer, ex->sb->prov->base, -1, 0, follow_cb, ex);
+    struct timeval tv = {0, ms * 1000};
+    evtimer_add(ex->timer, &tv);
+}
+
+static void follow_finish(struct provider_exec *ex, enum exec_status st, int code, const char *err)
+{
+    exec_finish(ex, st, code, err);
+}
+
+/* Reads what the runner wrote; delivers whole records (less what is skipped). */
+static void follow_read(struct provider_exec *ex)
+{
+    if (ex->fd < 0) {
+        char path[512];
+        state_path(path, sizeof(path), ex->run, ".out");
+        ex->fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (ex->fd < 0)
+            return;
+    }
+    char chunk[65536];
+    ssize_t n;
+    while ((n = read(ex->fd, chunk, sizeof(chunk))) > 0)
+        buf_append(&ex->rbuf, chunk, (size_t)n);
+    while (ex->rbuf.len >= 5 && !ex->done) {
+        const unsigned char *h = (const unsigned char *)ex->rbuf.data;
+        size_t len = (size_t)h[1] | (size_t)h[2] << 8 | (size_t)h[3] << 16 | (size_t)h[4] << 24;
+        if (ex->rbuf.len < 5 + len)
+            break;
+        enum exec_stream st = h[0] == EXEC_STDERR ? EXEC_STDERR : EXEC_STDOUT;
+        size_t skip = ex->skip < len ? (size_t)ex->skip : len;
+        ex->skip -= skip;
+        ex->offset += len;
+        struct buf data;
+        buf_init(&data);
+        buf_append(&data, ex->rbuf.data + 5 + skip, len - skip);
+        buf_consume(&ex->rbuf, 5 + len);
+        if (data.len)
+            ex->cbs.on_output(ex->cbs.arg, st, data.data, data.len);
+        buf_release(&data);
+    }
+}
+
+static void follow_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct provider_exec *ex = arg;
+    char path[512];
+    state_path(path, sizeof(path), ex->run, ".exit");
+    FILE *f = fopen(path, "r");
+    int code = -1;
+    if (f) {
+        if (fscanf(f, "%d", &code) != 1)
+            code = -1;
+        fclose(f);
+    }
+    int alive = f || ex->pid <= 0 || kill(ex->pid, 0) == 0 || errno != ESRCH;
+    follow_read(ex); /* after the exit file: everything before it is there */
+    if (ex->done || ex->killing)
+        return;
+    if (code >= 0) {
+        follow_finish(ex, EXEC_EXITED, code, NULL);
+        return;
+    }
+    if (!alive) {
+        follow_finish(ex, EXEC_ERROR, -1, "the command's process ended without an exit code");
+        return;
+    }
+    follow_arm(ex, 20);
+}
+
+static struct provider_exec *follow_new(struct sandbox *sb, const struct exec_cbs *cbs)
+{
+    struct provider_exec *ex = xcalloc(1, sizeof(*ex));
+    ex->sb = sb;
+    ex->cbs = *cbs;
+    ex->follow = 1;
+    ex->fd = -1;
+    buf_init(&ex->rbuf);
+    ex->script = xstrdup("");
+    ex->timer = evtimer_new(sb->prov->base, follow_cb, ex);
+    return ex;
+}
+
+static provider_exec *sr_exec(struct sandbox *sb, const struct exec_req *req,
+                              const struct exec_cbs *cbs, char *err, size_t errlen)
+{
+    static int run_seq;
+    stats.execs++;
+    exec_log(sb);
+    struct provider_exec *ex = follow_new(sb, cbs);
+    snprintf(ex->run, sizeof(ex->run), "run-%d-%d", (int)getpid(), ++run_seq);
+    free(ex->script);
+    ex->script = xstrdup(req->cmd);
+    size_t n = 0;
+    while (req->env && req->env[n])
+        n++;
+    ex->env = xcalloc(n + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        ex->env[i] = xstrdup(req->env[i]);
+    char out_path[512], exit_path[512];
+    state_path(out_path, sizeof(out_path), ex->run, ".out");
+    state_path(exit_path, sizeof(exit_path), ex->run, ".exit");
+    int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    int pp[2];
+    if (fd < 0 || pipe(pp) != 0) {
+        snprintf(err, errlen, "scripted-reattach: cannot start the run: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        for (size_t i = 0; ex->env[i]; i++)
+            free(ex->env[i]);
+        free(ex->env);
+        free(ex->script);
+        event_free(ex->timer);
+        buf_release(&ex->rbuf);
+        free(ex);
+        return NULL;
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        setsid();
+        pid_t gc = fork();
+        if (gc == 0) {
+            sigset_t all;
+            sigemptyset(&all);
+            sigprocmask(SIG_SETMASK, &all, NULL);
+            for (int s = 1; s < 32; s++)
+                if (s != SIGKILL && s != SIGSTOP)
+                    signal(s, SIG_DFL);
+            long maxfd = sysconf(_SC_OPEN_MAX);
+            for (int k = 3; k < (maxfd > 0 && maxfd < 4096 ? maxfd : 4096); k++)
+                if (k != fd)
+                    close(k);
+            runner_main(ex, fd, exit_path);
+        }
+        if (write(pp[1], &gc, sizeof(gc)) != (ssize_t)sizeof(gc))
+            _exit(1);
+        _exit(0);
+    }
+    close(fd);
+    close(pp[1]);
+    if (child > 0) {
+        waitpid(child, NULL, 0);
+        if (read(pp[0], &ex->pid, sizeof(ex->pid)) != (ssize_t)sizeof(ex->pid))
+            ex->pid = -1;
+    }
+    close(pp[0]);
+    if (req->timeout_ms > 0) {
+        ex->deadline = evtimer_new(sb->prov->base, exec_deadline_cb, ex);
+        struct timeval tv = {(time_t)(req->timeout_ms / 1000),
+                             (suseconds_t)((req->timeout_ms % 1000) * 1000)};
+        evtimer_add(ex->deadline, &tv);
+    }
+    follow_arm(ex, 0);
+    return ex;
+}
+
+static cJSON *sr_exec_handle(provider_exec *ex)
+{
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddStringToObject(h, "run", ex->run);
+    cJSON_AddNumberToObject(h, "pid", ex->pid);
+    return h;
+}
+
+static provider_exec *sr_exec_attach(struct sandbox *sb, const cJSON *handle, uint64_t offset,
+                                     const struct exec_cbs *cbs, int *from_offset, char *err,
+                                     size_t errlen)
+{
+    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(handle, "run"));
+    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(handle, "pid");
+    char path[512];
+    if (!run || strchr(run, '/') || strlen(run) >= 96 || !cJSON_IsNumber(pid)) {
+        snprintf(err, errlen, "scripted-reattach: malformed handle");
+        return NULL;
+    }
+    state_path(path, sizeof(path), run, ".out");
+    if (access(path, F_OK) != 0) {
+        snprintf(err, errlen, "scripted-reattach: no run %s", run);
+        return NULL;
+    }
+    struct provider_exec *ex = follow_new(sb, cbs);
+    snprintf(ex->run, sizeof(ex->run), "%s", run);
+    ex->pid = (pid_t)pid->valueint;
+    ex->skip = offset;
+    *from_offset = 1;
+    follow_arm(ex, 0);
+    return ex;
+}
+
+static void detach_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    follow_finish(arg, EXEC_ERROR, -1, "detached");
+}
+
+static void sr_exec_detach(provider_exec *ex)
+{
+    ex->killing = 1;
+    event_del(ex->timer);
+    event_assign(ex->timer, ex->sb->prov->base, -1, 0, detach_cb, ex);
+    struct timeval zero = {0, 0};
+    evtimer_add(ex->timer, &zero);
+}
+
+static void sr_kill_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    follow_finish(arg, EXEC_KILLED, 137, NULL);
+}
+
+static void sr_exec_kill(provider_exec *ex)
+{
+    stats.killed++;
+    if (ex->pid > 0)
+        kill(ex->pid, SIGKILL);
+    ex->killing = 1;
+    event_del(ex->timer);
+    event_assign(ex->timer, ex->sb->prov->base, -1, 0, sr_kill_cb, ex);
+    struct timeval zero = {0, 0};
+    evtimer_add(ex->timer, &zero);
+}
+
 static void sc_release(struct sandbox *sb)
 {
     struct ssb *s = sb->priv;
@@ -646,4 +1084,30 @@ const struct provider_ops scripted_provider_ops = {
     .release = sc_release,
     .archive_upload = sc_archive_upload,
     .archive_restore = sc_archive_restore,
+};
+
+/* The same sandbox, with commands that survive the worker (see scripted_provider.h). */
+const struct provider_ops scripted_reattach_provider_ops = {
+    .name = "scripted-reattach",
+    .caps = PROVIDER_CAP_ARCHIVE | PROVIDER_CAP_REATTACH,
+    .priv_size = 0,
+    .init = sr_init,
+    .cleanup = sc_cleanup,
+    .create = sr_create,
+    .resume = sr_resume,
+    .exec = sr_exec,
+    .exec_kill = sr_exec_kill,
+    .write_file = sc_write_file,
+    .read_file = sc_read_file,
+    .suspend = sr_suspend,
+    .destroy = sr_destroy,
+    .delete_snapshot = sc_delete_snapshot,
+    .release = sc_release,
+    .archive_upload = sc_archive_upload,
+    .archive_restore = sc_archive_restore,
+    .sandbox_ref = sr_sandbox_ref,
+    .reconnect = sr_reconnect,
+    .exec_handle = sr_exec_handle,
+    .exec_attach = sr_exec_attach,
+    .exec_detach = sr_exec_detach,
 };

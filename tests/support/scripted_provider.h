@@ -19,7 +19,16 @@
  *
  * SCRIPTED_EXEC_LOG=path: every exec appends "<job> <worker> <pid> <monotonic µs>" as one
  * line (one O_APPEND write), the ground truth of which turns ran where (tests/chaos).
- * SCRIPTED_SUSPEND_DELAY_MS=N: a successful suspend completes N ms later. */
+ * SCRIPTED_SUSPEND_DELAY_MS=N: a successful suspend completes N ms later.
+ *
+ * scripted_reattach_provider_ops ("scripted-reattach", PROVIDER_CAP_REATTACH): the same
+ * sandboxes, but a run's command (out, err, env, sleep, hang, exit) runs in a detached
+ * process and its output and exit go to files under SCRIPTED_STATE_DIR (required), so it
+ * survives a SIGKILLed worker and any process can re-attach: sandbox_ref {"id"}, reconnect
+ * (fails once the sandbox was suspended or destroyed, or its <id>.sb file is removed: "gone"),
+ * exec_handle {"run", "pid"}, exec_attach (replays from any offset), exec_detach. Files and
+ * snapshots stay in the process's memory: a reconnected sandbox has no files.
+ * SCRIPTED_CREATE_DELAY_MS=N: its creates complete N ms later. */
 #ifndef SW_TESTS_SCRIPTED_PROVIDER_H
 #define SW_TESTS_SCRIPTED_PROVIDER_H
 
@@ -29,6 +38,7 @@
 #include "providers/provider.h"
 
 extern const struct provider_ops scripted_provider_ops;
+extern const struct provider_ops scripted_reattach_provider_ops;
 
 struct scripted_stats {
     int created, resumed, suspended, destroyed, execs, killed, snapshots_deleted;

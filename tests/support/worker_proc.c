@@ -46,6 +46,7 @@ pid_t worker_spawn(const struct worker_spec *spec)
     for (size_t i = 0; spec->env && spec->env[i]; i++)
         putenv(strdup(spec->env[i]));
     provider_register(&scripted_provider_ops);
+    provider_register(&scripted_reattach_provider_ops);
     scripted_stats()->fail_create = spec->fail_create;
     scripted_stats()->fail_suspend_nth = spec->fail_suspend_nth;
     static char arg0[] = "sandbox-worker";
