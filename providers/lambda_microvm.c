@@ -22,7 +22,9 @@
 #include "lib/log.h"
 #include "lib/mask.h"
 #include "providers/agent_client.h"
+#include "providers/agent_pipe.h"
 #include "providers/aws_creds.h"
+#include "providers/objstore.h"
 #include "providers/sigv4.h"
 
 #define LM_API            "/2025-09-09"
@@ -51,6 +53,7 @@ struct lm_prov {
     int64_t idle_s, retention_s;
     int64_t start_ms;      /* RunMicrovm / ResumeMicrovm until RUNNING */
     struct lm_call *calls; /* in flight, for cleanup */
+    objstore *store;       /* upload/restore steps: when S3_* or SANDBOX_SNAPSHOT_DIR is set */
 };
 
 /* ---- small helpers ---- */
@@ -855,117 +858,69 @@ static void lm_exec_detach(provider_exec *ex)
     agent_op_detach((agent_op *)ex);
 }
 
-struct lm_fileop {
-    struct provider *p;
-    struct lm_sb *s;
-    provider_done_fn done;
-    void *arg;
-    char *path;
-    int mode;
-    char err[300];
-};
-
-static void fo_finish(void *arg)
-{
-    struct lm_fileop *f = arg;
-    f->done(f->arg, f->err[0] ? -1 : 0, f->err[0] ? f->err : NULL);
-    free(f->path);
-    free(f);
-}
-
-static void fo_chmod_exit(void *arg, enum exec_status st, int code, const char *err)
-{
-    struct lm_fileop *f = arg;
-    if (st != EXEC_EXITED || code != 0)
-        snprintf(f->err, sizeof(f->err), "lambda-microvm: chmod %o %s failed%s%s", f->mode, f->path,
-                 err ? ": " : "", err ? err : "");
-    fo_finish(f);
-}
-
-static void fo_chmod_out(void *arg, enum exec_stream s, const char *data, size_t len)
-{
-    (void)arg;
-    (void)s;
-    (void)data;
-    (void)len;
-}
-
-static void fo_written(void *arg, int rc, const char *err)
-{
-    struct lm_fileop *f = arg;
-    if (rc != 0) {
-        snprintf(f->err, sizeof(f->err), "%s", err ? err : "write failed");
-        fo_finish(f);
-        return;
-    }
-    if (f->mode <= 0 || (f->mode & 07777) == 0644) {
-        fo_finish(f);
-        return;
-    }
-    struct buf cmd;
-    buf_init(&cmd);
-    buf_printf(&cmd, "chmod %o '", f->mode & 07777);
-    for (const char *c = f->path; *c; c++) {
-        if (*c == '\'')
-            buf_puts(&cmd, "'\\''");
-        else
-            buf_putc(&cmd, *c);
-    }
-    buf_putc(&cmd, '\'');
-    struct exec_req req = {.cmd = cmd.data, .timeout_ms = 30000};
-    struct exec_cbs cbs = {fo_chmod_out, fo_chmod_exit, f};
-    char why[256];
-    agent_op *op = agent_exec(f->s->ac, &req, &cbs, why, sizeof(why));
-    buf_release(&cmd);
-    if (!op) {
-        snprintf(f->err, sizeof(f->err), "lambda-microvm: chmod: %s", why);
-        fo_finish(f);
-    }
-}
-
 static void lm_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
                           int mode, provider_done_fn done, void *arg)
 {
     struct lm_sb *s = sb->priv;
-    struct lm_fileop *f = xcalloc(1, sizeof(*f));
-    f->p = sb->prov;
-    f->s = s;
-    f->done = done;
-    f->arg = arg;
-    f->path = xstrdup(path);
-    f->mode = mode;
-    char why[256];
-    if (agent_file_write(s->ac, path, data, len, fo_written, f, why, sizeof(why)) != 0) {
-        snprintf(f->err, sizeof(f->err), "lambda-microvm: %s", why);
-        lm_defer(sb->prov, fo_finish, f);
-    }
-}
-
-struct lm_readfail {
-    provider_data_fn done;
-    void *arg;
-    char err[300];
-};
-
-static void rf_finish(void *arg)
-{
-    struct lm_readfail *r = arg;
-    r->done(r->arg, -1, NULL, 0, r->err);
-    free(r);
+    agent_pipe_write_file(sb->prov->base, s->ac, path, data, len, mode, "lambda-microvm", done,
+                          arg);
 }
 
 static void lm_read_file(struct sandbox *sb, const char *path, size_t max, provider_data_fn done,
                          void *arg)
 {
     struct lm_sb *s = sb->priv;
-    char why[256];
-    if (agent_file_read(s->ac, path, max, done, arg, why, sizeof(why)) != 0) {
-        struct lm_readfail *r = xcalloc(1, sizeof(*r));
-        r->done = done;
-        r->arg = arg;
-        snprintf(r->err, sizeof(r->err), "lambda-microvm: %s", why);
-        lm_defer(sb->prov, rf_finish, r);
+    agent_pipe_read_file(sb->prov->base, s->ac, path, max, "lambda-microvm", done, arg);
+}
+
+/* ---- upload and restore steps: the agent and the object store (when one is set up) ---- */
+
+struct lm_nostore {
+    provider_upload_fn uploaded;
+    provider_done_fn done;
+    void *arg;
+};
+
+static void nostore_end(void *arg)
+{
+    struct lm_nostore *n = arg;
+    static const char msg[] = "lambda-microvm: upload and restore steps need an object store "
+                              "(set S3_* or SANDBOX_SNAPSHOT_DIR)";
+    if (n->uploaded)
+        n->uploaded(n->arg, -1, 0, NULL, msg);
+    else
+        n->done(n->arg, -1, msg);
+    free(n);
+}
+
+static void lm_archive_upload(struct sandbox *sb, const char *const *paths, const char *key,
+                              provider_upload_fn done, void *arg)
+{
+    struct lm_sb *s = sb->priv;
+    struct lm_prov *d = lm_of(sb->prov);
+    if (!d->store) {
+        struct lm_nostore *n = xcalloc(1, sizeof(*n));
+        n->uploaded = done;
+        n->arg = arg;
+        lm_defer(sb->prov, nostore_end, n);
+        return;
     }
+    agent_pipe_upload(sb->prov->base, s->ac, d->store, paths, key, "lambda-microvm", done, arg);
+}
+
+static void lm_archive_restore(struct sandbox *sb, const char *key, const char *dest,
+                               provider_done_fn done, void *arg)
+{
+    struct lm_sb *s = sb->priv;
+    struct lm_prov *d = lm_of(sb->prov);
+    if (!d->store) {
+        struct lm_nostore *n = xcalloc(1, sizeof(*n));
+        n->done = done;
+        n->arg = arg;
+        lm_defer(sb->prov, nostore_end, n);
+        return;
+    }
+    agent_pipe_restore(sb->prov->base, s->ac, d->store, key, dest, "lambda-microvm", done, arg);
 }
 
 /* ---- suspend, destroy, delete snapshot ---- */
@@ -1258,6 +1213,19 @@ static int lm_init(struct provider *p, int check_only, char *err, size_t errlen)
         d->agent_token = xstrdup(tok);
         mask_add(log_mask(), d->agent_token);
     }
+    /* Snapshots are native; an object store serves only the upload and restore steps, and is
+     * set up only when configured. */
+    static const char *const store_vars[] = {
+        "S3_ENDPOINT",   "S3_BUCKET",        "S3_REGION",           "S3_ACCESS_KEY",
+        "S3_SECRET_KEY", "S3_SESSION_TOKEN", "S3_FORCE_PATH_STYLE", "SANDBOX_SNAPSHOT_DIR"};
+    int want_store = 0;
+    for (size_t i = 0; i < sizeof(store_vars) / sizeof(store_vars[0]); i++)
+        want_store |= env_str(store_vars[i], NULL) != NULL;
+    if (want_store) {
+        d->store = objstore_new_from_env(p->base, "lambda-microvm", check_only, err, errlen);
+        if (!d->store)
+            return -1;
+    }
     struct aws_creds_opts co = {.region = d->region};
     d->creds = aws_creds_new(p->base, &co, err, errlen);
     if (!d->creds)
@@ -1289,6 +1257,7 @@ static void lm_cleanup(struct provider *p)
         lm_call_unlink_free(c);
     }
     aws_creds_free(d->creds);
+    objstore_free(d->store);
     if (d->agent_token) {
         mask_remove(log_mask(), d->agent_token);
         free(d->agent_token);
@@ -1309,7 +1278,7 @@ static void lm_destroy_by_id(struct provider *p, enum provider_item_kind kind, c
 
 const struct provider_ops lambda_microvm_provider_ops = {
     .name = "lambda-microvm",
-    .caps = PROVIDER_CAP_NATIVE_SUSPEND | PROVIDER_CAP_REATTACH,
+    .caps = PROVIDER_CAP_NATIVE_SUSPEND | PROVIDER_CAP_REATTACH | PROVIDER_CAP_ARCHIVE,
     .priv_size = sizeof(struct lm_prov),
     .init = lm_init,
     .cleanup = lm_cleanup,
@@ -1323,6 +1292,8 @@ const struct provider_ops lambda_microvm_provider_ops = {
     .destroy = lm_destroy,
     .delete_snapshot = lm_delete_snapshot,
     .release = lm_release,
+    .archive_upload = lm_archive_upload,
+    .archive_restore = lm_archive_restore,
     .list = lm_list,
     .destroy_by_id = lm_destroy_by_id,
     .sandbox_ref = lm_sandbox_ref,

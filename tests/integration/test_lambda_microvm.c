@@ -600,13 +600,24 @@ TEST_CASE(plain_upstream_agent)
     provider_free(p);
 }
 
+/* The contract runs with a local object store, so upload and restore steps go through the
+ * agent and objstore (S3 is covered by the azure and docker variants). */
 static const char *lambda_setup(void *ctx)
 {
     (void)ctx;
     if (!fake_up)
         return fake_why;
     env_setup();
+    static char objects[400];
+    snprintf(objects, sizeof(objects), "%s/objects", dir);
+    setenv("SANDBOX_SNAPSHOT_DIR", objects, 1);
     return NULL;
+}
+
+static void lambda_teardown(void *ctx)
+{
+    (void)ctx;
+    unsetenv("SANDBOX_SNAPSHOT_DIR");
 }
 
 /* Concatenated data of a job's output events for one step and stream. */
@@ -764,6 +775,7 @@ int main(void)
         .name = "lambda",
         .ops = &lambda_microvm_provider_ops,
         .setup = lambda_setup,
+        .teardown = lambda_teardown,
         .cmd =
             {
                 .streams = "echo out1; echo err1 >&2; exit 3",
