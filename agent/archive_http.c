@@ -7,7 +7,7 @@
  *        -> 200 application/zstd | application/gzip | application/x-tar (chunked). An error
  *           before the first byte is a JSON error; later, the transfer is cut short (no final
  *           chunk), so a client never mistakes a partial archive for a whole one.
- *   POST /archive/in?path=/abs[&maxBytes=N][&allowExternalSymlinks=1]   body: tar (any
+ *   POST /archive/in?path=/abs[&maxBytes=N][&maxRatio=N][&allowExternalSymlinks=1]   body: tar (any
  *        compression) -> 200 {"entries":N,"bytes":M} | 400 refused/bad archive | 413 limit */
 #include "agent/agent.h"
 
@@ -540,6 +540,19 @@ static void archive_in(struct agent *a, struct httpd_req *req)
         }
         if (v < ia.o.max_bytes)
             ia.o.max_bytes = v;
+    }
+    /* The expansion guard against a caller's decompression bomb. A caller that may call this
+     * route may also run any command, so it may set the guard (0: off), e.g. to restore a
+     * sandbox's own, very compressible snapshot; the byte and entry caps stay. */
+    const char *mr = httpd_req_query(req, "maxRatio");
+    if (mr) {
+        char *e;
+        unsigned long long v = strtoull(mr, &e, 10);
+        if (*mr == '-' || *e || !*mr) {
+            agent_reply_error(req, 400, "\"maxRatio\" must be a non-negative integer");
+            return;
+        }
+        ia.o.max_ratio = v;
     }
     if (a->procs >= a->cfg.max_procs) {
         httpd_req_add_header(req, "Retry-After", "1");

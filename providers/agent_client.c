@@ -1658,6 +1658,10 @@ agent_op *agent_archive_in(agent_client *c, const char *dest, uint64_t max_bytes
     quote_url(&q, dest);
     if (max_bytes > 0)
         buf_printf(&q, "&maxBytes=%" PRIu64, max_bytes);
+    /* What the worker extracts is the sandbox's own snapshot or a job's object: the
+     * expansion-ratio guard (against bombs from unknown callers) would refuse a very
+     * compressible workspace. The byte and entry caps still apply. */
+    buf_puts(&q, "&maxRatio=0");
     struct agent_op *op = op_new(c, OP_ARCHIVE_IN);
     op->src = *src;
     op->in_done = done;

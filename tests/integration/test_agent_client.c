@@ -1124,6 +1124,56 @@ static void hook_get(void *arg, int refresh, agent_auth_done_fn done, void *done
     done(done_arg, 0, hdrs, NULL); /* inside the call, as a cached token would */
 }
 
+/* A very compressible workspace (200 MiB of zeros) comes back: the agent's expansion guard,
+ * meant for bombs from unknown callers, is lifted by the client for its own restores (before,
+ * every resume of such a workspace failed with 413). */
+TEST_CASE(archive_in_of_a_compressible_workspace)
+{
+    if (!have_ours)
+        SKIP(skip_ours);
+    agent_client *c = ready_client(T_OURS);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    char src[300], dst[300], tarpath[300], p[400], cmd[1200], err[256];
+    snprintf(src, sizeof(src), "%s/zeros", tmp);
+    snprintf(dst, sizeof(dst), "%s/zeros-restored", tmp);
+    snprintf(tarpath, sizeof(tarpath), "%s/zeros.tar.zst", tmp);
+    snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && head -c 209715200 /dev/zero > '%s/db.bin'", src,
+             src);
+    CHECK(system(cmd) == 0);
+    struct file_sink s = {0};
+    s.fd = open(tarpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    s.drain = evtimer_new(base, drain_cb, &s);
+    struct agent_archive_spec spec = {.root = src, .compression = "zstd"};
+    struct agent_sink sink = {.write = sink_write, .arg = &s};
+    s.op = agent_archive_out(c, &spec, &sink, on_archive_done, &s, err, sizeof(err));
+    CHECK(s.op != NULL);
+    CHECK(run_until(&s.done, 120) == 0);
+    CHECK_EQ_INT(s.rc, 0);
+    close(s.fd);
+    CHECK(s.bytes < 1024 * 1024); /* over 200 times smaller than what it holds */
+    struct file_sink r = {0};
+    r.fd = open(tarpath, O_RDONLY);
+    r.drain = evtimer_new(base, drain_cb, &r);
+    struct agent_source source = {.read = source_read, .arg = &r};
+    r.op = agent_archive_in(c, dst, 0, &source, on_archive_in, &r, err, sizeof(err));
+    CHECK(r.op != NULL);
+    CHECK(run_until(&r.done, 120) == 0);
+    CHECK_EQ_INT(r.rc, 0);
+    if (r.rc)
+        printf("  archive in: %s\n", r.err);
+    close(r.fd);
+    snprintf(p, sizeof(p), "%s/db.bin", dst);
+    struct stat st;
+    CHECK(stat(p, &st) == 0 && st.st_size == 209715200);
+    event_free(s.drain);
+    event_free(r.drain);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' '%s' '%s'", src, dst, tarpath);
+    CHECK(system(cmd) == 0);
+    agent_client_free(c);
+}
+
 TEST_CASE(auth_hook_refreshes_once_on_401)
 {
     if (!have_node)
@@ -1880,6 +1930,7 @@ int main(void)
     RUN(files_round_trip_and_max);
     RUN(run_reattach_after_client_dropped);
     RUN(archive_round_trip_bounded_memory);
+    RUN(archive_in_of_a_compressible_workspace);
     RUN(auth_hook_refreshes_once_on_401);
     RUN(auth_hook_async_shared_by_concurrent_requests);
     RUN(client_freed_with_a_shared_http_client);
