@@ -872,7 +872,7 @@ static void refresh_end(aws_creds *c, const char *ak, const char *sk, const char
     free(c->imds_token);
     free(c->imds_role);
     c->imds_token = c->imds_role = NULL;
-    if (!error) {
+    if (!error && ak && sk) {
         if (c->sk)
             mask_remove(log_mask(), c->sk);
         if (c->tok)
@@ -897,7 +897,8 @@ static void refresh_end(aws_creds *c, const char *ak, const char *sk, const char
         log_info(c->log, "AWS credentials from %s: refreshed, expire in %lld s", c->source,
                  (long long)(exp - now));
     } else {
-        snprintf(msg, sizeof(msg), "AWS credentials from %s: %s", c->source, error);
+        snprintf(msg, sizeof(msg), "AWS credentials from %s: %s", c->source,
+                 error ? error : "no credentials in the reply");
         if (c->have && !c->stale && (c->exp == 0 || now < c->exp)) {
             log_warn(c->log,
                      "%s; using the cached credentials (expire in %lld s), retrying in %d s", msg,
