@@ -865,12 +865,13 @@ static int64_t iso8601_ms(const char *t)
 static void list_report(s3_op *op, const struct s3_result *res)
 {
     struct s3_object *objs = NULL;
-    size_t n = 0, cap = 0;
+    size_t n = 0;
     char *keys = NULL; /* all keys, NUL-separated, KEY_MAX bytes each */
     enum { KEY_MAX = 1100 };
     char next[1100] = "", trunc[16] = "";
     const char *xml = op->resp.data ? op->resp.data : "";
     if (res->ok) {
+        size_t cap = 0;
         for (const char *p = strstr(xml, "<Contents>"); p; p = strstr(p, "<Contents>")) {
             const char *end = strstr(p, "</Contents>");
             if (!end)

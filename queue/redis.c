@@ -409,10 +409,10 @@ static const char *kind_name(enum cmd_kind k)
 static void flush_moved(struct redis *r)
 {
     struct cmd_list lists[2] = {r->resend, r->held};
-    struct redis_cmd *c;
     r->resend.head = r->resend.tail = NULL;
     r->held.head = r->held.tail = NULL;
     for (int i = 0; i < 2; i++) {
+        struct redis_cmd *c;
         while ((c = list_pop(&lists[i])) != NULL) {
             c->deadline_ms = now_ms() + r->command_timeout_ms + c->extra_ms;
             send_raw(r, c, c->buf, c->len);

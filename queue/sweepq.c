@@ -147,10 +147,10 @@ static void int_reply(redis *r, const redisReply *rep, void *arg)
 {
     (void)r;
     struct sweepq_int *x = arg;
-    char err[256];
     if (rep && rep->type == REDIS_REPLY_INTEGER)
         x->cb(x->arg, rep->integer ? 1 : 0, NULL);
     else {
+        char err[256];
         reply_err(rep, err, sizeof(err));
         x->cb(x->arg, -1, err);
     }
@@ -218,9 +218,9 @@ static void scan_reply(redis *r, const redisReply *rep, void *arg)
 {
     (void)r;
     struct sweepq_scan *x = arg;
-    char err[256];
     if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 2 ||
         (rep->elements - 2) % 6 != 0 || rep->element[0]->type != REDIS_REPLY_STRING) {
+        char err[256];
         reply_err(rep && rep->type == REDIS_REPLY_ARRAY ? NULL : rep, err, sizeof(err));
         if (rep && rep->type == REDIS_REPLY_ARRAY)
             snprintf(err, sizeof(err), "redis: malformed sweep page reply");

@@ -1147,10 +1147,10 @@ static void start_step(struct turn *t)
     t->step_started = now_ms();
     char step[24];
     snprintf(step, sizeof(step), "%zu", t->step);
-    const char *fields[] = {"type", "step_started", "step", step,
-                            "name", js->name,       "kind", job_step_kind_name(js->kind),
-                            NULL};
     if (!t->can_reattach || t->abort == AB_LEASE) {
+        const char *fields[] = {"type", "step_started", "step", step,
+                                "name", js->name,       "kind", job_step_kind_name(js->kind),
+                                NULL};
         emit(t, fields);
         run_step(t);
         return;
