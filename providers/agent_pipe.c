@@ -8,33 +8,10 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/defer.h"
 #include "lib/quote.h"
 
 #define AP_IN_HIGH (1u << 20) /* restore: bytes buffered before the reader pauses */
-
-struct ap_defer {
-    void (*fn)(void *);
-    void *arg;
-};
-
-static void ap_defer_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct ap_defer d = *(struct ap_defer *)arg;
-    free(arg);
-    d.fn(d.arg);
-}
-
-/* Runs fn(arg) from the loop. */
-static void ap_defer(struct event_base *base, void (*fn)(void *), void *arg)
-{
-    struct ap_defer *d = xcalloc(1, sizeof(*d));
-    d->fn = fn;
-    d->arg = arg;
-    if (event_base_once(base, -1, EV_TIMEOUT, ap_defer_cb, d, NULL) != 0)
-        abort(); /* only on allocation failure */
-}
 
 static void ap_free_list(char **l)
 {
@@ -144,7 +121,7 @@ void agent_pipe_out(struct event_base *base, agent_client *ac, objstore *store,
                                sizeof(why));
     if (!o->w) {
         snprintf(o->err, sizeof(o->err), "%s", why);
-        ap_defer(base, out_fail_early, o);
+        defer_call(base, out_fail_early, o);
         return;
     }
     struct agent_sink sink = {out_sink, o};
@@ -153,7 +130,7 @@ void agent_pipe_out(struct event_base *base, agent_client *ac, objstore *store,
         objstore_writer_abort(o->w);
         o->w = NULL;
         snprintf(o->err, sizeof(o->err), "%s: %s", who, why);
-        ap_defer(base, out_fail_early, o);
+        defer_call(base, out_fail_early, o);
     }
 }
 
@@ -280,7 +257,7 @@ void agent_pipe_in(struct event_base *base, agent_client *ac, objstore *store, c
     n->op = agent_archive_in(ac, dest, 0, &src, in_agent_done, n, why, sizeof(why));
     if (!n->op) {
         snprintf(n->err, sizeof(n->err), "%s: %s", who, why);
-        ap_defer(base, in_fail_early, n);
+        defer_call(base, in_fail_early, n);
         return;
     }
     /* The stored bytes go as they are: the agent detects the compression and extracts. */
@@ -374,12 +351,12 @@ void agent_pipe_upload(struct event_base *base, agent_client *ac, objstore *stor
     u->names = xcalloc(n + 1, sizeof(char *));
     if (objstore_user_key_check(u->key, why, sizeof(why)) != 0) {
         snprintf(u->err, sizeof(u->err), "%s: %s", who, why);
-        ap_defer(base, up_fail, u);
+        defer_call(base, up_fail, u);
         return;
     }
     if (n == 0) {
         snprintf(u->err, sizeof(u->err), "%s: upload: no paths", who);
-        ap_defer(base, up_fail, u);
+        defer_call(base, up_fail, u);
         return;
     }
     /* Each path is stored under its last component: one archive rooted at their parent. */
@@ -389,7 +366,7 @@ void agent_pipe_upload(struct event_base *base, agent_client *ac, objstore *stor
             strcmp(slash, "/.") == 0) {
             snprintf(u->err, sizeof(u->err), "%s: upload path must be absolute: %.300s", who,
                      paths[i]);
-            ap_defer(base, up_fail, u);
+            defer_call(base, up_fail, u);
             return;
         }
         char *parent =
@@ -404,7 +381,7 @@ void agent_pipe_upload(struct event_base *base, agent_client *ac, objstore *stor
                          "%s: the paths of one upload must share a parent directory (%.150s and "
                          "%.150s differ)",
                          who, u->root, paths[i]);
-                ap_defer(base, up_fail, u);
+                defer_call(base, up_fail, u);
                 return;
             }
         }
@@ -424,7 +401,7 @@ void agent_pipe_upload(struct event_base *base, agent_client *ac, objstore *stor
     buf_release(&cmd);
     if (!op) {
         snprintf(u->err, sizeof(u->err), "%s: %s", who, why);
-        ap_defer(base, up_fail, u);
+        defer_call(base, up_fail, u);
     }
 }
 
@@ -461,7 +438,7 @@ void agent_pipe_restore(struct event_base *base, agent_client *ac, objstore *sto
         f->done = done;
         f->arg = arg;
         snprintf(f->err, sizeof(f->err), "%s: %s", who, bad);
-        ap_defer(base, fail_end, f);
+        defer_call(base, fail_end, f);
         return;
     }
     agent_pipe_in(base, ac, store, key, dest, who, done, arg);
@@ -536,7 +513,7 @@ void agent_pipe_write_file(struct event_base *base, agent_client *ac, const char
     char why[256];
     if (agent_file_write(ac, w->path, data, len, wr_written, w, why, sizeof(why)) != 0) {
         snprintf(w->err, sizeof(w->err), "%s: %s", who, why);
-        ap_defer(base, wr_end, w);
+        defer_call(base, wr_end, w);
     }
 }
 
@@ -549,6 +526,34 @@ void agent_pipe_read_file(struct event_base *base, agent_client *ac, const char 
         f->ddone = done;
         f->arg = arg;
         snprintf(f->err, sizeof(f->err), "%s: %s", who, why);
-        ap_defer(base, fail_end, f);
+        defer_call(base, fail_end, f);
     }
+}
+
+cJSON *agent_pipe_exec_handle(provider_exec *ex)
+{
+    const char *run = agent_op_run_id((agent_op *)ex);
+    if (!run)
+        return NULL;
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddStringToObject(h, "run", run);
+    return h;
+}
+
+provider_exec *agent_pipe_exec_attach(agent_client *ac, const cJSON *handle, uint64_t offset,
+                                      const struct exec_cbs *cbs, int *from_offset, const char *who,
+                                      char *err, size_t errlen)
+{
+    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(handle, "run"));
+    if (!run) {
+        snprintf(err, errlen, "%s: the exec handle has no run id", who);
+        return NULL;
+    }
+    *from_offset = 1; /* the agent keeps a run's output (spool) */
+    return (provider_exec *)agent_run_attach(ac, run, offset, cbs, err, errlen);
+}
+
+void agent_pipe_exec_detach(provider_exec *ex)
+{
+    agent_op_detach((agent_op *)ex);
 }

@@ -16,6 +16,8 @@
 
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
 #include "providers/agent_client.h"
 #include "providers/objstore.h"
 #include "providers/provider.h"
@@ -52,5 +54,14 @@ void agent_pipe_write_file(struct event_base *base, agent_client *ac, const char
 /* GET /files with the first max bytes; a request that cannot start is reported from the loop. */
 void agent_pipe_read_file(struct event_base *base, agent_client *ac, const char *path, size_t max,
                           const char *who, provider_data_fn done, void *arg);
+
+/* Re-attach for backends whose exec is agent_exec: the handle of a running command is its run
+ * id ({"run": id}, NULL until the agent has started it); exec_attach follows the run from offset
+ * (the agent keeps a run's output, so *from_offset is 1); exec_detach leaves it running. */
+cJSON *agent_pipe_exec_handle(provider_exec *ex);
+provider_exec *agent_pipe_exec_attach(agent_client *ac, const cJSON *handle, uint64_t offset,
+                                      const struct exec_cbs *cbs, int *from_offset, const char *who,
+                                      char *err, size_t errlen);
+void agent_pipe_exec_detach(provider_exec *ex);
 
 #endif

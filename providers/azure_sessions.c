@@ -15,6 +15,7 @@
 #include <openssl/rand.h>
 
 #include "lib/buf.h"
+#include "lib/defer.h"
 #include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
@@ -54,29 +55,6 @@ static int64_t azs_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-struct azs_defer {
-    void (*fn)(void *);
-    void *arg;
-};
-
-static void azs_defer_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct azs_defer d = *(struct azs_defer *)arg;
-    free(arg);
-    d.fn(d.arg);
-}
-
-static void azs_defer(struct provider *p, void (*fn)(void *), void *arg)
-{
-    struct azs_defer *d = xcalloc(1, sizeof(*d));
-    d->fn = fn;
-    d->arg = arg;
-    if (event_base_once(p->base, -1, EV_TIMEOUT, azs_defer_cb, d, NULL) != 0)
-        azs_defer_cb(-1, 0, d);
 }
 
 static char **azs_copy_list(const char *const *l)
@@ -442,7 +420,7 @@ static void azs_acquire(struct provider *p, const struct sandbox_spec *spec, con
     a->s = azs_sb_new(p, spec, ident, err, sizeof(err));
     if (!a->s) {
         snprintf(a->err, sizeof(a->err), "azure-container-sessions: %s", err);
-        azs_defer(p, acq_end, a);
+        defer_call(p->base, acq_end, a);
         return;
     }
     acq_poll(a);
@@ -481,7 +459,7 @@ static void azs_resume(struct provider *p, const struct sandbox_spec *spec, cons
         b->done = done;
         b->arg = arg;
         snprintf(b->err, sizeof(b->err), "azure-container-sessions: %.200s", err);
-        azs_defer(p, bad_end, b);
+        defer_call(p->base, bad_end, b);
         return;
     }
     azs_acquire(p, spec, key, NULL, done, arg);
@@ -523,20 +501,10 @@ static void azs_reconnect(struct provider *p, const struct sandbox_spec *spec, c
         b->done = done;
         b->arg = arg;
         snprintf(b->err, sizeof(b->err), "azure-container-sessions: not a session reference");
-        azs_defer(p, bad_end, b);
+        defer_call(p->base, bad_end, b);
         return;
     }
     azs_acquire(p, spec, NULL, id, done, arg);
-}
-
-static cJSON *azs_exec_handle(provider_exec *ex)
-{
-    const char *run = agent_op_run_id((agent_op *)ex);
-    if (!run)
-        return NULL;
-    cJSON *h = cJSON_CreateObject();
-    cJSON_AddStringToObject(h, "run", run);
-    return h;
 }
 
 static provider_exec *azs_exec_attach(struct sandbox *sb, const cJSON *handle, uint64_t offset,
@@ -544,18 +512,8 @@ static provider_exec *azs_exec_attach(struct sandbox *sb, const cJSON *handle, u
                                       size_t errlen)
 {
     struct azs_sb *s = sb->priv;
-    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(handle, "run"));
-    if (!run) {
-        snprintf(err, errlen, "azure-container-sessions: the exec handle has no run id");
-        return NULL;
-    }
-    *from_offset = 1; /* the agent keeps a run's output (spool) */
-    return (provider_exec *)agent_run_attach(s->ac, run, offset, cbs, err, errlen);
-}
-
-static void azs_exec_detach(provider_exec *ex)
-{
-    agent_op_detach((agent_op *)ex);
+    return agent_pipe_exec_attach(s->ac, handle, offset, cbs, from_offset,
+                                  "azure-container-sessions", err, errlen);
 }
 
 static void azs_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
@@ -661,7 +619,7 @@ static void azs_delete_snapshot(struct provider *p, const cJSON *ref, provider_d
         b->ddone = done;
         b->arg = arg;
         snprintf(b->err, sizeof(b->err), "azure-container-sessions: %.200s", err);
-        azs_defer(p, bad_end, b);
+        defer_call(p->base, bad_end, b);
         return;
     }
     objstore_delete(azs_of(p)->store, key, done, arg);
@@ -814,7 +772,7 @@ const struct provider_ops azure_sessions_provider_ops = {
     .archive_restore = azs_archive_restore,
     .sandbox_ref = azs_sandbox_ref,
     .reconnect = azs_reconnect,
-    .exec_handle = azs_exec_handle,
+    .exec_handle = agent_pipe_exec_handle,
     .exec_attach = azs_exec_attach,
-    .exec_detach = azs_exec_detach,
+    .exec_detach = agent_pipe_exec_detach,
 };

@@ -17,6 +17,7 @@
 #include <event2/event.h>
 
 #include "lib/buf.h"
+#include "lib/defer.h"
 #include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
@@ -68,30 +69,6 @@ static int64_t lm_now_ms(void)
 static struct lm_prov *lm_of(struct provider *p)
 {
     return p->priv;
-}
-
-struct lm_defer {
-    void (*fn)(void *);
-    void *arg;
-};
-
-static void lm_defer_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct lm_defer d = *(struct lm_defer *)arg;
-    free(arg);
-    d.fn(d.arg);
-}
-
-/* Runs fn(arg) from the loop (callbacks never run inside the call that starts them). */
-static void lm_defer(struct provider *p, void (*fn)(void *), void *arg)
-{
-    struct lm_defer *d = xcalloc(1, sizeof(*d));
-    d->fn = fn;
-    d->arg = arg;
-    if (event_base_once(p->base, -1, EV_TIMEOUT, lm_defer_cb, d, NULL) != 0)
-        lm_defer_cb(-1, 0, d);
 }
 
 static struct timeval lm_tv(int64_t ms)
@@ -779,7 +756,7 @@ static void lm_resume(struct provider *p, const struct sandbox_spec *spec, const
     a->phase = LM_GET;
     const char *id = lm_ref_id(ref, a->err, sizeof(a->err));
     if (!id) {
-        lm_defer(p, acq_end, a);
+        defer_call(p->base, acq_end, a);
         return;
     }
     snprintf(a->id, sizeof(a->id), "%s", id);
@@ -821,22 +798,11 @@ static void lm_reconnect(struct provider *p, const struct sandbox_spec *spec, co
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(ref, "id");
     if (!cJSON_IsString(id) || !id->valuestring[0] || strlen(id->valuestring) >= sizeof(a->id)) {
         snprintf(a->err, sizeof(a->err), "lambda-microvm: the sandbox reference has no id");
-        lm_defer(p, acq_end, a);
+        defer_call(p->base, acq_end, a);
         return;
     }
     snprintf(a->id, sizeof(a->id), "%s", id->valuestring);
     acq_get(a);
-}
-
-/* {"run": id} once the agent started the run (our agent only; the plain one has no runs). */
-static cJSON *lm_exec_handle(provider_exec *ex)
-{
-    const char *run = agent_op_run_id((agent_op *)ex);
-    if (!run)
-        return NULL;
-    cJSON *h = cJSON_CreateObject();
-    cJSON_AddStringToObject(h, "run", run);
-    return h;
 }
 
 static provider_exec *lm_exec_attach(struct sandbox *sb, const cJSON *handle, uint64_t offset,
@@ -844,18 +810,8 @@ static provider_exec *lm_exec_attach(struct sandbox *sb, const cJSON *handle, ui
                                      size_t errlen)
 {
     struct lm_sb *s = sb->priv;
-    const char *run = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(handle, "run"));
-    if (!run) {
-        snprintf(err, errlen, "lambda-microvm: the exec handle has no run id");
-        return NULL;
-    }
-    *from_offset = 1; /* the agent keeps a run's output (spool) */
-    return (provider_exec *)agent_run_attach(s->ac, run, offset, cbs, err, errlen);
-}
-
-static void lm_exec_detach(provider_exec *ex)
-{
-    agent_op_detach((agent_op *)ex);
+    return agent_pipe_exec_attach(s->ac, handle, offset, cbs, from_offset, "lambda-microvm", err,
+                                  errlen);
 }
 
 static void lm_write_file(struct sandbox *sb, const char *path, const char *data, size_t len,
@@ -902,7 +858,7 @@ static void lm_archive_upload(struct sandbox *sb, const char *const *paths, cons
         struct lm_nostore *n = xcalloc(1, sizeof(*n));
         n->uploaded = done;
         n->arg = arg;
-        lm_defer(sb->prov, nostore_end, n);
+        defer_call(sb->prov->base, nostore_end, n);
         return;
     }
     agent_pipe_upload(sb->prov->base, s->ac, d->store, paths, key, "lambda-microvm", done, arg);
@@ -917,7 +873,7 @@ static void lm_archive_restore(struct sandbox *sb, const char *key, const char *
         struct lm_nostore *n = xcalloc(1, sizeof(*n));
         n->done = done;
         n->arg = arg;
-        lm_defer(sb->prov, nostore_end, n);
+        defer_call(sb->prov->base, nostore_end, n);
         return;
     }
     agent_pipe_restore(sb->prov->base, s->ac, d->store, key, dest, "lambda-microvm", done, arg);
@@ -1089,7 +1045,7 @@ static void lm_delete_snapshot(struct provider *p, const cJSON *ref, provider_do
     if (!id) {
         b->done = done;
         b->arg = arg;
-        lm_defer(p, badref_end, b);
+        defer_call(p->base, badref_end, b);
         return;
     }
     free(b);
@@ -1298,9 +1254,9 @@ const struct provider_ops lambda_microvm_provider_ops = {
     .destroy_by_id = lm_destroy_by_id,
     .sandbox_ref = lm_sandbox_ref,
     .reconnect = lm_reconnect,
-    .exec_handle = lm_exec_handle,
+    .exec_handle = agent_pipe_exec_handle,
     .exec_attach = lm_exec_attach,
-    .exec_detach = lm_exec_detach,
+    .exec_detach = agent_pipe_exec_detach,
 };
 
 /* ---- the sweep: list and destroy_by_id ----
@@ -1423,7 +1379,7 @@ static void lm_destroy_by_id(struct provider *p, enum provider_item_kind kind, c
         b->done = done;
         b->arg = arg;
         snprintf(b->err, sizeof(b->err), "lambda-microvm: no snapshot objects to delete");
-        lm_defer(p, badref_end, b);
+        defer_call(p->base, badref_end, b);
         return;
     }
     lm_terminate(p, id, done, arg);

@@ -540,10 +540,10 @@ TEST_CASE(exec_streams_and_codes)
     xres_release(&x);
 
     /* Environment and working directory. */
-    CHECK_EQ_INT(sb_write(sb, "/home/user/work/a.txt", "in-a", 4, 0644), 0);
+    CHECK_EQ_INT(sb_write(sb, "/home/user/proj/a.txt", "in-a", 4, 0644), 0);
     static const char *const env[] = {"GREETING=hello world", "QUOTE='\"", NULL};
     xres_init(&x);
-    run_cmd(sb, &x, "printf '%s|%s|' \"$GREETING\" \"$QUOTE\"; cat a.txt", "/home/user/work", env,
+    run_cmd(sb, &x, "printf '%s|%s|' \"$GREETING\" \"$QUOTE\"; cat a.txt", "/home/user/proj", env,
             0);
     CHECK_EQ_INT(x.status, EXEC_EXITED);
     CHECK_STR(x.out.data, "hello world|'\"|in-a");

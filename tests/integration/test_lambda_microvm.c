@@ -236,7 +236,7 @@ TEST_CASE(conversation_survives_suspend)
     buf_release(&e.errout);
 
     char path[400];
-    snprintf(path, sizeof(path), "%s/work/script.sh", dir);
+    snprintf(path, sizeof(path), "%s/bin/script.sh", dir);
     struct got_done w = {0};
     const char body[] = "#!/bin/sh\necho from-script\n";
     provider_write_file(g.sb, path, body, sizeof(body) - 1, 0755, on_done, &w);
