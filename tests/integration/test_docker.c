@@ -2214,6 +2214,7 @@ TEST_CASE(worker_reattach_on_docker)
     CHECK_STR(n, "1");
     free(n);
     CHECK_EQ_INT(sync_int(w.rc, "XLEN {%s}:results", w.prefix), 1);
+    CHECK(file_contains_text(w.log[1], "reconnected; re-attaching at step 1"));
     /* B suspended the sandbox at the end: the container and its folder are gone */
     dw_containers(w.prefix, ids, sizeof(ids));
     CHECK_STR(ids, "");
