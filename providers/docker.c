@@ -977,6 +977,19 @@ static void dk_resume(struct provider *p, const struct sandbox_spec *spec, const
 
 /* ---- reconnect: a running agent-path container found again from its sandbox_ref ---- */
 
+/* dir (a container's agent-dir label) names a socket folder as dk_agent_dir_new makes them:
+ * <SANDBOX_DOCKER_AGENT_DIR>/<one name>. Labels are not trusted further than that. */
+static int dk_agent_dir_mine(const struct dk_prov *d, const char *dir)
+{
+    size_t n = strlen(d->agent_dir);
+    const char *leaf = NULL;
+    if (strcmp(d->agent_dir, "/") == 0 && dir[0] == '/')
+        leaf = dir + 1;
+    else if (strncmp(dir, d->agent_dir, n) == 0 && dir[n] == '/')
+        leaf = dir + n + 1;
+    return leaf && leaf[0] && leaf[0] != '.' && !strchr(leaf, '/') && strlen(dir) <= 150;
+}
+
 /* {"id": <container id>} for a sandbox on the agent path; NULL for Docker exec (a Docker exec
  * cannot be followed again once its stream is gone). The agent token is not in the ref (it is
  * stored in Redis): reconnect reads it back from the engine. */
@@ -995,13 +1008,7 @@ static cJSON *dk_sandbox_ref(struct sandbox *sb)
 static int rc_agent_dir_check(struct dk_acq *a, const char *dir)
 {
     struct dk_prov *d = a->p->priv;
-    size_t n = strlen(d->agent_dir);
-    const char *leaf = NULL;
-    if (strcmp(d->agent_dir, "/") == 0 && dir[0] == '/')
-        leaf = dir + 1;
-    else if (strncmp(dir, d->agent_dir, n) == 0 && dir[n] == '/')
-        leaf = dir + n + 1;
-    if (!leaf || !leaf[0] || leaf[0] == '.' || strchr(leaf, '/') || strlen(dir) > 150) {
+    if (!dk_agent_dir_mine(d, dir)) {
         snprintf(a->err, sizeof(a->err),
                  "docker: container %.12s: its agent folder %.200s is not below "
                  "SANDBOX_DOCKER_AGENT_DIR %.100s (a worker with another configuration made it)",
@@ -2630,6 +2637,9 @@ struct dk_done {
     provider_done_fn done;
     void *arg;
     struct sandbox *sb; /* destroy: its socket folder goes with the container */
+    char *agent_dir;    /* destroy_by_id: the same, from the container's label (owned) */
+    struct provider *p;
+    char cid[72];
     char err[512];
 };
 
@@ -2646,6 +2656,9 @@ static void ds_resp(void *arg, long status, const char *body, const char *err)
         free(s->agent_dir);
         s->agent_dir = NULL;
     }
+    if (!x->err[0] && x->agent_dir)
+        dk_agent_dir_remove(x->agent_dir);
+    free(x->agent_dir);
     x->done(x->arg, x->err[0] ? -1 : 0, x->err[0] ? x->err : NULL);
     free(x);
 }
@@ -2972,6 +2985,26 @@ static void dk_list(struct provider *p, provider_list_fn done, void *arg)
     buf_release(&b);
 }
 
+/* The container's agent folder (label) is noted, then the container removed; ds_resp removes
+ * the folder once the container is gone (an abandoned agent sandbox leaves both). */
+static void dbi_inspected(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_done *x = arg;
+    struct dk_prov *d = x->p->priv;
+    if (!err && status == 200) {
+        cJSON *j = cJSON_Parse(body);
+        const cJSON *labels = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(j, "Config"), "Labels");
+        const char *dir = dk_jstr(labels, DK_LABEL ".agent-dir");
+        if (dir && dk_agent_dir_mine(d, dir))
+            x->agent_dir = xstrdup(dir);
+        cJSON_Delete(j);
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", x->cid);
+    dk_call(x->p, "DELETE", path, NULL, ds_resp, x);
+}
+
 static void dk_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
                              provider_done_fn done, void *arg)
 {
@@ -2994,7 +3027,9 @@ static void dk_destroy_by_id(struct provider *p, enum provider_item_kind kind, c
         dk_defer(p->base, dsnap_cb, x);
         return;
     }
+    x->p = p;
+    dk_copy(x->cid, sizeof(x->cid), id);
     char path[256];
-    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", id);
-    dk_call(p, "DELETE", path, NULL, ds_resp, x);
+    snprintf(path, sizeof(path), "/containers/%s/json", id);
+    dk_call(p, "GET", path, NULL, dbi_inspected, x);
 }
