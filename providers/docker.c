@@ -2715,11 +2715,11 @@ static void dk_release(struct sandbox *sb)
         return;
     struct dk_sb *x = sb->priv;
     agent_client_free(x->ac); /* its ops end without callbacks: their wrappers go too */
-    while (x->aexecs) {
-        provider_exec *ex = x->aexecs;
-        ax_unlink(ex);
+    for (provider_exec *ex = x->aexecs, *next; ex; ex = next) {
+        next = ex->anext;
         free(ex);
     }
+    x->aexecs = NULL;
     free(x->agent_dir); /* kept on disk: the container may still run (a detached turn) */
     dk_free_list(x->incl);
     dk_free_list(x->excl);
