@@ -1863,6 +1863,28 @@ TEST_CASE(agent_reattach_from_ref)
         run_cmd(r.sb, &c, "wc -l < /workspace/ran.txt", NULL, NULL, 0);
         CHECK_STR(c.out.data, "1\n");
         run_free(&c);
+        /* a command that ends while nobody follows it: attaching reports its output and exit */
+        struct run d = {0};
+        run_start(r.sb, &d, "echo fast; sleep 0.2; echo end; exit 3");
+        CHECK(wait_out(&d, "fast", 30000) == 0);
+        cJSON *hd = provider_exec_handle(r.sb, d.ex);
+        CHECK(hd != NULL);
+        provider_exec_detach(r.sb, d.ex);
+        CHECK(wait_for(&d.done, 10000) == 0);
+        int never = 0;
+        wait_for(&never, 1000); /* it ends meanwhile */
+        struct run e = {0};
+        struct exec_cbs ecb = {.on_output = run_output, .on_exit = run_exit, .arg = &e};
+        e.sb = r.sb;
+        e.ex = hd ? provider_exec_attach(r.sb, hd, 0, &ecb, &from, err, sizeof(err)) : NULL;
+        CHECK(e.ex != NULL);
+        CHECK(e.ex && wait_for(&e.done, 30000) == 0);
+        CHECK_EQ_INT(e.st, EXEC_EXITED);
+        CHECK_EQ_INT(e.code, 3);
+        CHECK_STR(e.out.data, "fast\nend\n");
+        cJSON_Delete(hd);
+        run_free(&d);
+        run_free(&e);
         /* destroying the reconnected sandbox removes its folder too */
         destroy_sb(r.sb);
         struct stat st;
