@@ -724,8 +724,12 @@ static void acq_agent_poll(struct dk_acq *a)
         struct buf sock;
         buf_init(&sock);
         buf_printf(&sock, "%s/" DK_AGENT_SOCK, a->agent_dir);
-        struct agent_client_opts o = {
-            .unix_socket = sock.data, .token = a->token, .connect_ms = 2000, .http = d->http};
+        struct agent_client_opts o = {.unix_socket = sock.data,
+                                      .token = a->token,
+                                      .connect_ms = 2000,
+                                      .http = d->http,
+                                      /* re-attach: a peer may read a run this worker saw end */
+                                      .defer_run_delete = 1};
         a->ac = agent_client_new(a->p->base, &o, e, sizeof(e));
         buf_release(&sock);
         if (!a->ac) {
@@ -1514,6 +1518,10 @@ static provider_exec *dk_exec(struct sandbox *sb, const struct exec_req *req,
     struct dk_sb *s = sb->priv;
     if (s->ac)
         return dk_agent_exec(sb, req, cbs, err, errlen);
+    if (req->tag_required) {
+        snprintf(err, errlen, "docker: Docker exec keeps no command tags");
+        return NULL;
+    }
     provider_exec *ex = xcalloc(1, sizeof(*ex));
     ex->sb = sb;
     ex->p = sb->prov;

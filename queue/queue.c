@@ -605,21 +605,27 @@ static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
         }
         for (size_t i = 0; list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
             const redisReply *e = list->element[i];
-            if (e->type != REDIS_REPLY_ARRAY || e->elements != 3)
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 4)
                 continue;
             struct queue_delivery *d =
                 delivery_from(e->element[0], e->element[1]->integer, e->element[2]);
             if (!d)
                 continue;
             d->reclaimed = 1;
+            d->handed_off = e->element[3]->type == REDIS_REPLY_INTEGER && e->element[3]->integer;
             if (q->stopped) {
                 release_reclaimed(q, d);
                 continue;
             }
             q->stats.reclaims++;
-            log_warn(NULL,
-                     "reclaimed entry %s (delivery %lld) from a consumer that stopped renewing",
-                     d->entry, d->token);
+            if (d->handed_off)
+                log_info(NULL,
+                         "took over entry %s (delivery %lld), handed off by a draining worker",
+                         d->entry, d->token);
+            else
+                log_warn(NULL,
+                         "reclaimed entry %s (delivery %lld) from a consumer that stopped renewing",
+                         d->entry, d->token);
             deliver(q, d);
         }
     }

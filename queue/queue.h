@@ -27,7 +27,8 @@ struct queue_delivery {
                           * among its thread's jobs */
     char *payload;       /* the "job" field (may be NULL when the entry lacks it) */
     size_t len;
-    int reclaimed; /* came from XAUTOCLAIM (a previous owner stopped renewing) */
+    int reclaimed;  /* reclaimed: a previous owner stopped renewing or handed it off */
+    int handed_off; /* reclaimed from a draining worker's hand-off (queue_handoff) */
 };
 void queue_delivery_free(struct queue_delivery *d);
 

@@ -353,23 +353,23 @@ static const char renew_lua[] =
  *       take hand-offs only.
  * Takes the entries draining workers handed off (owned by the hand-off consumer) first, at
  * once, then (unless "1") entries idle longer than the lease. Returns {next cursor, {{entry,
- * delivery count, {field, value…}}…}}. Entries deleted from the stream are dropped from the
- * PEL by XCLAIM and XAUTOCLAIM themselves (Redis 7.0+). */
+ * delivery count, {field, value…}, handed off 1|0}…}}. Entries deleted from the stream are
+ * dropped from the PEL by XCLAIM and XAUTOCLAIM themselves (Redis 7.0+). */
 static const char reclaim_lua[] =
     "local out = {}\n"
-    "local function take(id, fields)\n"
+    "local function take(id, fields, h)\n"
     "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)\n"
-    "  if #p > 0 and fields then out[#out + 1] = {id, p[1][4], fields} end\n"
+    "  if #p > 0 and fields then out[#out + 1] = {id, p[1][4], fields, h} end\n"
     "end\n"
     "local n = tonumber(ARGV[5])\n"
     "for _, h in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', n, ARGV[6])) do\n"
     "  local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, h[1])\n"
-    "  if #c > 0 then take(c[1][1], c[1][2]) end\n"
+    "  if #c > 0 then take(c[1][1], c[1][2], 1) end\n"
     "end\n"
     "if ARGV[7] == '1' or #out >= n then return {ARGV[4], out} end\n"
     "local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],\n"
     "                     'COUNT', n - #out)\n"
-    "for _, e in ipairs(r[2]) do take(e[1], e[2]) end\n"
+    "for _, e in ipairs(r[2]) do take(e[1], e[2], 0) end\n"
     "return {r[1], out}\n";
 
 /* KEYS: delayed, jobs, dead.  ARGV: (unused), limit.

@@ -1353,6 +1353,28 @@ static void start_step(struct turn *t)
     free(rec);
 }
 
+/* Starts the current run step's command. With re-attach it is tagged "<job>/<step>": a backend
+ * that keeps tags starts it at most once, so a worker that takes over a step whose handle was
+ * never recorded starts it again with tag_required (following the first command when there
+ * is one; refused by a backend that cannot). */
+static provider_exec *run_exec(struct turn *t, int tag_required, char *err, size_t errlen)
+{
+    const struct job_step *js = &t->job->steps[t->step];
+    build_env(t, js);
+    char tag[160];
+    snprintf(tag, sizeof(tag), "%s/%zu", t->job_id, t->step);
+    struct exec_req req = {
+        .cmd = js->cmd,
+        .cwd = js->cwd,
+        .env = (const char *const *)t->envv,
+        .timeout_ms = js->timeout_ms ? js->timeout_ms : t->w->cfg.step_timeout_ms,
+        .tag = t->can_reattach && t->sb_ref ? tag : NULL,
+        .tag_required = tag_required,
+    };
+    struct exec_cbs cbs = {on_output, on_exec_exit, t};
+    return provider_exec_start(t->sb, &req, &cbs, err, errlen);
+}
+
 /* Does the step start_step announced (and, with re-attach, recorded). */
 static void run_step(struct turn *t)
 {
@@ -1370,17 +1392,8 @@ static void run_step(struct turn *t)
     }
     case STEP_RUN: {
         run_caps(t, sr);
-        build_env(t, js);
-        int64_t timeout = js->timeout_ms ? js->timeout_ms : t->w->cfg.step_timeout_ms;
-        struct exec_req req = {
-            .cmd = js->cmd,
-            .cwd = js->cwd,
-            .env = (const char *const *)t->envv,
-            .timeout_ms = timeout,
-        };
-        struct exec_cbs cbs = {on_output, on_exec_exit, t};
         char err[256] = "";
-        t->ex = provider_exec_start(t->sb, &req, &cbs, err, sizeof(err));
+        t->ex = run_exec(t, 0, err, sizeof(err));
         if (!t->ex) {
             sr->error = xstrdup(err[0] ? err : "exec failed");
             step_done(t, SS_ERROR);
@@ -1678,21 +1691,30 @@ static void reattached(void *arg, struct sandbox *sb, const char *err)
     }
     const struct job_step *js = &t->job->steps[t->step];
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(rc->rec, "handle");
-    if (!cJSON_IsObject(h)) {
-        reattach_lost(t, "step %s may have started its command, whose handle was not recorded",
-                      js->name);
-        goto out;
-    }
     struct step_result *sr = &t->sr[t->step];
     run_caps(t, sr);
     t->step_started = now_ms();
-    t->handle = cJSON_Duplicate(h, 1);
-    struct exec_cbs cbs = {on_output, on_exec_exit, t};
     char e[256] = "";
-    int from = 0;
-    /* From the start when the provider replays: the tail is rebuilt, the events are not
-     * written again (quiet). */
-    t->ex = provider_exec_attach(sb, h, 0, &cbs, &from, e, sizeof(e));
+    int from = 1;
+    if (cJSON_IsObject(h)) {
+        struct exec_cbs cbs = {on_output, on_exec_exit, t};
+        t->handle = cJSON_Duplicate(h, 1);
+        /* From the start when the provider replays: the tail is rebuilt, the events are not
+         * written again (quiet). */
+        from = 0;
+        t->ex = provider_exec_attach(sb, h, 0, &cbs, &from, e, sizeof(e));
+    } else {
+        /* The command may have started before its handle reached Redis: started again by its
+         * tag, it runs once and replays from its first byte. */
+        t->ex = run_exec(t, 1, e, sizeof(e));
+        if (!t->ex) {
+            reattach_lost(t,
+                          "step %s may have started its command, whose handle was not "
+                          "recorded, and the provider cannot start it at most once (%s)",
+                          js->name, e[0] ? e : "no tags");
+            goto out;
+        }
+    }
     t->attached = t->ex != NULL;
     if (!t->ex) {
         reattach_lost(t, "step %s: %s", js->name, e[0] ? e : "cannot re-attach");
@@ -1708,7 +1730,10 @@ static void reattached(void *arg, struct sandbox *sb, const char *err)
         }
     }
     metric_inc(t->w->m_jobs, "reattached", 1);
-    handoff_try(t, 0); /* this worker may be draining too */
+    if (!t->handle)
+        record_handle(t); /* also hands off when this worker is draining */
+    else
+        handoff_try(t, 0); /* this worker may be draining too */
 out:
     cJSON_Delete(rc->rec);
     free(rc);
@@ -1936,7 +1961,8 @@ void turn_start(struct worker *w, struct queue_delivery *d)
             mask_add(log_mask(), v);
         }
     }
-    if (d->token > POISON_DELIVERIES) {
+    /* A hand-off is a delivery no worker failed: it does not count towards poison. */
+    if (d->token > POISON_DELIVERIES && !d->handed_off) {
         char reason[128];
         snprintf(reason, sizeof(reason), "delivered %lld times without completing", d->token);
         set_error(t, "poison", "%s", reason);

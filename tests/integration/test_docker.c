@@ -2250,6 +2250,99 @@ TEST_CASE(worker_reattach_on_docker)
     dw_teardown(&w);
 }
 
+static const char *const dw_handoff_env[] = {"SANDBOX_PROVIDER=docker",
+                                             "SANDBOX_DOCKER_IMAGE=" AGENT_IMAGE,
+                                             "SANDBOX_DOCKER_AGENT=on",
+                                             "SANDBOX_AI_WRITEBACK_DOCKER_IMAGE=" AGENT_IMAGE,
+                                             "WORKER_LEASE_MS=60000",
+                                             "WORKER_SHUTDOWN_GRACE_MS=300",
+                                             NULL};
+
+/* Two steps; each appends to a file the second one prints (each command ran once). */
+#define DW_TWO_STEPS                                                                               \
+    "{\"type\":\"run\",\"cmd\":\"echo s0 >> /workspace/ran.txt; echo one; sleep 6; echo two\"},"   \
+    "{\"type\":\"run\",\"cmd\":\"echo s1 >> /workspace/ran.txt; cat /workspace/ran.txt\"}"
+
+static void dw_check_two_steps(struct dw *w, const char *id)
+{
+    cJSON *r = dw_result(w->rc, w->prefix, id, 60000);
+    CHECK(r != NULL);
+    CHECK_STR(dw_str(r, "status"), "succeeded");
+    CHECK_STR(dw_str(r, "worker"), "w-b");
+    CHECK_STR(dw_step(r, 0, "stdout"), "one\ntwo\n");
+    CHECK_STR(dw_step(r, 1, "stdout"), "s0\ns1\n");
+    cJSON_Delete(r);
+    char *ev = dw_events(w->rc, w->prefix, id, "0", "stdout");
+    CHECK_STR(ev, "one\ntwo\n");
+    free(ev);
+    CHECK_EQ_INT(sync_int(w->rc, "XLEN {%s}:results", w->prefix), 1);
+}
+
+/* A rolling restart: worker A gets SIGTERM in the middle of a long step; after its grace it
+ * detaches and hands the turn off, and B (whose lease would make it wait a minute for a
+ * crashed worker's entry) re-attaches at once to the command, which never stopped. */
+TEST_CASE(worker_handoff_on_docker)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    struct dw w;
+    if (dw_setup(&w, "ho", dw_handoff_env) != 0)
+        SKIP("redis-server could not start");
+    pid_t a = worker_spawn(&w.ws);
+    dw_add_job(&w, "dh-1", "dhthread", DW_TWO_STEPS);
+    CHECK(dw_wait_event(w.rc, w.prefix, "dh-1", "0", "one", 90000) == 0);
+    w.ws.name = "w-b";
+    w.ws.log_path = w.log[1];
+    pid_t b = worker_spawn(&w.ws);
+    CHECK_EQ_INT(worker_stop(a, SIGTERM, 15000), 0);
+    CHECK(file_contains_text(w.log[0], "handed off at step 0"));
+    dw_check_two_steps(&w, "dh-1");
+    char key[200];
+    snprintf(key, sizeof(key), "{%s}:job:dh-1", w.prefix);
+    char *n = sync_hget(w.rc, key, "handoffs");
+    CHECK_STR(n, "1");
+    free(n);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 20000), 0);
+    if (test_failed_now)
+        dw_show_log(w.log[1]);
+    dw_teardown(&w);
+}
+
+/* A dies after starting the command but before its handle reached Redis (simulated by taking
+ * the handle out of the record): B starts the step again under its tag, and the agent answers
+ * with A's run instead of starting a second one. */
+TEST_CASE(worker_restarts_step_by_tag_on_docker)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    struct dw w;
+    if (dw_setup(&w, "tg", dw_agent_env) != 0)
+        SKIP("redis-server could not start");
+    pid_t a = worker_spawn(&w.ws);
+    dw_add_job(&w, "dt-1", "dtthread", DW_TWO_STEPS);
+    CHECK(dw_wait_event(w.rc, w.prefix, "dt-1", "0", "one", 90000) == 0);
+    worker_stop(a, SIGKILL, 5000);
+    char key[200];
+    snprintf(key, sizeof(key), "{%s}:job:dt-1", w.prefix);
+    char *rec = sync_hget(w.rc, key, "reattach");
+    cJSON *j = rec ? cJSON_Parse(rec) : NULL;
+    CHECK(cJSON_IsObject(cJSON_GetObjectItem(j, "handle")));
+    cJSON_ReplaceItemInObject(j, "handle", cJSON_CreateNull());
+    char *out = cJSON_PrintUnformatted(j);
+    freeReplyObject(sync_cmd(w.rc, "HSET %s reattach %s", key, out ? out : ""));
+    free(out);
+    cJSON_Delete(j);
+    free(rec);
+    w.ws.name = "w-b";
+    w.ws.log_path = w.log[1];
+    pid_t b = worker_spawn(&w.ws);
+    dw_check_two_steps(&w, "dt-1");
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 20000), 0);
+    if (test_failed_now)
+        dw_show_log(w.log[1]);
+    dw_teardown(&w);
+}
+
 /* The container is removed between A's death and B's reclaim: the turn is lost with the
  * engine's word for it, nothing runs again and no new sandbox is made. */
 TEST_CASE(worker_reattach_container_gone_is_lost)
@@ -2427,6 +2520,8 @@ int main(void)
     RUN(agent_reattach_from_ref);
     RUN(reconnect_refusals);
     RUN(worker_reattach_on_docker);
+    RUN(worker_handoff_on_docker);
+    RUN(worker_restarts_step_by_tag_on_docker);
     RUN(worker_reattach_container_gone_is_lost);
     RUN(worker_docker_exec_turn_is_lost);
     RUN(nothing_left_behind);

@@ -708,6 +708,47 @@ TEST_CASE(killed_while_destroying_is_finished_by_peer)
     CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
 }
 
+/* Sets the job's re-attach record's "handle" to null: as if the worker died after starting
+ * the command but before its handle reached Redis. */
+static void forget_handle(const char *id)
+{
+    char *rec = sync_hget(rc, key("job", id), "reattach");
+    cJSON *j = rec ? cJSON_Parse(rec) : NULL;
+    CHECK(cJSON_IsObject(cJSON_GetObjectItem(j, "handle")));
+    cJSON_ReplaceItemInObject(j, "handle", cJSON_CreateNull());
+    char *out = cJSON_PrintUnformatted(j);
+    freeReplyObject(sync_cmd(rc, "HSET %s reattach %s", key("job", id), out ? out : ""));
+    free(out);
+    cJSON_Delete(j);
+    free(rec);
+}
+
+TEST_CASE(unrecorded_handle_started_again_by_tag)
+{
+    new_prefix("ratag");
+    const char *const *env = reattach_env();
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("tg1", "thtg", "{\"type\":\"run\",\"cmd\":\"out began;sleep 2500;out end\"}",
+                      NULL));
+    CHECK(wait_event_text("tg1", "began", 20000));
+    worker_stop(a, SIGKILL, 5000);
+    forget_handle("tg1");
+    /* B starts the step again under the same tag: the provider follows the command A started
+     * instead of running it a second time. */
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("tg1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    CHECK_STR(step_field(r, 0, "stdout"), "began\nend\n");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(count_lines(ra_log), 1);
+    char *so = event_output("tg1", "0", "stdout");
+    CHECK_STR(so, "began\nend\n");
+    free(so);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
 TEST_CASE(reattach_sandbox_gone_is_lost)
 {
     new_prefix("ragone");
@@ -2135,6 +2176,7 @@ int main(void)
     RUN(sigterm_hands_off_running_command);
     RUN(sigterm_hands_off_between_steps);
     RUN(killed_while_destroying_is_finished_by_peer);
+    RUN(unrecorded_handle_started_again_by_tag);
     RUN(reattach_sandbox_gone_is_lost);
     RUN(reattach_run_unknown_is_lost);
     RUN(lease_lost_detaches_then_reattaches);

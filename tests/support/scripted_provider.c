@@ -1033,14 +1033,39 @@ static struct provider_exec *follow_new(struct sandbox *sb, const struct exec_cb
     return ex;
 }
 
+/* A tagged command's run is named after the tag (FNV-1a), created once: a second exec with
+ * the tag follows the first command from its first byte, as the agent's run tags do. */
 static provider_exec *sr_exec(struct sandbox *sb, const struct exec_req *req,
                               const struct exec_cbs *cbs, char *err, size_t errlen)
 {
     static int run_seq;
+    struct provider_exec *ex = follow_new(sb, cbs);
+    if (req->tag) {
+        uint64_t h = 1469598103934665603ULL;
+        for (const char *c = req->tag; *c; c++)
+            h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+        snprintf(ex->run, sizeof(ex->run), "tag-%016llx", (unsigned long long)h);
+    } else {
+        snprintf(ex->run, sizeof(ex->run), "run-%d-%d", (int)getpid(), ++run_seq);
+    }
+    char out_path[512], exit_path[512], pid_path[512];
+    state_path(out_path, sizeof(out_path), ex->run, ".out");
+    state_path(exit_path, sizeof(exit_path), ex->run, ".exit");
+    state_path(pid_path, sizeof(pid_path), ex->run, ".pid");
+    int fd = open(out_path, O_WRONLY | O_CREAT | O_APPEND | (req->tag ? O_EXCL : O_TRUNC), 0644);
+    if (fd < 0 && errno == EEXIST) {
+        FILE *pf = fopen(pid_path, "r");
+        int pid = -1;
+        if (!pf || fscanf(pf, "%d", &pid) != 1)
+            pid = -1;
+        if (pf)
+            fclose(pf);
+        ex->pid = (pid_t)pid;
+        follow_arm(ex, 0);
+        return ex;
+    }
     stats.execs++;
     exec_log(sb, req->cmd);
-    struct provider_exec *ex = follow_new(sb, cbs);
-    snprintf(ex->run, sizeof(ex->run), "run-%d-%d", (int)getpid(), ++run_seq);
     free(ex->script);
     ex->script = xstrdup(req->cmd);
     size_t n = 0;
@@ -1049,10 +1074,6 @@ static provider_exec *sr_exec(struct sandbox *sb, const struct exec_req *req,
     ex->env = xcalloc(n + 1, sizeof(char *));
     for (size_t i = 0; i < n; i++)
         ex->env[i] = xstrdup(req->env[i]);
-    char out_path[512], exit_path[512];
-    state_path(out_path, sizeof(out_path), ex->run, ".out");
-    state_path(exit_path, sizeof(exit_path), ex->run, ".exit");
-    int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
     int pp[2];
     if (fd < 0 || pipe(pp) != 0) {
         snprintf(err, errlen, "scripted-reattach: cannot start the run: %s", strerror(errno));
@@ -1096,6 +1117,11 @@ static provider_exec *sr_exec(struct sandbox *sb, const struct exec_req *req,
             ex->pid = -1;
     }
     close(pp[0]);
+    FILE *pf = fopen(pid_path, "w");
+    if (pf) {
+        fprintf(pf, "%d\n", (int)ex->pid);
+        fclose(pf);
+    }
     if (req->timeout_ms > 0) {
         ex->deadline = evtimer_new(sb->prov->base, exec_deadline_cb, ex);
         struct timeval tv = {(time_t)(req->timeout_ms / 1000),
