@@ -784,8 +784,8 @@ TEST_CASE(reattach_run_unknown_is_lost)
     CHECK(wait_event_text("rr1", "began", 20000));
     worker_stop(a, SIGKILL, 5000);
     /* The sandbox is there, the command is not (a sandbox restarted under the same name). */
-    char cmd[700];
-    snprintf(cmd, sizeof(cmd), "rm -f %s/run-*", ra_dir);
+    char cmd[1300];
+    snprintf(cmd, sizeof(cmd), "rm -f %s/run-* %s/tag-*", ra_dir, ra_dir);
     CHECK_EQ_INT(system(cmd), 0);
     pid_t b = spawn("wb", env, 0);
     cJSON *r = wait_result("rr1", 30000);
