@@ -117,6 +117,7 @@ static int handoff_try(struct turn *t, int boundary);
 static void handoff_send(struct turn *t, int started);
 static void turn_abort(struct turn *t, enum turn_abort why);
 static char *record_json(struct turn *t, size_t ndone, int started, int fin, const char *snapshot);
+static void finish(struct turn *t);
 
 static void set_error(struct turn *t, const char *code, const char *fmt, ...)
 {
@@ -1247,8 +1248,8 @@ static void handoff_send(struct turn *t, int started)
 }
 
 /* Hands the turn off if it is wanted and possible now. boundary: called between steps.
- * Returns 1 when the turn is no longer this worker's to run (handed off, or interrupted
- * because it cannot be found again). */
+ * Returns 1 when the caller must not go on with the turn: it was handed off, or (between
+ * steps) it cannot be found again by a peer and is finishing as interrupted. */
 static int handoff_try(struct turn *t, int boundary)
 {
     if (!t->handoff || t->abort || t->finishing || !t->sb)
@@ -1257,8 +1258,11 @@ static int handoff_try(struct turn *t, int boundary)
         set_error(t, "worker_shutdown",
                   "the worker shut down before the turn finished (its "
                   "sandbox cannot be found again by another worker)");
-        turn_abort(t, AB_SHUTDOWN);
-        return 0;
+        turn_abort(t, AB_SHUTDOWN); /* a running step ends killed, then the turn finishes */
+        if (!boundary)
+            return 0;
+        finish(t);
+        return 1;
     }
     if (t->ex) {
         if (!t->handle)
