@@ -147,6 +147,7 @@ static int nd_line(ndjson_decoder *d, const char *line, size_t len)
 
 static int nd_too_long(ndjson_decoder *d)
 {
+    buf_clear(&d->line);
     d->failed = 1;
     snprintf(d->err, sizeof(d->err), "agent: output frame longer than %zu bytes", d->line_max);
     return -1;
@@ -172,8 +173,10 @@ int ndjson_decoder_feed(ndjson_decoder *d, const char *data, size_t len)
         } else {
             rc = nd_line(d, data + start, n);
         }
-        if (rc != 0)
+        if (rc != 0) {
+            buf_clear(&d->line);
             return -1;
+        }
         start = end + 1;
     }
     if (start < len) {

@@ -52,7 +52,7 @@ void ndjson_decoder_reset(ndjson_decoder *d);
 const char *ndjson_decoder_error(const ndjson_decoder *d);
 /* 1 once a terminal frame (exit or timeout) was delivered. */
 int ndjson_decoder_ended(const ndjson_decoder *d);
-/* Bytes of an unfinished line held (0: the body may end here). */
+/* Bytes of an unfinished line held (0: the body may end here; always 0 once failed). */
 size_t ndjson_decoder_pending(const ndjson_decoder *d);
 
 #endif

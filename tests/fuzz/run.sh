@@ -17,7 +17,7 @@ fi
 out=$(cd "$BUILD/fuzz" && pwd)
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-worker-XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
-for t in job resp; do
+for t in job resp ndjson dkstream; do
     mkdir -p "$scratch/$t"
     cp tests/fuzz/corpus/$t/* "$scratch/$t/"
     if ls tests/fuzz/regress/$t/* >/dev/null 2>&1; then
