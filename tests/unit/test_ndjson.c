@@ -175,8 +175,8 @@ static int fails_everywhere(const char *bytes, size_t max, int frames_before, co
             ndjson_decoder *d = ndjson_decoder_new(max, on_frame, &s);
             int rc = feed3(d, bytes, n, i, j);
             int ok = rc == -1 && strcmp(ndjson_decoder_error(d), why) == 0 &&
-                     s.count == frames_before && ndjson_decoder_feed(d, "\n", 1) == -1 &&
-                     s.count == frames_before;
+                     s.count == frames_before && ndjson_decoder_pending(d) == 0 &&
+                     ndjson_decoder_feed(d, "\n", 1) == -1 && s.count == frames_before;
             if (!ok)
                 printf("  %s: split %zu/%zu: rc %d, %d frames, error \"%s\"\n", bytes, i, j, rc,
                        s.count, ndjson_decoder_error(d));
@@ -249,6 +249,7 @@ TEST_CASE(line_cap)
     CHECK_EQ_INT(ndjson_decoder_pending(d), cap);
     CHECK_EQ_INT(ndjson_decoder_feed(d, " ", 1), -1);
     CHECK_STR(ndjson_decoder_error(d), why);
+    CHECK_EQ_INT(ndjson_decoder_pending(d), 0); /* a failed decoder holds nothing */
     ndjson_decoder_free(d);
     buf_release(&s.log);
 }
