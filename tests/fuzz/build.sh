@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the worker's libFuzzer targets (tests/fuzz/fuzz_*.c) with clang into $BUILD/fuzz:
 # fuzz_job (job parser and validator), fuzz_resp (RESP replies through the queue), fuzz_ndjson
-# (the agent's NDJSON output frames) and fuzz_dkstream (Docker's multiplexed exec stream).
+# (the agent's NDJSON output frames), fuzz_dkstream (Docker's multiplexed exec stream) and
+# fuzz_connect (the E2B envd Connect envelopes).
 # Exit 77 when clang is not installed. Sourced by run.sh and test_fuzz_corpus.sh.
 BUILD=${BUILD:-build}
 out="$BUILD/fuzz"
@@ -25,4 +26,7 @@ clang $flags -o "$out/fuzz_ndjson" tests/fuzz/fuzz_ndjson.c providers/ndjson.c l
     lib/jsonx.c $libs || exit 1
 # shellcheck disable=SC2086
 clang $flags -o "$out/fuzz_dkstream" tests/fuzz/fuzz_dkstream.c providers/dkstream.c lib/buf.c \
+    $libs || exit 1
+# shellcheck disable=SC2086
+clang $flags -o "$out/fuzz_connect" tests/fuzz/fuzz_connect.c providers/connect.c lib/buf.c \
     $libs || exit 1

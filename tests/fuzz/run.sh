@@ -1,5 +1,6 @@
 #!/bin/sh
-# Bounded libFuzzer runs of the worker's targets (make fuzz-worker): each target for
+# Bounded libFuzzer runs of the worker's targets: job, resp, ndjson and dkstream (make
+# fuzz-worker), or those named in FUZZ_TARGETS (connect: make fuzz-connect). Each runs for
 # FUZZ_SECONDS (default 60) from its seed corpus in tests/fuzz/corpus/<target>, after
 # replaying the regression inputs in tests/fuzz/regress/<target>. New inputs go to a scratch
 # copy of the corpus (the repository's seeds are not changed); a crash is left as
@@ -8,6 +9,7 @@
 # each target's full output is in $BUILD/fuzz/fuzz_<target>.log.
 set -e
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_TARGETS=${FUZZ_TARGETS:-job resp ndjson dkstream}
 BUILD=${BUILD:-build}
 rc=0
 sh tests/fuzz/build.sh || rc=$?
@@ -18,7 +20,7 @@ fi
 out=$(cd "$BUILD/fuzz" && pwd)
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-worker-XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
-for t in job resp ndjson dkstream; do
+for t in $FUZZ_TARGETS; do
     mkdir -p "$scratch/$t"
     cp tests/fuzz/corpus/$t/* "$scratch/$t/"
     if ls tests/fuzz/regress/$t/* >/dev/null 2>&1; then
