@@ -269,7 +269,8 @@ static void route_ready(struct agent *a, struct httpd_req *req)
     (void)a;
     static const char body[] =
         "{\"status\":\"ok\",\"agent\":\"sandbox-agent\",\"version\":\"" AGENT_VERSION "\","
-        "\"capabilities\":[\"exec\",\"files\",\"runs\",\"signals\",\"archive\",\"auth\"],"
+        "\"capabilities\":[\"exec\",\"files\",\"runs\",\"run-tags\",\"signals\",\"archive\","
+        "\"auth\"],"
         "\"archive\":{\"compression\":[\"zstd\",\"gzip\",\"none\"]}}";
     httpd_reply(req, 200, "application/json", body, sizeof(body) - 1);
 }

@@ -108,6 +108,10 @@ struct agent_client {
     enum agent_proto proto;
     unsigned features;
     char version[32];
+    int defer_run_delete;
+    char done_runs[8][AC_RUN_ID_MAX +
+                      1]; /* finished runs whose delete is deferred (defer_run_delete) */
+    size_t ndone_runs;
     int depth;        /* > 0 while one of our loop handlers runs */
     int free_pending; /* agent_client_free was called at depth > 0: no more user callbacks */
 };
@@ -597,6 +601,7 @@ agent_client *agent_client_new(struct event_base *base, const struct agent_clien
     c->query = o->query && *o->query ? xstrdup(o->query) : NULL;
     c->ca_file = o->ca_file ? xstrdup(o->ca_file) : NULL;
     c->connect_ms = o->connect_ms > 0 ? o->connect_ms : 10000;
+    c->defer_run_delete = o->defer_run_delete;
     c->auth = o->auth;
     c->log = o->log;
     return c;
@@ -676,9 +681,10 @@ static void ready_done(struct call *k, int rc, long status, const char *err)
             static const struct {
                 const char *name;
                 unsigned bit;
-            } names[] = {{"exec", AGENT_F_EXEC},       {"files", AGENT_F_FILES},
-                         {"runs", AGENT_F_RUNS},       {"signals", AGENT_F_SIGNALS},
-                         {"archive", AGENT_F_ARCHIVE}, {"auth", AGENT_F_AUTH}};
+            } names[] = {{"exec", AGENT_F_EXEC},        {"files", AGENT_F_FILES},
+                         {"runs", AGENT_F_RUNS},        {"signals", AGENT_F_SIGNALS},
+                         {"archive", AGENT_F_ARCHIVE},  {"auth", AGENT_F_AUTH},
+                         {"run-tags", AGENT_F_RUN_TAGS}};
             unsigned f = 0;
             const cJSON *it;
             cJSON_ArrayForEach(it, caps)
@@ -842,8 +848,9 @@ int agent_file_delete(agent_client *c, const char *path, provider_done_fn done, 
     return 0;
 }
 
-/* {cmd, cwd, envs, timeoutMs} of an exec request; -1 on a malformed env entry. */
-static cJSON *cmd_json(const struct exec_req *req, char *err, size_t errlen)
+/* {cmd, cwd, envs, timeoutMs, tag} of an exec request (the tag when the agent keeps tags);
+ * NULL on a malformed env entry. */
+static cJSON *cmd_json(const agent_client *c, const struct exec_req *req, char *err, size_t errlen)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "cmd", req->cmd);
@@ -864,6 +871,8 @@ static cJSON *cmd_json(const struct exec_req *req, char *err, size_t errlen)
     }
     if (req->timeout_ms > 0)
         cJSON_AddNumberToObject(j, "timeoutMs", (double)req->timeout_ms);
+    if (req->tag && (c->features & AGENT_F_RUN_TAGS))
+        cJSON_AddStringToObject(j, "tag", req->tag);
     return j;
 }
 
@@ -893,7 +902,7 @@ int agent_run_start(agent_client *c, const struct exec_req *req, agent_run_start
 {
     if (need_runs(c, AGENT_F_RUNS, "runs", err, errlen) != 0)
         return -1;
-    cJSON *j = cmd_json(req, err, errlen);
+    cJSON *j = cmd_json(c, req, err, errlen);
     if (!j)
         return -1;
     struct call *k = call_new(c, "POST", "/runs", NULL, AC_CALL_MS, run_started_done, NULL);
@@ -1072,6 +1081,23 @@ static void op_detached(struct agent_op *op)
     op_exit(op, EXEC_ERROR, -1, msg);
 }
 
+static void delete_run(agent_client *c, const char *run_id)
+{
+    struct buf route;
+    buf_init(&route);
+    buf_printf(&route, "/runs/%s", run_id);
+    call_start(call_new(c, "DELETE", route.data, NULL, AC_CALL_MS, op_deleted, NULL));
+    buf_release(&route);
+}
+
+/* The finished runs whose delete was deferred (defer_run_delete). */
+static void delete_done_runs(agent_client *c)
+{
+    for (size_t i = 0; i < c->ndone_runs; i++)
+        delete_run(c, c->done_runs[i]);
+    c->ndone_runs = 0;
+}
+
 /* Reports the end of an exec-like op and frees it. */
 static void op_exit(struct agent_op *op, enum exec_status st, int code, const char *err)
 {
@@ -1080,11 +1106,12 @@ static void op_exit(struct agent_op *op, enum exec_status st, int code, const ch
     op->finishing = 1;
     agent_client *c = op->c;
     if (op->owns_run && op->run_id[0] && op->ended) {
-        struct buf route;
-        buf_init(&route);
-        buf_printf(&route, "/runs/%s", op->run_id);
-        call_start(call_new(c, "DELETE", route.data, NULL, AC_CALL_MS, op_deleted, NULL));
-        buf_release(&route);
+        if (c->defer_run_delete && c->ndone_runs == sizeof(c->done_runs) / sizeof(c->done_runs[0]))
+            delete_done_runs(c);
+        if (c->defer_run_delete)
+            memcpy(c->done_runs[c->ndone_runs++], op->run_id, sizeof(c->done_runs[0]));
+        else
+            delete_run(c, op->run_id);
     }
     struct exec_cbs cbs = op->cbs;
     op_free(op);
@@ -1388,11 +1415,18 @@ agent_op *agent_exec(agent_client *c, const struct exec_req *req, const struct e
         snprintf(err, errlen, "agent: exec without a command");
         return NULL;
     }
-    cJSON *j = cmd_json(req, err, errlen);
-    if (!j)
-        return NULL;
     int runs = c->proto == AGENT_PROTO_OURS && (c->features & AGENT_F_RUNS) &&
                (c->features & AGENT_F_SIGNALS);
+    if (req->tag_required && !(runs && (c->features & AGENT_F_RUN_TAGS))) {
+        snprintf(err, errlen,
+                 "agent: this agent does not keep run tags (no \"run-tags\" "
+                 "capability), so a command cannot be started at most once by tag");
+        return NULL;
+    }
+    cJSON *j = cmd_json(c, req, err, errlen);
+    if (!j)
+        return NULL;
+    delete_done_runs(c);
     struct agent_op *op = op_new(c, runs ? OP_EXEC_RUN : OP_EXEC_PLAIN);
     op->cbs = *cbs;
     if (runs) {

@@ -45,10 +45,11 @@ enum agent_proto {
 enum agent_feature {
     AGENT_F_EXEC = 1u << 0,
     AGENT_F_FILES = 1u << 1,
-    AGENT_F_RUNS = 1u << 2,    /* /runs: start, re-attach from an offset, delete */
-    AGENT_F_SIGNALS = 1u << 3, /* /runs/<id>/signal */
-    AGENT_F_ARCHIVE = 1u << 4, /* /archive/out, /archive/in */
-    AGENT_F_AUTH = 1u << 5,    /* honours a bearer token */
+    AGENT_F_RUNS = 1u << 2,     /* /runs: start, re-attach from an offset, delete */
+    AGENT_F_SIGNALS = 1u << 3,  /* /runs/<id>/signal */
+    AGENT_F_ARCHIVE = 1u << 4,  /* /archive/out, /archive/in */
+    AGENT_F_AUTH = 1u << 5,     /* honours a bearer token */
+    AGENT_F_RUN_TAGS = 1u << 6, /* POST /runs with a tag starts at most one run per tag */
 };
 
 /* Headers hook's answer: headers is a NULL-terminated array of "Name: value" strings (copied
@@ -79,6 +80,10 @@ struct agent_client_opts {
     struct agent_auth_hook auth;
     http_client *http;         /* borrowed, shared with others; NULL: the client makes its own */
     const struct log_ctx *log; /* borrowed; may be NULL */
+    /* A finished run is deleted when this client starts its next exec (or never, when the
+     * client is freed first: the agent's retention forgets it), not as soon as its exit is
+     * reported: a peer that takes over before the end was recorded can still read it. */
+    int defer_run_delete;
 };
 
 /* Strings in opts are copied. NULL with err on a bad option. */

@@ -191,6 +191,7 @@ static struct azs_sb *azs_sb_new(struct provider *p, const struct sandbox_spec *
         .query = q.data,
         .auth = {azs_auth_get, s},
         .http = d->http,
+        .defer_run_delete = 1, /* re-attach: a peer may read a run this worker saw end */
     };
     s->ac = agent_client_new(p->base, &o, err, errlen);
     buf_release(&q);

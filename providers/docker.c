@@ -95,6 +95,18 @@ static void dk_http_err(char *err, size_t errlen, const char *what, long status,
     cJSON_Delete(j);
 }
 
+/* A container id as the engine writes it: 1 to 64 lowercase hex digits (safe in a path). */
+static int dk_id_ok(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
 /* Runs fn(arg) from the loop (callbacks are never re-entrant). */
 static void dk_defer(struct event_base *base, event_callback_fn fn, void *arg)
 {
@@ -197,6 +209,8 @@ struct dk_acq {
     char cid[128];
     char *snap_key;      /* resume: the snapshot's object key */
     char **incl, **excl; /* handed to the sandbox */
+    /* reconnect: the container and its folder are not ours to remove on failure */
+    int reconnect;
     /* agent path: the image's sandbox-agent serves the sandbox on a socket in agent_dir */
     int use_agent;
     char agent_bin[256]; /* its path in the image */
@@ -232,8 +246,8 @@ static void acq_finish(struct dk_acq *a)
         x->ac = a->ac;
         x->agent_dir = a->agent_dir;
         if (a->ac)
-            log_info(NULL, "docker: sandbox %.12s: sandbox-agent on %s/" DK_AGENT_SOCK, a->cid,
-                     a->agent_dir);
+            log_info(NULL, "docker: sandbox %.12s%s: sandbox-agent on %s/" DK_AGENT_SOCK, a->cid,
+                     a->reconnect ? " reconnected" : "", a->agent_dir);
         else
             log_info(NULL, "docker: sandbox %.12s: Docker exec (%s)", a->cid,
                      a->agent_bin[0] ? "SANDBOX_DOCKER_AGENT=off" : "the image has no agent");
@@ -242,8 +256,10 @@ static void acq_finish(struct dk_acq *a)
         a->agent_dir = NULL;
         sb->priv = x;
     }
-    agent_client_free(a->ac); /* failed: the container is gone, its folder goes too */
-    if (a->agent_dir)
+    /* failed: the container is gone and its folder goes too, except for a reconnect (what it
+     * found is left as it is; the orphan sweep removes an abandoned sandbox) */
+    agent_client_free(a->ac);
+    if (a->agent_dir && !a->reconnect)
         dk_agent_dir_remove(a->agent_dir);
     free(a->agent_dir);
     OPENSSL_cleanse(a->token, sizeof(a->token));
@@ -266,10 +282,11 @@ static void acq_cleanup_done(void *arg, long status, const char *body, const cha
     acq_finish(arg);
 }
 
-/* Fails the acquire, removing the container when one was created. */
+/* Fails the acquire, removing the container when one was created (never one a reconnect
+ * found: it may still run a command, and the orphan sweep removes it when it is abandoned). */
 static void acq_fail(struct dk_acq *a)
 {
-    if (!a->cid[0]) {
+    if (!a->cid[0] || a->reconnect) {
         acq_finish(a);
         return;
     }
@@ -708,8 +725,12 @@ static void acq_agent_poll(struct dk_acq *a)
         struct buf sock;
         buf_init(&sock);
         buf_printf(&sock, "%s/" DK_AGENT_SOCK, a->agent_dir);
-        struct agent_client_opts o = {
-            .unix_socket = sock.data, .token = a->token, .connect_ms = 2000, .http = d->http};
+        struct agent_client_opts o = {.unix_socket = sock.data,
+                                      .token = a->token,
+                                      .connect_ms = 2000,
+                                      .http = d->http,
+                                      /* re-attach: a peer may read a run this worker saw end */
+                                      .defer_run_delete = 1};
         a->ac = agent_client_new(a->p->base, &o, e, sizeof(e));
         buf_release(&sock);
         if (!a->ac) {
@@ -957,6 +978,182 @@ static void dk_resume(struct provider *p, const struct sandbox_spec *spec, const
         dk_defer(p->base, acq_failed_early, a);
     else
         acq_step(a);
+}
+
+/* ---- reconnect: a running agent-path container found again from its sandbox_ref ---- */
+
+/* dir (a container's agent-dir label) names a socket folder as dk_agent_dir_new makes them:
+ * <SANDBOX_DOCKER_AGENT_DIR>/<one name>. Labels are not trusted further than that. */
+static int dk_agent_dir_mine(const struct dk_prov *d, const char *dir)
+{
+    size_t n = strlen(d->agent_dir);
+    const char *leaf = NULL;
+    if (strcmp(d->agent_dir, "/") == 0 && dir[0] == '/')
+        leaf = dir + 1;
+    else if (strncmp(dir, d->agent_dir, n) == 0 && dir[n] == '/')
+        leaf = dir + n + 1;
+    return leaf && leaf[0] && leaf[0] != '.' && !strchr(leaf, '/') && strlen(dir) <= 150;
+}
+
+/* {"id": <container id>} for a sandbox on the agent path; NULL for Docker exec (a Docker exec
+ * cannot be followed again once its stream is gone). The agent token is not in the ref (it is
+ * stored in Redis): reconnect reads it back from the engine. */
+static cJSON *dk_sandbox_ref(struct sandbox *sb)
+{
+    struct dk_sb *s = sb->priv;
+    if (!s->ac)
+        return NULL;
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "id", sb->id);
+    return r;
+}
+
+/* dir is a socket folder this provider makes: <SANDBOX_DOCKER_AGENT_DIR>/<one name>, an existing
+ * folder (not a link). 0 or -1 with a->err. */
+static int rc_agent_dir_check(struct dk_acq *a, const char *dir)
+{
+    struct dk_prov *d = a->p->priv;
+    if (!dk_agent_dir_mine(d, dir)) {
+        snprintf(a->err, sizeof(a->err),
+                 "docker: container %.12s: its agent folder %.200s is not below "
+                 "SANDBOX_DOCKER_AGENT_DIR %.100s (a worker with another configuration made it)",
+                 a->cid, dir, d->agent_dir);
+        return -1;
+    }
+    struct stat st;
+    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(a->err, sizeof(a->err),
+                 "docker: container %.12s: its agent folder %.200s is missing on this host (the "
+                 "worker must share the engine's host and the folder)",
+                 a->cid, dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* The container's inspect answer → the sandbox's agent folder, token and user. 0 or -1 with
+ * a->err. */
+static int rc_check(struct dk_acq *a, cJSON *j)
+{
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(j, "Config");
+    const cJSON *labels = cJSON_GetObjectItemCaseSensitive(cfg, "Labels");
+    const cJSON *state = cJSON_GetObjectItemCaseSensitive(j, "State");
+    const char *id = dk_jstr(j, "Id");
+    if (!dk_id_ok(id)) {
+        snprintf(a->err, sizeof(a->err), "docker: container inspect: no Id in the answer");
+        return -1;
+    }
+    dk_copy(a->cid, sizeof(a->cid), id);
+    const char *mine = dk_jstr(labels, DK_LABEL);
+    if (!mine || strcmp(mine, "1") != 0) {
+        snprintf(a->err, sizeof(a->err), "docker: container %.12s is not a sandbox-worker sandbox",
+                 a->cid);
+        return -1;
+    }
+    const char *dep = dk_jstr(labels, DK_LABEL ".deployment");
+    if (a->p->settings.deployment && (!dep || strcmp(dep, a->p->settings.deployment) != 0)) {
+        snprintf(a->err, sizeof(a->err),
+                 "docker: container %.12s belongs to another deployment (label " DK_LABEL
+                 ".deployment %.100s, this worker's is %.100s)",
+                 a->cid, dep ? dep : "missing", a->p->settings.deployment);
+        return -1;
+    }
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(state, "Running"))) {
+        const char *st = dk_jstr(state, "Status");
+        snprintf(a->err, sizeof(a->err), "docker: container %.12s is not running (%.40s)", a->cid,
+                 st ? st : "unknown state");
+        return -1;
+    }
+    const char *dir = dk_jstr(labels, DK_LABEL ".agent-dir");
+    if (!dir || !dir[0]) {
+        snprintf(a->err, sizeof(a->err),
+                 "docker: container %.12s runs commands through Docker exec (no sandbox-agent); "
+                 "its commands cannot be re-attached",
+                 a->cid);
+        return -1;
+    }
+    if (rc_agent_dir_check(a, dir) != 0)
+        return -1;
+    a->agent_dir = xstrdup(dir);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(cfg, "Env"))
+    {
+        static const char k[] = "SANDBOX_AGENT_TOKEN=";
+        if (!cJSON_IsString(e) || strncmp(e->valuestring, k, sizeof(k) - 1) != 0)
+            continue;
+        const char *t = e->valuestring + sizeof(k) - 1;
+        if (t[0] && strlen(t) < sizeof(a->token))
+            dk_copy(a->token, sizeof(a->token), t);
+        OPENSSL_cleanse(e->valuestring, strlen(e->valuestring));
+    }
+    if (!a->token[0]) {
+        snprintf(a->err, sizeof(a->err),
+                 "docker: container %.12s has no usable SANDBOX_AGENT_TOKEN in its environment",
+                 a->cid);
+        return -1;
+    }
+    const char *user = dk_jstr(cfg, "User");
+    if (!user || dk_parse_user(user, &a->uid, &a->gid) != 0)
+        a->uid = a->gid = -1;
+    const char *why = dk_agent_unreachable(a->uid);
+    if (why) {
+        snprintf(a->err, sizeof(a->err), "docker: container %.12s: %s", a->cid, why);
+        return -1;
+    }
+    const char *image = dk_jstr(cfg, "Image");
+    if (image)
+        dk_copy(a->image, sizeof(a->image), image);
+    return 0;
+}
+
+static void rc_inspected(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_acq *a = arg;
+    if (err) {
+        dk_copy(a->err, sizeof(a->err), err);
+        acq_finish(a);
+        return;
+    }
+    if (status == 404) {
+        snprintf(a->err, sizeof(a->err), "docker: container %.64s is gone", a->cid);
+        acq_finish(a);
+        return;
+    }
+    if (status != 200) {
+        dk_http_err(a->err, sizeof(a->err), "container inspect", status, body);
+        acq_finish(a);
+        return;
+    }
+    cJSON *j = cJSON_Parse(body);
+    int rc = rc_check(a, j);
+    cJSON_Delete(j); /* its token copy was cleansed */
+    if (rc != 0) {
+        acq_finish(a);
+        return;
+    }
+    a->phase = ACQ_AGENT; /* /ready, then the sandbox (acq_agent_ready: no snapshot) */
+    acq_step(a);
+}
+
+/* Inspects the container, checks it is this deployment's running agent-path sandbox, then
+ * connects to its agent on the socket folder and waits for /ready (agent_ready_ms). On failure
+ * the container and its folder are left as they are. */
+static void dk_reconnect(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
+                         provider_sandbox_fn done, void *arg)
+{
+    struct dk_acq *a = acq_new(p, spec, done, arg);
+    a->reconnect = 1;
+    const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ref, "id"));
+    if (!a->err[0] && !dk_id_ok(id))
+        snprintf(a->err, sizeof(a->err), "docker: the sandbox reference has no container id");
+    if (a->err[0]) {
+        dk_defer(p->base, acq_failed_early, a);
+        return;
+    }
+    dk_copy(a->cid, sizeof(a->cid), id);
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s/json", id);
+    dk_call(p, "GET", path, NULL, rc_inspected, a);
 }
 
 /* ---- exec ---- */
@@ -1229,6 +1426,18 @@ static void ax_exit(void *arg, enum exec_status st, int code, const char *err)
     free(ex);
 }
 
+static void dk_exec_kill(provider_exec *ex);
+
+/* Links ex (its aop started) into the sandbox's agent execs. */
+static void ax_link(struct dk_sb *s, provider_exec *ex)
+{
+    ex->anext = s->aexecs;
+    if (s->aexecs)
+        s->aexecs->aprev = &ex->anext;
+    ex->aprev = &s->aexecs;
+    s->aexecs = ex;
+}
+
 /* The agent path: a run of the agent, re-attached by agent_client when its stream is cut. */
 static provider_exec *dk_agent_exec(struct sandbox *sb, const struct exec_req *req,
                                     const struct exec_cbs *cbs, char *err, size_t errlen)
@@ -1245,12 +1454,59 @@ static provider_exec *dk_agent_exec(struct sandbox *sb, const struct exec_req *r
         free(ex);
         return NULL;
     }
-    ex->anext = s->aexecs;
-    if (s->aexecs)
-        s->aexecs->aprev = &ex->anext;
-    ex->aprev = &s->aexecs;
-    s->aexecs = ex;
+    ax_link(s, ex);
     return ex;
+}
+
+/* ---- re-attach ops: the agent's run by its run id (the agent path only) ---- */
+
+/* {"run": id} once the agent has started the run; NULL before, and always for Docker exec. */
+static cJSON *dk_exec_handle(provider_exec *ex)
+{
+    return ex->aop ? agent_pipe_exec_handle((provider_exec *)ex->aop) : NULL;
+}
+
+/* Follows the agent's run named by handle from offset (the agent keeps a run's output, so
+ * *from_offset is 1); wrapped like dk_agent_exec so release and kill treat both alike. */
+static provider_exec *dk_exec_attach(struct sandbox *sb, const cJSON *handle, uint64_t offset,
+                                     const struct exec_cbs *cbs, int *from_offset, char *err,
+                                     size_t errlen)
+{
+    struct dk_sb *s = sb->priv;
+    *from_offset = 0;
+    if (!s->ac) {
+        snprintf(err, errlen,
+                 "docker: sandbox %.12s runs commands through Docker exec, which cannot be "
+                 "re-attached",
+                 sb->id);
+        return NULL;
+    }
+    if (!cbs->on_exit) {
+        snprintf(err, errlen, "docker: exec_attach needs on_exit");
+        return NULL;
+    }
+    provider_exec *ex = xcalloc(1, sizeof(*ex));
+    ex->sb = sb;
+    ex->cbs = *cbs;
+    struct exec_cbs mine = {ax_output, ax_exit, ex};
+    ex->aop = (agent_op *)agent_pipe_exec_attach(s->ac, handle, offset, &mine, from_offset,
+                                                 "docker", err, errlen);
+    if (!ex->aop) {
+        free(ex);
+        return NULL;
+    }
+    ax_link(s, ex);
+    return ex;
+}
+
+/* Agent path: stops following, the run goes on (on_exit: EXEC_ERROR "detached"). Docker exec
+ * cannot be followed again: it is killed, as provider_exec_detach does without the op. */
+static void dk_exec_detach(provider_exec *ex)
+{
+    if (ex->aop)
+        agent_pipe_exec_detach((provider_exec *)ex->aop);
+    else
+        dk_exec_kill(ex);
 }
 
 static provider_exec *dk_exec(struct sandbox *sb, const struct exec_req *req,
@@ -1263,6 +1519,10 @@ static provider_exec *dk_exec(struct sandbox *sb, const struct exec_req *req,
     struct dk_sb *s = sb->priv;
     if (s->ac)
         return dk_agent_exec(sb, req, cbs, err, errlen);
+    if (req->tag_required) {
+        snprintf(err, errlen, "docker: Docker exec keeps no command tags");
+        return NULL;
+    }
     provider_exec *ex = xcalloc(1, sizeof(*ex));
     ex->sb = sb;
     ex->p = sb->prov;
@@ -2386,6 +2646,9 @@ struct dk_done {
     provider_done_fn done;
     void *arg;
     struct sandbox *sb; /* destroy: its socket folder goes with the container */
+    char *agent_dir;    /* destroy_by_id: the same, from the container's label (owned) */
+    struct provider *p;
+    char cid[72];
     char err[512];
 };
 
@@ -2402,6 +2665,9 @@ static void ds_resp(void *arg, long status, const char *body, const char *err)
         free(s->agent_dir);
         s->agent_dir = NULL;
     }
+    if (!x->err[0] && x->agent_dir)
+        dk_agent_dir_remove(x->agent_dir);
+    free(x->agent_dir);
     x->done(x->arg, x->err[0] ? -1 : 0, x->err[0] ? x->err : NULL);
     free(x);
 }
@@ -2458,11 +2724,11 @@ static void dk_release(struct sandbox *sb)
         return;
     struct dk_sb *x = sb->priv;
     agent_client_free(x->ac); /* its ops end without callbacks: their wrappers go too */
-    while (x->aexecs) {
-        provider_exec *ex = x->aexecs;
-        ax_unlink(ex);
+    for (provider_exec *ex = x->aexecs, *next; ex; ex = next) {
+        next = ex->anext;
         free(ex);
     }
+    x->aexecs = NULL;
     free(x->agent_dir); /* kept on disk: the container may still run (a detached turn) */
     dk_free_list(x->incl);
     dk_free_list(x->excl);
@@ -2590,7 +2856,8 @@ static void dk_destroy_by_id(struct provider *p, enum provider_item_kind kind, c
 
 const struct provider_ops docker_provider_ops = {
     .name = "docker",
-    .caps = PROVIDER_CAP_ARCHIVE,
+    /* REATTACH: agent-path sandboxes only (sandbox_ref is NULL for Docker exec) */
+    .caps = PROVIDER_CAP_ARCHIVE | PROVIDER_CAP_REATTACH,
     .priv_size = sizeof(struct dk_prov),
     .init = dk_init,
     .cleanup = dk_cleanup,
@@ -2608,6 +2875,11 @@ const struct provider_ops docker_provider_ops = {
     .archive_restore = dk_archive_restore,
     .list = dk_list,
     .destroy_by_id = dk_destroy_by_id,
+    .sandbox_ref = dk_sandbox_ref,
+    .reconnect = dk_reconnect,
+    .exec_handle = dk_exec_handle,
+    .exec_attach = dk_exec_attach,
+    .exec_detach = dk_exec_detach,
 };
 
 /* ---- the sweep: list and destroy_by_id ---- */
@@ -2722,6 +2994,26 @@ static void dk_list(struct provider *p, provider_list_fn done, void *arg)
     buf_release(&b);
 }
 
+/* The container's agent folder (label) is noted, then the container removed; ds_resp removes
+ * the folder once the container is gone (an abandoned agent sandbox leaves both). */
+static void dbi_inspected(void *arg, long status, const char *body, const char *err)
+{
+    struct dk_done *x = arg;
+    struct dk_prov *d = x->p->priv;
+    if (!err && status == 200) {
+        cJSON *j = cJSON_Parse(body);
+        const cJSON *labels = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(j, "Config"), "Labels");
+        const char *dir = dk_jstr(labels, DK_LABEL ".agent-dir");
+        if (dir && dk_agent_dir_mine(d, dir))
+            x->agent_dir = xstrdup(dir);
+        cJSON_Delete(j);
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", x->cid);
+    dk_call(x->p, "DELETE", path, NULL, ds_resp, x);
+}
+
 static void dk_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
                              provider_done_fn done, void *arg)
 {
@@ -2739,16 +3031,14 @@ static void dk_destroy_by_id(struct provider *p, enum provider_item_kind kind, c
         objstore_delete(d->store, id, dsnap_done, x);
         return;
     }
-    size_t n = strlen(id);
-    int ok = n > 0 && n <= 64;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
-    if (!ok) {
+    if (!dk_id_ok(id)) {
         snprintf(x->err, sizeof(x->err), "docker: %.80s is not a container id", id);
         dk_defer(p->base, dsnap_cb, x);
         return;
     }
+    x->p = p;
+    dk_copy(x->cid, sizeof(x->cid), id);
     char path[256];
-    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", id);
-    dk_call(p, "DELETE", path, NULL, ds_resp, x);
+    snprintf(path, sizeof(path), "/containers/%s/json", id);
+    dk_call(p, "GET", path, NULL, dbi_inspected, x);
 }

@@ -37,12 +37,22 @@
  * LD_AGENT_SOCKET=/run/sandbox-agent/agent.sock, TCP on loopback, hooks off and a random
  * SANDBOX_AGENT_TOKEN. /run/sandbox-agent is a bind mount of a fresh host folder below
  * SANDBOX_DOCKER_AGENT_DIR (owned by the sandbox's numeric user, 0700; its path is the label
- * sandbox-worker.agent-dir), removed once the container is removed by suspend or destroy (or a
- * failed acquire); release keeps it (the container may still run). Exec (runs, re-attached
- * when a stream is cut), files, archives and snapshots then go through agent_client on that
- * socket and agent_pipe (the agent compresses, the store takes the bytes as they are); the
- * snapshot format is the same as below. Without the agent (or with off) everything below
- * applies: PID 1 is a keepalive shell that replaces the image's entrypoint.
+ * sandbox-worker.agent-dir), removed once the container is removed by suspend, destroy or the
+ * sweep's destroy_by_id (or a failed acquire); release keeps it (the container may still run).
+ * Exec (runs, re-attached when a stream is cut), files, archives and snapshots then go through
+ * agent_client on that socket and agent_pipe (the agent compresses, the store takes the bytes
+ * as they are); the snapshot format is the same as below. Without the agent (or with off)
+ * everything below applies: PID 1 is a keepalive shell that replaces the image's entrypoint.
+ *
+ * Re-attach (PROVIDER_CAP_REATTACH; agent-path sandboxes only): sandbox_ref is {"id": <container
+ * id>}, NULL for a Docker exec sandbox (its commands cannot be followed again; detaching one
+ * kills it). reconnect inspects the container and fails, removing nothing, when it is gone,
+ * not running, of another deployment, or has no agent folder below SANDBOX_DOCKER_AGENT_DIR;
+ * the agent's token is read back from the container's environment (it is never in the ref,
+ * which the worker stores in Redis), then /ready is awaited on the socket. exec_handle,
+ * exec_attach and exec_detach are agent_pipe's over the agent's runs (output from offset 0 on).
+ * The reconnecting worker must use the same engine and reach the same socket folder (same
+ * host, same SANDBOX_DOCKER_AGENT_DIR).
  *
  * Exec runs the command in its own session (setsid) inside the container and records its
  * process group in /tmp, so timeout and kill signal the whole tree with a second exec. The

@@ -1114,6 +1114,10 @@ static provider_exec *exec_start(struct sandbox *sb, const struct exec_req *req,
 static provider_exec *e2b_exec(struct sandbox *sb, const struct exec_req *req,
                                const struct exec_cbs *cbs, char *err, size_t errlen)
 {
+    if (req->tag_required) { /* envd tags do not make a start happen at most once */
+        snprintf(err, errlen, "e2b: envd cannot start a command at most once by tag");
+        return NULL;
+    }
     return exec_start(sb, req, cbs, 0, err, errlen);
 }
 

@@ -438,6 +438,7 @@ static struct lm_sb *lm_sb_new(struct provider *p, const char *id, const char *e
         .token = d->agent_token,
         .auth = {lm_auth_get, s},
         .http = d->http,
+        .defer_run_delete = 1, /* re-attach: a peer may read a run this worker saw end */
     };
     s->ac = agent_client_new(p->base, &o, err, errlen);
     if (!s->ac) {

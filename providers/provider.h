@@ -71,6 +71,13 @@ struct exec_req {
     const char *cwd;        /* NULL: sandbox default */
     const char *const *env; /* "KEY=VALUE", NULL-terminated; may be NULL */
     int64_t timeout_ms;     /* 0: none */
+    /* Names the command (printable ASCII, at most 200 bytes; NULL: none). A backend that
+     * keeps tags (re-attach backends on an agent with "run-tags") starts at most one command
+     * per tag in a sandbox: an exec with a tag already there follows that command from its
+     * first byte instead. Others ignore it, unless tag_required: then exec fails with err and
+     * starts nothing (a worker re-starting a command it cannot find must not run it twice). */
+    const char *tag;
+    int tag_required;
 };
 
 enum exec_stream { EXEC_STDOUT = 1, EXEC_STDERR = 2 };

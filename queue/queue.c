@@ -65,6 +65,10 @@ struct queue {
     struct script_call *waiting; /* script calls waiting on a retry timer */
 };
 
+/* A handed-off entry looks idle this long (ms): older than any worker's lease, and small
+ * enough that Redis does not clamp it (XCLAIM IDLE beyond the epoch means "now"). */
+#define HANDOFF_IDLE_MS 86400000LL
+
 /* Local intervals (reclaim pacing, lease deadlines) use this clock; due times come from
  * Redis TIME inside the scripts. */
 static int64_t mono_ms(void)
@@ -562,6 +566,27 @@ static void send_read(queue *q)
     cmd_release(&c);
 }
 
+/* A draining worker's reclaim took an entry: it goes to the hand-off consumer under the same
+ * id (its turn may have started: a copy would not find its re-attach record), for any other
+ * worker's next reclaim. Unfenced: the entry was claimed by this worker a moment ago. */
+static void release_reclaimed(queue *q, struct queue_delivery *d)
+{
+    struct cmd c = {0};
+    cmd_add(&c, "XCLAIM");
+    cmd_add(&c, q->k_jobs);
+    cmd_add(&c, QUEUE_GROUP);
+    cmd_add(&c, QUEUE_HANDOFF_CONSUMER);
+    cmd_add(&c, "0");
+    cmd_add(&c, d->entry);
+    cmd_add(&c, "IDLE");
+    cmd_addll(&c, HANDOFF_IDLE_MS);
+    cmd_add(&c, "JUSTID");
+    cmd_send(q->wr, &c, NULL, NULL, 0);
+    cmd_release(&c);
+    log_info(NULL, "entry %s reclaimed while draining: left for another worker", d->entry);
+    queue_delivery_free(d);
+}
+
 static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
 {
     (void)arg;
@@ -580,21 +605,27 @@ static void reclaim_reply(queue *q, const redisReply *reply, void *arg)
         }
         for (size_t i = 0; list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
             const redisReply *e = list->element[i];
-            if (e->type != REDIS_REPLY_ARRAY || e->elements != 3)
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 4)
                 continue;
             struct queue_delivery *d =
                 delivery_from(e->element[0], e->element[1]->integer, e->element[2]);
             if (!d)
                 continue;
             d->reclaimed = 1;
+            d->handed_off = e->element[3]->type == REDIS_REPLY_INTEGER && e->element[3]->integer;
             if (q->stopped) {
-                hand_back(q, d);
+                release_reclaimed(q, d);
                 continue;
             }
             q->stats.reclaims++;
-            log_warn(NULL,
-                     "reclaimed entry %s (delivery %lld) from a consumer that stopped renewing",
-                     d->entry, d->token);
+            if (d->handed_off)
+                log_info(NULL,
+                         "took over entry %s (delivery %lld), handed off by a draining worker",
+                         d->entry, d->token);
+            else
+                log_warn(NULL,
+                         "reclaimed entry %s (delivery %lld) from a consumer that stopped renewing",
+                         d->entry, d->token);
             deliver(q, d);
         }
     }
@@ -609,7 +640,7 @@ static void start_read(queue *q)
         return;
     q->reading = 1;
     int64_t now = mono_ms();
-    if (now - q->last_reclaim_ms < q->tick_ms || !q->server_known || now < q->reclaim_after_ms) {
+    if (now - q->last_reclaim_ms < q->tick_ms || !q->server_known) {
         send_read(q);
         return;
     }
@@ -621,6 +652,9 @@ static void start_read(queue *q)
     cmd_addll(&sc->c, q->o.lease_ms);
     cmd_add(&sc->c, q->reclaim_cursor);
     cmd_addll(&sc->c, q->capacity);
+    cmd_add(&sc->c, QUEUE_HANDOFF_CONSUMER);
+    /* while owners get their lease to renew first, only hand-offs (no owner renews them) */
+    cmd_add(&sc->c, now < q->reclaim_after_ms ? "1" : "0");
     sc->cb = reclaim_reply;
     script_send(sc);
 }
@@ -1117,9 +1151,9 @@ static void progress_untracked_cb(evutil_socket_t fd, short what, void *arg)
     progress_reply(NULL, NULL, arg);
 }
 
-void queue_progress(queue *q, const char *entry, long long token, const char *job_id,
-                    const char *const *hash, const char *const *fields, const size_t *lens,
-                    queue_progress_fn cb, void *arg)
+static void progress_send(queue *q, const char *entry, long long token, const char *job_id,
+                          const char *const *hash, const char *const *fields, const size_t *lens,
+                          int handoff, queue_progress_fn cb, void *arg)
 {
     struct progress_ctx *pc = NULL;
     if (cb) {
@@ -1145,6 +1179,8 @@ void queue_progress(queue *q, const char *entry, long long token, const char *jo
     cmd_add(&sc->c, entry);
     cmd_addll(&sc->c, token);
     cmd_addll(&sc->c, q->o.events_maxlen);
+    cmd_add(&sc->c, handoff ? QUEUE_HANDOFF_CONSUMER : "");
+    cmd_addll(&sc->c, HANDOFF_IDLE_MS);
     size_t n = 0;
     while (hash && hash[2 * n])
         n++;
@@ -1160,6 +1196,23 @@ void queue_progress(queue *q, const char *entry, long long token, const char *jo
     sc->cb = progress_reply;
     sc->arg = pc;
     script_send(sc);
+}
+
+void queue_progress(queue *q, const char *entry, long long token, const char *job_id,
+                    const char *const *hash, const char *const *fields, const size_t *lens,
+                    queue_progress_fn cb, void *arg)
+{
+    progress_send(q, entry, token, job_id, hash, fields, lens, 0, cb, arg);
+}
+
+void queue_handoff(queue *q, const char *entry, long long token, const char *job_id,
+                   const char *const *hash, const char *const *fields, const size_t *lens,
+                   queue_progress_fn cb, void *arg)
+{
+    progress_send(q, entry, token, job_id, hash, fields, lens, 1, cb, arg);
+    /* no renewal after this one: it would make the entry look busy again */
+    queue_untrack(q, entry);
+    q->stats.handoffs++;
 }
 
 void queue_get_stats(const queue *q, struct queue_stats *out)

@@ -27,7 +27,8 @@ struct queue_delivery {
                           * among its thread's jobs */
     char *payload;       /* the "job" field (may be NULL when the entry lacks it) */
     size_t len;
-    int reclaimed; /* came from XAUTOCLAIM (a previous owner stopped renewing) */
+    int reclaimed;  /* reclaimed: a previous owner stopped renewing or handed it off */
+    int handed_off; /* reclaimed from a draining worker's hand-off (queue_handoff) */
 };
 void queue_delivery_free(struct queue_delivery *d);
 
@@ -168,9 +169,20 @@ void queue_progress(queue *q, const char *entry, long long token, const char *jo
                     const char *const *hash, const char *const *fields, const size_t *lens,
                     queue_progress_fn cb, void *arg);
 
+/* Hand-off (DESIGN §5, a draining worker): queue_progress with a callback, and in the same
+ * script the entry moves to the consumer QUEUE_HANDOFF_CONSUMER looking idle for a day, so the
+ * next reclaim of any worker takes it at once instead of after the lease; the job hash counts
+ * "handoffs". The entry is untracked at once (a renewal would make it look busy again). cb:
+ * 1 handed off, 0 fenced, -1 not confirmed (the entry is then reclaimed after the lease, as
+ * after a crash). */
+#define QUEUE_HANDOFF_CONSUMER "handoff"
+void queue_handoff(queue *q, const char *entry, long long token, const char *job_id,
+                   const char *const *hash, const char *const *fields, const size_t *lens,
+                   queue_progress_fn cb, void *arg);
+
 /* Stats for metrics. */
 struct queue_stats {
-    unsigned long renewals, lease_losses, reclaims, fenced, reconnects, deliveries;
+    unsigned long renewals, lease_losses, reclaims, fenced, reconnects, deliveries, handoffs;
 };
 void queue_get_stats(const queue *q, struct queue_stats *out);
 

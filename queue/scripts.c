@@ -303,10 +303,13 @@ static const char event_lua[] =
     "return 1\n";
 
 /* KEYS: jobs, job hash, events.  ARGV: 1 group, 2 consumer, 3 entry, 4 delivery count,
- *       5 events maxlen, 6 n, then n hash field/value pairs, then event field/value pairs
- *       (none: no event).
+ *       5 events maxlen, 6 hand-off consumer ("": none), 7 hand-off idle ms, 8 n, then n hash
+ *       field/value pairs, then event field/value pairs (none: no event).
  * Turn progress, fenced like an event: the hash fields (the re-attach record) and the event
- * are written together or not at all. Returns 1 (written) or 0 (fenced). */
+ * are written together or not at all. With a hand-off consumer the entry also moves to it,
+ * looking idle for ARGV[7] ms (delivery count kept), so any worker's next reclaim takes it
+ * without waiting for the lease, and "handoffs" is counted in the job hash. Returns 1
+ * (written) or 0 (fenced). */
 static const char progress_lua[] =
     "#!lua\n"
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
@@ -317,10 +320,14 @@ static const char progress_lua[] =
     "    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. t)\n"
     "  end\n"
     "end\n"
-    "local n = tonumber(ARGV[6]) or 0\n"
-    "if n > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 7, 6 + 2 * n)) end\n"
-    "if #ARGV > 6 + 2 * n then\n"
-    "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7 + 2 * n))\n"
+    "local n = tonumber(ARGV[8]) or 0\n"
+    "if n > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + 2 * n)) end\n"
+    "if #ARGV > 8 + 2 * n then\n"
+    "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 9 + 2 * n))\n"
+    "end\n"
+    "if ARGV[6] ~= '' then\n"
+    "  redis.call('HINCRBY', KEYS[2], 'handoffs', 1)\n"
+    "  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[6], 0, ARGV[3], 'IDLE', ARGV[7], 'JUSTID')\n"
     "end\n"
     "return 1\n";
 
@@ -342,17 +349,27 @@ static const char renew_lua[] =
     "end\n"
     "return {lost, cancelled}\n";
 
-/* KEYS: jobs.  ARGV: group, consumer, min idle ms, cursor, count.
- * Returns {next cursor, {{entry, delivery count, {field, value…}}…}}. Entries deleted from
- * the stream are dropped from the PEL by XAUTOCLAIM itself (Redis 7.0+). */
+/* KEYS: jobs.  ARGV: group, consumer, min idle ms, cursor, count, hand-off consumer, "1" to
+ *       take hand-offs only.
+ * Takes the entries draining workers handed off (owned by the hand-off consumer) first, at
+ * once, then (unless "1") entries idle longer than the lease. Returns {next cursor, {{entry,
+ * delivery count, {field, value…}, handed off 1|0}…}}. Entries deleted from the stream are
+ * dropped from the PEL by XCLAIM and XAUTOCLAIM themselves (Redis 7.0+). */
 static const char reclaim_lua[] =
-    "local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],\n"
-    "                     'COUNT', ARGV[5])\n"
     "local out = {}\n"
-    "for _, e in ipairs(r[2]) do\n"
-    "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)\n"
-    "  if #p > 0 and e[2] then out[#out + 1] = {e[1], p[1][4], e[2]} end\n"
+    "local function take(id, fields, h)\n"
+    "  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)\n"
+    "  if #p > 0 and fields then out[#out + 1] = {id, p[1][4], fields, h} end\n"
     "end\n"
+    "local n = tonumber(ARGV[5])\n"
+    "for _, h in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', n, ARGV[6])) do\n"
+    "  local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, h[1])\n"
+    "  if #c > 0 then take(c[1][1], c[1][2], 1) end\n"
+    "end\n"
+    "if ARGV[7] == '1' or #out >= n then return {ARGV[4], out} end\n"
+    "local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],\n"
+    "                     'COUNT', n - #out)\n"
+    "for _, e in ipairs(r[2]) do take(e[1], e[2], 0) end\n"
     "return {r[1], out}\n";
 
 /* KEYS: delayed, jobs, dead.  ARGV: (unused), limit.

@@ -10,6 +10,7 @@
 
 #include "lib/buf.h"
 #include "lib/env.h"
+#include "queue/queue.h"
 #include "lib/mask.h"
 
 #define DEFAULT_PROVIDER  "e2b"
@@ -401,6 +402,13 @@ int config_load(struct config *c, char *err, size_t errlen)
     if (env_str("WORKER_NAME", NULL)) {
         if (load_name("WORKER_NAME", NULL, WORKER_NAME_MAX, &c->worker_name, err, errlen) != 0)
             goto fail;
+        if (strcmp(c->worker_name, QUEUE_HANDOFF_CONSUMER) == 0) {
+            snprintf(err, errlen,
+                     "WORKER_NAME: \"%s\" is the consumer that holds handed-off turns; choose "
+                     "another name",
+                     QUEUE_HANDOFF_CONSUMER);
+            goto fail;
+        }
     } else {
         c->worker_name = default_worker_name();
     }

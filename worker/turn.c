@@ -21,7 +21,8 @@
 
 #define POISON_DELIVERIES 10 /* a turn never begun after this many deliveries is dead */
 
-enum turn_abort { AB_NONE = 0, AB_CANCEL, AB_TIMEOUT, AB_LEASE, AB_SHUTDOWN };
+/* AB_HANDOFF: a draining worker leaves the turn running for a peer (turn_handoff_all). */
+enum turn_abort { AB_NONE = 0, AB_CANCEL, AB_TIMEOUT, AB_LEASE, AB_SHUTDOWN, AB_HANDOFF };
 
 enum step_status { SS_PENDING = 0, SS_OK, SS_FAILED, SS_SKIPPED, SS_TIMEOUT, SS_KILLED, SS_ERROR };
 static const char *const step_status_names[] = {"pending", "ok",     "failed", "skipped",
@@ -91,6 +92,7 @@ struct turn {
     int attached;              /* t->ex follows a command a previous worker started */
     int64_t elapsed0;          /* ms of the turn previous workers had (re-attached) */
     struct event *handle_poll; /* asks for the handle until the provider knows it */
+    int handoff;               /* draining: hand the turn off as soon as it can be */
 };
 
 /* Durations: monotonic. */
@@ -111,6 +113,11 @@ static int64_t wall_ms(void)
 
 static void set_error(struct turn *t, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+static int handoff_try(struct turn *t, int boundary);
+static void handoff_send(struct turn *t, int started);
+static void turn_abort(struct turn *t, enum turn_abort why);
+static char *record_json(struct turn *t, size_t ndone, int started, int fin, const char *snapshot);
+static void finish(struct turn *t);
 
 static void set_error(struct turn *t, const char *code, const char *fmt, ...)
 {
@@ -210,12 +217,20 @@ static void result_charge(struct turn *t, size_t n)
 
 /* ---- events ---- */
 
+/* How an event is written (see emit_typed). */
+enum emit_mode {
+    EMIT_PLAIN = 0, /* fire-and-forget, with hash fields when given */
+    EMIT_CONFIRM,   /* with hash fields, retried while Redis is away; cb told the outcome */
+    EMIT_HANDOFF,   /* as EMIT_CONFIRM, and the entry is handed off (queue_handoff) */
+};
+
 /* Every event also carries field "event": its members as one JSON object with their JSON types
  * ("step" and "exit_code" numbers, "resumed" a boolean), except an output event's "data",
  * which stays raw bytes in its own field only. The flat fields stay for older consumers.
- * fields: name/value pairs ending at a NULL name, at most 8 pairs; lens as for queue_event. */
-static void emit_typed(struct turn *t, const char *const *fields, const size_t *lens,
-                       const char *const *hash)
+ * fields: name/value pairs ending at a NULL name, at most 8 pairs; lens as for queue_event.
+ * hash: job hash fields written in the same script (NULL: none). */
+static void emit_with(struct turn *t, const char *const *fields, const size_t *lens,
+                      const char *const *hash, enum emit_mode mode, queue_progress_fn cb)
 {
     const char *f[2 * 8 + 3];
     size_t l[2 * 8 + 2], n = 0;
@@ -243,11 +258,21 @@ static void emit_typed(struct turn *t, const char *const *fields, const size_t *
         n += 2;
     }
     f[n] = NULL;
-    if (hash)
+    if (mode == EMIT_HANDOFF)
+        queue_handoff(t->w->q, t->d->entry, t->d->token, t->job_id, hash, f, l, cb, t);
+    else if (mode == EMIT_CONFIRM)
+        queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, f, l, cb, t);
+    else if (hash)
         queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, f, l, NULL, NULL);
     else
         queue_event(t->w->q, t->d->entry, t->d->token, t->job_id, f, l);
     free(json);
+}
+
+static void emit_typed(struct turn *t, const char *const *fields, const size_t *lens,
+                       const char *const *hash)
+{
+    emit_with(t, fields, lens, hash, EMIT_PLAIN, NULL);
 }
 
 static void emit(struct turn *t, const char *const *fields)
@@ -448,6 +473,7 @@ static const char *final_status(const struct turn *t)
         return "timeout";
     case AB_SHUTDOWN:
     case AB_LEASE:
+    case AB_HANDOFF:
         return "lost";
     case AB_NONE:
         break;
@@ -557,7 +583,7 @@ static void publish(struct turn *t, const char *status, enum queue_mode mode,
                     const char *dead_reason)
 {
     struct worker *w = t->w;
-    if (t->abort == AB_LEASE) {
+    if (t->abort == AB_LEASE || t->abort == AB_HANDOFF) {
         log_warn(&t->lc, "turn abandoned: lease lost, nothing published");
         turn_free(t);
         return;
@@ -660,12 +686,28 @@ static void destroyed_after_failed_suspend(void *arg, int rc, const char *err)
     finished(t);
 }
 
+/* Steps whose results are final: up to the current one once it has ended. */
+static size_t steps_done(const struct turn *t)
+{
+    return t->step < t->job->nsteps && t->sr && t->sr[t->step].status != SS_PENDING ? t->step + 1
+                                                                                    : t->step;
+}
+
 static void suspended(void *arg, int rc, const cJSON *ref, const char *err)
 {
     struct turn *t = arg;
     if (rc == 0 && ref) {
         t->new_snapshot = cJSON_PrintUnformatted(ref);
         t->thread_state = "suspended";
+        if (t->can_reattach && t->sb_ref) {
+            /* A worker that takes over from here finds the sandbox gone: the record tells it
+             * the snapshot. Written before the completion, on the same connection. */
+            char *rec = record_json(t, steps_done(t), 0, 1, t->new_snapshot);
+            const char *hash[] = {"reattach", rec, NULL};
+            queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, NULL,
+                           NULL);
+            free(rec);
+        }
         finished(t);
         return;
     }
@@ -695,6 +737,27 @@ static void destroyed(void *arg, int rc, const char *err)
     finished(t);
 }
 
+static void finish_sandbox(struct turn *t)
+{
+    if (t->job->after == JOB_AFTER_DESTROY)
+        provider_destroy(t->sb, destroyed, t);
+    else
+        provider_suspend(t->sb, suspended, t);
+}
+
+static void fin_recorded(void *arg, int rc)
+{
+    struct turn *t = arg;
+    if (rc == 0) { /* fenced: another worker owns the turn now and finishes it */
+        t->abort = AB_LEASE;
+        finished(t);
+        return;
+    }
+    if (rc != 1)
+        log_warn(&t->lc, "the finishing record was not written; suspending anyway");
+    finish_sandbox(t);
+}
+
 static void finish(struct turn *t)
 {
     if (t->finishing)
@@ -705,14 +768,22 @@ static void finish(struct turn *t)
         evtimer_del(t->handle_poll);
     /* Lease lost with a re-attachable command: the new owner follows it in this sandbox,
      * so it is left running. */
-    if (!t->sb || (t->abort == AB_LEASE && t->can_reattach && t->sb_ref)) {
+    if (!t->sb ||
+        ((t->abort == AB_LEASE || t->abort == AB_HANDOFF) && t->can_reattach && t->sb_ref)) {
         finished(t);
         return;
     }
-    if (t->job->after == JOB_AFTER_DESTROY)
-        provider_destroy(t->sb, destroyed, t);
-    else
-        provider_suspend(t->sb, suspended, t);
+    if (t->can_reattach && t->sb_ref && t->abort != AB_LEASE) {
+        /* Recorded before the sandbox goes: a worker that takes over while it is being
+         * suspended or destroyed finishes the turn instead of reporting it lost. */
+        char *rec = record_json(t, steps_done(t), 0, 1, NULL);
+        const char *hash[] = {"reattach", rec, NULL};
+        queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, fin_recorded,
+                       t);
+        free(rec);
+        return;
+    }
+    finish_sandbox(t);
 }
 
 /* ---- steps ---- */
@@ -806,6 +877,15 @@ static void on_exec_exit(void *arg, enum exec_status status, int exit_code, cons
     t->attached = 0;
     if (t->handle_poll)
         evtimer_del(t->handle_poll);
+    if (t->abort == AB_HANDOFF) {
+        if (status == EXEC_ERROR) {
+            /* Detached: output held back for masking stays unpublished; the peer sends it
+             * from the offsets in Redis. */
+            handoff_send(t, 1);
+            return;
+        }
+        t->abort = AB_NONE; /* it ended meanwhile: the hand-off waits for the next step */
+    }
     for (int s = 0; s < 2; s++) {
         emit_output(t, s, 1);
         tail_fit(&sr->out[s]);
@@ -968,8 +1048,11 @@ static void build_env(struct turn *t, const struct job_step *js)
 
 /* ---- re-attach records ----
  * Job hash field "reattach" (written when a step starts, again once a run's handle is
- * known): {"v":1, "provider", "sandbox": ref, "resumed", "step": index, "handle": the run's
- * handle or null, "steps": the finished steps' results, "files", "uploads", "used"}.
+ * known, at a hand-off, and before the sandbox is suspended or destroyed): {"v":1,
+ * "provider", "sandbox": ref, "resumed", "step": index, "started": whether that step may have
+ * begun (false at a hand-off between steps), "handle": the run's handle or null, "steps": the
+ * results of the steps before it, "files", "uploads", "used", "elapsed", and while finishing
+ * "fin": {"status", "code", "msg"} plus, once suspended, "snapshot": the new ref}.
  * "reattach_out" (written with each output event): see out_offsets. Both hold masked text
  * only. A step starts only once its record is confirmed, so a reclaiming worker never runs a
  * command a previous worker may have started. */
@@ -1040,19 +1123,34 @@ static int step_from_json(const cJSON *o, struct step_result *sr)
     return 0;
 }
 
-static char *record_json(struct turn *t)
+/* ndone: the steps whose results the record holds (also its "step"). fin: finishing (the
+ * turn's status and error so far); snapshot: the new snapshot ref once suspended, or NULL. */
+static char *record_json(struct turn *t, size_t ndone, int started, int fin, const char *snapshot)
 {
     cJSON *r = cJSON_CreateObject();
     cJSON_AddNumberToObject(r, "v", 1);
     cJSON_AddStringToObject(r, "provider", provider_name(t->w->prov));
     cJSON_AddItemToObject(r, "sandbox", cJSON_Duplicate(t->sb_ref, 1));
     cJSON_AddBoolToObject(r, "resumed", t->resumed);
-    cJSON_AddNumberToObject(r, "step", (double)t->step);
-    cJSON_AddItemToObject(r, "handle",
-                          t->handle ? cJSON_Duplicate(t->handle, 1) : cJSON_CreateNull());
+    cJSON_AddNumberToObject(r, "step", (double)ndone);
+    cJSON_AddBoolToObject(r, "started", started);
+    cJSON_AddItemToObject(
+        r, "handle", started && t->handle ? cJSON_Duplicate(t->handle, 1) : cJSON_CreateNull());
     cJSON *steps = cJSON_AddArrayToObject(r, "steps");
-    for (size_t i = 0; i < t->step; i++)
+    for (size_t i = 0; i < ndone; i++)
         cJSON_AddItemToArray(steps, step_to_json(t, &t->sr[i]));
+    if (fin) {
+        cJSON *f = cJSON_AddObjectToObject(r, "fin");
+        cJSON_AddStringToObject(f, "status", final_status(t));
+        if (t->err_code) {
+            char *m = mask_strdup(t->mask, t->err_msg ? t->err_msg : "");
+            cJSON_AddStringToObject(f, "code", t->err_code);
+            cJSON_AddStringToObject(f, "msg", m);
+            free(m);
+        }
+        if (snapshot)
+            cJSON_AddItemToObject(r, "snapshot", cJSON_Parse(snapshot));
+    }
     if (t->files)
         cJSON_AddItemToObject(r, "files", cJSON_Duplicate(t->files, 1));
     if (t->uploads)
@@ -1077,8 +1175,8 @@ static void handle_recorded(void *arg, int rc)
 /* Records the running command's handle once the provider knows it (polled every 100 ms). */
 static void record_handle(struct turn *t)
 {
-    if (!t->ex || t->abort)
-        return;
+    if (!t->ex || t->abort || !t->sb_ref)
+        return; /* without a reference nothing can follow the command: no handle needed */
     cJSON *h = provider_exec_handle(t->sb, t->ex);
     if (!h) {
         if (!t->handle_poll)
@@ -1089,13 +1187,14 @@ static void record_handle(struct turn *t)
     }
     cJSON_Delete(t->handle);
     t->handle = h;
-    char *rec = record_json(t);
+    char *rec = record_json(t, t->step, 1, 0, NULL);
     const char *hash[] = {"reattach", rec, NULL};
     /* With a callback the write is retried while Redis is away (the callback must not
      * touch the turn, which may be gone by then). */
     queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, handle_recorded,
                    NULL);
     free(rec);
+    handoff_try(t, 0);
 }
 
 static void handle_poll_cb(evutil_socket_t fd, short what, void *arg)
@@ -1105,8 +1204,96 @@ static void handle_poll_cb(evutil_socket_t fd, short what, void *arg)
     record_handle(arg);
 }
 
+/* ---- hand-off: a draining worker leaves its turns running for its peers ----
+ * At the end of the shutdown grace every turn that can be re-attached is handed off as soon
+ * as it can be: a running command once its handle is known (detached: it keeps running), a
+ * turn between steps before the next one starts. One script writes the record and the
+ * "handed_off" event and releases the entry (queue_handoff): a peer's next reclaim takes it
+ * and re-attaches. Writes, reads, uploads and restores in flight end first; a finishing turn
+ * (suspend or destroy, then publish) finishes. */
+
+static void turn_free(struct turn *t);
+
+static void handed_off(void *arg, int rc)
+{
+    struct turn *t = arg;
+    if (rc == 1) {
+        log_info(&t->lc,
+                 "turn handed off at step %zu; its sandbox %s keeps running for the worker "
+                 "that re-attaches",
+                 t->step, t->sb ? t->sb->id : "");
+        metric_inc(t->w->m_jobs, "handed_off", 1);
+    } else if (rc == 0) {
+        log_warn(&t->lc, "hand-off not written: the entry is no longer ours");
+    } else {
+        log_warn(&t->lc, "hand-off not confirmed by Redis; a peer re-attaches after the lease");
+    }
+    turn_free(t);
+}
+
+/* started: step t->step is running (detached from it); 0: it has not begun. */
+static void handoff_send(struct turn *t, int started)
+{
+    if (t->deadline)
+        evtimer_del(t->deadline);
+    if (t->handle_poll)
+        evtimer_del(t->handle_poll);
+    char *rec = record_json(t, t->step, started, 0, NULL);
+    char step[24];
+    snprintf(step, sizeof(step), "%zu", t->step);
+    const char *hash[] = {"reattach", rec, NULL};
+    const char *f[] = {"type", "handed_off", "step", step, "worker", t->w->cfg.worker_name, NULL};
+    emit_with(t, f, NULL, hash, EMIT_HANDOFF, handed_off);
+    free(rec);
+}
+
+/* Hands the turn off if it is wanted and possible now. boundary: called between steps.
+ * Returns 1 when the caller must not go on with the turn: it was handed off, or (between
+ * steps) it cannot be found again by a peer and is finishing as interrupted. */
+static int handoff_try(struct turn *t, int boundary)
+{
+    if (!t->handoff || t->abort || t->finishing || !t->sb)
+        return 0;
+    if (!t->sb_ref) {
+        set_error(t, "worker_shutdown",
+                  "the worker shut down before the turn finished (its "
+                  "sandbox cannot be found again by another worker)");
+        turn_abort(t, AB_SHUTDOWN); /* a running step ends killed, then the turn finishes */
+        if (!boundary)
+            return 0;
+        finish(t);
+        return 1;
+    }
+    if (t->ex) {
+        if (!t->handle)
+            return 0; /* record_handle calls again once the provider knows it */
+        t->abort = AB_HANDOFF;
+        provider_exec_detach(t->sb, t->ex); /* on_exec_exit sends the hand-off */
+        return 1;
+    }
+    if (!boundary)
+        return 0; /* a write, read, upload or restore in flight: at its end */
+    t->abort = AB_HANDOFF;
+    handoff_send(t, 0);
+    return 1;
+}
+
+void turn_handoff_all(struct worker *w)
+{
+    for (struct turn *t = w->turns; t; t = t->next) {
+        if (t->abort || t->handoff)
+            continue;
+        if (!t->can_reattach) {
+            set_error(t, "worker_shutdown", "the worker shut down before the turn finished");
+            turn_abort(t, AB_SHUTDOWN);
+            continue;
+        }
+        t->handoff = 1;
+        handoff_try(t, 0);
+    }
+}
+
 static void run_step(struct turn *t);
-static void turn_abort(struct turn *t, enum turn_abort why);
 
 static void step_recorded(void *arg, int rc)
 {
@@ -1155,29 +1342,41 @@ static void start_step(struct turn *t)
         run_step(t);
         return;
     }
+    if (handoff_try(t, 1))
+        return;
     cJSON_Delete(t->handle);
     t->handle = NULL;
-    char *rec = record_json(t);
+    char *rec = record_json(t, t->step, 1, 0, NULL);
     char offs[64];
     snprintf(offs, sizeof(offs), "%zu 0 0", t->step);
     const char *hash[] = {"reattach", rec, "reattach_out", offs, NULL};
-    /* The event goes with the record: as emit_typed, flat fields plus "event". */
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "type", "step_started");
-    cJSON_AddNumberToObject(o, "step", (double)t->step);
-    cJSON_AddStringToObject(o, "name", js->name);
-    cJSON_AddStringToObject(o, "kind", job_step_kind_name(js->kind));
-    char *ev = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    const char *f[] = {"type",  "step_started",
-                       "step",  step,
-                       "name",  js->name,
-                       "kind",  job_step_kind_name(js->kind),
-                       "event", ev,
+    const char *f[] = {"type", "step_started", "step", step,
+                       "name", js->name,       "kind", job_step_kind_name(js->kind),
                        NULL};
-    queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, f, NULL, step_recorded, t);
-    free(ev);
+    emit_with(t, f, NULL, hash, EMIT_CONFIRM, step_recorded);
     free(rec);
+}
+
+/* Starts the current run step's command. With re-attach it is tagged "<job>/<step>": a backend
+ * that keeps tags starts it at most once, so a worker that takes over a step whose handle was
+ * never recorded starts it again with tag_required (following the first command when there
+ * is one; refused by a backend that cannot). */
+static provider_exec *run_exec(struct turn *t, int tag_required, char *err, size_t errlen)
+{
+    const struct job_step *js = &t->job->steps[t->step];
+    build_env(t, js);
+    char tag[160];
+    snprintf(tag, sizeof(tag), "%s/%zu", t->job_id, t->step);
+    struct exec_req req = {
+        .cmd = js->cmd,
+        .cwd = js->cwd,
+        .env = (const char *const *)t->envv,
+        .timeout_ms = js->timeout_ms ? js->timeout_ms : t->w->cfg.step_timeout_ms,
+        .tag = t->can_reattach && t->sb_ref ? tag : NULL,
+        .tag_required = tag_required,
+    };
+    struct exec_cbs cbs = {on_output, on_exec_exit, t};
+    return provider_exec_start(t->sb, &req, &cbs, err, errlen);
 }
 
 /* Does the step start_step announced (and, with re-attach, recorded). */
@@ -1197,17 +1396,8 @@ static void run_step(struct turn *t)
     }
     case STEP_RUN: {
         run_caps(t, sr);
-        build_env(t, js);
-        int64_t timeout = js->timeout_ms ? js->timeout_ms : t->w->cfg.step_timeout_ms;
-        struct exec_req req = {
-            .cmd = js->cmd,
-            .cwd = js->cwd,
-            .env = (const char *const *)t->envv,
-            .timeout_ms = timeout,
-        };
-        struct exec_cbs cbs = {on_output, on_exec_exit, t};
         char err[256] = "";
-        t->ex = provider_exec_start(t->sb, &req, &cbs, err, sizeof(err));
+        t->ex = run_exec(t, 0, err, sizeof(err));
         if (!t->ex) {
             sr->error = xstrdup(err[0] ? err : "exec failed");
             step_done(t, SS_ERROR);
@@ -1308,16 +1498,6 @@ void turn_cancel_entry(struct worker *w, const char *entry)
         log_info(&t->lc, "cancel requested");
         set_error(t, "cancelled", "cancelled by the producer");
         turn_abort(t, AB_CANCEL);
-    }
-}
-
-void turn_interrupt_all(struct worker *w)
-{
-    for (struct turn *t = w->turns; t; t = t->next) {
-        if (!t->abort) {
-            set_error(t, "worker_shutdown", "the worker shut down before the turn finished");
-            turn_abort(t, AB_SHUTDOWN);
-        }
     }
 }
 
@@ -1455,13 +1635,44 @@ struct reattach_ctx {
     struct turn *t;
     cJSON *rec;
     uint64_t published[2]; /* raw bytes per stream already in the events */
+    int started;           /* the record's step may have begun */
+    int fin;               /* the previous worker was finishing (suspend or destroy) */
 };
+
+/* The previous worker was suspending or destroying the sandbox, which is gone now: a destroy
+ * did what the turn wanted; a suspend did too if its snapshot was recorded. */
+static void fin_gone(struct turn *t, const cJSON *rec, const char *err)
+{
+    const cJSON *snap = cJSON_GetObjectItemCaseSensitive(rec, "snapshot");
+    if (t->job->after != JOB_AFTER_DESTROY && !cJSON_IsObject(snap)) {
+        reattach_lost(t,
+                      "the sandbox was being suspended when its worker stopped and the snapshot "
+                      "it made is not known (%s)",
+                      err ? err : "sandbox gone");
+        return;
+    }
+    log_info(&t->lc, "the previous worker had %s the sandbox; publishing its result",
+             cJSON_IsObject(snap) ? "suspended" : "destroyed");
+    t->finishing = 1;
+    t->t_steps_done = now_ms();
+    if (cJSON_IsObject(snap)) {
+        t->new_snapshot = cJSON_PrintUnformatted(snap);
+        t->thread_state = "suspended";
+    } else {
+        t->thread_state = "destroyed";
+    }
+    finished(t);
+}
 
 static void reattached(void *arg, struct sandbox *sb, const char *err)
 {
     struct reattach_ctx *rc = arg;
     struct turn *t = rc->t;
     t->t_acquired = now_ms();
+    if (!sb && rc->fin) {
+        fin_gone(t, rc->rec, err);
+        goto out;
+    }
     if (!sb) {
         reattach_lost(t, "the sandbox is gone: %s", err ? err : "unknown error");
         goto out;
@@ -1472,32 +1683,42 @@ static void reattached(void *arg, struct sandbox *sb, const char *err)
     snprintf(step, sizeof(step), "%zu", t->step);
     const char *fields[] = {"type", "reattached", "sandbox", sb->id, "step", step, NULL};
     emit(t, fields);
-    if (t->abort) {
+    if (t->abort || rc->fin) {
         finish(t);
         goto out;
     }
-    const struct job_step *js = &t->job->steps[t->step];
-    if (js->kind != STEP_RUN) {
-        /* Writes, reads, uploads and restores are done again; none runs a command. */
+    if (!rc->started || t->step >= t->job->nsteps || t->job->steps[t->step].kind != STEP_RUN) {
+        /* Handed off between steps: the next one starts here. Writes, reads, uploads and
+         * restores are done again; none runs a command. */
         next_step(t);
         goto out;
     }
+    const struct job_step *js = &t->job->steps[t->step];
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(rc->rec, "handle");
-    if (!cJSON_IsObject(h)) {
-        reattach_lost(t, "step %s may have started its command, whose handle was not recorded",
-                      js->name);
-        goto out;
-    }
     struct step_result *sr = &t->sr[t->step];
     run_caps(t, sr);
     t->step_started = now_ms();
-    t->handle = cJSON_Duplicate(h, 1);
-    struct exec_cbs cbs = {on_output, on_exec_exit, t};
     char e[256] = "";
-    int from = 0;
-    /* From the start when the provider replays: the tail is rebuilt, the events are not
-     * written again (quiet). */
-    t->ex = provider_exec_attach(sb, h, 0, &cbs, &from, e, sizeof(e));
+    int from = 1;
+    if (cJSON_IsObject(h)) {
+        struct exec_cbs cbs = {on_output, on_exec_exit, t};
+        t->handle = cJSON_Duplicate(h, 1);
+        /* From the start when the provider replays: the tail is rebuilt, the events are not
+         * written again (quiet). */
+        from = 0;
+        t->ex = provider_exec_attach(sb, h, 0, &cbs, &from, e, sizeof(e));
+    } else {
+        /* The command may have started before its handle reached Redis: started again by its
+         * tag, it runs once and replays from its first byte. */
+        t->ex = run_exec(t, 1, e, sizeof(e));
+        if (!t->ex) {
+            reattach_lost(t,
+                          "step %s may have started its command, whose handle was not "
+                          "recorded, and the provider cannot start it at most once (%s)",
+                          js->name, e[0] ? e : "no tags");
+            goto out;
+        }
+    }
     t->attached = t->ex != NULL;
     if (!t->ex) {
         reattach_lost(t, "step %s: %s", js->name, e[0] ? e : "cannot re-attach");
@@ -1513,9 +1734,30 @@ static void reattached(void *arg, struct sandbox *sb, const char *err)
         }
     }
     metric_inc(t->w->m_jobs, "reattached", 1);
+    if (!t->handle)
+        record_handle(t); /* also hands off when this worker is draining */
+    else
+        handoff_try(t, 0); /* this worker may be draining too */
 out:
     cJSON_Delete(rc->rec);
     free(rc);
+}
+
+/* A record's "fin": the status and error the previous worker had. 0, or -1 when malformed. */
+static int fin_restore(struct turn *t, const cJSON *fin)
+{
+    static const char *const names[] = {"succeeded", "failed", "timeout", "cancelled", "lost"};
+    const char *st = rec_str(fin, "status");
+    const char *code = rec_str(fin, "code"), *msg = rec_str(fin, "msg");
+    size_t i = 0;
+    while (st && i < sizeof(names) / sizeof(names[0]) && strcmp(st, names[i]) != 0)
+        i++;
+    if (!st || i == sizeof(names) / sizeof(names[0]))
+        return -1;
+    t->status = i == 0 ? NULL : names[i];
+    if (code)
+        set_error(t, code, "%s", msg ? msg : "");
+    return 0;
 }
 
 static void reattach(struct turn *t, const struct queue_thread *th)
@@ -1544,8 +1786,13 @@ static void reattach(struct turn *t, const struct queue_thread *th)
         reattach_lost(t, "the sandbox could not be found again (the provider gave no reference)");
         return;
     }
+    /* "started" missing: written by an older worker, whose steps had always begun */
+    int started = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(rec, "started"));
+    const cJSON *fin = cJSON_GetObjectItemCaseSensitive(rec, "fin");
     if (!rec || !prov || !cJSON_IsObject(ref) || !cJSON_IsArray(steps) || step < 0 ||
-        (size_t)step >= t->job->nsteps || (size_t)cJSON_GetArraySize(steps) != (size_t)step) {
+        (size_t)step > t->job->nsteps || (size_t)cJSON_GetArraySize(steps) != (size_t)step ||
+        ((size_t)step == t->job->nsteps && started) || (fin && !cJSON_IsObject(fin)) ||
+        (fin && fin_restore(t, fin) != 0)) {
         cJSON_Delete(rec);
         reattach_lost(t, "the job's re-attach record is malformed");
         return;
@@ -1578,6 +1825,8 @@ static void reattach(struct turn *t, const struct queue_thread *th)
     struct reattach_ctx *rc = xcalloc(1, sizeof(*rc));
     rc->t = t;
     rc->rec = rec;
+    rc->started = started;
+    rc->fin = fin != NULL;
     unsigned long long os = 0, o0 = 0, o1 = 0;
     if (th->reattach_out && sscanf(th->reattach_out, "%llu %llu %llu", &os, &o0, &o1) == 3 &&
         os == t->step) {
@@ -1716,7 +1965,8 @@ void turn_start(struct worker *w, struct queue_delivery *d)
             mask_add(log_mask(), v);
         }
     }
-    if (d->token > POISON_DELIVERIES) {
+    /* A hand-off is a delivery no worker failed: it does not count towards poison. */
+    if (d->token > POISON_DELIVERIES && !d->handed_off) {
         char reason[128];
         snprintf(reason, sizeof(reason), "delivered %lld times without completing", d->token);
         set_error(t, "poison", "%s", reason);

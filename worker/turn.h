@@ -13,7 +13,9 @@ void turn_start(struct worker *w, struct queue_delivery *d);
 void turn_lease_lost(struct worker *w, const char *entry);
 /* The producer cancelled the job of entry. */
 void turn_cancel_entry(struct worker *w, const char *entry);
-/* Interrupts every turn in flight (shutdown grace expired). */
-void turn_interrupt_all(struct worker *w);
+/* Shutdown grace expired: every turn in flight whose provider can re-attach is handed off to
+ * the peers as soon as it can be (its command keeps running; DESIGN §5); the others are
+ * interrupted (suspended, reported lost). */
+void turn_handoff_all(struct worker *w);
 
 #endif

@@ -174,11 +174,14 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
         event_base_loopexit(w->base, NULL);
         return;
     }
-    log_warn(NULL, "shutdown grace expired with %d turn(s) in flight; interrupting them",
+    log_warn(NULL,
+             "shutdown grace expired with %d turn(s) in flight; handing them to peers (or "
+             "interrupting those that cannot be re-attached)",
              w->inflight);
-    turn_interrupt_all(w);
-    /* Interrupted turns suspend and publish; if that cannot finish (Redis gone), exit anyway:
-     * their entries stay pending and another worker reports them after the lease. */
+    turn_handoff_all(w);
+    /* Hand-offs are one script each; interrupted turns suspend and publish. If that cannot
+     * finish (Redis gone), exit anyway: their entries stay pending and another worker
+     * re-attaches or reports them after the lease. */
     struct timeval tv = {HARD_STOP_MS / 1000, (HARD_STOP_MS % 1000) * 1000};
     w->hard_stop = evtimer_new(w->base, hard_stop_cb, w);
     evtimer_add(w->hard_stop, &tv);
@@ -189,8 +192,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     (void)what;
     struct worker *w = arg;
     if (w->draining) {
-        log_warn(NULL, "second signal %d: interrupting turns now", (int)sig);
-        turn_interrupt_all(w);
+        log_warn(NULL, "second signal %d: handing turns off now", (int)sig);
+        turn_handoff_all(w);
         return;
     }
     log_info(NULL, "signal %d: draining (%d turn(s) in flight, grace %d ms)", (int)sig, w->inflight,

@@ -386,6 +386,23 @@ def test_runs(a):
     rid3 = json.loads(body)["id"]
     st, _, body = a.req("GET", "/runs/%s/output" % rid3)
     check(frames(body)[-1] == {"timeout": True}, "run timeout frame")
+    # a tag starts the command once: a second start with it answers the first run
+    st, _, body = a.req("POST", "/runs", {"cmd": "echo tagged-once", "tag": "job-7:2"})
+    check(st == 201, "tagged run started")
+    rid4 = json.loads(body)["id"]
+    check(wait_until(lambda: json.loads(a.req("GET", "/runs/" + rid4)[2])["state"] == "exited"),
+          "tagged run ended")
+    st, _, body = a.req("POST", "/runs", {"cmd": "echo tagged-twice", "tag": "job-7:2"})
+    j = json.loads(body)
+    check(st == 200 and j["id"] == rid4 and j.get("existing") is True,
+          "same tag answers the kept run, not a new one")
+    st, _, body = a.req("GET", "/runs/%s/output" % rid4)
+    check(b"tagged-twice" not in body and json.loads(a.req("GET", "/runs/" + rid4)[2])["tag"] ==
+          "job-7:2", "the command ran once and the status names its tag")
+    for bad in ("", "a b", "x" * 201, 5):
+        st, _, _ = a.req("POST", "/runs", {"cmd": "true", "tag": bad})
+        check(st == 400, "bad tag %r refused" % (bad,))
+    check("run-tags" in json.loads(a.req("GET", "/ready")[2])["capabilities"], "run-tags advertised")
 
 
 def test_runs_spool_bound(tmp_agent_env):

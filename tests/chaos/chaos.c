@@ -1,8 +1,13 @@
 /* make chaos: the delivery protocol under worker kills and Redis restarts (tests/support/
  * chaos.h says what is checked). Options, all optional:
  *   chaos [--seed N] [--workers N] [--jobs N] [--threads N] [--seconds N] [--kill-ms N]
- *         [--redis-restarts N]
+ *         [--redis-restarts N] [--oom-windows N] [--reattach] [--sigterm] [--steps N]
+ *         [--step-ms MIN-MAX] [--suspend]
  * --seconds is how long jobs keep being enqueued (kills and restarts spread over it).
+ * --reattach: the re-attachable scripted provider (adds the lost/orphan invariants);
+ * --sigterm: workers are replaced by a rolling restart (SIGTERM) instead of SIGKILL;
+ * --steps, --step-ms: run steps per job and how long each sleeps; --suspend: odd threads'
+ * jobs suspend (snapshots) instead of destroying their sandbox.
  * Exit status 0 when every check passed, 1 otherwise, 77 when redis-server is missing. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,9 +59,33 @@ int main(int argc, char **argv)
             o.kill_every_ms = arg_int(argv[i], v, 0, 3600000);
         else if (strcmp(argv[i], "--redis-restarts") == 0)
             o.redis_restarts = arg_int(argv[i], v, 0, 100);
-        else {
-            fprintf(stderr, "usage: chaos [--seed N] [--workers N] [--jobs N] [--threads N] "
-                            "[--seconds N] [--kill-ms N] [--redis-restarts N]\n");
+        else if (strcmp(argv[i], "--oom-windows") == 0)
+            o.oom_windows = arg_int(argv[i], v, 0, 100);
+        else if (strcmp(argv[i], "--steps") == 0)
+            o.steps = arg_int(argv[i], v, 1, 20);
+        else if (strcmp(argv[i], "--step-ms") == 0) {
+            int lo = -1, hi = -1;
+            if (!v || sscanf(v, "%d-%d", &lo, &hi) != 2 || lo < 0 || hi < lo || hi > 600000) {
+                fprintf(stderr, "chaos: --step-ms wants MIN-MAX (ms)\n");
+                return 2;
+            }
+            o.step_min_ms = lo;
+            o.step_max_ms = hi;
+        } else if (strcmp(argv[i], "--reattach") == 0) {
+            o.reattach = 1;
+            continue; /* the flags take no value */
+        } else if (strcmp(argv[i], "--sigterm") == 0) {
+            o.sigterm = 1;
+            continue;
+        } else if (strcmp(argv[i], "--suspend") == 0) {
+            o.suspend = 1;
+            continue;
+        } else {
+            fprintf(
+                stderr,
+                "usage: chaos [--seed N] [--workers N] [--jobs N] [--threads N] "
+                "[--seconds N] [--kill-ms N] [--redis-restarts N] [--oom-windows N] [--reattach] "
+                "[--sigterm] [--steps N] [--step-ms MIN-MAX] [--suspend]\n");
             return 2;
         }
         i++;

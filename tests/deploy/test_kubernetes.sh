@@ -42,7 +42,7 @@ mutate 's/value: lambda-microvm}/value: e2b}/' 'SANDBOX_PROVIDER=e2b needs E2B_A
 mutate '/name: SANDBOX_PROVIDER, value/d' 'SANDBOX_PROVIDER is not set explicitly'
 mutate '0,/stream: "{sandbox}:jobs"/s//stream: "{jobs}:jobs"/' 'is not "{sandbox}:jobs"'
 mutate 's/consumerGroup: workers/consumerGroup: worker/' 'consumerGroup'
-mutate 's/terminationGracePeriodSeconds: 630/terminationGracePeriodSeconds: 30/' 'terminationGracePeriodSeconds 30'
+mutate 's/terminationGracePeriodSeconds: 90/terminationGracePeriodSeconds: 30/' 'terminationGracePeriodSeconds 30'
 mutate 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: false/' 'readOnlyRootFilesystem'
 mutate 's/key: redis-keda-password}/key: redis-pass}/' 'redis-pass'
 mutate 's/revisionHistoryLimit: 5/revisionHistoryLimit: 5\n  revisionHistoryLimit: 6/' 'YAML'

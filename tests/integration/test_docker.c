@@ -18,8 +18,10 @@
 #include "providers/docker.h"
 #include "providers/provider.h"
 #include "providers/s3.h"
+#include "tests/support/redis_server.h"
 #include "tests/support/s3_fixture.h"
 #include "tests/support/test.h"
+#include "tests/support/worker_proc.h"
 
 #define IMAGE "sandbox-worker-test:local"
 /* agent/image.sh with this tree's sandbox-agent (the label sandbox-worker.agent names it) */
@@ -1715,6 +1717,726 @@ TEST_CASE(agent_release_keeps_running)
     provider_free(p);
 }
 
+/* ---- re-attach (PROVIDER_CAP_REATTACH, the agent path) ---- */
+
+/* Runs the loop until r's stdout contains text (or ms pass); 0 when it does. */
+static int wait_out(struct run *r, const char *text, long ms)
+{
+    long end = now_ms() + ms;
+    while (!(r->out.data && strstr(r->out.data, text)) && !r->done && now_ms() < end) {
+        struct timeval tv = {0, 50 * 1000};
+        event_base_loopexit(g_base, &tv);
+        event_base_loop(g_base, EVLOOP_ONCE);
+    }
+    return r->out.data && strstr(r->out.data, text) ? 0 : -1;
+}
+
+/* Starts cmd without waiting; r must be zeroed and released with run_free. */
+static void run_start(struct sandbox *sb, struct run *r, const char *cmd)
+{
+    char err[256] = "";
+    struct exec_req req = {.cmd = cmd};
+    struct exec_cbs cbs = {.on_output = run_output, .on_exit = run_exit, .arg = r};
+    r->sb = sb;
+    r->ex = provider_exec_start(sb, &req, &cbs, err, sizeof(err));
+    if (!r->ex)
+        printf("  exec: %s\n", err);
+    CHECK(r->ex != NULL);
+}
+
+/* The agent folder (label) of container id, "" when it has none. */
+static void agent_dir_of(const char *id, char *out, size_t cap)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{index .Config.Labels \"sandbox-worker.agent-dir\"}}' %s "
+             "2>/dev/null",
+             id);
+    sh_out(out, cap, cmd);
+    if (strcmp(out, "<no value>") == 0)
+        out[0] = '\0';
+}
+
+static struct acq reconnect_ref(struct provider *p, const char *ref_json)
+{
+    struct acq a = {0};
+    cJSON *ref = cJSON_Parse(ref_json);
+    provider_reconnect(p, spec_for("t-reattach"), ref, acq_cb, &a);
+    CHECK_EQ_INT(a.done, 0); /* never from inside the call */
+    CHECK(wait_for(&a.done, 60000) == 0);
+    cJSON_Delete(ref);
+    return a;
+}
+
+/* A command started through one provider instance is followed by a second instance from the
+ * sandbox's ref and the run's handle alone, both through JSON text (as a worker that reclaims
+ * a turn finds them in Redis): every byte of output once from offset 0, then the exit code;
+ * the command ran once; the ref does not carry the agent's token. */
+TEST_CASE(agent_reattach_from_ref)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    struct provider *p1 = agent_prov("on", AGENT_IMAGE, err, sizeof(err));
+    CHECK(p1 != NULL);
+    if (!p1)
+        return;
+    CHECK(provider_can_reattach(p1));
+    struct sandbox *sb = create_sb(p1, "t-reattach");
+    if (!sb) {
+        provider_free(p1);
+        return;
+    }
+    char id[128], cmd[600], token[128], dir[256];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    agent_dir_of(id, dir, sizeof(dir));
+    snprintf(cmd, sizeof(cmd),
+             "docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' %s | sed -n "
+             "'s/^SANDBOX_AGENT_TOKEN=//p'",
+             id);
+    sh_out(token, sizeof(token), cmd);
+    CHECK(strlen(token) == 64);
+    cJSON *ref = provider_sandbox_ref(sb);
+    CHECK(ref != NULL);
+    char *ref_text = ref ? cJSON_PrintUnformatted(ref) : NULL;
+    cJSON_Delete(ref);
+    printf("  sandbox_ref %s\n", ref_text ? ref_text : "(null)");
+    CHECK(ref_text && strstr(ref_text, id) != NULL);
+    CHECK(ref_text && token[0] && strstr(ref_text, token) == NULL);
+
+    struct run a = {0};
+    run_start(sb, &a,
+              "echo x >> /workspace/ran.txt; echo one; echo warn >&2; sleep 3; "
+              "echo two; exit 7");
+    CHECK(wait_out(&a, "one", 30000) == 0);
+    cJSON *h = NULL;
+    for (long end = now_ms() + 10000; !h && !a.done && now_ms() < end;) {
+        h = provider_exec_handle(sb, a.ex);
+        if (!h) {
+            int never = 0;
+            wait_for(&never, 50);
+        }
+    }
+    CHECK(h != NULL);
+    char *h_text = h ? cJSON_PrintUnformatted(h) : NULL;
+    cJSON_Delete(h);
+    printf("  exec_handle %s\n", h_text ? h_text : "(null)");
+    provider_exec_detach(sb, a.ex);
+    CHECK(wait_for(&a.done, 10000) == 0);
+    CHECK_EQ_INT(a.done, 1);
+    CHECK_EQ_INT(a.st, EXEC_ERROR);
+    CHECK(strstr(a.msg, "detached") != NULL);
+    provider_sandbox_release(sb); /* the worker dies: its container and folder stay */
+    CHECK(container_exists(id));
+
+    /* a second worker's provider, from the JSON text only */
+    struct provider *p2 = agent_prov("on", AGENT_IMAGE, err, sizeof(err));
+    CHECK(p2 != NULL);
+    struct acq r = {0};
+    if (p2 && ref_text)
+        r = reconnect_ref(p2, ref_text);
+    if (r.err[0])
+        printf("  reconnect: %s\n", r.err);
+    CHECK(r.sb != NULL);
+    if (r.sb) {
+        CHECK_STR(r.sb->id, id);
+        struct run b = {0};
+        cJSON *h2 = h_text ? cJSON_Parse(h_text) : NULL;
+        struct exec_cbs cbs = {.on_output = run_output, .on_exit = run_exit, .arg = &b};
+        int from = -1;
+        b.sb = r.sb;
+        b.ex = provider_exec_attach(r.sb, h2, 0, &cbs, &from, err, sizeof(err));
+        cJSON_Delete(h2);
+        CHECK(b.ex != NULL);
+        if (!b.ex)
+            printf("  exec_attach: %s\n", err);
+        CHECK_EQ_INT(from, 1);
+        CHECK(b.ex && wait_for(&b.done, 30000) == 0);
+        CHECK_EQ_INT(b.done, 1);
+        CHECK_EQ_INT(b.st, EXEC_EXITED);
+        CHECK_EQ_INT(b.code, 7);
+        CHECK_STR(b.out.data, "one\ntwo\n");
+        CHECK_STR(b.err.data, "warn\n");
+        run_free(&b);
+        /* the command ran once; the reconnected sandbox runs new commands */
+        struct run c = {0};
+        run_cmd(r.sb, &c, "wc -l < /workspace/ran.txt", NULL, NULL, 0);
+        CHECK_STR(c.out.data, "1\n");
+        run_free(&c);
+        /* a command that ends while nobody follows it: attaching reports its output and exit */
+        struct run d = {0};
+        run_start(r.sb, &d, "echo fast; sleep 0.2; echo end; exit 3");
+        CHECK(wait_out(&d, "fast", 30000) == 0);
+        cJSON *hd = provider_exec_handle(r.sb, d.ex);
+        CHECK(hd != NULL);
+        provider_exec_detach(r.sb, d.ex);
+        CHECK(wait_for(&d.done, 10000) == 0);
+        int never = 0;
+        wait_for(&never, 1000); /* it ends meanwhile */
+        struct run e = {0};
+        struct exec_cbs ecb = {.on_output = run_output, .on_exit = run_exit, .arg = &e};
+        e.sb = r.sb;
+        e.ex = hd ? provider_exec_attach(r.sb, hd, 0, &ecb, &from, err, sizeof(err)) : NULL;
+        CHECK(e.ex != NULL);
+        CHECK(e.ex && wait_for(&e.done, 30000) == 0);
+        CHECK_EQ_INT(e.st, EXEC_EXITED);
+        CHECK_EQ_INT(e.code, 3);
+        CHECK_STR(e.out.data, "fast\nend\n");
+        cJSON_Delete(hd);
+        run_free(&d);
+        run_free(&e);
+        /* destroying the reconnected sandbox removes its folder too */
+        destroy_sb(r.sb);
+        struct stat st;
+        CHECK(dir[0] && stat(dir, &st) != 0);
+    }
+    run_free(&a);
+    free(ref_text);
+    free(h_text);
+    provider_free(p2);
+    provider_free(p1);
+}
+
+/* A reconnect that cannot be honoured is an error and removes nothing: a malformed ref, a
+ * container of another deployment, a stopped one (the sweep's destroy_by_id then removes it
+ * and its folder), one that is gone; a Docker exec sandbox has no ref, no run handle, and
+ * refuses exec_attach and reconnect. */
+TEST_CASE(reconnect_refusals)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    char err[512] = "";
+    setenv("SANDBOX_DOCKER_AGENT", "on", 1);
+    setenv("SANDBOX_DOCKER_IMAGE", AGENT_IMAGE, 1);
+    struct provider_settings sa = {.worker_name = g_worker, .deployment = "dep-a"};
+    struct provider_settings sb_ = {.worker_name = g_worker, .deployment = "dep-b"};
+    struct provider *pa = provider_new(&docker_provider_ops, g_base, &sa, 0, err, sizeof(err));
+    struct provider *pb = provider_new(&docker_provider_ops, g_base, &sb_, 0, err, sizeof(err));
+    setenv("SANDBOX_DOCKER_IMAGE", IMAGE, 1);
+    unsetenv("SANDBOX_DOCKER_AGENT");
+    CHECK(pa && pb);
+    if (!pa || !pb) {
+        provider_free(pa);
+        provider_free(pb);
+        return;
+    }
+    static const char *const bad[] = {"{}", "{\"id\":\"../../images\"}", "{\"id\":7}", NULL};
+    for (int i = 0; bad[i]; i++) {
+        struct acq a = reconnect_ref(pa, bad[i]);
+        CHECK(a.sb == NULL);
+        CHECK(strstr(a.err, "has no container id") != NULL);
+    }
+    struct sandbox *sb = create_sb(pa, "t-reconn-refuse");
+    if (!sb) {
+        provider_free(pa);
+        provider_free(pb);
+        return;
+    }
+    char id[128], dir[256], ref[200];
+    snprintf(id, sizeof(id), "%s", sb->id);
+    agent_dir_of(id, dir, sizeof(dir));
+    snprintf(ref, sizeof(ref), "{\"id\":\"%s\"}", id);
+    provider_sandbox_release(sb);
+    struct stat st;
+
+    struct acq a = reconnect_ref(pb, ref);
+    CHECK(a.sb == NULL);
+    printf("  %s\n", a.err);
+    CHECK(strstr(a.err, "belongs to another deployment") != NULL);
+    CHECK(container_exists(id));
+    CHECK(stat(dir, &st) == 0);
+
+    /* the same deployment, the agent stopped answering with its container (stopped) */
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "docker kill %s >/dev/null 2>&1", id);
+    CHECK(system(cmd) == 0);
+    a = reconnect_ref(pa, ref);
+    CHECK(a.sb == NULL);
+    printf("  %s\n", a.err);
+    CHECK(strstr(a.err, "is not running") != NULL);
+    CHECK(container_exists(id));
+    CHECK(stat(dir, &st) == 0);
+
+    /* the orphan sweep's destroy_by_id removes the container and its folder */
+    struct done d = {0};
+    provider_destroy_by_id(pa, PROVIDER_ITEM_SANDBOX, id, done_cb, &d);
+    CHECK(wait_for(&d.done, 60000) == 0);
+    CHECK_EQ_INT(d.rc, 0);
+    CHECK(!container_exists(id));
+    CHECK(stat(dir, &st) != 0);
+    a = reconnect_ref(pa, ref);
+    CHECK(a.sb == NULL);
+    printf("  %s\n", a.err);
+    char want[200];
+    snprintf(want, sizeof(want), "docker: container %s is gone", id);
+    CHECK_STR(a.err, want);
+    provider_free(pb);
+    provider_free(pa);
+
+    /* Docker exec: nothing to find again */
+    struct provider *po = agent_prov("off", AGENT_IMAGE, err, sizeof(err));
+    CHECK(po != NULL);
+    if (!po)
+        return;
+    CHECK(provider_can_reattach(po)); /* the capability is the provider's; the ref says more */
+    sb = create_sb(po, "t-reconn-exec");
+    if (!sb) {
+        provider_free(po);
+        return;
+    }
+    cJSON *r = provider_sandbox_ref(sb);
+    CHECK(r == NULL);
+    cJSON_Delete(r);
+    struct run x = {0};
+    run_start(sb, &x, "echo began; sleep 30");
+    CHECK(wait_out(&x, "began", 30000) == 0);
+    cJSON *h = provider_exec_handle(sb, x.ex);
+    CHECK(h == NULL);
+    cJSON_Delete(h);
+    cJSON *fake = cJSON_Parse("{\"run\":\"0123456789abcdef0123456789abcdef\"}");
+    int from = -1;
+    struct run y = {0};
+    struct exec_cbs cbs = {.on_output = run_output, .on_exit = run_exit, .arg = &y};
+    provider_exec *ex = provider_exec_attach(sb, fake, 0, &cbs, &from, err, sizeof(err));
+    cJSON_Delete(fake);
+    CHECK(ex == NULL);
+    CHECK(strstr(err, "Docker exec, which cannot be re-attached") != NULL);
+    snprintf(ref, sizeof(ref), "{\"id\":\"%s\"}", sb->id);
+    a = reconnect_ref(po, ref);
+    CHECK(a.sb == NULL);
+    printf("  %s\n", a.err);
+    CHECK(strstr(a.err, "runs commands through Docker exec") != NULL);
+    CHECK(container_exists(sb->id));
+    /* detach of a Docker exec kills it (it could not be followed again) */
+    provider_exec_detach(sb, x.ex);
+    CHECK(wait_for(&x.done, 30000) == 0);
+    CHECK_EQ_INT(x.st, EXEC_KILLED);
+    run_free(&x);
+    run_free(&y);
+    destroy_sb(sb);
+    provider_free(po);
+}
+
+/* ---- re-attach through real workers (forked, SANDBOX_PROVIDER=docker) ---- */
+
+static int file_contains_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, text) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* The job's result once its status is set (NULL after timeout_ms). */
+static cJSON *dw_result(redisContext *rc, const char *prefix, const char *id, int timeout_ms)
+{
+    char key[200];
+    snprintf(key, sizeof(key), "{%s}:job:%s", prefix, id);
+    char *st = sync_wait_hget(rc, key, "status", timeout_ms);
+    if (!st)
+        return NULL;
+    free(st);
+    char *res = sync_hget(rc, key, "result");
+    cJSON *j = res ? cJSON_Parse(res) : NULL;
+    free(res);
+    return j;
+}
+
+static const char *dw_str(const cJSON *o, const char *name)
+{
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, name));
+}
+
+static const char *dw_step(const cJSON *r, int i, const char *field)
+{
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(r, "steps");
+    return dw_str(cJSON_GetArrayItem(steps, i), field);
+}
+
+/* Concatenated data of the job's output events for one step and stream. */
+static char *dw_events(redisContext *rc, const char *prefix, const char *id, const char *step,
+                       const char *stream)
+{
+    redisReply *r = sync_cmd(rc, "XRANGE {%s}:events:%s - +", prefix, id);
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const char *type = "", *st = "", *sm = "";
+        redisReply *data = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *n = f->element[k]->str;
+            if (!strcmp(n, "type"))
+                type = f->element[k + 1]->str;
+            else if (!strcmp(n, "step"))
+                st = f->element[k + 1]->str;
+            else if (!strcmp(n, "stream"))
+                sm = f->element[k + 1]->str;
+            else if (!strcmp(n, "data"))
+                data = f->element[k + 1];
+        }
+        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
+            buf_append(&b, data->str, data->len);
+    }
+    freeReplyObject(r);
+    buf_putc(&b, '\0');
+    return buf_detach(&b);
+}
+
+/* Polls the events until step's stdout contains text. */
+static int dw_wait_event(redisContext *rc, const char *prefix, const char *id, const char *step,
+                         const char *text, int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 50) {
+        char *seen = dw_events(rc, prefix, id, step, "stdout");
+        int ok = strstr(seen, text) != NULL;
+        free(seen);
+        if (ok)
+            return 0;
+        sleep_ms(50);
+    }
+    return -1;
+}
+
+/* Ids of this deployment's containers (docker ps -aq, one line each; "" when none). */
+static void dw_containers(const char *prefix, char *out, size_t cap)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd),
+             "docker ps -aq --no-trunc --filter label=sandbox-worker.deployment=%s", prefix);
+    sh_out(out, cap, cmd);
+}
+
+/* Removes what a test's workers left (containers and their socket folders). */
+static void dw_cleanup(const char *prefix)
+{
+    char ids[2048];
+    dw_containers(prefix, ids, sizeof(ids));
+    for (char *id = strtok(ids, "\n"); id; id = strtok(NULL, "\n")) {
+        char dir[256], cmd[600];
+        agent_dir_of(id, dir, sizeof(dir));
+        snprintf(cmd, sizeof(cmd), "docker rm -f %s >/dev/null 2>&1", id);
+        if (system(cmd) != 0)
+            printf("  could not remove container %s\n", id);
+        if (dir[0] && strncmp(dir, g_agentdir, strlen(g_agentdir)) == 0) {
+            snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+            if (system(cmd) != 0)
+                printf("  could not remove %s\n", dir);
+        }
+    }
+}
+
+static void dw_show_log(const char *path)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "grep -v ' debug ' '%s' | tail -n 25 >&2", path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "  (no worker log)\n");
+}
+
+struct dw {
+    struct test_redis *srv;
+    redisContext *rc;
+    char prefix[32];
+    char log[2][300];
+    struct worker_spec ws;
+};
+
+/* Redis and worker A's spec for a test; -1 (after SKIP's message) when redis cannot run. */
+static int dw_setup(struct dw *w, const char *tag, const char *const *env)
+{
+    w->srv = test_redis_start(NULL);
+    if (!w->srv)
+        return -1;
+    w->rc = sync_connect(test_redis_port(w->srv));
+    snprintf(w->prefix, sizeof(w->prefix), "dk%s%d", tag, (int)getpid());
+    for (int i = 0; i < 2; i++)
+        snprintf(w->log[i], sizeof(w->log[i]), "%s/worker-%s-%c.log", g_snapdir, tag, 'a' + i);
+    mkdir(g_snapdir, 0755);
+    w->ws = (struct worker_spec){.url = test_redis_url(w->srv),
+                                 .prefix = w->prefix,
+                                 .name = "w-a",
+                                 .env = env,
+                                 .log_path = w->log[0]};
+    return 0;
+}
+
+static void dw_teardown(struct dw *w)
+{
+    dw_cleanup(w->prefix);
+    redisFree(w->rc);
+    test_redis_free(w->srv);
+}
+
+static void dw_add_job(struct dw *w, const char *id, const char *thread, const char *steps)
+{
+    char job[2048];
+    snprintf(job, sizeof(job),
+             "{\"id\":\"%s\",\"thread\":\"%s\",\"feature\":\"data-app\","
+             "\"tenant\":{\"organization\":\"o\",\"project\":\"p\"},\"steps\":[%s]}",
+             id, thread, steps);
+    freeReplyObject(sync_cmd(w->rc, "XADD {%s}:jobs * job %s", w->prefix, job));
+}
+
+static const char *const dw_agent_env[] = {
+    "SANDBOX_PROVIDER=docker", "SANDBOX_DOCKER_IMAGE=" AGENT_IMAGE,
+    "SANDBOX_DOCKER_AGENT=on", "SANDBOX_AI_WRITEBACK_DOCKER_IMAGE=" AGENT_IMAGE,
+    "WORKER_LEASE_MS=3000",    NULL};
+
+/* Worker A is SIGKILLed in the middle of step 1 of three; worker B reconnects to the container
+ * and follows the agent's run: one result with every step's output once (in the result and in
+ * the events), each command ran once (each appends to a file the last step prints). */
+TEST_CASE(worker_reattach_on_docker)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    struct dw w;
+    if (dw_setup(&w, "ra", dw_agent_env) != 0)
+        SKIP("redis-server could not start");
+    pid_t a = worker_spawn(&w.ws);
+    dw_add_job(&w, "dr-1", "drthread",
+               "{\"type\":\"run\",\"cmd\":\"echo s0 >> /workspace/ran.txt; echo zero\"},"
+               "{\"type\":\"run\",\"cmd\":\"echo s1 >> /workspace/ran.txt; echo one; "
+               "echo warn >&2; sleep 8; echo two\"},"
+               "{\"type\":\"run\",\"cmd\":\"echo s2 >> /workspace/ran.txt; "
+               "cat /workspace/ran.txt\"}");
+    CHECK(dw_wait_event(w.rc, w.prefix, "dr-1", "1", "one", 90000) == 0);
+    worker_stop(a, SIGKILL, 5000);
+    char ids[1024];
+    dw_containers(w.prefix, ids, sizeof(ids));
+    CHECK(ids[0] && !strchr(ids, '\n')); /* one container, still running */
+    w.ws.name = "w-b";
+    w.ws.log_path = w.log[1];
+    pid_t b = worker_spawn(&w.ws);
+    cJSON *r = dw_result(w.rc, w.prefix, "dr-1", 60000);
+    CHECK(r != NULL);
+    CHECK_STR(dw_str(r, "status"), "succeeded");
+    CHECK_STR(dw_str(r, "worker"), "w-b");
+    CHECK_STR(dw_step(r, 0, "stdout"), "zero\n");
+    CHECK_STR(dw_step(r, 1, "stdout"), "one\ntwo\n");
+    CHECK_STR(dw_step(r, 1, "stderr"), "warn\n");
+    CHECK_STR(dw_step(r, 2, "stdout"), "s0\ns1\ns2\n"); /* each command ran once */
+    cJSON_Delete(r);
+    static const char *const want[3] = {"zero\n", "one\ntwo\n", "s0\ns1\ns2\n"};
+    for (int i = 0; i < 3; i++) {
+        char step[4];
+        snprintf(step, sizeof(step), "%d", i);
+        char *ev = dw_events(w.rc, w.prefix, "dr-1", step, "stdout");
+        CHECK_STR(ev, want[i]);
+        free(ev);
+    }
+    char *ev = dw_events(w.rc, w.prefix, "dr-1", "1", "stderr");
+    CHECK_STR(ev, "warn\n");
+    free(ev);
+    char key[200];
+    snprintf(key, sizeof(key), "{%s}:job:dr-1", w.prefix);
+    char *n = sync_hget(w.rc, key, "reattached");
+    CHECK_STR(n, "1");
+    free(n);
+    CHECK_EQ_INT(sync_int(w.rc, "XLEN {%s}:results", w.prefix), 1);
+    CHECK(file_contains_text(w.log[1], "reconnected; re-attaching at step 1"));
+    /* B suspended the sandbox at the end: the container and its folder are gone */
+    dw_containers(w.prefix, ids, sizeof(ids));
+    CHECK_STR(ids, "");
+    int wst = worker_stop(b, SIGTERM, 20000);
+    CHECK_EQ_INT(wst, 0);
+    if (test_failed_now)
+        dw_show_log(w.log[1]);
+    dw_teardown(&w);
+}
+
+static const char *const dw_handoff_env[] = {"SANDBOX_PROVIDER=docker",
+                                             "SANDBOX_DOCKER_IMAGE=" AGENT_IMAGE,
+                                             "SANDBOX_DOCKER_AGENT=on",
+                                             "SANDBOX_AI_WRITEBACK_DOCKER_IMAGE=" AGENT_IMAGE,
+                                             "WORKER_LEASE_MS=60000",
+                                             "WORKER_SHUTDOWN_GRACE_MS=300",
+                                             NULL};
+
+/* Two steps; each appends to a file the second one prints (each command ran once). */
+#define DW_TWO_STEPS                                                                               \
+    "{\"type\":\"run\",\"cmd\":\"echo s0 >> /workspace/ran.txt; echo one; sleep 6; echo two\"},"   \
+    "{\"type\":\"run\",\"cmd\":\"echo s1 >> /workspace/ran.txt; cat /workspace/ran.txt\"}"
+
+static void dw_check_two_steps(struct dw *w, const char *id)
+{
+    cJSON *r = dw_result(w->rc, w->prefix, id, 60000);
+    CHECK(r != NULL);
+    CHECK_STR(dw_str(r, "status"), "succeeded");
+    CHECK_STR(dw_str(r, "worker"), "w-b");
+    CHECK_STR(dw_step(r, 0, "stdout"), "one\ntwo\n");
+    CHECK_STR(dw_step(r, 1, "stdout"), "s0\ns1\n");
+    cJSON_Delete(r);
+    char *ev = dw_events(w->rc, w->prefix, id, "0", "stdout");
+    CHECK_STR(ev, "one\ntwo\n");
+    free(ev);
+    CHECK_EQ_INT(sync_int(w->rc, "XLEN {%s}:results", w->prefix), 1);
+}
+
+/* A rolling restart: worker A gets SIGTERM in the middle of a long step; after its grace it
+ * detaches and hands the turn off, and B (whose lease would make it wait a minute for a
+ * crashed worker's entry) re-attaches at once to the command, which never stopped. */
+TEST_CASE(worker_handoff_on_docker)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    struct dw w;
+    if (dw_setup(&w, "ho", dw_handoff_env) != 0)
+        SKIP("redis-server could not start");
+    pid_t a = worker_spawn(&w.ws);
+    dw_add_job(&w, "dh-1", "dhthread", DW_TWO_STEPS);
+    CHECK(dw_wait_event(w.rc, w.prefix, "dh-1", "0", "one", 90000) == 0);
+    w.ws.name = "w-b";
+    w.ws.log_path = w.log[1];
+    pid_t b = worker_spawn(&w.ws);
+    CHECK_EQ_INT(worker_stop(a, SIGTERM, 15000), 0);
+    CHECK(file_contains_text(w.log[0], "handed off at step 0"));
+    dw_check_two_steps(&w, "dh-1");
+    char key[200];
+    snprintf(key, sizeof(key), "{%s}:job:dh-1", w.prefix);
+    char *n = sync_hget(w.rc, key, "handoffs");
+    CHECK_STR(n, "1");
+    free(n);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 20000), 0);
+    if (test_failed_now)
+        dw_show_log(w.log[1]);
+    dw_teardown(&w);
+}
+
+/* A dies after starting the command but before its handle reached Redis (simulated by taking
+ * the handle out of the record): B starts the step again under its tag, and the agent answers
+ * with A's run instead of starting a second one. */
+TEST_CASE(worker_restarts_step_by_tag_on_docker)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    struct dw w;
+    if (dw_setup(&w, "tg", dw_agent_env) != 0)
+        SKIP("redis-server could not start");
+    pid_t a = worker_spawn(&w.ws);
+    dw_add_job(&w, "dt-1", "dtthread", DW_TWO_STEPS);
+    CHECK(dw_wait_event(w.rc, w.prefix, "dt-1", "0", "one", 90000) == 0);
+    worker_stop(a, SIGKILL, 5000);
+    char key[200];
+    snprintf(key, sizeof(key), "{%s}:job:dt-1", w.prefix);
+    char *rec = sync_hget(w.rc, key, "reattach");
+    cJSON *j = rec ? cJSON_Parse(rec) : NULL;
+    CHECK(cJSON_IsObject(cJSON_GetObjectItem(j, "handle")));
+    cJSON_ReplaceItemInObject(j, "handle", cJSON_CreateNull());
+    char *out = cJSON_PrintUnformatted(j);
+    freeReplyObject(sync_cmd(w.rc, "HSET %s reattach %s", key, out ? out : ""));
+    free(out);
+    cJSON_Delete(j);
+    free(rec);
+    w.ws.name = "w-b";
+    w.ws.log_path = w.log[1];
+    pid_t b = worker_spawn(&w.ws);
+    dw_check_two_steps(&w, "dt-1");
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 20000), 0);
+    if (test_failed_now)
+        dw_show_log(w.log[1]);
+    dw_teardown(&w);
+}
+
+/* The container is removed between A's death and B's reclaim: the turn is lost with the
+ * engine's word for it, nothing runs again and no new sandbox is made. */
+TEST_CASE(worker_reattach_container_gone_is_lost)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    struct dw w;
+    if (dw_setup(&w, "rg", dw_agent_env) != 0)
+        SKIP("redis-server could not start");
+    pid_t a = worker_spawn(&w.ws);
+    dw_add_job(&w, "dg-1", "dgthread",
+               "{\"type\":\"run\",\"cmd\":\"echo began; sleep 30; echo end\"}");
+    CHECK(dw_wait_event(w.rc, w.prefix, "dg-1", "0", "began", 90000) == 0);
+    worker_stop(a, SIGKILL, 5000);
+    char ids[1024];
+    dw_containers(w.prefix, ids, sizeof(ids));
+    CHECK(ids[0] && !strchr(ids, '\n'));
+    char cid[128], dir[256], cmd[600];
+    snprintf(cid, sizeof(cid), "%.100s", ids);
+    agent_dir_of(cid, dir, sizeof(dir));
+    snprintf(cmd, sizeof(cmd), "docker rm -f %s >/dev/null 2>&1", cid);
+    CHECK(system(cmd) == 0);
+    w.ws.name = "w-b";
+    w.ws.log_path = w.log[1];
+    pid_t b = worker_spawn(&w.ws);
+    cJSON *r = dw_result(w.rc, w.prefix, "dg-1", 60000);
+    CHECK(r != NULL);
+    CHECK_STR(dw_str(r, "status"), "lost");
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(r, "error");
+    CHECK_STR(dw_str(e, "code"), "worker_lost");
+    const char *msg = dw_str(e, "message");
+    printf("  %s\n", msg ? msg : "(no message)");
+    char want[200];
+    snprintf(want, sizeof(want), "docker: container %s is gone", cid);
+    CHECK(msg && strstr(msg, want) != NULL);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(sync_int(w.rc, "XLEN {%s}:results", w.prefix), 1);
+    dw_containers(w.prefix, ids, sizeof(ids));
+    CHECK_STR(ids, ""); /* no new sandbox */
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 20000), 0);
+    if (test_failed_now)
+        dw_show_log(w.log[1]);
+    if (dir[0]) { /* the folder is the sweep's; the test removes it */
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        CHECK(system(cmd) == 0);
+    }
+    dw_teardown(&w);
+}
+
+/* Docker exec (SANDBOX_DOCKER_AGENT=off): no sandbox ref, so a killed worker's turn is lost,
+ * never run again (the command's file holds one line). */
+TEST_CASE(worker_docker_exec_turn_is_lost)
+{
+    if (g_skip || g_agent_skip)
+        SKIP(g_skip ? g_skip : g_agent_skip);
+    static const char *const env[] = {
+        "SANDBOX_PROVIDER=docker",  "SANDBOX_DOCKER_IMAGE=" AGENT_IMAGE,
+        "SANDBOX_DOCKER_AGENT=off", "SANDBOX_AI_WRITEBACK_DOCKER_IMAGE=" AGENT_IMAGE,
+        "WORKER_LEASE_MS=3000",     NULL};
+    struct dw w;
+    if (dw_setup(&w, "rx", env) != 0)
+        SKIP("redis-server could not start");
+    pid_t a = worker_spawn(&w.ws);
+    dw_add_job(&w, "dx-1", "dxthread",
+               "{\"type\":\"run\",\"cmd\":\"echo x >> /workspace/ran.txt; echo began; sleep 20; "
+               "echo end\"}");
+    CHECK(dw_wait_event(w.rc, w.prefix, "dx-1", "0", "began", 90000) == 0);
+    worker_stop(a, SIGKILL, 5000);
+    CHECK(file_contains_text(w.log[0], "cannot be found again"));
+    w.ws.name = "w-b";
+    w.ws.log_path = w.log[1];
+    pid_t b = worker_spawn(&w.ws);
+    cJSON *r = dw_result(w.rc, w.prefix, "dx-1", 60000);
+    CHECK(r != NULL);
+    CHECK_STR(dw_str(r, "status"), "lost");
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(r, "error");
+    CHECK_STR(dw_str(e, "code"), "worker_lost");
+    const char *msg = dw_str(e, "message");
+    printf("  %s\n", msg ? msg : "(no message)");
+    CHECK(msg && strstr(msg, "could not be found again") != NULL);
+    cJSON_Delete(r);
+    CHECK_EQ_INT(sync_int(w.rc, "XLEN {%s}:results", w.prefix), 1);
+    char ids[1024], out[256], cmd[400];
+    dw_containers(w.prefix, ids, sizeof(ids));
+    CHECK(ids[0] && !strchr(ids, '\n')); /* A's sandbox, left as it is; no second one */
+    snprintf(cmd, sizeof(cmd), "docker exec %.100s wc -l /workspace/ran.txt 2>&1", ids);
+    sh_out(out, sizeof(out), cmd);
+    CHECK_STR(out, "1 /workspace/ran.txt");
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 20000), 0);
+    if (test_failed_now)
+        dw_show_log(w.log[1]);
+    dw_teardown(&w);
+}
+
 TEST_CASE(nothing_left_behind)
 {
     if (g_skip)
@@ -1742,9 +2464,12 @@ static void setup_docker(void)
         g_skip = "could not build the test image (needs busybox-static)";
         return;
     }
-    /* rebuilt each run: the image carries this tree's agent */
-    if (access("build/sandbox-agent", X_OK) != 0)
-        g_agent_skip = "build/sandbox-agent not built (make)";
+    /* rebuilt each run: the image carries this tree's agent ($BUILD/sandbox-agent) */
+    static char agent[300], why[400];
+    snprintf(agent, sizeof(agent), "%s/sandbox-agent", getenv("BUILD") ? getenv("BUILD") : "build");
+    snprintf(why, sizeof(why), "%s not built (make)", agent);
+    if (access(agent, X_OK) != 0)
+        g_agent_skip = why;
     else if (system("./scripts/build-sandbox-image.sh --agent " AGENT_IMAGE " >/dev/null") != 0)
         g_agent_skip = "could not build the agent image (agent/image.sh)";
     if (g_agent_skip)
@@ -1792,6 +2517,13 @@ int main(void)
     RUN(agent_folder_cleanup);
     RUN(agent_read_only_root);
     RUN(agent_release_keeps_running);
+    RUN(agent_reattach_from_ref);
+    RUN(reconnect_refusals);
+    RUN(worker_reattach_on_docker);
+    RUN(worker_handoff_on_docker);
+    RUN(worker_restarts_step_by_tag_on_docker);
+    RUN(worker_reattach_container_gone_is_lost);
+    RUN(worker_docker_exec_turn_is_lost);
     RUN(nothing_left_behind);
 
     if (!g_skip) { /* remove anything a failed test left */

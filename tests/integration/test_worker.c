@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -562,6 +563,192 @@ TEST_CASE(killed_worker_reattached)
     }
 }
 
+static int64_t mono_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Env of a re-attaching worker plus one setting (static storage). */
+static const char *const *reattach_env_plus(const char *extra)
+{
+    static const char *e[10];
+    const char *const *base = reattach_env();
+    size_t n = 0;
+    for (; base[n]; n++)
+        e[n] = base[n];
+    e[n++] = extra;
+    e[n] = NULL;
+    return e;
+}
+
+TEST_CASE(sigterm_hands_off_running_command)
+{
+    new_prefix("handoff");
+    /* A long lease: were the entry not released, B could take it only after 60 s. */
+    const char *const *env = reattach_env_plus("WORKER_SHUTDOWN_GRACE_MS=300");
+    const char *envb[10];
+    size_t n = 0;
+    for (; env[n]; n++)
+        envb[n] = strcmp(env[n], "WORKER_LEASE_MS=3000") == 0 ? "WORKER_LEASE_MS=60000" : env[n];
+    envb[n] = NULL;
+    pid_t a = spawn("wa", envb, 0);
+    xadd_job(job_json("ho1", "thho",
+                      "{\"type\":\"run\",\"cmd\":\"out first;sleep 3000;out last\"},"
+                      "{\"type\":\"run\",\"cmd\":\"out next\"}",
+                      NULL));
+    CHECK(wait_event_text("ho1", "first", 20000));
+    pid_t b = spawn("wb", envb, 0);
+    sleep_ms(300);
+    /* A drains: after its grace it detaches from the command and hands the turn off. */
+    int64_t t0 = mono_now_ms();
+    CHECK_EQ_INT(worker_stop(a, SIGTERM, 10000), 0);
+    CHECK(mono_now_ms() - t0 < 5000);
+    CHECK(file_contains(log_path("wa"), "handed off at step 0"));
+    cJSON *r = wait_result("ho1", 20000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    CHECK_STR(step_field(r, 0, "stdout"), "first\nlast\n");
+    CHECK_STR(step_field(r, 1, "stdout"), "next\n");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("ho1"), 1);
+    CHECK_EQ_INT(count_lines(ra_log), 2); /* each command started once */
+    char *so = event_output("ho1", "0", "stdout");
+    CHECK_STR(so, "first\nlast\n");
+    free(so);
+    char *h = sync_hget(rc, key("job", "ho1"), "handoffs");
+    CHECK_STR(h, "1");
+    free(h);
+    h = sync_hget(rc, key("job", "ho1"), "reattached");
+    CHECK_STR(h, "1");
+    free(h);
+    char *types = event_types("ho1", NULL);
+    CHECK(types && strstr(types, "handed_off|reattached|") != NULL);
+    free(types);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(sigterm_hands_off_between_steps)
+{
+    new_prefix("handoffb");
+    /* A is still creating the sandbox when its grace ends: the turn is handed off before its
+     * first step, which B then runs (once). */
+    const char *const *env = reattach_env_plus("WORKER_SHUTDOWN_GRACE_MS=200");
+    const char *slow[10];
+    size_t n = 0;
+    for (; env[n]; n++)
+        slow[n] = env[n];
+    slow[n++] = "SCRIPTED_CREATE_DELAY_MS=1500";
+    slow[n] = NULL;
+    pid_t a = spawn("wa", slow, 0);
+    xadd_job(job_json("hb1", "thhb", "{\"type\":\"run\",\"cmd\":\"out only\"}", NULL));
+    char *phase = NULL;
+    for (int waited = 0; waited < 20000; waited += 50) {
+        free(phase);
+        phase = sync_hget(rc, key("job", "hb1"), "phase");
+        if (phase && strcmp(phase, "running") == 0)
+            break;
+        sleep_ms(50);
+    }
+    CHECK_STR(phase, "running");
+    free(phase);
+    pid_t b = spawn("wb", env, 0);
+    CHECK_EQ_INT(worker_stop(a, SIGTERM, 10000), 0);
+    CHECK(file_contains(log_path("wa"), "handed off at step 0"));
+    cJSON *r = wait_result("hb1", 20000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    CHECK_STR(step_field(r, 0, "stdout"), "only\n");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(count_lines(ra_log), 1);
+    /* A's sandbox was the one B used, and it is gone with the turn (destroyed): no orphan. */
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "ls %s/*.sb >/dev/null 2>&1", ra_dir);
+    CHECK(system(cmd) != 0);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+TEST_CASE(killed_while_destroying_is_finished_by_peer)
+{
+    new_prefix("rafin");
+    /* A dies while destroying the sandbox after the last step: B finds the sandbox gone and
+     * publishes the result A had (recorded before the destroy), instead of "lost". */
+    const char *const *env = reattach_env();
+    const char *slow[10];
+    size_t n = 0;
+    for (; env[n]; n++)
+        slow[n] = env[n];
+    slow[n++] = "SCRIPTED_DESTROY_DELAY_MS=4000";
+    slow[n] = NULL;
+    pid_t a = spawn("wa", slow, 0);
+    xadd_job(job_json("fd1", "thfd", "{\"type\":\"run\",\"cmd\":\"out done-here;exit 3\"}",
+                      "\"after\":\"destroy\""));
+    CHECK(wait_event_text("fd1", "step_finished", 20000));
+    sleep_ms(300);
+    worker_stop(a, SIGKILL, 5000);
+    char *rec = sync_hget(rc, key("job", "fd1"), "reattach");
+    CHECK(rec && strstr(rec, "\"fin\"") != NULL);
+    free(rec);
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("fd1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "failed");
+    CHECK_STR(jstr(r, "error.code"), "step_failed");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    CHECK_STR(step_field(r, 0, "stdout"), "done-here\n");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(results_for("fd1"), 1);
+    CHECK_EQ_INT(count_lines(ra_log), 1);
+    char *st = sync_hget(rc, key("thread", "thfd"), "state");
+    CHECK_STR(st, "destroyed");
+    free(st);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
+/* Sets the job's re-attach record's "handle" to null: as if the worker died after starting
+ * the command but before its handle reached Redis. */
+static void forget_handle(const char *id)
+{
+    char *rec = sync_hget(rc, key("job", id), "reattach");
+    cJSON *j = rec ? cJSON_Parse(rec) : NULL;
+    CHECK(cJSON_IsObject(cJSON_GetObjectItem(j, "handle")));
+    cJSON_ReplaceItemInObject(j, "handle", cJSON_CreateNull());
+    char *out = cJSON_PrintUnformatted(j);
+    freeReplyObject(sync_cmd(rc, "HSET %s reattach %s", key("job", id), out ? out : ""));
+    free(out);
+    cJSON_Delete(j);
+    free(rec);
+}
+
+TEST_CASE(unrecorded_handle_started_again_by_tag)
+{
+    new_prefix("ratag");
+    const char *const *env = reattach_env();
+    pid_t a = spawn("wa", env, 0);
+    xadd_job(job_json("tg1", "thtg", "{\"type\":\"run\",\"cmd\":\"out began;sleep 2500;out end\"}",
+                      NULL));
+    CHECK(wait_event_text("tg1", "began", 20000));
+    worker_stop(a, SIGKILL, 5000);
+    forget_handle("tg1");
+    /* B starts the step again under the same tag: the provider follows the command A started
+     * instead of running it a second time. */
+    pid_t b = spawn("wb", env, 0);
+    cJSON *r = wait_result("tg1", 30000);
+    CHECK(r != NULL);
+    CHECK_STR(jstr(r, "status"), "succeeded");
+    CHECK_STR(jstr(r, "worker"), "wb");
+    CHECK_STR(step_field(r, 0, "stdout"), "began\nend\n");
+    cJSON_Delete(r);
+    CHECK_EQ_INT(count_lines(ra_log), 1);
+    char *so = event_output("tg1", "0", "stdout");
+    CHECK_STR(so, "began\nend\n");
+    free(so);
+    CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
+}
+
 TEST_CASE(reattach_sandbox_gone_is_lost)
 {
     new_prefix("ragone");
@@ -597,8 +784,8 @@ TEST_CASE(reattach_run_unknown_is_lost)
     CHECK(wait_event_text("rr1", "began", 20000));
     worker_stop(a, SIGKILL, 5000);
     /* The sandbox is there, the command is not (a sandbox restarted under the same name). */
-    char cmd[700];
-    snprintf(cmd, sizeof(cmd), "rm -f %s/run-*", ra_dir);
+    char cmd[1300];
+    snprintf(cmd, sizeof(cmd), "rm -f %s/run-* %s/tag-*", ra_dir, ra_dir);
     CHECK_EQ_INT(system(cmd), 0);
     pid_t b = spawn("wb", env, 0);
     cJSON *r = wait_result("rr1", 30000);
@@ -1986,6 +2173,10 @@ int main(void)
     RUN(duplicate_delivery_one_result);
     RUN(killed_worker_reclaimed);
     RUN(killed_worker_reattached);
+    RUN(sigterm_hands_off_running_command);
+    RUN(sigterm_hands_off_between_steps);
+    RUN(killed_while_destroying_is_finished_by_peer);
+    RUN(unrecorded_handle_started_again_by_tag);
     RUN(reattach_sandbox_gone_is_lost);
     RUN(reattach_run_unknown_is_lost);
     RUN(lease_lost_detaches_then_reattaches);

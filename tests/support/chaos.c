@@ -1,10 +1,15 @@
 #include "tests/support/chaos.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "tests/support/redis_server.h"
 #include "tests/support/worker_proc.h"
@@ -22,6 +27,7 @@ struct chaos {
     redisContext *rc;
     unsigned long long rng;
     char exec_log[512];
+    char state_dir[512]; /* scripted-reattach: sandboxes (<id>.sb) and snapshots (<n>.snap) */
     struct cw *w;
     int gen;
     int kills, restarts, ooms;
@@ -37,6 +43,13 @@ static unsigned rnd(struct chaos *c, unsigned n)
     return n ? (unsigned)((c->rng * 2685821657736338717ULL) >> 33) % n : 0;
 }
 
+#define FAILF(...)                                                                                 \
+    do {                                                                                           \
+        printf("chaos: FAIL: " __VA_ARGS__);                                                       \
+        printf("\n");                                                                              \
+        c->failures++;                                                                             \
+    } while (0)
+
 static long long mono_ms(void)
 {
     struct timespec ts;
@@ -44,42 +57,87 @@ static long long mono_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void spawn_at(struct chaos *c, int i)
+/* extra: NULL-terminated settings added to the worker's environment (may be NULL). */
+static pid_t spawn_worker(struct chaos *c, const char *name, const char *const *extra)
 {
-    char lease[48], conc[48], log[600], execlog[600];
+    char lease[48], conc[48], log[600], execlog[600], state[600];
     snprintf(lease, sizeof(lease), "WORKER_LEASE_MS=%d", c->o->lease_ms);
     snprintf(conc, sizeof(conc), "WORKER_CONCURRENCY=%d", c->o->concurrency);
     snprintf(execlog, sizeof(execlog), "SCRIPTED_EXEC_LOG=%s", c->exec_log);
-    const char *const env[] = {lease,
-                               conc,
-                               execlog,
-                               "WORKER_RETRY_BASE_MS=50",
-                               "WORKER_RETRY_MAX_MS=500",
-                               "WORKER_SHUTDOWN_GRACE_MS=2000",
-                               "LIGHTDASH_LOG_LEVEL=info",
-                               NULL};
-    snprintf(c->w[i].name, sizeof(c->w[i].name), "cw%dg%d", i, ++c->gen);
-    snprintf(log, sizeof(log), "%s/%s.log", test_redis_dir(c->srv), c->w[i].name);
+    snprintf(state, sizeof(state), "SCRIPTED_STATE_DIR=%s", c->state_dir);
+    const char *env[24] = {
+        lease, conc, execlog, "WORKER_RETRY_BASE_MS=50", "WORKER_RETRY_MAX_MS=500",
+        /* a rolling restart hands long turns off after this */
+        c->o->sigterm ? "WORKER_SHUTDOWN_GRACE_MS=500" : "WORKER_SHUTDOWN_GRACE_MS=2000",
+        "LIGHTDASH_LOG_LEVEL=info", c->o->reattach ? "SANDBOX_PROVIDER=scripted-reattach" : NULL,
+        state, NULL};
+    size_t n = 0;
+    while (env[n])
+        n++;
+    for (size_t i = 0; extra && extra[i] && n + 1 < sizeof(env) / sizeof(env[0]); i++)
+        env[n++] = extra[i];
+    env[n] = NULL;
+    snprintf(log, sizeof(log), "%s/%s.log", test_redis_dir(c->srv), name);
     struct worker_spec ws = {
         .url = test_redis_url(c->srv),
         .prefix = PFX,
-        .name = c->w[i].name,
+        .name = name,
         .env = env,
         .fail_create = (int)rnd(c, 3) == 0 ? 1 + (int)rnd(c, 2) : 0,
         .log_path = log,
     };
-    c->w[i].pid = worker_spawn(&ws);
+    return worker_spawn(&ws);
 }
 
+static void spawn_at(struct chaos *c, int i)
+{
+    snprintf(c->w[i].name, sizeof(c->w[i].name), "cw%dg%d", i, ++c->gen);
+    c->w[i].pid = spawn_worker(c, c->w[i].name, NULL);
+}
+
+static int nsteps(const struct chaos *c)
+{
+    return c->o->steps > 0 ? c->o->steps : 1;
+}
+
+/* Job k: steps "sleep N;out c<k>-s<j>" on thread t<k % threads>. */
 static void enqueue(struct chaos *c, int k)
 {
-    char job[512];
-    snprintf(job, sizeof(job),
-             "{\"id\":\"c%d\",\"thread\":\"t%d\",\"feature\":\"data-app\",\"tenant\":"
-             "{\"organization\":\"o\",\"project\":\"p\"},\"steps\":[{\"type\":\"run\","
-             "\"cmd\":\"sleep %u;out c%d\"}],\"after\":\"destroy\",\"max_attempts\":10}",
-             k, k % c->o->threads, 100 + rnd(c, 900), k);
+    int lo = c->o->step_max_ms > 0 ? c->o->step_min_ms : 100;
+    int hi = c->o->step_max_ms > 0 ? c->o->step_max_ms : 1000;
+    char job[4096];
+    int t = k % c->o->threads;
+    int n = snprintf(job, sizeof(job),
+                     "{\"id\":\"c%d\",\"thread\":\"t%d\",\"feature\":\"data-app\",\"tenant\":"
+                     "{\"organization\":\"o\",\"project\":\"p\"},\"steps\":[",
+                     k, t);
+    for (int j = 0; j < nsteps(c) && n < (int)sizeof(job) - 200; j++)
+        n += snprintf(job + n, sizeof(job) - (size_t)n,
+                      "%s{\"type\":\"run\",\"cmd\":\"sleep %u;out c%d-s%d\"}", j ? "," : "",
+                      (unsigned)lo + rnd(c, (unsigned)(hi - lo + 1)), k, j);
+    snprintf(job + n, sizeof(job) - (size_t)n, "],\"after\":\"%s\",\"max_attempts\":10}",
+             c->o->suspend && t % 2 ? "suspend" : "destroy");
     freeReplyObject(sync_cmd(c->rc, "XADD {" PFX "}:jobs * job %s", job));
+}
+
+/* Stops worker i and starts its replacement: SIGKILL, or a rolling restart (the new worker
+ * first, then SIGTERM to the old one, which must drain and exit 0). */
+static void bounce_worker(struct chaos *c, int i, long long el)
+{
+    if (!c->o->sigterm) {
+        kill(c->w[i].pid, SIGKILL);
+        worker_stop(c->w[i].pid, 0, 5000);
+        printf("chaos: %5lld ms: killed %s\n", el, c->w[i].name);
+        spawn_at(c, i);
+        return;
+    }
+    struct cw old = c->w[i];
+    spawn_at(c, i);
+    int st = worker_stop(old.pid, SIGTERM, 30000);
+    printf("chaos: %5lld ms: %s stopped by SIGTERM (exit %d), %s took its place\n", el, old.name,
+           st, c->w[i].name);
+    if (st != 0)
+        FAILF("worker %s did not drain and exit 0 on SIGTERM (%d)", old.name, st);
 }
 
 static void redis_bounce(struct chaos *c)
@@ -119,13 +177,6 @@ static long long pending_count(struct chaos *c)
     freeReplyObject(r);
     return n;
 }
-
-#define FAILF(...)                                                                                 \
-    do {                                                                                           \
-        printf("chaos: FAIL: " __VA_ARGS__);                                                       \
-        printf("\n");                                                                              \
-        c->failures++;                                                                             \
-    } while (0)
 
 struct exec_line {
     int job;
@@ -178,24 +229,47 @@ static void check(struct chaos *c)
             printf(" %s %d", names[i], by_status[i]);
     printf("\n");
     free(results);
+    long long reattached = 0, handoffs = 0;
+    int taken_over = 0;
+    for (int k = 0; k < n; k++) {
+        r = sync_cmd(c->rc, "HMGET {" PFX "}:job:c%d reattached handoffs", k);
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+            long long a = r->element[0]->str ? atoll(r->element[0]->str) : 0;
+            reattached += a;
+            taken_over += a > 0;
+            handoffs += r->element[1]->str ? atoll(r->element[1]->str) : 0;
+        }
+        freeReplyObject(r);
+    }
+    printf("chaos: %d turns taken over by another worker (%lld re-attaches), %lld hand-offs\n",
+           taken_over, reattached, handoffs);
+    if (c->o->reattach && by_status[2] > 0)
+        FAILF("%d turns lost with a provider that can re-attach", by_status[2]);
 
-    /* 2. no turn ran twice; 3. each thread's turns in enqueue order */
+    /* 2. no command ran twice; 3. each thread's turns in enqueue order (first steps) */
     FILE *f = fopen(c->exec_log, "r");
     struct exec_line *ex = NULL;
-    size_t nex = 0, cap = 0;
-    int *execs = calloc((size_t)n, sizeof(int));
+    size_t nex = 0, cap = 0, ncmd = 0;
+    int ns = nsteps(c);
+    int *execs = calloc((size_t)n * (size_t)ns, sizeof(int));
     int twice = 0;
-    char line[400], job[160], worker[160];
-    int pid;
+    char line[600], job[160], worker[160];
+    int pid, at = 0;
     long long us;
     while (f && fgets(line, sizeof(line), f)) {
-        if (sscanf(line, "%159s %159s %d %lld", job, worker, &pid, &us) != 4 || job[0] != 'c')
+        if (sscanf(line, "%159s %159s %d %lld %n", job, worker, &pid, &us, &at) != 4 ||
+            job[0] != 'c')
             continue;
-        int k = atoi(job + 1);
-        if (k < 0 || k >= n)
+        const char *out = strstr(line + at, "out c");
+        int k = -1, j = -1;
+        if (!out || sscanf(out, "out c%d-s%d", &k, &j) != 2 || k < 0 || k >= n || j < 0 || j >= ns)
             continue;
-        if (++execs[k] > 1 && ++twice)
-            FAILF("job c%d ran again (exec %d on %s, pid %d)", k, execs[k], worker, pid);
+        ncmd++;
+        if (++execs[k * ns + j] > 1 && ++twice)
+            FAILF("job c%d step %d ran again (exec %d on %s, pid %d)", k, j, execs[k * ns + j],
+                  worker, pid);
+        if (j != 0)
+            continue;
         if (nex == cap) {
             cap = cap ? cap * 2 : 256;
             ex = realloc(ex, cap * sizeof(*ex));
@@ -217,12 +291,12 @@ static void check(struct chaos *c)
         if (ex[i].job > last[t])
             last[t] = ex[i].job;
     }
-    printf("chaos: %zu turns ran, none twice: %s; threads in enqueue order: %s\n", nex,
-           twice ? "NO" : "yes", order_bad ? "NO" : "yes");
+    printf("chaos: %zu turns ran (%zu commands), none twice: %s; threads in enqueue order: %s\n",
+           nex, ncmd, twice ? "NO" : "yes", order_bad ? "NO" : "yes");
     /* The attempt each turn ran at (the job hash keeps the attempt of the last begin). */
     int by_attempt[4] = {0};
     for (int k = 0; k < n; k++) {
-        if (!execs[k])
+        if (!execs[k * ns])
             continue;
         r = sync_cmd(c->rc, "HGET {" PFX "}:job:c%d attempt", k);
         int a = r->type == REDIS_REPLY_STRING ? atoi(r->str) : 0;
@@ -258,19 +332,94 @@ static void check(struct chaos *c)
     printf("chaos: pending %lld, locks held %d, parked %d\n", pend, locks, parked);
 }
 
+/* scripted-reattach's state: sandboxes still there (<id>.sb), snapshots no thread names
+ * (<name>.snap), and snapshots a suspended thread names that are gone. */
+static void leftovers(struct chaos *c, int *sandboxes, int *unreferenced, int *missing)
+{
+    int nt = c->o->threads;
+    char(*names)[64] = calloc((size_t)nt, sizeof(*names));
+    *sandboxes = *unreferenced = *missing = 0;
+    for (int t = 0; t < nt; t++) {
+        redisReply *r = sync_cmd(c->rc, "HMGET {" PFX "}:thread:t%d state snapshot", t);
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->str &&
+            strcmp(r->element[0]->str, "suspended") == 0 && r->element[1]->str) {
+            cJSON *ref = cJSON_Parse(r->element[1]->str);
+            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(ref, "snapshot");
+            if (cJSON_IsString(nm))
+                snprintf(names[t], sizeof(names[t]), "%s", nm->valuestring);
+            cJSON_Delete(ref);
+            char path[700];
+            snprintf(path, sizeof(path), "%s/%s.snap", c->state_dir, names[t]);
+            if (!names[t][0] || access(path, F_OK) != 0) {
+                (*missing)++;
+                FAILF("thread t%d names snapshot \"%s\", which is gone", t, names[t]);
+            }
+        }
+        freeReplyObject(r);
+    }
+    DIR *d = opendir(c->state_dir);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        if (len > 3 && strcmp(de->d_name + len - 3, ".sb") == 0) {
+            (*sandboxes)++;
+        } else if (len > 5 && strcmp(de->d_name + len - 5, ".snap") == 0) {
+            int used = 0;
+            for (int t = 0; t < nt && !used; t++)
+                used = names[t][0] && strlen(names[t]) == len - 5 &&
+                       strncmp(names[t], de->d_name, len - 5) == 0;
+            *unreferenced += !used;
+        }
+    }
+    if (d)
+        closedir(d);
+    free(names);
+}
+
+/* 0 orphan sandboxes and 0 unreferenced snapshots once the sweep ran (scripted-reattach). */
+static void check_orphans(struct chaos *c)
+{
+    int sb, unref, missing;
+    leftovers(c, &sb, &unref, &missing);
+    printf("chaos: after the run: %d sandboxes left, %d unreferenced snapshots, %d missing\n", sb,
+           unref, missing);
+    /* One sweep pass: a worker whose sweep runs every second, with a grace of one second. */
+    static const char *const sweep_env[] = {"WORKER_SWEEP_INTERVAL_MS=1000",
+                                            "WORKER_SWEEP_GRACE_MS=1000",
+                                            "WORKER_TURN_TIMEOUT_MS=1000", NULL};
+    sleep_ms(1200);
+    pid_t sw = spawn_worker(c, "sweeper", sweep_env);
+    sleep_ms(3500);
+    if (worker_stop(sw, SIGTERM, 15000) != 0)
+        FAILF("the sweeping worker did not stop cleanly");
+    leftovers(c, &sb, &unref, &missing);
+    printf("chaos: after the sweep: orphan sandboxes %d, unreferenced snapshots %d, missing "
+           "snapshots %d\n",
+           sb, unref, missing);
+    if (sb || unref)
+        FAILF("%d orphan sandboxes and %d unreferenced snapshots after the sweep", sb, unref);
+}
+
 int chaos_run(const struct chaos_opts *o)
 {
     struct chaos cs = {.o = o, .rng = 0x9e3779b97f4a7c15ULL ^ o->seed};
     struct chaos *c = &cs;
-    printf("chaos: seed %u: %d workers x %d slots, %d jobs on %d threads, a kill every ~%d ms, "
-           "%d redis restarts, %d OOM windows, lease %d ms\n",
-           o->seed, o->workers, o->concurrency, o->jobs, o->threads, o->kill_every_ms,
-           o->redis_restarts, o->oom_windows, o->lease_ms);
+    printf(
+        "chaos: seed %u: %d workers x %d slots, %d jobs on %d threads, a %s every ~%d ms, "
+        "%d redis restarts, %d OOM windows, lease %d ms, provider %s, %d step(s) of %d..%d ms%s\n",
+        o->seed, o->workers, o->concurrency, o->jobs, o->threads,
+        o->sigterm ? "rolling restart (SIGTERM)" : "kill (SIGKILL)", o->kill_every_ms,
+        o->redis_restarts, o->oom_windows, o->lease_ms,
+        o->reattach ? "scripted-reattach" : "scripted", o->steps > 0 ? o->steps : 1,
+        o->step_max_ms > 0 ? o->step_min_ms : 100, o->step_max_ms > 0 ? o->step_max_ms : 1000,
+        o->suspend ? ", odd threads suspend" : "");
     fflush(stdout);
     c->srv = test_redis_start(NULL);
     if (!c->srv)
         return 2;
     snprintf(c->exec_log, sizeof(c->exec_log), "%s/exec.log", test_redis_dir(c->srv));
+    snprintf(c->state_dir, sizeof(c->state_dir), "%s/state", test_redis_dir(c->srv));
+    mkdir(c->state_dir, 0755);
     c->rc = sync_connect(test_redis_port(c->srv));
     c->w = calloc((size_t)o->workers, sizeof(*c->w));
     for (int i = 0; i < o->workers; i++)
@@ -292,11 +441,7 @@ int chaos_run(const struct chaos_opts *o)
         while (enqueued < o->jobs && enqueued <= due)
             enqueue(c, enqueued++);
         if (o->kill_every_ms > 0 && now >= next_kill) {
-            int i = (int)rnd(c, (unsigned)o->workers);
-            kill(c->w[i].pid, SIGKILL);
-            worker_stop(c->w[i].pid, 0, 5000);
-            printf("chaos: %5lld ms: killed %s\n", el, c->w[i].name);
-            spawn_at(c, i);
+            bounce_worker(c, (int)rnd(c, (unsigned)o->workers), el);
             c->kills++;
             next_kill = now + o->kill_every_ms / 2 + rnd(c, (unsigned)o->kill_every_ms);
         }
@@ -332,6 +477,8 @@ int chaos_run(const struct chaos_opts *o)
         if (worker_stop(c->w[i].pid, SIGTERM, 15000) != 0)
             FAILF("worker %s did not stop cleanly", c->w[i].name);
     check(c);
+    if (o->reattach)
+        check_orphans(c);
     printf("chaos: seed %u: %s\n", o->seed, c->failures ? "FAILED" : "all checks passed");
     free(restart_at);
     free(oom_at);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,6 +35,7 @@ struct snap {
 struct ssb {
     struct files f;
     char job[129], worker[129]; /* from the spec that created or resumed it (exec log) */
+    char thread[129];
 };
 
 /* Objects stored by archive_upload, by key (the process's object store). */
@@ -197,21 +199,27 @@ static struct sandbox *sb_new(struct provider *p, const struct sandbox_spec *spe
     struct ssb *s = xcalloc(1, sizeof(struct ssb));
     snprintf(s->job, sizeof(s->job), "%s", spec && spec->job ? spec->job : "");
     snprintf(s->worker, sizeof(s->worker), "%s", spec && spec->worker ? spec->worker : "");
+    snprintf(s->thread, sizeof(s->thread), "%s", spec && spec->thread ? spec->thread : "");
     sb->priv = s;
     return sb;
 }
 
-/* SCRIPTED_EXEC_LOG: each exec appends "<job> <worker> <pid> <monotonic µs>\n" with one
- * O_APPEND write, so several worker processes can share the file (chaos test). */
-static void exec_log(const struct sandbox *sb)
+/* SCRIPTED_EXEC_LOG: each exec appends "<job> <worker> <pid> <monotonic µs> <command>\n"
+ * (the command's first 80 bytes, its newlines as spaces) with one O_APPEND write, so several
+ * worker processes can share the file (chaos test). */
+static void exec_log(const struct sandbox *sb, const char *cmd)
 {
     const char *path = getenv("SCRIPTED_EXEC_LOG");
     if (!path)
         return;
     const struct ssb *s = sb->priv;
-    char line[320];
-    int n = snprintf(line, sizeof(line), "%s %s %d %lld\n", s->job[0] ? s->job : "-",
-                     s->worker[0] ? s->worker : "-", (int)getpid(), (long long)mono_us());
+    char line[420], c[81];
+    snprintf(c, sizeof(c), "%s", cmd ? cmd : "");
+    for (char *q = c; *q; q++)
+        if (*q == '\n')
+            *q = ' ';
+    int n = snprintf(line, sizeof(line), "%s %s %d %lld %s\n", s->job[0] ? s->job : "-",
+                     s->worker[0] ? s->worker : "-", (int)getpid(), (long long)mono_us(), c);
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd < 0)
         return;
@@ -384,7 +392,7 @@ static provider_exec *sc_exec(struct sandbox *sb, const struct exec_req *req,
     (void)err;
     (void)errlen;
     stats.execs++;
-    exec_log(sb);
+    exec_log(sb, req->cmd);
     struct provider_exec *ex = xcalloc(1, sizeof(*ex));
     ex->sb = sb;
     ex->cbs = *cbs;
@@ -471,7 +479,7 @@ static void sc_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
     }
     stats.suspended++;
     struct snap *s = xcalloc(1, sizeof(*s));
-    snprintf(s->name, sizeof(s->name), "snap-%d", ++snap_seq);
+    snprintf(s->name, sizeof(s->name), "snap-%d-%d", (int)getpid(), ++snap_seq);
     files_copy(&s->f, &((struct ssb *)sb->priv)->f);
     s->next = snaps;
     snaps = s;
@@ -487,7 +495,8 @@ static void sc_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
 static void sc_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
 {
     stats.destroyed++;
-    struct later *l = later_new(sb->prov->base, call_done, 0);
+    const char *delay = getenv("SCRIPTED_DESTROY_DELAY_MS");
+    struct later *l = later_new(sb->prov->base, call_done, delay ? atoi(delay) : 0);
     l->cb.done = done;
     l->arg = arg;
 }
@@ -651,17 +660,29 @@ static int sr_init(struct provider *p, int check_only, char *err, size_t errlen)
     return 0;
 }
 
+/* <name><ext> in the state folder holding "<thread> <job>\n" (what list reports). */
+static void state_file(const char *name, const char *ext, const struct ssb *s)
+{
+    char path[512], line[300];
+    state_path(path, sizeof(path), name, ext);
+    int n = snprintf(line, sizeof(line), "%s %s\n", s->thread[0] ? s->thread : "-",
+                     s->job[0] ? s->job : "-");
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return;
+    if (write(fd, line, (size_t)n) != n)
+        fprintf(stderr, "scripted: state file write failed\n");
+    close(fd);
+}
+
 static void sb_mark(const struct sandbox *sb, int alive)
 {
     char path[512];
     state_path(path, sizeof(path), sb->id, ".sb");
-    if (alive) {
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0)
-            close(fd);
-    } else {
+    if (alive)
+        state_file(sb->id, ".sb", sb->priv);
+    else
         unlink(path);
-    }
 }
 
 static void mark_cb(struct later *l)
@@ -674,30 +695,144 @@ static void mark_cb(struct later *l)
 static void sr_create(struct provider *p, const struct sandbox_spec *spec, provider_sandbox_fn done,
                       void *arg)
 {
-    stats.created++;
     const char *delay = getenv("SCRIPTED_CREATE_DELAY_MS");
     struct later *l = later_new(p->base, mark_cb, delay ? atoi(delay) : 0);
     l->cb.sbf = done;
     l->arg = arg;
+    if (stats.fail_create > 0) {
+        stats.fail_create--;
+        l->err = xstrdup("scripted create failure");
+        return;
+    }
+    stats.created++;
     l->sb = sb_new(p, spec);
+}
+
+/* A snapshot's name in its ref, when it is a plain file name. */
+static const char *snap_name(const cJSON *ref)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(ref, "snapshot");
+    if (!cJSON_IsString(name) || !name->valuestring[0] || strlen(name->valuestring) >= 64 ||
+        strchr(name->valuestring, '/'))
+        return NULL;
+    return name->valuestring;
 }
 
 static void sr_resume(struct provider *p, const struct sandbox_spec *spec, const cJSON *ref,
                       provider_sandbox_fn done, void *arg)
 {
-    (void)ref;
-    /* Snapshots live in one process's memory: a resumed sandbox starts empty here. */
+    /* The snapshot's files live in one process's memory: a resumed sandbox starts empty
+     * here; its <name>.snap must exist. */
     stats.resumed++;
     struct later *l = later_new(p->base, mark_cb, 0);
     l->cb.sbf = done;
     l->arg = arg;
+    const char *name = snap_name(ref);
+    char path[512];
+    if (name)
+        state_path(path, sizeof(path), name, ".snap");
+    if (!name || access(path, F_OK) != 0) {
+        struct buf e;
+        buf_init(&e);
+        buf_printf(&e, "snapshot %s not found", name ? name : "(no name)");
+        l->err = buf_detach(&e);
+        return;
+    }
     l->sb = sb_new(p, spec);
 }
 
+/* Snapshots are <name>.snap files of the state folder, so every worker sees them. */
 static void sr_suspend(struct sandbox *sb, provider_ref_fn done, void *arg)
 {
     sb_mark(sb, 0);
+    int before = stats.suspended;
     sc_suspend(sb, done, arg);
+    if (stats.suspended != before)
+        state_file(snaps->name, ".snap", sb->priv);
+}
+
+static void sr_delete_snapshot(struct provider *p, const cJSON *ref, provider_done_fn done,
+                               void *arg)
+{
+    const char *name = snap_name(ref);
+    if (name) {
+        char path[512];
+        state_path(path, sizeof(path), name, ".snap");
+        unlink(path);
+    }
+    sc_delete_snapshot(p, ref, done, arg);
+}
+
+/* The sweep's view: every <id>.sb and <name>.snap of the state folder, reported from the
+ * loop. */
+#define SR_LIST_MAX 512
+struct sr_listing {
+    provider_list_fn done;
+    void *arg;
+    size_t n;
+    struct provider_item items[SR_LIST_MAX];
+    char ids[SR_LIST_MAX][72], thr[SR_LIST_MAX][130], job[SR_LIST_MAX][130];
+};
+
+static void sr_list_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct sr_listing *L = arg;
+    L->done(L->arg, 0, L->items, L->n, NULL);
+    free(L);
+}
+
+static void sr_list(struct provider *p, provider_list_fn done, void *arg)
+{
+    struct sr_listing *L = xcalloc(1, sizeof(*L));
+    L->done = done;
+    L->arg = arg;
+    DIR *dir = opendir(state_dir());
+    struct dirent *de;
+    while (dir && L->n < SR_LIST_MAX && (de = readdir(dir)) != NULL) {
+        size_t len = strlen(de->d_name), n = L->n;
+        int sb = len > 3 && strcmp(de->d_name + len - 3, ".sb") == 0;
+        int sn = len > 5 && strcmp(de->d_name + len - 5, ".snap") == 0;
+        if ((!sb && !sn) || len >= sizeof(L->ids[0]))
+            continue;
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", state_dir(), de->d_name);
+        struct stat st;
+        FILE *f = fopen(path, "r");
+        int ok =
+            f && fstat(fileno(f), &st) == 0 && fscanf(f, "%129s %129s", L->thr[n], L->job[n]) == 2;
+        if (f)
+            fclose(f);
+        if (!ok)
+            continue;
+        snprintf(L->ids[n], sizeof(L->ids[n]), "%.*s", (int)(len - (sb ? 3 : 5)), de->d_name);
+        L->items[n] = (struct provider_item){
+            .kind = sb ? PROVIDER_ITEM_SANDBOX : PROVIDER_ITEM_SNAPSHOT,
+            .id = L->ids[n],
+            .created_ms = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000,
+            .thread = L->thr[n],
+            .job = L->job[n],
+        };
+        L->n++;
+    }
+    if (dir)
+        closedir(dir);
+    if (event_base_once(p->base, -1, EV_TIMEOUT, sr_list_cb, L, NULL) != 0)
+        abort();
+}
+
+static void sr_destroy_by_id(struct provider *p, enum provider_item_kind kind, const char *id,
+                             provider_done_fn done, void *arg)
+{
+    char path[512];
+    if (!strchr(id, '/')) {
+        state_path(path, sizeof(path), id, kind == PROVIDER_ITEM_SANDBOX ? ".sb" : ".snap");
+        unlink(path);
+    }
+    struct later *l = later_new(p->base, call_done, 0);
+    l->cb.done = done;
+    l->arg = arg;
 }
 
 static void sr_destroy(struct sandbox *sb, provider_done_fn done, void *arg)
@@ -898,14 +1033,39 @@ static struct provider_exec *follow_new(struct sandbox *sb, const struct exec_cb
     return ex;
 }
 
+/* A tagged command's run is named after the tag (FNV-1a), created once: a second exec with
+ * the tag follows the first command from its first byte, as the agent's run tags do. */
 static provider_exec *sr_exec(struct sandbox *sb, const struct exec_req *req,
                               const struct exec_cbs *cbs, char *err, size_t errlen)
 {
     static int run_seq;
-    stats.execs++;
-    exec_log(sb);
     struct provider_exec *ex = follow_new(sb, cbs);
-    snprintf(ex->run, sizeof(ex->run), "run-%d-%d", (int)getpid(), ++run_seq);
+    if (req->tag) {
+        uint64_t h = 1469598103934665603ULL;
+        for (const char *c = req->tag; *c; c++)
+            h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+        snprintf(ex->run, sizeof(ex->run), "tag-%016llx", (unsigned long long)h);
+    } else {
+        snprintf(ex->run, sizeof(ex->run), "run-%d-%d", (int)getpid(), ++run_seq);
+    }
+    char out_path[512], exit_path[512], pid_path[512];
+    state_path(out_path, sizeof(out_path), ex->run, ".out");
+    state_path(exit_path, sizeof(exit_path), ex->run, ".exit");
+    state_path(pid_path, sizeof(pid_path), ex->run, ".pid");
+    int fd = open(out_path, O_WRONLY | O_CREAT | O_APPEND | (req->tag ? O_EXCL : O_TRUNC), 0644);
+    if (fd < 0 && errno == EEXIST) {
+        FILE *pf = fopen(pid_path, "r");
+        int pid = -1;
+        if (!pf || fscanf(pf, "%d", &pid) != 1)
+            pid = -1;
+        if (pf)
+            fclose(pf);
+        ex->pid = (pid_t)pid;
+        follow_arm(ex, 0);
+        return ex;
+    }
+    stats.execs++;
+    exec_log(sb, req->cmd);
     free(ex->script);
     ex->script = xstrdup(req->cmd);
     size_t n = 0;
@@ -914,10 +1074,6 @@ static provider_exec *sr_exec(struct sandbox *sb, const struct exec_req *req,
     ex->env = xcalloc(n + 1, sizeof(char *));
     for (size_t i = 0; i < n; i++)
         ex->env[i] = xstrdup(req->env[i]);
-    char out_path[512], exit_path[512];
-    state_path(out_path, sizeof(out_path), ex->run, ".out");
-    state_path(exit_path, sizeof(exit_path), ex->run, ".exit");
-    int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
     int pp[2];
     if (fd < 0 || pipe(pp) != 0) {
         snprintf(err, errlen, "scripted-reattach: cannot start the run: %s", strerror(errno));
@@ -961,6 +1117,11 @@ static provider_exec *sr_exec(struct sandbox *sb, const struct exec_req *req,
             ex->pid = -1;
     }
     close(pp[0]);
+    FILE *pf = fopen(pid_path, "w");
+    if (pf) {
+        fprintf(pf, "%d\n", (int)ex->pid);
+        fclose(pf);
+    }
     if (req->timeout_ms > 0) {
         ex->deadline = evtimer_new(sb->prov->base, exec_deadline_cb, ex);
         struct timeval tv = {(time_t)(req->timeout_ms / 1000),
@@ -1101,10 +1262,12 @@ const struct provider_ops scripted_reattach_provider_ops = {
     .read_file = sc_read_file,
     .suspend = sr_suspend,
     .destroy = sr_destroy,
-    .delete_snapshot = sc_delete_snapshot,
+    .delete_snapshot = sr_delete_snapshot,
     .release = sc_release,
     .archive_upload = sc_archive_upload,
     .archive_restore = sc_archive_restore,
+    .list = sr_list,
+    .destroy_by_id = sr_destroy_by_id,
     .sandbox_ref = sr_sandbox_ref,
     .reconnect = sr_reconnect,
     .exec_handle = sr_exec_handle,

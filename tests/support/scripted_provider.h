@@ -20,6 +20,7 @@
  * SCRIPTED_EXEC_LOG=path: every exec appends "<job> <worker> <pid> <monotonic µs>" as one
  * line (one O_APPEND write), the ground truth of which turns ran where (tests/chaos).
  * SCRIPTED_SUSPEND_DELAY_MS=N: a successful suspend completes N ms later.
+ * SCRIPTED_DESTROY_DELAY_MS=N: a destroy completes N ms later.
  *
  * scripted_reattach_provider_ops ("scripted-reattach", PROVIDER_CAP_REATTACH): the same
  * sandboxes, but a run's command (out, err, env, sleep, hang, exit) runs in a detached

@@ -248,6 +248,7 @@ static const struct bad_var bad_vars[] = {
     {"SANDBOX_QUEUE_PREFIX", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
     {"WORKER_NAME", "has space"},
     {"WORKER_NAME", "new\nline"},
+    {"WORKER_NAME", "handoff"},
     {"WORKER_HTTP_ADDR", "nohost"},
     {"WORKER_HTTP_ADDR", "::1:8080"},
     {"WORKER_HTTP_ADDR", "[::1]8080"},
