@@ -116,8 +116,9 @@ fuzz: fuzz-agent fuzz-worker fuzz-connect
 fuzz-agent:
 	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-30} sh tests/agent/fuzz.sh
 
-# Bounded libFuzzer runs of the worker's job parser and of the RESP replies it consumes
-# (clang), each FUZZ_SECONDS (default 60); crashes go to tests/fuzz/regress/.
+# Bounded libFuzzer runs of the worker's job parser, the RESP replies it consumes, the agent's
+# NDJSON output frames and Docker's multiplexed exec stream (clang), each FUZZ_SECONDS
+# (default 60); crashes go to tests/fuzz/regress/.
 fuzz-worker:
 	BUILD=$(BUILD) FUZZ_SECONDS=$${FUZZ_SECONDS:-60} sh tests/fuzz/run.sh
 

@@ -22,6 +22,7 @@
 #include "lib/jsonx.h"
 #include "lib/log.h"
 #include "lib/quote.h"
+#include "providers/ndjson.h"
 
 #define AC_READY_MS      10000       /* GET /ready, total */
 #define AC_CALL_MS       300000      /* files, run start/signal/delete/status, total */
@@ -989,10 +990,9 @@ struct agent_op {
     enum exec_status st;
     int code;
     int finishing;
-    struct call *cur;  /* call in flight for the op (start, status or attach) */
-    struct call *kill; /* signal call in flight */
-    struct buf line;   /* NDJSON bytes not yet a whole line */
-    struct buf dec;
+    struct call *cur;    /* call in flight for the op (start, status or attach) */
+    struct call *kill;   /* signal call in flight */
+    ndjson_decoder *nd;  /* the output stream of the current attach or exec */
     struct event *timer; /* re-attach backoff or deferred finish */
     int pending_finish;
     int unlinked; /* taken off the client's list by client_destroy */
@@ -1005,13 +1005,14 @@ struct agent_op {
     struct agent_op *prev, *next;
 };
 
+static int op_frame(void *arg, const struct ndjson_frame *f);
+
 static struct agent_op *op_new(agent_client *c, enum op_kind kind)
 {
     struct agent_op *op = xcalloc(1, sizeof(*op));
     op->c = c;
     op->kind = kind;
-    buf_init(&op->line);
-    buf_init(&op->dec);
+    op->nd = ndjson_decoder_new(AC_LINE_MAX, op_frame, op);
     op->next = c->ops;
     if (c->ops)
         c->ops->prev = op;
@@ -1044,8 +1045,7 @@ static void op_free(struct agent_op *op)
     }
     if (op->timer)
         event_free(op->timer);
-    buf_release(&op->line);
-    buf_release(&op->dec);
+    ndjson_decoder_free(op->nd);
     free(op);
 }
 
@@ -1158,113 +1158,51 @@ static void op_archive_finish(struct agent_op *op, int rc, uint64_t entries, uin
 
 /* --- NDJSON frames --- */
 
-/* One frame; 0, or -1 with op->err set. */
-static int frame(struct agent_op *op, const char *line, size_t len)
+/* One frame of the output stream (providers/ndjson.h); -1 stops the decoder once a user
+ * callback freed the client. */
+static int op_frame(void *arg, const struct ndjson_frame *f)
 {
-    while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' '))
-        len--;
-    if (len == 0)
-        return 0;
-    cJSON *j = cJSON_ParseWithLength(line, len);
-    if (!cJSON_IsObject(j)) {
-        cJSON_Delete(j);
-        snprintf(op->err, sizeof(op->err), "agent: malformed output frame (not a JSON object)");
-        return -1;
-    }
-    int rc = 0;
-    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(j, "stream");
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
-    const cJSON *exit_code = cJSON_GetObjectItemCaseSensitive(j, "exitCode");
-    const cJSON *timeout = cJSON_GetObjectItemCaseSensitive(j, "timeout");
-    const cJSON *skipped = cJSON_GetObjectItemCaseSensitive(j, "skipped");
-    if (op->ended) {
-        /* nothing follows the terminal frame */
-        snprintf(op->err, sizeof(op->err), "agent: output frame after the exit frame");
-        rc = -1;
-    } else if (cJSON_IsString(stream)) {
-        int err_stream = strcmp(stream->valuestring, "stderr") == 0;
-        if ((!err_stream && strcmp(stream->valuestring, "stdout") != 0) || !cJSON_IsString(data)) {
-            snprintf(op->err, sizeof(op->err), "agent: malformed output frame");
-            rc = -1;
-        } else {
-            buf_clear(&op->dec);
-            if (jsonx_base64_decode(data->valuestring, strlen(data->valuestring), &op->dec) != 0) {
-                snprintf(op->err, sizeof(op->err), "agent: output frame with bad base64");
-                rc = -1;
-            } else if (op->dec.len > 0) {
-                op->offset += op->dec.len;
-                if (op->cbs.on_output && ac_live(op->c))
-                    op->cbs.on_output(op->cbs.arg, err_stream ? EXEC_STDERR : EXEC_STDOUT,
-                                      op->dec.data, op->dec.len);
-            }
+    struct agent_op *op = arg;
+    switch (f->kind) {
+    case NDJSON_OUTPUT:
+        if (f->len > 0) {
+            op->offset += f->len;
+            if (op->cbs.on_output && ac_live(op->c))
+                op->cbs.on_output(op->cbs.arg,
+                                  f->stream == NDJSON_STDERR ? EXEC_STDERR : EXEC_STDOUT, f->data,
+                                  f->len);
         }
-    } else if (exit_code) {
-        int64_t code;
-        if (jsonx_int64(exit_code, -1000000, 1000000, &code) != JSONX_INT_OK) {
-            snprintf(op->err, sizeof(op->err), "agent: malformed exit frame");
-            rc = -1;
-        } else {
-            op->ended = 1;
-            op->st = EXEC_EXITED;
-            op->code = (int)code;
-        }
-    } else if (cJSON_IsTrue(timeout)) {
+        break;
+    case NDJSON_EXIT:
+        op->ended = 1;
+        op->st = EXEC_EXITED;
+        op->code = f->code;
+        break;
+    case NDJSON_TIMEOUT:
         op->ended = 1;
         op->st = EXEC_TIMEOUT;
         op->code = -1;
-    } else if (skipped) {
-        int64_t n;
-        if (jsonx_int64(skipped, 0, JSONX_INT_MAX, &n) != JSONX_INT_OK) {
-            snprintf(op->err, sizeof(op->err), "agent: malformed skipped frame");
-            rc = -1;
-        } else {
-            op->offset += (uint64_t)n;
-            op->skipped += (uint64_t)n;
-            log_warn(op->c->log, "agent: run %s: %" PRId64 " output bytes were no longer kept",
-                     op->run_id, n);
-        }
+        break;
+    case NDJSON_SKIPPED:
+        op->offset += f->skipped;
+        op->skipped += f->skipped;
+        log_warn(op->c->log, "agent: run %s: %" PRIu64 " output bytes were no longer kept",
+                 op->run_id, f->skipped);
+        break;
     }
-    /* other objects: frames of a later protocol version, ignored */
-    cJSON_Delete(j);
-    return rc;
+    return ac_live(op->c) ? 0 : -1;
 }
 
 static int op_ndjson_data(struct call *k, const char *data, size_t len)
 {
     struct agent_op *op = k->owner;
-    if (!op)
+    if (!op || ndjson_decoder_feed(op->nd, data, len) == 0)
         return HTTP_DATA_OK;
-    size_t start = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (data[i] != '\n')
-            continue;
-        int rc;
-        if (op->line.len) {
-            buf_append(&op->line, data + start, i - start);
-            rc = frame(op, op->line.data, op->line.len);
-            buf_clear(&op->line);
-        } else {
-            rc = frame(op, data + start, i - start);
-        }
-        start = i + 1;
-        if (rc != 0) {
-            snprintf(k->err, sizeof(k->err), "%s", op->err);
-            k->proto_error = 1;
-            return HTTP_DATA_ABORT;
-        }
-        if (!ac_live(op->c))
-            return HTTP_DATA_OK;
-    }
-    if (start < len) {
-        if (op->line.len + (len - start) > AC_LINE_MAX) {
-            snprintf(k->err, sizeof(k->err), "agent: output frame longer than %u bytes",
-                     AC_LINE_MAX);
-            k->proto_error = 1;
-            return HTTP_DATA_ABORT;
-        }
-        buf_append(&op->line, data + start, len - start);
-    }
-    return HTTP_DATA_OK;
+    if (!ac_live(op->c))
+        return HTTP_DATA_OK; /* a user callback freed the client */
+    snprintf(k->err, sizeof(k->err), "%s", ndjson_decoder_error(op->nd));
+    k->proto_error = 1;
+    return HTTP_DATA_ABORT;
 }
 
 /* --- plain exec --- */
@@ -1331,7 +1269,7 @@ static void attach_done(struct call *k, int rc, long status, const char *err)
 {
     struct agent_op *op = k->owner;
     op->cur = NULL;
-    buf_clear(&op->line);
+    ndjson_decoder_reset(op->nd);
     if (op->ended) {
         enum exec_status st = op->st;
         if (op->kill_req && st == EXEC_EXITED)

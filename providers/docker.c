@@ -23,6 +23,7 @@
 #include "lib/quote.h"
 #include "providers/agent_client.h"
 #include "providers/agent_pipe.h"
+#include "providers/dkstream.h"
 #include "providers/objstore.h"
 #include "providers/tarstream.h"
 
@@ -1176,10 +1177,9 @@ struct provider_exec {
     int kill_sent;
     int done_stream;
     int inspect_tries;
-    unsigned char hdr[8]; /* demultiplexer: frame header being read */
-    size_t hlen;
-    uint32_t left; /* payload bytes left in the current frame */
-    int stype;
+    dkstream_decoder *dks; /* demultiplexer of the attached stream (from ex_created on) */
+    char ebody[512];       /* an error answer's body (exec start refused), NUL-terminated */
+    size_t elen;
     char err[512];
 };
 
@@ -1188,6 +1188,7 @@ static void ex_finish(provider_exec *ex, enum exec_status st, int code)
     if (ex->timer)
         event_free(ex->timer);
     ex->cbs.on_exit(ex->cbs.arg, st, code, st == EXEC_ERROR ? ex->err : NULL);
+    dkstream_decoder_free(ex->dks);
     free(ex);
 }
 
@@ -1308,36 +1309,28 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* Demultiplexes the attach stream: frames of [type, 0, 0, 0, len32be] + payload. */
+static int ex_stream_out(void *arg, unsigned stream, const char *data, size_t len)
+{
+    provider_exec *ex = arg;
+    if (ex->cbs.on_output)
+        ex->cbs.on_output(ex->cbs.arg, stream == DKSTREAM_STDERR ? EXEC_STDERR : EXEC_STDOUT, data,
+                          len);
+    return 0;
+}
+
+/* The attach stream (providers/dkstream.h), or the body of a refusal (kept for the message). */
 static int ex_stream_data(void *arg, http_request *req, const char *data, size_t len)
 {
-    (void)req;
     provider_exec *ex = arg;
-    while (len > 0) {
-        if (ex->left == 0) {
-            size_t k = sizeof(ex->hdr) - ex->hlen;
-            if (k > len)
-                k = len;
-            memcpy(ex->hdr + ex->hlen, data, k);
-            ex->hlen += k;
-            data += k;
-            len -= k;
-            if (ex->hlen < sizeof(ex->hdr))
-                break;
-            ex->hlen = 0;
-            ex->stype = ex->hdr[0] == 2 ? EXEC_STDERR : EXEC_STDOUT;
-            ex->left = (uint32_t)ex->hdr[4] << 24 | (uint32_t)ex->hdr[5] << 16 |
-                       (uint32_t)ex->hdr[6] << 8 | ex->hdr[7];
-            continue;
-        }
-        size_t k = len < ex->left ? len : ex->left;
-        if (ex->cbs.on_output)
-            ex->cbs.on_output(ex->cbs.arg, (enum exec_stream)ex->stype, data, k);
-        ex->left -= (uint32_t)k;
-        data += k;
-        len -= k;
+    long status = http_request_status(req);
+    if (status != 200 && status != 101) {
+        size_t room = sizeof(ex->ebody) - 1 - ex->elen;
+        memcpy(ex->ebody + ex->elen, data, len < room ? len : room);
+        ex->elen += len < room ? len : room;
+        ex->ebody[ex->elen] = '\0';
+        return HTTP_DATA_OK;
     }
-    return HTTP_DATA_OK;
+    return dkstream_decoder_feed(ex->dks, data, len) == 0 ? HTTP_DATA_OK : HTTP_DATA_ABORT;
 }
 
 static void ex_stream_done(void *arg, http_request *req, const struct http_result *res)
@@ -1347,13 +1340,20 @@ static void ex_stream_done(void *arg, http_request *req, const struct http_resul
     ex->stream = NULL;
     ex->done_stream = 1;
     evtimer_del(ex->timer);
-    if (res->code != 0 && !(ex->kill_reason && ex->kill_sent)) {
-        snprintf(ex->err, sizeof(ex->err), "docker: exec stream: %s", res->error);
+    int killed = ex->kill_reason && ex->kill_sent;
+    const char *why = dkstream_decoder_error(ex->dks);
+    if (res->code != 0 && !killed) {
+        snprintf(ex->err, sizeof(ex->err), "docker: exec stream: %s", *why ? why : res->error);
         ex_finish(ex, EXEC_ERROR, -1);
         return;
     }
     if (res->code == 0 && res->status != 200 && res->status != 101) {
-        dk_http_err(ex->err, sizeof(ex->err), "exec start", res->status, res->body->data);
+        dk_http_err(ex->err, sizeof(ex->err), "exec start", res->status, ex->ebody);
+        ex_finish(ex, EXEC_ERROR, -1);
+        return;
+    }
+    if (res->code == 0 && !killed && !dkstream_decoder_at_boundary(ex->dks)) {
+        snprintf(ex->err, sizeof(ex->err), "docker: exec stream: ended inside a frame");
         ex_finish(ex, EXEC_ERROR, -1);
         return;
     }
@@ -1390,6 +1390,7 @@ static void ex_created(void *arg, long status, const char *body, const char *err
     http_request *r = dk_req(ex->p->priv, "POST", path, 0);
     http_request_add_header(r, "Content-Type", "application/json");
     http_request_set_body(r, "{\"Detach\":false,\"Tty\":false}", 28);
+    ex->dks = dkstream_decoder_new(ex_stream_out, ex);
     struct http_callbacks cb = {.on_data = ex_stream_data, .on_done = ex_stream_done};
     http_request_set_callbacks(r, &cb, ex);
     char e[256];

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Builds the worker's libFuzzer targets (tests/fuzz/fuzz_*.c) with clang into $BUILD/fuzz:
-# fuzz_job (job parser and validator) and fuzz_resp (RESP replies through the queue).
+# fuzz_job (job parser and validator), fuzz_resp (RESP replies through the queue), fuzz_ndjson
+# (the agent's NDJSON output frames), fuzz_dkstream (Docker's multiplexed exec stream) and
+# fuzz_connect (the E2B envd Connect envelopes).
 # Exit 77 when clang is not installed. Sourced by run.sh and test_fuzz_corpus.sh.
 BUILD=${BUILD:-build}
 out="$BUILD/fuzz"
@@ -18,4 +20,13 @@ clang $flags -o "$out/fuzz_job" tests/fuzz/fuzz_job.c worker/job.c lib/buf.c lib
     lib/mask.c lib/utf8.c $libs || exit 1
 # shellcheck disable=SC2086
 clang $flags -o "$out/fuzz_resp" tests/fuzz/fuzz_resp.c worker/job.c lib/*.c queue/*.c \
+    $libs || exit 1
+# shellcheck disable=SC2086
+clang $flags -o "$out/fuzz_ndjson" tests/fuzz/fuzz_ndjson.c providers/ndjson.c lib/buf.c \
+    lib/jsonx.c $libs || exit 1
+# shellcheck disable=SC2086
+clang $flags -o "$out/fuzz_dkstream" tests/fuzz/fuzz_dkstream.c providers/dkstream.c lib/buf.c \
+    $libs || exit 1
+# shellcheck disable=SC2086
+clang $flags -o "$out/fuzz_connect" tests/fuzz/fuzz_connect.c providers/connect.c lib/buf.c \
     $libs || exit 1

@@ -12,6 +12,7 @@
  * Build and run: tests/fuzz/run.sh (make fuzz-worker). */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,10 @@ static void cleanup(void)
 
 static void setup(void)
 {
+    /* As in the worker (worker/worker.c): a write to a connection the other side closed is an
+     * error, not the end of the process. Without this the fake's answer to a client that had
+     * just dropped its connection killed the fuzzer with SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
     trace = getenv("FUZZ_RESP_TRACE") != NULL;
     log_setup(trace ? LOG_DEBUG : LOG_ERROR, LOG_FMT_PLAIN, fopen("/dev/null", "w"));
     snprintf(sock_dir, sizeof sock_dir, "/tmp/fuzz-resp-XXXXXX");

@@ -9,7 +9,7 @@ if [ $rc -eq 77 ]; then
     exit 0
 fi
 [ $rc -eq 0 ] || exit 1
-for t in job resp; do
+for t in job resp ndjson dkstream connect; do
     n=0
     for f in tests/fuzz/corpus/$t/* tests/fuzz/regress/$t/*; do
         [ -f "$f" ] || continue
