@@ -2,6 +2,7 @@
  * suspend or destroy → publish (fenced). Every transition is a callback on the loop; an
  * abort (cancel, deadline, lease lost, shutdown) kills the running step and skips to the
  * suspend so the sandbox never stays up. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1760,6 +1761,23 @@ static int fin_restore(struct turn *t, const cJSON *fin)
     return 0;
 }
 
+/* "reattach_out": "<step> <stdout bytes> <stderr bytes>" (out_offsets). 0, or -1 when it
+ * is not three decimal numbers. */
+static int parse_offsets(const char *s, unsigned long long out[3])
+{
+    for (int i = 0; i < 3; i++) {
+        char *end;
+        errno = 0;
+        if (*s < '0' || *s > '9')
+            return -1;
+        out[i] = strtoull(s, &end, 10);
+        if (errno || (i < 2 && *end != ' ') || (i == 2 && *end))
+            return -1;
+        s = end + (i < 2);
+    }
+    return 0;
+}
+
 static void reattach(struct turn *t, const struct queue_thread *th)
 {
     struct worker *w = t->w;
@@ -1827,11 +1845,10 @@ static void reattach(struct turn *t, const struct queue_thread *th)
     rc->rec = rec;
     rc->started = started;
     rc->fin = fin != NULL;
-    unsigned long long os = 0, o0 = 0, o1 = 0;
-    if (th->reattach_out && sscanf(th->reattach_out, "%llu %llu %llu", &os, &o0, &o1) == 3 &&
-        os == t->step) {
-        rc->published[0] = o0;
-        rc->published[1] = o1;
+    unsigned long long offs[3];
+    if (th->reattach_out && parse_offsets(th->reattach_out, offs) == 0 && offs[0] == t->step) {
+        rc->published[0] = offs[1];
+        rc->published[1] = offs[2];
     }
     struct sandbox_spec spec;
     sandbox_spec_of(t, &spec);
