@@ -226,7 +226,10 @@ static void az_done(void *arg, http_request *req, const struct http_result *res)
         int retry =
             res->status == 429 || res->status >= 500 || (c->src == AZ_IMDS && res->status == 404);
         const char *ra = http_request_header(req, "Retry-After");
-        az_fail(c, retry, ra ? atol(ra) : 0, "token endpoint answered %ld: %s", res->status, text);
+        int64_t ra_s = 0;
+        if (!ra || env_parse_i64(ra, &ra_s) != 0 || ra_s < 0)
+            ra_s = 0;
+        az_fail(c, retry, (long)ra_s, "token endpoint answered %ld: %s", res->status, text);
         return;
     }
     cJSON *j = cJSON_ParseWithLength(body, res->body->len);

@@ -738,10 +738,13 @@ static void azs_cleanup(struct provider *p)
     struct azs_prov *d = azs_of(p);
     http_client_free(d->http);  /* no request callback runs after this */
     azure_creds_free(d->creds); /* nor a token callback */
-    while (d->stops)            /* so what waited on them goes here */
-        stop_free(d->stops);
-    while (d->tickets) {
-        struct azs_ticket *t = d->tickets;
+    /* so what waited on them goes here (each next read before its node is freed) */
+    for (struct azs_stop *o = d->stops, *next; o; o = next) {
+        next = o->next;
+        stop_free(o);
+    }
+    for (struct azs_ticket *t = d->tickets, *next; t; t = next) {
+        next = t->next;
         if (t->s)
             t->s->ticket = NULL;
         ticket_unlink(d, t);

@@ -16,6 +16,7 @@
 #include "lib/http.h"
 #include "lib/jsonx.h"
 #include "lib/log.h"
+#include "lib/timefmt.h"
 #include "lib/mask.h"
 #include "lib/quote.h"
 #include "providers/connect.h"
@@ -2204,34 +2205,6 @@ struct e2b_list {
     int pages;
 };
 
-/* RFC 3339 ("2026-12-01T15:20:00.123Z" or with an offset) -> Unix ms; 0 when malformed. */
-static int64_t e2b_time_ms(const char *t)
-{
-    struct tm tm;
-    memset(&tm, 0, sizeof(tm));
-    if (!t || sscanf(t, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                     &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
-        return 0;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    int64_t ms = (int64_t)timegm(&tm) * 1000;
-    const char *z = t + 19;
-    if (*z == '.') {
-        int64_t frac = 0, scale = 1000;
-        for (z++; *z >= '0' && *z <= '9'; z++) {
-            if (scale > 1) {
-                scale /= 10;
-                frac += (*z - '0') * scale;
-            }
-        }
-        ms += frac;
-    }
-    int sh, sm;
-    if ((*z == '+' || *z == '-') && sscanf(z + 1, "%2d:%2d", &sh, &sm) == 2)
-        ms -= (*z == '+' ? 1 : -1) * ((int64_t)sh * 3600 + sm * 60) * 1000;
-    return ms > 0 ? ms : 0;
-}
-
 static void e2b_list_page(struct e2b_list *l, const char *token);
 
 static void e2b_list_report(struct e2b_list *l, int rc, const char *err)
@@ -2247,7 +2220,7 @@ static void e2b_list_report(struct e2b_list *l, int rc, const char *err)
         const cJSON *md = cJSON_GetObjectItemCaseSensitive(sbj, "metadata");
         items[k].kind = PROVIDER_ITEM_SANDBOX;
         items[k].id = id;
-        items[k].created_ms = e2b_time_ms(e2b_jstr(sbj, "startedAt"));
+        items[k].created_ms = timefmt_parse_ms(e2b_jstr(sbj, "startedAt"));
         items[k].thread = e2b_jstr(md, "thread");
         items[k].job = e2b_jstr(md, "job");
         k++;

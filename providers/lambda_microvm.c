@@ -148,8 +148,9 @@ static void lm_call_done(void *arg, http_request *req, const struct http_result 
         return;
     }
     const char *text = res->body && res->body->data ? res->body->data : "";
-    cJSON *j =
-        res->code == 0 && res->body->len ? cJSON_ParseWithLength(text, res->body->len) : NULL;
+    cJSON *j = res->code == 0 && res->body && res->body->len
+                   ? cJSON_ParseWithLength(text, res->body->len)
+                   : NULL;
     char type[96] = "", err[400] = "";
     long status = res->code == 0 ? res->status : 0;
     if (res->code != 0) {
@@ -165,7 +166,7 @@ static void lm_call_done(void *arg, http_request *req, const struct http_result 
         /* "com.amazon...#Name" forms keep the name only */
         const char *hash = strrchr(type, '#');
         if (hash)
-            memmove(type, hash + 1, strlen(hash));
+            memmove(type, hash + 1, strlen(hash + 1) + 1);
         snprintf(err, sizeof(err), "lambda-microvm: %s: %ld %s: %.200s", c->op, status,
                  type[0] ? type : "error", cJSON_IsString(m) ? m->valuestring : "");
     }
@@ -175,8 +176,9 @@ static void lm_call_done(void *arg, http_request *req, const struct http_result 
             cap = LM_BACKOFF_MAX_MS;
         int64_t ms = random() % (cap + 1);
         const char *ra = status ? http_request_header(req, "Retry-After") : NULL;
-        if (ra && atol(ra) > 0)
-            ms = atol(ra) * 1000 > LM_BACKOFF_MAX_MS ? LM_BACKOFF_MAX_MS : atol(ra) * 1000;
+        int64_t ra_s;
+        if (ra && env_parse_i64(ra, &ra_s) == 0 && ra_s > 0)
+            ms = ra_s > LM_BACKOFF_MAX_MS / 1000 ? LM_BACKOFF_MAX_MS : ra_s * 1000;
         log_warn(NULL, "%s; retrying in %lld ms", err, (long long)ms);
         cJSON_Delete(j);
         struct timeval tv = lm_tv(ms);
@@ -1206,8 +1208,8 @@ static void lm_cleanup(struct provider *p)
 {
     struct lm_prov *d = lm_of(p);
     http_client_free(d->http); /* no request callback runs after this */
-    while (d->calls) {
-        struct lm_call *c = d->calls;
+    for (struct lm_call *c = d->calls, *next; c; c = next) {
+        next = c->next;
         if (c->wait)
             aws_creds_cancel(c->wait);
         c->req = NULL;

@@ -14,6 +14,7 @@
 #include "lib/env.h"
 #include "lib/http.h"
 #include "lib/log.h"
+#include "lib/timefmt.h"
 #include "providers/aws_creds.h"
 #include "providers/sigv4.h"
 
@@ -843,24 +844,6 @@ s3_op *s3_get(s3 *c, const char *key, s3_data_fn on_data, s3_done_fn done, void 
     return op_start(op);
 }
 
-/* "2026-12-01T15:20:00.000Z" -> Unix ms; 0 when malformed. */
-static int64_t iso8601_ms(const char *t)
-{
-    struct tm tm;
-    memset(&tm, 0, sizeof(tm));
-    int ms = 0;
-    if (sscanf(t, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec) != 6)
-        return 0;
-    const char *dot = strchr(t, '.');
-    if (dot)
-        ms = atoi(dot + 1) % 1000;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    time_t secs = timegm(&tm);
-    return secs < 0 ? 0 : (int64_t)secs * 1000 + ms;
-}
-
 /* Parses the ListBucketResult in op->resp and reports it. Keys are XML-unescaped. */
 static void list_report(s3_op *op, const struct s3_result *res)
 {
@@ -888,7 +871,7 @@ static void list_report(s3_op *op, const struct s3_result *res)
             xml_text(one, "Size", size, sizeof(size));
             xml_text(one, "LastModified", mod, sizeof(mod));
             objs[n].size = strtoull(size, NULL, 10);
-            objs[n].modified_ms = iso8601_ms(mod);
+            objs[n].modified_ms = timefmt_parse_ms(mod);
             free(one);
             n++;
             p = end;
