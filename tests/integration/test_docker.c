@@ -2324,15 +2324,7 @@ TEST_CASE(worker_restarts_step_by_tag_on_docker)
     worker_stop(a, SIGKILL, 5000);
     char key[200];
     snprintf(key, sizeof(key), "{%s}:job:dt-1", w.prefix);
-    char *rec = sync_hget(w.rc, key, "reattach");
-    cJSON *j = rec ? cJSON_Parse(rec) : NULL;
-    CHECK(cJSON_IsObject(cJSON_GetObjectItem(j, "handle")));
-    cJSON_ReplaceItemInObject(j, "handle", cJSON_CreateNull());
-    char *out = cJSON_PrintUnformatted(j);
-    freeReplyObject(sync_cmd(w.rc, "HSET %s reattach %s", key, out ? out : ""));
-    free(out);
-    cJSON_Delete(j);
-    free(rec);
+    CHECK_EQ_INT(sync_forget_handle(w.rc, key), 0);
     w.ws.name = "w-b";
     w.ws.log_path = w.log[1];
     pid_t b = worker_spawn(&w.ws);

@@ -708,21 +708,6 @@ TEST_CASE(killed_while_destroying_is_finished_by_peer)
     CHECK_EQ_INT(worker_stop(b, SIGTERM, 10000), 0);
 }
 
-/* Sets the job's re-attach record's "handle" to null: as if the worker died after starting
- * the command but before its handle reached Redis. */
-static void forget_handle(const char *id)
-{
-    char *rec = sync_hget(rc, key("job", id), "reattach");
-    cJSON *j = rec ? cJSON_Parse(rec) : NULL;
-    CHECK(cJSON_IsObject(cJSON_GetObjectItem(j, "handle")));
-    cJSON_ReplaceItemInObject(j, "handle", cJSON_CreateNull());
-    char *out = cJSON_PrintUnformatted(j);
-    freeReplyObject(sync_cmd(rc, "HSET %s reattach %s", key("job", id), out ? out : ""));
-    free(out);
-    cJSON_Delete(j);
-    free(rec);
-}
-
 TEST_CASE(unrecorded_handle_started_again_by_tag)
 {
     new_prefix("ratag");
@@ -732,7 +717,7 @@ TEST_CASE(unrecorded_handle_started_again_by_tag)
                       NULL));
     CHECK(wait_event_text("tg1", "began", 20000));
     worker_stop(a, SIGKILL, 5000);
-    forget_handle("tg1");
+    CHECK_EQ_INT(sync_forget_handle(rc, key("job", "tg1")), 0);
     /* B starts the step again under the same tag: the provider follows the command A started
      * instead of running it a second time. */
     pid_t b = spawn("wb", env, 0);

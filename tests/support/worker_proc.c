@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "providers/provider.h"
 #include "tests/support/scripted_provider.h"
 #include "worker/worker.h"
@@ -126,4 +128,18 @@ long long sync_int(redisContext *c, const char *fmt, ...)
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
     freeReplyObject(r);
     return v;
+}
+
+int sync_forget_handle(redisContext *c, const char *job_key)
+{
+    char *rec = sync_hget(c, job_key, "reattach");
+    cJSON *j = rec ? cJSON_Parse(rec) : NULL;
+    int rc = cJSON_IsObject(cJSON_GetObjectItem(j, "handle")) ? 0 : -1;
+    cJSON_ReplaceItemInObject(j, "handle", cJSON_CreateNull());
+    char *out = cJSON_PrintUnformatted(j);
+    freeReplyObject(sync_cmd(c, "HSET %s reattach %s", job_key, out ? out : ""));
+    free(out);
+    cJSON_Delete(j);
+    free(rec);
+    return rc;
 }

@@ -31,6 +31,10 @@ redisReply *sync_cmd(redisContext *c, const char *fmt, ...);
 char *sync_hget(redisContext *c, const char *key, const char *field);
 /* Polls HGET key field until it is non-empty or timeout_ms passes; malloc'd or NULL. */
 char *sync_wait_hget(redisContext *c, const char *key, const char *field, int timeout_ms);
+/* Sets the "handle" of the job hash's re-attach record to null, as if the worker had died
+ * after starting the command but before its handle reached Redis. -1 when the record had no
+ * handle object. */
+int sync_forget_handle(redisContext *c, const char *job_key);
 long long sync_int(redisContext *c, const char *fmt, ...);
 void sleep_ms(int ms);
 
