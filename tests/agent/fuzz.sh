@@ -66,7 +66,7 @@ for t in $FUZZ_TARGETS; do
             -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 "$work" "$seeds" \
             2>"$abs/$t.log" || { rc=$?; tail -40 "$abs/$t.log"; break; }
         grep -E "^stat::(number_of_executed_units|peak_rss_mb)" "$abs/$t.log" || true
-        grep -E "^#[0-9]+ +DONE" "$abs/$t.log" | tail -1 || true
+        grep -E "^#[0-9]+[[:space:]]+DONE" "$abs/$t.log" | tail -1 || true
     fi
 done
 exit "$rc"
