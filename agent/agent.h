@@ -73,11 +73,14 @@ void agent_reply_error(struct httpd_req *req, int status, const char *fmt, ...)
 void agent_reply_json(struct httpd_req *req, int status, const cJSON *body);
 
 /* Command spec parsed from {cmd, cwd, envs, timeoutMs} (shared by /exec and /runs). */
+#define AGENT_TAG_MAX 200 /* bytes of a run's tag */
+
 struct agent_cmd {
     char *cmd;
     char *cwd;
     char **envp;
     uint64_t timeout_ms;
+    char *tag; /* runs only ("tag": 1..AGENT_TAG_MAX printable ASCII, no space); NULL: none */
 };
 /* 0, or -1 with the upstream-compatible 400 message in err. */
 int agent_cmd_parse(const struct agent *a, const char *body, size_t len, struct agent_cmd *out,

@@ -242,8 +242,6 @@ static size_t spool_read(struct spool *sp, uint64_t *off, size_t budget, struct 
 
 struct reader;
 
-#define RUN_TAG_MAX 200 /* bytes of a run's tag */
-
 struct run {
     struct runs *rs;
     char id[33];
@@ -427,30 +425,6 @@ static struct run *run_find_tag(struct runs *rs, const char *tag)
     return NULL;
 }
 
-/* The body's "tag": NULL when absent; -1 (err set) when not 1..RUN_TAG_MAX printable ASCII. */
-static int parse_tag(const char *body, size_t len, char **tag, char *err, size_t errlen)
-{
-    *tag = NULL;
-    cJSON *j = cJSON_ParseWithLength(body, len);
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "tag");
-    int rc = 0;
-    if (t && !cJSON_IsNull(t)) {
-        const char *v = cJSON_GetStringValue(t);
-        size_t n = v ? strlen(v) : 0;
-        for (size_t i = 0; i < n && rc == 0; i++)
-            rc = v[i] < 0x21 || v[i] > 0x7e ? -1 : 0;
-        if (!v || n == 0 || n > RUN_TAG_MAX || rc != 0) {
-            snprintf(err, errlen, "tag: must be 1 to %d printable ASCII characters without spaces",
-                     RUN_TAG_MAX);
-            rc = -1;
-        } else {
-            *tag = xstrdup(v);
-        }
-    }
-    cJSON_Delete(j);
-    return rc;
-}
-
 static struct run *run_find(struct runs *rs, const char *id, size_t idlen)
 {
     for (struct run *r = rs->list; r; r = r->next)
@@ -519,20 +493,14 @@ static void runs_start_body(struct httpd_req *req, void *arg)
     size_t len = evbuffer_get_length(b);
     const char *body = len ? (const char *)evbuffer_pullup(b, -1) : "";
     struct agent_cmd cmd;
-    char err[512], *tag;
+    char err[512];
     if (agent_cmd_parse(a, body, len, &cmd, err, sizeof(err)) != 0) {
         agent_reply_error(req, 400, "%s", err);
         return;
     }
-    if (parse_tag(body, len, &tag, err, sizeof(err)) != 0) {
-        agent_cmd_release(&cmd);
-        agent_reply_error(req, 400, "%s", err);
-        return;
-    }
-    struct run *old = tag ? run_find_tag(rs, tag) : NULL;
+    struct run *old = cmd.tag ? run_find_tag(rs, cmd.tag) : NULL;
     if (old) {
         agent_cmd_release(&cmd);
-        free(tag);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "id", old->id);
         cJSON_AddNumberToObject(o, "pid", old->pid);
@@ -543,21 +511,20 @@ static void runs_start_body(struct httpd_req *req, void *arg)
         return;
     }
     if (a->procs >= a->cfg.max_procs || make_room(rs) != 0) {
-        free(tag);
         agent_cmd_release(&cmd);
         httpd_req_add_header(req, "Retry-After", "1");
         agent_reply_error(req, 429, "too many concurrent commands (limit %zu)", a->cfg.max_procs);
         return;
     }
     if (ensure_dir(rs) != 0) {
-        free(tag);
         agent_cmd_release(&cmd);
         agent_reply_error(req, 500, "spool directory %s: %s", a->cfg.spool_dir, strerror(errno));
         return;
     }
     struct run *run = xcalloc(1, sizeof(*run));
     run->rs = rs;
-    run->tag = tag;
+    run->tag = cmd.tag; /* the run keeps it */
+    cmd.tag = NULL;
     unsigned char rnd[16];
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
         struct timespec ts;

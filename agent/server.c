@@ -237,6 +237,19 @@ int agent_cmd_parse(const struct agent *a, const char *body, size_t len, struct 
         snprintf(err, errlen, "\"timeoutMs\" must be a number");
         goto out;
     }
+    const cJSON *tag = cJSON_GetObjectItemCaseSensitive(j, "tag");
+    if (tag && !cJSON_IsNull(tag)) {
+        const char *v = cJSON_GetStringValue(tag);
+        size_t n = v ? strlen(v) : 0, i = 0;
+        while (i < n && v[i] >= 0x21 && v[i] <= 0x7e)
+            i++;
+        if (n == 0 || n > AGENT_TAG_MAX || i < n) {
+            snprintf(err, errlen, "tag: must be 1 to %d printable ASCII characters without spaces",
+                     AGENT_TAG_MAX);
+            goto out;
+        }
+        out->tag = xstrdup(v);
+    }
     out->envp = agent_env_build(a, cJSON_GetObjectItemCaseSensitive(j, "envs"), err, errlen);
     if (!out->envp)
         goto out;
@@ -258,6 +271,7 @@ void agent_cmd_release(struct agent_cmd *c)
 {
     free(c->cmd);
     free(c->cwd);
+    free(c->tag);
     agent_env_free(c->envp);
     memset(c, 0, sizeof(*c));
 }

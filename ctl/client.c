@@ -798,30 +798,42 @@ void client_stats(client *c, client_stats_fn cb, void *arg)
 
 /* ---- dead-letter replay ---- */
 
-static void replay_reply(redis *r, const redisReply *reply, void *arg)
+/* The replay and retry scripts answer {word, e1, e2}: words[] are the script's words for
+ * CLIENT_REPLAY_OK (e1 the new entry, e2 the attempt), _MISSING, _NO_JOB and _ACTIVE (e1 the
+ * job's phase or status). */
+static void requeue_reply(const redisReply *reply, void *arg, const char *script,
+                          const char *const words[4])
 {
-    (void)r;
     struct op *op = op_answered(arg, reply);
     if (!op)
         return;
+    char unexpected[64];
+    snprintf(unexpected, sizeof(unexpected), "%s script: unexpected reply", script);
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 || !is_str(reply->element[0])) {
-        op_error(op, "replay script: unexpected reply");
+        op_error(op, unexpected);
         return;
     }
     const char *what = reply->element[0]->str;
     const char *e1 = reply->elements > 1 && is_str(reply->element[1]) ? reply->element[1]->str : "";
     const char *e2 = reply->elements > 2 && is_str(reply->element[2]) ? reply->element[2]->str : "";
-    if (strcmp(what, "replayed") == 0)
+    if (strcmp(what, words[0]) == 0)
         op->cb.replay(op->arg, CLIENT_REPLAY_OK, e2, e1);
-    else if (strcmp(what, "missing") == 0)
+    else if (strcmp(what, words[1]) == 0)
         op->cb.replay(op->arg, CLIENT_REPLAY_MISSING, "", "");
-    else if (strcmp(what, "nojob") == 0)
+    else if (strcmp(what, words[2]) == 0)
         op->cb.replay(op->arg, CLIENT_REPLAY_NO_JOB, "", "");
-    else if (strcmp(what, "active") == 0)
+    else if (strcmp(what, words[3]) == 0)
         op->cb.replay(op->arg, CLIENT_REPLAY_ACTIVE, "", e1);
     else
-        op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", "replay script: unexpected reply");
+        op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", unexpected);
     op_free(op);
+}
+
+static void replay_reply(redis *r, const redisReply *reply, void *arg)
+{
+    (void)r;
+    static const char *const words[4] = {"replayed", "missing", "nojob", "active"};
+    requeue_reply(reply, arg, "replay", words);
 }
 
 /* First round trip read the dead entry; now run the script with the job's keys. */
@@ -1067,27 +1079,8 @@ static const char retry_lua[] =
 static void retry_reply(redis *r, const redisReply *reply, void *arg)
 {
     (void)r;
-    struct op *op = op_answered(arg, reply);
-    if (!op)
-        return;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 || !is_str(reply->element[0])) {
-        op_error(op, "retry script: unexpected reply");
-        return;
-    }
-    const char *what = reply->element[0]->str;
-    const char *e1 = reply->elements > 1 && is_str(reply->element[1]) ? reply->element[1]->str : "";
-    const char *e2 = reply->elements > 2 && is_str(reply->element[2]) ? reply->element[2]->str : "";
-    if (strcmp(what, "retried") == 0)
-        op->cb.replay(op->arg, CLIENT_REPLAY_OK, e2, e1);
-    else if (strcmp(what, "missing") == 0)
-        op->cb.replay(op->arg, CLIENT_REPLAY_MISSING, "", "");
-    else if (strcmp(what, "gone") == 0)
-        op->cb.replay(op->arg, CLIENT_REPLAY_NO_JOB, "", "");
-    else if (strcmp(what, "state") == 0)
-        op->cb.replay(op->arg, CLIENT_REPLAY_ACTIVE, "", e1);
-    else
-        op->cb.replay(op->arg, CLIENT_REPLAY_ERROR, "", "retry script: unexpected reply");
-    op_free(op);
+    static const char *const words[4] = {"retried", "missing", "gone", "state"};
+    requeue_reply(reply, arg, "retry", words);
 }
 
 void client_retry(client *c, const char *job_id, client_replay_fn cb, void *arg)

@@ -47,6 +47,14 @@ char *xstrndup(const char *s, size_t n)
     return p;
 }
 
+char *xvasprintf(const char *fmt, va_list ap)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_vprintf(&b, fmt, ap);
+    return buf_detach(&b);
+}
+
 void buf_init(struct buf *b)
 {
     b->data = NULL;

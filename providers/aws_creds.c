@@ -527,15 +527,12 @@ static void set_static(aws_creds *c, const char *ak, const char *sk, const char 
 static void set_source(aws_creds *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_source(aws_creds *c, const char *fmt, ...)
 {
-    struct buf b;
     va_list ap;
-
-    buf_init(&b);
     va_start(ap, fmt);
-    buf_vprintf(&b, fmt, ap);
+    char *s = xvasprintf(fmt, ap); /* the arguments may name the old source */
     va_end(ap);
     free(c->source);
-    c->source = buf_detach(&b);
+    c->source = s;
 }
 
 /* Picks the source. 0, or -1 with err. */

@@ -118,6 +118,8 @@ static int handoff_try(struct turn *t, int boundary);
 static void handoff_send(struct turn *t, int started);
 static void turn_abort(struct turn *t, enum turn_abort why);
 static char *record_json(struct turn *t, size_t ndone, int started, int fin, const char *snapshot);
+static void record_write(struct turn *t, size_t ndone, int started, int fin, const char *snapshot,
+                         queue_progress_fn cb, void *arg);
 static void finish(struct turn *t);
 
 static void set_error(struct turn *t, const char *code, const char *fmt, ...)
@@ -125,13 +127,10 @@ static void set_error(struct turn *t, const char *code, const char *fmt, ...)
     if (t->err_code)
         return; /* the first error explains the turn */
     t->err_code = xstrdup(code);
-    struct buf b;
-    buf_init(&b);
     va_list ap;
     va_start(ap, fmt);
-    buf_vprintf(&b, fmt, ap);
+    t->err_msg = xvasprintf(fmt, ap);
     va_end(ap);
-    t->err_msg = buf_detach(&b);
 }
 
 /* ---- result content and size ---- */
@@ -703,11 +702,7 @@ static void suspended(void *arg, int rc, const cJSON *ref, const char *err)
         if (t->can_reattach && t->sb_ref) {
             /* A worker that takes over from here finds the sandbox gone: the record tells it
              * the snapshot. Written before the completion, on the same connection. */
-            char *rec = record_json(t, steps_done(t), 0, 1, t->new_snapshot);
-            const char *hash[] = {"reattach", rec, NULL};
-            queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, NULL,
-                           NULL);
-            free(rec);
+            record_write(t, steps_done(t), 0, 1, t->new_snapshot, NULL, NULL);
         }
         finished(t);
         return;
@@ -777,11 +772,7 @@ static void finish(struct turn *t)
     if (t->can_reattach && t->sb_ref && t->abort != AB_LEASE) {
         /* Recorded before the sandbox goes: a worker that takes over while it is being
          * suspended or destroyed finishes the turn instead of reporting it lost. */
-        char *rec = record_json(t, steps_done(t), 0, 1, NULL);
-        const char *hash[] = {"reattach", rec, NULL};
-        queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, fin_recorded,
-                       t);
-        free(rec);
+        record_write(t, steps_done(t), 0, 1, NULL, fin_recorded, t);
         return;
     }
     finish_sandbox(t);
@@ -841,14 +832,12 @@ static void step_error(struct turn *t, const char *fmt, ...) __attribute__((form
 
 static void step_error(struct turn *t, const char *fmt, ...)
 {
-    struct buf b;
-    buf_init(&b);
     va_list ap;
     va_start(ap, fmt);
-    buf_vprintf(&b, fmt, ap);
+    char *msg = xvasprintf(fmt, ap);
     va_end(ap);
     free(t->sr[t->step].error);
-    t->sr[t->step].error = buf_detach(&b);
+    t->sr[t->step].error = msg;
     step_done(t, SS_ERROR);
 }
 
@@ -1165,6 +1154,17 @@ static char *record_json(struct turn *t, size_t ndone, int started, int fin, con
     return s;
 }
 
+/* Writes the record (record_json) to the job hash: fenced, fire-and-forget without cb, else
+ * retried while Redis is away and cb told the outcome (queue_progress). */
+static void record_write(struct turn *t, size_t ndone, int started, int fin, const char *snapshot,
+                         queue_progress_fn cb, void *arg)
+{
+    char *rec = record_json(t, ndone, started, fin, snapshot);
+    const char *hash[] = {"reattach", rec, NULL};
+    queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, cb, arg);
+    free(rec);
+}
+
 static void handle_poll_cb(evutil_socket_t fd, short what, void *arg);
 
 static void handle_recorded(void *arg, int rc)
@@ -1188,13 +1188,9 @@ static void record_handle(struct turn *t)
     }
     cJSON_Delete(t->handle);
     t->handle = h;
-    char *rec = record_json(t, t->step, 1, 0, NULL);
-    const char *hash[] = {"reattach", rec, NULL};
     /* With a callback the write is retried while Redis is away (the callback must not
      * touch the turn, which may be gone by then). */
-    queue_progress(t->w->q, t->d->entry, t->d->token, t->job_id, hash, NULL, NULL, handle_recorded,
-                   NULL);
-    free(rec);
+    record_write(t, t->step, 1, 0, NULL, handle_recorded, NULL);
     handoff_try(t, 0);
 }
 
@@ -1608,18 +1604,16 @@ static void acquire(struct turn *t)
 /* The turn cannot go on: reported lost; sandbox and thread left as they are (below). */
 static void reattach_lost(struct turn *t, const char *fmt, ...)
 {
-    struct buf b;
-    buf_init(&b);
     va_list ap;
     va_start(ap, fmt);
-    buf_vprintf(&b, fmt, ap);
+    char *why = xvasprintf(fmt, ap);
     va_end(ap);
-    log_warn(&t->lc, "turn lost: %s", b.data);
+    log_warn(&t->lc, "turn lost: %s", why);
     set_error(t, "worker_lost",
               "a previous delivery started this turn and its worker stopped renewing the lease; "
               "re-attaching failed: %s",
-              b.data);
-    buf_release(&b);
+              why);
+    free(why);
     metric_inc(t->w->m_jobs, "reattach_failed", 1);
     t->status = "lost";
     if (!t->sr)

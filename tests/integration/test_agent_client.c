@@ -28,6 +28,7 @@
 #include "providers/agent_client.h"
 #include "providers/sigv4.h"
 #include "tests/support/fake_proc.h"
+#include "tests/support/sync_provider.h"
 #include "tests/support/test.h"
 
 #define TOKEN "agent-test-token-5f1c9e"
@@ -235,25 +236,9 @@ static void start_servers(void)
 
 /* ---------------------------------------------------------------- loop */
 
-static void timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
 static int run_until(const int *flag, int timeout_s)
 {
-    int timed_out = 0;
-    struct event *t = evtimer_new(base, timeout_cb, &timed_out);
-    struct timeval tv = {timeout_s, 0};
-    evtimer_add(t, &tv);
-    while (!*flag && !timed_out)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(t);
-    if (!*flag)
-        printf("  timed out after %d s\n", timeout_s);
-    return *flag ? 0 : -1;
+    return sp_run_until(base, flag, timeout_s);
 }
 
 /* ---------------------------------------------------------------- clients */
@@ -1299,12 +1284,7 @@ TEST_CASE(auth_hook_async_shared_by_concurrent_requests)
     r3.op = agent_exec(c, &req, &cbs, err, sizeof(err));
     CHECK(r3.op != NULL && h.done != NULL);
     agent_client_free(c);
-    int waited = 0;
-    struct event *t = evtimer_new(base, timeout_cb, &waited);
-    struct timeval tv = {0, 200000};
-    evtimer_add(t, &tv);
-    run_until(&waited, 5);
-    event_free(t);
+    sp_pump(base, 200);
     CHECK(!r3.done);
     res_release(&r1);
     res_release(&r2);
@@ -1340,12 +1320,7 @@ TEST_CASE(client_freed_with_a_shared_http_client)
     agent_client_free(c);
     int alive = 1;
     for (int i = 0; i < 100 && alive; i++) {
-        int waited = 0;
-        struct event *t = evtimer_new(base, timeout_cb, &waited);
-        struct timeval tv = {0, 50000};
-        evtimer_add(t, &tv);
-        run_until(&waited, 5);
-        event_free(t);
+        sp_pump(base, 50);
         alive = pid > 1 && proc_alive(pid);
     }
     CHECK(!alive);

@@ -31,6 +31,7 @@
 #include "tests/support/e2b_server.h"
 #include "tests/support/redis_server.h"
 #include "tests/support/s3_fixture.h"
+#include "tests/support/sync_provider.h"
 #include "tests/support/test.h"
 #include "tests/support/worker_proc.h"
 
@@ -45,25 +46,9 @@ static struct buf all_errors; /* every error message seen, checked for secrets a
 
 /* ---- loop helpers ---- */
 
-static void timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
 static int run_until(const int *flag, int timeout_s)
 {
-    int timed_out = 0;
-    struct event *t = evtimer_new(base, timeout_cb, &timed_out);
-    struct timeval tv = {timeout_s, 0};
-    evtimer_add(t, &tv);
-    while (!*flag && !timed_out)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(t);
-    if (!*flag)
-        printf("  timed out after %d s\n", timeout_s);
-    return *flag ? 0 : -1;
+    return sp_run_until(base, flag, timeout_s);
 }
 
 static void note_err(const char *err)
@@ -1342,30 +1327,7 @@ static const char *jpath(const cJSON *o, const char *a, const char *b)
 static char *e2b_event_output(redisContext *rc, const char *id, const char *step,
                               const char *stream)
 {
-    redisReply *r = sync_cmd(rc, "XRANGE {e2br}:events:%s - +", id);
-    struct buf b;
-    buf_init(&b);
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        redisReply *f = r->element[i]->element[1];
-        const char *type = "", *st = "", *sm = "";
-        redisReply *data = NULL;
-        for (size_t k = 0; k + 1 < f->elements; k += 2) {
-            const char *n = f->element[k]->str;
-            if (!strcmp(n, "type"))
-                type = f->element[k + 1]->str;
-            else if (!strcmp(n, "step"))
-                st = f->element[k + 1]->str;
-            else if (!strcmp(n, "stream"))
-                sm = f->element[k + 1]->str;
-            else if (!strcmp(n, "data"))
-                data = f->element[k + 1];
-        }
-        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
-            buf_append(&b, data->str, data->len);
-    }
-    freeReplyObject(r);
-    buf_putc(&b, '\0');
-    return buf_detach(&b);
+    return sync_event_output(rc, "e2br", id, step, stream);
 }
 
 TEST_CASE(worker_reattach_on_e2b)

@@ -636,30 +636,7 @@ static void lambda_teardown(void *ctx)
 /* Concatenated data of a job's output events for one step and stream. */
 static char *lm_event_output(redisContext *rc, const char *id, const char *step, const char *stream)
 {
-    redisReply *r = sync_cmd(rc, "XRANGE {lmw}:events:%s - +", id);
-    struct buf b;
-    buf_init(&b);
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        redisReply *f = r->element[i]->element[1];
-        const char *type = "", *st = "", *sm = "";
-        redisReply *data = NULL;
-        for (size_t k = 0; k + 1 < f->elements; k += 2) {
-            const char *n = f->element[k]->str;
-            if (!strcmp(n, "type"))
-                type = f->element[k + 1]->str;
-            else if (!strcmp(n, "step"))
-                st = f->element[k + 1]->str;
-            else if (!strcmp(n, "stream"))
-                sm = f->element[k + 1]->str;
-            else if (!strcmp(n, "data"))
-                data = f->element[k + 1];
-        }
-        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
-            buf_append(&b, data->str, data->len);
-    }
-    freeReplyObject(r);
-    buf_putc(&b, '\0');
-    return buf_detach(&b);
+    return sync_event_output(rc, "lmw", id, step, stream);
 }
 
 TEST_CASE(worker_reattach_on_lambda)

@@ -13,6 +13,7 @@
 #include "lib/log.h"
 #include "providers/s3.h"
 #include "tests/support/s3_server.h"
+#include "tests/support/sync_provider.h"
 #include "tests/support/test.h"
 
 #define BUCKET "snapshots"
@@ -43,27 +44,10 @@ static void capture(void *arg, const struct s3_result *r)
     snprintf(o->etag, sizeof(o->etag), "%s", r->etag);
 }
 
-static void timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
 /* Runs the loop until *flag is set; 0 when it was, -1 after timeout_s seconds. */
 static int run_until(const int *flag, int timeout_s)
 {
-    int timed_out = 0;
-    struct event *t = evtimer_new(base, timeout_cb, &timed_out);
-    struct timeval tv = {timeout_s, 0};
-
-    evtimer_add(t, &tv);
-    while (!*flag && !timed_out)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(t);
-    if (!*flag)
-        printf("  timed out after %d s\n", timeout_s);
-    return *flag ? 0 : -1;
+    return sp_run_until(base, flag, timeout_s);
 }
 
 static s3 *client(const char *endpoint, int path_style, const char *secret, size_t part_size,

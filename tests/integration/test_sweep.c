@@ -20,6 +20,7 @@
 #include "providers/provider.h"
 #include "queue/redis_url.h"
 #include "tests/support/redis_server.h"
+#include "tests/support/sync_provider.h"
 #include "tests/support/test.h"
 #include "tests/support/worker_proc.h"
 #include "worker/sweep.h"
@@ -272,21 +273,9 @@ static void run_done(void *arg, const struct sweep_report *r)
     w->done = 1;
 }
 
-static void loop_until(const int *flag)
-{
-    int64_t end = wall_ms() + WAIT_MS;
-    while (!*flag && wall_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE);
-}
-
 static int run_pass(struct sweep *s, struct sweep_report *out)
 {
-    struct run_wait w = {0};
-    if (sweep_run(s, run_done, &w) != 0)
-        return -1;
-    loop_until(&w.done);
-    *out = w.r;
-    return w.done ? 0 : -1;
+    return sp_sweep(base, s, out, WAIT_MS);
 }
 
 static struct provider *new_provider(void)
@@ -400,8 +389,8 @@ TEST_CASE(two_replicas_never_sweep_at_once)
     CHECK_EQ_INT(sweep_run(a, run_done, &wa), 0);
     CHECK_EQ_INT(sweep_run(b, run_done, &wb), 0);
     CHECK_EQ_INT(sweep_run(a, run_done, &wa), -1); /* one pass at a time per sweeper */
-    loop_until(&wa.done);
-    loop_until(&wb.done);
+    sp_wait(base, &wa.done, WAIT_MS);
+    sp_wait(base, &wb.done, WAIT_MS);
     CHECK_EQ_INT(wa.r.ran + wb.r.ran, 1);
     CHECK_EQ_INT(fake.max_listing, 1);
     CHECK_EQ_INT(fake.nremoved, 3); /* once, not twice */
@@ -427,7 +416,7 @@ TEST_CASE(two_replicas_never_sweep_at_once)
     while (fake.listing == 0 && !wr.done)
         event_base_loop(base, EVLOOP_ONCE);
     cli("SET {%s}:sweep intruder PX 60000", pfx);
-    loop_until(&wr.done);
+    sp_wait(base, &wr.done, WAIT_MS);
     CHECK_EQ_INT(wr.r.ran, 1);
     CHECK(strstr(wr.r.err, "another replica") != NULL);
     CHECK_EQ_INT(fake.nremoved, 0);

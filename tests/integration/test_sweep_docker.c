@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 #include <utime.h>
@@ -22,6 +21,7 @@
 #include "providers/provider.h"
 #include "queue/redis_url.h"
 #include "tests/support/redis_server.h"
+#include "tests/support/sync_provider.h"
 #include "tests/support/test.h"
 #include "worker/sweep.h"
 
@@ -32,21 +32,6 @@ static const char *skip_why;
 static struct test_redis *srv;
 static struct redis_url url;
 static char snapdir[256], dep_a[64], dep_b[64], worker[64];
-
-static long now_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return tv.tv_sec * 1000L + tv.tv_usec / 1000;
-}
-
-static int wait_for(const int *flag, long ms)
-{
-    long end = now_ms() + ms;
-    while (!*flag && now_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE);
-    return *flag ? 0 : -1;
-}
 
 static int container_exists(const char *id)
 {
@@ -69,63 +54,6 @@ static int file_exists(const char *key)
     return stat(p, &st) == 0;
 }
 
-struct acq {
-    int done;
-    struct sandbox *sb;
-    char err[512];
-};
-
-static void acq_cb(void *arg, struct sandbox *sb, const char *err)
-{
-    struct acq *a = arg;
-    a->done = 1;
-    a->sb = sb;
-    snprintf(a->err, sizeof(a->err), "%s", err ? err : "");
-}
-
-static struct sandbox *create_sb(struct provider *p, const char *thread)
-{
-    struct sandbox_spec spec = {.thread = thread,
-                                .job = "job-1",
-                                .worker = worker,
-                                .organization = "o",
-                                .project = "p",
-                                .feature = SANDBOX_DATA_APP};
-    struct acq a = {0};
-    provider_create(p, &spec, acq_cb, &a);
-    CHECK(wait_for(&a.done, 120000) == 0);
-    if (a.err[0])
-        printf("  create: %s\n", a.err);
-    return a.sb;
-}
-
-struct ref_wait {
-    int done, rc;
-    char *ref;
-};
-
-static void ref_cb(void *arg, int rc, const cJSON *ref, const char *err)
-{
-    struct ref_wait *w = arg;
-    w->done = 1;
-    w->rc = rc;
-    w->ref = ref ? cJSON_PrintUnformatted(ref) : NULL;
-    if (rc != 0)
-        printf("  suspend: %s\n", err ? err : "?");
-}
-
-struct run_wait {
-    int done;
-    struct sweep_report r;
-};
-
-static void run_done(void *arg, const struct sweep_report *r)
-{
-    struct run_wait *w = arg;
-    w->r = *r;
-    w->done = 1;
-}
-
 static int sweep_once(struct provider *p, int64_t grace_ms, int dry_run, struct sweep_report *r)
 {
     struct sweep_opts o = {.redis = {.url = &url},
@@ -138,19 +66,11 @@ static int sweep_once(struct provider *p, int64_t grace_ms, int dry_run, struct 
     struct sweep *s = sweep_new(base, p, NULL, &o, err, sizeof(err));
     if (!s)
         return -1;
-    long end = now_ms() + 10000;
-    while (!sweep_ready(s) && now_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE);
-    struct run_wait w = {0};
-    int rc = sweep_run(s, run_done, &w);
-    if (rc == 0)
-        rc = wait_for(&w.done, 60000);
-    *r = w.r;
+    memset(r, 0, sizeof(*r));
+    int rc = sp_sweep(base, s, r, 60000);
     sweep_free(s);
     char *o2 = test_redis_cli(srv, "DEL {%s}:sweep", dep_a); /* the next pass may run at once */
     free(o2);
-    if (r->err[0])
-        printf("  sweep: %s\n", r->err);
     return rc;
 }
 
@@ -166,9 +86,9 @@ TEST_CASE(docker_orphans)
     CHECK(a && b);
     if (!a || !b)
         return;
-    struct sandbox *orphan = create_sb(a, "ta1");
-    struct sandbox *kept = create_sb(a, "ta2");
-    struct sandbox *other = create_sb(b, "tb1");
+    struct sandbox *orphan = sp_create(base, a, "ta1", worker, 120000);
+    struct sandbox *kept = sp_create(base, a, "ta2", worker, 120000);
+    struct sandbox *other = sp_create(base, b, "tb1", worker, 120000);
     CHECK(orphan && kept && other);
     if (!orphan || !kept || !other)
         return;
@@ -176,12 +96,10 @@ TEST_CASE(docker_orphans)
     snprintf(orphan_id, sizeof(orphan_id), "%s", orphan->id);
     snprintf(other_id, sizeof(other_id), "%s", other->id);
     /* ta2 is suspended: its container goes, its snapshot object stays referenced. */
-    struct ref_wait rw = {0};
-    provider_suspend(kept, ref_cb, &rw);
-    CHECK(wait_for(&rw.done, 120000) == 0);
-    CHECK_EQ_INT(rw.rc, 0);
+    char *ref_json = NULL;
+    CHECK_EQ_INT(sp_suspend(base, kept, &ref_json, 120000), 0);
     provider_sandbox_release(kept);
-    cJSON *ref = rw.ref ? cJSON_Parse(rw.ref) : NULL;
+    cJSON *ref = ref_json ? cJSON_Parse(ref_json) : NULL;
     const cJSON *key = cJSON_GetObjectItemCaseSensitive(ref, "key");
     CHECK(cJSON_IsString(key) && file_exists(key->valuestring));
     char *o = test_redis_cli(srv, "HSET {%s}:thread:ta2 state suspended", dep_a);
@@ -192,10 +110,10 @@ TEST_CASE(docker_orphans)
         snprintf(cmd, sizeof(cmd), "redis-cli -p %d -x HSET {%s}:thread:ta2 snapshot >/dev/null",
                  test_redis_port(srv), dep_a);
         FILE *f = popen(cmd, "w");
-        fputs(rw.ref ? rw.ref : "", f);
+        fputs(ref_json ? ref_json : "", f);
         pclose(f);
         o = test_redis_cli(srv, "HGET {%s}:thread:ta2 snapshot", dep_a);
-        CHECK(o && rw.ref && strncmp(o, rw.ref, strlen(rw.ref)) == 0);
+        CHECK(o && ref_json && strncmp(o, ref_json, strlen(ref_json)) == 0);
         free(o);
     }
     /* An orphan snapshot object, two hours old. */
@@ -236,7 +154,7 @@ TEST_CASE(docker_orphans)
     CHECK(cJSON_IsString(key) && file_exists(key->valuestring));
     provider_sandbox_release(orphan);
     cJSON_Delete(ref);
-    free(rw.ref);
+    free(ref_json);
     provider_sandbox_release(other);
     char cmd[256];
     snprintf(cmd, sizeof(cmd), "docker rm -f %s >/dev/null 2>&1", other_id);
@@ -271,12 +189,12 @@ TEST_CASE(destroy_by_id_refuses_foreign_names)
     struct done_wait w = {0};
     provider_destroy_by_id(a, PROVIDER_ITEM_SNAPSHOT, "user/archive.tar.gz", done_cb, &w);
     CHECK_EQ_INT(w.done, 0);
-    CHECK(wait_for(&w.done, 5000) == 0);
+    CHECK(sp_wait(base, &w.done, 5000) == 0);
     CHECK_EQ_INT(w.rc, -1);
     CHECK(strstr(w.err, "not a snapshot object") != NULL);
     struct done_wait w2 = {0};
     provider_destroy_by_id(a, PROVIDER_ITEM_SANDBOX, "../../images/x", done_cb, &w2);
-    CHECK(wait_for(&w2.done, 5000) == 0);
+    CHECK(sp_wait(base, &w2.done, 5000) == 0);
     CHECK_EQ_INT(w2.rc, -1);
     CHECK(strstr(w2.err, "not a container id") != NULL);
     provider_free(a);

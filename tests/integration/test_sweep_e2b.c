@@ -7,10 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
 #include <event2/event.h>
 
 #include "lib/buf.h"
@@ -20,6 +18,7 @@
 #include "queue/redis_url.h"
 #include "tests/support/e2b_server.h"
 #include "tests/support/redis_server.h"
+#include "tests/support/sync_provider.h"
 #include "tests/support/test.h"
 #include "worker/sweep.h"
 
@@ -29,21 +28,6 @@ static const char *skip_why;
 static char why[512];
 static struct test_redis *srv;
 static struct redis_url url;
-
-static long now_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return tv.tv_sec * 1000L + tv.tv_usec / 1000;
-}
-
-static int wait_for(const int *flag, long ms)
-{
-    long end = now_ms() + ms;
-    while (!*flag && now_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE);
-    return *flag ? 0 : -1;
-}
 
 static struct provider *make(const char *deployment)
 {
@@ -55,104 +39,6 @@ static struct provider *make(const char *deployment)
     return p;
 }
 
-struct acq {
-    int done;
-    struct sandbox *sb;
-    char err[512];
-};
-
-static void acq_cb(void *arg, struct sandbox *sb, const char *err)
-{
-    struct acq *a = arg;
-    a->done = 1;
-    a->sb = sb;
-    snprintf(a->err, sizeof(a->err), "%s", err ? err : "");
-}
-
-static struct sandbox *create_sb(struct provider *p, const char *thread)
-{
-    struct sandbox_spec spec = {.thread = thread,
-                                .job = "j",
-                                .worker = "w-sweep",
-                                .organization = "o",
-                                .project = "p",
-                                .feature = SANDBOX_DATA_APP};
-    struct acq a = {0};
-    provider_create(p, &spec, acq_cb, &a);
-    CHECK(wait_for(&a.done, 30000) == 0);
-    if (a.err[0])
-        printf("  create: %s\n", a.err);
-    return a.sb;
-}
-
-struct listing {
-    int done, rc;
-    size_t n;
-    char ids[256][64], threads[256][64];
-    int64_t created[256];
-    char err[256];
-};
-
-static void listed(void *arg, int rc, const struct provider_item *items, size_t n, const char *err)
-{
-    struct listing *l = arg;
-    l->done = 1;
-    l->rc = rc;
-    l->n = n;
-    snprintf(l->err, sizeof(l->err), "%s", err ? err : "");
-    for (size_t i = 0; i < n && i < 256; i++) {
-        snprintf(l->ids[i], sizeof(l->ids[i]), "%s", items[i].id);
-        snprintf(l->threads[i], sizeof(l->threads[i]), "%s",
-                 items[i].thread ? items[i].thread : "");
-        l->created[i] = items[i].created_ms;
-    }
-}
-
-static int find(const struct listing *l, const char *id)
-{
-    for (size_t i = 0; i < l->n && i < 256; i++)
-        if (strcmp(l->ids[i], id) == 0)
-            return (int)i + 1;
-    return 0;
-}
-
-static void list(struct provider *p, struct listing *l)
-{
-    memset(l, 0, sizeof(*l));
-    provider_list(p, listed, l);
-    CHECK_EQ_INT(l->done, 0);
-    CHECK(wait_for(&l->done, 30000) == 0);
-    if (l->rc != 0)
-        printf("  list: %s\n", l->err);
-}
-
-struct ref_wait {
-    int done, rc;
-    char *ref;
-};
-
-static void ref_cb(void *arg, int rc, const cJSON *ref, const char *err)
-{
-    struct ref_wait *w = arg;
-    w->done = 1;
-    w->rc = rc;
-    w->ref = ref ? cJSON_PrintUnformatted(ref) : NULL;
-    if (rc != 0)
-        printf("  suspend: %s\n", err ? err : "?");
-}
-
-struct run_wait {
-    int done;
-    struct sweep_report r;
-};
-
-static void run_done(void *arg, const struct sweep_report *r)
-{
-    struct run_wait *w = arg;
-    w->r = *r;
-    w->done = 1;
-}
-
 TEST_CASE(e2b_list_and_sweep)
 {
     if (skip_why)
@@ -161,10 +47,10 @@ TEST_CASE(e2b_list_and_sweep)
     CHECK(a && b);
     if (!a || !b)
         return;
-    long t0 = now_ms();
-    struct sandbox *orphan = create_sb(a, "ta1");
-    struct sandbox *kept = create_sb(a, "ta2");
-    struct sandbox *other = create_sb(b, "tb1");
+    long t0 = sp_now_ms();
+    struct sandbox *orphan = sp_create(base, a, "ta1", "w-sweep", 30000);
+    struct sandbox *kept = sp_create(base, a, "ta2", "w-sweep", 30000);
+    struct sandbox *other = sp_create(base, b, "tb1", "w-sweep", 30000);
     CHECK(orphan && kept && other);
     if (!orphan || !kept || !other)
         return;
@@ -172,23 +58,22 @@ TEST_CASE(e2b_list_and_sweep)
     snprintf(orphan_id, sizeof(orphan_id), "%s", orphan->id);
     snprintf(kept_id, sizeof(kept_id), "%s", kept->id);
     snprintf(other_id, sizeof(other_id), "%s", other->id);
-    struct ref_wait rw = {0};
-    provider_suspend(kept, ref_cb, &rw);
-    CHECK(wait_for(&rw.done, 30000) == 0);
-    CHECK_EQ_INT(rw.rc, 0);
+    char *ref = NULL;
+    CHECK_EQ_INT(sp_suspend(base, kept, &ref, 30000), 0);
+    free(ref);
     provider_sandbox_release(kept);
 
-    struct listing l;
-    list(a, &l);
+    struct sp_listing l;
+    sp_list(base, a, &l, 30000);
     CHECK_EQ_INT(l.rc, 0);
     CHECK_EQ_INT(l.n, 2); /* running and paused; not the other deployment's */
-    int i = find(&l, orphan_id);
+    int i = sp_find(&l, orphan_id);
     CHECK(i > 0);
-    CHECK(find(&l, kept_id) > 0);
-    CHECK(!find(&l, other_id));
+    CHECK(sp_find(&l, kept_id) > 0);
+    CHECK(!sp_find(&l, other_id));
     if (i > 0) {
         CHECK_STR(l.threads[i - 1], "ta1");
-        CHECK(l.created[i - 1] >= t0 - 5000 && l.created[i - 1] <= now_ms() + 5000);
+        CHECK(l.created[i - 1] >= t0 - 5000 && l.created[i - 1] <= sp_now_ms() + 5000);
     }
 
     /* The sweep: ta2's paused sandbox is referenced, ta1's is not. */
@@ -200,40 +85,33 @@ TEST_CASE(e2b_list_and_sweep)
     struct sweep *s = sweep_new(base, a, NULL, &so, err, sizeof(err));
     CHECK(s != NULL);
     if (s) {
-        long end = now_ms() + 10000;
-        while (!sweep_ready(s) && now_ms() < end)
-            event_base_loop(base, EVLOOP_ONCE);
-        struct run_wait w = {0};
-        CHECK_EQ_INT(sweep_run(s, run_done, &w), 0);
-        CHECK(wait_for(&w.done, 30000) == 0);
-        CHECK_EQ_INT(w.r.ran, 1);
-        CHECK_EQ_INT(w.r.destroyed, 1);
-        CHECK_EQ_INT(w.r.referenced, 1);
-        CHECK_EQ_INT(w.r.failed, 0);
+        struct sweep_report r;
+        CHECK_EQ_INT(sp_sweep(base, s, &r, 30000), 0);
+        CHECK_EQ_INT(r.ran, 1);
+        CHECK_EQ_INT(r.destroyed, 1);
+        CHECK_EQ_INT(r.referenced, 1);
+        CHECK_EQ_INT(r.failed, 0);
         sweep_free(s);
     }
-    list(a, &l);
+    sp_list(base, a, &l, 30000);
     CHECK_EQ_INT(l.n, 1);
-    CHECK(!find(&l, orphan_id));
-    CHECK(find(&l, kept_id) > 0);
-    list(b, &l);
+    CHECK(!sp_find(&l, orphan_id));
+    CHECK(sp_find(&l, kept_id) > 0);
+    sp_list(base, b, &l, 30000);
     CHECK_EQ_INT(l.n, 1);
-    CHECK(find(&l, other_id) > 0);
+    CHECK(sp_find(&l, other_id) > 0);
 
     /* Pages: 105 more sandboxes of deployment b come back in two pages. */
     for (int k = 0; k < 105; k++) {
         char th[32];
         snprintf(th, sizeof(th), "many%d", k);
-        struct sandbox *sb = create_sb(b, th);
+        struct sandbox *sb = sp_create(base, b, th, "w-sweep", 30000);
         provider_sandbox_release(sb);
     }
-    list(b, &l);
+    sp_list(base, b, &l, 30000);
     CHECK_EQ_INT(l.rc, 0);
     CHECK_EQ_INT(l.n, 106);
 
-    cJSON *ref = rw.ref ? cJSON_Parse(rw.ref) : NULL;
-    free(rw.ref);
-    cJSON_Delete(ref);
     provider_sandbox_release(orphan);
     provider_sandbox_release(other);
     provider_free(a);

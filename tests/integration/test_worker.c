@@ -443,33 +443,7 @@ static int count_lines(const char *path)
 /* Concatenation of the output events' data of one step and stream. */
 static char *event_output(const char *id, const char *step, const char *stream)
 {
-    redisReply *r = sync_cmd(rc, "XRANGE %s - +", key("events", id));
-    struct buf b;
-    buf_init(&b);
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        redisReply *f = r->element[i]->element[1];
-        const char *type = "", *st = "", *sm = "", *data = NULL;
-        size_t len = 0;
-        for (size_t k = 0; k + 1 < f->elements; k += 2) {
-            const char *n = f->element[k]->str;
-            redisReply *v = f->element[k + 1];
-            if (!strcmp(n, "type"))
-                type = v->str;
-            else if (!strcmp(n, "step"))
-                st = v->str;
-            else if (!strcmp(n, "stream"))
-                sm = v->str;
-            else if (!strcmp(n, "data")) {
-                data = v->str;
-                len = v->len;
-            }
-        }
-        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
-            buf_append(&b, data, len);
-    }
-    freeReplyObject(r);
-    buf_putc(&b, '\0');
-    return buf_detach(&b);
+    return sync_event_output(rc, pfx, id, step, stream);
 }
 
 /* Waits until the job's events hold `needle` (raw text of any field). */

@@ -5,11 +5,11 @@
 #define SW_TESTS_E2B_SERVER_H
 
 #include <stddef.h>
-#include <sys/types.h>
+
+#include "tests/support/fake_proc.h"
 
 struct e2b_server {
-    pid_t pid;
-    int stdin_fd; /* closing it stops the fake */
+    struct fake_proc proc;
     int port;
     char dir[256];
     char url[64];      /* "http://127.0.0.1:<port>": API and envd base */

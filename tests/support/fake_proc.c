@@ -2,6 +2,7 @@
 #include "tests/support/fake_proc.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -146,4 +147,31 @@ const char *fake_proc_field(const struct fake_proc *f, const char *key, char *ou
     size_t n = strcspn(p, "\"");
     snprintf(out, outlen, "%.*s", (int)n, p);
     return out;
+}
+
+int fake_proc_mkdtemp(const char *name, char *out, size_t outlen, char *why, size_t whylen)
+{
+    snprintf(out, outlen, "%s/%s-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", name);
+    if (mkdtemp(out))
+        return 0;
+    snprintf(why, whylen, "mkdtemp: %s", strerror(errno));
+    out[0] = '\0';
+    return -1;
+}
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(p);
+    return 0;
+}
+
+void fake_proc_rmtree(char *dir)
+{
+    if (!dir[0])
+        return;
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    dir[0] = '\0';
 }

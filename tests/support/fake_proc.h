@@ -20,6 +20,11 @@ int fake_proc_start(struct fake_proc *f, const char *script, const char *const *
                     const char *const *needs, char *why, size_t whylen);
 /* Stops the fake (waits up to 10 s, then SIGKILL). Safe on a zeroed or stopped struct. */
 void fake_proc_stop(struct fake_proc *f);
+/* A fresh scratch folder "<TMPDIR or /tmp>/<name>-XXXXXX" for a fake into out: 0, or -1 (why
+ * says what). */
+int fake_proc_mkdtemp(const char *name, char *out, size_t outlen, char *why, size_t whylen);
+/* Removes a scratch folder and everything in it; "" is a no-op, and out is cleared. */
+void fake_proc_rmtree(char *dir);
 /* The string value of "key" in the first line's flat JSON (first match), copied into out;
  * "" when absent. Enough for the URLs the fakes print. */
 const char *fake_proc_field(const struct fake_proc *f, const char *key, char *out, size_t outlen);

@@ -5,11 +5,11 @@
 #define SW_TESTS_S3_SERVER_H
 
 #include <stddef.h>
-#include <sys/types.h>
+
+#include "tests/support/fake_proc.h"
 
 struct s3_server {
-    pid_t pid;
-    int stdin_fd; /* closing it stops the server */
+    struct fake_proc proc;
     int port;
     char dir[256];
     char endpoint[64]; /* "http://127.0.0.1:<port>" */

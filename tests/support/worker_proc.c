@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "lib/buf.h"
 #include "providers/provider.h"
 #include "tests/support/scripted_provider.h"
 #include "worker/worker.h"
@@ -142,4 +143,33 @@ int sync_forget_handle(redisContext *c, const char *job_key)
     cJSON_Delete(j);
     free(rec);
     return rc;
+}
+
+char *sync_event_output(redisContext *c, const char *prefix, const char *job_id, const char *step,
+                        const char *stream)
+{
+    redisReply *r = sync_cmd(c, "XRANGE {%s}:events:%s - +", prefix, job_id);
+    struct buf b;
+    buf_init(&b);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const char *type = "", *st = "", *sm = "";
+        redisReply *data = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            const char *n = f->element[k]->str;
+            if (!strcmp(n, "type"))
+                type = f->element[k + 1]->str;
+            else if (!strcmp(n, "step"))
+                st = f->element[k + 1]->str;
+            else if (!strcmp(n, "stream"))
+                sm = f->element[k + 1]->str;
+            else if (!strcmp(n, "data"))
+                data = f->element[k + 1];
+        }
+        if (!strcmp(type, "output") && !strcmp(st, step) && !strcmp(sm, stream) && data)
+            buf_append(&b, data->str, data->len);
+    }
+    freeReplyObject(r);
+    buf_putc(&b, '\0');
+    return buf_detach(&b);
 }

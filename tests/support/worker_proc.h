@@ -35,6 +35,10 @@ char *sync_wait_hget(redisContext *c, const char *key, const char *field, int ti
  * after starting the command but before its handle reached Redis. -1 when the record had no
  * handle object. */
 int sync_forget_handle(redisContext *c, const char *job_key);
+/* The data of job_id's "output" events ({prefix}:events:<job_id>) for one step ("0", "1", …)
+ * and stream ("stdout", "stderr"), concatenated; NUL-terminated, caller frees. */
+char *sync_event_output(redisContext *c, const char *prefix, const char *job_id, const char *step,
+                        const char *stream);
 long long sync_int(redisContext *c, const char *fmt, ...);
 void sleep_ms(int ms);
 
